@@ -1,0 +1,232 @@
+"""The two narrow protocols every connector implements, and the neutral data they exchange.
+
+Connectors know nothing of Couponry's database: the services hand them neutral requests
+(`DiscountSpec`, `CodeSpec`, `Recipient`) and get neutral answers back (`PushResult`,
+`OrderEvent`, `Delivery`). Each platform's quirks (auth, batch sizes, pagination, rate-limit
+signals, signature schemes, payload parsing) stay inside its own module.
+
+Every connector takes an injected `httpx.AsyncClient` and a `ConnectorConfig` whose
+`base_url` can point it at a local server (tests, the sandbox store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import httpx
+
+OrderEventKind = Literal["created", "paid", "cancelled", "refunded", "failed", "updated"]
+DeliveryKind = Literal["order", "app_uninstalled", "customers_redact", "shop_redact", "customers_data_request", "ping", "other"]
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """App-level settings of one connector (the same for every shop)."""
+
+    base_url: str | None = None
+    client_id: str = ""
+    client_secret: str = ""
+    webhook_secret: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What one shop granted us: its domain or id on the platform and its access token."""
+
+    shop_domain: str
+    access_token: str = ""
+    scopes: tuple[str, ...] = ()
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- shop platforms: codes out ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiscountSpec:
+    """The rules a platform can express natively, mapped from a campaign.
+
+    Money is integer minor units in `currency`. Anything a platform cannot express is
+    enforced by Couponry and detected at the webhook; connectors ignore fields they lack.
+    """
+
+    campaign_id: int
+    title: str
+    kind: Literal["percentage", "fixed_amount", "free_shipping"]
+    value: int = 0  # percent (0-100) for percentage, minor units for fixed_amount
+    currency: str = "USD"
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    uses_per_code: int | None = 1  # None = unlimited
+    once_per_customer: bool = False
+    minimum_subtotal: int | None = None
+    minimum_quantity: int | None = None
+    product_ids: tuple[str, ...] = ()
+    collection_ids: tuple[str, ...] = ()
+    combines_with_codes: bool = False
+    combines_with_automatic: bool = False
+    platform_discount_id: str | None = None  # set when updating an existing platform discount
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """One code to create on the platform: the stored (normalised) form and the display form."""
+
+    code: str
+    display: str
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The platform's answer for one code: synced, or failed with the platform's message."""
+
+    code: str
+    ok: bool
+    platform_id: str | None = None
+    error: str | None = None
+
+
+# --- shop platforms: orders in ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeUse:
+    """A discount code applied to an order, and the discount it gave (minor units)."""
+
+    code: str
+    amount: int = 0
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """A platform order event in neutral form."""
+
+    platform: str
+    shop: str
+    kind: OrderEventKind
+    order_id: str
+    codes: tuple[CodeUse, ...] = ()
+    customer_id: str | None = None
+    email: str | None = None
+    subtotal: int = 0
+    total: int = 0
+    currency: str = "USD"
+    channel: str | None = None
+    occurred_at: datetime | None = None
+    delivery_id: str = ""
+    # thin webhooks (BigCommerce) carry only ids: the service fetches the order to fill them in
+    needs_fetch: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified webhook delivery: its id for deduplication, its topic and what it says."""
+
+    delivery_id: str
+    topic: str
+    shop: str
+    kind: DeliveryKind
+    events: tuple[OrderEvent, ...] = ()
+    # compliance topics: customer identifiers to redact or report, orders concerned
+    customer_id: str | None = None
+    email: str | None = None
+    order_ids: tuple[str, ...] = ()
+    # some platforms (WooCommerce's creation ping) want a particular answer
+    response_status: int = 200
+
+
+@runtime_checkable
+class ShopConnector(Protocol):
+    """A shop platform: installs, holds the platform's discount, and tells us about orders."""
+
+    name: ClassVar[str]
+    SCOPES: ClassVar[tuple[str, ...]]
+    WEBHOOK_TOPICS: ClassVar[tuple[str, ...]]
+    BATCH_SIZE: ClassVar[int]  # codes per push_codes call
+
+    def __init__(self, client: httpx.AsyncClient, config: ConnectorConfig, credentials: Credentials | None = None) -> None: ...
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Raise BadSignature unless the raw body is signed with our secret (constant time)."""
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        """Turn a verified delivery into neutral form."""
+
+    async def ensure_discount(self, spec: DiscountSpec) -> str:
+        """Create (or update, when spec.platform_discount_id is set) the platform discount; return its id."""
+
+    async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Create up to BATCH_SIZE codes under the discount; one result per code, in order."""
+
+    async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
+        """Remove or disable codes so the platform's checkout refuses them."""
+
+    async def fetch_order(self, order_id: str) -> OrderEvent:
+        """Fetch an order whose webhook was thin, or for reconciliation."""
+
+    def list_codes(self, discount_id: str) -> AsyncIterator[str]:
+        """Every code the platform holds under the discount, for reconciliation."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A person to push a code to, with the merge fields the provider should store."""
+
+    key: str  # our normalised recipient key (email, phone in E.164, or customer id)
+    email: str | None = None
+    phone: str | None = None
+    external_id: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)  # e.g. coupon_code, coupon_expires_at, claim_url
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """The provider's answer for one recipient."""
+
+    key: str
+    ok: bool
+    provider_id: str | None = None
+    error: str | None = None
+
+
+@runtime_checkable
+class MessagingConnector(Protocol):
+    """An email/SMS provider that receives recipients' codes as profile or merge fields."""
+
+    name: ClassVar[str]
+    BATCH_SIZE: ClassVar[int]  # recipients per push_recipients call
+
+    def __init__(self, client: httpx.AsyncClient, config: ConnectorConfig, credentials: Credentials | None = None) -> None: ...
+
+    async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
+        """Store each recipient's fields with the provider; one result per recipient, in order."""
+
+
+def retry_after_seconds(headers: Mapping[str, str], default: float | None = None) -> float | None:
+    """Read a Retry-After header given in seconds (the HTTP-date form is rare for APIs)."""
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if value is None:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return default
+
+
+def error_message(response: httpx.Response) -> str:
+    """A readable message from the usual error keys of a JSON error body."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("message", "error_description", "error", "errors", "detail", "title"):
+            if body.get(key):
+                value = body[key]
+                return value if isinstance(value, str) else str(value)[:300]
+    return str(body)[:300]

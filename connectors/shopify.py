@@ -1,0 +1,1182 @@
+"""Shopify: one code discount per campaign, unique redeem codes under it, orders back by webhook.
+
+Everything goes through the Admin GraphQL API of the pinned `API_VERSION`:
+
+    ensure_discount   discountCodeBasicCreate / discountCodeFreeShippingCreate (…Update with an id)
+    push_codes        discountRedeemCodeBulkAdd, then poll discountRedeemCodeBulkCreation until done
+    deactivate_codes  discountCodeRedeemCodeBulkDelete (by redeem-code id), then poll the job
+    list_codes        codeDiscountNode.codeDiscount.codes, cursor by cursor
+    fetch_order       order(id), discount allocations summed per code
+
+Shopify rate-limits GraphQL with a leaky bucket of cost points per app and shop. `CostBucket`
+mirrors it from `extensions.cost.throttleStatus` and makes each call wait until the bucket holds
+its expected cost, so we do not get throttled on purpose. A throttle that happens anyway
+(`THROTTLED`, often with HTTP 200, or HTTP 429) becomes `RateLimited`; 5xx and timeouts become
+`UpstreamError`. Both are retried here a bounded number of times, then raised for the outbox.
+
+Install (OAuth authorization-code grant, token exchange, session tokens) and webhook checks are
+methods too; the app owns the signed `state`, the routes and the secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import jwt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from connectors.base import (
+    CodeSpec,
+    CodeUse,
+    ConnectorConfig,
+    Credentials,
+    Delivery,
+    DeliveryKind,
+    DiscountSpec,
+    OrderEvent,
+    OrderEventKind,
+    PushResult,
+    retry_after_seconds,
+)
+from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+
+T = TypeVar("T")
+Json = dict[str, Any]
+Wait = Callable[[RetryCallState], float]
+
+# --- GraphQL documents (every one is validated against the pinned schema by the tests) -------
+
+DISCOUNT_BASIC_CREATE = """
+mutation CouponryDiscountBasicCreate($discount: DiscountCodeBasicInput!) {
+  discountCodeBasicCreate(basicCodeDiscount: $discount) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+DISCOUNT_BASIC_UPDATE = """
+mutation CouponryDiscountBasicUpdate($id: ID!, $discount: DiscountCodeBasicInput!) {
+  discountCodeBasicUpdate(id: $id, basicCodeDiscount: $discount) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+DISCOUNT_FREE_SHIPPING_CREATE = """
+mutation CouponryDiscountFreeShippingCreate($discount: DiscountCodeFreeShippingInput!) {
+  discountCodeFreeShippingCreate(freeShippingCodeDiscount: $discount) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+DISCOUNT_FREE_SHIPPING_UPDATE = """
+mutation CouponryDiscountFreeShippingUpdate($id: ID!, $discount: DiscountCodeFreeShippingInput!) {
+  discountCodeFreeShippingUpdate(id: $id, freeShippingCodeDiscount: $discount) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+BULK_ADD = """
+mutation CouponryRedeemCodeBulkAdd($discountId: ID!, $codes: [DiscountRedeemCodeInput!]!) {
+  discountRedeemCodeBulkAdd(discountId: $discountId, codes: $codes) {
+    bulkCreation { id done codesCount importedCount failedCount }
+    userErrors { code field message }
+  }
+}"""
+
+BULK_CREATION_STATUS = """
+query CouponryBulkCreationStatus($id: ID!) {
+  discountRedeemCodeBulkCreation(id: $id) { id done codesCount importedCount failedCount }
+}"""
+
+BULK_CREATION_CODES = """
+query CouponryBulkCreationCodes($id: ID!, $first: Int!, $after: String) {
+  discountRedeemCodeBulkCreation(id: $id) {
+    codes(first: $first, after: $after) {
+      nodes { code errors { code field message } discountRedeemCode { id } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}"""
+
+CODE_OWNER = """
+query CouponryCodeOwner($code: String!) {
+  codeDiscountNodeByCode(code: $code) { id }
+}"""
+
+FIND_REDEEM_CODES = """
+query CouponryFindRedeemCodes($id: ID!, $query: String!, $first: Int!) {
+  codeDiscountNode(id: $id) {
+    codeDiscount {
+      ... on DiscountCodeBasic { codes(first: $first, query: $query) { nodes { id code } } }
+      ... on DiscountCodeFreeShipping { codes(first: $first, query: $query) { nodes { id code } } }
+      ... on DiscountCodeBxgy { codes(first: $first, query: $query) { nodes { id code } } }
+      ... on DiscountCodeApp { codes(first: $first, query: $query) { nodes { id code } } }
+    }
+  }
+}"""
+
+REDEEM_CODE_BULK_DELETE = """
+mutation CouponryRedeemCodeBulkDelete($discountId: ID!, $ids: [ID!]) {
+  discountCodeRedeemCodeBulkDelete(discountId: $discountId, ids: $ids) {
+    job { id done }
+    userErrors { code field message }
+  }
+}"""
+
+JOB_STATUS = """
+query CouponryJobStatus($id: ID!) {
+  job(id: $id) { id done }
+}"""
+
+LIST_CODES = """
+query CouponryListCodes($id: ID!, $first: Int!, $after: String) {
+  codeDiscountNode(id: $id) {
+    codeDiscount {
+      ... on DiscountCodeBasic { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
+      ... on DiscountCodeFreeShipping { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
+      ... on DiscountCodeBxgy { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
+      ... on DiscountCodeApp { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
+    }
+  }
+}"""
+
+COUNT_CODES = """
+query CouponryCountCodes($id: ID!) {
+  codeDiscountNode(id: $id) {
+    codeDiscount {
+      ... on DiscountCodeBasic { codesCount { count precision } }
+      ... on DiscountCodeFreeShipping { codesCount { count precision } }
+      ... on DiscountCodeBxgy { codesCount { count precision } }
+      ... on DiscountCodeApp { codesCount { count precision } }
+    }
+  }
+}"""
+
+ORDER = """
+query CouponryOrder($id: ID!) {
+  order(id: $id) {
+    id legacyResourceId email sourceName processedAt cancelledAt displayFinancialStatus currencyCode discountCodes
+    customer { id defaultEmailAddress { emailAddress } }
+    subtotalPriceSet { shopMoney { amount currencyCode } }
+    totalPriceSet { shopMoney { amount currencyCode } }
+    lineItems(first: 100) {
+      nodes {
+        discountAllocations {
+          allocatedAmountSet { shopMoney { amount } }
+          discountApplication { ... on DiscountCodeApplication { code } }
+        }
+      }
+    }
+    shippingLines(first: 10) {
+      nodes {
+        discountAllocations {
+          allocatedAmountSet { shopMoney { amount } }
+          discountApplication { ... on DiscountCodeApplication { code } }
+        }
+      }
+    }
+  }
+}"""
+
+WEBHOOK_SUBSCRIPTION_CREATE = """
+mutation CouponryWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $subscription: WebhookSubscriptionInput!) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $subscription) {
+    webhookSubscription { id topic }
+    userErrors { field message }
+  }
+}"""
+
+SHOP = """
+query CouponryShop {
+  shop { name myshopifyDomain currencyCode }
+}"""
+
+# Cost we expect before Shopify has told us (it answers requestedQueryCost; we learn from that).
+# Mutations cost 10; an object 1; a connection 2 plus `first` times its node.
+EXPECTED_COST: dict[str, int] = {
+    BULK_ADD: 10,
+    BULK_CREATION_STATUS: 1,
+    BULK_CREATION_CODES: 1 + 2 + 100 * 2,
+    CODE_OWNER: 1,
+    FIND_REDEEM_CODES: 2 + 2 + 10,
+    JOB_STATUS: 1,
+    LIST_CODES: 2 + 2 + 250,
+    COUNT_CODES: 3,
+    ORDER: 1 + 1 + 2 + 2 + 2 + 100 * 3 + 2 + 10 * 3,
+    SHOP: 1,
+}
+MUTATION_COST = 10
+
+# ISO 4217 minor units where they are not 2.
+_CURRENCY_EXPONENTS: dict[str, int] = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV"), 0),
+    **dict.fromkeys(("XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4,
+    "UYW": 4,
+}
+
+_SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.myshopify\.com$")
+_PLAIN_CODE = re.compile(r"^[A-Za-z0-9_]+$")
+_DUPLICATE_ERRORS = frozenset({"TAKEN", "DUPLICATE", "IMPLICIT_DUPLICATE"})
+
+_TOPIC_KINDS: dict[str, DeliveryKind] = {
+    "app/uninstalled": "app_uninstalled",
+    "customers/redact": "customers_redact",
+    "customers/data_request": "customers_data_request",
+    "shop/redact": "shop_redact",
+}
+_ORDER_TOPICS: dict[str, OrderEventKind] = {
+    "orders/create": "created",
+    "orders/paid": "paid",
+    "orders/cancelled": "cancelled",
+    "orders/updated": "updated",
+    "orders/edited": "updated",
+    "refunds/create": "refunded",
+}
+
+
+class ShopifyAuth(httpx.Auth):
+    """Admin API access token in the X-Shopify-Access-Token header."""
+
+    def __init__(self, access_token: str) -> None:
+        self._token = access_token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["X-Shopify-Access-Token"] = self._token
+        yield request
+
+
+class CostBucket:
+    """Our replica of Shopify's leaky bucket for one app and shop.
+
+    `acquire(cost)` waits until the bucket holds `cost` points and reserves them; `settle` applies
+    Shopify's answer (refund of requested minus actual cost, then the reported level, less what
+    is still in flight). Before the first answer the size is unknown: one request probes while
+    the others wait for it. Share one bucket between the connectors of a shop in a process.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.maximum: float | None = None
+        self.restore_rate: float | None = None
+        self._level = 0.0
+        self._stamp = 0.0
+        self._in_flight = 0.0
+        self._blocked_until = 0.0
+        self._lock = asyncio.Lock()
+        self._answered = asyncio.Event()
+        self.waited = 0.0  # seconds spent waiting for the bucket, for reports
+
+    def available(self, now: float | None = None) -> float | None:
+        """Points we believe the bucket holds now (None before Shopify told us its size)."""
+        if self.maximum is None or self.restore_rate is None:
+            return None
+        now = self._clock() if now is None else now
+        return min(self.maximum, self._level + self.restore_rate * max(0.0, now - self._stamp))
+
+    async def acquire(self, cost: float) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                if now < self._blocked_until:
+                    await self._pause(self._blocked_until - now)
+                    continue
+                level = self.available(now)
+                if level is None or self.restore_rate is None or self.maximum is None:
+                    if self._in_flight > 0:  # someone is probing; wait for the answer
+                        self._answered.clear()
+                        await self._answered.wait()
+                        continue
+                    self._in_flight += cost
+                    return
+                need = min(cost, self.maximum)
+                if level < need:
+                    await self._pause((need - level) / self.restore_rate)
+                    continue
+                self._level, self._stamp = level - need, now
+                self._in_flight += need
+                return
+
+    def settle(self, reserved: float, cost: Mapping[str, Any] | None, *, charged: bool = True) -> None:
+        """Record Shopify's answer to a request for which `reserved` points were acquired.
+
+        Without an answer (`cost` None) we keep the points spent, unless the request never left
+        (`charged=False`).
+        """
+        now = self._clock()
+        self._in_flight = max(0.0, self._in_flight - reserved)
+        if not charged and self.maximum is not None:
+            self._level, self._stamp = min(self.maximum, (self.available(now) or 0.0) + reserved), now
+        status = cost.get("throttleStatus") if cost else None
+        if cost and isinstance(status, Mapping):
+            try:
+                maximum = float(status["maximumAvailable"])
+                current = float(status["currentlyAvailable"])
+                rate = float(status["restoreRate"])
+            except (KeyError, TypeError, ValueError):
+                status = None
+            else:
+                known = self.maximum is not None
+                self.maximum, self.restore_rate = maximum, rate
+                if not known or self._in_flight <= 0:
+                    self._level = current
+                else:
+                    actual = cost.get("actualQueryCost")
+                    refund = reserved - float(actual) if isinstance(actual, int | float) else reserved
+                    level = (self.available(now) or 0.0) + refund
+                    self._level = min(level, current - self._in_flight)
+                self._level = min(self._level, maximum)
+                self._stamp = now
+        self._answered.set()
+
+    def block(self, seconds: float) -> None:
+        """Hold every caller back for `seconds` (a 429 with Retry-After)."""
+        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        self.waited += seconds
+        await self._sleep(seconds)
+
+
+@dataclass(frozen=True)
+class SessionToken:
+    """A verified App Bridge session token."""
+
+    shop: str
+    user_id: str | None
+    session_id: str | None
+    expires_at: datetime
+    claims: Mapping[str, Any]
+
+
+class _NotSent(UpstreamError):
+    """The request never reached Shopify (connect failure), so even a mutation may be retried."""
+
+
+def _default_wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, RateLimited):
+        return 0.0  # the cost bucket already holds every call back for the right time
+    return min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * (0.5 + secrets.randbelow(1000) / 1000)
+
+
+class ShopifyConnector:
+    name: ClassVar[str] = "shopify"
+    API_VERSION: ClassVar[str] = "2025-01"
+    DEFAULT_BASE_URL: ClassVar[str] = "https://{shop}/admin/api/{version}/graphql.json"
+    SCOPES: ClassVar[tuple[str, ...]] = ("write_discounts", "read_orders")
+    WEBHOOK_TOPICS: ClassVar[tuple[str, ...]] = (
+        "orders/create",
+        "orders/paid",
+        "orders/cancelled",
+        "refunds/create",
+        "app/uninstalled",
+        "customers/data_request",
+        "customers/redact",
+        "shop/redact",
+    )
+    # Subscribed in the Partner Dashboard / shopify.app.toml only; the Admin API refuses them.
+    COMPLIANCE_TOPICS: ClassVar[tuple[str, ...]] = ("customers/data_request", "customers/redact", "shop/redact")
+    BATCH_SIZE: ClassVar[int] = 100  # discountRedeemCodeBulkAdd "Maximum: 100 codes" in 2025-01 (250 from 2025-10)
+    # Third-party figures, not in Shopify's docs: plan for these, surface EXCEEDED_MAX when hit.
+    MAX_CODES_PER_STORE: ClassVar[int] = 20_000_000
+    MAX_CODES_PER_DISCOUNT: ClassVar[int] = 10_000_000
+    WEBHOOK_SIGNATURE_HEADER: ClassVar[str] = "X-Shopify-Hmac-Sha256"
+    OAUTH_MAX_AGE: ClassVar[int] = 24 * 3600  # seconds a signed install/callback query stays valid
+    SESSION_TOKEN_LEEWAY: ClassVar[int] = 10  # App Bridge sends nbf slightly in the future
+    MAX_ATTEMPTS: ClassVar[int] = 5
+    RETRY_WAIT: ClassVar[Wait] = staticmethod(_default_wait)
+    POLL_INTERVAL: ClassVar[float] = 0.5
+    POLL_MAX_INTERVAL: ClassVar[float] = 5.0
+    POLL_TIMEOUT: ClassVar[float] = 300.0
+    CODES_PAGE: ClassVar[int] = 250
+    TIMEOUT: ClassVar[httpx.Timeout] = httpx.Timeout(30.0, connect=10.0)
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config: ConnectorConfig,
+        credentials: Credentials | None = None,
+        *,
+        wait: Wait | None = None,
+        max_attempts: int | None = None,
+        bucket: CostBucket | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        poll_interval: float | None = None,
+        poll_timeout: float | None = None,
+    ) -> None:
+        self._client = client
+        self.config = config
+        self.credentials = credentials
+        self._wait: Wait = wait if wait is not None else type(self).RETRY_WAIT
+        self._max_attempts = max_attempts or self.MAX_ATTEMPTS
+        self._sleep = sleep
+        self.bucket = bucket if bucket is not None else CostBucket(clock, sleep)
+        self._poll_interval = self.POLL_INTERVAL if poll_interval is None else poll_interval
+        self._poll_timeout = self.POLL_TIMEOUT if poll_timeout is None else poll_timeout
+        self._learned_cost: dict[str, float] = {}
+        self._auth = ShopifyAuth(credentials.access_token) if credentials else None
+
+    # --- install -----------------------------------------------------------------------------
+
+    @staticmethod
+    def shop_domain(value: str) -> str | None:
+        """The shop's `*.myshopify.com` host from what a merchant or Shopify sent, or None."""
+        host = value.strip().lower()
+        if "://" in host:
+            host = urlsplit(host).hostname or ""
+        host = host.split("/", 1)[0]
+        return host if _SHOP_DOMAIN.fullmatch(host) else None
+
+    def authorize_url(self, shop: str, *, redirect_uri: str, state: str, online: bool = False) -> str:
+        """Where to send the merchant to grant our scopes; `state` is the app's signed nonce."""
+        params: list[tuple[str, str]] = [
+            ("client_id", self.config.client_id),
+            ("scope", ",".join(self.SCOPES)),
+            ("redirect_uri", redirect_uri),
+            ("state", state),
+        ]
+        if online:
+            params.append(("grant_options[]", "per-user"))
+        return f"{self._admin_url(self._require_shop(shop), 'oauth/authorize')}?{urlencode(params)}"
+
+    def oauth_hmac(self, params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]) -> str:
+        """Hex HMAC-SHA256 of a query string as Shopify signs it (the `hmac` parameter left out)."""
+        pairs = []
+        for key, values in _multi(params).items():
+            if key == "hmac":
+                continue
+            if key.endswith("[]"):
+                key, value = key[:-2], json.dumps(values)
+            elif len(values) == 1:
+                value = values[0]
+            else:
+                raise BadSignature(f"parameter {key!r} given more than once")
+            key = key.replace("%", "%25").replace("=", "%3D")
+            pairs.append(f"{key}={value.replace('%', '%25')}".replace("&", "%26"))
+        message = "&".join(sorted(pairs))
+        return hmac.new(self._client_secret().encode(), message.encode(), hashlib.sha256).hexdigest()
+
+    def verify_oauth_query(
+        self,
+        params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]],
+        *,
+        now: float | None = None,
+    ) -> str:
+        """Check the `hmac` and age of a query Shopify sent us (install or callback); return the shop."""
+        multi = _multi(params)
+        given = (multi.get("hmac") or [""])[0]
+        if not given or not hmac.compare_digest(self.oauth_hmac(multi).encode(), given.encode()):
+            raise BadSignature("Shopify query signature does not match")
+        try:
+            timestamp = int((multi.get("timestamp") or [""])[0])
+        except ValueError:
+            raise BadSignature("Shopify query has no valid timestamp") from None
+        if timestamp < (time.time() if now is None else now) - self.OAUTH_MAX_AGE:
+            raise BadSignature("Shopify query is too old")
+        shop = self.shop_domain((multi.get("shop") or [""])[0])
+        if shop is None:
+            raise BadSignature("Shopify query names no valid shop")
+        return shop
+
+    def verify_callback(
+        self,
+        params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]],
+        *,
+        expected_state: str,
+        now: float | None = None,
+    ) -> tuple[str, str]:
+        """Check an OAuth callback (signature, age, shop, our state); return (shop, code)."""
+        multi = _multi(params)
+        shop = self.verify_oauth_query(multi, now=now)
+        state = (multi.get("state") or [""])[0]
+        if not expected_state or not hmac.compare_digest(state.encode(), expected_state.encode()):
+            raise BadSignature("OAuth state does not match")
+        code = (multi.get("code") or [""])[0]
+        if not code:
+            raise BadSignature("OAuth callback carries no code")
+        return shop, code
+
+    async def exchange_code(self, shop: str, code: str) -> Credentials:
+        """Trade the callback's authorization code for an offline access token."""
+        body = {"client_id": self.config.client_id, "client_secret": self._client_secret(), "code": code}
+        return await self._access_token(shop, body)
+
+    async def exchange_session_token(self, shop: str, session_token: str, *, online: bool = False) -> Credentials:
+        """Token exchange for embedded apps: an App Bridge session token for an access token."""
+        kind = "online" if online else "offline"
+        body = {
+            "client_id": self.config.client_id,
+            "client_secret": self._client_secret(),
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": session_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "requested_token_type": f"urn:shopify:params:oauth:token-type:{kind}-access-token",
+        }
+        return await self._access_token(shop, body)
+
+    def verify_session_token(self, token: str) -> SessionToken:
+        """Verify an App Bridge session token (HS256 with our client secret, `aud` = client id)."""
+        token = token.removeprefix("Bearer ").strip()
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._client_secret(),
+                algorithms=["HS256"],
+                audience=self.config.client_id,
+                leeway=self.SESSION_TOKEN_LEEWAY,
+                options={"require": ["exp", "nbf", "iss", "dest", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise BadSignature(f"session token refused: {exc}") from None
+        iss, dest = str(claims["iss"]), str(claims["dest"])
+        shop = self.shop_domain(dest)
+        if shop is None or urlsplit(iss).hostname != shop or urlsplit(dest).hostname != shop:
+            raise BadSignature("session token issuer and destination are not the same shop")
+        return SessionToken(
+            shop=shop,
+            user_id=str(claims["sub"]) if claims.get("sub") is not None else None,
+            session_id=str(claims["sid"]) if claims.get("sid") is not None else None,
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            claims=claims,
+        )
+
+    def missing_scopes(self, credentials: Credentials) -> tuple[str, ...]:
+        """SCOPES the merchant did not grant (a write scope implies its read scope)."""
+        granted = set(credentials.scopes)
+        granted |= {"read_" + s.removeprefix("write_") for s in granted if s.startswith("write_")}
+        return tuple(s for s in self.SCOPES if s not in granted)
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+        secret = self.config.webhook_secret or self.config.client_secret
+        given = _header(headers, self.WEBHOOK_SIGNATURE_HEADER)
+        if not secret or not given:
+            raise BadSignature("webhook carries no Shopify signature" if secret else "no Shopify webhook secret configured")
+        digest = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest())
+        if not hmac.compare_digest(digest, given.strip().encode()):
+            raise BadSignature("Shopify webhook signature does not match")
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        topic = (_header(headers, "X-Shopify-Topic") or "").strip()
+        shop = (_header(headers, "X-Shopify-Shop-Domain") or "").strip().lower()
+        delivery_id = (
+            _header(headers, "X-Shopify-Webhook-Id")
+            or _header(headers, "X-Shopify-Event-Id")
+            or "sha256:" + hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
+        ).strip()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise Rejected("Shopify webhook body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise Rejected("Shopify webhook body is not a JSON object")
+        shop = shop or str(payload.get("shop_domain") or "")
+        if topic in _ORDER_TOPICS:
+            event = self._order_event(_ORDER_TOPICS[topic], payload, shop, delivery_id)
+            return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order", events=(event,))
+        kind = _TOPIC_KINDS.get(topic, "other")
+        customer = payload.get("customer") if isinstance(payload.get("customer"), dict) else {}
+        orders = payload.get("orders_to_redact") or payload.get("orders_requested") or []
+        return Delivery(
+            delivery_id=delivery_id,
+            topic=topic,
+            shop=shop,
+            kind=kind,
+            customer_id=_str_or_none(customer.get("id")),
+            email=_str_or_none(customer.get("email")),
+            order_ids=tuple(str(o) for o in orders if o is not None),
+        )
+
+    def _order_event(self, kind: OrderEventKind, payload: Json, shop: str, delivery_id: str) -> OrderEvent:
+        if kind == "refunded":  # a Refund, not an Order
+            return OrderEvent(
+                platform=self.name,
+                shop=shop,
+                kind=kind,
+                order_id=str(payload.get("order_id", "")),
+                occurred_at=_datetime(payload.get("processed_at") or payload.get("created_at")),
+                delivery_id=delivery_id,
+            )
+        currency = str(payload.get("currency") or "USD").upper()
+        customer = payload.get("customer") if isinstance(payload.get("customer"), dict) else {}
+        codes = tuple(
+            CodeUse(code=str(d["code"]), amount=_to_minor(d.get("amount"), currency))
+            for d in payload.get("discount_codes") or []
+            if isinstance(d, dict) and d.get("code")
+        )
+        when = payload.get("cancelled_at") if kind == "cancelled" else None
+        return OrderEvent(
+            platform=self.name,
+            shop=shop,
+            kind=kind,
+            order_id=str(payload.get("id", "")),
+            codes=codes,
+            customer_id=_str_or_none(customer.get("id")),
+            email=_str_or_none(payload.get("email") or payload.get("contact_email") or customer.get("email")),
+            subtotal=_to_minor(payload.get("subtotal_price"), currency),
+            total=_to_minor(payload.get("total_price"), currency),
+            currency=currency,
+            channel=_str_or_none(payload.get("source_name")),
+            occurred_at=_datetime(when or payload.get("processed_at") or payload.get("created_at")),
+            delivery_id=delivery_id,
+        )
+
+    async def register_webhooks(self, callback_url: str) -> dict[str, str]:
+        """Subscribe every non-compliance topic to `callback_url`; topic -> subscription id ("" if it existed)."""
+        registered: dict[str, str] = {}
+        for topic in self.WEBHOOK_TOPICS:
+            if topic in self.COMPLIANCE_TOPICS:
+                continue
+            variables = {"topic": topic.upper().replace("/", "_"), "subscription": {"callbackUrl": callback_url, "format": "JSON"}}
+            data = await self._graphql(WEBHOOK_SUBSCRIPTION_CREATE, variables)
+            payload = data["webhookSubscriptionCreate"]
+            errors = payload.get("userErrors") or []
+            if errors and not all("taken" in str(e.get("message", "")).lower() for e in errors):
+                raise Rejected(f"{topic}: " + _messages(errors))
+            registered[topic] = "" if errors else str((payload.get("webhookSubscription") or {}).get("id", ""))
+        return registered
+
+    # --- discounts and codes -----------------------------------------------------------------
+
+    async def ensure_discount(self, spec: DiscountSpec) -> str:
+        free_shipping = spec.kind == "free_shipping"
+        variables: Json = {"discount": self._discount_input(spec, create=spec.platform_discount_id is None)}
+        if spec.platform_discount_id is None:
+            document, field = (
+                (DISCOUNT_FREE_SHIPPING_CREATE, "discountCodeFreeShippingCreate")
+                if free_shipping
+                else (DISCOUNT_BASIC_CREATE, "discountCodeBasicCreate")
+            )
+        else:
+            variables["id"] = _gid("DiscountCodeNode", spec.platform_discount_id)
+            document, field = (
+                (DISCOUNT_FREE_SHIPPING_UPDATE, "discountCodeFreeShippingUpdate")
+                if free_shipping
+                else (DISCOUNT_BASIC_UPDATE, "discountCodeBasicUpdate")
+            )
+        # A create that timed out may have happened: retrying could leave a second discount behind.
+        data = await self._graphql(document, variables, idempotent=spec.platform_discount_id is not None)
+        payload = data[field]
+        if payload.get("userErrors"):
+            raise Rejected(_messages(payload["userErrors"]))
+        node = payload.get("codeDiscountNode") or {}
+        if not node.get("id"):
+            raise UpstreamError(f"{field} returned no discount")
+        return str(node["id"])
+
+    def _discount_input(self, spec: DiscountSpec, *, create: bool) -> Json:
+        combines = spec.combines_with_codes or spec.combines_with_automatic
+        d: Json = {"title": spec.title, "appliesOncePerCustomer": spec.once_per_customer, "usageLimit": spec.uses_per_code}
+        if create:
+            # Shopify wants a first code on the discount; make it one nobody can guess.
+            d["code"] = "CPNRY" + secrets.token_hex(10).upper()
+            d["customerSelection"] = {"all": True}
+            d["startsAt"] = _iso(spec.starts_at or datetime.now(UTC))
+        elif spec.starts_at is not None:
+            d["startsAt"] = _iso(spec.starts_at)
+        d["endsAt"] = _iso(spec.ends_at) if spec.ends_at else None
+        if spec.minimum_subtotal is not None:  # Shopify takes one of the two; Couponry checks the other
+            d["minimumRequirement"] = {"subtotal": {"greaterThanOrEqualToSubtotal": _from_minor(spec.minimum_subtotal, spec.currency)}}
+        elif spec.minimum_quantity is not None:
+            d["minimumRequirement"] = {"quantity": {"greaterThanOrEqualToQuantity": str(spec.minimum_quantity)}}
+        elif not create:
+            d["minimumRequirement"] = {"quantity": {"greaterThanOrEqualToQuantity": None}, "subtotal": {"greaterThanOrEqualToSubtotal": None}}
+        if spec.kind == "free_shipping":
+            d["combinesWith"] = {"productDiscounts": combines, "orderDiscounts": combines}
+            d["destination"] = {"all": True}
+            return d
+        d["combinesWith"] = {"productDiscounts": combines, "orderDiscounts": combines, "shippingDiscounts": combines}
+        if spec.kind == "percentage":
+            value: Json = {"percentage": round(spec.value / 100, 4)}
+        else:
+            value = {"discountAmount": {"amount": _from_minor(spec.value, spec.currency), "appliesOnEachItem": False}}
+        items: Json = {}
+        if spec.product_ids:
+            items["products"] = {"productsToAdd": [_gid("Product", p) for p in spec.product_ids]}
+        if spec.collection_ids:
+            items["collections"] = {"add": [_gid("Collection", c) for c in spec.collection_ids]}
+        d["customerGets"] = {"value": value, "items": items or {"all": True}}
+        return d
+
+    async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Add codes (their display form: what shoppers type) under the discount; one result each."""
+        results: list[PushResult] = []
+        for start in range(0, len(codes), self.BATCH_SIZE):
+            results.extend(await self._push_batch(_gid("DiscountCodeNode", discount_id), codes[start : start + self.BATCH_SIZE]))
+        return results
+
+    async def _push_batch(self, discount_gid: str, batch: Sequence[CodeSpec], *, resubmit: bool = True) -> list[PushResult]:
+        sent = [c.display or c.code for c in batch]
+        data = await self._graphql(BULK_ADD, {"discountId": discount_gid, "codes": [{"code": s} for s in sent]})
+        payload = data["discountRedeemCodeBulkAdd"]
+        results: dict[int, PushResult] = {}
+        for error in payload.get("userErrors") or []:
+            index = _code_index(error.get("field"))
+            if index is None or index >= len(batch):
+                if not payload.get("bulkCreation"):
+                    raise Rejected(_messages(payload["userErrors"]))
+                continue
+            results[index] = PushResult(code=batch[index].code, ok=False, error=str(error.get("message") or "refused"))
+        creation = payload.get("bulkCreation")
+        if not creation:
+            rest = [i for i in range(len(batch)) if i not in results]
+            if rest and resubmit and results:  # only some codes were bad: send the others again
+                again = await self._push_batch(discount_gid, [batch[i] for i in rest], resubmit=False)
+                results.update(zip(rest, again, strict=True))
+            for i in rest:
+                results.setdefault(i, PushResult(code=batch[i].code, ok=False, error="Shopify did not accept the batch"))
+            return [results[i] for i in range(len(batch))]
+        creation_id = str(creation["id"])
+        if not creation.get("done"):
+            creation = await self._poll(
+                lambda: self._bulk_creation_status(creation_id), lambda c: bool(c.get("done")), "bulk code creation"
+            )
+        if int(creation.get("failedCount") or 0) == 0 and int(creation.get("importedCount") or 0) >= len(batch) - len(results):
+            return [results.get(i) or PushResult(code=c.code, ok=True) for i, c in enumerate(batch)]
+        outcome = await self._bulk_creation_codes(creation_id)
+        for i, (spec, text) in enumerate(zip(batch, sent, strict=True)):
+            if i in results:
+                continue
+            node = outcome.get(text.casefold())
+            if node is None:
+                results[i] = PushResult(code=spec.code, ok=False, error="Shopify reported nothing for this code")
+                continue
+            errors = node.get("errors") or []
+            redeem = node.get("discountRedeemCode") or {}
+            if not errors:
+                results[i] = PushResult(code=spec.code, ok=True, platform_id=_str_or_none(redeem.get("id")))
+            elif {e.get("code") for e in errors} & _DUPLICATE_ERRORS and await self._owned_by(text, discount_gid):
+                results[i] = PushResult(code=spec.code, ok=True)  # already ours: an earlier attempt added it
+            else:
+                results[i] = PushResult(code=spec.code, ok=False, error=_messages(errors))
+        return [results[i] for i in range(len(batch))]
+
+    async def _bulk_creation_status(self, creation_id: str) -> Json:
+        data = await self._graphql(BULK_CREATION_STATUS, {"id": creation_id})
+        creation = data.get("discountRedeemCodeBulkCreation")
+        if not creation:
+            raise NotFound(f"bulk creation {creation_id} not found")
+        return dict(creation)
+
+    async def _bulk_creation_codes(self, creation_id: str) -> dict[str, Json]:
+        found: dict[str, Json] = {}
+        after: str | None = None
+        while True:
+            variables = {"id": creation_id, "first": self.BATCH_SIZE, "after": after}
+            data = await self._graphql(BULK_CREATION_CODES, variables)
+            connection = (data.get("discountRedeemCodeBulkCreation") or {}).get("codes") or {}
+            for node in connection.get("nodes") or []:
+                found[str(node.get("code", "")).casefold()] = node
+            page = connection.get("pageInfo") or {}
+            if not page.get("hasNextPage"):
+                return found
+            after = page.get("endCursor")
+
+    async def _owned_by(self, code: str, discount_gid: str) -> bool:
+        data = await self._graphql(CODE_OWNER, {"code": code})
+        return str((data.get("codeDiscountNodeByCode") or {}).get("id")) == discount_gid
+
+    async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
+        """Delete redeem codes (by code, or by DiscountRedeemCode gid); an absent code counts as done."""
+        discount_gid = _gid("DiscountCodeNode", discount_id)
+        ids: dict[int, str] = {}
+        results: dict[int, PushResult] = {}
+        for i, code in enumerate(codes):
+            if code.startswith("gid://shopify/DiscountRedeemCode/"):
+                ids[i] = code
+            elif (found := await self._find_redeem_code(discount_gid, code)) is not None:
+                ids[i] = found
+            else:
+                results[i] = PushResult(code=code, ok=True)
+        order = list(ids)
+        for start in range(0, len(order), self.BATCH_SIZE):
+            chunk = order[start : start + self.BATCH_SIZE]
+            data = await self._graphql(REDEEM_CODE_BULK_DELETE, {"discountId": discount_gid, "ids": [ids[i] for i in chunk]})
+            payload = data["discountCodeRedeemCodeBulkDelete"]
+            if payload.get("userErrors"):
+                message = _messages(payload["userErrors"])
+                results.update({i: PushResult(code=codes[i], ok=False, platform_id=ids[i], error=message) for i in chunk})
+                continue
+            job = payload.get("job") or {}
+            if job.get("id") and not job.get("done"):
+                await self._poll(lambda job_id=str(job["id"]): self._job_status(job_id), lambda j: bool(j.get("done")), "code deletion")
+            results.update({i: PushResult(code=codes[i], ok=True, platform_id=ids[i]) for i in chunk})
+        return [results[i] for i in range(len(codes))]
+
+    async def _find_redeem_code(self, discount_gid: str, code: str) -> str | None:
+        # The codes(query:) search is fuzzy; match exactly (codes are case-insensitive) ourselves.
+        query = code if _PLAIN_CODE.fullmatch(code) else '"' + code.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        data = await self._graphql(FIND_REDEEM_CODES, {"id": discount_gid, "query": query, "first": 10})
+        node = data.get("codeDiscountNode")
+        if not node:
+            raise NotFound(f"discount {discount_gid} not found")
+        for found in ((node.get("codeDiscount") or {}).get("codes") or {}).get("nodes") or []:
+            if str(found.get("code", "")).casefold() == code.casefold():
+                return str(found["id"])
+        return None
+
+    async def _job_status(self, job_id: str) -> Json:
+        data = await self._graphql(JOB_STATUS, {"id": job_id})
+        return dict(data.get("job") or {"done": True})
+
+    async def list_codes(self, discount_id: str) -> AsyncIterator[str]:
+        discount_gid = _gid("DiscountCodeNode", discount_id)
+        after: str | None = None
+        while True:
+            data = await self._graphql(LIST_CODES, {"id": discount_gid, "first": self.CODES_PAGE, "after": after})
+            node = data.get("codeDiscountNode")
+            if not node:
+                raise NotFound(f"discount {discount_gid} not found")
+            connection = (node.get("codeDiscount") or {}).get("codes") or {}
+            for code in connection.get("nodes") or []:
+                yield str(code["code"])
+            page = connection.get("pageInfo") or {}
+            if not page.get("hasNextPage"):
+                return
+            after = page.get("endCursor")
+
+    async def count_codes(self, discount_id: str) -> int:
+        """How many codes the discount holds (Shopify may answer a lower bound for huge discounts)."""
+        data = await self._graphql(COUNT_CODES, {"id": _gid("DiscountCodeNode", discount_id)})
+        node = data.get("codeDiscountNode")
+        if not node:
+            raise NotFound(f"discount {discount_id} not found")
+        return int((((node.get("codeDiscount") or {}).get("codesCount")) or {}).get("count") or 0)
+
+    # --- orders and shop ---------------------------------------------------------------------
+
+    async def fetch_order(self, order_id: str) -> OrderEvent:
+        data = await self._graphql(ORDER, {"id": _gid("Order", order_id)})
+        order = data.get("order")
+        if not order:
+            raise NotFound(f"order {order_id} not found")
+        currency = str(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("currencyCode") or order.get("currencyCode") or "USD")
+        amounts: dict[str, int] = {}
+        for connection in (order.get("lineItems"), order.get("shippingLines")):
+            for line in (connection or {}).get("nodes") or []:
+                for allocation in line.get("discountAllocations") or []:
+                    code = (allocation.get("discountApplication") or {}).get("code")
+                    if code:
+                        money = ((allocation.get("allocatedAmountSet") or {}).get("shopMoney") or {}).get("amount")
+                        amounts[code.casefold()] = amounts.get(code.casefold(), 0) + _to_minor(money, currency)
+        status = order.get("displayFinancialStatus")
+        kind: OrderEventKind = (
+            "cancelled"
+            if order.get("cancelledAt")
+            else "refunded"
+            if status == "REFUNDED"
+            else "paid"
+            if status in ("PAID", "PARTIALLY_REFUNDED")
+            else "created"
+        )
+        customer = order.get("customer") or {}
+        return OrderEvent(
+            platform=self.name,
+            shop=self._shop(),
+            kind=kind,
+            order_id=str(order.get("legacyResourceId") or _legacy_id(str(order["id"]))),
+            codes=tuple(CodeUse(code=c, amount=amounts.get(c.casefold(), 0)) for c in order.get("discountCodes") or []),
+            customer_id=_legacy_id(str(customer["id"])) if customer.get("id") else None,
+            email=_str_or_none(order.get("email") or (customer.get("defaultEmailAddress") or {}).get("emailAddress")),
+            subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
+            total=_to_minor(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
+            currency=currency,
+            channel=_str_or_none(order.get("sourceName")),
+            occurred_at=_datetime(order.get("cancelledAt") or order.get("processedAt")),
+        )
+
+    async def fetch_shop(self) -> Json:
+        """The shop's name, myshopify domain and currency: also a cheap check that the token works."""
+        data = await self._graphql(SHOP, {})
+        return dict(data.get("shop") or {})
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    @property
+    def graphql_url(self) -> str:
+        return self._graphql_url(self._shop())
+
+    def _graphql_url(self, shop: str) -> str:
+        return (self.config.base_url or self.DEFAULT_BASE_URL).format(shop=shop, version=self.API_VERSION)
+
+    def _admin_url(self, shop: str, path: str) -> str:
+        url = self._graphql_url(shop)
+        root = url[: url.index("/admin/")] if "/admin/" in url else "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        return f"{root}/admin/{path}"
+
+    def _shop(self) -> str:
+        if self.credentials is None or not self.credentials.shop_domain:
+            raise AuthError("no Shopify shop credentials")
+        return self.credentials.shop_domain
+
+    def _require_shop(self, shop: str) -> str:
+        valid = self.shop_domain(shop)
+        if valid is None:
+            raise Rejected(f"not a myshopify.com shop domain: {shop!r}")
+        return valid
+
+    def _client_secret(self) -> str:
+        if not self.config.client_secret:
+            raise AuthError("no Shopify client secret configured")
+        return self.config.client_secret
+
+    async def _access_token(self, shop: str, body: Mapping[str, str]) -> Credentials:
+        shop = self._require_shop(shop)
+        try:
+            response = await self._client.post(
+                self._admin_url(shop, "oauth/access_token"), json=body, headers={"Accept": "application/json"}, timeout=self.TIMEOUT
+            )
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"Shopify did not answer: {type(exc).__name__}") from None
+        _raise_for_status(response)
+        try:
+            answer = response.json()
+            token = str(answer["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamError("Shopify's token answer has no access_token") from None
+        scopes = tuple(s.strip() for s in str(answer.get("scope") or "").split(",") if s.strip())
+        extra = {"associated_user_id": str(answer["associated_user"]["id"])} if isinstance(answer.get("associated_user"), dict) else {}
+        if answer.get("expires_in") is not None:
+            extra["expires_in"] = str(answer["expires_in"])
+        return Credentials(shop_domain=shop, access_token=token, scopes=scopes, extra=extra)
+
+    async def _graphql(self, document: str, variables: Mapping[str, Any], *, idempotent: bool = True) -> Json:
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, RateLimited | _NotSent):
+                return True
+            return idempotent and isinstance(exc, UpstreamError)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._graphql_once(document, variables)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _expected_cost(self, document: str) -> float:
+        learned = self._learned_cost.get(document)
+        if learned is not None:
+            return learned
+        return EXPECTED_COST.get(document, MUTATION_COST if document.lstrip().startswith("mutation") else 1)
+
+    async def _graphql_once(self, document: str, variables: Mapping[str, Any]) -> Json:
+        if self._auth is None:
+            raise AuthError("no Shopify access token")
+        url = self.graphql_url
+        cost = self._expected_cost(document)
+        await self.bucket.acquire(cost)
+        try:
+            response = await self._client.post(
+                url, json={"query": document, "variables": dict(variables)}, auth=self._auth, timeout=self.TIMEOUT
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.bucket.settle(cost, None, charged=False)
+            raise _NotSent(f"could not reach Shopify: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            self.bucket.settle(cost, None)
+            raise UpstreamError(f"Shopify did not answer: {type(exc).__name__}") from None
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        extensions = body.get("extensions") if isinstance(body, dict) else None
+        cost_info = extensions.get("cost") if isinstance(extensions, dict) else None
+        self.bucket.settle(cost, cost_info if isinstance(cost_info, Mapping) else None)
+        if isinstance(cost_info, Mapping) and isinstance(cost_info.get("requestedQueryCost"), int | float):
+            self._learned_cost[document] = float(cost_info["requestedQueryCost"])
+        if response.status_code == 429:
+            retry_after = retry_after_seconds(response.headers, 1.0) or 1.0
+            self.bucket.block(retry_after)
+            raise RateLimited("Shopify asked us to slow down", retry_after=retry_after, status=429)
+        _raise_for_status(response)
+        if not isinstance(body, dict):
+            raise UpstreamError("Shopify answered something that is not JSON", status=response.status_code)
+        errors = body.get("errors")
+        if errors:
+            raise self._graphql_error(errors, cost_info if isinstance(cost_info, Mapping) else None)
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise UpstreamError("Shopify answered no data")
+        return data
+
+    def _graphql_error(self, errors: Any, cost: Mapping[str, Any] | None) -> ConnectorError:
+        items = errors if isinstance(errors, list) else [{"message": str(errors)}]
+        codes = {str((e.get("extensions") or {}).get("code", "")) for e in items if isinstance(e, dict)}
+        message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in items)[:500]
+        if "THROTTLED" in codes:
+            retry_after = 1.0
+            status = (cost or {}).get("throttleStatus") or {}
+            try:
+                deficit = float((cost or {})["requestedQueryCost"]) - float(status["currentlyAvailable"])
+                retry_after = max(0.0, deficit) / float(status["restoreRate"])
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                pass
+            return RateLimited(f"Shopify throttled the request: {message}", retry_after=retry_after)
+        if codes & {"ACCESS_DENIED", "UNAUTHORIZED"}:
+            return AuthError(message)
+        if codes & {"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}:
+            return UpstreamError(message)
+        return Rejected(message)  # MAX_COST_EXCEEDED, invalid documents or variables
+
+    async def _poll(self, fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str) -> T:
+        delay, waited = self._poll_interval, 0.0
+        while True:
+            await self._sleep(delay)
+            waited += delay
+            result = await fetch()
+            if done(result):
+                return result
+            if waited >= self._poll_timeout:
+                raise UpstreamError(f"Shopify's {what} still running after {waited:.0f} s")
+            delay = min(max(delay * 2, 0.05), self.POLL_MAX_INTERVAL)
+
+
+# --- small pure helpers --------------------------------------------------------------------------
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    message = f"Shopify: {_error_text(response)}"
+    if status in (401, 403):
+        raise AuthError(message, status=status)
+    if status == 404:
+        raise NotFound(message, status=status)
+    if status == 429:
+        raise RateLimited(message, retry_after=retry_after_seconds(response.headers, 1.0), status=status)
+    if status >= 500:
+        raise UpstreamError(message, status=status)
+    raise Rejected(message, status=status)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("errors", "error_description", "error", "message"):
+            if body.get(key):
+                return str(body[key])[:300]
+    return str(body)[:300]
+
+
+def _multi(params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    multi: dict[str, list[str]] = {}
+    multi_items = getattr(params, "multi_items", None)
+    if callable(multi_items):  # Starlette's QueryParams keep repeated keys there
+        params = multi_items()
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            multi[str(key)] = [value] if isinstance(value, str) else [str(v) for v in value]
+        return multi
+    for key, value in params:
+        multi.setdefault(str(key), []).append(str(value))
+    return multi
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lowered:
+            return val
+    return None
+
+
+def _messages(errors: Iterable[Any]) -> str:
+    parts = []
+    for error in errors:
+        if isinstance(error, dict):
+            text = str(error.get("message") or "refused")
+            parts.append(f"{text} ({error['code']})" if error.get("code") else text)
+        else:
+            parts.append(str(error))
+    return "; ".join(parts)[:500] or "refused"
+
+
+def _code_index(field: Any) -> int | None:
+    """The index i of a userError whose field is ["codes", "i", ...]."""
+    if isinstance(field, list) and len(field) >= 2 and field[0] == "codes":
+        try:
+            return int(field[1])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _gid(kind: str, value: str) -> str:
+    return value if value.startswith("gid://") else f"gid://shopify/{kind}/{value}"
+
+
+def _legacy_id(gid: str) -> str:
+    return gid.rsplit("/", 1)[-1].split("?", 1)[0] if gid.startswith("gid://") else gid
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _exponent(currency: str) -> int:
+    return _CURRENCY_EXPONENTS.get(currency.upper(), 2)
+
+
+def _to_minor(value: Any, currency: str) -> int:
+    """A Shopify decimal amount ("10.00", "1000", "1.250") in minor units of `currency`."""
+    if value is None or value == "":
+        return 0
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise Rejected(f"not a money amount: {value!r}") from None
+    return int(amount.scaleb(_exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def _from_minor(amount: int, currency: str) -> str:
+    return f"{Decimal(amount).scaleb(-_exponent(currency)):f}"
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _datetime(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)

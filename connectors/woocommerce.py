@@ -1,0 +1,674 @@
+"""WooCommerce (REST API v3, `wc/v3`): coupons pushed 100 at a time, full orders in signed webhooks.
+
+What is particular to WooCommerce (sources in shared/research/platforms.md, section 1):
+
+- **Auth.** The consumer key and secret go in HTTP Basic auth over HTTPS. Some servers drop the
+  `Authorization` header, so a store can set `Credentials.extra["auth"] = "query"` to send the keys
+  as query parameters instead. OAuth 1.0a (needed over plain HTTP) is not supported.
+  The keys come from the `/wc-auth/v1/authorize` flow (see `authorize_url`,
+  `parse_auth_callback`, `credentials`) or from manual entry.
+- **No campaign-level discount.** `ensure_discount` makes no API call. It returns a self-describing
+  id, `woo1.<base64url JSON>`, that holds the coupon template (type, amount, limits, products,
+  expiry). `push_codes` copies those rules onto every coupon and tags each one with the meta key
+  `couponry_campaign_id`. The tag tells our coupons apart from the merchant's own coupons.
+- **Batches.** `POST coupons/batch` takes at most 100 operations. Errors come back per item inside
+  an HTTP 200, so each item is read on its own. A code that already exists
+  (`woocommerce_rest_coupon_code_already_exists`) is looked up with `GET coupons?code=`. It counts
+  as synced only if it carries our campaign tag.
+- **Case.** Core lowercases every coupon code (`wc_strtolower`), so we send the display form in
+  lower case. A store that removed that filter can set `Credentials.extra["code_case"] = "preserve"`.
+  `deactivate_codes` expects the display form too, the same string that was pushed.
+- **Webhooks.** `X-WC-Webhook-Signature` is base64(HMAC-SHA256(raw body, secret)). The creation
+  ping is an unsigned form body `webhook_id=<id>` and needs a 200. Order payloads are the full
+  order. WooCommerce never retries a failed delivery, and it disables a hook after more than 5
+  failures in a row. So `register_webhooks` re-enables disabled hooks, and `list_recent_orders`
+  feeds the periodic poll that fills the gaps.
+- **Delivery ids.** `X-WC-Webhook-Delivery-ID` is `wp_hash(webhook_id . time)`, which is not unique
+  per event. `Delivery.delivery_id` is therefore `order:<id>:<date_modified_gmt>:<status>`, the
+  dedupe key the research recommends. Two deliveries of the same order state collapse into one,
+  and two different states never do. The header value is kept in `OrderEvent.delivery_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, ClassVar, Final, Literal
+from urllib.parse import urlencode
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity.wait import wait_base
+
+from connectors.base import (
+    CodeSpec,
+    CodeUse,
+    ConnectorConfig,
+    Credentials,
+    Delivery,
+    DiscountSpec,
+    OrderEvent,
+    OrderEventKind,
+    PushResult,
+    retry_after_seconds,
+)
+from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+
+# Order status -> neutral kind. Usage is counted on processing/completed; WooCommerce itself gives
+# the use back on cancelled/failed/trash but not on refunded (wc_update_coupon_usage_counts).
+ORDER_STATUS_KINDS: Final[Mapping[str, OrderEventKind]] = {
+    "pending": "created",
+    "checkout-draft": "created",
+    "on-hold": "created",
+    "processing": "paid",
+    "completed": "paid",
+    "cancelled": "cancelled",
+    "trash": "cancelled",
+    "refunded": "refunded",
+    "failed": "failed",
+}
+
+CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
+DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
+_DISCOUNT_PREFIX: Final = "woo1."
+_PING = re.compile(rb"webhook_id=\d+")
+
+# ISO 4217 minor-unit exponents that are not 2 (the same table as plugin/refusals.py).
+_EXPONENTS: Final[Mapping[str, int]] = {
+    **dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0),
+    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+}
+
+
+@dataclass(frozen=True)
+class WooAuthKeys:
+    """What WooCommerce POSTs (as JSON) to our callback_url at the end of /wc-auth/v1/authorize."""
+
+    user_id: str  # our own reference for the tenant, echoed back
+    consumer_key: str
+    consumer_secret: str
+    key_permissions: str
+    key_id: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookRegistration:
+    """The state of one of our webhooks after `register_webhooks`."""
+
+    topic: str
+    id: str
+    action: Literal["created", "reactivated", "active", "paused"]
+
+
+class WooCommerceAuth(httpx.Auth):
+    """Consumer key/secret: HTTP Basic over HTTPS, or query parameters for servers that drop the header."""
+
+    def __init__(self, consumer_key: str, consumer_secret: str, *, in_query: bool = False) -> None:
+        self._key = consumer_key
+        self._secret = consumer_secret
+        self._in_query = in_query
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self._in_query:
+            request.url = request.url.copy_merge_params({"consumer_key": self._key, "consumer_secret": self._secret})
+        else:
+            token = base64.b64encode(f"{self._key}:{self._secret}".encode()).decode()
+            request.headers["Authorization"] = f"Basic {token}"
+        yield request
+
+
+class RetryAfterWait(wait_base):
+    """Wait what the platform asked for (RateLimited.retry_after), else fall back to `fallback`."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self._fallback = fallback
+
+    def __call__(self, retry_state: Any) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return error.retry_after
+        return float(self._fallback(retry_state))
+
+
+class WooCommerceConnector:
+    name: ClassVar[str] = "woocommerce"
+    API_PATH: ClassVar[str] = "/wp-json/wc/v3/"
+    SCOPES: ClassVar[tuple[str, ...]] = ("read_write",)
+    WEBHOOK_TOPICS: ClassVar[tuple[str, ...]] = ("order.created", "order.updated", "order.deleted", "order.restored")
+    BATCH_SIZE: ClassVar[int] = 100  # create + update + delete together (woocommerce_rest_batch_items_limit)
+    PAGE_SIZE: ClassVar[int] = 100  # per_page maximum
+    LOOKUP_CONCURRENCY: ClassVar[int] = 5
+    TIMEOUT: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config: ConnectorConfig,
+        credentials: Credentials | None = None,
+        *,
+        wait: wait_base | None = None,
+        max_attempts: int = 4,
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._credentials = credentials
+        self._wait = wait if wait is not None else RetryAfterWait(wait_exponential_jitter(initial=1, max=30))
+        self._max_attempts = max_attempts
+
+    # --- install --------------------------------------------------------------------------
+
+    def authorize_url(
+        self, store_url: str, *, app_name: str, user_id: str, return_url: str, callback_url: str, scope: str = "read_write"
+    ) -> str:
+        """Where to send the merchant to approve our keys (all five parameters are mandatory).
+
+        `user_id` is our own reference for the tenant: make it unguessable (e.g. signed), because
+        the callback that carries the keys is not signed by WooCommerce.
+        """
+        if not callback_url.startswith("https://"):
+            raise ValueError("WooCommerce posts the keys only to an HTTPS callback_url")
+        query = urlencode(
+            {"app_name": app_name, "scope": scope, "user_id": user_id, "return_url": return_url, "callback_url": callback_url}
+        )
+        return f"{self._store_root(store_url)}/wc-auth/v1/authorize?{query}"
+
+    @staticmethod
+    def parse_auth_callback(body: bytes) -> WooAuthKeys:
+        """Read the keys WooCommerce POSTs to callback_url (a raw JSON body, not form data)."""
+        try:
+            data = json.loads(body)
+            return WooAuthKeys(
+                user_id=str(data["user_id"]),
+                consumer_key=str(data["consumer_key"]),
+                consumer_secret=str(data["consumer_secret"]),
+                key_permissions=str(data.get("key_permissions", "")),
+                key_id=str(data.get("key_id", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConnectorError("malformed WooCommerce auth callback") from exc
+
+    @staticmethod
+    def credentials(
+        store_url: str, keys: WooAuthKeys, *, auth: Literal["basic", "query"] = "basic", webhook_secret: str = ""
+    ) -> Credentials:
+        """Credentials for a store: the consumer secret is the token to encrypt at rest."""
+        extra = {"consumer_key": keys.consumer_key, "auth": auth}
+        if webhook_secret:
+            extra["webhook_secret"] = webhook_secret
+        return Credentials(
+            shop_domain=store_url, access_token=keys.consumer_secret, scopes=(keys.key_permissions,), extra=extra
+        )
+
+    async def verify_credentials(self) -> None:
+        """One cheap authenticated read; raises AuthError when the keys are wrong or lack rights."""
+        await self._request("GET", "coupons", params={"per_page": 1})
+
+    # --- codes out ------------------------------------------------------------------------
+
+    async def ensure_discount(self, spec: DiscountSpec) -> str:
+        """WooCommerce has no campaign-level discount: return the coupon template as the id.
+
+        No API call is made, and the same spec always gives the same id. Rules the coupon cannot
+        hold (start date, minimum quantity, collections other than categories) are left to Couponry.
+        """
+        coupon: dict[str, Any] = {"description": f"{spec.title} (Couponry campaign {spec.campaign_id})"}
+        if spec.kind == "percentage":
+            coupon |= {"discount_type": "percent", "amount": str(spec.value)}
+        elif spec.kind == "fixed_amount":
+            coupon |= {"discount_type": "fixed_cart", "amount": from_minor(spec.value, spec.currency)}
+        else:
+            coupon |= {"discount_type": "fixed_cart", "amount": "0", "free_shipping": True}
+        coupon["individual_use"] = not spec.combines_with_codes
+        if spec.uses_per_code is not None:
+            coupon["usage_limit"] = spec.uses_per_code
+        if spec.once_per_customer:
+            coupon["usage_limit_per_user"] = 1
+        if spec.minimum_subtotal:
+            coupon["minimum_amount"] = from_minor(spec.minimum_subtotal, spec.currency)
+        if spec.product_ids:
+            coupon["product_ids"] = _int_ids(spec.product_ids, "product")
+        if spec.collection_ids:
+            coupon["product_categories"] = _int_ids(spec.collection_ids, "category")
+        template = {
+            "campaign_id": spec.campaign_id,
+            "coupon": coupon,
+            "ends_at": _woo_datetime(spec.ends_at) if spec.ends_at else None,
+        }
+        raw = json.dumps(template, separators=(",", ":"), sort_keys=True).encode()
+        return _DISCOUNT_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        template = _Template.decode(discount_id)
+        results: list[PushResult] = []
+        for start in range(0, len(codes), self.BATCH_SIZE):
+            results.extend(await self._push_batch(template, codes[start : start + self.BATCH_SIZE]))
+        return results
+
+    async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
+        """Delete our coupons (batch delete is forced: they leave the trash too).
+
+        `codes` are the strings that were pushed (display forms). A code WooCommerce no longer has
+        is reported ok; one that is not tagged with this campaign is left alone and reported failed.
+        """
+        template = _Template.decode(discount_id)
+        found = await self._lookup_many([self._woo_code(code) for code in codes])
+        results: dict[int, PushResult] = {}
+        to_delete: list[tuple[int, int]] = []  # (index in codes, coupon id)
+        for index, (code, coupon) in enumerate(zip(codes, found, strict=True)):
+            if coupon is None:
+                results[index] = PushResult(code=code, ok=True)
+            elif _campaign_of(coupon) != str(template.campaign_id):
+                results[index] = PushResult(
+                    code=code, ok=False, platform_id=str(coupon["id"]), error="coupon is not part of this campaign; left alone"
+                )
+            else:
+                to_delete.append((index, int(coupon["id"])))
+        for start in range(0, len(to_delete), self.BATCH_SIZE):
+            chunk = to_delete[start : start + self.BATCH_SIZE]
+            answers = await self._batch("delete", [coupon_id for _, coupon_id in chunk])
+            for position, (index, coupon_id) in enumerate(chunk):
+                item = answers[position] if position < len(answers) else None
+                error = _item_error(item)
+                results[index] = PushResult(code=codes[index], ok=error is None, platform_id=str(coupon_id), error=error)
+        return [results[index] for index in range(len(codes))]
+
+    async def list_codes(self, discount_id: str) -> AsyncIterator[str]:
+        """Every coupon tagged with this campaign, as WooCommerce stores it (lower case)."""
+        campaign = str(_Template.decode(discount_id).campaign_id)
+        async for coupon in self._paginate("coupons", {}):
+            if _campaign_of(coupon) == campaign:
+                yield str(coupon["code"])
+
+    # --- orders in ------------------------------------------------------------------------
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+        signature = _header(headers, "X-WC-Webhook-Signature")
+        if signature is None:
+            if _PING.fullmatch(body.strip()):
+                return  # the creation ping is unsigned; it carries nothing we act on
+            raise BadSignature("missing X-WC-Webhook-Signature header")
+        secret = self._webhook_secret()
+        if not secret:
+            raise BadSignature("no WooCommerce webhook secret configured")
+        expected = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest())
+        if not hmac.compare_digest(expected, signature.strip().encode()):
+            raise BadSignature("X-WC-Webhook-Signature does not match the body")
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        shop = self._shop(headers)
+        ping = _PING.fullmatch(body.strip())
+        if ping:
+            return Delivery(delivery_id=body.strip().decode(), topic="ping", shop=shop, kind="ping", response_status=200)
+        header_id = _header(headers, "X-WC-Webhook-Delivery-ID") or ""
+        topic = _header(headers, "X-WC-Webhook-Topic") or ""
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise ConnectorError("malformed WooCommerce webhook body") from exc
+        resource, _, event = topic.partition(".")
+        if resource != "order" or not isinstance(payload, dict) or "id" not in payload:
+            return Delivery(delivery_id=header_id or _digest(body), topic=topic, shop=shop, kind="other")
+        if event == "deleted":  # only {"id": N}: the order went to the trash
+            order_id = str(payload["id"])
+            order = OrderEvent(platform=self.name, shop=shop, kind="cancelled", order_id=order_id, delivery_id=header_id)
+            dedupe = f"order:{order_id}:deleted:{header_id or _digest(body)}"
+        else:
+            order = self._order_event(payload, shop=shop, delivery_id=header_id)
+            modified = payload.get("date_modified_gmt")
+            dedupe = f"order:{order.order_id}:{modified}:{payload.get('status')}" if modified else header_id or _digest(body)
+        return Delivery(delivery_id=dedupe, topic=topic, shop=shop, kind="order", events=(order,), order_ids=(order.order_id,))
+
+    async def fetch_order(self, order_id: str) -> OrderEvent:
+        response = await self._request("GET", f"orders/{order_id}")
+        return self._order_event(_json_object(response), shop=self._shop({}))
+
+    async def list_recent_orders(self, modified_after: datetime) -> AsyncIterator[OrderEvent]:
+        """Orders modified after `modified_after` (UTC), for the poll that fills webhook gaps.
+
+        `modified_after` needs WooCommerce 5.8 or later; older stores ignore it, so the filter is
+        applied here too.
+        """
+        since = modified_after.astimezone(UTC).replace(tzinfo=None) if modified_after.tzinfo else modified_after
+        params = {"modified_after": since.isoformat(timespec="seconds"), "dates_are_gmt": "true", "orderby": "id", "order": "asc"}
+        shop = self._shop({})
+        async for order in self._paginate("orders", params):
+            event = self._order_event(order, shop=shop)
+            if event.occurred_at is None or event.occurred_at.replace(tzinfo=None) > since:
+                yield event
+
+    async def register_webhooks(self, delivery_url: str, secret: str) -> list[WebhookRegistration]:
+        """Create our order hooks, or re-enable the ones WooCommerce disabled after failed deliveries.
+
+        Safe to run again and again (the nightly job does). A hook the merchant paused is left paused
+        and reported as such.
+        """
+        existing = [hook async for hook in self._paginate("webhooks", {})]
+        registrations: list[WebhookRegistration] = []
+        for topic in self.WEBHOOK_TOPICS:
+            hook = next((h for h in existing if h.get("topic") == topic and h.get("delivery_url") == delivery_url), None)
+            if hook is None:
+                body = {"name": f"Couponry {topic}", "topic": topic, "delivery_url": delivery_url, "secret": secret, "status": "active"}
+                created = _json_object(await self._request("POST", "webhooks", json=body))
+                registrations.append(WebhookRegistration(topic=topic, id=str(created["id"]), action="created"))
+            elif hook.get("status") == "paused":
+                registrations.append(WebhookRegistration(topic=topic, id=str(hook["id"]), action="paused"))
+            elif hook.get("status") != "active" or hook.get("secret", secret) != secret:
+                await self._request("PUT", f"webhooks/{hook['id']}", json={"status": "active", "secret": secret})
+                registrations.append(WebhookRegistration(topic=topic, id=str(hook["id"]), action="reactivated"))
+            else:
+                registrations.append(WebhookRegistration(topic=topic, id=str(hook["id"]), action="active"))
+        return registrations
+
+    # --- internals: coupons ---------------------------------------------------------------
+
+    def _woo_code(self, code: str) -> str:
+        preserve = self._credentials is not None and self._credentials.extra.get("code_case") == "preserve"
+        return code if preserve else code.lower()
+
+    def _coupon_body(self, template: _Template, spec: CodeSpec) -> dict[str, Any]:
+        coupon = dict(template.coupon)
+        coupon["code"] = self._woo_code(spec.display or spec.code)
+        expiries = [d for d in (spec.expires_at and _woo_datetime(spec.expires_at), template.ends_at) if d]
+        if expiries:
+            coupon["date_expires_gmt"] = min(expiries)
+        coupon["meta_data"] = [{"key": CAMPAIGN_META_KEY, "value": str(template.campaign_id)}]
+        return coupon
+
+    async def _push_batch(self, template: _Template, specs: Sequence[CodeSpec]) -> list[PushResult]:
+        bodies = [self._coupon_body(template, spec) for spec in specs]
+        answers = await self._batch("create", bodies)
+        results: list[PushResult | None] = []
+        duplicates: list[int] = []
+        for index, spec in enumerate(specs):
+            item = answers[index] if index < len(answers) else None
+            error = item.get("error") if isinstance(item, dict) else {"message": "no answer from WooCommerce"}
+            if not error:
+                assert isinstance(item, dict)
+                results.append(PushResult(code=spec.code, ok=True, platform_id=str(item.get("id"))))
+            elif isinstance(error, dict) and error.get("code") == DUPLICATE_CODE:
+                results.append(None)
+                duplicates.append(index)
+            else:
+                results.append(PushResult(code=spec.code, ok=False, error=_item_error(item)))
+        found = await self._lookup_many([bodies[index]["code"] for index in duplicates])
+        for index, coupon in zip(duplicates, found, strict=True):
+            spec = specs[index]
+            if coupon is None:
+                results[index] = PushResult(code=spec.code, ok=False, error="WooCommerce says the code exists but cannot find it")
+            elif _campaign_of(coupon) != str(template.campaign_id):
+                results[index] = PushResult(
+                    code=spec.code, ok=False, platform_id=str(coupon["id"]), error="code already used by another coupon on the store"
+                )
+            else:
+                results[index] = PushResult(code=spec.code, ok=True, platform_id=str(coupon["id"]))
+        return [result for result in results if result is not None]
+
+    async def _batch(self, operation: Literal["create", "delete"], items: list[Any]) -> list[Any]:
+        response = await self._request("POST", "coupons/batch", json={operation: items})
+        answers = _json_object(response).get(operation)
+        if not isinstance(answers, list):
+            raise UpstreamError(f"WooCommerce batch answer has no {operation!r} list")
+        return answers
+
+    async def _lookup(self, code: str) -> dict[str, Any] | None:
+        coupons = _json(await self._request("GET", "coupons", params={"code": code}))
+        if isinstance(coupons, list):
+            for coupon in coupons:
+                if isinstance(coupon, dict) and str(coupon.get("code", "")).lower() == code.lower():
+                    return coupon
+        return None
+
+    async def _lookup_many(self, codes: Sequence[str]) -> list[dict[str, Any] | None]:
+        gate = asyncio.Semaphore(self.LOOKUP_CONCURRENCY)
+
+        async def one(code: str) -> dict[str, Any] | None:
+            async with gate:
+                return await self._lookup(code)
+
+        return list(await asyncio.gather(*(one(code) for code in codes)))
+
+    # --- internals: orders ----------------------------------------------------------------
+
+    def _order_event(self, order: Mapping[str, Any], *, shop: str, delivery_id: str = "") -> OrderEvent:
+        currency = str(order.get("currency") or "USD")
+        billing = order.get("billing") or {}
+        customer = order.get("customer_id")
+        return OrderEvent(
+            platform=self.name,
+            shop=shop,
+            kind=ORDER_STATUS_KINDS.get(str(order.get("status", "")), "updated"),
+            order_id=str(order["id"]),
+            codes=tuple(
+                CodeUse(code=str(line["code"]), amount=to_minor(line.get("discount") or "0", currency))
+                for line in order.get("coupon_lines") or ()
+                if line.get("code")
+            ),
+            customer_id=str(customer) if customer else None,
+            email=billing.get("email") or None,
+            subtotal=sum(to_minor(item.get("subtotal") or "0", currency) for item in order.get("line_items") or ()),
+            total=to_minor(order.get("total") or "0", currency),
+            currency=currency,
+            channel=order.get("created_via") or None,
+            occurred_at=_parse_gmt(order.get("date_modified_gmt")),
+            delivery_id=delivery_id,
+        )
+
+    # --- internals: HTTP ------------------------------------------------------------------
+
+    def _shop(self, headers: Mapping[str, str]) -> str:
+        if self._credentials is not None:
+            return self._credentials.shop_domain
+        return _header(headers, "X-WC-Webhook-Source") or ""
+
+    def _webhook_secret(self) -> str:
+        if self._credentials is not None and self._credentials.extra.get("webhook_secret"):
+            return self._credentials.extra["webhook_secret"]
+        return self._config.webhook_secret
+
+    @staticmethod
+    def _store_root(store_url: str) -> str:
+        url = store_url.strip().rstrip("/")
+        return url if "://" in url else f"https://{url}"
+
+    def _api_root(self) -> str:
+        if self._config.base_url:
+            return self._config.base_url.rstrip("/") + self.API_PATH
+        if self._credentials is None:
+            raise AuthError("no WooCommerce store credentials")
+        return self._store_root(self._credentials.shop_domain) + self.API_PATH
+
+    def _auth(self) -> WooCommerceAuth:
+        if self._credentials is None or not self._credentials.access_token:
+            raise AuthError("no WooCommerce consumer secret")
+        key = self._credentials.extra.get("consumer_key", "")
+        if not key:
+            raise AuthError("no WooCommerce consumer key")
+        return WooCommerceAuth(key, self._credentials.access_token, in_query=self._credentials.extra.get("auth") == "query")
+
+    async def _request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
+    ) -> httpx.Response:
+        url, auth = self._api_root() + path, self._auth()
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((RateLimited, UpstreamError)),
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    response = await self._client.request(
+                        method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT
+                    )
+                except httpx.TimeoutException as exc:
+                    raise UpstreamError(f"WooCommerce timed out: {method} {path}") from exc
+                except httpx.TransportError as exc:
+                    raise UpstreamError(f"WooCommerce unreachable: {exc}") from exc
+                _raise_for_status(response)
+                return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _paginate(self, path: str, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        page = 1
+        while True:
+            response = await self._request("GET", path, params={**params, "per_page": self.PAGE_SIZE, "page": page})
+            items = _json(response)
+            if not isinstance(items, list):
+                raise UpstreamError(f"WooCommerce {path} did not answer a list")
+            for item in items:
+                if isinstance(item, dict):
+                    yield item
+            try:
+                total_pages = int(response.headers.get("X-WP-TotalPages", "1"))
+            except ValueError:
+                total_pages = 1
+            if not items or page >= total_pages:
+                return
+            page += 1
+
+
+@dataclass(frozen=True)
+class _Template:
+    campaign_id: int
+    coupon: Mapping[str, Any]
+    ends_at: str | None
+
+    @classmethod
+    def decode(cls, discount_id: str) -> _Template:
+        if not discount_id.startswith(_DISCOUNT_PREFIX):
+            raise Rejected(f"not a WooCommerce discount id: {discount_id[:40]!r}")
+        encoded = discount_id.removeprefix(_DISCOUNT_PREFIX)
+        try:
+            data = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            return cls(campaign_id=int(data["campaign_id"]), coupon=dict(data["coupon"]), ends_at=data.get("ends_at"))
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise Rejected("malformed WooCommerce discount id") from exc
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def minor_unit_exponent(currency: str) -> int:
+    return _EXPONENTS.get(currency.upper(), 2)
+
+
+def to_minor(amount: object, currency: str) -> int:
+    """A decimal amount ("12.50", 12.5, 3) as integer minor units of `currency`, rounded half up."""
+    try:
+        value = Decimal(str(amount))
+    except InvalidOperation as exc:
+        raise ConnectorError(f"malformed amount {amount!r}") from exc
+    return int(value.scaleb(minor_unit_exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_minor(amount: int, currency: str) -> str:
+    """Integer minor units as the decimal string WooCommerce and BigCommerce expect ("12.50")."""
+    exponent = minor_unit_exponent(currency)
+    return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = _woo_error(response)
+    if status in (401, 403):
+        raise AuthError(message, status=status)
+    if status == 404:
+        raise NotFound(message, status=status)
+    if status == 429:
+        raise RateLimited(message, retry_after=retry_after_seconds(response.headers), status=status)
+    if status >= 500:
+        raise UpstreamError(message, status=status)
+    raise Rejected(message, status=status)
+
+
+def _woo_error(response: httpx.Response) -> str:
+    """WooCommerce errors are {"code": ..., "message": ..., "data": {"status": N}}."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"WooCommerce answered HTTP {response.status_code}: {response.text[:200]}".rstrip(": ")
+    if isinstance(body, dict) and body.get("message"):
+        code = f" [{body['code']}]" if body.get("code") else ""
+        return f"{body['message']}{code}"
+    return f"WooCommerce answered HTTP {response.status_code}"
+
+
+def _item_error(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return "no answer from WooCommerce for this item"
+    error = item.get("error")
+    if not error:
+        return None
+    if isinstance(error, dict):
+        code = f" [{error['code']}]" if error.get("code") else ""
+        return f"{error.get('message') or 'rejected'}{code}"
+    return str(error)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise UpstreamError(f"WooCommerce sent a body that is not JSON (HTTP {response.status_code})") from exc
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = _json(response)
+    if not isinstance(body, dict):
+        raise UpstreamError("WooCommerce sent an unexpected body")
+    return body
+
+
+def _campaign_of(coupon: Mapping[str, Any]) -> str | None:
+    for meta in coupon.get("meta_data") or ():
+        if isinstance(meta, dict) and meta.get("key") == CAMPAIGN_META_KEY:
+            return str(meta.get("value"))
+    return None
+
+
+def _int_ids(ids: Sequence[str], what: str) -> list[int]:
+    try:
+        return [int(value) for value in ids]
+    except ValueError as exc:
+        raise Rejected(f"WooCommerce {what} ids are integers") from exc
+
+
+def _woo_datetime(moment: datetime) -> str:
+    """GMT, without offset, as WooCommerce's *_gmt fields are written."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
+
+
+def _parse_gmt(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

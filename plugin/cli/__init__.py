@@ -1,0 +1,92 @@
+"""The `couponry` command line: the root group, its shared context, serve and migrate.
+
+Each area adds its commands in a module of this package, imported at the bottom."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+import click
+from sqlalchemy import Engine
+
+from plugin import migrate
+from plugin.db import make_engine, session_scope
+from plugin.errors import PluginError
+from plugin.settings import Settings
+from plugin.shops import ensure_local_shop
+
+
+@dataclass
+class Context:
+    settings: Settings
+    shop_domain: str | None
+
+    @cached_property
+    def engine(self) -> Engine:
+        engine = make_engine(self.settings.database_url)
+        if self.settings.is_sqlite:
+            migrate.upgrade(engine)  # the embedded default keeps itself migrated
+        return engine
+
+    @cached_property
+    def shop_id(self) -> int:
+        with session_scope(self.engine) as session:
+            shop = ensure_local_shop(session, self.shop_domain or self.settings.default_shop_domain)
+            assert shop.id is not None
+            return shop.id
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Domain errors become one readable line and exit status 1; no traceback."""
+    try:
+        yield
+    except PluginError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@click.group()
+@click.option("--shop", "shop_domain", default=None, help="Shop domain (default: the embedded local shop).")
+@click.pass_context
+def main(ctx: click.Context, shop_domain: str | None) -> None:
+    """Couponry: unique coupon code campaigns."""
+    ctx.obj = Context(settings=Settings.from_env(), shop_domain=shop_domain)
+
+
+@main.command()
+@pass_context
+def migrate_cmd(ctx: Context) -> None:
+    """Apply database migrations."""
+    engine = make_engine(ctx.settings.database_url)
+    migrate.upgrade(engine)
+    click.echo(f"database migrated ({engine.dialect.name})")
+
+
+migrate_cmd.name = "migrate"
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default 8000 or $PORT).")
+@pass_context
+def serve(ctx: Context, host: str | None, port: int | None) -> None:
+    """Run the web app (and, on the embedded default, the worker) with uvicorn."""
+    import uvicorn
+
+    from plugin.web.app import create_app
+
+    settings = ctx.settings
+    engine = ctx.engine
+    _ = ctx.shop_id  # the local shop exists before the first request
+    app = create_app(settings, engine=engine)
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=settings.log_level)
+
+
+# Command groups register themselves on `main` when imported.
+from plugin.cli import codes as _codes  # noqa: E402, F401  (registers the commands)

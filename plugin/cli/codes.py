@@ -1,0 +1,129 @@
+"""`couponry campaigns ...` and `couponry codes ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+import click
+
+from plugin import codes
+from plugin.campaigns import create_campaign
+from plugin.cli import Context, clear_errors, main, pass_context
+from plugin.db import session_scope
+from plugin.issuing import export_codes, generate_codes, import_codes
+
+# --- campaigns ------------------------------------------------------------------------------
+
+
+@main.group()
+def campaigns() -> None:
+    """Create and list campaigns."""
+
+
+def format_options(fn: Any) -> Any:
+    options = [
+        click.option("--length", type=int, default=None, help="Random characters per code (default 10)."),
+        click.option(
+            "--alphabet",
+            default=None,
+            help="Preset (safe, numeric, alphanumeric, alphabetic) or the characters to use.",
+        ),
+        click.option("--prefix", default=None, help="Fixed text before the code, e.g. VIP-."),
+        click.option("--suffix", default=None, help="Fixed text after the code."),
+        click.option("--pattern", default=None, help="Pattern with # for random characters, e.g. BF-####-####."),
+        click.option("--group", "group_size", type=int, default=None, help="Insert a separator every N characters."),
+        click.option("--separator", default=None, help="Group separator (default -)."),
+        click.option("--check-chars", type=int, default=None, help="Check characters to catch typos (0 or more)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@campaigns.command("create")
+@click.option("--name", required=True, help="Campaign name.")
+@click.option("--currency", default="USD", show_default=True, help="ISO 4217 currency of amounts.")
+@format_options
+@pass_context
+def campaigns_create(ctx: Context, name: str, currency: str, **fmt: Any) -> None:
+    """Create a campaign and print its id."""
+    code_format = {k: v for k, v in fmt.items() if v is not None}
+    with clear_errors(), session_scope(ctx.engine) as session:
+        campaign = create_campaign(session, shop_id=ctx.shop_id, name=name, code_format=code_format, currency=currency)
+        fmt_obj = codes.CodeFormat.from_dict(campaign.code_format)
+    click.echo(campaign.id)
+    click.echo(
+        f"format: {codes.display(fmt_obj, codes.generate(fmt_obj, 1)[0])} (example), "
+        f"{codes.entropy_bits(fmt_obj):.1f} bits of entropy",
+        err=True,
+    )
+
+
+@campaigns.command("list")
+@pass_context
+def campaigns_list(ctx: Context) -> None:
+    """List this shop's campaigns with their code counts."""
+    from sqlmodel import col, func, select
+
+    from plugin.models import Campaign, Code
+
+    with session_scope(ctx.engine) as session:
+        rows = session.exec(
+            select(Campaign.id, Campaign.name, Campaign.status, func.count(col(Code.id)))
+            .join(Code, col(Code.campaign_id) == Campaign.id, isouter=True)
+            .where(Campaign.shop_id == ctx.shop_id)
+            .group_by(col(Campaign.id))
+            .order_by(col(Campaign.id))
+        ).all()
+    for campaign_id, name, status, count in rows:
+        click.echo(f"{campaign_id}\t{name}\t{status}\t{count} codes")
+
+
+# --- codes ----------------------------------------------------------------------------------
+
+
+@main.group("codes")
+def codes_group() -> None:
+    """Generate, import and export codes."""
+
+
+@codes_group.command("generate")
+@click.option("--campaign", "campaign_id", type=int, required=True, help="Campaign id.")
+@click.option("--count", type=click.IntRange(min=1), required=True, help="How many codes to generate.")
+@pass_context
+def codes_generate(ctx: Context, campaign_id: int, count: int) -> None:
+    """Generate COUNT new unique codes into a campaign."""
+    with clear_errors(), click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
+        done = 0
+
+        def progress(created: int, _requested: int) -> None:
+            nonlocal done
+            bar.update(created - done)
+            done = created
+
+        batch = generate_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, count=count, on_progress=progress)
+    click.echo(json.dumps({"batch_id": batch.id, "created": batch.created}))
+
+
+@codes_group.command("export")
+@click.option("--campaign", "campaign_id", type=int, required=True, help="Campaign id.")
+@click.option("--output", type=click.File("w", encoding="utf-8"), default="-", help="CSV file (default: stdout).")
+@pass_context
+def codes_export(ctx: Context, campaign_id: int, output: IO[str]) -> None:
+    """Export a campaign's codes as CSV (streamed)."""
+    with clear_errors():
+        for chunk in export_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id):
+            output.write(chunk)
+
+
+@codes_group.command("import")
+@click.option("--campaign", "campaign_id", type=int, required=True, help="Campaign id.")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@pass_context
+def codes_import(ctx: Context, campaign_id: int, file: IO[str]) -> None:
+    """Import codes from a CSV FILE (a `code` column, or one code per line)."""
+    with clear_errors():
+        batch = import_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=file)
+    click.echo(json.dumps({"batch_id": batch.id, "imported": batch.created}))

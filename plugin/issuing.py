@@ -1,0 +1,249 @@
+"""Issuing codes into a campaign: generate batches, import CSVs, export CSVs.
+
+Generation writes in chunks, each its own transaction, so memory stays flat and progress is
+visible while a million codes land; a collision with an existing code simply leaves the
+chunk short and the shortfall is generated again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, func, select
+
+from plugin import codes
+from plugin.bulk import existing_codes, insert_codes
+from plugin.campaigns import campaign_format, code_count, get_campaign
+from plugin.db import session_scope
+from plugin.errors import CapacityError, InvalidInput
+from plugin.models import Batch, Code, utcnow
+
+CHUNK_SIZE = 50_000
+MAX_BATCH = 10_000_000
+MAX_IMPORT_CODE_LENGTH = 64
+ProgressCallback = Callable[[int, int], None]  # (created so far, requested)
+
+
+def check_capacity(fmt: codes.CodeFormat, *, existing: int, count: int) -> None:
+    """Refuse up front a batch that would make the format's codes guessable, with the numbers."""
+    problem = codes.capacity_error(fmt, existing, count)
+    if problem is not None:
+        raise CapacityError(problem)
+
+
+def start_batch(session: Session, *, shop_id: int, campaign_id: int, count: int, source: str = "generated") -> Batch:
+    """Validate a generation request and record its batch (status queued)."""
+    if count < 1 or count > MAX_BATCH:
+        raise InvalidInput(f"count must be between 1 and {MAX_BATCH:,}", reason="invalid_count")
+    campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    check_capacity(campaign_format(campaign), existing=code_count(session, campaign_id=campaign_id), count=count)
+    batch = Batch(shop_id=shop_id, campaign_id=campaign_id, source=source, requested=count, status="queued")
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def run_batch(engine: Engine, *, shop_id: int, batch_id: int, on_progress: ProgressCallback | None = None) -> Batch:
+    """Generate the batch's codes chunk by chunk; safe to re-run after a crash (it tops up)."""
+    with session_scope(engine) as session:
+        batch = session.exec(select(Batch).where(Batch.id == batch_id, Batch.shop_id == shop_id)).one()
+        campaign = get_campaign(session, shop_id=shop_id, campaign_id=batch.campaign_id)
+        fmt = campaign_format(campaign)
+        batch.status = "running"
+        created = _count_batch(session, batch_id)
+    try:
+        while created < batch.requested:
+            wanted = min(CHUNK_SIZE, batch.requested - created)
+            fresh = codes.generate(fmt, wanted)
+            with engine.begin() as conn:
+                landed = insert_codes(
+                    conn,
+                    shop_id=shop_id,
+                    campaign_id=batch.campaign_id,
+                    batch_id=batch_id,
+                    codes=fresh,
+                    created_at=utcnow(),
+                )
+                created += landed
+                conn.execute(update(Batch).where(col(Batch.id) == batch_id).values(created=created))
+            if on_progress is not None:
+                on_progress(created, batch.requested)
+    except Exception as exc:
+        with session_scope(engine) as session:
+            failed = session.get_one(Batch, batch_id)
+            failed.status, failed.error, failed.finished_at = "failed", str(exc)[:2000], utcnow()
+        raise
+    with session_scope(engine) as session:
+        done = session.get_one(Batch, batch_id)
+        done.status, done.created, done.finished_at = "done", created, utcnow()
+        return done
+
+
+def _count_batch(session: Session, batch_id: int) -> int:
+    return int(session.exec(select(func.count()).select_from(Code).where(col(Code.batch_id) == batch_id)).one())
+
+
+def generate_codes(
+    engine: Engine, *, shop_id: int, campaign_id: int, count: int, on_progress: ProgressCallback | None = None
+) -> Batch:
+    """Generate `count` new unique codes into the campaign, in the foreground."""
+    with session_scope(engine) as session:
+        batch = start_batch(session, shop_id=shop_id, campaign_id=campaign_id, count=count)
+    assert batch.id is not None
+    return run_batch(engine, shop_id=shop_id, batch_id=batch.id, on_progress=on_progress)
+
+
+# --- CSV import -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int  # 1-based line number in the file, header included
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}: {self.reason} ({self.value!r})"
+
+
+class ImportRejected(InvalidInput):
+    """The CSV had bad rows; nothing was imported."""
+
+    reason = "import_rejected"
+
+    def __init__(self, errors: list[RowError]) -> None:
+        shown = "; ".join(str(e) for e in errors[:20])
+        more = f"; and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(
+            f"{len(errors)} bad row(s), nothing imported: {shown}{more}",
+            details={"errors": [e.__dict__ for e in errors[:1000]]},
+        )
+        self.errors = errors
+
+
+def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(line number, raw code) from a CSV with a `code` column, or a single headerless column."""
+    reader = csv.reader(lines)
+    code_index = 0
+    for number, row in enumerate(reader, start=1):
+        if number == 1:
+            lowered = [cell.strip().lower() for cell in row]
+            if "code" in lowered or "coupon" in lowered or "coupon code" in lowered:
+                code_index = next(i for i, c in enumerate(lowered) if c in ("code", "coupon", "coupon code"))
+                continue
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        yield number, row[code_index] if code_index < len(row) else ""
+
+
+def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str | None]:
+    """(stored form, None) or (None, why the row is bad)."""
+    value = raw.strip()
+    if not value:
+        return None, "empty code"
+    stored = codes.normalise_foreign(value)
+    if not stored:
+        return None, "no letters or digits"
+    if len(stored) > MAX_IMPORT_CODE_LENGTH:
+        return None, f"longer than {MAX_IMPORT_CODE_LENGTH} characters"
+    if not stored.isascii() or not stored.isalnum():
+        return None, "only letters and digits (and separators) are allowed"
+    # A code typed in the campaign's own format is normalised the same way shoppers' input will be.
+    in_format = codes.normalise(fmt, value)
+    if codes.check(fmt, in_format).ok:
+        return in_format, None
+    return stored, None
+
+
+def import_codes(engine: Engine, *, shop_id: int, campaign_id: int, lines: Iterable[str]) -> Batch:
+    """Import codes from CSV lines: all rows land, or none do and every bad row is reported."""
+    with session_scope(engine) as session:
+        campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+        fmt = campaign_format(campaign)
+    errors: list[RowError] = []
+    first_row: dict[str, int] = {}
+    for number, raw in _read_import_rows(lines):
+        stored, problem = _normalise_import(fmt, raw)
+        if stored is None:
+            errors.append(RowError(number, raw, problem or "invalid"))
+        elif stored in first_row:
+            errors.append(RowError(number, raw, f"duplicate of row {first_row[stored]}"))
+        else:
+            first_row[stored] = number
+    if not first_row and not errors:
+        raise InvalidInput("the file holds no codes", reason="import_empty")
+    with engine.connect() as conn:
+        taken = existing_codes(conn, shop_id=shop_id, codes=first_row)
+    errors.extend(RowError(first_row[c], c, "already exists in this shop") for c in taken)
+    if errors:
+        raise ImportRejected(sorted(errors, key=lambda e: e.row))
+    with session_scope(engine) as session:
+        batch = Batch(shop_id=shop_id, campaign_id=campaign_id, source="imported", requested=len(first_row), status="running")
+        session.add(batch)
+        session.flush()
+        assert batch.id is not None
+        landed = insert_codes(
+            session.connection(),
+            shop_id=shop_id,
+            campaign_id=campaign_id,
+            batch_id=batch.id,
+            codes=list(first_row),
+            created_at=utcnow(),
+        )
+        if landed != len(first_row):
+            # another import raced us for the same codes: refuse the whole file
+            raise InvalidInput("some codes were added by someone else meanwhile; nothing imported", reason="import_conflict")
+        batch.created, batch.status, batch.finished_at = landed, "done", utcnow()
+        return batch
+
+
+# --- CSV export -----------------------------------------------------------------------------
+
+EXPORT_COLUMNS = ("code", "stored_code", "status", "uses", "batch_id", "sync_status", "created_at")
+EXPORT_PAGE = 5_000
+
+
+def export_codes(engine: Engine, *, shop_id: int, campaign_id: int) -> Iterator[str]:
+    """The campaign's codes as CSV text, streamed page by page (keyset pagination)."""
+    with session_scope(engine) as session:
+        fmt = campaign_format(get_campaign(session, shop_id=shop_id, campaign_id=campaign_id))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    yield _drain(buffer)
+    last_id = 0
+    while True:
+        with Session(engine) as session:
+            page = session.exec(
+                select(Code)
+                .where(col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id, col(Code.id) > last_id)
+                .order_by(col(Code.id))
+                .limit(EXPORT_PAGE)
+            ).all()
+        if not page:
+            return
+        for code in page:
+            writer.writerow(
+                (
+                    codes.display(fmt, code.code) if codes.check(fmt, code.code).ok else code.code,
+                    code.code,
+                    code.status,
+                    code.uses,
+                    code.batch_id,
+                    code.sync_status,
+                    code.created_at.isoformat(),
+                )
+            )
+        last_id = page[-1].id or last_id
+        yield _drain(buffer)
+
+
+def _drain(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text

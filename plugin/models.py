@@ -1,0 +1,220 @@
+"""SQLModel tables. Every row that belongs to a merchant carries `shop_id` (promise 5)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Shop(SQLModel, table=True):
+    """A tenant: one merchant's store on one platform."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    domain: str = Field(max_length=255)
+    name: str = Field(default="", max_length=255)
+    access_token_encrypted: str | None = Field(default=None, max_length=2048)
+    scopes: str = Field(default="", max_length=1024)
+    # shop-level preferences, e.g. {"detailed_refusals": true}
+    preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    installed_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    uninstalled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("platform", "domain", name="uq_shop_platform_domain"),)
+
+
+class Campaign(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(max_length=200)
+    status: str = Field(default="active", max_length=16)
+    currency: str = Field(default="USD", max_length=3)
+    code_format: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    rules: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # the platform discount that holds this campaign's codes, once synced
+    platform_discount_id: str | None = Field(default=None, max_length=255)
+    # running totals, updated atomically by redemptions and rollbacks (budgets)
+    redemption_count: int = Field(default=0)
+    discount_total: int = Field(default=0, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Batch(SQLModel, table=True):
+    """One generation or import run into a campaign."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    campaign_id: int = Field(foreign_key="campaign.id", index=True)
+    source: str = Field(default="generated", max_length=16)  # generated | imported
+    requested: int = Field(default=0)
+    created: int = Field(default=0)
+    status: str = Field(default="running", max_length=16)  # queued | running | done | failed
+    error: str | None = Field(default=None, max_length=2000)
+    rules_override: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Code(SQLModel, table=True):
+    """One unique code, stored normalised; unique per shop."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(foreign_key="campaign.id")
+    batch_id: int | None = Field(default=None, foreign_key="batch.id")
+    code: str = Field(sa_column=Column(String(64).with_variant(String(64, collation="C"), "postgresql"), nullable=False))
+    status: str = Field(default="active", max_length=16)  # active | voided
+    uses: int = Field(default=0)
+    # binding and assignment: who may use it, who it was given to, when it lapses
+    customer_id: str | None = Field(default=None, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    recipient: str | None = Field(default=None, max_length=320)
+    assigned_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    partner_id: int | None = Field(default=None, index=True)
+    platform_id: str | None = Field(default=None, max_length=255)
+    sync_status: str = Field(default="pending", max_length=16)  # pending | synced | failed | deactivated
+    sync_error: str | None = Field(default=None, max_length=1000)
+    synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("shop_id", "code", name="uq_code_shop_code"),
+        Index("ix_code_campaign_status", "campaign_id", "status"),
+        Index("ix_code_batch", "batch_id"),
+    )
+
+
+class ApiKey(SQLModel, table=True):
+    """A per-shop API key; only its SHA-256 is stored, looked up by its public prefix."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=32, unique=True)
+    key_hash: str = Field(max_length=64)
+    scopes: str = Field(default="checkout", max_length=200)  # space-separated: admin checkout
+    partner_id: int | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Reservation(SQLModel, table=True):
+    """A code held for one checkout until it expires, is released, or is redeemed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id")
+    code_id: int = Field(sa_type=BigInteger, foreign_key="code.id", index=True)
+    checkout_id: str = Field(max_length=255)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    released_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("shop_id", "checkout_id", "code_id", name="uq_reservation_checkout_code"),)
+
+
+class Redemption(SQLModel, table=True):
+    """One use of a code on one order: unique per shop, order and code (promise 3)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    code: str = Field(max_length=64)
+    order_id: str = Field(max_length=255)
+    code_id: int | None = Field(default=None, sa_type=BigInteger, foreign_key="code.id", index=True)
+    campaign_id: int | None = Field(default=None, foreign_key="campaign.id", index=True)
+    batch_id: int | None = Field(default=None)
+    partner_id: int | None = Field(default=None)
+    recipient: str | None = Field(default=None, max_length=320)
+    customer_id: str | None = Field(default=None, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    channel: str | None = Field(default=None, max_length=64)
+    currency: str = Field(default="USD", max_length=3)
+    subtotal: int = Field(default=0, sa_type=BigInteger)  # order revenue before the discount
+    amount: int = Field(default=0, sa_type=BigInteger)  # discount given
+    source: str = Field(default="api", max_length=16)  # api | webhook
+    status: str = Field(default="active", max_length=16)  # active | rolled_back
+    flagged_reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    rolled_back_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
+        Index("ix_redemption_shop_created", "shop_id", "created_at"),
+    )
+
+
+class CustomerUsage(SQLModel, table=True):
+    """Redemptions per customer per campaign, bumped atomically to hold per-customer limits."""
+
+    shop_id: int = Field(foreign_key="shop.id", primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    customer_key: str = Field(max_length=320, primary_key=True)
+    uses: int = Field(default=0)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A verified webhook delivery, stored before we answer 2xx; deduplicated by delivery id."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int | None = Field(default=None, foreign_key="shop.id", index=True)
+    platform: str = Field(max_length=32)
+    delivery_id: str = Field(max_length=255)
+    topic: str = Field(default="", max_length=128)
+    payload: str = Field(default="", sa_type=Text)
+    status: str = Field(default="received", max_length=16)  # received | processed | deferred | failed | ignored
+    error: str | None = Field(default=None, max_length=2000)
+    flagged: bool = Field(default=False)
+    campaign_id: int | None = Field(default=None, index=True)
+    order_id: str | None = Field(default=None, max_length=255)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    processed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("platform", "delivery_id", name="uq_webhook_delivery"),
+        Index("ix_webhook_status", "status", "received_at"),
+    )
+
+
+class Job(SQLModel, table=True):
+    """The outbox: an effect to carry out, written in the same transaction as its cause (promise 4)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int | None = Field(default=None, foreign_key="shop.id", index=True)
+    kind: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
+    attempts: int = Field(default=0)
+    max_attempts: int = Field(default=10)
+    run_after: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    locked_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    locked_by: str | None = Field(default=None, max_length=128)
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_job_claim", "status", "run_after"),)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who changed what and why: rollbacks, reissues, voids, retries by hand."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    action: str = Field(max_length=64)
+    subject: str = Field(max_length=128)  # e.g. "redemption:42", "code:1234"
+    actor: str = Field(default="system", max_length=128)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

@@ -1,0 +1,110 @@
+"""Settings, read once from the environment (`COUPONRY_` prefix, plus DATABASE_URL, REDIS_URL, PORT)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Secret(str):
+    """A string that never shows its value in repr or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+def _normalise_database_url(url: str) -> str:
+    # Platforms hand out postgres:// URLs; SQLAlchemy wants a driver named, and we use psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///couponry.db"
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: Secret = field(default_factory=lambda: Secret("dev-" + secrets.token_hex(16)))
+    run_worker_in_process: bool = True
+    sandbox_enabled: bool = True
+    default_shop_domain: str = "local.couponry.test"
+    log_level: str = "info"
+    connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[-1]
+        return None if path in ("", ":memory:") else Path(path)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str | None = None) -> str | None:
+            return env.get(f"COUPONRY_{name}", default)
+
+        port = int(env.get("PORT") or get("PORT") or 8000)
+        host = get("HOST", "127.0.0.1") or "127.0.0.1"
+        database_url = _normalise_database_url(env.get("DATABASE_URL") or get("DATABASE_URL") or "sqlite:///couponry.db")
+        secret = get("SECRET_KEY")
+        if secret is None:
+            if not database_url.startswith("sqlite"):
+                raise RuntimeError("COUPONRY_SECRET_KEY must be set when running on a shared database")
+            secret = _embedded_secret(database_url)
+        # Per-connector settings: COUPONRY_SHOPIFY_CLIENT_ID -> {"shopify": {"client_id": ...}}
+        connector_config: dict[str, dict[str, str]] = {}
+        for key, value in env.items():
+            if not key.startswith("COUPONRY_"):
+                continue
+            rest = key[len("COUPONRY_") :].lower()
+            platform, _, option = rest.partition("_")
+            if platform in _CONNECTOR_NAMES and option:
+                connector_config.setdefault(platform, {})[option] = value
+        return cls(
+            database_url=database_url,
+            redis_url=env.get("REDIS_URL") or get("REDIS_URL"),
+            host=host,
+            port=port,
+            public_url=(get("PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
+            secret_key=Secret(secret),
+            run_worker_in_process=_bool(get("IN_PROCESS_WORKER", "true") or "true"),
+            sandbox_enabled=_bool(get("SANDBOX", "true") or "true"),
+            default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
+            log_level=get("LOG_LEVEL", "info") or "info",
+            connector_config=connector_config,
+        )
+
+
+def _embedded_secret(database_url: str) -> str:
+    """The embedded default keeps a generated key beside its database, so signed links,
+    cookies and encrypted tokens survive restarts without any configuration."""
+    db_path = database_url.split("///", 1)[-1]
+    if db_path in ("", ":memory:"):
+        return "dev-" + secrets.token_hex(16)
+    key_file = Path(db_path).with_suffix(".secret")
+    if key_file.exists():
+        return key_file.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+    return key
+
+
+_CONNECTOR_NAMES = {"shopify", "woocommerce", "bigcommerce", "sandbox", "klaviyo", "mailchimp", "braze", "twilio", "sendgrid"}

@@ -1,0 +1,27 @@
+"""Shops (tenants): the embedded default's local shop and look-ups."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from plugin.errors import NotFound
+from plugin.models import Shop
+
+LOCAL_PLATFORM = "sandbox"
+
+
+def ensure_local_shop(session: Session, domain: str) -> Shop:
+    """The one shop the embedded default runs, so the CLI works before any platform is connected."""
+    shop = session.exec(select(Shop).where(Shop.platform == LOCAL_PLATFORM, Shop.domain == domain)).first()
+    if shop is None:
+        shop = Shop(platform=LOCAL_PLATFORM, domain=domain, name="Local sandbox shop")
+        session.add(shop)
+        session.flush()
+    return shop
+
+
+def get_shop(session: Session, shop_id: int) -> Shop:
+    shop = session.get(Shop, shop_id)
+    if shop is None:
+        raise NotFound(f"shop {shop_id} does not exist")
+    return shop
