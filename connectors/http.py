@@ -8,6 +8,7 @@
     RatePacer                          client-side request windows ("10/s and 150/m") shared by
                                        concurrent calls, so we meet a platform's limits instead of
                                        bouncing off them
+    identifiers(recipient)             (email, phone, external_id), read from the key when unset
 
 Connectors keep their quirks (where the message or the retry delay hides in a response) and
 pass them in as small callables.
@@ -26,7 +27,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
-from connectors.base import error_message, retry_after_seconds
+from connectors.base import Recipient, error_message, retry_after_seconds
 from connectors.errors import AuthError, NotFound, RateLimited, Rejected, UpstreamError
 
 T = TypeVar("T")
@@ -189,3 +190,16 @@ class RatePacer:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def identifiers(recipient: Recipient) -> tuple[str | None, str | None, str | None]:
+    """The recipient's (email, phone, external_id). When all three are unset, the key stands in:
+    with an "@" it is an email, with a leading "+" a phone number (E.164), else an external id."""
+    if recipient.email or recipient.phone or recipient.external_id:
+        return recipient.email, recipient.phone, recipient.external_id
+    key = recipient.key
+    if "@" in key:
+        return key, None, None
+    if key.startswith("+"):
+        return None, key, None
+    return None, None, key or None

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -149,12 +150,17 @@ LIST_CODES = """
 query CouponryListCodes($id: ID!, $first: Int!, $after: String) {
   codeDiscountNode(id: $id) {
     codeDiscount {
-      ... on DiscountCodeBasic { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
-      ... on DiscountCodeFreeShipping { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
-      ... on DiscountCodeBxgy { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
-      ... on DiscountCodeApp { codes(first: $first, after: $after) { nodes { code } pageInfo { hasNextPage endCursor } } }
+      ... on DiscountCodeBasic { codes(first: $first, after: $after) { ...CouponryCodePage } }
+      ... on DiscountCodeFreeShipping { codes(first: $first, after: $after) { ...CouponryCodePage } }
+      ... on DiscountCodeBxgy { codes(first: $first, after: $after) { ...CouponryCodePage } }
+      ... on DiscountCodeApp { codes(first: $first, after: $after) { ...CouponryCodePage } }
     }
   }
+}
+
+fragment CouponryCodePage on DiscountRedeemCodeConnection {
+  nodes { code }
+  pageInfo { hasNextPage endCursor }
 }"""
 
 COUNT_CODES = """
@@ -173,7 +179,7 @@ ORDER = """
 query CouponryOrder($id: ID!) {
   order(id: $id) {
     id legacyResourceId email sourceName processedAt cancelledAt displayFinancialStatus currencyCode discountCodes
-    customer { id defaultEmailAddress { emailAddress } }
+    customer { id }
     subtotalPriceSet { shopMoney { amount currencyCode } }
     totalPriceSet { shopMoney { amount currencyCode } }
     lineItems(first: 100) {
@@ -273,7 +279,9 @@ class CostBucket:
     the others wait for it. Share one bucket between the connectors of a shop in a process.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         self._clock = clock
         self._sleep = sleep
         self.maximum: float | None = None
@@ -376,7 +384,8 @@ def _default_wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, RateLimited):
         return 0.0  # the cost bucket already holds every call back for the right time
-    return min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * (0.5 + secrets.randbelow(1000) / 1000)
+    backoff: float = min(30.0, 0.5 * 2.0 ** (state.attempt_number - 1))
+    return backoff * (0.5 + secrets.randbelow(1000) / 1000)
 
 
 class ShopifyConnector:
@@ -597,7 +606,7 @@ class ShopifyConnector:
             event = self._order_event(_ORDER_TOPICS[topic], payload, shop, delivery_id)
             return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order", events=(event,))
         kind = _TOPIC_KINDS.get(topic, "other")
-        customer = payload.get("customer") if isinstance(payload.get("customer"), dict) else {}
+        customer = _dict(payload.get("customer"))
         orders = payload.get("orders_to_redact") or payload.get("orders_requested") or []
         return Delivery(
             delivery_id=delivery_id,
@@ -620,7 +629,7 @@ class ShopifyConnector:
                 delivery_id=delivery_id,
             )
         currency = str(payload.get("currency") or "USD").upper()
-        customer = payload.get("customer") if isinstance(payload.get("customer"), dict) else {}
+        customer = _dict(payload.get("customer"))
         codes = tuple(
             CodeUse(code=str(d["code"]), amount=_to_minor(d.get("amount"), currency))
             for d in payload.get("discount_codes") or []
@@ -649,7 +658,10 @@ class ShopifyConnector:
         for topic in self.WEBHOOK_TOPICS:
             if topic in self.COMPLIANCE_TOPICS:
                 continue
-            variables = {"topic": topic.upper().replace("/", "_"), "subscription": {"callbackUrl": callback_url, "format": "JSON"}}
+            variables = {
+                "topic": topic.upper().replace("/", "_"),
+                "subscription": {"callbackUrl": callback_url, "format": "JSON"},
+            }
             data = await self._graphql(WEBHOOK_SUBSCRIPTION_CREATE, variables)
             payload = data["webhookSubscriptionCreate"]
             errors = payload.get("userErrors") or []
@@ -698,11 +710,16 @@ class ShopifyConnector:
             d["startsAt"] = _iso(spec.starts_at)
         d["endsAt"] = _iso(spec.ends_at) if spec.ends_at else None
         if spec.minimum_subtotal is not None:  # Shopify takes one of the two; Couponry checks the other
-            d["minimumRequirement"] = {"subtotal": {"greaterThanOrEqualToSubtotal": _from_minor(spec.minimum_subtotal, spec.currency)}}
+            d["minimumRequirement"] = {
+                "subtotal": {"greaterThanOrEqualToSubtotal": _from_minor(spec.minimum_subtotal, spec.currency)}
+            }
         elif spec.minimum_quantity is not None:
             d["minimumRequirement"] = {"quantity": {"greaterThanOrEqualToQuantity": str(spec.minimum_quantity)}}
         elif not create:
-            d["minimumRequirement"] = {"quantity": {"greaterThanOrEqualToQuantity": None}, "subtotal": {"greaterThanOrEqualToSubtotal": None}}
+            d["minimumRequirement"] = {
+                "quantity": {"greaterThanOrEqualToQuantity": None},
+                "subtotal": {"greaterThanOrEqualToSubtotal": None},
+            }
         if spec.kind == "free_shipping":
             d["combinesWith"] = {"productDiscounts": combines, "orderDiscounts": combines}
             d["destination"] = {"all": True}
@@ -821,7 +838,7 @@ class ShopifyConnector:
                 continue
             job = payload.get("job") or {}
             if job.get("id") and not job.get("done"):
-                await self._poll(lambda job_id=str(job["id"]): self._job_status(job_id), lambda j: bool(j.get("done")), "code deletion")
+                await self._poll(partial(self._job_status, str(job["id"])), lambda j: bool(j.get("done")), "code deletion")
             results.update({i: PushResult(code=codes[i], ok=True, platform_id=ids[i]) for i in chunk})
         return [results[i] for i in range(len(codes))]
 
@@ -872,7 +889,9 @@ class ShopifyConnector:
         order = data.get("order")
         if not order:
             raise NotFound(f"order {order_id} not found")
-        currency = str(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("currencyCode") or order.get("currencyCode") or "USD")
+        currency = str(
+            ((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("currencyCode") or order.get("currencyCode") or "USD"
+        )
         amounts: dict[str, int] = {}
         for connection in (order.get("lineItems"), order.get("shippingLines")):
             for line in (connection or {}).get("nodes") or []:
@@ -899,7 +918,7 @@ class ShopifyConnector:
             order_id=str(order.get("legacyResourceId") or _legacy_id(str(order["id"]))),
             codes=tuple(CodeUse(code=c, amount=amounts.get(c.casefold(), 0)) for c in order.get("discountCodes") or []),
             customer_id=_legacy_id(str(customer["id"])) if customer.get("id") else None,
-            email=_str_or_none(order.get("email") or (customer.get("defaultEmailAddress") or {}).get("emailAddress")),
+            email=_str_or_none(order.get("email")),
             subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             total=_to_minor(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             currency=currency,
@@ -946,7 +965,10 @@ class ShopifyConnector:
         shop = self._require_shop(shop)
         try:
             response = await self._client.post(
-                self._admin_url(shop, "oauth/access_token"), json=body, headers={"Accept": "application/json"}, timeout=self.TIMEOUT
+                self._admin_url(shop, "oauth/access_token"),
+                json=body,
+                headers={"Accept": "application/json"},
+                timeout=self.TIMEOUT,
             )
         except httpx.TransportError as exc:
             raise UpstreamError(f"Shopify did not answer: {type(exc).__name__}") from None
@@ -957,7 +979,11 @@ class ShopifyConnector:
         except (ValueError, KeyError, TypeError):
             raise UpstreamError("Shopify's token answer has no access_token") from None
         scopes = tuple(s.strip() for s in str(answer.get("scope") or "").split(",") if s.strip())
-        extra = {"associated_user_id": str(answer["associated_user"]["id"])} if isinstance(answer.get("associated_user"), dict) else {}
+        extra = (
+            {"associated_user_id": str(answer["associated_user"]["id"])}
+            if isinstance(answer.get("associated_user"), dict)
+            else {}
+        )
         if answer.get("expires_in") is not None:
             extra["expires_in"] = str(answer["expires_in"])
         return Credentials(shop_domain=shop, access_token=token, scopes=scopes, extra=extra)
@@ -1027,12 +1053,12 @@ class ShopifyConnector:
         return data
 
     def _graphql_error(self, errors: Any, cost: Mapping[str, Any] | None) -> ConnectorError:
-        items = errors if isinstance(errors, list) else [{"message": str(errors)}]
-        codes = {str((e.get("extensions") or {}).get("code", "")) for e in items if isinstance(e, dict)}
+        items: list[Any] = errors if isinstance(errors, list) else [{"message": str(errors)}]
+        codes = {str(_dict(e.get("extensions")).get("code", "")) for e in items if isinstance(e, dict)}
         message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in items)[:500]
         if "THROTTLED" in codes:
             retry_after = 1.0
-            status = (cost or {}).get("throttleStatus") or {}
+            status = _dict((cost or {}).get("throttleStatus"))
             try:
                 deficit = float((cost or {})["requestedQueryCost"]) - float(status["currentlyAvailable"])
                 retry_after = max(0.0, deficit) / float(status["restoreRate"])
@@ -1141,6 +1167,10 @@ def _gid(kind: str, value: str) -> str:
 
 def _legacy_id(gid: str) -> str:
     return gid.rsplit("/", 1)[-1].split("?", 1)[0] if gid.startswith("gid://") else gid
+
+
+def _dict(value: Any) -> Json:
+    return value if isinstance(value, dict) else {}
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlencode
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from connectors.base import (
@@ -84,8 +84,10 @@ _PING = re.compile(rb"webhook_id=\d+")
 
 # ISO 4217 minor-unit exponents that are not 2 (the same table as plugin/refusals.py).
 _EXPONENTS: Final[Mapping[str, int]] = {
-    **dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0),
-    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+    **dict.fromkeys(
+        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"], 0
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
 }
 
 
@@ -132,7 +134,7 @@ class RetryAfterWait(wait_base):
     def __init__(self, fallback: wait_base) -> None:
         self._fallback = fallback
 
-    def __call__(self, retry_state: Any) -> float:
+    def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
@@ -205,9 +207,7 @@ class WooCommerceConnector:
         extra = {"consumer_key": keys.consumer_key, "auth": auth}
         if webhook_secret:
             extra["webhook_secret"] = webhook_secret
-        return Credentials(
-            shop_domain=store_url, access_token=keys.consumer_secret, scopes=(keys.key_permissions,), extra=extra
-        )
+        return Credentials(shop_domain=store_url, access_token=keys.consumer_secret, scopes=(keys.key_permissions,), extra=extra)
 
     async def verify_credentials(self) -> None:
         """One cheap authenticated read; raises AuthError when the keys are wrong or lack rights."""
@@ -326,7 +326,7 @@ class WooCommerceConnector:
             order = self._order_event(payload, shop=shop, delivery_id=header_id)
             modified = payload.get("date_modified_gmt")
             dedupe = f"order:{order.order_id}:{modified}:{payload.get('status')}" if modified else header_id or _digest(body)
-        return Delivery(delivery_id=dedupe, topic=topic, shop=shop, kind="order", events=(order,), order_ids=(order.order_id,))
+        return Delivery(delivery_id=dedupe, topic=topic, shop=shop, kind="order", events=(order,))
 
     async def fetch_order(self, order_id: str) -> OrderEvent:
         response = await self._request("GET", f"orders/{order_id}")
@@ -343,7 +343,7 @@ class WooCommerceConnector:
         shop = self._shop({})
         async for order in self._paginate("orders", params):
             event = self._order_event(order, shop=shop)
-            if event.occurred_at is None or event.occurred_at.replace(tzinfo=None) > since:
+            if event.occurred_at is None or event.occurred_at.replace(tzinfo=None) >= since:
                 yield event
 
     async def register_webhooks(self, delivery_url: str, secret: str) -> list[WebhookRegistration]:
@@ -357,7 +357,13 @@ class WooCommerceConnector:
         for topic in self.WEBHOOK_TOPICS:
             hook = next((h for h in existing if h.get("topic") == topic and h.get("delivery_url") == delivery_url), None)
             if hook is None:
-                body = {"name": f"Couponry {topic}", "topic": topic, "delivery_url": delivery_url, "secret": secret, "status": "active"}
+                body = {
+                    "name": f"Couponry {topic}",
+                    "topic": topic,
+                    "delivery_url": delivery_url,
+                    "secret": secret,
+                    "status": "active",
+                }
                 created = _json_object(await self._request("POST", "webhooks", json=body))
                 registrations.append(WebhookRegistration(topic=topic, id=str(created["id"]), action="created"))
             elif hook.get("status") == "paused":
@@ -378,9 +384,11 @@ class WooCommerceConnector:
     def _coupon_body(self, template: _Template, spec: CodeSpec) -> dict[str, Any]:
         coupon = dict(template.coupon)
         coupon["code"] = self._woo_code(spec.display or spec.code)
-        expiries = [d for d in (spec.expires_at and _woo_datetime(spec.expires_at), template.ends_at) if d]
+        expiries = [template.ends_at] if template.ends_at else []
+        if spec.expires_at is not None:
+            expiries.append(_woo_datetime(spec.expires_at))
         if expiries:
-            coupon["date_expires_gmt"] = min(expiries)
+            coupon["date_expires_gmt"] = min(expiries)  # same format, so the strings sort as times
         coupon["meta_data"] = [{"key": CAMPAIGN_META_KEY, "value": str(template.campaign_id)}]
         return coupon
 
@@ -407,7 +415,10 @@ class WooCommerceConnector:
                 results[index] = PushResult(code=spec.code, ok=False, error="WooCommerce says the code exists but cannot find it")
             elif _campaign_of(coupon) != str(template.campaign_id):
                 results[index] = PushResult(
-                    code=spec.code, ok=False, platform_id=str(coupon["id"]), error="code already used by another coupon on the store"
+                    code=spec.code,
+                    ok=False,
+                    platform_id=str(coupon["id"]),
+                    error="code already used by another coupon on the store",
                 )
             else:
                 results[index] = PushResult(code=spec.code, ok=True, platform_id=str(coupon["id"]))
@@ -507,9 +518,7 @@ class WooCommerceConnector:
         ):
             with attempt:
                 try:
-                    response = await self._client.request(
-                        method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT
-                    )
+                    response = await self._client.request(method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
                 except httpx.TimeoutException as exc:
                     raise UpstreamError(f"WooCommerce timed out: {method} {path}") from exc
                 except httpx.TransportError as exc:

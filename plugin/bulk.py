@@ -9,7 +9,7 @@ through `existing_codes` first.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
@@ -40,7 +40,7 @@ def _insert_sqlite(
 ) -> int:
     # Straight to the driver: one prepared statement, the constant columns bound once per row
     # by sqlite3 itself. Sorted input keeps the unique index's B-tree appends local (~3x faster).
-    stamp = created_at.isoformat(sep=" ")
+    stamp = created_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")  # as UtcDateTime stores it
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.executemany(

@@ -159,9 +159,7 @@ def _ta_quasigroup(n: int) -> Table:
         return g ^ poly if g & q else g
 
     gf = tuple(tuple(times_x(x) ^ y for y in range(q)) for x in range(q))
-    return tuple(
-        tuple(gf[x // m][y // m] * m + odd[x % m][y % m] for y in range(n)) for x in range(n)
-    )
+    return tuple(tuple(gf[x // m][y // m] * m + odd[x % m][y % m] for y in range(n)) for x in range(n))
 
 
 def _verhoeff_gumm(m: int) -> CheckScheme:

@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, func, select
 
@@ -20,7 +21,8 @@ from plugin.bulk import existing_codes, insert_codes
 from plugin.campaigns import campaign_format, code_count, get_campaign
 from plugin.db import session_scope
 from plugin.errors import CapacityError, InvalidInput
-from plugin.models import Batch, Code, utcnow
+from plugin.models import Batch, Campaign, Code, utcnow
+from plugin.rules import CampaignRules, RulesOverride, apply_override
 
 CHUNK_SIZE = 50_000
 MAX_BATCH = 10_000_000
@@ -145,7 +147,7 @@ def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str 
     value = raw.strip()
     if not value:
         return None, "empty code"
-    stored = codes.normalise_foreign(value)
+    stored = codes.normalise_generic(value)
     if not stored:
         return None, "no letters or digits"
     if len(stored) > MAX_IMPORT_CODE_LENGTH:
@@ -154,7 +156,7 @@ def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str 
         return None, "only letters and digits (and separators) are allowed"
     # A code typed in the campaign's own format is normalised the same way shoppers' input will be.
     in_format = codes.normalise(fmt, value)
-    if codes.check(fmt, in_format).ok:
+    if codes.check(fmt, in_format) is codes.CodeCheck.OK:
         return in_format, None
     return stored, None
 
@@ -229,7 +231,7 @@ def export_codes(engine: Engine, *, shop_id: int, campaign_id: int) -> Iterator[
         for code in page:
             writer.writerow(
                 (
-                    codes.display(fmt, code.code) if codes.check(fmt, code.code).ok else code.code,
+                    codes.display(fmt, code.code) if codes.check(fmt, code.code) is codes.CodeCheck.OK else code.code,
                     code.code,
                     code.status,
                     code.uses,
@@ -247,3 +249,13 @@ def _drain(buffer: io.StringIO) -> str:
     buffer.seek(0)
     buffer.truncate()
     return text
+
+
+def set_override(batch: Batch, campaign: Campaign, override: RulesOverride) -> None:
+    """Give a batch its own rules where a batch may differ (discount, expiry, uses, channels)."""
+    if campaign.rules:
+        try:
+            apply_override(CampaignRules.model_validate(campaign.rules), override)
+        except ValidationError as exc:
+            raise InvalidInput(f"the override doesn't fit the campaign's rules: {exc.errors()[0]['msg']}") from exc
+    batch.rules_override = override.model_dump(mode="json")

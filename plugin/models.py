@@ -5,11 +5,31 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every dialect (SQLite would hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -27,8 +47,8 @@ class Shop(SQLModel, table=True):
     scopes: str = Field(default="", max_length=1024)
     # shop-level preferences, e.g. {"detailed_refusals": true}
     preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    installed_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    uninstalled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    installed_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    uninstalled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("platform", "domain", name="uq_shop_platform_domain"),)
 
@@ -46,8 +66,8 @@ class Campaign(SQLModel, table=True):
     # running totals, updated atomically by redemptions and rollbacks (budgets)
     redemption_count: int = Field(default=0)
     discount_total: int = Field(default=0, sa_type=BigInteger)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
 class Batch(SQLModel, table=True):
@@ -62,8 +82,8 @@ class Batch(SQLModel, table=True):
     status: str = Field(default="running", max_length=16)  # queued | running | done | failed
     error: str | None = Field(default=None, max_length=2000)
     rules_override: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class Code(SQLModel, table=True):
@@ -80,14 +100,14 @@ class Code(SQLModel, table=True):
     customer_id: str | None = Field(default=None, max_length=255)
     email: str | None = Field(default=None, max_length=320)
     recipient: str | None = Field(default=None, max_length=320)
-    assigned_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    assigned_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     partner_id: int | None = Field(default=None, index=True)
     platform_id: str | None = Field(default=None, max_length=255)
     sync_status: str = Field(default="pending", max_length=16)  # pending | synced | failed | deactivated
     sync_error: str | None = Field(default=None, max_length=1000)
-    synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    synced_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("shop_id", "code", name="uq_code_shop_code"),
@@ -106,9 +126,9 @@ class ApiKey(SQLModel, table=True):
     key_hash: str = Field(max_length=64)
     scopes: str = Field(default="checkout", max_length=200)  # space-separated: admin checkout
     partner_id: int | None = Field(default=None)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class Reservation(SQLModel, table=True):
@@ -118,9 +138,9 @@ class Reservation(SQLModel, table=True):
     shop_id: int = Field(foreign_key="shop.id")
     code_id: int = Field(sa_type=BigInteger, foreign_key="code.id", index=True)
     checkout_id: str = Field(max_length=255)
-    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
-    released_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+    released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("shop_id", "checkout_id", "code_id", name="uq_reservation_checkout_code"),)
 
@@ -146,8 +166,8 @@ class Redemption(SQLModel, table=True):
     source: str = Field(default="api", max_length=16)  # api | webhook
     status: str = Field(default="active", max_length=16)  # active | rolled_back
     flagged_reason: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    rolled_back_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    rolled_back_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
@@ -173,17 +193,24 @@ class WebhookEvent(SQLModel, table=True):
     delivery_id: str = Field(max_length=255)
     topic: str = Field(default="", max_length=128)
     payload: str = Field(default="", sa_type=Text)
+    # the platform's own headers (topic, shop, ids; never the signature), needed to re-parse the payload
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="received", max_length=16)  # received | processed | deferred | failed | ignored
     error: str | None = Field(default=None, max_length=2000)
     flagged: bool = Field(default=False)
     campaign_id: int | None = Field(default=None, index=True)
     order_id: str | None = Field(default=None, max_length=255)
-    received_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    processed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # what processing did: {"redeemed": n, "duplicates": n, "rolled_back": n, "unknown_codes": [...], ...}
+    outcome: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    unknown_codes: int = Field(default=0)  # generic codes of the shop: counted, not errors
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    redacted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("platform", "delivery_id", name="uq_webhook_delivery"),
         Index("ix_webhook_status", "status", "received_at"),
+        Index("ix_webhook_shop_order", "shop_id", "order_id"),
     )
 
 
@@ -198,12 +225,12 @@ class Job(SQLModel, table=True):
     status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
     attempts: int = Field(default=0)
     max_attempts: int = Field(default=10)
-    run_after: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    locked_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    run_after: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
     locked_by: str | None = Field(default=None, max_length=128)
     last_error: str | None = Field(default=None, max_length=2000)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (Index("ix_job_claim", "status", "run_after"),)
 
@@ -217,4 +244,4 @@ class AuditEvent(SQLModel, table=True):
     subject: str = Field(max_length=128)  # e.g. "redemption:42", "code:1234"
     actor: str = Field(default="system", max_length=128)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

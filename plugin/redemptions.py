@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 from plugin import codes
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.models import AuditEvent, Batch, Campaign, Code, CustomerUsage, Redemption, Reservation
+from plugin.refusals import refuse
 from plugin.rules import (
     Basket,
     CampaignRules,
@@ -45,7 +46,6 @@ from plugin.rules import (
     evaluate,
     normalise_email,
 )
-from plugin.refusals import refuse
 
 CancelPolicy = Literal["restore", "reissue", "keep"]
 
@@ -310,10 +310,10 @@ def _claim_counters(
     code_update = update(Code).where(col(Code.id) == ctx.code.id, col(Code.status) == "active")
     if limit is not None and enforce:
         code_update = code_update.where(col(Code.uses) < limit)
-    if _rowcount(session, code_update.values(uses=Code.uses + 1)) == 0:  # type: ignore[operator]
+    if _rowcount(session, code_update.values(uses=Code.uses + 1)) == 0:
         if enforce:
             return refuse(Reason.ALREADY_REDEEMED) if limit == 1 else refuse(Reason.USAGE_LIMIT_REACHED, limit=limit)
-        session.execute(update(Code).where(col(Code.id) == ctx.code.id).values(uses=Code.uses + 1))  # type: ignore[operator]
+        session.execute(update(Code).where(col(Code.id) == ctx.code.id).values(uses=Code.uses + 1))
     elif limit is not None and not enforce:
         uses = session.exec(select(Code.uses).where(col(Code.id) == ctx.code.id)).one()
         if uses > limit:
@@ -421,9 +421,7 @@ def rollback_redemption(
                 .values(uses=table.c.uses - 1)
             )
     if redemption.code_id is not None and policy == "restore":
-        session.execute(
-            update(Code).where(col(Code.id) == redemption.code_id, col(Code.uses) > 0).values(uses=Code.uses - 1)  # type: ignore[operator]
-        )
+        session.execute(update(Code).where(col(Code.id) == redemption.code_id, col(Code.uses) > 0).values(uses=Code.uses - 1))
     elif redemption.code_id is not None and policy == "reissue":
         fresh = reissue_code(session, code_id=redemption.code_id, now=now)
         details["reissued_code"] = fresh.code
@@ -445,7 +443,7 @@ def rollback_redemption(
 def _campaign_policy(campaign: Campaign | None) -> CancelPolicy:
     if campaign is None or not campaign.rules:
         return "restore"
-    policy = CampaignRules.model_validate(campaign.rules).on_cancel
+    policy: CancelPolicy = CampaignRules.model_validate(campaign.rules).on_cancel
     return policy
 
 

@@ -12,7 +12,7 @@ from plugin import codes
 from plugin.campaigns import create_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
-from plugin.issuing import export_codes, generate_codes, import_codes
+from plugin.issuing import export_codes, import_codes, run_batch, start_batch
 
 # --- campaigns ------------------------------------------------------------------------------
 
@@ -47,7 +47,7 @@ def format_options(fn: Any) -> Any:
 @click.option("--currency", default="USD", show_default=True, help="ISO 4217 currency of amounts.")
 @format_options
 @pass_context
-def campaigns_create(ctx: Context, name: str, currency: str, **fmt: Any) -> None:
+def campaigns_create(ctx: Context, /, name: str, currency: str, **fmt: Any) -> None:
     """Create a campaign and print its id."""
     code_format = {k: v for k, v in fmt.items() if v is not None}
     with clear_errors(), session_scope(ctx.engine) as session:
@@ -95,15 +95,19 @@ def codes_group() -> None:
 @pass_context
 def codes_generate(ctx: Context, campaign_id: int, count: int) -> None:
     """Generate COUNT new unique codes into a campaign."""
-    with clear_errors(), click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
-        done = 0
+    with clear_errors():
+        with session_scope(ctx.engine) as session:  # refuses an unsafe request before any work
+            batch = start_batch(session, shop_id=ctx.shop_id, campaign_id=campaign_id, count=count)
+        assert batch.id is not None
+        with click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
+            done = 0
 
-        def progress(created: int, _requested: int) -> None:
-            nonlocal done
-            bar.update(created - done)
-            done = created
+            def progress(created: int, _requested: int) -> None:
+                nonlocal done
+                bar.update(created - done)
+                done = created
 
-        batch = generate_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, count=count, on_progress=progress)
+            batch = run_batch(ctx.engine, shop_id=ctx.shop_id, batch_id=batch.id, on_progress=progress)
     click.echo(json.dumps({"batch_id": batch.id, "created": batch.created}))
 
 

@@ -28,7 +28,7 @@ def _email(value: Any) -> Any:
     return normalise_email(value) if isinstance(value, str) else value
 
 
-Email = Annotated[str | None, BeforeValidator(_email), Field(max_length=320)]
+Email = Annotated[Annotated[str, StringConstraints(max_length=320)] | None, BeforeValidator(_email)]
 Quantity = Annotated[int, Field(strict=True, gt=0, le=10**9)]
 
 

@@ -355,6 +355,9 @@ class CampaignRules(_Frozen):
     allowed_channels: Channels = None
     stacking: StackingRules = StackingRules()
     budget: Budget = Budget()
+    # what a cancelled, refunded or failed order does to its code: give the use back,
+    # give the same recipient a fresh code, or leave the code consumed
+    on_cancel: Literal["restore", "reissue", "keep"] = "restore"
 
     @model_validator(mode="after")
     def _currency_for_money(self) -> "CampaignRules":

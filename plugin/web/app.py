@@ -6,15 +6,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from plugin import __version__
 from plugin.db import make_engine, ping, run
+from plugin.errors import PluginError
+from plugin.ratelimit import FailureLimiter
 from plugin.settings import Settings
+from plugin.web import api
+from plugin.web.openapi import openapi_json
+from plugin.web.problems import plugin_error_handler, validation_error_handler
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -34,8 +40,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             app.state.http = client
             yield
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi_json, methods=["GET"]),
+        Mount("/api/v1", routes=api.routes()),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={PluginError: plugin_error_handler, ValidationError: validation_error_handler},
+    )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.limiter = FailureLimiter(settings.redis_url)
     return app

@@ -1,0 +1,349 @@
+"""Klaviyo: each recipient's code as profile properties, and code pools for the Coupons API.
+
+Auth and version: `Authorization: Klaviyo-API-Key <private key>` (Credentials.access_token) and a
+`revision` header pinned to REVISION, the `info.version` of the published spec our tests validate
+against (shared/contracts/klaviyo). Base URL https://a.klaviyo.com, or ConnectorConfig.base_url.
+
+Settings (Credentials.extra, falling back to ConnectorConfig.extra):
+    list_id     optional; every imported profile is also added to this list
+
+Merge fields become profile properties of the same name (templates: `{{ person.coupon_code }}`):
+    coupon_code, coupon_display, coupon_expires_at, claim_url → properties.<same name>
+    (other keys pass through unchanged). Profiles are matched on email, phone_number (E.164) and
+    external_id; see connectors.http.identifiers for a recipient that has none of them set.
+
+push_recipients: POST /api/profile-bulk-import-jobs, at most 10,000 profiles and 5 MB per job and
+100 KB per profile (a recipient over that fails alone). Import is asynchronous: the answer is
+"accepted" with provider_id = the job id; job_results() later turns the finished job and its
+import errors into per-recipient results. The bulk API ignores nulls, so it never clears a field.
+
+upload_coupon_codes: creates the coupon (external_id = coupon_id) if it is missing, then
+POST /api/coupon-code-bulk-create-jobs with at most 1,000 codes per job (Klaviyo queues at most
+100 jobs at once). A code without expires_at gets Klaviyo's default of one year. Klaviyo, not
+us, assigns these codes to profiles when it sends (`{% coupon_code 'Name' %}`).
+
+Rate limits are per account and per endpoint, in fixed 1 s and 1 min windows (LIMITS); one
+RatePacer per endpoint keeps us inside them. A 429 carries only Retry-After (no RateLimit-*
+headers): the pacer holds every caller back that long and the request is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, ClassVar
+
+import httpx
+from tenacity.wait import wait_base
+
+from connectors.base import CodeSpec, ConnectorConfig, Credentials, PushResult, Recipient, RecipientResult, retry_after_seconds
+from connectors.errors import AuthError, NotFound, Rejected
+from connectors.http import RatePacer, Sleep, Wait, identifiers, raise_for_status, retrying, send
+
+JSON_API = "application/vnd.api+json"
+
+
+class KlaviyoAuth(httpx.Auth):
+    def __init__(self, api_key: str) -> None:
+        self._header = f"Klaviyo-API-Key {api_key}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+@dataclass(frozen=True)
+class KlaviyoJob:
+    """An asynchronous Klaviyo job (profile import or coupon-code creation) as last seen."""
+
+    id: str
+    status: str  # queued, processing, complete, cancelled
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: tuple[str, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("complete", "cancelled")
+
+
+class KlaviyoConnector:
+    name: ClassVar[str] = "klaviyo"
+    REVISION: ClassVar[str] = "2026-07-15"
+    API_BASE: ClassVar[str] = "https://a.klaviyo.com"
+    BATCH_SIZE: ClassVar[int] = 10_000  # profiles per bulk import job
+    MAX_JOB_BYTES: ClassVar[int] = 5_000_000  # "5MB" per request, read as decimal megabytes to stay under either reading
+    MAX_PROFILE_BYTES: ClassVar[int] = 100_000
+    COUPON_CODES_PER_JOB: ClassVar[int] = 1_000
+    # (burst per 1 s, steady per 1 min) per endpoint, from the spec's x-klaviyo-ratelimit
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "profile-import": (10, 150),  # POST /api/profile-bulk-import-jobs
+        "profile-import-read": (10, 150),  # GET the job and its import errors
+        "coupon-read": (75, 750),  # GET /api/coupons/{id}
+        "coupon-write": (3, 60),  # POST /api/coupons
+        "coupon-code-jobs": (75, 750),  # POST and GET /api/coupon-code-bulk-create-jobs
+    }
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config: ConnectorConfig,
+        credentials: Credentials | None = None,
+        *,
+        attempts: int = 5,
+        retry_wait: wait_base | Wait | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        pacers: Mapping[str, RatePacer] | None = None,
+    ) -> None:
+        if credentials is None or not credentials.access_token:
+            raise AuthError("Klaviyo needs a private API key")
+        settings = {**config.extra, **credentials.extra}
+        self._client = client
+        self._base = (config.base_url or self.API_BASE).rstrip("/")
+        self._auth = KlaviyoAuth(credentials.access_token)
+        self._list_id = settings.get("list_id") or None
+        self._attempts = attempts
+        self._wait = retry_wait
+        self._sleep = sleep
+        # Limits are per account: share one set of pacers (new_pacers) between the connectors of an account.
+        self._pacers = dict(pacers) if pacers is not None else self.new_pacers(clock=clock, sleep=sleep)
+        self._known_coupons: set[str] = set()
+
+    @classmethod
+    def new_pacers(cls, *, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep) -> dict[str, RatePacer]:
+        return {
+            key: RatePacer.per_second_and_minute(burst, steady, clock=clock, sleep=sleep)
+            for key, (burst, steady) in cls.LIMITS.items()
+        }
+
+    # --- profiles ------------------------------------------------------------------------------
+
+    async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
+        results: list[RecipientResult | None] = [None] * len(recipients)
+        encoded: list[tuple[int, bytes]] = []
+        for index, recipient in enumerate(recipients):
+            profile = self._profile(recipient)
+            if profile is None:
+                results[index] = RecipientResult(recipient.key, ok=False, error="no email, phone number or external id")
+                continue
+            blob = json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(blob) > self.MAX_PROFILE_BYTES:
+                error = f"profile is {len(blob)} bytes, over Klaviyo's 100 KB"
+                results[index] = RecipientResult(recipient.key, ok=False, error=error)
+                continue
+            encoded.append((index, blob))
+        for job in self._split(encoded):
+            job_id = await self._submit_import(job)
+            for index, _ in job:
+                results[index] = RecipientResult(recipients[index].key, ok=True, provider_id=job_id)
+        return [result for result in results if result is not None]
+
+    async def import_job(self, job_id: str) -> KlaviyoJob:
+        response = await self._request("profile-import-read", "GET", f"/api/profile-bulk-import-jobs/{job_id}")
+        return _job(response.json()["data"])
+
+    async def job_results(self, job_id: str, recipients: Sequence[Recipient]) -> list[RecipientResult] | None:
+        """Per-recipient results of a finished import job (None while it is queued or running).
+
+        `recipients` are those push_recipients accepted into this job. Klaviyo's import errors
+        carry the profile that failed; an error we cannot match to a recipient fails every
+        recipient not otherwise known to have failed, since re-importing them is harmless."""
+        job = await self.import_job(job_id)
+        if not job.done:
+            return None
+        if job.status == "cancelled":
+            cancelled = "Klaviyo cancelled the import job"
+            return [RecipientResult(r.key, ok=False, provider_id=job_id, error=cancelled) for r in recipients]
+        failures: dict[int, str] = {}
+        unmatched: list[str] = []
+        if job.failed:
+            lookup = _lookup(recipients)
+            async for payload, detail in self._import_errors(job_id):
+                matched = [lookup[ident] for ident in _payload_identifiers(payload) if ident in lookup]
+                if matched:
+                    failures[matched[0]] = detail
+                else:
+                    unmatched.append(detail)
+        results = []
+        for index, recipient in enumerate(recipients):
+            error = failures.get(index)
+            if error is None and unmatched:
+                error = f"{len(unmatched)} import error(s) could not be matched to a recipient, e.g. {unmatched[0]}"
+            results.append(RecipientResult(recipient.key, ok=error is None, provider_id=job_id, error=error))
+        return results
+
+    def _profile(self, recipient: Recipient) -> dict[str, Any] | None:
+        email, phone, external_id = identifiers(recipient)
+        attributes: dict[str, Any] = {}
+        if email:
+            attributes["email"] = email
+        if phone:
+            attributes["phone_number"] = phone
+        if external_id:
+            attributes["external_id"] = external_id
+        if not attributes:
+            return None
+        if recipient.fields:
+            attributes["properties"] = dict(recipient.fields)
+        return {"type": "profile", "attributes": attributes}
+
+    def _split(self, encoded: list[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]], None, None]:
+        """Cut the encoded profiles into jobs of at most BATCH_SIZE profiles and MAX_JOB_BYTES."""
+        overhead = len(self._envelope(b""))
+        job: list[tuple[int, bytes]] = []
+        size = overhead
+        for item in encoded:
+            extra = len(item[1]) + (1 if job else 0)
+            if job and (len(job) == self.BATCH_SIZE or size + extra > self.MAX_JOB_BYTES):
+                yield job
+                job, size, extra = [], overhead, len(item[1])
+            job.append(item)
+            size += extra
+        if job:
+            yield job
+
+    def _envelope(self, profiles: bytes) -> bytes:
+        # Assembled from the already-encoded profiles, so each is serialised once (measured, then sent).
+        lists = b""
+        if self._list_id:
+            lists = b',"relationships":{"lists":{"data":[{"type":"list","id":' + json.dumps(self._list_id).encode() + b"}]}}"
+        return b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":[' + profiles + b"]}}" + lists + b"}}"
+
+    async def _submit_import(self, job: list[tuple[int, bytes]]) -> str:
+        body = self._envelope(b",".join(blob for _, blob in job))
+        response = await self._request("profile-import", "POST", "/api/profile-bulk-import-jobs", content=body)
+        return str(response.json()["data"]["id"])
+
+    async def _import_errors(self, job_id: str) -> AsyncIterator[tuple[Mapping[str, Any], str]]:
+        url: str | None = f"{self._base}/api/profile-bulk-import-jobs/{job_id}/import-errors?page%5Bsize%5D=100"
+        while url:
+            response = await self._request("profile-import-read", "GET", url)
+            document = response.json()
+            for item in document.get("data") or []:
+                attributes = item.get("attributes") or {}
+                detail = attributes.get("detail") or attributes.get("title") or "import error"
+                yield attributes.get("original_payload") or {}, str(detail)
+            url = (document.get("links") or {}).get("next")
+
+    # --- coupons -------------------------------------------------------------------------------
+
+    async def ensure_coupon(self, coupon_id: str, description: str | None = None) -> str:
+        """Create the coupon `coupon_id` (its external id) unless it exists; return its id."""
+        if coupon_id in self._known_coupons:
+            return coupon_id
+        try:
+            await self._request("coupon-read", "GET", f"/api/coupons/{coupon_id}")
+        except NotFound:
+            attributes: dict[str, Any] = {"external_id": coupon_id}
+            if description:
+                attributes["description"] = description
+            body = {"data": {"type": "coupon", "attributes": attributes}}
+            try:
+                await self._request("coupon-write", "POST", "/api/coupons", content=_dump(body))
+            except Rejected as exc:
+                if exc.status != 409:  # 409: created meanwhile by someone else
+                    raise
+        self._known_coupons.add(coupon_id)
+        return coupon_id
+
+    async def upload_coupon_codes(self, coupon_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Add codes to the coupon's pool; one result per code, in order (platform_id = job id)."""
+        await self.ensure_coupon(coupon_id)
+        results: list[PushResult] = []
+        for start in range(0, len(codes), self.COUPON_CODES_PER_JOB):
+            chunk = codes[start : start + self.COUPON_CODES_PER_JOB]
+            body = {
+                "data": {
+                    "type": "coupon-code-bulk-create-job",
+                    "attributes": {"coupon-codes": {"data": [_coupon_code(coupon_id, spec) for spec in chunk]}},
+                }
+            }
+            response = await self._request("coupon-code-jobs", "POST", "/api/coupon-code-bulk-create-jobs", content=_dump(body))
+            job_id = str(response.json()["data"]["id"])
+            results.extend(PushResult(spec.code, ok=True, platform_id=job_id) for spec in chunk)
+        return results
+
+    async def coupon_job(self, job_id: str) -> KlaviyoJob:
+        response = await self._request("coupon-code-jobs", "GET", f"/api/coupon-code-bulk-create-jobs/{job_id}")
+        return _job(response.json()["data"])
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    async def _request(self, limit: str, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
+        pacer = self._pacers[limit]
+        url = path if path.startswith("http") else self._base + path
+        headers = {"revision": self.REVISION, "accept": JSON_API}
+        if content is not None:
+            headers["content-type"] = JSON_API
+
+        async def attempt() -> httpx.Response:
+            async with pacer.slot():
+                response = await send(self._client, method, url, content=content, headers=headers, auth=self._auth)
+            if response.status_code == 429:
+                pacer.hold(retry_after_seconds(response.headers) or 1.0)
+            return raise_for_status(response, message=_message)
+
+        return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
+
+
+def _dump(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _coupon_code(coupon_id: str, spec: CodeSpec) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"unique_code": spec.display or spec.code}
+    if spec.expires_at is not None:
+        expires = spec.expires_at if spec.expires_at.tzinfo else spec.expires_at.replace(tzinfo=UTC)
+        attributes["expires_at"] = expires.astimezone(UTC).isoformat()
+    return {
+        "type": "coupon-code",
+        "attributes": attributes,
+        "relationships": {"coupon": {"data": {"type": "coupon", "id": coupon_id}}},
+    }
+
+
+def _job(data: Mapping[str, Any]) -> KlaviyoJob:
+    attributes = data.get("attributes") or {}
+    errors = tuple(str(e.get("detail") or e.get("title") or e) for e in attributes.get("errors") or ())
+    return KlaviyoJob(
+        id=str(data.get("id")),
+        status=str(attributes.get("status")),
+        total=int(attributes.get("total_count") or 0),
+        completed=int(attributes.get("completed_count") or 0),
+        failed=int(attributes.get("failed_count") or 0),
+        errors=errors,
+    )
+
+
+def _lookup(recipients: Sequence[Recipient]) -> dict[str, int]:
+    lookup: dict[str, int] = {}
+    for index, recipient in enumerate(recipients):
+        for ident in identifiers(recipient):
+            if ident:
+                lookup.setdefault(ident.lower(), index)
+    return lookup
+
+
+def _payload_identifiers(payload: Mapping[str, Any]) -> list[str]:
+    # The spec types original_payload only as an object: look for identifiers on it and on its attributes.
+    found = []
+    for source in (payload, payload.get("attributes") or {}):
+        if isinstance(source, Mapping):
+            found += [str(source[key]).lower() for key in ("email", "phone_number", "external_id") if source.get(key)]
+    return found
+
+
+def _message(response: httpx.Response) -> str:
+    """JSON:API errors: `{"errors": [{"status", "code", "title", "detail"}]}`."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        return str(first.get("detail") or first.get("title") or first)
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return response.text[:300] or response.reason_phrase

@@ -1,0 +1,47 @@
+"""Brute-force protection: failed validations per shop and client, with the `limits` library.
+
+Counters live in memory on the embedded default and in Redis when REDIS_URL is set, so every
+web process shares them. The same figure feeds the code engine's guess-probability estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+FAILED_VALIDATIONS = "20/minute"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: int = 0
+
+
+class FailureLimiter:
+    """Counts failed attempts per key; `check` says whether a client may try again now."""
+
+    def __init__(self, storage_url: str | None = None, limit: str = FAILED_VALIDATIONS) -> None:
+        storage = storage_from_string(storage_url) if storage_url else MemoryStorage()
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.item: RateLimitItem = parse(limit)
+
+    def attempts_per_year(self) -> int:
+        """What one client can try in a year at this limit: the attacker budget for estimates."""
+        per_second = self.item.amount / self.item.get_expiry()
+        return int(per_second * 365 * 24 * 3600)
+
+    def check(self, *keys: str) -> Verdict:
+        for key in keys:
+            if not self.limiter.test(self.item, key):
+                reset, _remaining = self.limiter.get_window_stats(self.item, key)
+                return Verdict(False, max(1, int(reset - time.time()) + 1))
+        return Verdict(True)
+
+    def record_failure(self, *keys: str) -> None:
+        for key in keys:
+            self.limiter.hit(self.item, key)

@@ -1,0 +1,457 @@
+"""The JSON API under /api/v1: campaigns, batches, and the checkout calls.
+
+Each endpoint is declared once in ENDPOINTS (path, method, scope, bodies); the Starlette routes
+and the OpenAPI document are both built from that table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from plugin import apikeys, campaigns, checkout, codes, issuing
+from plugin.db import run, session_scope
+from plugin.errors import NotFound, PluginError
+from plugin.models import ApiKey, Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
+from plugin.ratelimit import FailureLimiter
+from plugin.web import schemas
+from plugin.web.problems import problem, validation_problem
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[["Call"], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    name: str
+    summary: str
+    scope: str | None
+    handler: Handler
+    request: type[BaseModel] | None = None
+    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    """One authenticated API request: its shop, key and parsed parameters."""
+
+    request: Request
+    key: ApiKey
+    engine: Engine
+
+    @property
+    def shop_id(self) -> int:
+        return self.key.shop_id
+
+    def path_int(self, name: str) -> int:
+        value = self.request.path_params[name]
+        assert isinstance(value, int)
+        return value
+
+    async def body(self, model: type[M]) -> M:
+        raw = await self.request.body()
+        return model.model_validate_json(raw or b"{}")
+
+    async def db(self, fn: Callable[[Session], Any]) -> Any:
+        def work() -> Any:
+            with session_scope(self.engine) as session:
+                return fn(session)
+
+        return await run(self.engine, work)
+
+
+def _json(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+# --- campaigns ------------------------------------------------------------------------------
+
+
+def _campaign_out(session: Session, campaign: Campaign) -> schemas.CampaignOut:
+    fmt = campaigns.campaign_format(campaign)
+    count = campaigns.code_count(session, campaign_id=campaign.id or 0)
+    now = utcnow()
+    exposure = campaigns.campaign_exposure(session, campaign, now=now)
+    attempts = FailureLimiter().attempts_per_year()
+    return schemas.CampaignOut(
+        id=campaign.id or 0,
+        name=campaign.name,
+        status=campaign.status,
+        currency=campaign.currency,
+        code_format=campaign.code_format,
+        rules=campaign.rules or None,
+        codes=count,
+        redemptions=campaign.redemption_count,
+        discount_total=campaign.discount_total,
+        entropy_bits=round(codes.entropy_bits(fmt), 2),
+        guess_probability=codes.guess_probability(fmt, max(count, 1), attempts),
+        exposure=exposure.model_dump(mode="json") if exposure else None,
+        created_at=campaign.created_at,
+        updated_at=campaign.updated_at,
+    )
+
+
+async def list_campaigns(call: Call) -> Response:
+    limit = _query_int(call.request, "limit", 100, 1, 500)
+    offset = _query_int(call.request, "offset", 0, 0, 10**9)
+
+    def work(session: Session) -> schemas.CampaignList:
+        rows, total = campaigns.list_campaigns(session, shop_id=call.shop_id, limit=limit, offset=offset)
+        return schemas.CampaignList(data=[_campaign_out(session, c) for c in rows], count=total)
+
+    return _json(await call.db(work))
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PluginError(f"{name} must be an integer", reason="invalid_query") from None
+    if not low <= value <= high:
+        raise PluginError(f"{name} must be between {low} and {high}", reason="invalid_query")
+    return value
+
+
+async def create_campaign(call: Call) -> Response:
+    body = await call.body(schemas.CampaignCreate)
+
+    def work(session: Session) -> schemas.CampaignOut:
+        campaign = campaigns.create_campaign(
+            session,
+            shop_id=call.shop_id,
+            name=body.name,
+            code_format=body.code_format.to_dict(),
+            currency=body.currency,
+            rules=body.rules,
+            status=body.status if body.rules is not None else "draft",
+        )
+        return _campaign_out(session, campaign)
+
+    return _json(await call.db(work), 201)
+
+
+async def get_campaign(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+
+    def work(session: Session) -> schemas.CampaignOut:
+        return _campaign_out(session, campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id))
+
+    return _json(await call.db(work))
+
+
+async def update_campaign(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.CampaignUpdate)
+
+    def work(session: Session) -> schemas.CampaignOut:
+        campaign = campaigns.update_campaign(
+            session, shop_id=call.shop_id, campaign_id=campaign_id, name=body.name, rules=body.rules
+        )
+        return _campaign_out(session, campaign)
+
+    return _json(await call.db(work))
+
+
+def _status_action(action: str) -> Handler:
+    async def handler(call: Call) -> Response:
+        campaign_id = call.path_int("campaign_id")
+
+        def work(session: Session) -> schemas.CampaignOut:
+            campaign = campaigns.change_status(session, shop_id=call.shop_id, campaign_id=campaign_id, action=action)
+            return _campaign_out(session, campaign)
+
+        return _json(await call.db(work))
+
+    return handler
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def _batch_out(batch: Batch) -> schemas.BatchOut:
+    return schemas.BatchOut(
+        id=batch.id or 0,
+        campaign_id=batch.campaign_id,
+        source=batch.source,
+        status=batch.status,
+        requested=batch.requested,
+        created=batch.created,
+        progress=round(batch.created / batch.requested, 4) if batch.requested else 1.0,
+        error=batch.error,
+        created_at=batch.created_at,
+        finished_at=batch.finished_at,
+    )
+
+
+async def create_batch(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.BatchCreate)
+
+    def work(session: Session) -> Batch:
+        batch = issuing.start_batch(session, shop_id=call.shop_id, campaign_id=campaign_id, count=body.count)
+        if body.rules_override is not None:
+            campaign = campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+            issuing.set_override(batch, campaign, body.rules_override)
+        return batch
+
+    batch: Batch = await call.db(work)
+    engine, shop_id, batch_id = call.engine, call.shop_id, batch.id or 0
+
+    def generate() -> None:
+        try:
+            issuing.run_batch(engine, shop_id=shop_id, batch_id=batch_id)
+        except Exception:  # recorded on the batch by run_batch; nothing else to do here
+            return
+
+    # Generation runs beside the web loop; the batch row shows progress to pollers.
+    task = BackgroundTask(anyio.to_thread.run_sync, generate)
+    response = _json(_batch_out(batch), 202)
+    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    response.background = task
+    return response
+
+
+async def get_batch(call: Call) -> Response:
+    batch_id = call.path_int("batch_id")
+
+    def work(session: Session) -> schemas.BatchOut:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.shop_id != call.shop_id:
+            raise NotFound(f"batch {batch_id} does not exist in this shop", reason="batch_not_found")
+        return _batch_out(batch)
+
+    return _json(await call.db(work))
+
+
+# --- checkout -------------------------------------------------------------------------------
+
+
+def _limiter(request: Request) -> FailureLimiter:
+    limiter: FailureLimiter = request.app.state.limiter
+    return limiter
+
+
+def _client_keys(call: Call, customer: Any) -> list[str]:
+    host = call.request.client.host if call.request.client else "unknown"
+    keys = [f"shop:{call.shop_id}:ip:{host}"]
+    if customer is not None and customer.is_identified:
+        keys.append(f"shop:{call.shop_id}:customer:{customer.id or customer.email}")
+    return keys
+
+
+async def validate(call: Call) -> Response:
+    body = await call.body(schemas.ValidateRequest)
+    keys = _client_keys(call, body.customer)
+    limiter = _limiter(call.request)
+    verdict = limiter.check(*keys)
+    if not verdict.allowed:
+        return problem(
+            429,
+            "too_many_attempts",
+            "Too many codes tried; wait before trying again.",
+            headers={"Retry-After": str(verdict.retry_after)},
+        )
+
+    def work(session: Session) -> tuple[checkout.Decision, bool]:
+        decision = checkout.validate(
+            session,
+            shop_id=call.shop_id,
+            typed=body.code,
+            basket=body.basket,
+            customer=body.customer,
+            channel=body.channel,
+            checkout_id=body.checkout_id,
+            now=utcnow(),
+        )
+        shop = session.get_one(Shop, call.shop_id)
+        return decision, checkout.shop_prefers_detail(shop)
+
+    decision, detailed = await call.db(work)
+    if not decision.valid:
+        limiter.record_failure(*keys)
+    return JSONResponse(decision.as_json(detailed_for_shopper=detailed))
+
+
+def _reservation_out(reservation: Reservation, code: str) -> schemas.ReservationOut:
+    now = utcnow()
+    return schemas.ReservationOut(
+        id=reservation.id or 0,
+        code=code,
+        checkout_id=reservation.checkout_id,
+        expires_at=reservation.expires_at,
+        released_at=reservation.released_at,
+        active=reservation.released_at is None and reservation.expires_at > now,
+    )
+
+
+async def create_reservation(call: Call) -> Response:
+    body = await call.body(schemas.ReservationRequest)
+
+    def work(session: Session) -> schemas.ReservationOut:
+        reservation = checkout.reserve(
+            session,
+            shop_id=call.shop_id,
+            typed=body.code,
+            checkout_id=body.checkout_id,
+            ttl_seconds=body.ttl_seconds,
+            now=utcnow(),
+            basket=body.basket,
+            customer=body.customer,
+            channel=body.channel,
+        )
+        code = session.get_one(Code, reservation.code_id).code
+        return _reservation_out(reservation, code)
+
+    return _json(await call.db(work), 201)
+
+
+async def delete_reservation(call: Call) -> Response:
+    reservation_id = call.path_int("reservation_id")
+
+    def work(session: Session) -> schemas.ReservationOut:
+        reservation = checkout.release(session, shop_id=call.shop_id, reservation_id=reservation_id, now=utcnow())
+        return _reservation_out(reservation, session.get_one(Code, reservation.code_id).code)
+
+    return _json(await call.db(work))
+
+
+def _redemption_out(redemption: Redemption, duplicate: bool = False) -> schemas.RedemptionOut:
+    return schemas.RedemptionOut(
+        id=redemption.id or 0,
+        code=redemption.code,
+        order_id=redemption.order_id,
+        campaign_id=redemption.campaign_id,
+        status=redemption.status,
+        amount=redemption.amount,
+        currency=redemption.currency,
+        subtotal=redemption.subtotal,
+        customer_id=redemption.customer_id,
+        email=redemption.email,
+        channel=redemption.channel,
+        source=redemption.source,
+        flagged_reason=redemption.flagged_reason,
+        duplicate=duplicate,
+        created_at=redemption.created_at,
+        rolled_back_at=redemption.rolled_back_at,
+    )
+
+
+async def create_redemption(call: Call) -> Response:
+    body = await call.body(schemas.RedemptionRequest)
+
+    def work(session: Session) -> schemas.RedemptionOut:
+        outcome = checkout.redeem(
+            session,
+            shop_id=call.shop_id,
+            typed=body.code,
+            order_id=body.order_id,
+            basket=body.basket,
+            customer=body.customer,
+            channel=body.channel,
+            checkout_id=body.checkout_id,
+            now=utcnow(),
+        )
+        return _redemption_out(outcome.redemption, outcome.duplicate)
+
+    out: schemas.RedemptionOut = await call.db(work)
+    return _json(out, 200 if out.duplicate else 201)
+
+
+async def rollback_redemption(call: Call) -> Response:
+    redemption_id = call.path_int("redemption_id")
+    body = await call.body(schemas.RollbackRequest)
+
+    def work(session: Session) -> schemas.RedemptionOut:
+        redemption = checkout.rollback(
+            session,
+            shop_id=call.shop_id,
+            redemption_id=redemption_id,
+            reason=body.reason,
+            actor=f"api-key:{call.key.prefix}",
+            now=utcnow(),
+        )
+        return _redemption_out(redemption)
+
+    return _json(await call.db(work))
+
+
+# --- the table ------------------------------------------------------------------------------
+
+_ERRORS: dict[int, type[BaseModel] | None] = {401: schemas.Problem, 403: schemas.Problem, 422: schemas.Problem}
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/campaigns", "listCampaigns", "List campaigns with counts", "admin", list_campaigns,
+             responses={200: schemas.CampaignList}),
+    Endpoint("POST", "/campaigns", "createCampaign", "Create a campaign", "admin", create_campaign,
+             schemas.CampaignCreate, {201: schemas.CampaignOut}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}", "getCampaign", "Read a campaign", "admin", get_campaign,
+             responses={200: schemas.CampaignOut, 404: schemas.Problem}),
+    Endpoint("PATCH", "/campaigns/{campaign_id:int}", "updateCampaign", "Rename or change rules", "admin", update_campaign,
+             schemas.CampaignUpdate, {200: schemas.CampaignOut, 404: schemas.Problem}),
+    *[
+        Endpoint("POST", f"/campaigns/{{campaign_id:int}}/{action}", f"{action}Campaign", f"{action.capitalize()} a campaign",
+                 "admin", _status_action(action), None, {200: schemas.CampaignOut, 404: schemas.Problem, 409: schemas.Problem})
+        for action in ("activate", "pause", "resume", "end")
+    ],
+    Endpoint("POST", "/campaigns/{campaign_id:int}/batches", "createBatch", "Generate a batch of codes in the background",
+             "admin", create_batch, schemas.BatchCreate, {202: schemas.BatchOut, 404: schemas.Problem}),
+    Endpoint("GET", "/batches/{batch_id:int}", "getBatch", "A batch and its progress", "admin", get_batch,
+             responses={200: schemas.BatchOut, 404: schemas.Problem}),
+    Endpoint("POST", "/validate", "validateCode", "Decide whether a code applies to a basket (no side effects)", "checkout",
+             validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}),
+    Endpoint("POST", "/reservations", "createReservation", "Hold a code for one checkout", "checkout", create_reservation,
+             schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem}),
+    Endpoint("DELETE", "/reservations/{reservation_id:int}", "deleteReservation", "Release a hold", "checkout",
+             delete_reservation, None, {200: schemas.ReservationOut, 404: schemas.Problem}),
+    Endpoint("POST", "/redemptions", "createRedemption", "Redeem a code on an order", "checkout", create_redemption,
+             schemas.RedemptionRequest, {200: schemas.RedemptionOut, 201: schemas.RedemptionOut, 404: schemas.Problem,
+                                         409: schemas.Problem}),
+    Endpoint("POST", "/redemptions/{redemption_id:int}/rollback", "rollbackRedemption", "Give a redemption back",
+             "checkout", rollback_redemption, schemas.RollbackRequest, {200: schemas.RedemptionOut, 404: schemas.Problem}),
+]  # fmt: skip
+
+
+def _authenticate(request: Request, engine: Engine) -> ApiKey | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    with Session(engine) as session:
+        return apikeys.authenticate(session, token.strip())
+
+
+def _route(endpoint: Endpoint) -> Route:
+    async def asgi_endpoint(request: Request) -> Response:
+        engine: Engine = request.app.state.engine
+        key = await run(engine, lambda: _authenticate(request, engine))
+        if key is None:
+            return problem(401, "unauthenticated", "Send a valid API key: Authorization: Bearer <key>.",
+                           headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        scopes = set(key.scopes.split())
+        if endpoint.scope is not None and endpoint.scope not in scopes and "admin" not in scopes:
+            return problem(403, "insufficient_scope", f"This API key lacks the {endpoint.scope!r} scope.")
+        try:
+            return await endpoint.handler(Call(request, key, engine))
+        except ValidationError as exc:
+            return validation_problem(exc)
+
+    return Route(endpoint.path, asgi_endpoint, methods=[endpoint.method], name=endpoint.name)
+
+
+def routes() -> list[Route]:
+    return [_route(e) for e in ENDPOINTS]

@@ -1,0 +1,85 @@
+"""The OpenAPI 3.1 document of /api/v1, built from the endpoint table and the pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from plugin import __version__
+from plugin.web.api import ENDPOINTS, Endpoint
+from plugin.web.schemas import Problem
+
+_PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
+_COMMON_ERRORS = {401: "Missing or invalid API key", 403: "The key lacks the scope", 422: "Invalid input"}
+
+
+def _models() -> list[type[BaseModel]]:
+    found: dict[str, type[BaseModel]] = {"Problem": Problem}
+    for endpoint in ENDPOINTS:
+        for model in [endpoint.request, *endpoint.responses.values()]:
+            if model is not None:
+                found[model.__name__] = model
+    return list(found.values())
+
+
+def build_openapi() -> dict[str, Any]:
+    models = _models()
+    keyed, definitions = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    refs = {model: keyed[(model, "validation")]["$ref"] for model in models}
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        path = _PARAM.sub(lambda m: "{" + m.group(1) + "}", endpoint.path)
+        paths.setdefault("/api/v1" + path, {})[endpoint.method.lower()] = _operation(endpoint, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Couponry API", "version": __version__},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+    }
+
+
+def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": endpoint.name, "summary": endpoint.summary, "responses": {}}
+    if endpoint.scope:
+        operation["description"] = f"Needs an API key with the `{endpoint.scope}` (or `admin`) scope."
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+        for name, _ in _PARAM.findall(endpoint.path)
+    ]
+    if endpoint.method == "GET" and endpoint.name == "listCampaigns":
+        params += [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
+        ]
+    if params:
+        operation["parameters"] = params
+    if endpoint.request is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": refs[endpoint.request]}}},
+        }
+    responses = {**dict.fromkeys(_COMMON_ERRORS, Problem), **endpoint.responses}
+    for status, model in sorted(responses.items()):
+        media = "application/problem+json" if model is Problem else "application/json"
+        entry: dict[str, Any] = {"description": _COMMON_ERRORS.get(status, "OK" if status < 300 else "Refused")}
+        if model is not None:
+            entry["content"] = {media: {"schema": {"$ref": refs[model]}}}
+        operation["responses"][str(status)] = entry
+    return operation
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    document = getattr(request.app.state, "openapi", None)
+    if document is None:
+        document = request.app.state.openapi = build_openapi()
+    return JSONResponse(document)
