@@ -45,13 +45,17 @@ def format_options(fn: Any) -> Any:
 @campaigns.command("create")
 @click.option("--name", required=True, help="Campaign name.")
 @click.option("--currency", default="USD", show_default=True, help="ISO 4217 currency of amounts.")
+@click.option("--rules", "rules_json", default=None, help="Rules as JSON, or @FILE (see the API's CampaignRules schema).")
 @format_options
 @pass_context
-def campaigns_create(ctx: Context, /, name: str, currency: str, **fmt: Any) -> None:
-    """Create a campaign and print its id."""
+def campaigns_create(ctx: Context, /, name: str, currency: str, rules_json: str | None, **fmt: Any) -> None:
+    """Create a campaign and print its id (a draft until it has rules)."""
     code_format = {k: v for k, v in fmt.items() if v is not None}
+    rules = _read_json(rules_json) if rules_json else None
     with clear_errors(), session_scope(ctx.engine) as session:
-        campaign = create_campaign(session, shop_id=ctx.shop_id, name=name, code_format=code_format, currency=currency)
+        campaign = create_campaign(
+            session, shop_id=ctx.shop_id, name=name, code_format=code_format, currency=currency, rules=rules
+        )
         fmt_obj = codes.CodeFormat.from_dict(campaign.code_format)
     click.echo(campaign.id)
     click.echo(
@@ -59,6 +63,20 @@ def campaigns_create(ctx: Context, /, name: str, currency: str, **fmt: Any) -> N
         f"{codes.entropy_bits(fmt_obj):.1f} bits of entropy",
         err=True,
     )
+
+
+def _read_json(value: str) -> Any:
+    text = value
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise click.BadParameter(f"can't read {value[1:]}: {exc.strerror}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from exc
 
 
 @campaigns.command("list")

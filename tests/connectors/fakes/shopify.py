@@ -4,6 +4,7 @@
     fake.throttle()                      # next answer: THROTTLED with HTTP 200 (documented body)
     fake.script(httpx.Response(429, headers={"Retry-After": "2"}))
     fake.calls[-1].operation             # root field(s) of each request, with its variables
+    shopify_fake(router, clock=clock)    # also enforce the leaky bucket against that clock
 
 Every request is parsed and validated against the pinned schema (shared/contracts) and its
 variables are coerced against the schema's input types; a document or variable Shopify would
@@ -98,13 +99,17 @@ class ShopifyFake:
         restore_rate: float = 100.0,
         bulk_polls: int = 1,
         bulk_limit: int = 100,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.router = router
         self.shop = shop
         self.url = graphql_url(shop, version)
         self.maximum = maximum
         self.restore_rate = restore_rate
-        self.currently_available = maximum  # reported after each call, less its cost
+        self.clock = clock  # None: the bucket is full before every call
+        self.level = maximum
+        self._stamp = clock() if clock else 0.0
+        self.throttled = 0  # THROTTLED answers given by the enforced bucket
         self.bulk_polls = bulk_polls  # status polls a bulk creation needs before it is done
         self.bulk_limit = bulk_limit
         self.discounts: dict[str, Discount] = {}
@@ -135,7 +140,9 @@ class ShopifyFake:
     def mock_token(self, body: dict[str, Any] | None = None, *, status: int = 200) -> respx.Route:
         """The OAuth access-token endpoint (authorization code grant and token exchange)."""
         answer = body if body is not None else fixture("oauth_access_token.json")
-        return self.router.post(f"https://{self.shop}/admin/oauth/access_token", name="shopify_token").respond(status, json=answer)
+        return self.router.post(f"https://{self.shop}/admin/oauth/access_token", name="shopify_token").respond(
+            status, json=answer
+        )
 
     # --- seeding -----------------------------------------------------------------------------
 
@@ -179,26 +186,32 @@ class ShopifyFake:
         coerced = get_variable_values(shopify_schema(), operation.variable_definitions or (), variables)
         if isinstance(coerced, list):
             return _errors([e.message for e in coerced], "INVALID_VARIABLE")
-        cost = self.MUTATION_COST if operation.operation.value == "mutation" else _selection_cost(operation.selection_set, fragments)
+        cost = (
+            self.MUTATION_COST if operation.operation.value == "mutation" else _selection_cost(operation.selection_set, fragments)
+        )
+        if self.clock is None:
+            self.level = self.maximum
+        else:
+            now = self.clock()
+            self.level = min(self.maximum, self.level + self.restore_rate * (now - self._stamp))
+            self._stamp = now
+        if self.level < cost:
+            self.throttled += 1
+            answer = fixture("graphql_throttled.json")
+            answer["extensions"]["cost"] = self._cost(cost, None)
+            return httpx.Response(200, json=answer)
+        self.level -= cost
         data: dict[str, Any] = {}
         for root in roots:
             args = {a.name.value: graphql.value_from_ast_untyped(a.value, coerced) for a in root.arguments or ()}
             value = getattr(self, "_" + root.name.value)(**args)
             key = root.alias.value if root.alias else root.name.value
             data[key] = _project(root, value, coerced, fragments)
-        self.currently_available = max(0.0, self.currently_available - cost)
-        extensions = {
-            "cost": {
-                "requestedQueryCost": cost,
-                "actualQueryCost": cost,
-                "throttleStatus": {
-                    "maximumAvailable": self.maximum,
-                    "currentlyAvailable": self.currently_available,
-                    "restoreRate": self.restore_rate,
-                },
-            }
-        }
-        return httpx.Response(200, json={"data": data, "extensions": extensions})
+        return httpx.Response(200, json={"data": data, "extensions": {"cost": self._cost(cost, cost)}})
+
+    def _cost(self, requested: int, actual: int | None) -> dict[str, Any]:
+        status = {"maximumAvailable": self.maximum, "currentlyAvailable": self.level, "restoreRate": self.restore_rate}
+        return {"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": status}
 
     # --- resolvers (one per root field, named _<field>) ---------------------------------------
 
@@ -256,8 +269,12 @@ class ShopifyFake:
             else:
                 errors = []
             node = None if errors else self._add_code(discountId, code)
-            results.append({"__typename": "DiscountRedeemCodeBulkCreationCode", "code": code, "errors": errors, "discountRedeemCode": node})
-        creation = BulkCreation(f"gid://shopify/DiscountRedeemCodeBulkCreation/{next(self._ids)}", discountId, results, self.bulk_polls)
+            results.append(
+                {"__typename": "DiscountRedeemCodeBulkCreationCode", "code": code, "errors": errors, "discountRedeemCode": node}
+            )
+        creation = BulkCreation(
+            f"gid://shopify/DiscountRedeemCodeBulkCreation/{next(self._ids)}", discountId, results, self.bulk_polls
+        )
         self.bulk[creation.id] = creation
         return {"bulkCreation": creation.as_node(), "userErrors": []}
 
@@ -297,7 +314,10 @@ class ShopifyFake:
     ) -> dict[str, Any]:
         discount = self.discounts.get(discountId)
         if discount is None:
-            return {"job": None, "userErrors": [{"code": "INVALID", "field": ["discountId"], "message": "Code discount does not exist."}]}
+            return {
+                "job": None,
+                "userErrors": [{"code": "INVALID", "field": ["discountId"], "message": "Code discount does not exist."}],
+            }
         wanted = set(ids or ())
         discount.codes = {k: v for k, v in discount.codes.items() if v["id"] not in wanted}
         job = f"gid://shopify/Job/{next(self._ids)}"
@@ -319,7 +339,10 @@ class ShopifyFake:
             error = {"field": ["webhookSubscription", "callbackUrl"], "message": "Address for this topic has already been taken"}
             return {"webhookSubscription": None, "userErrors": [error]}
         self.webhooks[key] = f"gid://shopify/WebhookSubscription/{next(self._ids)}"
-        return {"webhookSubscription": {"__typename": "WebhookSubscription", "id": self.webhooks[key], "topic": topic}, "userErrors": []}
+        return {
+            "webhookSubscription": {"__typename": "WebhookSubscription", "id": self.webhooks[key], "topic": topic},
+            "userErrors": [],
+        }
 
     def _shop(self) -> dict[str, Any]:
         return {"__typename": "Shop", "name": "Couponry Test", "myshopifyDomain": self.shop, "currencyCode": "USD"}
@@ -344,7 +367,10 @@ def order_node(
     """An Order as the GraphQL API answers it; `codes` maps each code to its allocated amounts."""
 
     def money(amount: str) -> dict[str, Any]:
-        return {"shopMoney": {"amount": amount, "currencyCode": currency}, "presentmentMoney": {"amount": amount, "currencyCode": currency}}
+        return {
+            "shopMoney": {"amount": amount, "currencyCode": currency},
+            "presentmentMoney": {"amount": amount, "currencyCode": currency},
+        }
 
     allocations = [
         {"allocatedAmountSet": money(amount), "discountApplication": {"__typename": "DiscountCodeApplication", "code": code}}
@@ -407,7 +433,9 @@ def _project(node: FieldNode, value: Any, variables: dict[str, Any], fragments: 
     return _select(node.selection_set.selections, value, variables, fragments)
 
 
-def _select(selections: Iterable[Any], value: dict[str, Any], variables: dict[str, Any], fragments: dict[str, Any]) -> dict[str, Any]:
+def _select(
+    selections: Iterable[Any], value: dict[str, Any], variables: dict[str, Any], fragments: dict[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for selection in selections:
         if isinstance(selection, FieldNode):
@@ -419,7 +447,7 @@ def _select(selections: Iterable[Any], value: dict[str, Any], variables: dict[st
             fragment = fragments[selection.name.value] if isinstance(selection, FragmentSpreadNode) else selection
             condition = fragment.type_condition.name.value if fragment.type_condition else None
             typename = value.get("__typename")
-            if condition is None or typename == condition or typename == "Connection" or condition.endswith("Connection"):
+            if condition in (None, typename) or (typename == "Connection" and str(condition).endswith("Connection")):
                 out.update(_select(fragment.selection_set.selections, value, variables, fragments))
     return out
 
@@ -437,8 +465,11 @@ def _selection_cost(selection_set: Any, fragments: dict[str, FragmentDefinitionN
                 size = args.get("first") or args.get("last")
                 count = int(getattr(size, "value", 0) or 0) or 100  # a $variable: assume a page of 100
                 per_node = max(
-                    (_selection_cost(s.selection_set, fragments) + 1 for s in selection.selection_set.selections
-                     if isinstance(s, FieldNode) and s.name.value in ("nodes", "edges") and s.selection_set),
+                    (
+                        _selection_cost(s.selection_set, fragments) + 1
+                        for s in selection.selection_set.selections
+                        if isinstance(s, FieldNode) and s.name.value in ("nodes", "edges") and s.selection_set
+                    ),
                     default=1,
                 )
                 total += 2 + count * per_node
