@@ -26,6 +26,7 @@ from plugin.rules import CampaignRules, RulesOverride, apply_override
 
 CHUNK_SIZE = 50_000
 MAX_BATCH = 10_000_000
+MAX_FRUITLESS_CHUNKS = 5
 MAX_IMPORT_CODE_LENGTH = 64
 ProgressCallback = Callable[[int, int], None]  # (created so far, requested)
 
@@ -57,6 +58,7 @@ def run_batch(engine: Engine, *, shop_id: int, batch_id: int, on_progress: Progr
         fmt = campaign_format(campaign)
         batch.status = "running"
         created = _count_batch(session, batch_id)
+    fruitless = 0
     try:
         while created < batch.requested:
             wanted = min(CHUNK_SIZE, batch.requested - created)
@@ -71,6 +73,11 @@ def run_batch(engine: Engine, *, shop_id: int, batch_id: int, on_progress: Progr
                     created_at=utcnow(),
                 )
                 created += landed
+                # A safe format almost never collides; chunk after chunk of nothing but
+                # collisions means the space is exhausted, so stop rather than spin.
+                fruitless = fruitless + 1 if landed == 0 else 0
+                if fruitless >= MAX_FRUITLESS_CHUNKS:
+                    raise CapacityError(f"no new codes could be found after {fruitless} attempts: the format is full")
                 conn.execute(update(Batch).where(col(Batch.id) == batch_id).values(created=created))
             if on_progress is not None:
                 on_progress(created, batch.requested)
