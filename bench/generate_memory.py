@@ -10,6 +10,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from plugin.codes import CodeFormat, generate
@@ -51,7 +52,7 @@ def bench_in_memory(n: int = 1_000_000, *, repeat: int = 3) -> dict[str, Any]:
     baseline = _rate(_choice_loop(FORMATS["default"]), min(n, 50_000), 1)
     result: dict[str, Any] = {"n": n, "baseline_secrets_choice_per_s": round(baseline)}
     for name, fmt in FORMATS.items():
-        rate = _rate(lambda k, fmt=fmt: generate(fmt, k), n, repeat)
+        rate = _rate(partial(generate, fmt), n, repeat)
         result[f"{name}_per_s"] = round(rate)
         result[f"{name}_vs_baseline"] = round(rate / baseline, 1)
     return result

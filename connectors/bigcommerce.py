@@ -48,7 +48,6 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import httpx
 import jwt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from connectors.base import (
@@ -64,7 +63,8 @@ from connectors.base import (
     error_message,
     retry_after_seconds,
 )
-from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, Rejected, UpstreamError
+from connectors.http import raise_for_status, retrying, send, wait_retry_after
 
 # Order status_id -> neutral kind (the table in orders.v2.oas2.yml /order_statuses). The research
 # counts a redemption on 2, 3 and 7-11 and reverses it on 4/5/6. A partial refund (14) and a
@@ -176,20 +176,6 @@ class BigCommerceAuth(httpx.Auth):
         yield request
 
 
-class RetryAfterWait(wait_base):
-    """Wait what the platform asked for (RateLimited.retry_after), else fall back to `fallback`."""
-
-    def __init__(self, fallback: wait_base) -> None:
-        self._fallback = fallback
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return error.retry_after
-        return float(self._fallback(retry_state))
-
-
 class BigCommerceConnector:
     name: ClassVar[str] = "bigcommerce"
     API_URL: ClassVar[str] = "https://api.bigcommerce.com"
@@ -222,7 +208,7 @@ class BigCommerceConnector:
         self._client = client
         self._config = config
         self._credentials = credentials
-        self._wait = wait if wait is not None else RetryAfterWait(wait_exponential_jitter(initial=1, max=60))
+        self._wait = wait if wait is not None else wait_retry_after()
         self._max_attempts = max_attempts
         self._concurrency = concurrency or self.CONCURRENCY
         self._sleep = sleep
@@ -253,13 +239,10 @@ class BigCommerceConnector:
             "redirect_uri": redirect_uri,
         }
         url = self._config.extra.get("login_url", self.LOGIN_URL).rstrip("/") + "/oauth2/token"
-        try:
-            response = await self._client.post(url, json=body, headers={"Accept": "application/json"}, timeout=self.TIMEOUT)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"BigCommerce login unreachable: {exc}") from exc
+        response = await send(self._client, "POST", url, json=body, headers={"Accept": "application/json"}, timeout=self.TIMEOUT)
         if response.status_code in (400, 401, 403):
             raise AuthError(f"BigCommerce refused the code: {error_message(response)}", status=response.status_code)
-        _raise_for_status(response)
+        raise_for_status(response, message=_bc_error)
         token = _json_object(response)
         if token.get("context", context) != context or not token.get("access_token"):
             raise AuthError("BigCommerce answered a token for another store")
@@ -671,25 +654,16 @@ class BigCommerceConnector:
         accept: tuple[int, ...] = (),
     ) -> httpx.Response:
         url, auth = self._api_root() + path, self._auth()
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((RateLimited, UpstreamError)),
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait,
-            reraise=True,
-        ):
-            with attempt:
-                await self._await_quota()
-                try:
-                    response = await self._client.request(method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
-                except httpx.TimeoutException as exc:
-                    raise UpstreamError(f"BigCommerce timed out: {method} {path.partition('?')[0]}") from exc
-                except httpx.TransportError as exc:
-                    raise UpstreamError(f"BigCommerce unreachable: {exc}") from exc
-                self._note_quota(response)
-                if response.status_code not in accept:
-                    _raise_for_status(response)
+
+        async def attempt() -> httpx.Response:
+            await self._await_quota()
+            response = await send(self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
+            self._note_quota(response)
+            if response.status_code in accept:
                 return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            return raise_for_status(response, message=_bc_error, retry_after=_reset_seconds)
+
+        return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -713,26 +687,18 @@ def from_minor(amount: int, currency: str) -> str:
     return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    message = f"BigCommerce: {_bc_error(response)}"
-    if status in (401, 403):
-        raise AuthError(message, status=status)
-    if status == 404:
-        raise NotFound(message, status=status)
-    if status == 429:
-        reset = _int_header(response, "X-Rate-Limit-Time-Reset-Ms")
-        retry_after = reset / 1000 if reset is not None else retry_after_seconds(response.headers)
-        raise RateLimited(message, retry_after=retry_after, status=status)
-    if status >= 500:
-        raise UpstreamError(message, status=status)
-    raise Rejected(message, status=status)
+def _reset_seconds(response: httpx.Response) -> float | None:
+    """How long a 429 asks us to wait: X-Rate-Limit-Time-Reset-Ms, else a Retry-After."""
+    reset = _int_header(response, "X-Rate-Limit-Time-Reset-Ms")
+    return reset / 1000 if reset is not None else retry_after_seconds(response.headers)
 
 
 def _bc_error(response: httpx.Response) -> str:
     """Either {"errors": [{"status", "title"}]}, {status, title, type, detail} or [{"status", "message"}]."""
+    return f"BigCommerce: {_bc_detail(response)}"
+
+
+def _bc_detail(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:

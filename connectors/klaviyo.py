@@ -33,6 +33,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, ClassVar
@@ -125,24 +126,34 @@ class KlaviyoConnector:
     # --- profiles ------------------------------------------------------------------------------
 
     async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
-        results: list[RecipientResult | None] = [None] * len(recipients)
-        encoded: list[tuple[int, bytes]] = []
-        for index, recipient in enumerate(recipients):
-            profile = self._profile(recipient)
-            if profile is None:
-                results[index] = RecipientResult(recipient.key, ok=False, error="no email, phone number or external id")
-                continue
-            blob = json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode()
-            if len(blob) > self.MAX_PROFILE_BYTES:
-                error = f"profile is {len(blob)} bytes, over Klaviyo's 100 KB"
-                results[index] = RecipientResult(recipient.key, ok=False, error=error)
-                continue
-            encoded.append((index, blob))
+        if len(recipients) > 500:
+            # Encoding 10,000 profiles is ~0.2 s of CPU: one encoder thread keeps the event loop
+            # free to read other calls' responses (each one's arrival frees a pacer slot), and
+            # keeps the calls in order, so the first is ready first.
+            results, encoded = await asyncio.get_running_loop().run_in_executor(_encoder(), self._encode, recipients)
+        else:
+            results, encoded = self._encode(recipients)
         for job in self._split(encoded):
             job_id = await self._submit_import(job)
             for index, _ in job:
                 results[index] = RecipientResult(recipients[index].key, ok=True, provider_id=job_id)
         return [result for result in results if result is not None]
+
+    def _encode(self, recipients: Sequence[Recipient]) -> tuple[list[RecipientResult | None], list[tuple[int, bytes]]]:
+        """The refusals, and each other recipient's profile as JSON (measured once, sent as is)."""
+        results: list[RecipientResult | None] = [None] * len(recipients)
+        encoded: list[tuple[int, bytes]] = []
+        for index, recipient in enumerate(recipients):
+            blob = self._profile(recipient)
+            if blob is None:
+                results[index] = RecipientResult(recipient.key, ok=False, error="no email, phone number or external id")
+                continue
+            if len(blob) > self.MAX_PROFILE_BYTES:
+                error = f"profile is {len(blob)} bytes, over Klaviyo's 100 KB"
+                results[index] = RecipientResult(recipient.key, ok=False, error=error)
+                continue
+            encoded.append((index, blob))
+        return results, encoded
 
     async def import_job(self, job_id: str) -> KlaviyoJob:
         response = await self._request("profile-import-read", "GET", f"/api/profile-bulk-import-jobs/{job_id}")
@@ -178,20 +189,22 @@ class KlaviyoConnector:
             results.append(RecipientResult(recipient.key, ok=error is None, provider_id=job_id, error=error))
         return results
 
-    def _profile(self, recipient: Recipient) -> dict[str, Any] | None:
+    def _profile(self, recipient: Recipient) -> bytes | None:
+        """`{"type": "profile", "attributes": {identifiers..., "properties": fields}}` as JSON,
+        written out directly: this runs once per recipient, 100,000 times for a large push."""
         email, phone, external_id = identifiers(recipient)
-        attributes: dict[str, Any] = {}
+        parts = []
         if email:
-            attributes["email"] = email
+            parts.append('"email":' + _json(email))
         if phone:
-            attributes["phone_number"] = phone
+            parts.append('"phone_number":' + _json(phone))
         if external_id:
-            attributes["external_id"] = external_id
-        if not attributes:
+            parts.append('"external_id":' + _json(external_id))
+        if not parts:
             return None
         if recipient.fields:
-            attributes["properties"] = dict(recipient.fields)
-        return {"type": "profile", "attributes": attributes}
+            parts.append('"properties":' + _json(dict(recipient.fields)))
+        return ('{"type":"profile","attributes":{' + ",".join(parts) + "}}").encode()
 
     def _split(self, encoded: list[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]], None, None]:
         """Cut the encoded profiles into jobs of at most BATCH_SIZE profiles and MAX_JOB_BYTES."""
@@ -212,7 +225,7 @@ class KlaviyoConnector:
         # Assembled from the already-encoded profiles, so each is serialised once (measured, then sent).
         lists = b""
         if self._list_id:
-            lists = b',"relationships":{"lists":{"data":[{"type":"list","id":' + json.dumps(self._list_id).encode() + b"}]}}"
+            lists = b',"relationships":{"lists":{"data":[{"type":"list","id":' + _json(self._list_id).encode() + b"}]}}"
         return b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":[' + profiles + b"]}}" + lists + b"}}"
 
     async def _submit_import(self, job: list[tuple[int, bytes]]) -> str:
@@ -292,8 +305,20 @@ class KlaviyoConnector:
         return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
 
 
+_ENCODER: list[ThreadPoolExecutor] = []
+
+
+def _encoder() -> ThreadPoolExecutor:
+    if not _ENCODER:
+        _ENCODER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="klaviyo-encode"))
+    return _ENCODER[0]
+
+
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _dump(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return _json(body).encode()
 
 
 def _coupon_code(coupon_id: str, spec: CodeSpec) -> dict[str, Any]:

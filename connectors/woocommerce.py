@@ -46,7 +46,6 @@ from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlencode
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from connectors.base import (
@@ -59,9 +58,9 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
-    retry_after_seconds,
 )
-from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
+from connectors.http import raise_for_status, retrying, send, wait_retry_after
 
 # Order status -> neutral kind. Usage is counted on processing/completed; WooCommerce itself gives
 # the use back on cancelled/failed/trash but not on refunded (wc_update_coupon_usage_counts).
@@ -128,20 +127,6 @@ class WooCommerceAuth(httpx.Auth):
         yield request
 
 
-class RetryAfterWait(wait_base):
-    """Wait what the platform asked for (RateLimited.retry_after), else fall back to `fallback`."""
-
-    def __init__(self, fallback: wait_base) -> None:
-        self._fallback = fallback
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return error.retry_after
-        return float(self._fallback(retry_state))
-
-
 class WooCommerceConnector:
     name: ClassVar[str] = "woocommerce"
     API_PATH: ClassVar[str] = "/wp-json/wc/v3/"
@@ -164,7 +149,7 @@ class WooCommerceConnector:
         self._client = client
         self._config = config
         self._credentials = credentials
-        self._wait = wait if wait is not None else RetryAfterWait(wait_exponential_jitter(initial=1, max=30))
+        self._wait = wait if wait is not None else wait_retry_after()
         self._max_attempts = max_attempts
 
     # --- install --------------------------------------------------------------------------
@@ -308,7 +293,8 @@ class WooCommerceConnector:
         shop = self._shop(headers)
         ping = _PING.fullmatch(body.strip())
         if ping:
-            return Delivery(delivery_id=body.strip().decode(), topic="ping", shop=shop, kind="ping", response_status=200)
+            hook_id = body.strip().decode().partition("=")[2]
+            return Delivery(delivery_id=f"ping:{hook_id}", topic="ping", shop=shop, kind="ping", response_status=200)
         header_id = _header(headers, "X-WC-Webhook-Delivery-ID") or ""
         topic = _header(headers, "X-WC-Webhook-Topic") or ""
         try:
@@ -510,22 +496,12 @@ class WooCommerceConnector:
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
     ) -> httpx.Response:
         url, auth = self._api_root() + path, self._auth()
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((RateLimited, UpstreamError)),
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait,
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    response = await self._client.request(method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
-                except httpx.TimeoutException as exc:
-                    raise UpstreamError(f"WooCommerce timed out: {method} {path}") from exc
-                except httpx.TransportError as exc:
-                    raise UpstreamError(f"WooCommerce unreachable: {exc}") from exc
-                _raise_for_status(response)
-                return response
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def attempt() -> httpx.Response:
+            response = await send(self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
+            return raise_for_status(response, message=_woo_error)
+
+        return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)
 
     async def _paginate(self, path: str, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         page = 1
@@ -584,22 +560,6 @@ def from_minor(amount: int, currency: str) -> str:
     """Integer minor units as the decimal string WooCommerce and BigCommerce expect ("12.50")."""
     exponent = minor_unit_exponent(currency)
     return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    message = _woo_error(response)
-    if status in (401, 403):
-        raise AuthError(message, status=status)
-    if status == 404:
-        raise NotFound(message, status=status)
-    if status == 429:
-        raise RateLimited(message, retry_after=retry_after_seconds(response.headers), status=status)
-    if status >= 500:
-        raise UpstreamError(message, status=status)
-    raise Rejected(message, status=status)
 
 
 def _woo_error(response: httpx.Response) -> str:

@@ -147,6 +147,9 @@ def validate(
 
 def _known(session: Session, *, shop_id: int, typed: str) -> str:
     stored, _campaign, refusal = resolve_code(session, shop_id=shop_id, typed=typed)
+    if refusal is not None and refusal.reason is Reason.UNKNOWN_CODE:
+        # no such code in this shop: a 404, like any other object of another shop (promise 5)
+        raise UnknownCode(refusal.message, details=dict(refusal.details))
     if refusal is not None:
         raise RedemptionRefused(refusal)
     return stored

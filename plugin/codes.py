@@ -231,7 +231,7 @@ class _Layout:
 
     @property
     def space(self) -> int:
-        return len(self.alphabet) ** self.random_slots
+        return int(len(self.alphabet) ** self.random_slots)
 
 
 def _lookalike_map(alphabet: str) -> dict[str, str]:
@@ -454,7 +454,7 @@ def normalise_generic(text: str) -> str:
     if text.isascii():
         return text.translate(_ASCII_STRIP).upper()
     text = unicodedata.normalize("NFKC", text)
-    kept = (ch for ch in text if not (ch.isspace() or ch in "_." or unicodedata.category(ch) in ("Pd", "Cf")))
+    kept = (ch for ch in text if not (ch.isspace() or ch in "_.\u2212" or unicodedata.category(ch) in ("Pd", "Cf")))
     return "".join(kept).upper()
 
 
@@ -529,7 +529,7 @@ def _within_one_edit(a: str, b: str) -> bool:
 
 def code_space(fmt: CodeFormat) -> int:
     """How many distinct codes the format can produce (check characters add none)."""
-    return len(fmt.alphabet) ** fmt.random_length
+    return int(len(fmt.alphabet) ** fmt.random_length)
 
 
 def entropy_bits(fmt: CodeFormat) -> float:

@@ -109,7 +109,7 @@ def mark_failed(
 ) -> str | None:
     """Queue the job again at `run_after`, or mark it dead when that is None. Returns the new
     status, or None when the job is no longer ours (its lease ran out and someone took it)."""
-    values: dict[str, Any] = {"last_error": error[:2000], "locked_until": None}
+    values: dict[str, Any] = {"last_error": error[:2000], "locked_until": None, "locked_by": None}
     if run_after is None:
         values.update(status="dead", finished_at=now)
     else:

@@ -245,3 +245,7 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(default="system", max_length=128)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+# The sandbox store's tables share the metadata, so create_all and migrations include them.
+from plugin.sandbox import models as _sandbox_models  # noqa: E402, F401

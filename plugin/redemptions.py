@@ -238,6 +238,11 @@ def record_redemption(
         customer = Customer(id=customer_id, email=email)
     decision = check_rules(session, ctx, customer=customer, basket=basket, channel=channel, now=now)
     if isinstance(decision, Refusal) and enforce:
+        # A retry of this same (order, code) may have committed since we first looked, and its
+        # use is what refuses us now: answer with that row, as for any retry.
+        existing = find_redemption(session, shop_id=shop_id, order_id=order_id, code=code)
+        if existing is not None:
+            return RedeemOutcome(existing, duplicate=True)
         raise RedemptionRefused(decision)
     if isinstance(decision, DiscountResult):
         amount = decision.amount if amount is None else amount

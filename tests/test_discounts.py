@@ -414,6 +414,7 @@ def test_basket_refusals(rule_kw: dict[str, Any], basket_kw: dict[str, Any], rea
 def test_combinable_codes_and_own_code_are_accepted() -> None:
     r = rules({**PCT, "percent": 10})
     assert ok(compute_discount(r, basket(line(), applied_codes=("THIS",)), this_code="THIS")).amount == 100
+    assert ok(compute_discount(r, basket(line(), applied_codes=("sp-ring 7",)), this_code="SPRING7")).amount == 100
     r = rules({**PCT, "percent": 10}, stacking={"with_other_codes": True})
     assert ok(compute_discount(r, basket(line(), applied_codes=("OTHER",)), this_code="THIS")).amount == 100
 

@@ -146,9 +146,7 @@ def test_import_of_an_empty_file_is_refused(engine: Engine, shop_id: int) -> Non
         issuing.import_codes(engine, shop_id=shop_id, campaign_id=campaign_id, lines=["code", ""])
 
 
-def test_export_streams_every_code_with_its_display_form(
-    engine: Engine, shop_id: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_export_streams_every_code_with_its_display_form(engine: Engine, shop_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(issuing, "EXPORT_PAGE", 7)
     campaign_id = _campaign(engine, shop_id, prefix="VIP-", length=8, group_size=4)
     issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign_id, count=20)
@@ -162,9 +160,7 @@ def test_export_streams_every_code_with_its_display_form(
         assert row["code"].replace("-", "") == row["stored_code"]
 
 
-def test_a_full_format_fails_the_batch_instead_of_spinning(
-    engine: Engine, shop_id: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_full_format_fails_the_batch_instead_of_spinning(engine: Engine, shop_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
     campaign_id = _campaign(engine, shop_id)
     issuing.import_codes(engine, shop_id=shop_id, campaign_id=campaign_id, lines=["ONLYCODE1"])
     monkeypatch.setattr(codes, "generate", lambda fmt, n, **kw: ["ONLYCODE1"])

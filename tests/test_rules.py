@@ -804,6 +804,9 @@ def test_exposure(rules: dict[str, Any], uses: int | None, campaign: dict[str, i
 def test_exposure_of_an_ended_campaign_is_zero() -> None:
     result = expose({"discount": pct(10)}, None, status=CampaignStatus.ENDED)
     assert (result.bounded, result.amount, result.limited_by) == (True, 0, "campaign_ended")
+    state = CampaignState(rules=make_rules(**FIXED_500, time={"ends_at": NOW}), status=CampaignStatus.ACTIVE)
+    assert exposure(state, [OpenUses(state.rules, 10)], now=NOW).limited_by == "campaign_ended"
+    assert exposure(state, [OpenUses(state.rules, 10)], now=NOW - HOUR).amount == 5000
 
 
 def test_exposure_spends_the_redemption_budget_on_the_dearest_batches_first() -> None:

@@ -31,6 +31,10 @@ class Context:
             migrate.upgrade(engine)  # the embedded default keeps itself migrated
         return engine
 
+    def close(self) -> None:
+        if "engine" in self.__dict__:  # only if a command opened it
+            self.engine.dispose()
+
     @cached_property
     def shop_id(self) -> int:
         with session_scope(self.engine) as session:
@@ -56,7 +60,8 @@ def clear_errors() -> Iterator[None]:
 @click.pass_context
 def main(ctx: click.Context, shop_domain: str | None) -> None:
     """Couponry: unique coupon code campaigns."""
-    ctx.obj = Context(settings=Settings.from_env(), shop_domain=shop_domain)
+    obj = ctx.obj = Context(settings=Settings.from_env(), shop_domain=shop_domain)
+    ctx.call_on_close(obj.close)
 
 
 @main.command()
@@ -90,4 +95,8 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
 # Command groups register themselves on `main` when imported.
 from plugin.cli import codes as _codes  # noqa: E402, F401  (registers the commands)
+from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
+from plugin.cli import sandbox as _sandbox  # noqa: E402, F401
+from plugin.cli import sync as _sync  # noqa: E402, F401
+from plugin.cli import webhooks as _webhooks  # noqa: E402, F401

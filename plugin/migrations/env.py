@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlmodel import SQLModel
 
 import plugin.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from plugin.db import make_engine
+from plugin.models import UtcDateTime
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -23,12 +26,21 @@ def run_migrations() -> None:
     engine.dispose()
 
 
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    # Migrations must not import app code that may change later: write our column types
+    # as the plain SQLAlchemy types they store as.
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: object) -> None:
     context.configure(
         connection=connection,  # type: ignore[arg-type]
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite alters tables by copying them
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -154,15 +154,16 @@ def max_discount_per_use(rules: CampaignRules) -> int | None:
 def compute_discount(rules: CampaignRules, basket: Basket, *, this_code: str | None = None) -> DiscountResult | Refusal:
     """The discount `rules` give on `basket`, or the basket-stage refusal.
 
-    Pure and reusable by the redemption path. `this_code` (normalised) is the code being
-    applied, so it is not counted among the basket's other codes. Budgets are not checked
+    Pure and reusable by the redemption path. `this_code` is the code being applied, so it
+    is not counted among the basket's other codes (compared without case and separators). Budgets are not checked
     here (see `plugin.rules.budget_refusal`).
     """
     currency = rules.currency or basket.currency
     if basket.currency != currency:
         return refuse(Reason.CURRENCY_MISMATCH, currency=currency, basket_currency=basket.currency)
 
-    other_codes = sorted({code for code in basket.applied_codes if code != this_code})
+    own = _loose(this_code) if this_code else None
+    other_codes = sorted({code for code in basket.applied_codes if _loose(code) != own})
     if other_codes and not rules.stacking.with_other_codes:
         return refuse(Reason.NOT_COMBINABLE, conflicts_with="other_codes", codes=list(other_codes))
     if basket.has_automatic_discounts and not rules.stacking.with_automatic_discounts:
@@ -188,7 +189,6 @@ def compute_discount(rules: CampaignRules, basket: Basket, *, this_code: str | N
         return _below_minimum(minimum_subtotal, subtotal, currency)
 
     discount = rules.discount
-    tier_index: int | None = None
     if isinstance(discount, TieredDiscount):
         reached = [i for i, tier in enumerate(discount.tiers) if subtotal >= tier.min_subtotal]
         if not reached:
@@ -204,6 +204,11 @@ def compute_discount(rules: CampaignRules, basket: Basket, *, this_code: str | N
             shipping = min(shipping, discount.max_amount)
         return DiscountResult(type="free_shipping", currency=currency, amount=shipping, items_amount=0, shipping_amount=shipping)
     return _bundle(discount, basket, indexes, currency)
+
+
+def _loose(code: str) -> str:
+    """A code without case or separators, so `spring-7k2q` is recognised as `SPRING7K2Q`."""
+    return "".join(char for char in code.upper() if char.isalnum())
 
 
 def _below_minimum(minimum: int, subtotal: int, currency: str) -> Refusal:

@@ -6,7 +6,8 @@
 where the open uses are capped by the remaining redemption budget, spent on the most
 expensive uses first ("redemption_budget"). "Open uses" are the uses the caller counts on
 live codes: not voided, not expired, `uses_per_code - uses` each (None for codes without a
-per-code limit). An ended campaign costs nothing more.
+per-code limit). An ended campaign costs nothing more: status `ended`, or, when `now` is
+given, a campaign whose `ends_at` has passed.
 
 When no bound applies the answer is `bounded=False` with the causes in `unbounded_because`:
 `uncapped_percentage`, `uncapped_free_shipping`, `uncapped_bundle`, `uncapped_tier` (a
@@ -16,6 +17,7 @@ discount that grows with the basket and has no `max_amount`) and `unlimited_code
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -57,11 +59,12 @@ def _uncapped(discount: Discount) -> str:
     return f"uncapped_{'tier' if discount.type == 'tiered' else discount.type}"
 
 
-def exposure(campaign: CampaignState, open_uses: Sequence[OpenUses]) -> Exposure:
+def exposure(campaign: CampaignState, open_uses: Sequence[OpenUses], *, now: datetime | None = None) -> Exposure:
     """The maximum discount `campaign` can still give through its open code uses."""
     rules = campaign.rules
     currency = rules.currency
-    if campaign.status is CampaignStatus.ENDED:
+    ends_at = rules.time.ends_at
+    if campaign.status is CampaignStatus.ENDED or (now is not None and ends_at is not None and now >= ends_at):
         return Exposure(bounded=True, amount=0, currency=currency, limited_by="campaign_ended")
 
     budget = rules.budget

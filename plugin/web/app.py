@@ -19,6 +19,7 @@ from plugin.errors import PluginError
 from plugin.ratelimit import FailureLimiter
 from plugin.settings import Settings
 from plugin.web import api
+from plugin.web.background import Background
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import plugin_error_handler, validation_error_handler
 
@@ -33,17 +34,20 @@ async def healthz(request: Request) -> JSONResponse:
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
     """Build the ASGI app. Tests pass their own engine; `serve` lets the app make one."""
     engine = engine or make_engine(settings.database_url)
+    background = Background(settings, engine)  # webhook processing, in-process worker, sandbox store
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
             app.state.http = client
-            yield
+            async with background.running(client):
+                yield
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi_json, methods=["GET"]),
         Mount("/api/v1", routes=api.routes()),
+        *background.routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -53,4 +57,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)
+    app.state.background = background
+    app.state.processor = background.processor
+    app.state.webhook_shops = {}  # (platform, shop domain) -> shop id, for webhook routing
     return app

@@ -49,7 +49,9 @@ class FakeKlaviyo:
         r.get(path__regex=r"^/api/profile-bulk-import-jobs/(?P<job_id>[^/]+)$", name="import-job").mock(
             side_effect=self._wrap("import-job", self._import_job)
         )
-        r.get(path__regex=r"^/api/coupons/(?P<coupon_id>[^/]+)$", name="coupon").mock(side_effect=self._wrap("coupon", self._coupon))
+        r.get(path__regex=r"^/api/coupons/(?P<coupon_id>[^/]+)$", name="coupon").mock(
+            side_effect=self._wrap("coupon", self._coupon)
+        )
         r.post("/api/coupons", name="coupons").mock(side_effect=self._wrap("coupons", self._create_coupon))
         r.post("/api/coupon-code-bulk-create-jobs", name="coupon-jobs").mock(
             side_effect=self._wrap("coupon-jobs", self._create_coupon_job)
@@ -67,7 +69,9 @@ class FakeKlaviyo:
         failures = failures or {}
         for job in self.jobs.values():
             job["status"] = status
-            job["errors"] = [(p, failures[p["attributes"].get("email")]) for p in job["profiles"] if p["attributes"].get("email") in failures]
+            job["errors"] = [
+                (p, failures[p["attributes"].get("email")]) for p in job["profiles"] if p["attributes"].get("email") in failures
+            ]
 
     def imported_profiles(self) -> list[dict[str, Any]]:
         return [profile for job in self.jobs.values() for profile in job["profiles"]]
@@ -114,7 +118,7 @@ class FakeKlaviyo:
             links["next"] = str(httpx.URL(url, params={"page[size]": size, "page[cursor]": start + size}))
         return httpx.Response(200, json={"data": page, "links": links}, headers=JSON_API)
 
-    def _job_document(self, job_id: str) -> dict[str, Any]:
+    def _job_document(self, job_id: str) -> Any:
         job = self.jobs[job_id]
         document = fixture("bulk_import_job.json")
         data = document["data"]
@@ -145,7 +149,7 @@ class FakeKlaviyo:
         self.coupons.add(coupon_id)
         return httpx.Response(201, json=self._coupon_document(coupon_id), headers=JSON_API)
 
-    def _coupon_document(self, coupon_id: str) -> dict[str, Any]:
+    def _coupon_document(self, coupon_id: str) -> Any:
         document = fixture("coupon.json")
         document["data"]["id"] = document["data"]["attributes"]["external_id"] = coupon_id
         document["data"]["links"]["self"] = document["links"]["self"] = f"{self.BASE_URL}/api/coupons/{coupon_id}"

@@ -117,7 +117,7 @@ class ShopifyFake:
         self.jobs: dict[str, int] = {}  # job id -> polls left
         self.orders: dict[str, dict[str, Any]] = {}
         self.webhooks: dict[tuple[str, str], str] = {}
-        self.fail_codes: dict[str, tuple[str, str]] = {}  # casefold code -> (error code, message)
+        self.fail_codes: dict[str, tuple[str, str]] = {}  # code (any case) -> (error code, message)
         self.calls: list[Call] = []
         self._scripted: deque[httpx.Response | Callable[[httpx.Request], httpx.Response]] = deque()
         self._ids = itertools.count(1001)
@@ -186,6 +186,7 @@ class ShopifyFake:
         coerced = get_variable_values(shopify_schema(), operation.variable_definitions or (), variables)
         if isinstance(coerced, list):
             return _errors([e.message for e in coerced], "INVALID_VARIABLE")
+        coerced = getattr(coerced, "coerced", coerced)  # graphql-core 3.3 wraps them in VariableValues
         cost = (
             self.MUTATION_COST if operation.operation.value == "mutation" else _selection_cost(operation.selection_set, fragments)
         )
@@ -261,8 +262,8 @@ class ShopifyFake:
             code = item["code"]
             if not code.strip():
                 errors = [{"code": "BLANK", "field": ["code"], "message": "Code can't be blank"}]
-            elif code.casefold() in self.fail_codes:
-                kind, message = self.fail_codes[code.casefold()]
+            elif code.casefold() in (failing := {k.casefold(): v for k, v in self.fail_codes.items()}):
+                kind, message = failing[code.casefold()]
                 errors = [{"code": kind, "field": ["code"], "message": message}]
             elif self.code_owner(code):
                 errors = [{"code": "TAKEN", "field": ["code"], "message": TAKEN}]

@@ -1,0 +1,277 @@
+"""Webhook ingestion and code push throughput.
+
+    .venv/bin/python bench/webhooks.py [--orders 20000] [--connections 50] [--codes 20000]
+
+1. Signed sandbox order webhooks (10% duplicates), ingested end to end by the real app
+   (verify, store, dedupe, redeem; until every delivery is processed) against a bare
+   Starlette route that only verifies the HMAC. Both run under uvicorn (httptools, uvloop,
+   one process) on SQLite, loaded in the same run by the same minimal keep-alive client (raw
+   asyncio sockets, so the client is not the bottleneck the way an httpx client would be).
+2. Codes pushed per second to the sandbox store (its default limits: 40 requests/s,
+   250 codes per request) by the sync job, over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SECRET_KEY = "bench-secret-key-0123456789"
+SHOP = "local.couponry.test"
+
+
+def settings_for(db_url: str, port: int, sandbox: bool):  # type: ignore[no-untyped-def]
+    from plugin.settings import Secret, Settings
+
+    return Settings(
+        database_url=db_url,
+        secret_key=Secret(SECRET_KEY),
+        run_worker_in_process=False,
+        sandbox_enabled=sandbox,
+        public_url=f"http://127.0.0.1:{port}",
+        log_level="warning",
+    )
+
+
+# --- servers (child processes) --------------------------------------------------------------
+
+
+def serve_bare(port: int, secret: str) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def hook(request: Request) -> Response:
+        body = await request.body()
+        expected = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest())
+        given = request.headers.get("x-sandbox-hmac-sha256", "").encode()
+        return Response(status_code=200 if hmac.compare_digest(expected, given) else 401)
+
+    app = Starlette(routes=[Route("/webhooks/sandbox", hook, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+
+
+def serve_app(port: int, db_url: str, sandbox: bool) -> None:
+    import uvicorn
+
+    from plugin.db import make_engine
+    from plugin.web.app import create_app
+
+    settings = settings_for(db_url, port, sandbox)
+    app = create_app(settings, engine=make_engine(db_url))
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+
+
+# --- client ---------------------------------------------------------------------------------
+
+
+async def _connection(port: int, requests: list[bytes], statuses: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for raw in requests:
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        statuses.append(int(head[9:12]))
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await reader.readexactly(length)
+    writer.close()
+
+
+async def load(port: int, requests: list[bytes], connections: int) -> tuple[float, list[int]]:
+    statuses: list[int] = []
+    shares = [requests[i::connections] for i in range(connections)]
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, share, statuses) for share in shares))
+    return time.perf_counter() - start, statuses
+
+
+def wait_for(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def build_requests(settings, codes: list[str], duplicates: float) -> list[bytes]:  # type: ignore[no-untyped-def]
+    from plugin.sandbox import keys
+    from plugin.sandbox.deliverer import sign
+
+    secret = keys.webhook_secret(settings)
+    out: list[bytes] = []
+    for i, code in enumerate(codes):
+        body = json.dumps(
+            {
+                "id": 100000 + i,
+                "status": "paid",
+                "email": f"shopper{i}@example.com",
+                "customer_id": f"c{i}",
+                "currency": "USD",
+                "subtotal": "80.00",
+                "total": "72.00",
+                "channel": "web",
+                "discount_codes": [{"code": code, "amount": "8.00"}],
+                "created_at": "2025-01-01T00:00:00+00:00",
+            }
+        ).encode()
+        head = (
+            f"POST /webhooks/sandbox HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Sandbox-Topic: orders/create\r\nX-Sandbox-Shop-Domain: {SHOP}\r\n"
+            f"X-Sandbox-Delivery-Id: bench-{i}\r\nX-Sandbox-Hmac-Sha256: {sign(secret, body)}\r\n\r\n"
+        ).encode()
+        out.append(head + body)
+    dupes = out[: int(len(out) * duplicates)]
+    return out + dupes
+
+
+def prepare_db(db_url: str, codes: int) -> tuple[int, int]:
+    from sqlmodel import SQLModel
+
+    from plugin.campaigns import create_campaign
+    from plugin.db import make_engine, session_scope
+    from plugin.issuing import generate_codes
+    from plugin.shops import ensure_local_shop
+
+    engine = make_engine(db_url)
+    SQLModel.metadata.create_all(engine)
+    with session_scope(engine) as session:
+        shop = ensure_local_shop(session, SHOP)
+        campaign = create_campaign(
+            session, shop_id=shop.id or 0, name="bench", rules={"discount": {"type": "percentage", "percent": "10"}}
+        )
+    generate_codes(engine, shop_id=shop.id or 0, campaign_id=campaign.id or 0, count=codes)
+    engine.dispose()
+    return shop.id or 0, campaign.id or 0
+
+
+def bench_webhooks(args: argparse.Namespace, tmp: Path) -> None:
+    from sqlalchemy import func
+    from sqlmodel import Session, col, select
+
+    from plugin.db import make_engine
+    from plugin.models import Code, Redemption, WebhookEvent
+
+    db_url = f"sqlite:///{tmp / 'webhooks.db'}"
+    _, campaign_id = prepare_db(db_url, args.orders)
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        codes = list(session.exec(select(Code.code).where(col(Code.campaign_id) == campaign_id)).all())
+    settings = settings_for(db_url, 8702, sandbox=False)
+    requests = build_requests(settings, codes, duplicates=0.1)
+    ctx = multiprocessing.get_context("spawn")
+    from plugin.sandbox import keys
+
+    results: dict[str, float] = {}
+    for name, target, targs, port in (
+        ("bare HMAC route", serve_bare, (8701, keys.webhook_secret(settings)), 8701),
+        ("couponry /webhooks/sandbox", serve_app, (8702, db_url, False), 8702),
+    ):
+        proc = ctx.Process(target=target, args=targs, daemon=True)
+        proc.start()
+        try:
+            wait_for(port)
+            asyncio.run(load(port, requests[:200], 10))  # warm up (the app ignores these after: duplicates)
+            seconds, statuses = asyncio.run(load(port, requests, args.connections))
+            if name.startswith("couponry"):
+                # end to end: until every stored delivery is processed
+                while True:
+                    with Session(engine) as session:
+                        waiting = session.exec(
+                            select(func.count()).select_from(WebhookEvent).where(col(WebhookEvent.status) == "received")
+                        ).one()
+                    if not waiting:
+                        break
+                    time.sleep(0.01)
+                seconds = max(seconds, 0.0)
+            bad = sum(1 for s in statuses if s != 200)
+            rate = len(requests) / seconds
+            results[name] = rate
+            print(f"{name:32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad})")
+        finally:
+            proc.terminate()
+            proc.join()
+    with Session(engine) as session:
+        redemptions = session.exec(select(func.count()).select_from(Redemption)).one()
+        events = session.exec(select(func.count()).select_from(WebhookEvent)).one()
+    print(f"stored deliveries {events}, redemptions {redemptions} (orders {len(codes)})")
+    ratio = results["couponry /webhooks/sandbox"] / results["bare HMAC route"]
+    print(f"ratio app / bare = {ratio:.2f} (target >= 0.40)")
+
+
+def bench_push(args: argparse.Namespace, tmp: Path) -> None:
+    import httpx
+
+    from plugin import outbox, sync
+    from plugin.db import make_engine, session_scope
+    from plugin.worker import JobContext, Worker
+
+    db_url = f"sqlite:///{tmp / 'push.db'}"
+    shop_id, campaign_id = prepare_db(db_url, args.codes)
+    port = 8703
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=serve_app, args=(port, db_url, True), daemon=True)
+    proc.start()
+    try:
+        wait_for(port)
+        engine = make_engine(db_url)
+        settings = settings_for(db_url, port, sandbox=True)
+        with session_scope(engine) as session:
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+
+        async def go() -> float:
+            async with httpx.AsyncClient() as http:
+                worker = Worker(JobContext(engine, settings, http), sweeps=())
+                start = time.perf_counter()
+                while await worker.run_once():
+                    pass
+                return time.perf_counter() - start
+
+        seconds = asyncio.run(go())
+        with session_scope(engine) as session:
+            counts = sync.sync_counts(session, shop_id=shop_id, campaign_id=campaign_id)
+            jobs = [(j.status, j.attempts) for j in outbox.list_jobs(session)]
+        print(f"push: {args.codes} codes in {seconds:.2f}s = {args.codes / seconds:,.0f} codes/s  {counts} jobs {jobs}")
+    finally:
+        proc.terminate()
+        proc.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--codes", type=int, default=20000)
+    parser.add_argument("--only", choices=["webhooks", "push"], default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        if args.only in (None, "webhooks"):
+            bench_webhooks(args, Path(tmp))
+        if args.only in (None, "push"):
+            bench_push(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""Order webhooks into redemptions, exactly once (promise 3).
+
+A stored delivery (plugin.webhooks) is processed in one transaction that first moves it out
+of `received` with a conditional UPDATE: whoever wins that runs it; a concurrent runner (the
+request's background task and a sweep, two workers) finds nothing to do. The redemptions
+themselves are unique per shop, order and code, so a second delivery of the same order with
+another delivery id (orders/create then orders/paid) changes nothing either.
+
+- created / paid / updated: record each code's use with its order's revenue and discount;
+  rules the platform could not enforce are not refused but flagged on the redemption.
+- cancelled / refunded / failed: roll the order's redemptions back under the campaign's
+  `on_cancel` policy (restore, reissue, keep), with an audit event. One that arrives before
+  its order is kept as `deferred` and applied when the order comes.
+- codes the shop doesn't have (its generic codes) are counted on the delivery, not errors.
+
+The final status of a delivery: processed, deferred, ignored (nothing of ours in it) or
+failed (with the error; `reprocess` tries it again).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from sqlalchemy import Engine, exists, update
+from sqlmodel import Session, col, select
+
+from connectors.base import Delivery, OrderEvent, ShopConnector
+from connectors.errors import ConnectorError
+from plugin import codes, webhooks
+from plugin.connections import platform_connector, shop_connector
+from plugin.db import is_sqlite, run, session_scope
+from plugin.errors import Conflict
+from plugin.models import Code, Redemption, Shop, WebhookEvent, utcnow
+from plugin.redemptions import UnknownCode, record_redemption, rollback_redemption
+from plugin.settings import Settings
+
+if TYPE_CHECKING:
+    from plugin.worker import Handler, JobContext
+
+log = logging.getLogger("couponry.orders")
+
+ROLLBACK_KINDS = frozenset({"cancelled", "refunded", "failed"})
+REDEEM_KINDS = frozenset({"created", "paid", "updated"})
+SWEEP_AFTER = timedelta(seconds=5)  # a delivery still unprocessed this long after arriving lost its task
+
+
+@dataclass
+class Outcome:
+    """What one delivery did; stored on it as `outcome`."""
+
+    redeemed: int = 0
+    duplicates: int = 0
+    rolled_back: int = 0
+    unknown_codes: list[str] = field(default_factory=list)
+    flagged: list[dict[str, str]] = field(default_factory=list)
+    campaign_id: int | None = None
+    order_id: str | None = None
+    deferred: bool = False
+    applied_deferred: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"redeemed": self.redeemed, "duplicates": self.duplicates, "rolled_back": self.rolled_back}
+        if self.unknown_codes:
+            data["unknown_codes"] = self.unknown_codes
+        if self.flagged:
+            data["flagged"] = self.flagged
+        if self.applied_deferred:
+            data["applied_deferred"] = self.applied_deferred
+        return data
+
+
+class Processor:
+    """Processes stored deliveries of one app: parses with the platform's connector, writes
+    redemptions, and fetches thin orders with the shop's connector when needed."""
+
+    def __init__(self, engine: Engine, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.http = http or httpx.AsyncClient()
+        self._connectors: dict[str, ShopConnector] = {}
+
+    def connector(self, platform: str) -> ShopConnector:
+        connector = self._connectors.get(platform)
+        if connector is None:
+            connector = self._connectors[platform] = platform_connector(self.settings, self.http, platform)
+        return connector
+
+    async def process(self, event_id: int, *, delivery: Delivery | None = None, shop_id: int | None = None) -> str | None:
+        """Process a stored delivery if it still waits; return its new status (None if it was
+        not waiting: someone else processed it). The webhook route passes the delivery it
+        already parsed; the sweep lets it be parsed again from the stored payload."""
+        engine = self.engine
+        try:
+            if delivery is None:
+                row = await run(engine, lambda: _load(engine, event_id))
+                if row is None or row.status != "received":
+                    return None
+                shop_id = row.shop_id
+                delivery = self.connector(row.platform).parse_webhook(row.headers, row.payload.encode())
+            delivery = await self._fill_thin_orders(shop_id, delivery)
+        except ConnectorError as exc:
+            if exc.retryable:  # the platform was unreachable for a thin order: the sweep tries again
+                await run(engine, partial(_note_error, engine, event_id, str(exc)))
+                return "received"
+            return await run(engine, partial(_mark_failed, engine, event_id, str(exc)))
+        parsed = delivery
+        try:
+            status, outcome = await run(engine, lambda: self._apply_once(event_id, parsed))
+        except Exception as exc:
+            log.exception("delivery %s failed", event_id)
+            return await run(engine, partial(_mark_failed, engine, event_id, f"{type(exc).__name__}: {exc}"))
+        if status is not None and not is_sqlite(engine):
+            # On PostgreSQL a cancellation and its order can commit side by side, each unseen by
+            # the other; looking again after our commit closes that window (SQLite serialises).
+            await run(engine, lambda: self._after_commit(shop_id, outcome))
+        return status
+
+    async def _fill_thin_orders(self, shop_id: int | None, delivery: Delivery) -> Delivery:
+        """Thin webhooks (BigCommerce) carry only ids: fetch the orders they name."""
+        if shop_id is None or not any(e.needs_fetch for e in delivery.events):
+            return delivery
+        shop = await run(self.engine, lambda: _shop(self.engine, shop_id))
+        connector = shop_connector(self.settings, self.http, shop)
+        events = []
+        for event in delivery.events:
+            if event.needs_fetch:
+                # the fetched order says what it is now; the webhook said what happened
+                fetched = await connector.fetch_order(event.order_id)
+                event = replace(fetched, kind=event.kind, delivery_id=event.delivery_id)
+            events.append(event)
+        return replace(delivery, events=tuple(events))
+
+    def _apply_once(self, event_id: int, delivery: Delivery) -> tuple[str | None, Outcome]:
+        with session_scope(self.engine) as session:
+            if not _claim(session, event_id, ("received",)):
+                return None, Outcome()
+            event = session.get_one(WebhookEvent, event_id)
+            status, outcome = self._apply(session, event, delivery)
+            _finish(session, event, status, outcome)
+            return status, outcome
+
+    def _apply(self, session: Session, event: WebhookEvent, delivery: Delivery) -> tuple[str, Outcome]:
+        outcome = Outcome()
+        shop_id = event.shop_id
+        if shop_id is None:
+            return "ignored", outcome
+        now = utcnow()
+        if delivery.kind == "customers_redact":
+            webhooks.redact_customer(
+                session,
+                shop_id,
+                email=delivery.email,
+                customer_id=delivery.customer_id,
+                order_ids=delivery.order_ids,
+                actor=f"webhook:{event.platform}",
+            )
+            return "processed", outcome
+        if delivery.kind != "order" or not delivery.events:
+            return "ignored", outcome
+        for order_event in delivery.events:
+            apply_order_event(session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}")
+        if outcome.deferred:
+            return "deferred", outcome
+        if any(e.kind in REDEEM_KINDS for e in delivery.events) and outcome.order_id is not None:
+            outcome.applied_deferred = self._apply_deferred(session, shop_id, outcome.order_id, now)
+        if not (
+            outcome.redeemed or outcome.duplicates or outcome.rolled_back or outcome.unknown_codes or outcome.applied_deferred
+        ):
+            return "ignored", outcome
+        return "processed", outcome
+
+    def _apply_deferred(self, session: Session, shop_id: int, order_id: str, now: datetime) -> list[int]:
+        """Apply the cancellations of this order that arrived before it, oldest first."""
+        waiting = session.exec(
+            select(WebhookEvent)
+            .where(
+                col(WebhookEvent.shop_id) == shop_id,
+                col(WebhookEvent.order_id) == order_id,
+                col(WebhookEvent.status) == "deferred",
+            )
+            .order_by(col(WebhookEvent.id))
+        ).all()
+        applied = []
+        for event in waiting:
+            assert event.id is not None
+            if not _claim(session, event.id, ("deferred",)):
+                continue
+            delivery = self.connector(event.platform).parse_webhook(event.headers, event.payload.encode())
+            outcome = Outcome()
+            for order_event in delivery.events:
+                apply_order_event(session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}")
+            _finish(session, event, "deferred" if outcome.deferred else "processed", outcome)
+            applied.append(event.id)
+        return applied
+
+    def _after_commit(self, shop_id: int | None, outcome: Outcome) -> None:
+        if shop_id is None or outcome.order_id is None:
+            return
+        with session_scope(self.engine) as session:
+            has_order = session.exec(
+                select(Redemption.id).where(col(Redemption.shop_id) == shop_id, col(Redemption.order_id) == outcome.order_id)
+            ).first()
+            if has_order is not None:
+                self._apply_deferred(session, shop_id, outcome.order_id, utcnow())
+
+    async def sweep(self, *, older_than: timedelta = SWEEP_AFTER, limit: int = 500) -> int:
+        """Process deliveries left `received` (their process died after answering) and
+        deferred cancellations whose order has arrived meanwhile."""
+        engine = self.engine
+        ids = await run(engine, lambda: _stale(engine, utcnow() - older_than, limit))
+        done = 0
+        for event_id in ids:
+            if await self.process(event_id) is not None:
+                done += 1
+        pairs = await run(engine, lambda: _ready_deferred(engine, limit))
+        for shop_id, order_id in pairs:
+            await run(engine, partial(self._after_commit, shop_id, Outcome(order_id=order_id)))
+            done += 1
+        return done
+
+
+def apply_order_event(session: Session, shop_id: int, event: OrderEvent, outcome: Outcome, *, now: datetime, actor: str) -> None:
+    outcome.order_id = event.order_id
+    keys = [codes.normalise_generic(use.code) for use in event.codes]
+    if event.kind in ROLLBACK_KINDS:
+        _roll_back(session, shop_id, event, keys, outcome, now=now, actor=actor)
+        return
+    if event.kind not in REDEEM_KINDS:
+        return
+    for use, key in zip(event.codes, keys, strict=True):
+        try:
+            result = record_redemption(
+                session,
+                shop_id=shop_id,
+                code=key,
+                order_id=event.order_id,
+                now=now,
+                amount=use.amount,
+                subtotal=event.subtotal,
+                currency=event.currency,
+                customer_id=event.customer_id,
+                email=event.email,
+                channel=event.channel,
+                source="webhook",
+                enforce=False,
+            )
+        except UnknownCode:
+            outcome.unknown_codes.append(use.code)
+            continue
+        redemption = result.redemption
+        outcome.campaign_id = outcome.campaign_id or redemption.campaign_id
+        if result.duplicate:
+            outcome.duplicates += 1
+            continue
+        outcome.redeemed += 1
+        if redemption.flagged_reason:
+            outcome.flagged.append({"code": key, "reason": redemption.flagged_reason})
+
+
+def _roll_back(
+    session: Session, shop_id: int, event: OrderEvent, keys: Sequence[str], outcome: Outcome, *, now: datetime, actor: str
+) -> None:
+    redemptions = session.exec(
+        select(Redemption).where(col(Redemption.shop_id) == shop_id, col(Redemption.order_id) == event.order_id)
+    ).all()
+    if not redemptions:
+        ours = keys and session.exec(select(Code.id).where(col(Code.shop_id) == shop_id, col(Code.code).in_(keys))).first()
+        if ours:
+            outcome.deferred = True  # the order has not arrived yet: keep this for when it does
+        else:
+            outcome.unknown_codes.extend(u.code for u in event.codes)
+        return
+    for redemption in redemptions:
+        assert redemption.id is not None
+        outcome.campaign_id = outcome.campaign_id or redemption.campaign_id
+        if redemption.status != "active":
+            outcome.duplicates += 1
+            continue
+        rollback_redemption(
+            session, shop_id=shop_id, redemption_id=redemption.id, now=now, actor=actor, reason=f"order {event.kind}"
+        )
+        outcome.rolled_back += 1
+
+
+# --- store helpers ----------------------------------------------------------------------------
+
+
+def _claim(session: Session, event_id: int, from_statuses: Sequence[str]) -> bool:
+    """Take a delivery for processing in this transaction; False if another runner has it."""
+    result = session.execute(
+        update(WebhookEvent)
+        .where(col(WebhookEvent.id) == event_id, col(WebhookEvent.status).in_(from_statuses))
+        .values(status="processing")
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _finish(session: Session, event: WebhookEvent, status: str, outcome: Outcome) -> None:
+    event.status = status
+    event.error = None
+    event.flagged = bool(outcome.flagged)
+    event.campaign_id = outcome.campaign_id
+    event.order_id = outcome.order_id
+    event.outcome = outcome.as_dict()
+    event.unknown_codes = len(outcome.unknown_codes)
+    event.processed_at = utcnow()
+    session.add(event)
+    session.flush()
+
+
+def _load(engine: Engine, event_id: int) -> WebhookEvent | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(WebhookEvent, event_id)
+
+
+def _shop(engine: Engine, shop_id: int | None) -> Shop:
+    with Session(engine) as session:
+        return session.get_one(Shop, shop_id)
+
+
+def _mark_failed(engine: Engine, event_id: int, error: str) -> str:
+    with session_scope(engine) as session:
+        session.execute(
+            update(WebhookEvent)
+            .where(col(WebhookEvent.id) == event_id, col(WebhookEvent.status) == "received")
+            .values(status="failed", error=error[:2000], processed_at=utcnow())
+        )
+    return "failed"
+
+
+def _note_error(engine: Engine, event_id: int, error: str) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(WebhookEvent).where(col(WebhookEvent.id) == event_id).values(error=error[:2000]))
+
+
+def _stale(engine: Engine, before: datetime, limit: int) -> list[int]:
+    with Session(engine) as session:
+        ids = session.exec(
+            select(WebhookEvent.id)
+            .where(col(WebhookEvent.status) == "received", col(WebhookEvent.received_at) < before)
+            .order_by(col(WebhookEvent.id))
+            .limit(limit)
+        ).all()
+    return [i for i in ids if i is not None]
+
+
+def _ready_deferred(engine: Engine, limit: int) -> list[tuple[int, str]]:
+    with Session(engine) as session:
+        has_order = exists().where(
+            col(Redemption.shop_id) == WebhookEvent.shop_id,
+            col(Redemption.order_id) == WebhookEvent.order_id,
+        )
+        rows = session.exec(
+            select(WebhookEvent.shop_id, WebhookEvent.order_id)
+            .where(col(WebhookEvent.status) == "deferred", has_order)
+            .distinct()
+            .limit(limit)
+        ).all()
+    return [(s, o) for s, o in rows if s is not None and o is not None]
+
+
+def reprocess(session: Session, shop_id: int, event_id: int) -> WebhookEvent:
+    """Put a failed delivery back in line (after fixing its cause)."""
+    event = webhooks.get_delivery(session, shop_id, event_id)
+    if event.status != "failed":
+        raise Conflict(f"delivery {event_id} is {event.status}; only failed ones are processed again", reason="not_failed")
+    event.status, event.error = "received", None
+    session.add(event)
+    session.flush()
+    return event
+
+
+# --- worker wiring ----------------------------------------------------------------------------
+
+
+async def sweep_unprocessed(ctx: JobContext) -> int:
+    return await Processor(ctx.engine, ctx.settings, ctx.http).sweep()
+
+
+HANDLERS: dict[str, Handler] = {}

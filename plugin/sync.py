@@ -1,0 +1,248 @@
+"""Sync: a campaign's codes into the shop's platform discount, and voided or expired ones out.
+
+Enqueuing is a service call inside the caller's transaction (the outbox); the handlers run in
+the worker. A push is idempotent: it only takes codes still `pending`, and each chunk's
+results are written as soon as the platform answers, so a re-run after a crash pushes only
+what was not confirmed; a code the platform already holds counts as synced (connectors answer
+it as ok). The platform discount is created once per campaign and its id stored on the
+campaign before any code is pushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, bindparam, func, or_, update
+from sqlmodel import Session, col, select
+
+from connectors.base import CodeSpec, DiscountSpec, PushResult
+from plugin import codes, outbox
+from plugin.campaigns import campaign_format, get_campaign
+from plugin.connections import shop_connector
+from plugin.db import run, session_scope
+from plugin.errors import InvalidInput
+from plugin.jobstore import aware
+from plugin.models import Campaign, Code, Shop, utcnow
+from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
+
+if TYPE_CHECKING:
+    from plugin.worker import Handler, JobContext
+
+PUSH = "sync.push"
+DEACTIVATE = "sync.deactivate"
+
+
+# --- services (in the caller's transaction) ---------------------------------------------------
+
+
+def enqueue_push(session: Session, *, shop_id: int, campaign_id: int) -> int | None:
+    """Queue a push of the campaign's pending codes (one queued push per campaign covers all)."""
+    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    return outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
+
+
+def resync(session: Session, *, shop_id: int, campaign_id: int, failed_only: bool = True) -> int:
+    """Mark the campaign's failed codes (or all its active codes) pending again and queue a push;
+    return how many codes will be pushed again."""
+    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    which = ["failed"] if failed_only else ["failed", "synced"]
+    result = session.execute(
+        update(Code)
+        .where(
+            col(Code.shop_id) == shop_id,
+            col(Code.campaign_id) == campaign_id,
+            col(Code.status) == "active",
+            col(Code.sync_status).in_(which),
+        )
+        .values(sync_status="pending", sync_error=None)
+    )
+    enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def enqueue_deactivate(session: Session, *, shop_id: int, campaign_id: int) -> int | None:
+    """Queue the removal from the platform of the campaign's voided and expired codes."""
+    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    return outbox.enqueue(session, DEACTIVATE, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{DEACTIVATE}:{campaign_id}")
+
+
+def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str, int]:
+    """Codes per sync status, for progress and the admin."""
+    rows = session.exec(
+        select(Code.sync_status, func.count())
+        .where(col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id)
+        .group_by(col(Code.sync_status))
+    ).all()
+    return {status: int(count) for status, count in rows}
+
+
+def discount_spec(campaign: Campaign) -> DiscountSpec:
+    """What the platform can hold of the campaign's rules; Couponry flags the rest at the webhook."""
+    assert campaign.id is not None
+    base: dict[str, Any] = {
+        "campaign_id": campaign.id,
+        "title": f"Couponry: {campaign.name}"[:255],
+        "currency": campaign.currency,
+    }
+    if not campaign.rules:
+        return DiscountSpec(kind="percentage", value=0, **base)
+    rules = CampaignRules.model_validate(campaign.rules)
+    d = rules.discount
+    kind: Any = "percentage"
+    value = 0
+    if isinstance(d, PercentageDiscount):
+        value = int(d.percent)
+    elif isinstance(d, FixedDiscount):
+        kind, value = "fixed_amount", d.amount
+    elif isinstance(d, FreeShippingDiscount):
+        kind = "free_shipping"
+    return DiscountSpec(
+        kind=kind,
+        value=value,
+        starts_at=rules.time.starts_at,
+        ends_at=rules.time.ends_at,
+        uses_per_code=rules.usage.uses_per_code,
+        minimum_subtotal=rules.basket.minimum_subtotal,
+        **{**base, "currency": rules.currency or campaign.currency},
+    )
+
+
+# --- handlers (in the worker) -----------------------------------------------------------------
+
+
+def _load(engine: Engine, shop_id: int | None, campaign_id: int) -> tuple[Shop, Campaign]:
+    if shop_id is None:
+        raise InvalidInput("a sync job needs a shop")
+    with session_scope(engine) as session:
+        shop = session.get_one(Shop, shop_id)
+        return shop, get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+
+
+def _save_discount_id(engine: Engine, campaign_id: int, discount_id: str) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(platform_discount_id=discount_id))
+
+
+def _pending(engine: Engine, campaign_id: int, after_id: int, limit: int) -> list[Code]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Code)
+                .where(
+                    col(Code.campaign_id) == campaign_id,
+                    col(Code.sync_status) == "pending",
+                    col(Code.status) == "active",
+                    col(Code.id) > after_id,
+                )
+                .order_by(col(Code.id))
+                .limit(limit)
+            ).all()
+        )
+
+
+_code = Code.__table__  # type: ignore[attr-defined]
+
+
+def _write_results(
+    engine: Engine, rows: Sequence[Code], results: Sequence[PushResult], *, ok_status: str, fail_status: str, now: datetime
+) -> None:
+    by_code = {r.code: r for r in results}
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for row in rows:
+        result = by_code.get(row.code)
+        if result is None:
+            bad.append({"b_id": row.id, "b_error": "the platform did not answer for this code"})
+        elif result.ok:
+            good.append({"b_id": row.id, "b_platform_id": result.platform_id})
+        else:
+            bad.append({"b_id": row.id, "b_error": (result.error or "refused")[:1000]})
+    with engine.begin() as conn:
+        if good:
+            conn.execute(
+                update(_code)
+                .where(_code.c.id == bindparam("b_id"))
+                .values(sync_status=ok_status, platform_id=bindparam("b_platform_id"), sync_error=None, synced_at=now),
+                good,
+            )
+        if bad:
+            conn.execute(
+                update(_code)
+                .where(_code.c.id == bindparam("b_id"))
+                .values(sync_status=fail_status, sync_error=bindparam("b_error")),
+                bad,
+            )
+
+
+async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    engine = ctx.engine
+    campaign_id = int(job.payload["campaign_id"])
+    shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
+    connector = shop_connector(ctx.settings, ctx.http, shop)
+    discount_id = campaign.platform_discount_id
+    if discount_id is None:
+        discount_id = await connector.ensure_discount(discount_spec(campaign))
+        await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
+    fmt = campaign_format(campaign)
+    after_id = 0
+    while True:
+        rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
+        if not rows:
+            return
+        specs = [
+            CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=aware(r.expires_at) if r.expires_at else None)
+            for r in rows
+        ]
+        results = await connector.push_codes(discount_id, specs)
+        await run(engine, partial(_write_results, engine, rows, results, ok_status="synced", fail_status="failed", now=utcnow()))
+        after_id = rows[-1].id or after_id
+
+
+def _display(fmt: codes.CodeFormat, stored: str) -> str:
+    return codes.display(fmt, stored)
+
+
+def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, now: datetime) -> list[Code]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Code)
+                .where(
+                    col(Code.campaign_id) == campaign_id,
+                    col(Code.sync_status) == "synced",
+                    or_(col(Code.status) == "voided", col(Code.expires_at) <= now),
+                    col(Code.id) > after_id,
+                )
+                .order_by(col(Code.id))
+                .limit(limit)
+            ).all()
+        )
+
+
+async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    engine = ctx.engine
+    campaign_id = int(job.payload["campaign_id"])
+    shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
+    if campaign.platform_discount_id is None:
+        return  # nothing was ever pushed
+    connector = shop_connector(ctx.settings, ctx.http, shop)
+    fmt = campaign_format(campaign)
+    after_id = 0
+    while True:
+        rows = await run(engine, partial(_to_deactivate, engine, campaign_id, after_id, connector.BATCH_SIZE, utcnow()))
+        if not rows:
+            return
+        displays = [_display(fmt, r.code) for r in rows]
+        answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
+        # connectors answer with the string they were given; map back to the stored form
+        back = {d: r.code for d, r in zip(displays, rows, strict=True)}
+        results = [PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers]
+        done = partial(_write_results, engine, rows, results, ok_status="deactivated", fail_status="synced", now=utcnow())
+        await run(engine, done)
+        after_id = rows[-1].id or after_id
+
+
+HANDLERS: dict[str, Handler] = {PUSH: handle_push, DEACTIVATE: handle_deactivate}

@@ -1,0 +1,213 @@
+"""Webhook deliveries: store each verified one once, list them for review, remove their PII.
+
+A delivery is stored before the platform gets its 2xx (promise 3, at least once) and
+deduplicated by (platform, delivery id) with an insert that ignores a conflict, so retries and
+duplicates of one delivery all land on the same row (at most once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from plugin.errors import InvalidInput, NotFound
+from plugin.models import AuditEvent, Redemption, WebhookEvent, utcnow
+
+_event = WebhookEvent.__table__  # type: ignore[attr-defined]
+
+STATUSES = ("received", "processed", "deferred", "failed", "ignored")
+_SECRET_HEADER_WORDS = ("hmac", "signature", "authorization", "cookie", "token", "secret")
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The platform headers worth keeping to re-parse a delivery: its X-* ones, never a signature."""
+    kept = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if (lower.startswith("x-") or lower == "content-type") and not any(w in lower for w in _SECRET_HEADER_WORDS):
+            kept[lower] = value
+    return kept
+
+
+def store_delivery(
+    session: Session,
+    *,
+    platform: str,
+    delivery_id: str,
+    topic: str,
+    shop_id: int | None,
+    payload: str,
+    headers: Mapping[str, str],
+    status: str = "received",
+    error: str | None = None,
+) -> tuple[int, bool]:
+    """Store a verified delivery unless it is already stored: (its id, whether it is new)."""
+    values = {
+        "platform": platform,
+        "delivery_id": delivery_id[:255],
+        "topic": topic[:128],
+        "shop_id": shop_id,
+        "payload": payload,
+        "headers": kept_headers(headers),
+        "status": status,
+        "error": error[:2000] if error else None,
+        "flagged": False,
+        "outcome": {},
+        "unknown_codes": 0,
+        "received_at": utcnow(),
+    }
+    conn = session.connection()
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = (
+        insert(_event).values(**values).on_conflict_do_nothing(index_elements=["platform", "delivery_id"]).returning(_event.c.id)
+    )
+    new_id = conn.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        return int(new_id), True
+    found = conn.execute(
+        select(_event.c.id).where(_event.c.platform == platform, _event.c.delivery_id == values["delivery_id"])
+    ).scalar_one()
+    return int(found), False
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[WebhookEvent]
+    next_cursor: str | None
+
+
+def list_deliveries(
+    session: Session,
+    shop_id: int,
+    *,
+    platform: str | None = None,
+    status: str | None = None,
+    flagged: bool | None = None,
+    campaign_id: int | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """The shop's deliveries, newest first, filtered; `cursor` is the previous page's next_cursor."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", reason="invalid_status")
+    limit = max(1, min(limit, 500))
+    stmt = select(WebhookEvent).where(col(WebhookEvent.shop_id) == shop_id)
+    if platform is not None:
+        stmt = stmt.where(col(WebhookEvent.platform) == platform)
+    if status is not None:
+        stmt = stmt.where(col(WebhookEvent.status) == status)
+    if flagged is not None:
+        stmt = stmt.where(col(WebhookEvent.flagged) == flagged)
+    if campaign_id is not None:
+        stmt = stmt.where(col(WebhookEvent.campaign_id) == campaign_id)
+    if cursor:
+        try:
+            before = int(cursor)
+        except ValueError:
+            raise InvalidInput("invalid cursor", reason="invalid_cursor") from None
+        stmt = stmt.where(col(WebhookEvent.id) < before)
+    rows = session.exec(stmt.order_by(col(WebhookEvent.id).desc()).limit(limit + 1)).all()
+    items = rows[:limit]
+    return Page(items, str(items[-1].id) if len(rows) > limit and items else None)
+
+
+def get_delivery(session: Session, shop_id: int, event_id: int) -> WebhookEvent:
+    event = session.exec(
+        select(WebhookEvent).where(col(WebhookEvent.id) == event_id, col(WebhookEvent.shop_id) == shop_id)
+    ).first()
+    if event is None:
+        raise NotFound(f"delivery {event_id} does not exist in this shop", reason="delivery_not_found")
+    return event
+
+
+def delivery_view(event: WebhookEvent, *, with_payload: bool = False) -> dict[str, Any]:
+    """A delivery as the API and the CLI show it."""
+    view: dict[str, Any] = {
+        "id": event.id,
+        "platform": event.platform,
+        "delivery_id": event.delivery_id,
+        "topic": event.topic,
+        "status": event.status,
+        "error": event.error,
+        "flagged": event.flagged,
+        "campaign_id": event.campaign_id,
+        "order_id": event.order_id,
+        "outcome": event.outcome,
+        "unknown_codes": event.unknown_codes,
+        "received_at": event.received_at.isoformat(),
+        "processed_at": event.processed_at.isoformat() if event.processed_at else None,
+        "redacted": event.redacted_at is not None,
+    }
+    if with_payload:
+        view["payload"] = event.payload
+    return view
+
+
+def _redact(session: Session, shop_id: int, ids: Iterable[int], actor: str, why: str) -> int:
+    ids = sorted(set(ids))
+    if not ids:
+        return 0
+    now = utcnow()
+    session.execute(
+        update(WebhookEvent)
+        .where(col(WebhookEvent.shop_id) == shop_id, col(WebhookEvent.id).in_(ids))
+        .values(payload="", redacted_at=now)
+    )
+    session.add(
+        AuditEvent(
+            shop_id=shop_id,
+            action="webhook.redacted",
+            subject=f"webhooks:{len(ids)}",
+            actor=actor,
+            details={"ids": ids, "why": why},
+        )
+    )
+    session.flush()
+    return len(ids)
+
+
+def redact_delivery(session: Session, shop_id: int, event_id: int, *, actor: str) -> WebhookEvent:
+    """Remove one delivery's payload (the PII it holds); its outcome and status stay."""
+    event = get_delivery(session, shop_id, event_id)
+    assert event.id is not None
+    _redact(session, shop_id, [event.id], actor, "by request")
+    session.refresh(event)
+    return event
+
+
+def redact_customer(
+    session: Session,
+    shop_id: int,
+    *,
+    email: str | None = None,
+    customer_id: str | None = None,
+    order_ids: Sequence[str] = (),
+    actor: str = "system",
+) -> int:
+    """Remove the payloads of every delivery about a customer (a GDPR redaction request):
+    their orders as redemptions know them, the orders named, and any payload naming the email."""
+    if not (email or customer_id or order_ids):
+        raise InvalidInput("name a customer: email, customer id or orders", reason="invalid_redaction")
+    orders = set(order_ids)
+    who: list[Any] = []
+    if email:
+        who.append(col(Redemption.email) == email.strip().lower())
+    if customer_id:
+        who.append(col(Redemption.customer_id) == customer_id)
+    if who:
+        orders.update(session.exec(select(Redemption.order_id).where(col(Redemption.shop_id) == shop_id, or_(*who))).all())
+    match: list[Any] = []
+    if orders:
+        match.append(col(WebhookEvent.order_id).in_(sorted(orders)))
+    if email:
+        match.append(func.lower(col(WebhookEvent.payload)).contains(email.strip().lower()))
+    ids = session.exec(
+        select(WebhookEvent.id).where(col(WebhookEvent.shop_id) == shop_id, col(WebhookEvent.redacted_at).is_(None), or_(*match))
+    ).all()
+    return _redact(session, shop_id, [i for i in ids if i is not None], actor, "customer redaction")

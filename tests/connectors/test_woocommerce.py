@@ -1,0 +1,566 @@
+"""WooCommerce quirks: batches with per-item errors, case, signatures and the ping, status mapping,
+the coupon template carried onto every code, webhook upkeep and the install flow."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import respx
+from tenacity import wait_none
+
+from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShopConnector
+from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector, from_minor, to_minor
+from tests.connectors.fakes.woocommerce import FakeWooCommerce, fixture, sign
+
+SECRET = "whsec-woo-test-0123456789"
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def fake() -> FakeWooCommerce:
+    return FakeWooCommerce()
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=True) as mock:  # every installed route must be used
+        yield mock
+
+
+@pytest.fixture(scope="module")
+def client() -> httpx.AsyncClient:
+    # Shared: it never opens a connection (respx answers at the transport), and building one is slow.
+    return httpx.AsyncClient()
+
+
+def connect(client: httpx.AsyncClient, fake: FakeWooCommerce, **extra: str) -> WooCommerceConnector:
+    return WooCommerceConnector(client, ConnectorConfig(webhook_secret=SECRET), fake.credentials(**extra), wait=wait_none())
+
+
+def campaign(**fields: Any) -> DiscountSpec:
+    defaults: dict[str, Any] = {"campaign_id": 7, "title": "Welcome", "kind": "percentage", "value": 10}
+    return DiscountSpec(**(defaults | fields))
+
+
+def codes(*values: str) -> list[CodeSpec]:
+    return [CodeSpec(code=value.replace("-", ""), display=value) for value in values]
+
+
+def sent_batches(fake: FakeWooCommerce) -> list[dict[str, Any]]:
+    return [json.loads(call.request.content) for call in fake.routes["batch"].calls]
+
+
+def test_implements_the_shop_protocol(client: httpx.AsyncClient) -> None:
+    assert isinstance(WooCommerceConnector(client, ConnectorConfig()), ShopConnector)
+    assert WooCommerceConnector.BATCH_SIZE == 100
+    assert "order.updated" in WooCommerceConnector.WEBHOOK_TOPICS
+
+
+# --- signatures and the creation ping ---------------------------------------------------------
+
+
+def test_signature_accepted(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    headers, body = fake.delivery(fixture("order.json"), SECRET)
+    connect(client, fake).verify_webhook(headers, body)
+
+
+def test_signature_checked_case_insensitively(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    headers, body = fake.delivery(fixture("order.json"), SECRET)
+    connect(client, fake).verify_webhook({k.lower(): v for k, v in headers.items()}, body)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda h, b: (h, b + b" "),  # body changed after signing
+        lambda h, b: (h | {"X-WC-Webhook-Signature": sign(b, "another-secret")}, b),  # wrong secret
+        lambda h, b: ({k: v for k, v in h.items() if k != "X-WC-Webhook-Signature"}, b),  # missing
+        lambda h, b: (h | {"X-WC-Webhook-Signature": "not base64 at all"}, b),
+    ],
+    ids=["tampered-body", "wrong-secret", "missing", "garbage"],
+)
+def test_signature_rejected(client: httpx.AsyncClient, fake: FakeWooCommerce, tamper: Any) -> None:
+    headers, body = tamper(*fake.delivery(fixture("order.json"), SECRET))
+    with pytest.raises(BadSignature):
+        connect(client, fake).verify_webhook(headers, body)
+
+
+def test_signature_rejected_without_a_configured_secret(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    headers, body = fake.delivery(fixture("order.json"), SECRET)
+    connector = WooCommerceConnector(client, ConnectorConfig(), fake.credentials())
+    with pytest.raises(BadSignature):
+        connector.verify_webhook(headers, body)
+
+
+def test_per_store_secret_wins_over_app_secret(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    headers, body = fake.delivery(fixture("order.json"), "store-secret")
+    connect(client, fake, webhook_secret="store-secret").verify_webhook(headers, body)
+
+
+def test_creation_ping_is_accepted_unsigned_and_answered_200(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    connector = connect(client, fake)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    connector.verify_webhook(headers, b"webhook_id=142")
+    delivery = connector.parse_webhook(headers, b"webhook_id=142")
+    assert (delivery.kind, delivery.response_status, delivery.events) == ("ping", 200, ())
+    assert delivery.shop == fake.store_url
+
+
+def test_unsigned_body_that_only_starts_like_a_ping_is_rejected(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    with pytest.raises(BadSignature):
+        connect(client, fake).verify_webhook({}, b'webhook_id=142&{"id":1}')
+
+
+# --- order payloads ---------------------------------------------------------------------------
+
+
+def test_order_webhook_becomes_an_order_event(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    headers, body = fake.delivery(fixture("order.json"), SECRET, delivery_id="a1b2")
+    delivery = connect(client, fake).parse_webhook(headers, body)
+    assert (delivery.kind, delivery.topic, delivery.shop) == ("order", "order.updated", fake.store_url)
+    assert delivery.delivery_id == "order:727:2017-03-22T19:28:08:processing"
+    (event,) = delivery.events
+    assert event.kind == "paid"
+    assert event.order_id == "727"
+    assert event.codes == (CodeUse(code="abcd-efgh", amount=200),)
+    assert (event.subtotal, event.total, event.currency) == (1800, 2735, "USD")
+    assert (event.email, event.customer_id, event.channel) == ("john.doe@example.com", None, "checkout")
+    assert event.occurred_at == datetime(2017, 3, 22, 19, 28, 8, tzinfo=UTC)
+    assert event.delivery_id == "a1b2"
+    assert not event.needs_fetch
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        ("pending", "created"),
+        ("on-hold", "created"),
+        ("processing", "paid"),
+        ("completed", "paid"),
+        ("cancelled", "cancelled"),
+        ("refunded", "refunded"),
+        ("failed", "failed"),
+        ("trash", "cancelled"),
+        ("some-custom-status", "updated"),
+    ],
+)
+def test_status_mapping(client: httpx.AsyncClient, fake: FakeWooCommerce, status: str, kind: str) -> None:
+    headers, body = fake.delivery(fixture("order.json") | {"status": status}, SECRET)
+    assert connect(client, fake).parse_webhook(headers, body).events[0].kind == kind
+    assert ORDER_STATUS_KINDS.get(status, "updated") == kind
+
+
+def test_same_order_state_dedupes_and_a_new_state_does_not(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    connector = connect(client, fake)
+    order = fixture("order.json")
+    first = connector.parse_webhook(*fake.delivery(order, SECRET, topic="order.created", delivery_id="x1"))
+    again = connector.parse_webhook(*fake.delivery(order, SECRET, delivery_id="x2"))  # fired twice (#28329)
+    later = connector.parse_webhook(
+        *fake.delivery(order | {"status": "cancelled", "date_modified_gmt": "2017-03-23T10:00:00"}, SECRET, delivery_id="x1")
+    )
+    assert first.delivery_id == again.delivery_id != later.delivery_id
+
+
+def test_deleted_order_is_a_cancellation(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    delivery = connect(client, fake).parse_webhook(*fake.delivery({"id": 727}, SECRET, topic="order.deleted", delivery_id="d9"))
+    (event,) = delivery.events
+    assert (event.kind, event.order_id, event.codes, event.needs_fetch) == ("cancelled", "727", (), False)
+    assert delivery.delivery_id == "order:727:deleted:d9"
+
+
+def test_other_topics_are_other(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    delivery = connect(client, fake).parse_webhook(*fake.delivery(fixture("coupon.json"), SECRET, topic="coupon.updated"))
+    assert (delivery.kind, delivery.events) == ("other", ())
+
+
+def test_malformed_body_is_a_connector_error(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    with pytest.raises(ConnectorError):
+        connect(client, fake).parse_webhook({"X-WC-Webhook-Topic": "order.updated"}, b"{not json")
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [("2.00", "USD", 200), ("1200", "JPY", 1200), ("1.250", "KWD", 1250), ("0.005", "USD", 1), (3, "EUR", 300)],
+)
+def test_money_is_integer_minor_units(amount: object, currency: str, minor: int) -> None:
+    assert to_minor(amount, currency) == minor
+
+
+def test_minor_units_back_to_decimal_strings() -> None:
+    assert (from_minor(500, "USD"), from_minor(1200, "JPY"), from_minor(1250, "KWD")) == ("5.00", "1200", "1.250")
+
+
+# --- pushing codes ----------------------------------------------------------------------------
+
+
+async def test_batch_with_per_item_errors_inside_a_200(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch", "coupons")
+    connector = connect(client, fake)
+    discount_id = await connector.ensure_discount(campaign())
+    ours = fake.add_coupon("KEEP-0002", campaign_id=7)  # pushed before, by a run that crashed
+    fake.fail_codes["bad!-0003"] = ("woocommerce_rest_invalid_coupon", "Coupon code is invalid.")
+
+    results = await connector.push_codes(discount_id, codes("GOOD-0001", "KEEP-0002", "BAD!-0003", "GOOD-0004"))
+
+    assert [(r.code, r.ok) for r in results] == [("GOOD0001", True), ("KEEP0002", True), ("BAD!0003", False), ("GOOD0004", True)]
+    assert results[1].platform_id == str(ours["id"])
+    assert results[2].error == "Coupon code is invalid. [woocommerce_rest_invalid_coupon]"
+    assert results[0].platform_id == str(fake.coupon_by_code("good-0001")["id"])  # type: ignore[index]
+    assert fake.routes["batch"].call_count == 1
+    assert fake.routes["coupons"].call_count == 1  # only the duplicate is looked up
+    assert fake.routes["coupons"].calls.last.request.url.params["code"] == "keep-0002"
+
+
+async def test_existing_coupon_of_someone_else_is_not_taken_as_synced(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch", "coupons")
+    fake.add_coupon("SUMMER-2020")  # the merchant's own coupon, no campaign tag
+    connector = connect(client, fake)
+    (result,) = await connector.push_codes(await connector.ensure_discount(campaign()), codes("SUMMER-2020"))
+    assert not result.ok
+    assert result.error == "code already used by another coupon on the store"
+
+
+async def test_250_codes_go_in_batches_of_at_most_100(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    specs = codes(*(f"CODE-{n:04d}" for n in range(250)))
+    results = await connector.push_codes(await connector.ensure_discount(campaign()), specs)
+    assert [len(batch["create"]) for batch in sent_batches(fake)] == [100, 100, 50]
+    assert [r.code for r in results] == [s.code for s in specs]
+    assert all(r.ok for r in results)
+    assert len(fake.coupons) == 250
+
+
+async def test_codes_are_sent_in_the_case_woocommerce_stores(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    await connector.push_codes(await connector.ensure_discount(campaign()), codes("AbCD-2345"))
+    (coupon,) = sent_batches(fake)[0]["create"]
+    assert coupon["code"] == "abcd-2345"  # the display form, lower-cased like wc_strtolower
+    assert coupon["meta_data"] == [{"key": "couponry_campaign_id", "value": "7"}]
+
+
+async def test_case_is_preserved_for_stores_that_removed_the_lowercase_filter(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    fake = FakeWooCommerce(lowercase=False)
+    fake.install(router, "batch")
+    connector = connect(client, fake, code_case="preserve")
+    await connector.push_codes(await connector.ensure_discount(campaign()), codes("AbCD-2345"))
+    assert sent_batches(fake)[0]["create"][0]["code"] == "AbCD-2345"
+
+
+async def test_server_errors_are_retried_then_succeed(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    fake.script("batch", httpx.Response(503), httpx.Response(502, text="Bad Gateway"))
+    connector = connect(client, fake)
+    results = await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001"))
+    assert results[0].ok
+    assert fake.routes["batch"].call_count == 3
+
+
+async def test_retries_are_bounded_then_the_error_is_raised(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    fake.script("batch", *[httpx.Response(500, json={"code": "internal", "message": "Boom"})] * 4)
+    connector = connect(client, fake)
+    with pytest.raises(UpstreamError, match="Boom"):
+        await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001"))
+    assert fake.routes["batch"].call_count == 4
+
+
+async def test_timeouts_are_retried(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    fake.script("batch", httpx.ReadTimeout("slow"))
+    assert (await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001")))[0].ok
+    assert fake.routes["batch"].call_count == 2
+
+
+async def test_rate_limit_is_retried_with_retry_after(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    fake.script("batch", httpx.Response(429, headers={"Retry-After": "7"}))
+    connector = connect(client, fake)
+    assert (await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001")))[0].ok
+    assert fake.routes["batch"].call_count == 2
+
+    fake.script("batch", *[httpx.Response(429, headers={"Retry-After": "7"})] * 4)
+    with pytest.raises(RateLimited) as raised:
+        await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0002"))
+    assert raised.value.retry_after == 7.0
+    assert fake.routes["batch"].call_count == 6
+
+
+async def test_refused_keys_are_an_auth_error_without_retry(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router, "batch")
+    connector = WooCommerceConnector(
+        client, ConnectorConfig(), FakeWooCommerce(consumer_secret="cs_wrong").credentials(), wait=wait_none()
+    )
+    with pytest.raises(AuthError) as raised:
+        await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001"))
+    assert raised.value.status == 401
+    assert fake.routes["batch"].call_count == 1
+
+
+async def test_a_batch_over_the_store_limit_is_rejected(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+    fake = FakeWooCommerce(batch_limit=50)  # a store that lowered woocommerce_rest_batch_items_limit
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    with pytest.raises(Rejected) as raised:
+        await connector.push_codes(await connector.ensure_discount(campaign()), codes(*(f"C-{n}" for n in range(60))))
+    assert raised.value.status == 413
+    assert fake.routes["batch"].call_count == 1
+
+
+async def test_query_string_auth_for_servers_that_drop_the_header(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake, auth="query")
+    assert (await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001")))[0].ok
+    request = fake.routes["batch"].calls.last.request
+    assert request.url.params["consumer_key"] == fake.consumer_key
+    assert "Authorization" not in request.headers
+
+
+async def test_basic_auth_by_default(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    await connector.push_codes(await connector.ensure_discount(campaign()), codes("ABCD-0001"))
+    request = fake.routes["batch"].calls.last.request
+    user, _, password = base64.b64decode(request.headers["Authorization"].removeprefix("Basic ")).decode().partition(":")
+    assert (user, password) == (fake.consumer_key, fake.consumer_secret)
+    assert "consumer_secret" not in request.url.params
+
+
+# --- the campaign template --------------------------------------------------------------------
+
+
+async def test_campaign_rules_are_carried_onto_each_coupon(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    ends = datetime(2030, 1, 31, 23, 0, tzinfo=UTC)
+    discount_id = await connector.ensure_discount(
+        campaign(
+            kind="fixed_amount",
+            value=500,
+            currency="USD",
+            uses_per_code=1,
+            once_per_customer=True,
+            minimum_subtotal=5000,
+            product_ids=("93",),
+            collection_ids=("12",),
+            ends_at=ends,
+        )
+    )
+    early = CodeSpec(code="EARLY01", display="EARLY-01", expires_at=datetime(2029, 6, 1, 12, tzinfo=UTC))
+    await connector.push_codes(discount_id, [early, *codes("LATE-01")])
+    first, second = sent_batches(fake)[0]["create"]
+    assert first | {"code": None, "date_expires_gmt": None} == second | {"code": None, "date_expires_gmt": None}
+    assert {k: first[k] for k in ("discount_type", "amount", "usage_limit", "usage_limit_per_user", "minimum_amount")} == {
+        "discount_type": "fixed_cart",
+        "amount": "5.00",
+        "usage_limit": 1,
+        "usage_limit_per_user": 1,
+        "minimum_amount": "50.00",
+    }
+    assert (first["product_ids"], first["product_categories"], first["individual_use"]) == ([93], [12], True)
+    assert (first["date_expires_gmt"], second["date_expires_gmt"]) == ("2029-06-01T12:00:00", "2030-01-31T23:00:00")
+
+
+async def test_percentage_and_free_shipping_templates(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    await connector.push_codes(
+        await connector.ensure_discount(campaign(uses_per_code=None, combines_with_codes=True)), codes("P-1")
+    )
+    await connector.push_codes(await connector.ensure_discount(campaign(kind="free_shipping", value=0)), codes("F-1"))
+    percent, free = (batch["create"][0] for batch in sent_batches(fake))
+    assert (percent["discount_type"], percent["amount"], percent["individual_use"]) == ("percent", "10", False)
+    assert "usage_limit" not in percent
+    assert (free["discount_type"], free["amount"], free["free_shipping"]) == ("fixed_cart", "0", True)
+
+
+async def test_ensure_discount_makes_no_call_and_is_deterministic(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    connector = connect(client, fake)
+    assert await connector.ensure_discount(campaign()) == await connector.ensure_discount(campaign())
+    assert (await connector.ensure_discount(campaign())).startswith("woo1.")
+
+
+async def test_a_foreign_discount_id_is_rejected(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    with pytest.raises(Rejected):
+        await connect(client, fake).push_codes("gid://shopify/DiscountCodeNode/1", codes("A-1"))
+    with pytest.raises(Rejected):
+        await connect(client, fake).push_codes("woo1.!!!", codes("A-1"))
+
+
+# --- deactivating and listing -----------------------------------------------------------------
+
+
+async def test_deactivate_deletes_only_our_coupons(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch", "coupons")
+    connector = connect(client, fake)
+    ours = fake.add_coupon("OURS-0001", campaign_id=7)
+    fake.add_coupon("THEIRS-01", campaign_id=99)
+    results = await connector.deactivate_codes(
+        await connector.ensure_discount(campaign()), ["OURS-0001", "THEIRS-01", "GONE-0001"]
+    )
+    assert [(r.code, r.ok) for r in results] == [("OURS-0001", True), ("THEIRS-01", False), ("GONE-0001", True)]
+    assert sent_batches(fake) == [{"delete": [ours["id"]]}]
+    assert fake.coupon_by_code("ours-0001") is None and fake.coupon_by_code("theirs-01") is not None
+    assert fake.routes["coupons"].call_count == 3
+
+
+async def test_list_codes_walks_every_page(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "coupons")
+    for n in range(230):
+        fake.add_coupon(f"C-{n:03d}", campaign_id=7 if n % 2 == 0 else 8)
+    connector = connect(client, fake)
+    listed = [code async for code in connector.list_codes(await connector.ensure_discount(campaign()))]
+    assert listed == [f"c-{n:03d}" for n in range(0, 230, 2)]
+    assert fake.routes["coupons"].call_count == 3  # X-WP-TotalPages: 3 at per_page=100
+    assert [call.request.url.params["page"] for call in fake.routes["coupons"].calls] == ["1", "2", "3"]
+
+
+# --- orders -----------------------------------------------------------------------------------
+
+
+async def test_fetch_order(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "order")
+    order = fake.add_order(status="completed")
+    event = await connect(client, fake).fetch_order(str(order["id"]))
+    assert (event.kind, event.order_id, event.codes) == ("paid", str(order["id"]), (CodeUse("abcd-efgh", 200),))
+    with pytest.raises(NotFound):
+        await connect(client, fake).fetch_order("1")
+
+
+async def test_recent_orders_for_the_poll(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "orders")
+    base = datetime(2025, 5, 1, 12, 0)
+    for n in range(150):
+        fake.add_order(date_modified_gmt=(base + timedelta(minutes=n)).isoformat(timespec="seconds"))
+    since = datetime(2025, 5, 1, 16, 0, tzinfo=ZoneInfo("Europe/Berlin"))  # 14:00 UTC
+    events = [event async for event in connect(client, fake).list_recent_orders(since)]
+    assert len(events) == 150 - 121  # modified strictly after 14:00 UTC
+    first = fake.routes["orders"].calls[0].request.url.params
+    assert (first["modified_after"], first["dates_are_gmt"], first["per_page"]) == ("2025-05-01T14:00:00", "true", "100")
+
+
+# --- webhook upkeep ---------------------------------------------------------------------------
+
+
+async def test_register_webhooks_creates_reenables_and_respects_pauses(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "webhooks", "webhook_create", "webhook_update")
+    url = "https://couponry.example/hooks/woocommerce/5"
+    disabled = fake.add_webhook(topic="order.updated", delivery_url=url, status="disabled")  # after 5 failed deliveries
+    paused = fake.add_webhook(topic="order.deleted", delivery_url=url, status="paused")
+    fake.add_webhook(topic="order.created", delivery_url="https://elsewhere.example/", status="active")
+    registrations = await connect(client, fake).register_webhooks(url, SECRET)
+    assert [(r.topic, r.action) for r in registrations] == [
+        ("order.created", "created"),
+        ("order.updated", "reactivated"),
+        ("order.deleted", "paused"),
+        ("order.restored", "created"),
+    ]
+    assert json.loads(fake.routes["webhook_update"].calls.last.request.content) == {"status": "active", "secret": SECRET}
+    assert fake.webhooks[disabled["id"]]["status"] == "active" and fake.webhooks[paused["id"]]["status"] == "paused"
+    created = [json.loads(call.request.content) for call in fake.routes["webhook_create"].calls]
+    assert [(c["topic"], c["delivery_url"], c["secret"], c["status"]) for c in created] == [
+        ("order.created", url, SECRET, "active"),
+        ("order.restored", url, SECRET, "active"),
+    ]
+
+    again = await connect(client, fake).register_webhooks(url, SECRET)
+    assert [r.action for r in again] == ["active", "active", "paused", "active"]
+    assert fake.routes["webhook_create"].call_count == 2 and fake.routes["webhook_update"].call_count == 1
+
+
+# --- install ----------------------------------------------------------------------------------
+
+
+def test_authorize_url(client: httpx.AsyncClient) -> None:
+    url = WooCommerceConnector(client, ConnectorConfig()).authorize_url(
+        "shop.example/",
+        app_name="Couponry",
+        user_id="signed-tenant-ref",
+        return_url="https://couponry.example/woocommerce/done",
+        callback_url="https://couponry.example/woocommerce/keys",
+    )
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "shop.example", "/wc-auth/v1/authorize")
+    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+        "app_name": "Couponry",
+        "scope": "read_write",
+        "user_id": "signed-tenant-ref",
+        "return_url": "https://couponry.example/woocommerce/done",
+        "callback_url": "https://couponry.example/woocommerce/keys",
+    }
+    with pytest.raises(ValueError, match="HTTPS"):
+        WooCommerceConnector(client, ConnectorConfig()).authorize_url(
+            "shop.example", app_name="C", user_id="u", return_url="https://x/", callback_url="http://x/keys"
+        )
+
+
+def test_auth_callback_gives_credentials() -> None:
+    body = json.dumps(fixture("auth_callback.json")).encode()
+    keys = WooCommerceConnector.parse_auth_callback(body)
+    assert keys == WooAuthKeys(
+        user_id="tenant-123",
+        consumer_key="ck_0123456789abcdef0123456789abcdef01234567",
+        consumer_secret="cs_0123456789abcdef0123456789abcdef01234567",
+        key_permissions="read_write",
+        key_id="1",
+    )
+    credentials = WooCommerceConnector.credentials("https://shop.example", keys, webhook_secret="s")
+    assert credentials.access_token == keys.consumer_secret
+    assert credentials.extra == {"consumer_key": keys.consumer_key, "auth": "basic", "webhook_secret": "s"}
+    with pytest.raises(ConnectorError):
+        WooCommerceConnector.parse_auth_callback(b"consumer_key=ck_x")  # form data is not what Woo sends
+
+
+async def test_verify_credentials(client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter) -> None:
+    fake.install(router, "coupons")
+    await connect(client, fake).verify_credentials()
+    bad = WooCommerceConnector(
+        client, ConnectorConfig(), FakeWooCommerce(consumer_key="ck_wrong").credentials(), wait=wait_none()
+    )
+    with pytest.raises(AuthError):
+        await bad.verify_credentials()
+    assert fake.routes["coupons"].call_count == 2

@@ -1,0 +1,103 @@
+"""The `couponry` command line, end to end on a real database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine
+
+from plugin.cli import main
+
+
+@pytest.fixture
+def cli_database_url(tmp_path: Path, postgres_engine: Engine | None, request: pytest.FixtureRequest) -> str:
+    """PostgreSQL: the clean test database. SQLite: a new file the CLI migrates itself."""
+    if postgres_engine is not None:
+        request.getfixturevalue("engine")  # truncates the tables
+        return postgres_engine.url.render_as_string(hide_password=False)
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def cli(cli_database_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("DATABASE_URL", cli_database_url)
+    monkeypatch.setenv("COUPONRY_SECRET_KEY", "test-secret")
+    return CliRunner()
+
+
+def _ok(cli: CliRunner, *args: str) -> str:
+    result = cli.invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output + (result.stderr if result.stderr_bytes else "")
+    return result.stdout
+
+
+def test_campaign_generate_export_import_round_trip(cli: CliRunner, tmp_path: Path) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "Black Friday", "--pattern", "BF-#####-#####", "--check-chars", "1")
+    campaign_id = campaign_id.strip()
+    assert campaign_id.isdigit()
+    generated = json.loads(_ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "250"))
+    assert generated["created"] == 250
+
+    out = tmp_path / "codes.csv"
+    _ok(cli, "codes", "export", "--campaign", campaign_id, "--output", str(out))
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 250 and all(r["code"].startswith("BF-") for r in rows)
+
+    partner = tmp_path / "partner.csv"
+    partner.write_text("code\nPARTNER-0001\npartner-0002\n")
+    imported = json.loads(_ok(cli, "codes", "import", "--campaign", campaign_id, str(partner)))
+    assert imported["imported"] == 2
+    listing = _ok(cli, "campaigns", "list")
+    assert f"{campaign_id}\tBlack Friday\tdraft\t252 codes" in listing
+
+
+def test_bad_input_exits_non_zero_with_a_clear_message(cli: CliRunner, tmp_path: Path) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "Digits", "--alphabet", "numeric", "--length", "4").strip()
+    refused = cli.invoke(main, ["codes", "generate", "--campaign", campaign_id, "--count", "20000"])
+    assert refused.exit_code == 1
+    assert "20,000" in refused.output and "Traceback" not in refused.output
+
+    missing = cli.invoke(main, ["codes", "generate", "--campaign", "999", "--count", "5"])
+    assert missing.exit_code == 1 and "campaign 999 does not exist" in missing.output
+
+    bad_format = cli.invoke(main, ["campaigns", "create", "--name", "x", "--length", "2"])
+    assert bad_format.exit_code == 1 and "invalid code format" in bad_format.output
+
+    dupes = tmp_path / "dupes.csv"
+    dupes.write_text("code\nABC123\nabc-123\n")
+    rejected = cli.invoke(main, ["codes", "import", "--campaign", campaign_id, str(dupes)])
+    assert rejected.exit_code == 1 and "row 3: duplicate of row 2" in rejected.output
+
+    zero = cli.invoke(main, ["codes", "generate", "--campaign", campaign_id, "--count", "0"])
+    assert zero.exit_code == 2
+
+
+def test_keys_create_prints_a_working_key(cli: CliRunner, cli_database_url: str) -> None:
+    from sqlmodel import Session
+
+    from plugin.apikeys import authenticate
+    from plugin.db import make_engine
+
+    key = _ok(cli, "keys", "create", "--name", "checkout", "--scope", "checkout").strip()
+    assert key.startswith("cpy_")
+    engine = make_engine(cli_database_url)
+    with Session(engine) as session:
+        found = authenticate(session, key)
+        assert found is not None and found.scopes == "checkout"
+    prefix = key.split("_")[1]
+    assert "revoked" in _ok(cli, "keys", "revoke", prefix)
+    with Session(engine) as session:
+        assert authenticate(session, key) is None
+    engine.dispose()
+
+
+def test_export_to_stdout_streams_csv(cli: CliRunner) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "S").strip()
+    _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "3")
+    text = _ok(cli, "codes", "export", "--campaign", campaign_id)
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 3

@@ -1,0 +1,34 @@
+"""Migrations build exactly the schema the models describe, on both databases."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+from sqlmodel import SQLModel
+
+from plugin import migrate
+from plugin.db import make_engine
+
+
+def test_upgrade_matches_the_models(database_url: str, postgres_engine: Engine | None) -> None:
+    if postgres_engine is not None:
+        with postgres_engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS migrations_check CASCADE"))
+            conn.execute(text("CREATE SCHEMA migrations_check"))
+        engine = make_engine(database_url)
+        engine.update_execution_options(schema_translate_map=None)
+        url = engine.url.update_query_dict({"options": "-csearch_path=migrations_check"})
+        engine = make_engine(url.render_as_string(hide_password=False))
+    else:
+        engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    assert diff == [], diff
+    assert "alembic_version" in inspect(engine).get_table_names()
+    migrate.upgrade(engine)  # a second run is a no-op
+    engine.dispose()
+    if postgres_engine is not None:
+        with postgres_engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA migrations_check CASCADE"))

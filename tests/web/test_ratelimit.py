@@ -1,0 +1,87 @@
+"""Brute force: failed validations are limited per shop and client (IP, and customer when
+given), in memory by default and in Redis when configured; a 429 says when to come back."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import Engine
+
+from plugin.settings import Settings
+from tests.web.conftest import REDIS_URL, Api, TestClient, make_app, make_campaign, rules
+
+LIMIT = 5
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limited_app(request: pytest.FixtureRequest, settings: Settings, engine: Engine):  # type: ignore[no-untyped-def]
+    if request.param == "redis":
+        if not REDIS_URL:
+            pytest.skip("Redis rate-limit storage: set COUPONRY_TEST_REDIS_URL (as .ci/run does on its PostgreSQL pass)")
+        settings = replace(settings, redis_url=REDIS_URL)
+    app = make_app(settings, engine, limit=f"{LIMIT}/minute")
+    storage = type(app.state.limiter.limiter.storage).__name__
+    assert storage == ("RedisStorage" if request.param == "redis" else "MemoryStorage")
+    return app
+
+
+def random_ip() -> str:
+    """A fresh client address per test, so counters left in a shared Redis never interfere."""
+    return "10." + ".".join(str(b) for b in secrets.token_bytes(3))
+
+
+@pytest.fixture
+def client_from(limited_app) -> Iterator:  # type: ignore[no-untyped-def]
+    opened: list[TestClient] = []
+
+    def open_client(ip: str) -> TestClient:
+        client = TestClient(limited_app, client=(ip, 40000))
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def test_failed_validations_per_ip_get_429_with_retry_after(client_from, key: str, other_key: str) -> None:  # type: ignore[no-untyped-def]
+    ip = random_ip()
+    api = Api(client_from(ip), key)
+    for _ in range(LIMIT):
+        assert api.validate("WRONG-CODE").status_code == 200
+    blocked = api.validate("WRONG-CODE")
+    assert blocked.status_code == 429
+    assert blocked.headers["content-type"] == "application/problem+json"
+    assert blocked.json()["reason"] == "too_many_attempts"
+    assert 1 <= int(blocked.headers["retry-after"]) <= 61
+    # blocked for valid-looking attempts too, until the window passes
+    assert api.validate("ANOTHER-CODE").status_code == 429
+    # another address, and the same address at another shop, are counted apart
+    assert Api(client_from(random_ip()), key).validate("WRONG-CODE").status_code == 200
+    assert Api(client_from(ip), other_key).validate("WRONG-CODE").status_code == 200
+
+
+def test_successes_do_not_count(client_from, key: str, engine: Engine, shop_id: int) -> None:  # type: ignore[no-untyped-def]
+    _, codes = make_campaign(engine, shop_id, rules(), codes=1)
+    api = Api(client_from(random_ip()), key)
+    for _ in range(LIMIT * 3):
+        assert api.validate(codes[0]).json()["valid"] is True
+    for _ in range(LIMIT):
+        assert api.validate("WRONG-CODE").status_code == 200
+    assert api.validate(codes[0]).status_code == 429
+
+
+def test_failed_validations_per_customer_across_addresses(client_from, key: str) -> None:  # type: ignore[no-untyped-def]
+    customer = {"email": f"{secrets.token_hex(6)}@example.com"}
+    for _ in range(LIMIT):  # one attempt from each of LIMIT addresses, as a botnet would
+        assert Api(client_from(random_ip()), key).validate("WRONG-CODE", customer=customer).status_code == 200
+    fresh = Api(client_from(random_ip()), key)
+    blocked = fresh.validate("WRONG-CODE", customer=customer)
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+    # the fresh address itself is not blocked for another customer, or without one
+    assert fresh.validate("WRONG-CODE", customer={"id": secrets.token_hex(6)}).status_code == 200
+    assert fresh.validate("WRONG-CODE").status_code == 200
