@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 from tenacity.wait import wait_base
@@ -156,7 +157,7 @@ class KlaviyoConnector:
         return results, encoded
 
     async def import_job(self, job_id: str) -> KlaviyoJob:
-        response = await self._request("profile-import-read", "GET", f"/api/profile-bulk-import-jobs/{job_id}")
+        response = await self._request("profile-import-read", "GET", f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}")
         return _job(response.json()["data"])
 
     async def job_results(self, job_id: str, recipients: Sequence[Recipient]) -> list[RecipientResult] | None:
@@ -234,7 +235,7 @@ class KlaviyoConnector:
         return str(response.json()["data"]["id"])
 
     async def _import_errors(self, job_id: str) -> AsyncIterator[tuple[Mapping[str, Any], str]]:
-        url: str | None = f"{self._base}/api/profile-bulk-import-jobs/{job_id}/import-errors?page%5Bsize%5D=100"
+        url: str | None = f"{self._base}/api/profile-bulk-import-jobs/{quote(job_id, safe='')}/import-errors?page%5Bsize%5D=100"
         while url:
             response = await self._request("profile-import-read", "GET", url)
             document = response.json()
@@ -251,7 +252,7 @@ class KlaviyoConnector:
         if coupon_id in self._known_coupons:
             return coupon_id
         try:
-            await self._request("coupon-read", "GET", f"/api/coupons/{coupon_id}")
+            await self._request("coupon-read", "GET", f"/api/coupons/{quote(coupon_id, safe='')}")
         except NotFound:
             attributes: dict[str, Any] = {"external_id": coupon_id}
             if description:
@@ -283,7 +284,7 @@ class KlaviyoConnector:
         return results
 
     async def coupon_job(self, job_id: str) -> KlaviyoJob:
-        response = await self._request("coupon-code-jobs", "GET", f"/api/coupon-code-bulk-create-jobs/{job_id}")
+        response = await self._request("coupon-code-jobs", "GET", f"/api/coupon-code-bulk-create-jobs/{quote(job_id, safe='')}")
         return _job(response.json()["data"])
 
     # --- HTTP ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import hashlib
 import re
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 from tenacity.wait import wait_base
@@ -92,7 +93,7 @@ class MailchimpConnector:
         if not config.base_url and not _DATA_CENTRE.match(dc):
             raise AuthError("Mailchimp API key has no data centre suffix (…-us6), and no dc is set")
         self._base = (config.base_url or f"https://{dc}.api.mailchimp.com/{self.API_VERSION}").rstrip("/")
-        self._list_id = settings.get("list_id", "")
+        self._list_id = quote(settings.get("list_id", ""), safe="")
         if not self._list_id:
             raise Rejected("Mailchimp needs the audience's list_id")
         self._status_if_new = settings.get("status_if_new") or "transactional"

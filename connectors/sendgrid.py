@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 from tenacity.wait import wait_base
@@ -125,7 +126,7 @@ class SendGridConnector:
 
     async def job_results(self, job_id: str, recipients: Sequence[Recipient]) -> list[RecipientResult] | None:
         """Per-recipient results of an upsert job (None while it is pending)."""
-        job = (await self._request("GET", f"/v3/marketing/contacts/imports/{job_id}")).json()
+        job = (await self._request("GET", f"/v3/marketing/contacts/imports/{quote(job_id, safe='')}")).json()
         status = job.get("status")
         if status == "pending":
             return None

@@ -317,8 +317,8 @@ class CostBucket:
                     self._in_flight += cost
                     return
                 need = min(cost, self.maximum)
-                if level < need:
-                    await self._pause((need - level) / self.restore_rate)
+                if level < need:  # (at least 1 ms: a float sliver short must still move the clock)
+                    await self._pause(max((need - level) / self.restore_rate, 0.001))
                     continue
                 self._level, self._stamp = level - need, now
                 self._in_flight += need

@@ -41,6 +41,7 @@ import base64
 import hashlib
 import hmac
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -129,7 +130,7 @@ class TwilioConnector:
         fields = dict(recipient.fields)
         fields.setdefault("coupon_display", fields.get("coupon_code", ""))
         template = self._body or (self.DEFAULT_BODY + (" {claim_url}" if fields.get("claim_url") else ""))
-        return template.format_map(fields)
+        return _render(template, fields)
 
     async def _send(self, recipient: Recipient) -> RecipientResult:
         phone = identifiers(recipient)[1]
@@ -183,6 +184,18 @@ class TwilioConnector:
         if not sid or not status:
             raise ConnectorError("status callback without MessageSid or MessageStatus")
         return StatusCallback(sid, status, params.get("ErrorCode") or None)
+
+
+def _render(template: str, fields: Mapping[str, str]) -> str:
+    """str.format with plain field names only: a merchant's template can't reach attributes."""
+    out = []
+    for literal, field, spec, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if field is not None:
+            if not field.isidentifier():
+                raise ValueError(f"unsupported template field {field!r}")
+            out.append(format(fields[field], spec or ""))
+    return "".join(out)
 
 
 def compute_signature(auth_token: str, url: str, params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]) -> str:

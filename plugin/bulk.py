@@ -63,10 +63,14 @@ def _insert_postgres(
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     columns = "code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at)"
+    # Codes are [A-Z0-9] only, so COPY's text format needs no escaping: one pre-joined buffer
+    # beats a Python call per row.
+    row_tail = f"\tactive\t0\tpending\t{created_at.isoformat()}\n"
+    head = f"{int(shop_id)}\t{int(campaign_id)}\t{int(batch_id)}\t"
+    data = "".join(head + c + row_tail for c in codes)
     try:
         with conn.begin_nested(), raw.cursor() as cur, cur.copy(f"COPY {columns} FROM STDIN") as copy:
-            for c in codes:
-                copy.write_row((shop_id, campaign_id, batch_id, c, "active", 0, "pending", created_at))
+            copy.write(data)
         return len(codes)
     except psycopg.errors.UniqueViolation:
         pass

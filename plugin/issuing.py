@@ -57,7 +57,7 @@ def run_batch(engine: Engine, *, shop_id: int, batch_id: int, on_progress: Progr
         campaign = get_campaign(session, shop_id=shop_id, campaign_id=batch.campaign_id)
         fmt = campaign_format(campaign)
         batch.status = "running"
-        created = _count_batch(session, batch_id)
+        created = _count_batch(session, batch.campaign_id, batch_id)
     fruitless = 0
     try:
         while created < batch.requested:
@@ -92,8 +92,9 @@ def run_batch(engine: Engine, *, shop_id: int, batch_id: int, on_progress: Progr
         return done
 
 
-def _count_batch(session: Session, batch_id: int) -> int:
-    return int(session.exec(select(func.count()).select_from(Code).where(col(Code.batch_id) == batch_id)).one())
+def _count_batch(session: Session, campaign_id: int, batch_id: int) -> int:
+    stmt = select(func.count()).select_from(Code).where(col(Code.campaign_id) == campaign_id, col(Code.batch_id) == batch_id)
+    return int(session.exec(stmt).one())
 
 
 def generate_codes(

@@ -24,7 +24,9 @@ SHOP = "local.couponry.test"
 RULES: dict[str, Any] = {"discount": {"type": "percentage", "percent": "10"}}
 
 
-def make_campaign(engine: Engine, shop_id: int, *, count: int = 0, rules: dict[str, Any] | None = None, name: str = "Test") -> int:
+def make_campaign(
+    engine: Engine, shop_id: int, *, count: int = 0, rules: dict[str, Any] | None = None, name: str = "Test"
+) -> int:
     with session_scope(engine) as session:
         campaign = create_campaign(session, shop_id=shop_id, name=name, code_format={"length": 10}, rules=rules or RULES)
         assert campaign.id is not None
@@ -49,12 +51,14 @@ async def running_app(settings: Settings, engine: Engine) -> AsyncIterator[tuple
     app's own outbound calls too: its sandbox connector and deliverer reach the mounted store)."""
     app = create_app(settings, engine=engine)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
-        async with app.router.lifespan_context(app):
-            # Point the app's shared client at itself: no sockets in these tests.
-            background = app.state.background
-            background.processor.http = client
-            if background.deliverer is not None:
-                background.deliverer.client = client
-            app.state.http = client
-            yield app, client
+    async with (
+        httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client,
+        app.router.lifespan_context(app),
+    ):
+        # Point the app's shared client at itself: no sockets in these tests.
+        background = app.state.background
+        background.processor.http = client
+        if background.deliverer is not None:
+            background.deliverer.client = client
+        app.state.http = client
+        yield app, client

@@ -29,8 +29,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def send(client: httpx.AsyncClient, settings: Settings, body: bytes, delivery_id: str, topic: str = "orders/create") -> None:
-    response = await client.post("/webhooks/sandbox", content=body, headers=headers(settings, body, delivery_id=delivery_id, topic=topic))
+async def send(
+    client: httpx.AsyncClient, settings: Settings, body: bytes, delivery_id: str, topic: str = "orders/create"
+) -> None:
+    response = await client.post(
+        "/webhooks/sandbox", content=body, headers=headers(settings, body, delivery_id=delivery_id, topic=topic)
+    )
     assert response.status_code == 200
 
 
@@ -56,7 +60,14 @@ async def test_an_order_becomes_one_attributed_redemption(engine: Engine, shop_i
         await send(client, settings, body, "paid-1", topic="orders/paid")  # another topic, same order
     (r,) = redemptions(engine)
     assert (r.order_id, r.code, r.campaign_id, r.batch_id, r.partner_id) == ("1001", code.code, campaign_id, code.batch_id, 9)
-    assert (r.recipient, r.channel, r.subtotal, r.amount, r.currency, r.source) == ("ann@example.com", "web", 8000, 800, "USD", "webhook")
+    assert (r.recipient, r.channel, r.subtotal, r.amount, r.currency, r.source) == (
+        "ann@example.com",
+        "web",
+        8000,
+        800,
+        "USD",
+        "webhook",
+    )
     assert event(engine, "create-1").outcome["redeemed"] == 1
     assert event(engine, "paid-1").outcome == {"redeemed": 0, "duplicates": 1, "rolled_back": 0}
     with session_scope(engine) as session:
@@ -207,6 +218,7 @@ async def test_concurrent_processing_of_one_delivery_applies_it_once(engine: Eng
         assert session.get_one(Code, code.id).uses == 1
 
 
+@pytest.mark.slow
 async def test_a_thousand_sandbox_orders_delivered_badly_count_exactly_once(
     engine: Engine, shop_id: int, settings: Settings
 ) -> None:
@@ -225,7 +237,14 @@ async def test_a_thousand_sandbox_orders_delivered_badly_count_exactly_once(
         store.set_knobs(
             session,
             SHOP,
-            {"duplicate": 0.3, "reorder": True, "delay_ms": 300, "webhook_fail_rate": 0.2, "retry_base_seconds": 0.01, "max_retries": 50},
+            {
+                "duplicate": 0.3,
+                "reorder": True,
+                "delay_ms": 300,
+                "webhook_fail_rate": 0.2,
+                "retry_base_seconds": 0.01,
+                "max_retries": 50,
+            },
         )
         order_ids = []
         for i, code in enumerate(ours):

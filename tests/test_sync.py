@@ -122,7 +122,9 @@ async def test_injected_platform_failures_still_sync_every_code(engine: Engine, 
     campaign_id = make_campaign(engine, shop_id, count=2000)
     with session_scope(engine) as session:
         store.set_knobs(
-            session, SHOP, {"api_fail_rate": 0.3, "api_timeout_rate": 0.05, "slow_seconds": 0.3, "rate_limit": 15, "batch_limit": 100}
+            session,
+            SHOP,
+            {"api_fail_rate": 0.3, "api_timeout_rate": 0.05, "slow_seconds": 0.3, "rate_limit": 15, "batch_limit": 100},
         )
         job_id = sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
         session.execute(update(Job).where(col(Job.id) == job_id).values(max_attempts=200))

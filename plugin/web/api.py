@@ -17,17 +17,18 @@ from sqlmodel import Session
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from plugin import apikeys, campaigns, checkout, codes, issuing
 from plugin.db import run, session_scope
-from plugin.errors import NotFound, PluginError
+from plugin.errors import InvalidInput, NotFound
 from plugin.models import ApiKey, Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
 from plugin.ratelimit import FailureLimiter
 from plugin.web import schemas
 from plugin.web.problems import problem, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
+MAX_ID = 2**63 - 1  # ids are BIGINT; the OpenAPI document says so too
 Handler = Callable[["Call"], Awaitable[Response]]
 
 
@@ -58,6 +59,8 @@ class Call:
     def path_int(self, name: str) -> int:
         value = self.request.path_params[name]
         assert isinstance(value, int)
+        if value > MAX_ID:  # no row has such an id, and the database can't even compare it
+            raise NotFound(f"no {name.removesuffix('_id')} has the id {value}", reason="not_found")
         return value
 
     async def body(self, model: type[M]) -> M:
@@ -121,9 +124,9 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
     try:
         value = int(raw)
     except ValueError:
-        raise PluginError(f"{name} must be an integer", reason="invalid_query") from None
+        raise InvalidInput(f"{name} must be an integer", reason="invalid_query") from None
     if not low <= value <= high:
-        raise PluginError(f"{name} must be between {low} and {high}", reason="invalid_query")
+        raise InvalidInput(f"{name} must be between {low} and {high}", reason="invalid_query")
     return value
 
 
@@ -454,4 +457,17 @@ def _route(endpoint: Endpoint) -> Route:
 
 
 def routes() -> list[Route]:
-    return [_route(e) for e in ENDPOINTS]
+    table = [_route(e) for e in ENDPOINTS]
+
+    async def unmatched(request: Request) -> Response:
+        # Anything else under /api/v1 still answers problem+json: 405 for a known path with
+        # another method, else 404 (e.g. /campaigns/abc, which the int converter refuses).
+        allowed = sorted({m for r in table if r.matches(request.scope)[0] is Match.PARTIAL for m in r.methods or ()})
+        if allowed:
+            return problem(
+                405, "method_not_allowed", "This path does not take this method.", headers={"Allow": ", ".join(allowed)}
+            )
+        return problem(404, "not_found", "There is no such API path.")
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return [*table, Route("/{path:path}", unmatched, methods=methods, include_in_schema=False)]

@@ -32,6 +32,13 @@ def fake() -> Iterator[FakeMailchimp]:
     fake = FakeMailchimp()
     with fake.router:
         yield fake
+    # the documented shapes (research/messaging.md §2), whatever the test did
+    for call in fake.router["member"].calls:
+        body = json.loads(call.request.content)
+        assert set(body) == {"email_address", "status_if_new", "merge_fields"}
+        assert call.request.url.path.rsplit("/", 1)[1] == md5(body["email_address"])
+    for call in fake.router["create-merge-field"].calls:
+        assert set(json.loads(call.request.content)) == {"tag", "name", "type", "required", "public"}
 
 
 def connector(key: str = FakeMailchimp.API_KEY, config: ConnectorConfig | None = None, **extra: str) -> MailchimpConnector:

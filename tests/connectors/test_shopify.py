@@ -103,7 +103,9 @@ def test_connector_is_registered_and_declares_its_quirks() -> None:
 
 
 def test_bulk_add_limit_matches_the_pinned_schema() -> None:
-    description = shopify_schema().mutation_type.fields["discountRedeemCodeBulkAdd"].args["codes"].description
+    mutations = shopify_schema().mutation_type
+    assert mutations is not None
+    description = mutations.fields["discountRedeemCodeBulkAdd"].args["codes"].description
     assert f"Maximum: {ShopifyConnector.BATCH_SIZE} codes." in description
 
 
@@ -142,8 +144,8 @@ async def test_every_document_is_sent_with_variables_the_schema_accepts(
     for kind in ("percentage", "fixed_amount", "free_shipping"):
         discount = await connector.ensure_discount(
             DiscountSpec(campaign_id=1, title=kind, kind=kind, value=10, minimum_quantity=2)
-        )  # type: ignore[arg-type]
-        spec = DiscountSpec(campaign_id=1, title=kind, kind=kind, value=5, platform_discount_id=discount)  # type: ignore[arg-type]
+        )
+        spec = DiscountSpec(campaign_id=1, title=kind, kind=kind, value=5, platform_discount_id=discount)
         assert await connector.ensure_discount(spec) == discount
     fake.add_discount(["TAKEN-1"])
     await connector.push_codes(discount, codes("GOOD-1", "BAD", "TAKEN-1"))
@@ -525,7 +527,7 @@ def test_session_token_tolerates_a_slightly_future_nbf() -> None:
         pytest.param(session_token(iss="https://evil.com/admin", dest="https://evil.com"), id="not-a-shop"),
         pytest.param(session_token(dest=None), id="no-dest"),
         pytest.param(
-            jwt.encode(jwt.decode(session_token(), options={"verify_signature": False}), None, algorithm="none"), id="alg-none"
+            jwt.encode(jwt.decode(session_token(), options={"verify_signature": False}), "", algorithm="none"), id="alg-none"
         ),
     ],
 )

@@ -116,6 +116,8 @@ async def test_messaging_service_api_key_and_template(fake: FakeTwilio) -> None:
     assert sent["Body"] == "SAVE1 saves 10% until 2026-12-31"
     assert [r.ok for r in results] == [True, False]
     assert "coupon_expires_at" in (results[1].error or "")
+    with pytest.raises(ValueError, match="unsupported"):
+        connector(body="{coupon_code.__class__}").message_body(recipient(1))
     assert fake.router["messages"].call_count == 1  # the second never rendered, so never sent
 
 

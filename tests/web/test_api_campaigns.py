@@ -135,7 +135,21 @@ def test_validation_errors_are_problems_with_reasons(api: Api) -> None:
         assert response.status_code == 422 and response.json()["reason"] == "invalid_input"
     too_many = api.post(f"/campaigns/{cid}/batches", {"count": 1_000_000})
     assert too_many.status_code == 422 and too_many.json()["reason"] == "format_capacity_exceeded"
-    assert api.get("/campaigns", params={"limit": 0}).json()["reason"] == "invalid_query"
+    for params in ({"limit": 0}, {"limit": "ten"}, {"offset": -1}):
+        response = api.get("/campaigns", params=params)
+        assert response.status_code == 422 and response.json()["reason"] == "invalid_query"
     assert api.get("/campaigns/424242").json()["reason"] == "campaign_not_found"
     assert api.get("/batches/424242").json()["reason"] == "batch_not_found"
     assert api.post("/campaigns/424242/batches", {"count": 1}).status_code == 404
+
+
+def test_unknown_paths_ids_and_methods_are_problems(api: Api) -> None:
+    for path in ("/campaigns/abc", "/campaigns/9223372036854775808", "/batches/99999999999999999999", "/nowhere"):
+        response = api.get(path)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["reason"] in ("not_found", "campaign_not_found")
+    wrong = api.client.put("/api/v1/campaigns", headers=api.headers)
+    assert wrong.status_code == 405 and wrong.json()["reason"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
+    assert api.get("/campaigns/9223372036854775807").json()["reason"] == "campaign_not_found"

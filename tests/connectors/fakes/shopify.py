@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import graphql
 import httpx
@@ -186,7 +186,7 @@ class ShopifyFake:
         coerced = get_variable_values(shopify_schema(), operation.variable_definitions or (), variables)
         if isinstance(coerced, list):
             return _errors([e.message for e in coerced], "INVALID_VARIABLE")
-        coerced = getattr(coerced, "coerced", coerced)  # graphql-core 3.3 wraps them in VariableValues
+        values = cast(dict[str, Any], getattr(coerced, "coerced", coerced))  # 3.3 wraps them in VariableValues
         cost = (
             self.MUTATION_COST if operation.operation.value == "mutation" else _selection_cost(operation.selection_set, fragments)
         )
@@ -204,10 +204,10 @@ class ShopifyFake:
         self.level -= cost
         data: dict[str, Any] = {}
         for root in roots:
-            args = {a.name.value: graphql.value_from_ast_untyped(a.value, coerced) for a in root.arguments or ()}
+            args = {a.name.value: graphql.value_from_ast_untyped(a.value, values) for a in root.arguments or ()}
             value = getattr(self, "_" + root.name.value)(**args)
             key = root.alias.value if root.alias else root.name.value
-            data[key] = _project(root, value, coerced, fragments)
+            data[key] = _project(root, value, values, fragments)
         return httpx.Response(200, json={"data": data, "extensions": {"cost": self._cost(cost, cost)}})
 
     def _cost(self, requested: int, actual: int | None) -> dict[str, Any]:
