@@ -9,6 +9,7 @@ import httpx
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -21,7 +22,7 @@ from plugin.settings import Settings
 from plugin.web import api
 from plugin.web.background import Background
 from plugin.web.openapi import openapi_json
-from plugin.web.problems import plugin_error_handler, validation_error_handler
+from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -52,7 +53,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={PluginError: plugin_error_handler, ValidationError: validation_error_handler},
+        exception_handlers={
+            PluginError: plugin_error_handler,
+            ValidationError: validation_error_handler,
+            HTTPException: http_error_handler,
+        },
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -50,3 +51,10 @@ async def plugin_error_handler(request: Request, exc: Exception) -> ProblemRespo
 async def validation_error_handler(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, ValidationError)
     return validation_problem(exc)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> ProblemResponse:
+    """Starlette's own 404/405s as problem+json too, so every error has one shape."""
+    assert isinstance(exc, HTTPException)
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return problem(exc.status_code, reason, str(exc.detail), headers=dict(exc.headers) if exc.headers else None)
