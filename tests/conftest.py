@@ -20,7 +20,8 @@ POSTGRES_URL = os.environ.get("COUPONRY_TEST_DATABASE_URL")
 
 
 def pytest_report_header() -> str:
-    return f"couponry database: {'postgresql ' + POSTGRES_URL if POSTGRES_URL else 'sqlite (set COUPONRY_TEST_DATABASE_URL for PostgreSQL)'}"
+    where = f"postgresql {POSTGRES_URL}" if POSTGRES_URL else "sqlite (set COUPONRY_TEST_DATABASE_URL for PostgreSQL)"
+    return f"couponry database: {where}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

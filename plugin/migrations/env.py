@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from sqlmodel import SQLModel
@@ -26,7 +26,7 @@ def run_migrations() -> None:
     engine.dispose()
 
 
-def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     # Migrations must not import app code that may change later: write our column types
     # as the plain SQLAlchemy types they store as.
     if type_ == "type" and isinstance(obj, UtcDateTime):
