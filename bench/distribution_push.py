@@ -7,8 +7,8 @@ lower bound those limits allow.
 Each `--per-call` value is one run against a fresh fake: the recipients go out in
 push_recipients calls of that many (a worker's outbox batches), `--concurrency` calls at a time,
 all through one connector (one account, so one set of pacers). The bound: with fixed windows of
-10 requests a second and 150 a minute, the k-th job (counting from 0) cannot start before
-max(floor(k / 10) s, floor(k / 150) min) after the first.
+10 requests a second and 150 a minute starting with the first job, each job sent as early as
+they allow (the 100th job at 9 s; the 200th at 64 s: 150 in the first minute, then 10 a second).
 """
 
 from __future__ import annotations
@@ -31,7 +31,18 @@ LIMITS = ((10, 1.0), (150, 60.0))
 
 
 def lower_bound(jobs: int) -> float:
-    return max(((jobs - 1) // limit) * span for limit, span in LIMITS) if jobs else 0.0
+    """When the last job can start, at best: each job as early as the fixed windows allow."""
+    t = 0.0
+    counts: dict[tuple[int, int], int] = {}
+    for _ in range(jobs):
+        while True:
+            full = [(n, span) for n, (limit, span) in enumerate(LIMITS) if counts.get((n, int(t // span)), 0) >= limit]
+            if not full:
+                break
+            t = max((int(t // span) + 1) * span for _, span in full)
+        for n, (_, span) in enumerate(LIMITS):
+            counts[n, int(t // span)] = counts.get((n, int(t // span)), 0) + 1
+    return t
 
 
 def recipients(n: int) -> list[Recipient]:

@@ -68,9 +68,11 @@ from connectors.http import raise_for_status, retrying, send, wait_retry_after
 
 # Order status_id -> neutral kind (the table in orders.v2.oas2.yml /order_statuses). The research
 # counts a redemption on 2, 3 and 7-11 and reverses it on 4/5/6. A partial refund (14) and a
-# dispute (13) leave the order paid.
+# dispute (13) leave the order paid. "Incomplete" (0) is a checkout abandoned at the payment page,
+# and store/order/created fires for it too. It maps to "failed" so that it never holds a code. A
+# later payment arrives as statusUpdated (for example 0 -> 11) and maps to "paid".
 ORDER_STATUS_KINDS: Final[Mapping[int, OrderEventKind]] = {
-    0: "created",  # Incomplete
+    0: "failed",  # Incomplete
     1: "created",  # Pending
     2: "paid",  # Shipped
     3: "paid",  # Partially Shipped
@@ -395,11 +397,9 @@ class BigCommerceConnector:
             return Delivery(delivery_id=delivery_id, topic=scope, shop=shop, kind="other")
         status = data.get("status") or {}
         new_status = status.get("new_status_id") if isinstance(status, dict) else None
-        kind: OrderEventKind
-        if new_status is not None:
-            kind = ORDER_STATUS_KINDS.get(int(new_status), "updated")
-        else:
-            kind = "created" if scope == "store/order/created" else "updated"
+        # Only statusUpdated says what happened. For the other scopes, "updated" means: the order
+        # has changed, and its fetched status says what it is now.
+        kind = _status_kind(new_status) if new_status is not None else "updated"
         created_at = payload.get("created_at")
         event = OrderEvent(
             platform=self.name,
@@ -565,7 +565,7 @@ class BigCommerceConnector:
         return OrderEvent(
             platform=self.name,
             shop=self._store_hash_or_empty(),
-            kind=ORDER_STATUS_KINDS.get(int(order.get("status_id", -1)), "updated"),
+            kind=_status_kind(order.get("status_id")),
             order_id=str(order["id"]),
             codes=tuple(
                 CodeUse(code=str(coupon["code"]), amount=to_minor(coupon.get("discount") or 0, currency))
@@ -753,6 +753,13 @@ def _json_list(response: httpx.Response) -> list[dict[str, Any]]:
     if not isinstance(body, list):
         raise UpstreamError("BigCommerce sent an unexpected body")
     return [item for item in body if isinstance(item, dict)]
+
+
+def _status_kind(status_id: object) -> OrderEventKind:
+    try:
+        return ORDER_STATUS_KINDS.get(int(str(status_id)), "updated")
+    except ValueError:
+        return "updated"
 
 
 def _int_header(response: httpx.Response, name: str) -> int | None:

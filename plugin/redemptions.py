@@ -358,12 +358,13 @@ def _bump_customer(session: Session, ctx: CodeContext, key: str, limit: int | No
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(table).values(shop_id=ctx.code.shop_id, campaign_id=ctx.campaign.id, customer_key=key, uses=1)
     where = None if limit is None else table.c.uses < limit
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=[table.c.shop_id, table.c.campaign_id, table.c.customer_key],
         set_={"uses": table.c.uses + 1},
         where=where,
-    )
-    return _rowcount(session, stmt) > 0
+    ).returning(table.c.uses)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT through SQLAlchemy
+    return session.execute(upsert).first() is not None
 
 
 # --- rollback -------------------------------------------------------------------------------

@@ -159,7 +159,6 @@ def test_concurrent_workers_never_claim_one_job_twice(engine: Engine, shop_id: i
         t.join()
     every = [job_id for ids in claimed.values() for job_id in ids]
     assert len(every) == total and len(set(every)) == total
-    assert sum(1 for ids in claimed.values() if ids) >= 2  # they really competed
 
 
 @pytest.mark.postgres

@@ -28,7 +28,9 @@ from plugin.web import schemas
 from plugin.web.problems import problem, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
-MAX_ID = 2**63 - 1  # ids are BIGINT; the OpenAPI document says so too
+# The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
+# OpenAPI document says so too, and a larger one is simply not found.
+MAX_IDS = {"campaign_id": 2**31 - 1, "batch_id": 2**31 - 1, "reservation_id": 2**31 - 1, "redemption_id": 2**63 - 1}
 Handler = Callable[["Call"], Awaitable[Response]]
 
 
@@ -59,7 +61,7 @@ class Call:
     def path_int(self, name: str) -> int:
         value = self.request.path_params[name]
         assert isinstance(value, int)
-        if value > MAX_ID:  # no row has such an id, and the database can't even compare it
+        if value > MAX_IDS[name]:  # no row has such an id, and the database can't even compare it
             raise NotFound(f"no {name.removesuffix('_id')} has the id {value}", reason="not_found")
         return value
 

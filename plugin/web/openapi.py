@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from plugin import __version__
-from plugin.web.api import ENDPOINTS, MAX_ID, Endpoint
+from plugin.web.api import ENDPOINTS, MAX_IDS, Endpoint
 from plugin.web.schemas import Problem
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
@@ -53,7 +53,7 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
     if endpoint.scope:
         operation["description"] = f"Needs an API key with the `{endpoint.scope}` (or `admin`) scope."
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
+        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}}
         for name, _ in _PARAM.findall(endpoint.path)
     ]
     if endpoint.method == "GET" and endpoint.name == "listCampaigns":

@@ -467,7 +467,7 @@ async def test_thin_webhook_then_fetch_order_gives_the_codes(
     assert (delivery.kind, delivery.topic, delivery.shop) == ("order", "store/order/created", "abc123")
     assert delivery.delivery_id == "dd70c0976e06b67aaf671e73f49dcb79230ebf9d"  # the payload hash
     (thin,) = delivery.events
-    assert (thin.order_id, thin.needs_fetch, thin.codes) == ("250", True, ())
+    assert (thin.order_id, thin.kind, thin.needs_fetch, thin.codes) == ("250", "updated", True, ())
 
     fake.add_order(id=250, status_id=11)
     event = await connector.fetch_order(thin.order_id)
@@ -498,7 +498,7 @@ def test_status_updated_webhook_carries_the_new_status(client: httpx.AsyncClient
 @pytest.mark.parametrize(
     ("status_id", "kind"),
     [
-        (0, "created"),
+        (0, "failed"),  # incomplete: abandoned at the payment page
         (1, "created"),
         (2, "paid"),
         (3, "paid"),

@@ -110,7 +110,8 @@ def test_bulk_add_limit_matches_the_pinned_schema() -> None:
 
 
 async def test_connector_satisfies_the_shop_protocol(connector: ShopifyConnector) -> None:
-    assert isinstance(connector, ShopConnector)
+    typed: ShopConnector = connector  # mypy checks the signatures, isinstance the members
+    assert isinstance(typed, ShopConnector)
 
 
 # --- GraphQL documents against the schema -----------------------------------------------------------

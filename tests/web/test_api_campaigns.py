@@ -144,7 +144,7 @@ def test_validation_errors_are_problems_with_reasons(api: Api) -> None:
 
 
 def test_unknown_paths_ids_and_methods_are_problems(api: Api) -> None:
-    for path in ("/campaigns/abc", "/campaigns/9223372036854775808", "/batches/99999999999999999999", "/nowhere"):
+    for path in ("/campaigns/abc", "/campaigns/2147483648", "/batches/99999999999999999999", "/nowhere"):
         response = api.get(path)
         assert response.status_code == 404, path
         assert response.headers["content-type"] == "application/problem+json"
@@ -152,4 +152,6 @@ def test_unknown_paths_ids_and_methods_are_problems(api: Api) -> None:
     wrong = api.client.put("/api/v1/campaigns", headers=api.headers)
     assert wrong.status_code == 405 and wrong.json()["reason"] == "method_not_allowed"
     assert wrong.headers["allow"] == "GET, HEAD, POST"
-    assert api.get("/campaigns/9223372036854775807").json()["reason"] == "campaign_not_found"
+    assert api.get("/campaigns/2147483647").json()["reason"] == "campaign_not_found"
+    assert api.post("/redemptions/9223372036854775807/rollback", {}).json()["reason"] == "redemption_not_found"
+    assert api.post("/redemptions/9223372036854775808/rollback", {}).json()["reason"] == "not_found"

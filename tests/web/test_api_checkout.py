@@ -264,7 +264,11 @@ def test_generic_mode_hides_whether_a_code_is_live(engine: Engine, api: Api, sho
     assert api.redeem(stored[0], "o-1", basket(("p1", 5, 2500))).status_code == 201
 
     detailed_used = api.validate(stored[0]).json()
-    assert detailed_used["shopper"] == {"reason": "already_redeemed", "message": "This code has already been used.", "details": {}}
+    assert detailed_used["shopper"] == {
+        "reason": "already_redeemed",
+        "message": "This code has already been used.",
+        "details": {},
+    }
 
     set_preferences(engine, shop_id, detailed_refusals=False)
     used = api.validate(stored[0]).json()

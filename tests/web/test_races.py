@@ -154,7 +154,7 @@ def test_10000_attempts_on_100_single_use_codes(fleet: Fleet, engine: Engine, sh
 
 
 def test_per_customer_limits_hold_under_races(fleet: Fleet, engine: Engine, shop_id: int) -> None:
-    campaign_id, codes = make_campaign(engine, shop_id, rules(usage={"uses_per_customer": 3}), codes=120)
+    _, codes = make_campaign(engine, shop_id, rules(usage={"uses_per_customer": 3}), codes=120)
     people = [{"id": "ann"}, {"email": "bob@example.com"}]
     jobs = [redeem(code, f"order-{i}", customer=people[i % 2]) for i, code in enumerate(codes)]
     results = fleet.fire(jobs)

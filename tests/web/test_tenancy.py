@@ -21,9 +21,7 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         }
 
 
-def test_a_key_of_one_shop_reads_and_changes_nothing_of_another(
-    engine: Engine, api: Api, other_api: Api, shop_id: int
-) -> None:
+def test_a_key_of_one_shop_reads_and_changes_nothing_of_another(engine: Engine, api: Api, other_api: Api, shop_id: int) -> None:
     # shop A: a campaign, a batch, a reservation and a redemption
     a_campaign = api.post("/campaigns", {"name": "A only", "currency": "GBP", "rules": rules()}).json()["id"]
     batch = api.post(f"/campaigns/{a_campaign}/batches", {"count": 3}).json()["id"]
@@ -38,7 +36,9 @@ def test_a_key_of_one_shop_reads_and_changes_nothing_of_another(
     assert b.get("/campaigns").json() == {"data": [], "count": 0}
     attempts = [
         b.get(f"/campaigns/{a_campaign}"),
-        b.patch(f"/campaigns/{a_campaign}", {"name": "stolen", "rules": rules(discount={"type": "percentage", "percent": "100"})}),
+        b.patch(
+            f"/campaigns/{a_campaign}", {"name": "stolen", "rules": rules(discount={"type": "percentage", "percent": "100"})}
+        ),
         *(b.post(f"/campaigns/{a_campaign}/{action}") for action in ("pause", "end", "activate", "resume")),
         b.post(f"/campaigns/{a_campaign}/batches", {"count": 5}),
         b.get(f"/batches/{batch}"),

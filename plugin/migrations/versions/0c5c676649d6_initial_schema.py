@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 2bfd0d0a14d6
+Revision ID: 0c5c676649d6
 Revises: 
-Create Date: 2026-11-25 16:33:17.441321
+Create Date: 2026-11-25 16:38:50.921483
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = '2bfd0d0a14d6'
+revision: str = '0c5c676649d6'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
