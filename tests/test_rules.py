@@ -93,9 +93,9 @@ def test_typical_rules_round_trip_through_json() -> None:
 
 def test_inputs_are_normalised() -> None:
     rules = make_rules(
-        currency=" gbp ",
+        currency="gbp",
         time={"starts_at": "2026-01-01T01:00:00+01:00"},
-        allowed_channels=["POS", " online_store", "pos"],
+        allowed_channels=["POS", "online_store", "pos"],
         basket={"excluded": {"skus": ["b", "a", "b"]}},
     )
     assert rules.currency == "GBP"
@@ -187,6 +187,8 @@ INVALID_RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("bad_currency", {"currency": "POUND"}, "currency", "should match pattern"),
     ("naive_datetime", {"time": {"starts_at": "2026-01-01T00:00:00"}}, "time.starts_at", "timezone info"),
+    ("numeric_datetime", {"time": {"starts_at": 1767225600}}, "time.starts_at", "ISO 8601 date-time string"),
+    ("flag_as_number", {"stacking": {"with_other_codes": 1}}, "stacking.with_other_codes", "valid boolean"),
     (
         "window_backwards",
         {"time": {"starts_at": "2026-02-01T00:00:00Z", "ends_at": "2026-01-01T00:00:00Z"}},

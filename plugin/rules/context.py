@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from plugin.rules.model import Amount, CampaignRules, CampaignStatus, Currency, Ident, RulesOverride
+from plugin.rules.model import Amount, CampaignRules, CampaignStatus, Currency, Flag, Ident, RulesOverride
 
 __all__ = ["Basket", "BasketLine", "CampaignState", "CodeState", "Customer", "normalise_email"]
 
@@ -64,7 +64,7 @@ class Basket(_Frozen):
     lines: tuple[BasketLine, ...] = Field(default=(), max_length=1000)
     shipping_amount: Amount = 0
     applied_codes: tuple[Ident, ...] = Field(default=(), max_length=100)
-    has_automatic_discounts: bool = False
+    has_automatic_discounts: Flag = False
 
 
 class Customer(_Frozen):

@@ -60,12 +60,10 @@ __all__ = [
 MAX_MINOR: Final = 10**15  # stays an exact JSON number (< 2**53) everywhere
 
 
-def _upper(value: Any) -> Any:
-    return value.strip().upper() if isinstance(value, str) else value
-
-
-def _lower(value: Any) -> Any:
-    return value.strip().lower() if isinstance(value, str) else value
+def _no_number(value: Any) -> Any:
+    if isinstance(value, int | float):
+        raise ValueError("expected an ISO 8601 date-time string with a time zone, e.g. 2026-03-01T00:00:00Z")
+    return value
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -78,8 +76,8 @@ def _unique_sorted(values: tuple[str, ...]) -> tuple[str, ...]:
 
 Currency = Annotated[
     str,
-    BeforeValidator(_upper),
-    StringConstraints(pattern=r"^[A-Z]{3}$"),
+    StringConstraints(pattern=r"^[A-Za-z]{3}$"),
+    AfterValidator(str.upper),
     Field(description="ISO 4217 currency code, e.g. GBP, EUR, JPY.", examples=["GBP"]),
 ]
 Amount = Annotated[int, Field(strict=True, ge=0, le=MAX_MINOR, description="Money in minor units.")]
@@ -89,13 +87,14 @@ Percent = Annotated[
     Decimal,
     Field(gt=0, le=100, max_digits=7, decimal_places=4, description="Percent, 0 < p <= 100, up to 4 places."),
 ]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-Ident = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_no_number), AfterValidator(_to_utc)]
+Flag = Annotated[bool, Field(strict=True)]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 IdSet = Annotated[tuple[Ident, ...], AfterValidator(_unique_sorted), Field(max_length=10_000)]
 Channel = Annotated[
     str,
-    BeforeValidator(_lower),
-    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$"),
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"),
+    AfterValidator(str.lower),
     Field(description="A sales channel: a free lower-case string; see KNOWN_CHANNELS."),
 ]
 
@@ -293,7 +292,7 @@ class UsageRules(_Frozen):
 
     uses_per_code: Count | None = 1
     uses_per_customer: Count | None = None
-    first_order_only: bool = False
+    first_order_only: Flag = False
 
 
 class BasketRules(_Frozen):
@@ -317,8 +316,8 @@ class BasketRules(_Frozen):
 class StackingRules(_Frozen):
     """Whether a code of this campaign combines with other codes or automatic discounts."""
 
-    with_other_codes: bool = False
-    with_automatic_discounts: bool = True
+    with_other_codes: Flag = False
+    with_automatic_discounts: Flag = True
 
 
 class Budget(_Frozen):

@@ -1,0 +1,205 @@
+"""HTTP throughput of the checkout API against its ceiling, in one run and one server process.
+
+Starts uvicorn (httptools + uvloop, one worker) on a fresh SQLite database, serving the real app
+plus a bare Starlette JSON route (`POST /bare`, the ceiling), then loads it from a separate
+process with `wrk` at 50 connections and a bounded number of requests per route:
+
+- `POST /bare`: a constant JSON answer;
+- `POST /api/v1/validate`: a full validation of a live code (API key, lookup, rules) — valid,
+  so the brute-force limiter never steps in;
+- `POST /api/v1/redemptions`: a redemption per request (unique order ids on codes without a
+  per-code limit), i.e. an atomic write transaction each.
+
+Prints req/s, p50 and p99 for each, the validate/bare ratio and the targets
+(validate >= 0.6 x bare, p99 < 10 ms). Run: `.venv/bin/python bench/validate.py [requests]`.
+Needs `wrk` (`apt-get install -y wrk`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlmodel import SQLModel
+
+import plugin.models  # noqa: F401  (registers tables)
+from plugin import apikeys, campaigns, issuing
+from plugin.db import make_engine, session_scope
+from plugin.shops import ensure_local_shop
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTIONS = 50
+THREADS = 2
+CODES = 1_000
+
+SERVER = """
+import sys
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from plugin.settings import Secret, Settings
+from plugin.web.app import create_app
+
+url, port = sys.argv[1], int(sys.argv[2])
+app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789"), run_worker_in_process=False))
+
+
+async def bare(request: Request) -> JSONResponse:
+    await request.body()
+    return JSONResponse({"valid": True, "code": "BARE", "campaign_id": 1})
+
+
+app.router.routes.insert(0, Route("/bare", bare, methods=["POST"]))
+uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", workers=1,
+            log_level="warning", access_log=False)
+"""
+
+# wrk script: each thread sends `limit` requests then stops; bodies come from a list (validate)
+# or carry a unique order id (redemptions); done() prints the figures as JSON.
+LUA = r"""
+local counter, limit, thread_id = 0, 0, 0
+local threads = {}
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  limit = tonumber(args[1])
+  thread_id = tonumber(wrk.thread:get("thread_id"))
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer " .. args[2]
+end
+local bodies = {BODIES}
+function request()
+  counter = counter + 1
+  local body = bodies[(counter % #bodies) + 1]
+  body = string.gsub(body, "ORDER", thread_id .. "-" .. counter)
+  return wrk.format("POST", "PATH", nil, body)
+end
+local seen = 0
+function response(status, headers, body)
+  seen = seen + 1
+  if seen >= limit then wrk.thread:stop() end
+end
+function done(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare(url: str) -> tuple[str, list[str], list[str]]:
+    """A shop, a checkout key, a campaign of single-use codes to validate and one of unlimited
+    codes to redeem; returns (key, validate codes, redeem codes)."""
+    engine = make_engine(url)
+    SQLModel.metadata.create_all(engine)
+    rules: dict[str, Any] = {"currency": "GBP", "discount": {"type": "percentage", "percent": "10"}}
+    with session_scope(engine) as session:
+        shop = ensure_local_shop(session, "bench.couponry.test")
+        assert shop.id is not None
+        shop_id = shop.id
+        _, key = apikeys.create_key(session, shop_id=shop_id, name="bench", scopes=["checkout"])
+        single = campaigns.create_campaign(session, shop_id=shop_id, name="validate", rules=rules, code_format={"length": 12})
+        unlimited = campaigns.create_campaign(
+            session, shop_id=shop_id, name="redeem", rules={**rules, "usage": {"uses_per_code": None}}, code_format={"length": 12}
+        )
+    found: list[list[str]] = []
+    for campaign in (single, unlimited):
+        assert campaign.id is not None
+        issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign.id, count=CODES)
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT code FROM code WHERE campaign_id = ? LIMIT 100", (campaign.id,)).all()
+        found.append([r[0] for r in rows])
+    engine.dispose()
+    return key, found[0], found[1]
+
+
+def wrk(base: str, path: str, bodies: list[dict[str, Any]], key: str, requests: int, workdir: Path) -> dict[str, Any]:
+    encoded = ", ".join(json.dumps(json.dumps(b)) for b in bodies)
+    script = workdir / f"load{abs(hash(path))}.lua"
+    script.write_text(LUA.replace("{BODIES}", "{" + encoded + "}").replace("PATH", path))
+    per_thread = max(1, requests // THREADS)
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", "-d120s", "--timeout", "10s", "-s", str(script), base, "--",
+           str(per_thread), key]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    figures["rps"] = figures["requests"] / figures["seconds"]
+    return figures
+
+
+def show(name: str, f: dict[str, Any]) -> None:
+    print(
+        f"{name:<22} {f['rps']:>9,.0f} req/s   p50 {f['p50_us'] / 1000:6.2f} ms   p99 {f['p99_us'] / 1000:6.2f} ms"
+        f"   ({f['requests']:,} requests, {f['non2xx']} non-2xx, {f['errors']} socket errors)"
+    )
+
+
+def main(requests: int = 20_000) -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="couponry-bench-"))
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    key, validate_codes, redeem_codes = prepare(url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, url, str(port)], cwd=ROOT, env=env)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        basket = {"currency": "GBP", "lines": [{"product_id": "p1", "quantity": 2, "unit_price": 2500}]}
+        validate = [{"code": c, "basket": basket, "customer": {"id": "bench"}} for c in validate_codes]
+        redeem = [{"code": c, "order_id": "order-ORDER", "basket": basket} for c in redeem_codes]
+        bare = [{"code": "BARE", "basket": basket}]
+        check = httpx.post(base + "/api/v1/validate", json=validate[0], headers={"Authorization": f"Bearer {key}"})
+        assert check.status_code == 200 and check.json()["valid"], check.text
+
+        for path, bodies in (("/bare", bare), ("/api/v1/validate", validate)):  # warm up
+            wrk(base, path, bodies, key, requests // 10, workdir)
+        results = {
+            "bare": wrk(base, "/bare", bare, key, requests, workdir),
+            "validate": wrk(base, "/api/v1/validate", validate, key, requests, workdir),
+            "redemptions": wrk(base, "/api/v1/redemptions", redeem, key, requests // 4, workdir),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"uvicorn httptools+uvloop, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs")
+    show("POST /bare (ceiling)", results["bare"])
+    show("POST /api/v1/validate", results["validate"])
+    show("POST /api/v1/redemptions", results["redemptions"])
+    ratio = results["validate"]["rps"] / results["bare"]["rps"]
+    p99 = results["validate"]["p99_us"] / 1000
+    print(f"validate / bare = {ratio:.2f} (target >= 0.60: {'met' if ratio >= 0.6 else 'NOT met'}); "
+          f"validate p99 {p99:.2f} ms (target < 10 ms: {'met' if p99 < 10 else 'NOT met'})")  # fmt: skip
+    print(f"redemptions/s = {results['redemptions']['rps']:,.0f}")
+    bad = sum(r["non2xx"] + r["errors"] for r in results.values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000))
