@@ -78,7 +78,7 @@ def resolve_code(session: Session, *, shop_id: int, typed: str) -> tuple[str, Ca
     `BF12345678`; a code that fits a format but fails its check characters is *mistyped*.
     """
     typed = typed.strip()
-    if not typed or len(typed) > 100:
+    if not typed or len(typed) > 100 or "\x00" in typed:
         return "", None, refuse(Reason.UNKNOWN_CODE)
     generic = codes.normalise_generic(typed)
     campaigns = session.exec(select(Campaign).where(col(Campaign.shop_id) == shop_id)).all()

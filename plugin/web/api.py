@@ -67,6 +67,8 @@ class Call:
 
     async def body(self, model: type[M]) -> M:
         raw = await self.request.body()
+        if b"\\u0000" in raw:  # PostgreSQL text can't hold NUL; refuse it here with a reason
+            raise InvalidInput("text fields must not contain NUL characters", reason="invalid_input")
         return model.model_validate_json(raw or b"{}")
 
     async def db(self, fn: Callable[[Session], Any]) -> Any:
