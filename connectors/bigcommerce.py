@@ -42,7 +42,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
@@ -65,6 +64,7 @@ from connectors.base import (
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, Rejected, UpstreamError
 from connectors.http import raise_for_status, retrying, send, wait_retry_after
+from connectors.money import from_minor, to_minor
 
 # Order status_id -> neutral kind (the table in orders.v2.oas2.yml /order_statuses). The research
 # counts a redemption on 2, 3 and 7-11 and reverses it on 4/5/6. A partial refund (14) and a
@@ -93,13 +93,6 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 SIGNATURE_TOLERANCE: Final = 300.0  # seconds either side, as the Standard Webhooks libraries use
-
-_EXPONENTS: Final[Mapping[str, int]] = {
-    **dict.fromkeys(
-        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"], 0
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-}
 
 
 @dataclass(frozen=True)
@@ -667,24 +660,6 @@ class BigCommerceConnector:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def minor_unit_exponent(currency: str) -> int:
-    return _EXPONENTS.get(currency.upper(), 2)
-
-
-def to_minor(amount: object, currency: str) -> int:
-    """A decimal amount ("12.5000", 2.7, 3) as integer minor units of `currency`, rounded half up."""
-    try:
-        value = Decimal(str(amount))
-    except InvalidOperation as exc:
-        raise ConnectorError(f"malformed amount {amount!r}") from exc
-    return int(value.scaleb(minor_unit_exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def from_minor(amount: int, currency: str) -> str:
-    exponent = minor_unit_exponent(currency)
-    return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
 
 
 def _reset_seconds(response: httpx.Response) -> float | None:

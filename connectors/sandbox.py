@@ -21,7 +21,6 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar, Final
 
 import httpx
@@ -39,6 +38,7 @@ from connectors.base import (
 )
 from connectors.errors import BadSignature, ConnectorError, Rejected
 from connectors.http import Wait, raise_for_status, retrying, send
+from connectors.money import to_minor
 
 TOPIC_KINDS: Final[dict[str, OrderEventKind]] = {
     "orders/create": "created",
@@ -47,7 +47,6 @@ TOPIC_KINDS: Final[dict[str, OrderEventKind]] = {
     "orders/refunded": "refunded",
     "orders/failed": "failed",
 }
-_ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF", "PYG"})
 
 
 class SandboxAuth(httpx.Auth):
@@ -224,15 +223,6 @@ def _results(chunk: Sequence[CodeSpec], answers: Sequence[Mapping[str, Any]]) ->
         else:
             out.append(PushResult(code=spec.code, ok=bool(a.get("ok")), platform_id=_str(a.get("id")), error=a.get("error")))
     return out
-
-
-def to_minor(amount: object, currency: str) -> int:
-    try:
-        value = Decimal(str(amount))
-    except InvalidOperation as exc:
-        raise Rejected(f"malformed amount {amount!r}") from exc
-    exponent = 0 if currency.upper() in _ZERO_DECIMAL else 2
-    return int(value.scaleb(exponent).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def _order_event(order: Mapping[str, Any], *, kind: OrderEventKind, shop: str, delivery_id: str) -> OrderEvent:

@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -54,6 +53,8 @@ from connectors.base import (
     retry_after_seconds,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+from connectors.money import from_minor as _from_minor
+from connectors.money import to_minor as _to_minor
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -230,14 +231,6 @@ EXPECTED_COST: dict[str, int] = {
 }
 MUTATION_COST = 10
 
-# ISO 4217 minor units where they are not 2.
-_CURRENCY_EXPONENTS: dict[str, int] = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV"), 0),
-    **dict.fromkeys(("XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-    "CLF": 4,
-    "UYW": 4,
-}
 
 _SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.myshopify\.com$")
 _PLAIN_CODE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -1175,25 +1168,6 @@ def _dict(value: Any) -> Json:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
-
-
-def _exponent(currency: str) -> int:
-    return _CURRENCY_EXPONENTS.get(currency.upper(), 2)
-
-
-def _to_minor(value: Any, currency: str) -> int:
-    """A Shopify decimal amount ("10.00", "1000", "1.250") in minor units of `currency`."""
-    if value is None or value == "":
-        return 0
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise Rejected(f"not a money amount: {value!r}") from None
-    return int(amount.scaleb(_exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def _from_minor(amount: int, currency: str) -> str:
-    return f"{Decimal(amount).scaleb(-_exponent(currency)):f}"
 
 
 def _iso(moment: datetime) -> str:

@@ -41,7 +41,6 @@ import re
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlencode
 
@@ -61,6 +60,7 @@ from connectors.base import (
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
 from connectors.http import raise_for_status, retrying, send, wait_retry_after
+from connectors.money import from_minor, to_minor
 
 # Order status -> neutral kind. Usage is counted on processing/completed; WooCommerce itself gives
 # the use back on cancelled/failed/trash but not on refunded (wc_update_coupon_usage_counts).
@@ -80,14 +80,6 @@ CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
 DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
-
-# ISO 4217 minor-unit exponents that are not 2 (the same table as plugin/refusals.py).
-_EXPONENTS: Final[Mapping[str, int]] = {
-    **dict.fromkeys(
-        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"], 0
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-}
 
 
 @dataclass(frozen=True)
@@ -541,25 +533,6 @@ class _Template:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def minor_unit_exponent(currency: str) -> int:
-    return _EXPONENTS.get(currency.upper(), 2)
-
-
-def to_minor(amount: object, currency: str) -> int:
-    """A decimal amount ("12.50", 12.5, 3) as integer minor units of `currency`, rounded half up."""
-    try:
-        value = Decimal(str(amount))
-    except InvalidOperation as exc:
-        raise ConnectorError(f"malformed amount {amount!r}") from exc
-    return int(value.scaleb(minor_unit_exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def from_minor(amount: int, currency: str) -> str:
-    """Integer minor units as the decimal string WooCommerce and BigCommerce expect ("12.50")."""
-    exponent = minor_unit_exponent(currency)
-    return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
 
 
 def _woo_error(response: httpx.Response) -> str:

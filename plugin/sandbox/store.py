@@ -19,9 +19,8 @@ from sqlalchemy import Engine, and_, update
 from sqlmodel import Session, col, select
 
 from plugin.models import utcnow
+from plugin.refusals import minor_unit_exponent
 from plugin.sandbox.models import SandboxCode, SandboxDelivery, SandboxDiscount, SandboxOrder, SandboxSetting
-
-_ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF", "PYG"})
 
 
 class SandboxError(Exception):
@@ -84,7 +83,7 @@ def set_knobs(session: Session, shop: str, changes: dict[str, Any]) -> Knobs:
 
 
 def to_minor(amount: str | int | float | Decimal, currency: str) -> int:
-    exponent = 0 if currency.upper() in _ZERO_DECIMAL else 2
+    exponent = minor_unit_exponent(currency)
     try:
         return int(Decimal(str(amount)).scaleb(exponent).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     except ArithmeticError as exc:
@@ -92,7 +91,7 @@ def to_minor(amount: str | int | float | Decimal, currency: str) -> int:
 
 
 def from_minor(amount: int, currency: str) -> str:
-    exponent = 0 if currency.upper() in _ZERO_DECIMAL else 2
+    exponent = minor_unit_exponent(currency)
     return str(Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent)))
 
 

@@ -952,30 +952,3 @@ async def test_fetch_missing_order(connector: ShopifyConnector, fake: ShopifyFak
     with pytest.raises(NotFound):
         await connector.fetch_order("404")
     assert fake.route.call_count == 1
-
-
-# --- money -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("amount", "currency", "minor"),
-    [
-        ("10.00", "USD", 1000),
-        ("0.5", "EUR", 50),
-        ("1000", "JPY", 1000),
-        ("1000.00", "JPY", 1000),
-        ("1.250", "KWD", 1250),
-        ("3.1", "BHD", 3100),
-        (None, "USD", 0),
-        ("19.999", "USD", 2000),
-    ],
-)
-def test_amounts_to_minor_units(amount: str | None, currency: str, minor: int) -> None:
-    assert shopify._to_minor(amount, currency) == minor
-
-
-@pytest.mark.parametrize(
-    ("minor", "currency", "amount"), [(1999, "EUR", "19.99"), (500, "JPY", "500"), (1250, "KWD", "1.250"), (5, "USD", "0.05")]
-)
-def test_minor_units_to_amounts(minor: int, currency: str, amount: str) -> None:
-    assert shopify._from_minor(minor, currency) == amount

@@ -18,7 +18,7 @@ from tenacity import wait_none
 
 from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShopConnector
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
-from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector, from_minor, to_minor
+from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector
 from tests.connectors.fakes.woocommerce import FakeWooCommerce, fixture, sign
 
 SECRET = "whsec-woo-test-0123456789"
@@ -191,18 +191,6 @@ def test_other_topics_are_other(client: httpx.AsyncClient, fake: FakeWooCommerce
 def test_malformed_body_is_a_connector_error(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
     with pytest.raises(ConnectorError):
         connect(client, fake).parse_webhook({"X-WC-Webhook-Topic": "order.updated"}, b"{not json")
-
-
-@pytest.mark.parametrize(
-    ("amount", "currency", "minor"),
-    [("2.00", "USD", 200), ("1200", "JPY", 1200), ("1.250", "KWD", 1250), ("0.005", "USD", 1), (3, "EUR", 300)],
-)
-def test_money_is_integer_minor_units(amount: object, currency: str, minor: int) -> None:
-    assert to_minor(amount, currency) == minor
-
-
-def test_minor_units_back_to_decimal_strings() -> None:
-    assert (from_minor(500, "USD"), from_minor(1200, "JPY"), from_minor(1250, "KWD")) == ("5.00", "1200", "1.250")
 
 
 # --- pushing codes ----------------------------------------------------------------------------
