@@ -25,3 +25,14 @@ def get_shop(session: Session, shop_id: int) -> Shop:
     if shop is None:
         raise NotFound(f"shop {shop_id} does not exist")
     return shop
+
+
+def find_shop(session: Session, domain: str) -> Shop:
+    """An installed shop by its domain, on whichever platform (the CLI's --shop)."""
+    shops = session.exec(select(Shop).where(Shop.domain == domain.strip().lower())).all()
+    if not shops:
+        raise NotFound(f"no shop with domain {domain!r} is installed", reason="shop_not_found")
+    if len(shops) > 1:
+        platforms = ", ".join(sorted(s.platform for s in shops))
+        raise NotFound(f"{domain!r} is installed on several platforms ({platforms})", reason="shop_ambiguous")
+    return shops[0]

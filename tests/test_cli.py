@@ -101,3 +101,24 @@ def test_export_to_stdout_streams_csv(cli: CliRunner) -> None:
     _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "3")
     text = _ok(cli, "codes", "export", "--campaign", campaign_id)
     assert len(list(csv.DictReader(io.StringIO(text)))) == 3
+
+
+def test_shop_option_acts_on_an_installed_shop_and_refuses_unknown_ones(cli: CliRunner, cli_database_url: str) -> None:
+    from sqlmodel import Session, select
+
+    from plugin.db import make_engine
+    from plugin.models import Campaign, Shop
+
+    _ok(cli, "campaigns", "list")  # creates the local shop and the schema
+    engine = make_engine(cli_database_url)
+    with Session(engine) as session:
+        session.add(Shop(platform="shopify", domain="acme.myshopify.com"))
+        session.commit()
+    _ok(cli, "--shop", "acme.myshopify.com", "campaigns", "create", "--name", "Acme")
+    with Session(engine) as session:
+        campaign = session.exec(select(Campaign)).one()
+        shop = session.get(Shop, campaign.shop_id)
+        assert shop is not None and shop.platform == "shopify"
+    engine.dispose()
+    unknown = cli.invoke(main, ["--shop", "nope.myshopify.com", "campaigns", "list"])
+    assert unknown.exit_code == 1 and "no shop with domain 'nope.myshopify.com'" in unknown.output

@@ -16,7 +16,7 @@ from plugin import migrate
 from plugin.db import make_engine, session_scope
 from plugin.errors import PluginError
 from plugin.settings import Settings
-from plugin.shops import ensure_local_shop
+from plugin.shops import ensure_local_shop, find_shop
 
 
 @dataclass
@@ -38,7 +38,13 @@ class Context:
     @cached_property
     def shop_id(self) -> int:
         with session_scope(self.engine) as session:
-            shop = ensure_local_shop(session, self.shop_domain or self.settings.default_shop_domain)
+            if self.shop_domain is None:
+                shop = ensure_local_shop(session, self.settings.default_shop_domain)
+            else:
+                try:
+                    shop = find_shop(session, self.shop_domain)
+                except PluginError as exc:
+                    raise click.ClickException(exc.message) from exc
             assert shop.id is not None
             return shop.id
 
@@ -98,5 +104,6 @@ from plugin.cli import codes as _codes  # noqa: E402, F401  (registers the comma
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
 from plugin.cli import sandbox as _sandbox  # noqa: E402, F401
+from plugin.cli import shops as _shops  # noqa: E402, F401
 from plugin.cli import sync as _sync  # noqa: E402, F401
 from plugin.cli import webhooks as _webhooks  # noqa: E402, F401
