@@ -3,7 +3,8 @@
     .venv/bin/python bench/webhooks.py [--orders 20000] [--connections 50] [--codes 20000]
 
 1. Signed sandbox order webhooks (10% duplicates), ingested end to end by the real app
-   (verify, store, dedupe, redeem; until every delivery is processed) against a bare
+   (verify, store, dedupe, redeem: the clock stops once no delivery is left `received` or
+   `processing`, i.e. every redemption is committed, not when the last 200 came back) against a bare
    Starlette route that only verifies the HMAC. Both run under uvicorn (httptools, uvloop,
    one process) on SQLite, loaded in the same run by the same minimal keep-alive client (raw
    asyncio sockets, so the client is not the bottleneck the way an httpx client would be).
@@ -193,22 +194,30 @@ def bench_webhooks(args: argparse.Namespace, tmp: Path) -> None:
         try:
             wait_for(port)
             asyncio.run(load(port, requests[:200], 10))  # warm up (the app ignores these after: duplicates)
+            start = time.perf_counter()
             seconds, statuses = asyncio.run(load(port, requests, args.connections))
+            answered = seconds
             if name.startswith("couponry"):
-                # end to end: until every stored delivery is processed
+                # end to end: the clock stops once every stored delivery is processed (its
+                # redemptions committed), not when the last 200 came back
                 while True:
                     with Session(engine) as session:
                         waiting = session.exec(
-                            select(func.count()).select_from(WebhookEvent).where(col(WebhookEvent.status) == "received")
+                            select(func.count())
+                            .select_from(WebhookEvent)
+                            .where(col(WebhookEvent.status).in_(["received", "processing"]))
                         ).one()
                     if not waiting:
                         break
-                    time.sleep(0.01)
-                seconds = max(seconds, 0.0)
+                    time.sleep(0.005)
+                seconds = time.perf_counter() - start
             bad = sum(1 for s in statuses if s != 200)
             rate = len(requests) / seconds
             results[name] = rate
-            print(f"{name:32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad})")
+            print(
+                f"{name:32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad}; "
+                f"all answered after {answered:.2f}s)"
+            )
         finally:
             proc.terminate()
             proc.join()

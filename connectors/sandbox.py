@@ -167,7 +167,8 @@ class SandboxConnector:
                 params["after"] = after
             data = await self._call("GET", f"/discounts/{discount_id}/codes", params=params)
             for item in data.get("codes", []):
-                yield str(item["code"])
+                if item.get("active", True):  # a deactivated code is kept but refused at checkout
+                    yield str(item["code"])
             after = data.get("next")
             if not after:
                 return

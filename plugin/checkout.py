@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
-from plugin import codes
+from plugin import caches, codes
 from plugin.campaigns import campaign_format
+from plugin.db import Reader, read_cursor, read_session, session_reader
 from plugin.errors import InvalidInput, NotFound
 from plugin.models import Campaign, Code, Redemption, Reservation, Shop
 from plugin.redemptions import (
@@ -24,7 +25,9 @@ from plugin.redemptions import (
     UnknownCode,
     active_holds,
     check_rules,
+    customer_key,
     load_code,
+    lookup_code,
     record_redemption,
     rollback_redemption,
     uses_limit,
@@ -38,32 +41,51 @@ MAX_RESERVATION_SECONDS = 24 * 3600
 
 @dataclass(frozen=True)
 class Decision:
-    """A validation answer: the discount, or the refusal (and a typo suggestion, if any)."""
+    """A validation answer: the discount, or the refusal (and a typo suggestion, if any).
+
+    `shopper_detailed` is the shop's choice of detailed (True) or generic shopper messages.
+    """
 
     typed: str
     code: str | None  # stored form, when the input could be normalised to one
     discount: DiscountResult | None
     refusal: Refusal | None
     campaign_id: int | None = None
+    shopper_detailed: bool = True
 
     @property
     def valid(self) -> bool:
         return self.refusal is None
 
-    def as_json(self, *, detailed_for_shopper: bool) -> dict[str, Any]:
+    def shopper(self, detailed: bool) -> dict[str, Any] | None:
+        """What the shopper may be shown of the refusal, in detailed or generic mode.
+
+        In generic mode a typo `suggestion` is dropped: it is found among codes bound to the
+        customer the caller *claims* to be, so it must never reach an anonymous shopper."""
+        if self.refusal is None:
+            return None
+        shown = self.refusal
+        if not detailed and "suggestion" in shown.details:
+            shown = refuse(shown.reason, **{k: v for k, v in shown.details.items() if k != "suggestion"})
+        message, details = shopper_view(shown, detailed)
+        return {"reason": public_reason(shown, detailed).value, "message": message, "details": details}
+
+    def as_json(self, *, detailed_for_shopper: bool | None = None, storefront: bool = False) -> dict[str, Any]:
+        """The API answer. Merchant servers (`checkout`/`admin` keys) get the exact reason,
+        message and details beside the shopper view; a `storefront` key (calls from the
+        shopper's browser) gets only `valid`, `discount` and `shopper`."""
+        detailed = self.shopper_detailed if detailed_for_shopper is None else detailed_for_shopper
+        discount = self.discount.model_dump(mode="json") if self.discount is not None else None
+        if storefront:
+            return {"valid": self.valid, "discount": discount, "shopper": self.shopper(detailed)}
         body: dict[str, Any] = {"valid": self.valid, "code": self.code, "campaign_id": self.campaign_id}
-        if self.discount is not None:
-            body["discount"] = self.discount.model_dump(mode="json")
+        if discount is not None:
+            body["discount"] = discount
         if self.refusal is not None:
-            message, details = shopper_view(self.refusal, detailed_for_shopper)
             body["reason"] = self.refusal.reason.value
             body["message"] = self.refusal.message
             body["details"] = dict(self.refusal.details)
-            body["shopper"] = {
-                "reason": public_reason(self.refusal, detailed_for_shopper).value,
-                "message": message,
-                "details": details,
-            }
+            body["shopper"] = self.shopper(detailed)
         return body
 
 
@@ -71,34 +93,96 @@ def shop_prefers_detail(shop: Shop) -> bool:
     return bool(shop.preferences.get("detailed_refusals", True))
 
 
-def resolve_code(session: Session, *, shop_id: int, typed: str) -> tuple[str, Campaign | None, Refusal | None]:
-    """Map what was typed to a stored code of this shop.
+@dataclass(frozen=True)
+class Typed:
+    """What a shopper typed, normalised every way the shop's code formats allow."""
 
-    Tries every campaign format of the shop (normally one or two), so `bf-1234 5678` finds
+    candidates: tuple[str, ...]  # stored forms to look up, best first
+    mistyped: str | None  # fits a format but fails its check characters
+    generic: str
+
+
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+class ShopFormats:
+    """The distinct code formats of a shop's campaigns, with a small memo of what shoppers
+    typed (a checkout validates the same code many times). Replaced when the cache expires."""
+
+    MEMO = 1024
+
+    def __init__(self, formats: tuple[codes.CodeFormat, ...]) -> None:
+        self.formats = formats
+        self._memo: dict[str, Typed] = {}
+
+    def normalise(self, typed: str) -> Typed:
+        found = self._memo.get(typed)
+        if found is None:
+            found = normalise_typed(self.formats, typed)
+            if len(self._memo) >= self.MEMO:
+                self._memo.clear()
+            self._memo[typed] = found
+        return found
+
+
+def shop_formats(reader: Reader, engine: Engine, shop_id: int) -> ShopFormats:
+    """The shop's code formats (cached per process for `caches.TTL_SECONDS`, see `caches`)."""
+    cache = caches.for_engine(engine).shop_formats
+    found = cache.get(shop_id)
+    if found is None:
+        gen = caches.generation()
+        rows = reader.rows("SELECT DISTINCT CAST(code_format AS TEXT) FROM campaign WHERE shop_id = ?", (shop_id,))
+        found = ShopFormats(tuple(caches.code_format(text) for (text,) in sorted(rows)))
+        cache.put(shop_id, found, gen)
+    return found
+
+
+def normalise_typed(formats: tuple[codes.CodeFormat, ...], typed: str) -> Typed:
+    """Map what was typed to the stored forms it may stand for.
+
+    Tries every code format of the shop (normally one or two), so `bf-1234 5678` finds
     `BF12345678`; a code that fits a format but fails its check characters is *mistyped*.
     """
     typed = typed.strip()
     if not typed or len(typed) > 100 or "\x00" in typed:
-        return "", None, refuse(Reason.UNKNOWN_CODE)
+        return Typed((), None, "")
     generic = codes.normalise_generic(typed)
-    campaigns = session.exec(select(Campaign).where(col(Campaign.shop_id) == shop_id)).all()
     mistyped: str | None = None
-    candidates: list[str] = [generic] if generic else []
-    for campaign in campaigns:
-        fmt = campaign_format(campaign)
+    found: list[str] = []
+    for fmt in formats:
         stored = codes.normalise(fmt, typed)
         verdict = codes.check(fmt, stored)
         if verdict is codes.CodeCheck.OK:
-            candidates.insert(0, stored)
+            found.append(stored)
         elif verdict is codes.CodeCheck.MISTYPED:
             mistyped = stored
-    for candidate in dict.fromkeys(candidates):
-        row = session.exec(select(Code).where(col(Code.shop_id) == shop_id, col(Code.code) == candidate)).first()
-        if row is not None:
-            return candidate, session.get(Campaign, row.campaign_id), None
-    if mistyped is not None:
-        return mistyped, None, refuse(Reason.MISTYPED_CODE)
-    return generic, None, refuse(Reason.UNKNOWN_CODE)
+    if generic:
+        found.append(generic)
+    return Typed(tuple(dict.fromkeys(found)), mistyped, generic)
+
+
+def _not_found(typed: Typed) -> tuple[str, Refusal]:
+    if typed.mistyped is not None:
+        return typed.mistyped, refuse(Reason.MISTYPED_CODE)
+    return typed.generic, refuse(Reason.UNKNOWN_CODE)
+
+
+def resolve_code(session: Session, *, shop_id: int, typed: str) -> tuple[str, Refusal | None]:
+    """The stored code of this shop that `typed` stands for, or the refusal (unknown or mistyped)."""
+    with session_reader(session) as reader:
+        normalised = shop_formats(reader, _engine(session), shop_id).normalise(typed)
+        if normalised.candidates:
+            marks = ", ".join("?" * len(normalised.candidates))
+            rows = reader.rows(
+                f"SELECT code FROM code WHERE shop_id = ? AND code IN ({marks})", (shop_id, *normalised.candidates)
+            )
+            found = {code for (code,) in rows}
+            for candidate in normalised.candidates:
+                if candidate in found:
+                    return candidate, None
+    return _not_found(normalised)
 
 
 def suggest(session: Session, *, shop_id: int, typed: str, customer: Customer | None) -> str | None:
@@ -121,7 +205,7 @@ def suggest(session: Session, *, shop_id: int, typed: str, customer: Customer | 
 
 
 def validate(
-    session: Session,
+    engine: Engine,
     *,
     shop_id: int,
     typed: str,
@@ -131,22 +215,37 @@ def validate(
     checkout_id: str | None,
     now: datetime,
 ) -> Decision:
-    """The decision for a code on a basket, changing nothing."""
-    stored, _campaign, refusal = resolve_code(session, shop_id=shop_id, typed=typed)
-    if refusal is not None:
-        hint = suggest(session, shop_id=shop_id, typed=stored, customer=customer)
-        if hint is not None:
-            refusal = refuse(refusal.reason, suggestion=hint)
-        return Decision(typed, stored or None, None, refusal)
-    ctx = load_code(session, shop_id=shop_id, code=stored, checkout_id=checkout_id, now=now)
-    decision = check_rules(session, ctx, customer=customer, basket=basket, channel=channel, now=now)
+    """The decision for a code on a basket, changing nothing.
+
+    The hot path of checkouts: one read transaction that takes no write lock, and normally
+    one statement (`lookup_code`); formats and parsed rules come from the per-process caches.
+    """
+    key = customer_key(customer.id, customer.email) if customer is not None else None
+    with read_cursor(engine) as reader:
+        normalised = shop_formats(reader, engine, shop_id).normalise(typed)
+        ctx = lookup_code(
+            reader, shop_id=shop_id, candidates=normalised.candidates, checkout_id=checkout_id, customer=key, now=now
+        )
+        if ctx is None:
+            rows = reader.rows("SELECT CAST(preferences AS TEXT) FROM shop WHERE id = ?", (shop_id,))
+            detailed = caches.detailed_refusals(rows[0][0] if rows else None)
+    if ctx is None:
+        stored, refusal = _not_found(normalised)
+        if stored and customer is not None and customer.is_identified:
+            with read_session(engine) as session:
+                hint = suggest(session, shop_id=shop_id, typed=stored, customer=customer)
+            if hint is not None:
+                refusal = refuse(refusal.reason, suggestion=hint)
+        return Decision(typed, stored or None, None, refusal, shopper_detailed=detailed)
+    decision = check_rules(ctx, customer=customer, basket=basket, channel=channel, now=now)
     if isinstance(decision, DiscountResult):
-        return Decision(typed, stored, decision, None, ctx.campaign.id)
-    return Decision(typed, stored, None, decision, ctx.campaign.id)
+        return Decision(typed, ctx.code.code, decision, None, ctx.campaign.id, ctx.detailed_refusals)
+    assert decision is not None  # with a basket, evaluation always decides
+    return Decision(typed, ctx.code.code, None, decision, ctx.campaign.id, ctx.detailed_refusals)
 
 
 def _known(session: Session, *, shop_id: int, typed: str) -> str:
-    stored, _campaign, refusal = resolve_code(session, shop_id=shop_id, typed=typed)
+    stored, refusal = resolve_code(session, shop_id=shop_id, typed=typed)
     if refusal is not None and refusal.reason is Reason.UNKNOWN_CODE:
         # no such code in this shop: a 404, like any other object of another shop (promise 5)
         raise UnknownCode(refusal.message, details=dict(refusal.details))
@@ -188,8 +287,8 @@ def reserve(
         session.add(mine)
         session.flush()
         return mine
-    ctx: CodeContext = load_code(session, shop_id=shop_id, code=stored, checkout_id=checkout_id, now=now)
-    decision = check_rules(session, ctx, customer=customer, basket=basket, channel=channel, now=now)
+    ctx: CodeContext = load_code(session, shop_id=shop_id, code=stored, checkout_id=checkout_id, now=now, customer=customer)
+    decision = check_rules(ctx, customer=customer, basket=basket, channel=channel, now=now)
     if isinstance(decision, Refusal):
         raise RedemptionRefused(decision)
     limit = uses_limit(ctx)

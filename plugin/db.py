@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 T = TypeVar("T")
+_READ_ONLY = "couponry_read_only"
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -46,7 +48,9 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front; readers (read_session) begin DEFERRED: in WAL
+        # mode they see a snapshot and neither wait for nor block the writer.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -63,6 +67,104 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads only. On SQLite its transaction begins DEFERRED, so it takes no
+    write lock (WAL readers don't block the writer, nor wait for it); on PostgreSQL it is an
+    ordinary transaction. Nothing is committed: writing through it is a mistake."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        with Session(bind=conn, expire_on_commit=False) as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+
+class Reader:
+    """Raw DBAPI reads for the hot path, inside one read transaction (see `read_cursor`).
+
+    Statements are written once with `?` placeholders; this class speaks each driver's dialect:
+    placeholders, instants (SQLite keeps naive UTC text) and nothing else. Cast JSON columns
+    to text in the SQL (`CAST(x AS TEXT)`) and parse them where they are cached.
+    """
+
+    def __init__(self, cursor: Any, sqlite: bool) -> None:
+        self.cursor = cursor
+        self.sqlite = sqlite
+
+    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if not self.sqlite:
+            sql = sql.replace("?", "%s")
+        self.cursor.execute(sql, tuple(params))
+        return list(self.cursor.fetchall())
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        """Run a statement that returns no rows; the number of rows it changed."""
+        if not self.sqlite:
+            sql = sql.replace("?", "%s")
+        self.cursor.execute(sql, tuple(params))
+        return int(self.cursor.rowcount)
+
+    def insert(self, table: Table, values: Mapping[str, Any], *, unique: Sequence[str]) -> int | None:
+        """INSERT a row (all its columns given; instants converted); its new id, or None when a
+        row with the same `unique` columns exists (ON CONFLICT DO NOTHING, on both dialects)."""
+        names = list(values)
+        bound = [self.instant(v) if isinstance(v, datetime) else v for v in values.values()]
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+            f" ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING id"
+        )
+        rows = self.rows(sql, bound)
+        return int(rows[0][0]) if rows else None
+
+    def instant(self, moment: datetime) -> Any:
+        """A bind value for an aware UTC instant, stored the way `UtcDateTime` stores it."""
+        if self.sqlite:
+            return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return moment
+
+    @staticmethod
+    def as_instant(value: Any) -> datetime | None:
+        """An instant read back from a row: timezone-aware UTC on every dialect."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@contextmanager
+def read_cursor(engine: Engine) -> Iterator[Reader]:
+    """One read transaction on a pooled DBAPI connection, without the ORM or Core machinery
+    (~10 µs instead of ~65 µs on SQLite): DEFERRED on SQLite, like `read_session`."""
+    sqlite = is_sqlite(engine)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            if sqlite:
+                cursor.execute("BEGIN")
+            yield Reader(cursor, sqlite)
+        finally:
+            cursor.close()
+            raw.rollback()  # ends the read transaction (a no-op when none is open)
+    finally:
+        raw.close()
+
+
+@contextmanager
+def session_reader(session: Session) -> Iterator[Reader]:
+    """A `Reader` inside the session's own transaction (it sees the session's flushed writes)."""
+    conn = session.connection()
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield Reader(cursor, is_sqlite(conn.engine))
+    finally:
+        cursor.close()
 
 
 async def run(engine: Engine, fn: Callable[[], T]) -> T:

@@ -136,6 +136,23 @@ class Code(SQLModel, table=True):
             postgresql_where=text("partner_id IS NOT NULL"),
             sqlite_where=text("partner_id IS NOT NULL"),
         ),
+        # One recipient, one code (promise 2), held by the database; unassigned codes cost nothing.
+        Index(
+            "uq_code_campaign_recipient",
+            "campaign_id",
+            "recipient",
+            unique=True,
+            postgresql_where=text("recipient IS NOT NULL"),
+            sqlite_where=text("recipient IS NOT NULL"),
+        ),
+        # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
+        Index(
+            "ix_code_unassigned",
+            "campaign_id",
+            "id",
+            postgresql_where=text("recipient IS NULL"),
+            sqlite_where=text("recipient IS NULL"),
+        ),
     )
 
 
@@ -268,6 +285,90 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(default="system", max_length=128)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Partner(SQLModel, table=True):
+    """A reseller, affiliate or influencer with its own block of codes and its own API keys."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "name", name="uq_partner_shop_name"),)
+
+
+class RecipientDelivery(SQLModel, table=True):
+    """Where one assigned code stands with one messaging provider (per-recipient push status)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(index=True)
+    code_id: int = Field(sa_type=BigInteger)
+    recipient: str = Field(max_length=320)
+    provider: str = Field(max_length=32)
+    status: str = Field(default="queued", max_length=16)  # queued | accepted | delivered | failed
+    provider_id: str | None = Field(default=None, max_length=255)
+    error: str | None = Field(default=None, max_length=1000)
+    attempts: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "provider", "code_id", name="uq_delivery_provider_code"),)
+
+
+class Alert(SQLModel, table=True):
+    """Something a merchant should act on, e.g. a pool running low; one open alert per `open_key`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    campaign_id: int | None = Field(default=None)
+    partner_id: int | None = Field(default=None)
+    kind: str = Field(max_length=32)  # pool_low | pool_empty
+    message: str = Field(default="", max_length=500)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    count: int = Field(default=1)
+    # set while the alert is open, so raising it again only counts; cleared when resolved
+    open_key: str | None = Field(default=None, max_length=128, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    resolved_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class PoolPolicy(SQLModel, table=True):
+    """A campaign's pool health settings: when to alert, and when and by how much to top up."""
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    alert_below: int = Field(default=100)
+    topup_below: int | None = Field(default=None)  # None: no automatic top-up
+    topup_count: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class ReferralProgram(SQLModel, table=True):
+    """A campaign of shareable referral codes (one per referrer) and the campaign its rewards come from."""
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    reward_campaign_id: int = Field(foreign_key="campaign.id")
+    provider: str | None = Field(default=None, max_length=32)  # messaging provider the reward is pushed through
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Referral(SQLModel, table=True):
+    """A friend's qualifying order with a referrer's code, and the reward it earned (once per friend)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(index=True)
+    referrer: str = Field(max_length=320)
+    friend: str = Field(max_length=320)
+    order_id: str = Field(max_length=255)
+    redemption_id: int = Field(sa_type=BigInteger)
+    reward_code_id: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "campaign_id", "friend", name="uq_referral_friend"),)
 
 
 # The sandbox store's tables share the metadata, so create_all and migrations include them.

@@ -19,9 +19,10 @@ failed (with the error; `reprocess` tries it again).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,9 @@ import httpx
 from sqlalchemy import Engine, exists, update
 from sqlmodel import Session, col, select
 
-from connectors.base import Delivery, OrderEvent, ShopConnector
+from connectors.base import CodeUse, Delivery, OrderEvent, ShopConnector
 from connectors.errors import ConnectorError
-from plugin import codes, webhooks
+from plugin import codes, installs, referrals, webhooks
 from plugin.connections import platform_connector, shop_connector
 from plugin.db import is_sqlite, run, session_scope
 from plugin.errors import Conflict
@@ -91,6 +92,12 @@ class Processor:
             connector = self._connectors[platform] = platform_connector(self.settings, self.http, platform)
         return connector
 
+    def parse_stored(self, platform: str, headers: Mapping[str, str], payload: str) -> Delivery:
+        """A stored delivery parsed again: a platform's webhook, or an order the poll found."""
+        if headers.get(POLL_HEADER):
+            return polled_delivery(platform, payload)
+        return self.connector(platform).parse_webhook(headers, payload.encode())
+
     async def process(self, event_id: int, *, delivery: Delivery | None = None, shop_id: int | None = None) -> str | None:
         """Process a stored delivery if it still waits; return its new status (None if it was
         not waiting: someone else processed it). The webhook route passes the delivery it
@@ -102,7 +109,7 @@ class Processor:
                 if row is None or row.status != "received":
                     return None
                 shop_id = row.shop_id
-                delivery = self.connector(row.platform).parse_webhook(row.headers, row.payload.encode())
+                delivery = self.parse_stored(row.platform, row.headers, row.payload)
             delivery = await self._fill_thin_orders(shop_id, delivery)
         except ConnectorError as exc:
             if exc.retryable:  # the platform was unreachable for a thin order: the sweep tries again
@@ -130,11 +137,26 @@ class Processor:
         events = []
         for event in delivery.events:
             if event.needs_fetch:
-                # the fetched order says what it is now; the webhook said what happened
+                # The webhook's kind says what happened when it knows (statusUpdated); a bare
+                # "updated" only says the order changed, and the fetched order says what it is
+                # now (a BigCommerce "incomplete" checkout is "failed" and must never redeem).
                 fetched = await connector.fetch_order(event.order_id)
-                event = replace(fetched, kind=event.kind, delivery_id=event.delivery_id)
+                kind = fetched.kind if event.kind == "updated" else event.kind
+                event = replace(fetched, kind=kind, delivery_id=event.delivery_id)
+                if event.kind in ROLLBACK_KINDS and kind is fetched.kind and not await self._has_order(shop_id, event.order_id):
+                    # a state, not a cancellation that overtook its order: nothing to undo or
+                    # keep (kept, it would undo the order once a payment turns it paid)
+                    event = replace(event, kind="updated", codes=())
             events.append(event)
         return replace(delivery, events=tuple(events))
+
+    async def _has_order(self, shop_id: int, order_id: str) -> bool:
+        def look() -> bool:
+            with Session(self.engine) as session:
+                stmt = select(Redemption.id).where(col(Redemption.shop_id) == shop_id, col(Redemption.order_id) == order_id)
+                return session.exec(stmt).first() is not None
+
+        return await run(self.engine, look)
 
     def _apply_once(self, event_id: int, delivery: Delivery) -> tuple[str | None, Outcome]:
         with session_scope(self.engine) as session:
@@ -151,16 +173,8 @@ class Processor:
         if shop_id is None:
             return "ignored", outcome
         now = utcnow()
-        if delivery.kind == "customers_redact":
-            webhooks.redact_customer(
-                session,
-                shop_id,
-                email=delivery.email,
-                customer_id=delivery.customer_id,
-                order_ids=delivery.order_ids,
-                actor=f"webhook:{event.platform}",
-            )
-            return "processed", outcome
+        if delivery.kind in installs.LIFECYCLE_KINDS:  # uninstall, privacy requests
+            return installs.apply_lifecycle(session, shop_id, event, delivery), outcome
         if delivery.kind != "order" or not delivery.events:
             return "ignored", outcome
         for order_event in delivery.events:
@@ -191,7 +205,7 @@ class Processor:
             assert event.id is not None
             if not _claim(session, event.id, ("deferred",)):
                 continue
-            delivery = self.connector(event.platform).parse_webhook(event.headers, event.payload.encode())
+            delivery = self.parse_stored(event.platform, event.headers, event.payload)
             outcome = Outcome()
             for order_event in delivery.events:
                 apply_order_event(session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}")
@@ -259,6 +273,7 @@ def apply_order_event(session: Session, shop_id: int, event: OrderEvent, outcome
             outcome.duplicates += 1
             continue
         outcome.redeemed += 1
+        referrals.on_redemption(session, redemption, now=now)  # a friend's order rewards its referrer
         if redemption.flagged_reason:
             outcome.flagged.append({"code": key, "reason": redemption.flagged_reason})
 
@@ -286,6 +301,32 @@ def _roll_back(
             session, shop_id=shop_id, redemption_id=redemption.id, now=now, actor=actor, reason=f"order {event.kind}"
         )
         outcome.rolled_back += 1
+
+
+# --- orders found by the reconciliation poll (platforms that never retry a webhook) ----------
+
+POLL_HEADER = "x-couponry-poll"
+
+
+def polled_delivery_id(event: OrderEvent) -> str:
+    """Dedupe key of a polled order state: order id, modification time and what it is."""
+    when = event.occurred_at.isoformat() if event.occurred_at else ""
+    return f"poll:order:{event.order_id}:{when}:{event.kind}"
+
+
+def polled_payload(event: OrderEvent) -> str:
+    """A polled order in neutral form, stored as a delivery's payload."""
+    data = asdict(event)
+    data["occurred_at"] = event.occurred_at.isoformat() if event.occurred_at else None
+    return json.dumps(data, separators=(",", ":"))
+
+
+def polled_delivery(platform: str, payload: str) -> Delivery:
+    data = json.loads(payload)
+    data["codes"] = tuple(CodeUse(**c) for c in data.get("codes") or ())
+    data["occurred_at"] = datetime.fromisoformat(data["occurred_at"]) if data.get("occurred_at") else None
+    event = OrderEvent(**data)
+    return Delivery(delivery_id=polled_delivery_id(event), topic="poll", shop=event.shop, kind="order", events=(event,))
 
 
 # --- store helpers ----------------------------------------------------------------------------

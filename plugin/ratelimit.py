@@ -16,6 +16,16 @@ from limits.strategies import MovingWindowRateLimiter
 FAILED_VALIDATIONS = "20/minute"
 
 
+def _per_year(item: RateLimitItem) -> int:
+    per_second = item.amount / item.get_expiry()
+    return int(per_second * 365 * 24 * 3600)
+
+
+def attempts_per_year(limit: str = FAILED_VALIDATIONS) -> int:
+    """What one client can try in a year at `limit`, without building a limiter (and its storage)."""
+    return _per_year(parse(limit))
+
+
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
@@ -32,8 +42,7 @@ class FailureLimiter:
 
     def attempts_per_year(self) -> int:
         """What one client can try in a year at this limit: the attacker budget for estimates."""
-        per_second = self.item.amount / self.item.get_expiry()
-        return int(per_second * 365 * 24 * 3600)
+        return _per_year(self.item)
 
     def check(self, *keys: str) -> Verdict:
         for key in keys:

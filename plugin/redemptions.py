@@ -14,19 +14,19 @@ Two modes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from sqlalchemy import and_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
-from plugin import codes
+from plugin import caches, codes
+from plugin.db import Reader, session_reader
 from plugin.errors import InvalidInput, NotFound, PluginError
-from plugin.models import AuditEvent, Batch, Campaign, Code, CustomerUsage, Redemption, Reservation
+from plugin.models import AuditEvent, Campaign, Code, CustomerUsage, Redemption, Reservation
 from plugin.refusals import refuse
 from plugin.rules import (
     Basket,
@@ -38,8 +38,6 @@ from plugin.rules import (
     DiscountResult,
     Reason,
     Refusal,
-    RulesOverride,
-    apply_override,
     campaign_refusal,
     code_refusal,
     customer_refusal,
@@ -72,14 +70,48 @@ class RedeemOutcome:
     flagged: Refusal | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CodeRow:
+    """The columns of a stored code that checkout and redemptions use (no ORM object)."""
+
+    id: int
+    shop_id: int
+    campaign_id: int
+    batch_id: int | None
+    code: str
+    status: str
+    uses: int
+    customer_id: str | None
+    email: str | None
+    recipient: str | None
+    partner_id: int | None
+    assigned_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    """A campaign's live status and counters, read with its code."""
+
+    id: int
+    status: str
+    redemption_count: int
+    discount_total: int
+    code_format: codes.CodeFormat
+
+
 @dataclass(frozen=True)
 class CodeContext:
-    """A stored code with everything evaluation needs about it."""
+    """A stored code with everything evaluation needs about it, read in one query."""
 
-    code: Code
-    campaign: Campaign
-    rules: CampaignRules | None  # None: the campaign has no rules yet (a draft)
+    code: CodeRow
+    campaign: CampaignRow
+    rules: CampaignRules | None  # effective rules (batch override applied); None: a draft
     state: CodeState
+    customer_key: str | None  # whose uses `customer_uses` counts
+    customer_uses: int
+    detailed_refusals: bool  # the shop's choice for shopper messages
 
 
 def customer_key(customer_id: str | None, email: str | None) -> str | None:
@@ -90,68 +122,118 @@ def customer_key(customer_id: str | None, email: str | None) -> str | None:
     return f"email:{email}" if email else None
 
 
-def load_code(session: Session, *, shop_id: int, code: str, checkout_id: str | None, now: datetime) -> CodeContext:
-    """The code (stored form) of this shop with its campaign, rules and hold state."""
-    row = session.exec(select(Code).where(col(Code.shop_id) == shop_id, col(Code.code) == code)).first()
-    if row is None:
-        raise UnknownCode("this code does not exist in this shop")
-    campaign = session.get_one(Campaign, row.campaign_id)
-    override = None
-    if row.batch_id is not None:
-        batch = session.get(Batch, row.batch_id)
-        if batch is not None and batch.rules_override:
-            override = RulesOverride.model_validate(batch.rules_override)
-    rules = CampaignRules.model_validate(campaign.rules) if campaign.rules else None
-    held = _held_by_others(session, row, checkout_id, now, rules, override)
-    state = CodeState(
-        code=row.code,
-        issued_at=row.created_at,
-        uses=row.uses,
-        voided=row.status == "voided",
-        bound_customer_id=row.customer_id,
-        bound_email=row.email,
-        assigned_at=row.assigned_at,
-        expires_at=row.expires_at,
-        held_by_other_checkout=held,
-        override=override,
+# One statement reads the code, its campaign's status, counters, rules and format, its batch's
+# override, the shop's preferences, other checkouts' live holds and the customer's uses.
+_LOOKUP = """
+SELECT c.id, c.shop_id, c.campaign_id, c.batch_id, c.code, c.status, c.uses, c.customer_id, c.email,
+       c.recipient, c.partner_id, c.assigned_at, c.expires_at, c.created_at,
+       k.status, k.redemption_count, k.discount_total, CAST(k.rules AS TEXT), CAST(k.code_format AS TEXT),
+       CAST(b.rules_override AS TEXT), CAST(s.preferences AS TEXT),
+       (SELECT count(*) FROM reservation r
+         WHERE r.code_id = c.id AND r.released_at IS NULL AND r.expires_at > ?{other_checkout}),
+       {customer_uses}
+FROM code c
+JOIN campaign k ON k.id = c.campaign_id
+JOIN shop s ON s.id = c.shop_id
+LEFT JOIN batch b ON b.id = c.batch_id
+WHERE c.shop_id = ? AND c.code IN ({candidates})
+"""
+_CUSTOMER_USES = (
+    "(SELECT u.uses FROM customerusage u WHERE u.shop_id = c.shop_id AND u.campaign_id = c.campaign_id AND u.customer_key = ?)"
+)
+
+
+@lru_cache(maxsize=64)
+def _lookup_sql(candidates: int, checkout: bool, customer: bool) -> str:
+    return _LOOKUP.format(
+        other_checkout=" AND r.checkout_id <> ?" if checkout else "",
+        customer_uses=_CUSTOMER_USES if customer else "NULL",
+        candidates=", ".join("?" * candidates),
     )
-    return CodeContext(row, campaign, rules, state)
+
+
+def lookup_code(
+    reader: Reader,
+    *,
+    shop_id: int,
+    candidates: Sequence[str],
+    checkout_id: str | None,
+    customer: str | None,
+    now: datetime,
+) -> CodeContext | None:
+    """The first of `candidates` (stored forms, in order of preference) that this shop has,
+    with its context; None if none. `customer` is the `customer_key` whose uses to count."""
+    if not candidates:
+        return None
+    params: list[Any] = [reader.instant(now)]
+    if checkout_id is not None:
+        params.append(checkout_id)
+    if customer is not None:
+        params.append(customer)
+    params.append(shop_id)
+    params.extend(candidates)
+    rows = reader.rows(_lookup_sql(len(candidates), checkout_id is not None, customer is not None), params)
+    if not rows:
+        return None
+    order = {code: i for i, code in enumerate(candidates)}
+    row = min(rows, key=lambda r: order[r[4]])
+    at = Reader.as_instant
+    code = CodeRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        at(row[11]), at(row[12]), at(row[13]) or now,
+    )  # fmt: skip
+    rules = caches.effective_rules(row[17], row[19])
+    campaign = CampaignRow(row[2], row[14], row[15], row[16], caches.code_format(row[18]))
+    limit = 1 if rules is None else rules.usage.uses_per_code
+    holds = int(row[21])
+    held = limit is not None and holds > 0 and code.uses + holds >= limit
+    state = CodeState(
+        code=code.code,
+        issued_at=code.created_at,
+        uses=code.uses,
+        voided=code.status == "voided",
+        bound_customer_id=code.customer_id,
+        bound_email=code.email,
+        assigned_at=code.assigned_at,
+        expires_at=code.expires_at,
+        held_by_other_checkout=held,
+        override=None,  # `rules` already carry the batch's override
+    )
+    return CodeContext(code, campaign, rules, state, customer, int(row[22] or 0), caches.detailed_refusals(row[20]))
+
+
+def load_code(
+    session: Session, *, shop_id: int, code: str, checkout_id: str | None, now: datetime, customer: Customer | None = None
+) -> CodeContext:
+    """The code (stored form) of this shop with its context, read in the session's transaction."""
+    key = customer_key(customer.id, customer.email) if customer is not None else None
+    with session_reader(session) as reader:
+        ctx = lookup_code(reader, shop_id=shop_id, candidates=(code,), checkout_id=checkout_id, customer=key, now=now)
+    if ctx is None:
+        raise UnknownCode("this code does not exist in this shop")
+    return ctx
 
 
 def uses_limit(ctx: CodeContext) -> int | None:
-    if ctx.rules is None:
-        return 1
-    return apply_override(ctx.rules, ctx.state.override).usage.uses_per_code
+    return 1 if ctx.rules is None else ctx.rules.usage.uses_per_code
 
 
 def active_holds(session: Session, *, code_id: int, now: datetime, except_checkout: str | None) -> int:
-    stmt = select(Reservation).where(
-        col(Reservation.code_id) == code_id,
-        col(Reservation.released_at).is_(None),
-        col(Reservation.expires_at) > now,
+    stmt = (
+        select(func.count())
+        .select_from(Reservation)
+        .where(
+            col(Reservation.code_id) == code_id,
+            col(Reservation.released_at).is_(None),
+            col(Reservation.expires_at) > now,
+        )
     )
     if except_checkout is not None:
         stmt = stmt.where(col(Reservation.checkout_id) != except_checkout)
-    return len(session.exec(stmt).all())
+    return int(session.exec(stmt).one())
 
 
-def _held_by_others(
-    session: Session,
-    row: Code,
-    checkout_id: str | None,
-    now: datetime,
-    rules: CampaignRules | None,
-    override: RulesOverride | None,
-) -> bool:
-    limit = 1 if rules is None else apply_override(rules, override).usage.uses_per_code
-    if limit is None:
-        return False
-    assert row.id is not None
-    holds = active_holds(session, code_id=row.id, now=now, except_checkout=checkout_id)
-    return holds > 0 and row.uses + holds >= limit
-
-
-def campaign_state(campaign: Campaign, rules: CampaignRules) -> CampaignState:
+def campaign_state(campaign: CampaignRow, rules: CampaignRules) -> CampaignState:
     return CampaignState(
         rules=rules,
         status=CampaignStatus(campaign.status),
@@ -160,15 +242,7 @@ def campaign_state(campaign: Campaign, rules: CampaignRules) -> CampaignState:
     )
 
 
-def customer_uses(session: Session, *, shop_id: int, campaign_id: int, key: str | None) -> int:
-    if key is None:
-        return 0
-    usage = session.get(CustomerUsage, (shop_id, campaign_id, key))
-    return usage.uses if usage else 0
-
-
 def check_rules(
-    session: Session,
     ctx: CodeContext,
     *,
     customer: Customer | None,
@@ -177,17 +251,20 @@ def check_rules(
     now: datetime,
 ) -> DiscountResult | Refusal | None:
     """Evaluate the code. With a basket: the full decision. Without one (a webhook, where the
-    platform computed the discount): only the code, campaign and customer stages, None if fine."""
+    platform computed the discount): only the code, campaign and customer stages, None if fine.
+
+    The customer's campaign uses come from the context (loaded for the same customer)."""
     if ctx.rules is None:
         return refuse(Reason.CAMPAIGN_DRAFT)
     if customer is not None:
         key = customer_key(customer.id, customer.email)
-        uses = customer_uses(session, shop_id=ctx.code.shop_id, campaign_id=ctx.campaign.id or 0, key=key)
-        customer = customer.model_copy(update={"campaign_uses": uses})
+        assert key == ctx.customer_key, "load the code for the customer being checked"
+        if customer.campaign_uses != ctx.customer_uses:
+            customer = customer.model_copy(update={"campaign_uses": ctx.customer_uses})
     state = campaign_state(ctx.campaign, ctx.rules)
     if basket is not None:
         return evaluate(code=ctx.state, campaign=state, customer=customer, basket=basket, channel=channel, now=now)
-    rules = apply_override(ctx.rules, ctx.state.override)
+    rules = ctx.rules
     return (
         code_refusal(ctx.state, rules, now)
         or campaign_refusal(state.status, rules, channel, now)
@@ -196,11 +273,9 @@ def check_rules(
 
 
 def find_redemption(session: Session, *, shop_id: int, order_id: str, code: str) -> Redemption | None:
-    return session.exec(
-        select(Redemption).where(
-            col(Redemption.shop_id) == shop_id, col(Redemption.order_id) == order_id, col(Redemption.code) == code
-        )
-    ).first()
+    with session_reader(session) as reader:
+        rows = reader.rows("SELECT id FROM redemption WHERE shop_id = ? AND order_id = ? AND code = ?", (shop_id, order_id, code))
+    return session.get(Redemption, rows[0][0]) if rows else None
 
 
 def record_redemption(
@@ -233,10 +308,10 @@ def record_redemption(
     existing = find_redemption(session, shop_id=shop_id, order_id=order_id, code=code)
     if existing is not None:
         return RedeemOutcome(existing, duplicate=True)
-    ctx = load_code(session, shop_id=shop_id, code=code, checkout_id=checkout_id, now=now)
     if customer is None:
         customer = Customer(id=customer_id, email=email)
-    decision = check_rules(session, ctx, customer=customer, basket=basket, channel=channel, now=now)
+    ctx = load_code(session, shop_id=shop_id, code=code, checkout_id=checkout_id, now=now, customer=customer)
+    decision = check_rules(ctx, customer=customer, basket=basket, channel=channel, now=now)
     if isinstance(decision, Refusal) and enforce:
         # A retry of this same (order, code) may have committed since we first looked, and its
         # use is what refuses us now: answer with that row, as for any retry.
@@ -271,100 +346,115 @@ def record_redemption(
         flagged_reason=flagged.reason.value if flagged else None,
         created_at=now,
     )
-    savepoint = session.begin_nested()
-    try:
-        session.add(redemption)
-        session.flush()
-    except IntegrityError:
-        # a concurrent request recorded the same (order, code) first: answer with its row
-        savepoint.rollback()
-        first = find_redemption(session, shop_id=shop_id, order_id=order_id, code=code)
-        assert first is not None
-        return RedeemOutcome(first, duplicate=True)
-    race = _claim_counters(session, ctx, redemption, customer, enforce=enforce)
-    if race is not None:
-        if enforce:
-            savepoint.rollback()
-            raise RedemptionRefused(race)
-        flagged = flagged or race
-        redemption.flagged_reason = race.reason.value if redemption.flagged_reason is None else redemption.flagged_reason
-    if checkout_id is not None:
-        session.execute(
-            update(Reservation)
-            .where(
-                col(Reservation.code_id) == row.id,
-                col(Reservation.checkout_id) == checkout_id,
-                col(Reservation.released_at).is_(None),
-            )
-            .values(released_at=now)
+    # The row first (the (shop, order, code) unique index makes a repeat insert nothing), then
+    # the counters, all inside a savepoint so that a refusal leaves nothing behind. Raw SQL on
+    # the session's connection: this is the hot write path (see DESIGN.md, performance facts).
+    session.flush()  # nothing of the ORM may be pending inside the savepoint below
+    with session_reader(session) as writer:
+        writer.execute("SAVEPOINT redeem", ())
+        redemption.id = writer.insert(
+            Redemption.__table__,  # type: ignore[attr-defined]
+            _columns(redemption),
+            unique=("shop_id", "order_id", "code"),
         )
-    savepoint.commit()
+        if redemption.id is None:
+            # a concurrent request recorded the same (order, code) first: answer with its row
+            writer.execute("ROLLBACK TO SAVEPOINT redeem", ())
+            writer.execute("RELEASE SAVEPOINT redeem", ())
+            first = find_redemption(session, shop_id=shop_id, order_id=order_id, code=code)
+            assert first is not None
+            return RedeemOutcome(first, duplicate=True)
+        race = _claim_counters(writer, ctx, redemption, enforce=enforce)
+        if race is not None:
+            if enforce:
+                writer.execute("ROLLBACK TO SAVEPOINT redeem", ())
+                writer.execute("RELEASE SAVEPOINT redeem", ())
+                raise RedemptionRefused(race)
+            flagged = flagged or race
+            if redemption.flagged_reason is None:
+                redemption.flagged_reason = race.reason.value
+                writer.execute(
+                    "UPDATE redemption SET flagged_reason = ? WHERE id = ?", (redemption.flagged_reason, redemption.id)
+                )
+        if checkout_id is not None:
+            writer.execute(
+                "UPDATE reservation SET released_at = ? WHERE code_id = ? AND checkout_id = ? AND released_at IS NULL",
+                (writer.instant(now), row.id, checkout_id),
+            )
+        writer.execute("RELEASE SAVEPOINT redeem", ())
     return RedeemOutcome(redemption, flagged=flagged)
 
 
-def _claim_counters(
-    session: Session, ctx: CodeContext, redemption: Redemption, customer: Customer | None, *, enforce: bool
-) -> Refusal | None:
+def _columns(redemption: Redemption) -> dict[str, Any]:
+    table = Redemption.__table__  # type: ignore[attr-defined]
+    return {c.name: getattr(redemption, c.name) for c in table.columns if c.name != "id"}
+
+
+def _claim_counters(writer: Reader, ctx: CodeContext, redemption: Redemption, *, enforce: bool) -> Refusal | None:
     """Move the code, campaign and customer counters, each only while its limit holds.
 
     Returns the refusal of the first limit a concurrent redemption took, or None. When not
     enforcing, the counters move anyway (the platform already gave the discount).
     """
-    rules = apply_override(ctx.rules, ctx.state.override) if ctx.rules else None
+    rules = ctx.rules
     limit = rules.usage.uses_per_code if rules else 1
-    code_update = update(Code).where(col(Code.id) == ctx.code.id, col(Code.status) == "active")
+    code_id = ctx.code.id
     if limit is not None and enforce:
-        code_update = code_update.where(col(Code.uses) < limit)
-    if _rowcount(session, code_update.values(uses=Code.uses + 1)) == 0:
+        moved = writer.execute(
+            "UPDATE code SET uses = uses + 1 WHERE id = ? AND status = 'active' AND uses < ?", (code_id, limit)
+        )
+    else:
+        moved = writer.execute("UPDATE code SET uses = uses + 1 WHERE id = ? AND status = 'active'", (code_id,))
+    if moved == 0:
         if enforce:
             return refuse(Reason.ALREADY_REDEEMED) if limit == 1 else refuse(Reason.USAGE_LIMIT_REACHED, limit=limit)
-        session.execute(update(Code).where(col(Code.id) == ctx.code.id).values(uses=Code.uses + 1))
-    elif limit is not None and not enforce:
-        uses = session.exec(select(Code.uses).where(col(Code.id) == ctx.code.id)).one()
+        writer.execute("UPDATE code SET uses = uses + 1 WHERE id = ?", (code_id,))
+    over_limit: Refusal | None = None
+    if moved and limit is not None and not enforce:
+        uses = int(writer.rows("SELECT uses FROM code WHERE id = ?", (code_id,))[0][0])
         if uses > limit:
-            return refuse(Reason.USAGE_LIMIT_REACHED, limit=limit, uses=uses)
+            # the platform gave it anyway: flag it, but count it like any other use, so the
+            # campaign and customer totals match what a rollback will later take away
+            over_limit = refuse(Reason.USAGE_LIMIT_REACHED, limit=limit, uses=uses)
 
     budget = rules.budget if rules else None
-    campaign_update = update(Campaign).where(col(Campaign.id) == ctx.campaign.id)
+    sql = "UPDATE campaign SET redemption_count = redemption_count + 1, discount_total = discount_total + ? WHERE id = ?"
+    params: list[Any] = [redemption.amount, ctx.campaign.id]
     if budget is not None and enforce:
         if budget.max_redemptions is not None:
-            campaign_update = campaign_update.where(col(Campaign.redemption_count) < budget.max_redemptions)
+            sql += " AND redemption_count < ?"
+            params.append(budget.max_redemptions)
         if budget.max_discount is not None:
-            campaign_update = campaign_update.where(col(Campaign.discount_total) + redemption.amount <= budget.max_discount)
-    values: dict[str, Any] = {
-        "redemption_count": Campaign.redemption_count + 1,
-        "discount_total": Campaign.discount_total + redemption.amount,
-    }
-    if _rowcount(session, campaign_update.values(**values)) == 0:
+            sql += " AND discount_total + ? <= ?"
+            params += [redemption.amount, budget.max_discount]
+    if writer.execute(sql, params) == 0:
         return refuse(Reason.BUDGET_EXHAUSTED)
 
     key = customer_key(redemption.customer_id, redemption.email)
     per_customer = rules.usage.uses_per_customer if rules else None
     if key is not None:
         limit_for_customer = per_customer if enforce else None
-        if not _bump_customer(session, ctx, key, limit_for_customer) and per_customer is not None:
+        if not _bump_customer(writer, ctx, key, limit_for_customer) and per_customer is not None:
             return refuse(Reason.CUSTOMER_LIMIT_REACHED, limit=per_customer)
-    return None
+    return over_limit
 
 
 def _rowcount(session: Session, stmt: Any) -> int:
     return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
 
-def _bump_customer(session: Session, ctx: CodeContext, key: str, limit: int | None) -> bool:
+def _bump_customer(writer: Reader, ctx: CodeContext, key: str, limit: int | None) -> bool:
     """Add one use for the customer, only while under `limit`: an atomic upsert."""
-    table = CustomerUsage.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(table).values(shop_id=ctx.code.shop_id, campaign_id=ctx.campaign.id, customer_key=key, uses=1)
-    where = None if limit is None else table.c.uses < limit
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[table.c.shop_id, table.c.campaign_id, table.c.customer_key],
-        set_={"uses": table.c.uses + 1},
-        where=where,
-    ).returning(table.c.uses)
-    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT through SQLAlchemy
-    return session.execute(upsert).first() is not None
+    sql = (
+        "INSERT INTO customerusage (shop_id, campaign_id, customer_key, uses) VALUES (?, ?, ?, 1)"
+        " ON CONFLICT (shop_id, campaign_id, customer_key) DO UPDATE SET uses = customerusage.uses + 1"
+    )
+    params: list[Any] = [ctx.code.shop_id, ctx.campaign.id, key]
+    if limit is not None:
+        sql += " WHERE customerusage.uses < ?"
+        params.append(limit)
+    # RETURNING, not rowcount: drivers disagree on the rowcount of an upsert
+    return bool(writer.rows(sql + " RETURNING uses", params))
 
 
 # --- rollback -------------------------------------------------------------------------------
@@ -456,6 +546,7 @@ def _campaign_policy(campaign: Campaign | None) -> CancelPolicy:
 def reissue_code(session: Session, *, code_id: int, now: datetime) -> Code:
     """A fresh code of the same campaign for the same recipient and binding."""
     old = session.get_one(Code, code_id)
+    recipient = old.recipient
     campaign = session.get_one(Campaign, old.campaign_id)
     fmt = codes.CodeFormat.from_dict(campaign.code_format)
     for _ in range(10):
@@ -465,6 +556,12 @@ def reissue_code(session: Session, *, code_id: int, now: datetime) -> Code:
             break
     else:  # pragma: no cover - a safe format makes this astronomically unlikely
         raise PluginError("could not find a free code to reissue", reason="reissue_failed")
+    if old.recipient is not None:
+        # The recipient's code is now the fresh one (one recipient, one code: a unique index).
+        # The consumed code keeps a marked key, so it never returns to the free pool.
+        old.recipient = f"{old.recipient[:300]}#reissued:{old.id}"
+        session.add(old)
+        session.flush()
     fresh = Code(
         shop_id=old.shop_id,
         campaign_id=old.campaign_id,
@@ -472,8 +569,8 @@ def reissue_code(session: Session, *, code_id: int, now: datetime) -> Code:
         code=candidate,
         customer_id=old.customer_id,
         email=old.email,
-        recipient=old.recipient,
-        assigned_at=now if old.recipient else None,
+        recipient=recipient,
+        assigned_at=now if recipient else None,
         partner_id=old.partner_id,
         created_at=now,
     )

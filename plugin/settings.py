@@ -41,6 +41,9 @@ class Settings:
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
     connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
+    old_secret_keys: tuple[Secret, ...] = ()
+    reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
 
     @property
     def is_sqlite(self) -> bool:
@@ -89,6 +92,8 @@ class Settings:
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",
             connector_config=connector_config,
+            old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
+            reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
         )
 
 

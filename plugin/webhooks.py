@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from plugin.errors import InvalidInput, NotFound
@@ -48,7 +49,43 @@ def store_delivery(
     error: str | None = None,
 ) -> tuple[int, bool]:
     """Store a verified delivery unless it is already stored: (its id, whether it is new)."""
-    values = {
+    values = delivery_values(
+        platform=platform,
+        delivery_id=delivery_id,
+        topic=topic,
+        shop_id=shop_id,
+        payload=payload,
+        headers=headers,
+        status=status,
+        error=error,
+    )
+    conn = session.connection()
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = (
+        insert(_event).values(**values).on_conflict_do_nothing(index_elements=["platform", "delivery_id"]).returning(_event.c.id)
+    )
+    new_id = conn.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        return int(new_id), True
+    found = conn.execute(
+        select(_event.c.id).where(_event.c.platform == platform, _event.c.delivery_id == values["delivery_id"])
+    ).scalar_one()
+    return int(found), False
+
+
+def delivery_values(
+    *,
+    platform: str,
+    delivery_id: str,
+    topic: str,
+    shop_id: int | None,
+    payload: str,
+    headers: Mapping[str, str],
+    status: str = "received",
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The row `store_deliveries` inserts for one verified delivery."""
+    return {
         "platform": platform,
         "delivery_id": delivery_id[:255],
         "topic": topic[:128],
@@ -62,18 +99,40 @@ def store_delivery(
         "unknown_codes": 0,
         "received_at": utcnow(),
     }
-    conn = session.connection()
+
+
+def store_deliveries(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """Store many verified deliveries in one statement (the caller commits once for all: a
+    group commit); for each row, in order, (its id, whether this call stored it).
+
+    Duplicates within `rows` and of stored deliveries insert nothing; the first of a repeated
+    delivery id in `rows` is the one reported as new."""
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault((row["platform"], row["delivery_id"]), row)
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = (
-        insert(_event).values(**values).on_conflict_do_nothing(index_elements=["platform", "delivery_id"]).returning(_event.c.id)
+        insert(_event)
+        .on_conflict_do_nothing(index_elements=["platform", "delivery_id"])
+        .returning(_event.c.id, _event.c.platform, _event.c.delivery_id)
     )
-    new_id = conn.execute(stmt).scalar_one_or_none()
-    if new_id is not None:
-        return int(new_id), True
-    found = conn.execute(
-        select(_event.c.id).where(_event.c.platform == platform, _event.c.delivery_id == values["delivery_id"])
-    ).scalar_one()
-    return int(found), False
+    new = {(r.platform, r.delivery_id): int(r.id) for r in conn.execute(stmt, list(first.values()))}
+    ids = dict(new)
+    missing = [key for key in first if key not in ids]
+    for platform in {p for p, _ in missing}:
+        wanted = [d for p, d in missing if p == platform]
+        found = conn.execute(
+            select(_event.c.id, _event.c.delivery_id).where(_event.c.platform == platform, _event.c.delivery_id.in_(wanted))
+        )
+        ids.update({(platform, r.delivery_id): int(r.id) for r in found})
+    out: list[tuple[int, bool]] = []
+    reported: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row["platform"], row["delivery_id"])
+        created = key in new and key not in reported and first[key] is row
+        reported.add(key)
+        out.append((ids[key], created))
+    return out
 
 
 @dataclass(frozen=True)

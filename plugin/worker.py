@@ -47,15 +47,22 @@ Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin import orders, sync
+    from plugin import installs, orders, poolhealth, pushes, reconcile, sync
 
-    return {**sync.HANDLERS, **orders.HANDLERS}
+    return {
+        **sync.HANDLERS,
+        **orders.HANDLERS,
+        **installs.HANDLERS,
+        **reconcile.HANDLERS,
+        **pushes.HANDLERS,
+        **poolhealth.HANDLERS,
+    }
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import orders
+    from plugin import orders, reconcile
 
-    return [orders.sweep_unprocessed]
+    return [orders.sweep_unprocessed, reconcile.schedule]
 
 
 @dataclass

@@ -51,8 +51,15 @@ async def running_app(settings: Settings, engine: Engine) -> AsyncIterator[tuple
     app's own outbound calls too: its sandbox connector and deliverer reach the mounted store)."""
     app = create_app(settings, engine=engine)
     transport = httpx.ASGITransport(app=app)
+
+    async def settle(response: httpx.Response) -> None:
+        # A webhook is answered once stored; its processing follows in the app's ingest
+        # pipeline. Tests look at the outcome right after sending, so wait for it here.
+        if response.request.url.path.startswith("/webhooks/"):
+            await app.state.background.ingest.drain()
+
     async with (
-        httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client,
+        httpx.AsyncClient(transport=transport, base_url=settings.public_url, event_hooks={"response": [settle]}) as client,
         app.router.lifespan_context(app),
     ):
         # Point the app's shared client at itself: no sockets in these tests.

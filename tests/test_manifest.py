@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Match
 
 from connectors import SHOP_CONNECTORS, shop_connector_class
 from plugin import __version__
+from plugin.db import make_engine
+from plugin.settings import Settings
+from plugin.web.app import create_app
 
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "manifest.json").read_text())
 
@@ -25,3 +31,23 @@ def test_scopes_and_topics_match_the_connector(name: str) -> None:
     assert listed["scopes"] == list(connector.SCOPES)
     assert listed["webhook_topics"] == list(connector.WEBHOOK_TOPICS)
     assert listed["webhook_url"] == f"/webhooks/{name}"
+
+
+URL_KEYS = ("webhook_url", "install_url", "callback_url", "return_url", "load_url", "uninstall_url", "remove_user_url")
+
+
+def _routed(app: Starlette, path: str) -> bool:
+    scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
+    return any(route.matches(scope)[0] != Match.NONE for route in app.routes)
+
+
+@pytest.mark.parametrize("name", sorted(set(SHOP_CONNECTORS) - {"sandbox"}))
+def test_every_platform_lists_install_and_callback_urls_the_app_serves(name: str, settings: Settings) -> None:
+    listed = MANIFEST["platforms"][name]
+    assert listed["install_url"].startswith(f"/install/{name}")
+    assert listed["callback_url"].startswith(f"/install/{name}")
+    app = create_app(replace(settings, sandbox_enabled=False), engine=make_engine("sqlite://"))
+    for key in URL_KEYS:
+        if key in listed:
+            assert _routed(app, listed[key]), f"{name} {key} {listed[key]} has no route"
+    assert not _routed(app, "/install/nowhere")

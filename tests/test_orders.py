@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
+from connectors.base import CodeUse, Delivery, OrderEvent
 from plugin import webhooks
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Campaign, Code, Redemption, WebhookEvent
@@ -276,3 +277,51 @@ async def test_a_thousand_sandbox_orders_delivered_badly_count_exactly_once(
         assert session.get_one(Campaign, campaign_id).redemption_count == n - cancelled
         uses = session.exec(select(func.sum(Code.uses)).where(col(Code.campaign_id) == campaign_id)).one()
         assert uses == n - cancelled
+
+
+class _ThinShop:
+    """A platform whose webhooks carry only order ids (as BigCommerce's): fetch_order answers."""
+
+    def __init__(self, fetched: dict[str, OrderEvent]) -> None:
+        self.fetched = fetched
+
+    async def fetch_order(self, order_id: str) -> OrderEvent:
+        return self.fetched[order_id]
+
+
+@pytest.mark.parametrize(
+    ("webhook_kind", "fetched_kind", "redeems"),
+    [
+        ("updated", "failed", False),  # an incomplete checkout (BigCommerce status 0): never holds a code
+        ("updated", "paid", True),  # the order changed and is paid now
+        ("paid", "created", True),  # statusUpdated said what happened: that wins
+    ],
+)
+async def test_a_thin_webhook_takes_the_fetched_orders_kind_when_it_only_says_updated(
+    engine: Engine,
+    shop_id: int,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    webhook_kind: str,
+    fetched_kind: str,
+    redeems: bool,
+) -> None:
+    campaign_id = make_campaign(engine, shop_id, count=1)
+    code = campaign_codes(engine, campaign_id)[0]
+    fetched = OrderEvent(
+        platform="sandbox", shop=SHOP, kind=fetched_kind, order_id="250", codes=(CodeUse(code.code, 800),), subtotal=8000
+    )  # type: ignore[arg-type]
+    monkeypatch.setattr("plugin.orders.shop_connector", lambda *a, **k: _ThinShop({"250": fetched}))
+    thin = OrderEvent(platform="sandbox", shop=SHOP, kind=webhook_kind, order_id="250", delivery_id="t1", needs_fetch=True)  # type: ignore[arg-type]
+    delivery = Delivery(delivery_id="t1", topic="store/order/updated", shop=SHOP, kind="order", events=(thin,))
+    with session_scope(engine) as session:
+        event_id, _ = webhooks.store_delivery(
+            session, platform="sandbox", delivery_id="t1", topic="store/order/updated", shop_id=shop_id, payload="{}", headers={}
+        )
+    async with httpx.AsyncClient() as http:
+        status = await Processor(engine, settings, http).process(event_id, delivery=delivery, shop_id=shop_id)
+    # an incomplete order is a state, not a cancellation overtaking its order: nothing is kept
+    assert status == ("processed" if redeems else "ignored")
+    assert len(redemptions(engine)) == (1 if redeems else 0)
+    with session_scope(engine) as session:
+        assert session.get_one(Code, code.id).uses == (1 if redeems else 0)

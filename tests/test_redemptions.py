@@ -56,3 +56,26 @@ def test_an_unknown_code_is_not_found(engine: Engine, shop_id: int) -> None:
     with pytest.raises(redemptions.UnknownCode) as missing:
         _redeem(engine, shop_id, "NO-SUCH-CODE", "order-1")
     assert missing.value.status == 404 and missing.value.reason == "unknown_code"
+
+
+def test_an_over_limit_webhook_use_is_flagged_counted_and_rolled_back_symmetrically(engine: Engine, shop_id: int) -> None:
+    from plugin.models import Campaign
+
+    campaign_id, codes = make_campaign(engine, shop_id, rules(), codes=1)
+    recorded = []
+    for order in ("order-1", "order-2"):  # the platform let a single-use code through twice
+        with session_scope(engine) as session:
+            outcome = redemptions.record_redemption(
+                session, shop_id=shop_id, code=codes[0], order_id=order, now=utcnow(), amount=500, customer_id="c1"
+            )
+            recorded.append((outcome.redemption.id, outcome.redemption.flagged_reason))
+    assert [flag for _, flag in recorded] == [None, "already_redeemed"]
+    with Session(engine) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        assert (campaign.redemption_count, campaign.discount_total) == (2, 1000)
+    for redemption_id, _ in recorded:
+        with session_scope(engine) as session:
+            redemptions.rollback_redemption(session, shop_id=shop_id, redemption_id=redemption_id or 0, now=utcnow())
+    with Session(engine) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        assert (campaign.redemption_count, campaign.discount_total) == (0, 0)

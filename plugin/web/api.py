@@ -22,15 +22,22 @@ from starlette.routing import Match, Route
 from plugin import apikeys, campaigns, checkout, codes, issuing
 from plugin.db import run, session_scope
 from plugin.errors import InvalidInput, NotFound
-from plugin.models import ApiKey, Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
-from plugin.ratelimit import FailureLimiter
+from plugin.models import Batch, Campaign, Code, Redemption, Reservation, utcnow
+from plugin.ratelimit import FailureLimiter, attempts_per_year
+from plugin.web import distribution as dist
 from plugin.web import schemas
 from plugin.web.problems import problem, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
 # The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
 # OpenAPI document says so too, and a larger one is simply not found.
-MAX_IDS = {"campaign_id": 2**31 - 1, "batch_id": 2**31 - 1, "reservation_id": 2**31 - 1, "redemption_id": 2**63 - 1}
+MAX_IDS = {
+    "campaign_id": 2**31 - 1,
+    "batch_id": 2**31 - 1,
+    "reservation_id": 2**31 - 1,
+    "redemption_id": 2**63 - 1,
+    "partner_id": 2**31 - 1,
+}
 Handler = Callable[["Call"], Awaitable[Response]]
 
 
@@ -44,6 +51,8 @@ class Endpoint:
     handler: Handler
     request: type[BaseModel] | None = None
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    storefront: bool = False  # also open to `storefront` keys (which get a reduced answer)
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema (+ "required")
 
 
 @dataclass
@@ -51,12 +60,17 @@ class Call:
     """One authenticated API request: its shop, key and parsed parameters."""
 
     request: Request
-    key: ApiKey
+    key: apikeys.KeyInfo
     engine: Engine
 
     @property
     def shop_id(self) -> int:
         return self.key.shop_id
+
+    @property
+    def storefront(self) -> bool:
+        """A key used from shoppers' browsers: it only ever gets the shopper's view."""
+        return "storefront" in self.key.scopes
 
     def path_int(self, name: str) -> int:
         value = self.request.path_params[name]
@@ -91,7 +105,7 @@ def _campaign_out(session: Session, campaign: Campaign) -> schemas.CampaignOut:
     count = campaigns.code_count(session, campaign_id=campaign.id or 0)
     now = utcnow()
     exposure = campaigns.campaign_exposure(session, campaign, now=now)
-    attempts = FailureLimiter().attempts_per_year()
+    attempts = attempts_per_year()
     return schemas.CampaignOut(
         id=campaign.id or 0,
         name=campaign.name,
@@ -274,9 +288,11 @@ async def validate(call: Call) -> Response:
             headers={"Retry-After": str(verdict.retry_after)},
         )
 
-    def work(session: Session) -> tuple[checkout.Decision, bool]:
-        decision = checkout.validate(
-            session,
+    engine = call.engine
+
+    def work() -> checkout.Decision:
+        return checkout.validate(
+            engine,
             shop_id=call.shop_id,
             typed=body.code,
             basket=body.basket,
@@ -285,13 +301,11 @@ async def validate(call: Call) -> Response:
             checkout_id=body.checkout_id,
             now=utcnow(),
         )
-        shop = session.get_one(Shop, call.shop_id)
-        return decision, checkout.shop_prefers_detail(shop)
 
-    decision, detailed = await call.db(work)
+    decision = await run(engine, work)
     if not decision.valid:
         limiter.record_failure(*keys)
-    return JSONResponse(decision.as_json(detailed_for_shopper=detailed))
+    return JSONResponse(decision.as_json(storefront=call.storefront))
 
 
 def _reservation_out(reservation: Reservation, code: str) -> schemas.ReservationOut:
@@ -420,7 +434,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/batches/{batch_id:int}", "getBatch", "A batch and its progress", "admin", get_batch,
              responses={200: schemas.BatchOut, 404: schemas.Problem}),
     Endpoint("POST", "/validate", "validateCode", "Decide whether a code applies to a basket (no side effects)", "checkout",
-             validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}),
+             validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}, storefront=True),
     Endpoint("POST", "/reservations", "createReservation", "Hold a code for one checkout", "checkout", create_reservation,
              schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem}),
     Endpoint("DELETE", "/reservations/{reservation_id:int}", "deleteReservation", "Release a hold", "checkout",
@@ -430,16 +444,61 @@ ENDPOINTS: list[Endpoint] = [
                                          409: schemas.Problem}),
     Endpoint("POST", "/redemptions/{redemption_id:int}/rollback", "rollbackRedemption", "Give a redemption back",
              "checkout", rollback_redemption, schemas.RollbackRequest, {200: schemas.RedemptionOut, 404: schemas.Problem}),
+    # distribution: claims, the pull endpoint, exports, partners, alerts (plugin.web.distribution)
+    Endpoint("POST", "/campaigns/{campaign_id:int}/claims", "claimCode", "Give a recipient their code (idempotent)",
+             "distribution", dist.create_claim, schemas.ClaimRequest,
+             {200: schemas.ClaimOut, 201: schemas.ClaimOut, 404: schemas.Problem, 409: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/pull", "pullCode",
+             "A recipient's code for send-time merge fields (assigns on first call; same answer after)",
+             "distribution", dist.pull, None, {200: schemas.PullOut, 404: schemas.Problem, 409: schemas.Problem},
+             query={"recipient": {"type": "string", "minLength": 1, "maxLength": 320, "required": True}}),
+    Endpoint("POST", "/campaigns/{campaign_id:int}/pull-url", "createPullUrl", "A signed pull URL for email platforms",
+             "distribution", dist.create_pull_url, None, {201: schemas.PullUrlOut, 404: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/pool", "getPool", "Free, assigned and total codes", "distribution",
+             dist.pool, None, {200: schemas.PoolOut, 404: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/assignments", "exportAssignments",
+             "Assignments as CSV (recipient, code, link, expiry), streamed", "distribution", dist.export, None,
+             {200: None, 404: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/results", "getResults", "Assigned codes and redemptions",
+             "distribution", dist.results, None, {200: schemas.ResultsOut, 404: schemas.Problem}),
+    Endpoint("GET", "/partners", "listPartners", "List partners", "admin", dist.list_partners,
+             responses={200: schemas.PartnerList}),
+    Endpoint("POST", "/partners", "createPartner", "Create a partner", "admin", dist.create_partner,
+             schemas.PartnerCreate, {201: schemas.PartnerOut, 409: schemas.Problem}),
+    Endpoint("POST", "/partners/{partner_id:int}/keys", "createPartnerKey", "An API key scoped to the partner's codes",
+             "admin", dist.create_partner_key, None, {201: schemas.PartnerKeyOut, 404: schemas.Problem}),
+    Endpoint("POST", "/partners/{partner_id:int}/campaigns/{campaign_id:int}/allocations", "allocateCodes",
+             "Move free codes of a campaign into the partner's block", "admin", dist.allocate, schemas.AllocationRequest,
+             {201: schemas.AllocationOut, 404: schemas.Problem}),
+    Endpoint("GET", "/alerts", "listAlerts", "Pool alerts, newest first", "distribution", dist.list_alerts,
+             responses={200: schemas.AlertList}),
+    Endpoint("POST", "/campaigns/{campaign_id:int}/pushes", "pushCodes",
+             "Push recipients' codes to an email/SMS provider (outbox; once per recipient)", "admin", dist.create_push,
+             schemas.PushRequest, {202: schemas.PushOut, 404: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/deliveries", "listDeliveries", "Per-recipient push status",
+             "distribution", dist.list_deliveries, None, {200: schemas.DeliveryList, 404: schemas.Problem},
+             query={"status": {"type": "string", "enum": sorted(dist.DELIVERY_STATUSES)}}),
+    Endpoint("PUT", "/campaigns/{campaign_id:int}/pool-policy", "setPoolPolicy", "Low-stock alert and top-up thresholds",
+             "admin", dist.set_pool_policy, schemas.PoolPolicyIn, {200: schemas.PoolPolicyOut, 404: schemas.Problem}),
+    Endpoint("POST", "/referral-programs", "createReferralProgram", "Make a campaign a referral program", "admin",
+             dist.create_referral_program, schemas.ReferralProgramIn, {201: schemas.ReferralProgramOut, 404: schemas.Problem}),
+    Endpoint("GET", "/campaigns/{campaign_id:int}/referrals", "listReferrals", "Rewarded referrals, newest first",
+             "admin", dist.list_referrals, None, {200: schemas.ReferralList, 404: schemas.Problem}),
 ]  # fmt: skip
 
 
-def _authenticate(request: Request, engine: Engine) -> ApiKey | None:
+def _authenticate(request: Request, engine: Engine) -> apikeys.KeyInfo | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    with Session(engine) as session:
-        return apikeys.authenticate(session, token.strip())
+    return apikeys.authenticate_cached(engine, token.strip())
+
+
+def _allowed(endpoint: Endpoint, scopes: frozenset[str]) -> bool:
+    if endpoint.scope is None or endpoint.scope in scopes or "admin" in scopes:
+        return True
+    return endpoint.storefront and "storefront" in scopes
 
 
 def _route(endpoint: Endpoint) -> Route:
@@ -449,8 +508,7 @@ def _route(endpoint: Endpoint) -> Route:
         if key is None:
             return problem(401, "unauthenticated", "Send a valid API key: Authorization: Bearer <key>.",
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        scopes = set(key.scopes.split())
-        if endpoint.scope is not None and endpoint.scope not in scopes and "admin" not in scopes:
+        if not _allowed(endpoint, key.scopes):
             return problem(403, "insufficient_scope", f"This API key lacks the {endpoint.scope!r} scope.")
         try:
             return await endpoint.handler(Call(request, key, engine))
@@ -460,8 +518,13 @@ def _route(endpoint: Endpoint) -> Route:
     return Route(endpoint.path, asgi_endpoint, methods=[endpoint.method], name=endpoint.name)
 
 
+# Matched first: the checkout calls are most of the traffic, and Starlette tries routes in order.
+_HOT = ("validateCode", "createRedemption", "createReservation")
+
+
 def routes() -> list[Route]:
-    table = [_route(e) for e in ENDPOINTS]
+    ordered = sorted(ENDPOINTS, key=lambda e: (e.name not in _HOT, _HOT.index(e.name) if e.name in _HOT else 0))
+    table = [_route(e) for e in ordered]
 
     async def unmatched(request: Request) -> Response:
         # Anything else under /api/v1 still answers problem+json: 405 for a known path with

@@ -19,7 +19,8 @@ from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
 from plugin.ratelimit import FailureLimiter
 from plugin.settings import Settings
-from plugin.web import api
+from plugin.web import api, install
+from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
@@ -48,6 +49,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi_json, methods=["GET"]),
         Mount("/api/v1", routes=api.routes()),
+        *distribution_web.routes(),  # signed pull URLs and claim pages
+        *install.routes,
         *background.routes(),
     ]
     app = Starlette(

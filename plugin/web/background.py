@@ -1,4 +1,4 @@
-"""What runs beside the web app: webhook processing, the in-process worker (embedded default)
+"""What runs beside the web app: webhook ingestion (plugin.ingest), the in-process worker (embedded default)
 and the sandbox store with its webhook deliverer. `create_app` builds one and enters
 `running(client)` in its lifespan."""
 
@@ -13,6 +13,7 @@ import httpx
 from sqlalchemy import Engine
 from starlette.routing import BaseRoute, Mount
 
+from plugin.ingest import Ingest
 from plugin.orders import Processor
 from plugin.settings import Settings
 
@@ -26,6 +27,7 @@ class Background:
         self.settings = settings
         self.engine = engine
         self.processor = Processor(engine, settings)
+        self.ingest = Ingest(self.processor)  # webhook deliveries: group commit, batch processing
         self.deliverer: Deliverer | None = None
         self.worker: Worker | None = None
         if settings.sandbox_enabled:
@@ -48,6 +50,7 @@ class Background:
         self.processor.http = client
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
+        self.ingest.start()
         if self.deliverer is not None:
             self.deliverer.client = client
             tasks.append(asyncio.create_task(self.deliverer.run(stop), name="sandbox-deliverer"))
@@ -61,6 +64,7 @@ class Background:
         finally:
             # graceful: stop claiming, let the running job and deliveries finish
             stop.set()
+            await self.ingest.stop()  # commit and process what came in, answering its requests
             if self.worker is not None:
                 self.worker.stop()
             if self.deliverer is not None:

@@ -2,13 +2,15 @@
 
 1. The connector verifies the signature over the raw body, in constant time; a failure is a
    401 problem and nothing is stored.
-2. The delivery is stored, deduplicated by (platform, delivery id), and committed.
-3. We answer 2xx: platforms time out after a few seconds (Shopify: 5) and count slow
-   answers as failures.
-4. A background task (after the response, in this process) turns it into redemptions. If the
-   process dies between 3 and 4, the delivery stays `received` and the worker's sweep
+2. The delivery is stored, deduplicated by (platform, delivery id), and committed: through
+   `plugin.ingest`, which commits every delivery queued meanwhile in one transaction (group
+   commit), so concurrent requests share one write and one fsync.
+3. We answer 2xx once that commit is done: platforms time out after a few seconds
+   (Shopify: 5) and count slow answers as failures.
+4. The ingest processor turns new deliveries into redemptions in batches, in this process.
+   If the process dies between 3 and 4, the delivery stays `received` and the worker's sweep
    processes it a few seconds later: the stored row is its own outbox entry, so the hot path
-   costs one write instead of two. Processing is guarded, so the task and a sweep never
+   costs one write instead of two. Processing is guarded, so the batch and a sweep never
    apply one delivery twice.
 """
 
@@ -24,10 +26,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from connectors import UnknownConnector
-from connectors.base import Delivery
+from connectors.base import Delivery, ShopConnector
 from connectors.errors import BadSignature, ConnectorError
 from plugin import webhooks
-from plugin.db import run, session_scope
+from plugin.connections import shop_connector, webhook_shop_hint
+from plugin.db import run
+from plugin.errors import PluginError
+from plugin.ingest import Ingest
 from plugin.models import Shop
 from plugin.orders import Processor
 from plugin.web.problems import problem
@@ -45,6 +50,17 @@ def _shop_id(engine: Engine, cache: dict[tuple[str, str], int], platform: str, d
     return shop_id
 
 
+def _shop_connector(processor: Processor, platform: str, domain: str) -> ShopConnector | None:
+    with Session(processor.engine) as session:
+        shop = session.exec(select(Shop).where(col(Shop.platform) == platform, col(Shop.domain) == domain)).first()
+    if shop is None:
+        return None
+    try:
+        return shop_connector(processor.settings, processor.http, shop)
+    except (ConnectorError, PluginError):  # uninstalled, or credentials unreadable: nothing verifies
+        return None
+
+
 async def receive(request: Request) -> Response:
     platform = request.path_params["platform"]
     processor: Processor = request.app.state.processor
@@ -54,6 +70,10 @@ async def receive(request: Request) -> Response:
     except UnknownConnector:
         return problem(404, "unknown_platform", f"no shop platform named {platform!r}")
     body = await request.body()
+    hint = webhook_shop_hint(platform, request.headers, body)
+    if hint is not None:  # signed with that shop's own secret: its connector verifies
+        own = await run(engine, lambda: _shop_connector(processor, platform, hint))
+        connector = own if own is not None else connector
     try:
         connector.verify_webhook(request.headers, body)
     except BadSignature as exc:
@@ -67,34 +87,38 @@ async def receive(request: Request) -> Response:
         error = f"could not parse the delivery: {exc}"
     delivery_id = delivery.delivery_id if delivery else "sha256:" + hashlib.sha256(body).hexdigest()
     cache: dict[tuple[str, str], int] = request.app.state.webhook_shops
-    shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, delivery.shop)) if delivery else None
+    shop_id: int | None = None
+    if delivery is not None:
+        shop_id = cache.get((platform, delivery.shop))
+        if shop_id is None:
+            shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, delivery.shop))
     status = "received"
     if error is not None:
         status = "failed"
     elif shop_id is None:
         status, error = "ignored", f"no {platform} shop {delivery.shop if delivery else ''!r} is installed"
 
-    def store() -> tuple[int, bool]:
-        with session_scope(engine) as session:
-            return webhooks.store_delivery(
-                session,
-                platform=platform,
-                delivery_id=delivery_id,
-                topic=delivery.topic if delivery else "",
-                shop_id=shop_id,
-                payload=body.decode("utf-8", errors="replace"),
-                headers=request.headers,
-                status=status,
-                error=error,
-            )
-
-    event_id, created = await run(engine, store)
-    answer = delivery.response_status if delivery else 200
-    if not created or status != "received":
-        return Response(status_code=answer)
-    return Response(
-        status_code=answer, background=BackgroundTask(processor.process, event_id, delivery=delivery, shop_id=shop_id)
+    row = webhooks.delivery_values(
+        platform=platform,
+        delivery_id=delivery_id,
+        topic=delivery.topic if delivery else "",
+        shop_id=shop_id,
+        payload=body.decode("utf-8", errors="replace"),
+        headers=request.headers,
+        status=status,
+        error=error,
     )
+    ingest: Ingest = request.app.state.background.ingest
+    event_id, created = await ingest.store(row)  # committed (with its batch) before we answer
+    answer = delivery.response_status if delivery else 200
+    fresh = created and status == "received" and delivery is not None and shop_id is not None
+    if fresh and delivery is not None and shop_id is not None and not ingest.submit(event_id, delivery, shop_id):
+        # no pipeline running (or it is full): process it after the answer, as before
+        return Response(
+            status_code=answer,
+            background=BackgroundTask(processor.process, event_id, delivery=delivery, shop_id=shop_id),
+        )
+    return Response(status_code=answer)
 
 
 routes = [Route("/webhooks/{platform}", receive, methods=["POST"])]

@@ -61,6 +61,9 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
             {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
         ]
+    for name, schema in endpoint.query.items():
+        spec = {k: v for k, v in schema.items() if k != "required"}
+        params.append({"name": name, "in": "query", "required": bool(schema.get("required")), "schema": spec})
     if params:
         operation["parameters"] = params
     if endpoint.request is not None:

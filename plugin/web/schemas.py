@@ -154,3 +154,160 @@ class Problem(BaseModel):
     detail: str
     reason: str
     details: dict[str, Any] | None = None
+
+
+# --- distribution ---------------------------------------------------------------------------
+
+
+class ClaimRequest(_In):
+    """Exactly one way to name the recipient; `recipient` guesses which it is."""
+
+    recipient: Annotated[str, StringConstraints(max_length=320)] | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    customer_id: Annotated[str, StringConstraints(max_length=255)] | None = None
+
+
+class PullOut(BaseModel):
+    """A recipient's code for a template's merge fields; identical on every call."""
+
+    code: str = Field(description="The display form to print.")
+    stored_code: str
+    campaign_id: int
+    recipient: str
+    assigned_at: datetime
+    expires_at: datetime | None
+
+
+class ClaimOut(PullOut):
+    created: bool = Field(description="True for the call that assigned the code.")
+    claim_url: str
+    partner_id: int | None
+
+
+class PoolOut(BaseModel):
+    campaign_id: int
+    partner_id: int | None
+    total: int
+    assigned: int
+    free: int
+
+
+class PullUrlOut(BaseModel):
+    url: str = Field(description="Append the recipient: <url>?recipient=<url-encoded email, phone or id:customer>.")
+
+
+class PartnerCreate(_In):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class PartnerOut(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class PartnerList(BaseModel):
+    data: list[PartnerOut]
+
+
+class PartnerKeyOut(BaseModel):
+    key: str = Field(description="Shown once; scoped to the partner's own codes.")
+    prefix: str
+    partner_id: int
+
+
+class AllocationRequest(_In):
+    count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+
+class AllocationOut(BaseModel):
+    partner_id: int
+    campaign_id: int
+    allocated: int = Field(description="Codes moved into the partner's block (fewer when the pool ran short).")
+
+
+class ResultsOut(BaseModel):
+    campaign_id: int
+    partner_id: int | None
+    assigned: int
+    redemptions: int
+    revenue: int = Field(description="Order subtotals, minor units.")
+    discount: int = Field(description="Discount given, minor units.")
+
+
+class AlertOut(BaseModel):
+    id: int
+    kind: str
+    campaign_id: int | None
+    partner_id: int | None
+    message: str
+    count: int
+    created_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+
+class AlertList(BaseModel):
+    data: list[AlertOut]
+
+
+class PushRequest(_In):
+    provider: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=32)]
+
+
+class PushOut(BaseModel):
+    provider: str
+    queued: int = Field(description="Recipients newly queued; those already queued or sent are not sent again.")
+
+
+class DeliveryOut(BaseModel):
+    recipient: str
+    provider: str
+    status: str = Field(description="queued, sent, accepted (taken into a provider's import job) or failed")
+    provider_id: str | None
+    error: str | None
+    attempts: int
+    updated_at: datetime
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+    counts: dict[str, dict[str, int]] = Field(description="provider -> status -> recipients")
+
+
+class PoolPolicyIn(_In):
+    alert_below: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 100
+    topup_below: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
+    topup_count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
+
+
+class PoolPolicyOut(BaseModel):
+    campaign_id: int
+    alert_below: int
+    topup_below: int | None
+    topup_count: int
+
+
+class ReferralProgramIn(_In):
+    campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+    reward_campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+    provider: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=32)] | None = None
+
+
+class ReferralProgramOut(BaseModel):
+    campaign_id: int
+    reward_campaign_id: int
+    provider: str | None
+
+
+class ReferralOut(BaseModel):
+    referrer: str
+    friend: str
+    order_id: str
+    reward_code: str | None
+    created_at: datetime
+
+
+class ReferralList(BaseModel):
+    data: list[ReferralOut]

@@ -1,0 +1,197 @@
+"""HTTP throughput of the pull endpoint (send-time merge fields) against its ceiling, in one run
+and one server process.
+
+Starts uvicorn (httptools + uvloop, one worker) on a fresh SQLite database, serving the real app
+plus a bare Starlette JSON route (`GET /bare`, the ceiling), then loads it from a separate
+process with `wrk` at 50 connections for a bounded time per route (10 s by default):
+
+- `GET /bare`: a constant JSON answer;
+- `GET /api/v1/campaigns/1/pull?recipient=...` repeated: recipients who already hold their code
+  (an email platform renders several parts per recipient and retries; Braze caches by URL but
+  per workspace and for minutes, so most calls at send time are repeats of a few recipients
+  or first calls);
+- the same route with a new recipient per request: each call assigns a code (a write
+  transaction), until the pool of 200,000 codes would run out.
+
+Prints req/s, p50 and p99 for each, the pull/bare ratio and the targets
+(repeat pull >= 0.5 x bare, p99 < 15 ms). Run: `.venv/bin/python bench/distribution.py [seconds]`.
+Needs `wrk` (`apt-get install -y wrk`).
+
+The push side (outbox jobs into Klaviyo's bulk import within its rate limits) has its own
+bench: `bench/distribution_push.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlmodel import SQLModel
+
+import plugin.models  # noqa: F401  (registers tables)
+from bench.validate import free_port
+from plugin import apikeys, campaigns, distribution, issuing
+from plugin.db import make_engine, session_scope
+from plugin.models import utcnow
+from plugin.shops import ensure_local_shop
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTIONS = 50
+THREADS = 2
+CODES = 200_000
+ASSIGNED = 1_000  # recipients who already hold a code, for the repeat calls
+
+SERVER = """
+import sys
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from plugin.settings import Secret, Settings
+from plugin.web.app import create_app
+
+url, port = sys.argv[1], int(sys.argv[2])
+app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789"), run_worker_in_process=False))
+
+
+async def bare(request: Request) -> JSONResponse:
+    return JSONResponse({"code": "BARE-CODE-0000", "stored_code": "BARECODE0000", "campaign_id": 1,
+                         "recipient": request.query_params.get("recipient"), "expires_at": None})
+
+app.router.routes.insert(0, Route("/bare", bare, methods=["GET"]))
+uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", workers=1,
+            log_level="warning", access_log=False)
+"""
+
+# wrk script: GET paths from a list, or a fresh recipient per request (NEW in the path);
+# done() prints the figures as JSON.
+LUA = r"""
+local counter, thread_id = 0, 0
+local threads = {}
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  thread_id = tonumber(wrk.thread:get("thread_id"))
+  wrk.headers["Authorization"] = "Bearer " .. args[1]
+end
+local paths = {PATHS}
+function request()
+  counter = counter + 1
+  local path = paths[(counter % #paths) + 1]
+  path = string.gsub(path, "NEW", "t" .. thread_id .. "-" .. counter .. "-" .. RUN)
+  return wrk.format("GET", path)
+end
+function done(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def prepare(url: str) -> tuple[str, int, list[str]]:
+    """A shop, a distribution key and a campaign of 200,000 codes, 1,000 of them already
+    assigned; returns (key, campaign id, the assigned recipients)."""
+    engine = make_engine(url)
+    SQLModel.metadata.create_all(engine)
+    rules: dict[str, Any] = {"currency": "GBP", "discount": {"type": "percentage", "percent": "10"}}
+    with session_scope(engine) as session:
+        shop = ensure_local_shop(session, "bench.couponry.test")
+        assert shop.id is not None
+        shop_id = shop.id
+        _, key = apikeys.create_key(session, shop_id=shop_id, name="bench", scopes=["distribution"])
+        campaign = campaigns.create_campaign(session, shop_id=shop_id, name="pull", rules=rules, code_format={"length": 12})
+    assert campaign.id is not None
+    issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign.id, count=CODES)
+    people = [f"person{i}@example.com" for i in range(ASSIGNED)]
+    with session_scope(engine) as session:
+        for person in people:
+            distribution.claim(session, shop_id=shop_id, campaign_id=campaign.id, recipient=person, now=utcnow())
+    engine.dispose()
+    return key, campaign.id, people
+
+
+def wrk(base: str, paths: list[str], key: str, seconds: int, workdir: Path, run: str = "0") -> dict[str, Any]:
+    encoded = ", ".join(json.dumps(p) for p in paths)
+    script = workdir / f"load{abs(hash((tuple(paths), run)))}.lua"
+    script.write_text(LUA.replace("{PATHS}", "{" + encoded + "}").replace("RUN", json.dumps(run)))
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base, "--", key]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    figures["rps"] = figures["requests"] / figures["seconds"]
+    return figures
+
+
+def show(name: str, f: dict[str, Any]) -> None:
+    print(
+        f"{name:<26} {f['rps']:>9,.0f} req/s   p50 {f['p50_us'] / 1000:6.2f} ms   p99 {f['p99_us'] / 1000:6.2f} ms"
+        f"   ({f['requests']:,} requests, {f['non2xx']} non-2xx, {f['errors']} socket errors)"
+    )
+
+
+def main(seconds: int = 10) -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="couponry-bench-"))
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    key, campaign_id, people = prepare(url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, url, str(port)], cwd=ROOT, env=env)
+    pull = f"/api/v1/campaigns/{campaign_id}/pull?recipient="
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {key}"}
+        first = httpx.get(base + pull + people[0], headers=headers)
+        again = httpx.get(base + pull + people[0], headers=headers)
+        assert first.status_code == 200 and first.content == again.content, first.text
+
+        repeat = [pull + p.replace("@", "%40") for p in people]
+        fresh = [pull + "NEW%40example.com"]
+        bare = ["/bare?recipient=person1%40example.com"]
+        wrk(base, bare, key, 2, workdir)  # warm up
+        wrk(base, repeat, key, 2, workdir)
+        results = {
+            "bare": wrk(base, bare, key, seconds, workdir),
+            "repeat": wrk(base, repeat, key, seconds, workdir),
+            "first": wrk(base, fresh, key, seconds, workdir, run="b"),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"uvicorn httptools+uvloop, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs")
+    show("GET /bare (ceiling)", results["bare"])
+    show("GET pull (repeat calls)", results["repeat"])
+    show("GET pull (first calls)", results["first"])
+    ratio = results["repeat"]["rps"] / results["bare"]["rps"]
+    p99 = results["repeat"]["p99_us"] / 1000
+    print(f"repeat pull / bare = {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
+          f"p99 {p99:.2f} ms (target < 15 ms: {'met' if p99 < 15 else 'NOT met'})")  # fmt: skip
+    first_ratio = results["first"]["rps"] / results["bare"]["rps"]
+    first_p99 = results["first"]["p99_us"] / 1000
+    print(f"first-call pull / bare = {first_ratio:.2f}; p99 {first_p99:.2f} ms (each one assigns a code)")
+    bad = sum(r["non2xx"] + r["errors"] for r in results.values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 10))

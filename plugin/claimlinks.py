@@ -1,0 +1,105 @@
+"""Signed links (itsdangerous), one signer per purpose.
+
+claim link   one recipient (or one partner slot) of one campaign, with an expiry: opening it
+             reveals that recipient's code on a small page. The recipient is inside the signed
+             payload, so a link can't be forged or turned into another recipient's link.
+pull token   a campaign (optionally one partner's block) for the signed pull URL that email
+             platforms call per recipient: `/pull/<token>?recipient=...`.
+
+Both are deterministic (no signing timestamp): the same assignment always yields the same link,
+which is what a URL-keyed cache (Braze) and a printed mailing need. Expiry is an explicit
+`exp` in the signed payload instead of itsdangerous' timestamp, and every link must carry one
+no further out than MAX_LINK_AGE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from plugin.errors import PluginError
+
+MAX_LINK_AGE = timedelta(days=400)
+DEFAULT_LINK_AGE = timedelta(days=90)
+
+
+class BadLink(PluginError):
+    status = 403
+    reason = "bad_link"
+
+
+class ExpiredLink(PluginError):
+    status = 410
+    reason = "link_expired"
+
+
+@dataclass(frozen=True)
+class ClaimLink:
+    shop_id: int
+    campaign_id: int
+    recipient: str
+    expires_at: datetime
+    partner_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PullGrant:
+    shop_id: int
+    campaign_id: int
+    partner_id: int | None = None
+
+
+def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret, salt=f"couponry.{purpose}")
+
+
+def claim_token(secret: str, link: ClaimLink) -> str:
+    payload: dict[str, Any] = {
+        "s": link.shop_id,
+        "c": link.campaign_id,
+        "r": link.recipient,
+        "e": int(link.expires_at.timestamp()),
+    }
+    if link.partner_id is not None:
+        payload["p"] = link.partner_id
+    return str(_serializer(secret, "claim").dumps(payload))
+
+
+def read_claim_token(secret: str, token: str, *, now: datetime) -> ClaimLink:
+    """The link's content; BadLink when forged or tampered with, ExpiredLink when too old."""
+    try:
+        data = _serializer(secret, "claim").loads(token)
+        link = ClaimLink(
+            shop_id=int(data["s"]),
+            campaign_id=int(data["c"]),
+            recipient=str(data["r"]),
+            expires_at=datetime.fromtimestamp(int(data["e"]), tz=now.tzinfo),
+            partner_id=int(data["p"]) if data.get("p") is not None else None,
+        )
+    except (BadSignature, KeyError, TypeError, ValueError):
+        raise BadLink("this link is not valid") from None
+    if now >= link.expires_at or link.expires_at - now > MAX_LINK_AGE:
+        raise ExpiredLink("this link has expired")
+    return link
+
+
+def pull_token(secret: str, grant: PullGrant) -> str:
+    payload: dict[str, Any] = {"s": grant.shop_id, "c": grant.campaign_id}
+    if grant.partner_id is not None:
+        payload["p"] = grant.partner_id
+    return str(_serializer(secret, "pull").dumps(payload))
+
+
+def read_pull_token(secret: str, token: str) -> PullGrant:
+    try:
+        data = _serializer(secret, "pull").loads(token)
+        return PullGrant(
+            shop_id=int(data["s"]),
+            campaign_id=int(data["c"]),
+            partner_id=int(data["p"]) if data.get("p") is not None else None,
+        )
+    except (BadSignature, KeyError, TypeError, ValueError):
+        raise BadLink("this pull URL is not valid") from None

@@ -1,0 +1,277 @@
+"""Distribution's atomic operations, per dialect (store layer).
+
+A claim gives a recipient the next free code of a campaign (or of a partner's block):
+
+- PostgreSQL: `UPDATE code SET recipient ... WHERE id = (SELECT id ... ORDER BY id LIMIT 1
+  FOR UPDATE SKIP LOCKED) AND recipient IS NULL RETURNING ...`, so concurrent claims skip the
+  rows others are taking instead of queueing behind them.
+- SQLite: the same statement without the lock clause; the transaction began with
+  `BEGIN IMMEDIATE` (plugin.db), so claimers take turns.
+
+The partial unique index `uq_code_campaign_recipient` makes "one recipient, one code" a database
+guarantee: two racing first claims of one recipient cannot both commit. The loser's UPDATE
+raises IntegrityError inside its savepoint, and the caller answers with the winner's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from plugin.db import Reader
+from plugin.jobstore import aware
+from plugin.models import Alert, Code
+
+_code = Code.__table__  # type: ignore[attr-defined]
+_alert = Alert.__table__  # type: ignore[attr-defined]
+_COLUMNS = (
+    _code.c.id,
+    _code.c.code,
+    _code.c.campaign_id,
+    _code.c.batch_id,
+    _code.c.partner_id,
+    _code.c.recipient,
+    _code.c.status,
+    _code.c.created_at,
+    _code.c.assigned_at,
+    _code.c.expires_at,
+)
+
+
+@dataclass(frozen=True)
+class AssignedCode:
+    id: int
+    code: str
+    campaign_id: int
+    batch_id: int | None
+    partner_id: int | None
+    recipient: str
+    status: str
+    created_at: datetime
+    assigned_at: datetime
+    expires_at: datetime | None
+
+
+def _assigned(row: Any) -> AssignedCode:
+    return AssignedCode(
+        id=int(row.id),
+        code=row.code,
+        campaign_id=int(row.campaign_id),
+        batch_id=row.batch_id,
+        partner_id=row.partner_id,
+        recipient=row.recipient,
+        status=row.status,
+        created_at=aware(row.created_at),
+        assigned_at=aware(row.assigned_at),
+        expires_at=aware(row.expires_at) if row.expires_at is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    id: int
+    shop_id: int
+    name: str
+    status: str
+    rules_text: str | None
+    format_text: str
+
+
+def campaign_info(reader: Reader, *, shop_id: int, campaign_id: int) -> CampaignInfo | None:
+    rows = reader.rows(
+        "SELECT id, shop_id, name, status, CAST(rules AS TEXT), CAST(code_format AS TEXT) FROM campaign"
+        " WHERE id = ? AND shop_id = ?",
+        (campaign_id, shop_id),
+    )
+    return CampaignInfo(*rows[0]) if rows else None
+
+
+# The read of a repeat claim: the recipient's code with its campaign and batch, in one statement
+# on the partial unique index (campaign_id, recipient).
+_LOOKUP = """
+SELECT c.id, c.code, c.campaign_id, c.batch_id, c.partner_id, c.recipient, c.status, c.created_at, c.assigned_at,
+       c.expires_at, k.id, k.shop_id, k.name, k.status, CAST(k.rules AS TEXT), CAST(k.code_format AS TEXT),
+       CAST(b.rules_override AS TEXT)
+FROM code c
+JOIN campaign k ON k.id = c.campaign_id
+LEFT JOIN batch b ON b.id = c.batch_id
+WHERE c.campaign_id = ? AND c.recipient = ? AND c.shop_id = ? AND k.shop_id = ?
+"""
+
+
+def lookup_assigned(
+    reader: Reader, *, shop_id: int, campaign_id: int, recipient: str
+) -> tuple[AssignedCode, CampaignInfo, str | None] | None:
+    """(the recipient's code, its campaign, its batch's override text), or None."""
+    rows = reader.rows(_LOOKUP, (campaign_id, recipient, shop_id, shop_id))
+    if not rows:
+        return None
+    r = rows[0]
+    at = Reader.as_instant
+    created, assigned = at(r[7]), at(r[8])
+    assert created is not None and assigned is not None
+    code = AssignedCode(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6], created, assigned, at(r[9]))
+    return code, CampaignInfo(*r[10:16]), r[16]
+
+
+def assigned_page(
+    reader: Reader, *, shop_id: int, campaign_id: int, partner_id: int | None, after_id: int, limit: int
+) -> list[AssignedCode]:
+    """Assigned codes of the campaign in id order after `after_id` (keyset pagination)."""
+    sql = (
+        "SELECT id, code, campaign_id, batch_id, partner_id, recipient, status, created_at, assigned_at, expires_at FROM code "
+        "WHERE campaign_id = ? AND shop_id = ? AND recipient IS NOT NULL AND id > ?"
+    )
+    params: list[Any] = [campaign_id, shop_id, after_id]
+    if partner_id is not None:
+        sql += " AND partner_id = ?"
+        params.append(partner_id)
+    at = Reader.as_instant
+    out = []
+    for r in reader.rows(sql + " ORDER BY id LIMIT ?", [*params, limit]):
+        created, assigned = at(r[7]), at(r[8])
+        assert created is not None and assigned is not None
+        out.append(AssignedCode(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6], created, assigned, at(r[9])))
+    return out
+
+
+def batch_override(reader: Reader, batch_id: int | None) -> str | None:
+    if batch_id is None:
+        return None
+    rows = reader.rows("SELECT CAST(rules_override AS TEXT) FROM batch WHERE id = ?", (batch_id,))
+    return rows[0][0] if rows else None
+
+
+def _partner_is(partner_id: int | None) -> ColumnElement[bool]:
+    column: Any = _code.c.partner_id
+    condition: ColumnElement[bool] = column.is_(None) if partner_id is None else column == partner_id
+    return condition
+
+
+def take_free_code(
+    conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int | None, recipient: str, now: datetime
+) -> AssignedCode | None:
+    """Assign the next free code to the recipient; None when the pool is empty.
+
+    Runs in a savepoint; raises IntegrityError when the recipient got a code meanwhile."""
+    free = and_(
+        _code.c.campaign_id == campaign_id,
+        _code.c.recipient.is_(None),
+        _code.c.status == "active",
+        _code.c.shop_id == shop_id,
+        _partner_is(partner_id),
+    )
+    pick = select(_code.c.id).where(free).order_by(_code.c.id).limit(1)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(_code)
+        .where(_code.c.id == pick.scalar_subquery(), _code.c.recipient.is_(None))
+        .values(recipient=recipient, assigned_at=now)
+        .returning(*_COLUMNS)
+    )
+    with conn.begin_nested():
+        row = conn.execute(stmt).first()
+    return None if row is None else _assigned(row)
+
+
+def set_expiry(conn: Connection, *, code_id: int, expires_at: datetime) -> None:
+    conn.execute(update(_code).where(_code.c.id == code_id).values(expires_at=expires_at))
+
+
+def free_codes(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int | None, upto: int) -> int:
+    """How many codes are still free, counted only up to `upto` (cheap on a large pool)."""
+    inner = (
+        select(_code.c.id)
+        .where(
+            _code.c.campaign_id == campaign_id,
+            _code.c.recipient.is_(None),
+            _code.c.status == "active",
+            _code.c.shop_id == shop_id,
+            _partner_is(partner_id),
+        )
+        .limit(upto)
+        .subquery()
+    )
+    return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+
+
+def allocate(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int, count: int) -> int:
+    """Move up to `count` free codes without a partner into the partner's block; how many moved."""
+    pick = (
+        select(_code.c.id)
+        .where(
+            _code.c.campaign_id == campaign_id,
+            _code.c.recipient.is_(None),
+            _code.c.status == "active",
+            _code.c.shop_id == shop_id,
+            _code.c.partner_id.is_(None),
+        )
+        .order_by(_code.c.id)
+        .limit(count)
+    )
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    # A CTE runs once; PostgreSQL may re-run an `IN (subquery)` per row, and a locking
+    # subquery with LIMIT then hands out more rows than asked for.
+    chosen = pick.cte("chosen")
+    stmt = (
+        update(_code)
+        .where(_code.c.id.in_(select(chosen.c.id)), _code.c.partner_id.is_(None))
+        .values(partner_id=partner_id)
+        .returning(_code.c.id)
+    )
+    return len(conn.execute(stmt).all())
+
+
+def raise_alert(conn: Connection, values: dict[str, Any], now: datetime) -> None:
+    """Open the alert, or count one more sighting of the open alert with the same `open_key`."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(_alert).values(**values, count=1, created_at=now, last_seen_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["open_key"],
+        set_={
+            "count": _alert.c.count + 1,
+            "last_seen_at": now,
+            "message": stmt.excluded.message,
+            "details": stmt.excluded.details,
+        },
+    )
+    conn.execute(stmt)
+
+
+def alert_seen_since(conn: Connection, *, open_key: str, since: datetime) -> bool:
+    """True when the open alert with this key was raised or seen at `since` or later."""
+    seen = conn.execute(select(_alert.c.last_seen_at).where(_alert.c.open_key == open_key)).scalar_one_or_none()
+    return seen is not None and aware(seen) >= since
+
+
+def resolve_alert(conn: Connection, *, open_key: str, now: datetime) -> bool:
+    result = conn.execute(update(_alert).where(_alert.c.open_key == open_key).values(open_key=None, resolved_at=now))
+    return bool(result.rowcount)
+
+
+__all__ = [
+    "AssignedCode",
+    "CampaignInfo",
+    "IntegrityError",
+    "alert_seen_since",
+    "allocate",
+    "assigned_page",
+    "batch_override",
+    "campaign_info",
+    "free_codes",
+    "lookup_assigned",
+    "raise_alert",
+    "resolve_alert",
+    "set_expiry",
+    "take_free_code",
+]

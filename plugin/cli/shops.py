@@ -1,0 +1,57 @@
+"""`couponry shops connect woocommerce`: connect a store with keys made by hand (no install flow)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import click
+import httpx
+
+from connectors.errors import ConnectorError
+from connectors.woocommerce import WooAuthKeys, WooCommerceConnector
+from plugin import installs
+from plugin.cli import Context, clear_errors, main, pass_context
+from plugin.connections import connector_config, normalise_store_url
+from plugin.db import session_scope
+
+
+@main.group("shops")
+def shops_group() -> None:
+    """Shops (tenants) on shop platforms."""
+
+
+@shops_group.group("connect")
+def connect_group() -> None:
+    """Connect a shop with credentials made by hand."""
+
+
+@connect_group.command("woocommerce")
+@click.option("--url", "store_url", required=True, help="The store's address, e.g. https://shop.example")
+@click.option("--key", "consumer_key", required=True, help="REST API consumer key (ck_...).")
+@click.option("--secret", "consumer_secret", required=True, prompt=True, hide_input=True, help="Consumer secret (cs_...).")
+@click.option("--query-auth", is_flag=True, help="Send the keys as query parameters (servers that drop Authorization).")
+@pass_context
+def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consumer_secret: str, query_auth: bool) -> None:
+    """Check the keys against the store, store them encrypted and queue the webhook registration."""
+    url = normalise_store_url(store_url)
+    if url is None:
+        raise click.BadParameter("not a store address", param_hint="--url")
+    keys = WooAuthKeys(user_id="cli", consumer_key=consumer_key, consumer_secret=consumer_secret, key_permissions="read_write")
+    credentials = WooCommerceConnector.credentials(
+        url, keys, auth="query" if query_auth else "basic", webhook_secret=installs.new_webhook_secret()
+    )
+    config = connector_config(ctx.settings, "woocommerce")
+
+    async def verify() -> None:
+        async with httpx.AsyncClient() as http:
+            await WooCommerceConnector(http, config, credentials).verify_credentials()
+
+    try:
+        asyncio.run(verify())
+    except ConnectorError as exc:
+        raise click.ClickException(f"the store refused the keys: {exc}") from exc
+    with clear_errors(), session_scope(ctx.engine) as session:
+        shop = installs.save_install(session, ctx.settings, platform="woocommerce", credentials=credentials, actor="cli")
+        shop_id = shop.id
+    click.echo(json.dumps({"shop_id": shop_id, "platform": "woocommerce", "domain": url, "webhooks": "queued"}))

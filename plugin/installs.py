@@ -1,0 +1,320 @@
+"""Installs and what ends them: a shop's credentials in, webhooks registered, uninstalls, and
+the privacy requests platforms send on the merchant's and customers' behalf.
+
+    save_install          create or update the Shop, store its credentials encrypted, and queue
+                          the registration of its webhooks (outbox job `install.webhooks`)
+    mark_uninstalled      app/uninstalled (Shopify) and /uninstall (BigCommerce): the token goes,
+                          the shop's queued jobs stop
+    redact_customer       customers/redact: that customer's PII leaves redemptions, codes,
+                          usage counters and stored deliveries; counts and amounts stay
+    redact_shop           shop/redact (48 h after an uninstall): every row of the shop goes
+    customer_data         customers/data_request: what we hold about a customer, kept as an
+                          audit record for the merchant to hand over
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, delete, func, or_, update
+from sqlmodel import Session, SQLModel, col, select
+
+from connectors.base import Credentials, Delivery
+from plugin import outbox, tokens, webhooks
+from plugin.connections import shop_connector, shop_credentials
+from plugin.db import run, session_scope
+from plugin.errors import InvalidInput
+from plugin.models import AuditEvent, Code, CustomerUsage, Job, Redemption, Shop, WebhookEvent, utcnow
+from plugin.settings import Settings
+
+if TYPE_CHECKING:
+    from plugin.worker import Handler, JobContext
+
+REGISTER_WEBHOOKS = "install.webhooks"
+LIFECYCLE_KINDS = frozenset({"app_uninstalled", "customers_redact", "shop_redact", "customers_data_request"})
+
+
+def new_webhook_secret() -> str:
+    """A per-shop secret for platforms that sign deliveries with what we register (WooCommerce,
+    BigCommerce's header): one shop's secret never verifies another shop's deliveries."""
+    return secrets.token_urlsafe(32)
+
+
+def webhook_url(settings: Settings, platform: str) -> str:
+    return f"{settings.public_url}/webhooks/{platform}"
+
+
+def find_shop(session: Session, platform: str, domain: str) -> Shop | None:
+    return session.exec(select(Shop).where(col(Shop.platform) == platform, col(Shop.domain) == domain)).first()
+
+
+def save_install(
+    session: Session,
+    settings: Settings,
+    *,
+    platform: str,
+    credentials: Credentials,
+    name: str = "",
+    actor: str = "install",
+) -> Shop:
+    """Create or update the shop for these credentials, encrypted at rest, and queue its webhooks."""
+    if not credentials.shop_domain or not credentials.access_token:
+        raise InvalidInput("an install needs the shop and its access token", reason="invalid_install")
+    shop = find_shop(session, platform, credentials.shop_domain)
+    reinstall = shop is not None
+    if shop is None:
+        shop = Shop(platform=platform, domain=credentials.shop_domain, name=name or credentials.shop_domain)
+    elif name:
+        shop.name = name
+    shop.access_token_encrypted = tokens.encrypt(settings, credentials.access_token, credentials.extra)
+    shop.scopes = " ".join(credentials.scopes)
+    if shop.uninstalled_at is not None:
+        shop.uninstalled_at = None
+        shop.installed_at = utcnow()
+    session.add(shop)
+    session.flush()
+    assert shop.id is not None
+    session.add(
+        AuditEvent(
+            shop_id=shop.id,
+            action="shop.reinstalled" if reinstall else "shop.installed",
+            subject=f"shop:{shop.id}",
+            actor=actor,
+            details={"platform": platform, "scopes": list(credentials.scopes)},
+        )
+    )
+    outbox.enqueue(session, REGISTER_WEBHOOKS, {}, shop.id, dedupe_key=f"{REGISTER_WEBHOOKS}:{shop.id}")
+    session.flush()
+    return shop
+
+
+def mark_uninstalled(session: Session, shop_id: int, *, actor: str) -> int:
+    """The app was uninstalled: drop the token, stop the shop's queued jobs; return how many stopped."""
+    shop = session.get_one(Shop, shop_id)
+    now = utcnow()
+    shop.uninstalled_at = shop.uninstalled_at or now
+    shop.access_token_encrypted = None
+    session.add(shop)
+    result = session.execute(
+        update(Job)
+        .where(col(Job.shop_id) == shop_id, col(Job.status) == "queued")
+        .values(status="dead", last_error="the shop uninstalled the app", finished_at=now, dedupe_key=None)
+    )
+    stopped = int(result.rowcount)  # type: ignore[attr-defined]
+    session.add(
+        AuditEvent(shop_id=shop_id, action="shop.uninstalled", subject=f"shop:{shop_id}", actor=actor, details={"jobs": stopped})
+    )
+    session.flush()
+    return stopped
+
+
+def _who(email: str | None, customer_id: str | None) -> tuple[str | None, str | None]:
+    email = email.strip().lower() if email and email.strip() else None
+    customer_id = customer_id.strip() if customer_id and customer_id.strip() else None
+    return email, customer_id
+
+
+def redact_customer(
+    session: Session,
+    shop_id: int,
+    *,
+    email: str | None,
+    customer_id: str | None,
+    order_ids: tuple[str, ...] = (),
+    actor: str,
+) -> dict[str, int]:
+    """Erase a customer's PII in this shop; what each table lost is returned (and audited)."""
+    email, customer_id = _who(email, customer_id)
+    deliveries = webhooks.redact_customer(
+        session, shop_id, email=email, customer_id=customer_id, order_ids=order_ids, actor=actor
+    )
+    match: list[Any] = []
+    if email:
+        match += [func.lower(col(Redemption.email)) == email, func.lower(col(Redemption.recipient)) == email]
+    if customer_id:
+        match.append(col(Redemption.customer_id) == customer_id)
+    if order_ids:
+        match.append(col(Redemption.order_id).in_(order_ids))
+    redemptions = session.execute(
+        update(Redemption)
+        .where(col(Redemption.shop_id) == shop_id, or_(*match))
+        .values(email=None, customer_id=None, recipient=None)
+        .execution_options(synchronize_session=False)
+    )
+    code_match: list[Any] = []
+    if email:
+        code_match += [func.lower(col(Code.email)) == email, func.lower(col(Code.recipient)) == email]
+    if customer_id:
+        code_match.append(col(Code.customer_id) == customer_id)
+    codes = (
+        session.execute(
+            update(Code)
+            .where(col(Code.shop_id) == shop_id, or_(*code_match))
+            .values(email=None, customer_id=None, recipient=None)
+            .execution_options(synchronize_session=False)
+        )
+        if code_match
+        else None
+    )
+    keys = [k for k in (email, customer_id) if k]
+    usage = (
+        session.execute(
+            delete(CustomerUsage).where(col(CustomerUsage.shop_id) == shop_id, col(CustomerUsage.customer_key).in_(keys))
+        )
+        if keys
+        else None
+    )
+    counts = {
+        "deliveries": deliveries,
+        "redemptions": int(redemptions.rowcount),  # type: ignore[attr-defined]
+        "codes": int(codes.rowcount) if codes is not None else 0,  # type: ignore[attr-defined]
+        "usage_counters": int(usage.rowcount) if usage is not None else 0,  # type: ignore[attr-defined]
+    }
+    session.add(AuditEvent(shop_id=shop_id, action="customer.redacted", subject="customer", actor=actor, details=counts))
+    session.flush()
+    return counts
+
+
+def customer_data(
+    session: Session, shop_id: int, *, email: str | None, customer_id: str | None, order_ids: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Everything we hold about a customer in this shop (for a data request)."""
+    email, customer_id = _who(email, customer_id)
+    match: list[Any] = []
+    if email:
+        match.append(func.lower(col(Redemption.email)) == email)
+    if customer_id:
+        match.append(col(Redemption.customer_id) == customer_id)
+    if order_ids:
+        match.append(col(Redemption.order_id).in_(order_ids))
+    redemptions = (
+        session.exec(select(Redemption).where(col(Redemption.shop_id) == shop_id, or_(*match)).order_by(col(Redemption.id))).all()
+        if match
+        else []
+    )
+    code_match: list[Any] = []
+    if email:
+        code_match += [func.lower(col(Code.email)) == email, func.lower(col(Code.recipient)) == email]
+    if customer_id:
+        code_match.append(col(Code.customer_id) == customer_id)
+    bound = (
+        session.exec(select(Code).where(col(Code.shop_id) == shop_id, or_(*code_match)).order_by(col(Code.id))).all()
+        if code_match
+        else []
+    )
+    return {
+        "customer": {"email": email, "customer_id": customer_id},
+        "redemptions": [
+            {
+                "code": r.code,
+                "order_id": r.order_id,
+                "email": r.email,
+                "customer_id": r.customer_id,
+                "amount": r.amount,
+                "currency": r.currency,
+                "status": r.status,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in redemptions
+        ],
+        "codes": [
+            {
+                "code": c.code,
+                "campaign_id": c.campaign_id,
+                "email": c.email,
+                "customer_id": c.customer_id,
+                "recipient": c.recipient,
+                "assigned_at": c.assigned_at.isoformat() if c.assigned_at else None,
+            }
+            for c in bound
+        ],
+    }
+
+
+def redact_shop(session: Session, shop_id: int, *, keep_event_id: int | None, actor: str) -> dict[str, int]:
+    """Delete every row of the shop (its tenant data), keeping the Shop row as an anonymous
+    tombstone and the delivery being processed. Only for a shop that uninstalled the app."""
+    shop = session.get_one(Shop, shop_id)
+    if shop.uninstalled_at is None:
+        raise InvalidInput("the shop has the app installed; its data stays", reason="shop_installed")
+    counts: dict[str, int] = {}
+    for table in reversed(SQLModel.metadata.sorted_tables):  # dependants first
+        if "shop_id" not in table.c or table.name == Shop.__tablename__:
+            continue
+        stmt = delete(table).where(table.c.shop_id == shop_id)
+        if table.name == WebhookEvent.__tablename__ and keep_event_id is not None:
+            stmt = stmt.where(table.c.id != keep_event_id)
+        counts[table.name] = int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    shop.name, shop.scopes, shop.preferences, shop.access_token_encrypted = "", "", {}, None
+    session.add(shop)
+    session.add(AuditEvent(shop_id=shop_id, action="shop.redacted", subject=f"shop:{shop_id}", actor=actor, details=counts))
+    session.flush()
+    return counts
+
+
+def apply_lifecycle(session: Session, shop_id: int, event: WebhookEvent, delivery: Delivery) -> str:
+    """A stored app/uninstalled or privacy delivery, applied; returns the delivery's new status."""
+    actor = f"webhook:{event.platform}"
+    if delivery.kind == "app_uninstalled":
+        mark_uninstalled(session, shop_id, actor=actor)
+    elif delivery.kind == "customers_redact":
+        redact_customer(
+            session, shop_id, email=delivery.email, customer_id=delivery.customer_id, order_ids=delivery.order_ids, actor=actor
+        )
+    elif delivery.kind == "customers_data_request":
+        data = customer_data(
+            session, shop_id, email=delivery.email, customer_id=delivery.customer_id, order_ids=delivery.order_ids
+        )
+        session.add(
+            AuditEvent(shop_id=shop_id, action="customer.data_request", subject=f"webhook:{event.id}", actor=actor, details=data)
+        )
+    elif delivery.kind == "shop_redact":
+        shop = session.get_one(Shop, shop_id)
+        if shop.uninstalled_at is None:
+            return "ignored"  # reinstalled since: Shopify's request is moot
+        redact_shop(session, shop_id, keep_event_id=event.id, actor=actor)
+        event.payload = ""
+        event.redacted_at = utcnow()
+    else:
+        return "ignored"
+    return "processed"
+
+
+# --- worker ----------------------------------------------------------------------------------
+
+
+def _shop(engine: Engine, shop_id: int | None) -> Shop:
+    if shop_id is None:
+        raise InvalidInput("an install job needs a shop")
+    with session_scope(engine) as session:
+        return session.get_one(Shop, shop_id)
+
+
+async def handle_register_webhooks(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    """Subscribe the shop's order (and uninstall) webhooks; safe to repeat."""
+    engine = ctx.engine
+    shop = await run(engine, lambda: _shop(engine, job.shop_id))
+    if shop.platform == "sandbox" or shop.uninstalled_at is not None:
+        return
+    connector: Any = shop_connector(ctx.settings, ctx.http, shop)
+    url = webhook_url(ctx.settings, shop.platform)
+    if shop.platform == "shopify":
+        registered = await connector.register_webhooks(url)
+        details: dict[str, Any] = {"topics": sorted(registered)}
+    else:
+        secret = shop_credentials(ctx.settings, shop).extra.get("webhook_secret", "")
+        if not secret:
+            raise InvalidInput(f"{shop.platform} shop {shop.domain} has no webhook secret; reinstall it")
+        registrations = await connector.register_webhooks(url, secret)
+        details = {"hooks": {r.topic: r.action for r in registrations}}
+
+    def record() -> None:
+        with session_scope(engine) as session:
+            assert shop.id is not None
+            session.add(AuditEvent(shop_id=shop.id, action="webhooks.registered", subject=f"shop:{shop.id}", details=details))
+
+    await run(engine, record)
+
+
+HANDLERS: dict[str, Handler] = {REGISTER_WEBHOOKS: handle_register_webhooks}

@@ -1,0 +1,225 @@
+"""Pushing recipients' codes to email/SMS providers as outbox jobs, with per-recipient status.
+
+    enqueue_push   in the caller's transaction: a RecipientDelivery row (queued) for each assigned
+                   code of the campaign the provider has not had yet, and one `distribution.push`
+                   job (promise 4)
+    handle_push    the worker: queued deliveries in the provider's batch size, through its
+                   MessagingConnector (connectors/, which keeps inside the provider's rate
+                   limits); each batch's results are written as soon as they come back
+
+A re-run after a crash sends only what is still queued. A rate limit or outage raises out of the
+connector: the job is retried with backoff (honouring Retry-After) and the rows stay queued.
+A recipient the provider refused is `failed` with its message; `accepted` means an asynchronous
+provider (Klaviyo, SendGrid) took it into an import job (`provider_id` holds the job id).
+
+Provider credentials come from the settings: COUPONRY_<PROVIDER>_API_KEY (or _ACCESS_TOKEN) and
+any other COUPONRY_<PROVIDER>_<OPTION> (e.g. COUPONRY_KLAVIYO_LIST_ID, COUPONRY_TWILIO_FROM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import httpx
+from sqlalchemy import Engine, insert, literal, update
+from sqlalchemy import select as core_select
+from sqlmodel import Session, col, select
+
+from connectors import MESSAGING_CONNECTORS, messaging_connector_class
+from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient
+from plugin import distribution, outbox
+from plugin.campaigns import get_campaign
+from plugin.db import read_cursor, run, session_scope
+from plugin.distribution import recipient_parts
+from plugin.errors import InvalidInput
+from plugin.models import Code, RecipientDelivery, Shop, utcnow
+from plugin.settings import Settings
+
+if TYPE_CHECKING:
+    from plugin.worker import Handler, JobContext
+
+PUSH = "distribution.push"
+_delivery = RecipientDelivery.__table__  # type: ignore[attr-defined]
+_code = Code.__table__  # type: ignore[attr-defined]
+
+
+def check_provider(provider: str) -> str:
+    if provider not in MESSAGING_CONNECTORS:
+        raise InvalidInput(f"unknown provider {provider!r}; one of {sorted(MESSAGING_CONNECTORS)}", reason="unknown_provider")
+    return provider
+
+
+def enqueue_push(
+    session: Session, *, shop_id: int, campaign_id: int, provider: str, code_ids: Sequence[int] | None = None
+) -> int:
+    """Queue the campaign's assigned codes (or just `code_ids`) for the provider; returns how many
+    recipients were newly queued. Codes already queued or sent to this provider are left alone."""
+    check_provider(provider)
+    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    now = utcnow()
+    pending = (
+        core_select(
+            _code.c.shop_id,
+            _code.c.campaign_id,
+            _code.c.id,
+            _code.c.recipient,
+            literal(provider, _delivery.c.provider.type),
+            literal("queued", _delivery.c.status.type),
+            literal(0, _delivery.c.attempts.type),
+            literal(now, _delivery.c.updated_at.type),
+        )
+        .where(
+            _code.c.shop_id == shop_id,
+            _code.c.campaign_id == campaign_id,
+            _code.c.recipient.is_not(None),
+            _code.c.recipient.not_like("%" + distribution.REISSUED + "%"),
+            ~core_select(_delivery.c.id)
+            .where(_delivery.c.shop_id == shop_id, _delivery.c.provider == provider, _delivery.c.code_id == _code.c.id)
+            .exists(),
+        )
+        .order_by(_code.c.id)
+    )
+    if code_ids is not None:
+        pending = pending.where(_code.c.id.in_(list(code_ids)))
+    columns = ["shop_id", "campaign_id", "code_id", "recipient", "provider", "status", "attempts", "updated_at"]
+    result = session.connection().execute(insert(_delivery).from_select(columns, pending).returning(_delivery.c.id))
+    queued = len(result.all())
+    if queued:
+        outbox.enqueue(
+            session,
+            PUSH,
+            {"campaign_id": campaign_id, "provider": provider},
+            shop_id,
+            dedupe_key=f"{PUSH}:{shop_id}:{campaign_id}:{provider}",
+        )
+    return queued
+
+
+def messaging_connector(settings: Settings, http: httpx.AsyncClient, provider: str, shop: Shop) -> MessagingConnector:
+    options = dict(settings.connector_config.get(provider, {}))
+    config = ConnectorConfig(base_url=options.get("base_url"), extra=options)
+    token = options.get("api_key") or options.get("access_token") or ""
+    credentials = Credentials(shop_domain=shop.domain, access_token=token, extra=options)
+    connector: MessagingConnector = messaging_connector_class(provider)(http, config, credentials)
+    return connector
+
+
+def _next_batch(
+    engine: Engine, settings: Settings, shop_id: int, campaign_id: int, provider: str, size: int
+) -> list[tuple[int, Recipient]]:
+    """(delivery id, Recipient with merge fields) for the next queued deliveries."""
+    with session_scope(engine) as session:
+        rows = session.execute(
+            core_select(_delivery.c.id, _delivery.c.recipient, _delivery.c.code_id)
+            .where(
+                _delivery.c.shop_id == shop_id,
+                _delivery.c.campaign_id == campaign_id,
+                _delivery.c.provider == provider,
+                _delivery.c.status == "queued",
+            )
+            .order_by(_delivery.c.id)
+            .limit(size)
+        ).all()
+    batch: list[tuple[int, Recipient]] = []
+    for delivery_id, key, _code_id in rows:
+        held = distribution.find_claim(engine, shop_id=shop_id, campaign_id=campaign_id, recipient=key)
+        if held is None:  # the code was reissued meanwhile: the new code gets its own delivery
+            _finish(engine, [(delivery_id, "failed", None, "the recipient no longer holds this code")])
+            continue
+        parts = recipient_parts(key)
+        fields = {
+            "coupon_code": held.display,
+            "coupon_expires_at": held.expires_at.isoformat() if held.expires_at else "",
+            "claim_url": distribution.claim_url(settings.public_url, settings.secret_key, shop_id=shop_id, claim_=held),
+        }
+        recipient = Recipient(
+            key=key, email=parts["email"], phone=parts["phone"], external_id=parts["customer_id"], fields=fields
+        )
+        batch.append((delivery_id, recipient))
+    return batch
+
+
+def _finish(engine: Engine, outcomes: Sequence[tuple[int, str, str | None, str | None]]) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        for delivery_id, status, provider_id, error in outcomes:
+            conn.execute(
+                update(_delivery)
+                .where(_delivery.c.id == delivery_id)
+                .values(
+                    status=status,
+                    provider_id=provider_id,
+                    error=error[:1000] if error else None,
+                    attempts=_delivery.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+
+
+async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    engine = ctx.engine
+    shop_id = job.shop_id
+    assert shop_id is not None
+    campaign_id, provider = int(job.payload["campaign_id"]), str(job.payload["provider"])
+    shop = await run(engine, lambda: _shop(engine, shop_id))
+    connector = messaging_connector(ctx.settings, ctx.http, provider, shop)
+    while True:
+        batch = await run(engine, lambda: _next_batch(engine, ctx.settings, shop_id, campaign_id, provider, connector.BATCH_SIZE))
+        if not batch:
+            return
+        results = await connector.push_recipients([r for _, r in batch])
+        accepted = "accepted" if provider in ASYNC_PROVIDERS else "sent"
+        outcomes = [
+            (delivery_id, accepted if result.ok else "failed", result.provider_id, result.error)
+            for (delivery_id, _), result in zip(batch, results, strict=True)
+        ]
+        await run(engine, partial(_finish, engine, outcomes))
+
+
+ASYNC_PROVIDERS = frozenset({"klaviyo", "sendgrid", "mailchimp"})  # an ok means "taken into an import job"
+
+
+def _shop(engine: Engine, shop_id: int) -> Shop:
+    with session_scope(engine) as session:
+        return session.get_one(Shop, shop_id)
+
+
+def delivery_counts(engine: Engine, *, shop_id: int, campaign_id: int) -> dict[str, dict[str, int]]:
+    """{provider: {status: count}} for the campaign."""
+    with read_cursor(engine) as reader:
+        rows = reader.rows(
+            "SELECT provider, status, count(*) FROM recipientdelivery WHERE shop_id = ? AND campaign_id = ?"
+            " GROUP BY provider, status",
+            (shop_id, campaign_id),
+        )
+    out: dict[str, dict[str, int]] = {}
+    for provider, status, count in rows:
+        out.setdefault(provider, {})[status] = int(count)
+    return out
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    shop_id: int,
+    campaign_id: int,
+    status: str | None = None,
+    limit: int = 100,
+    partner_id: int | None = None,
+) -> Sequence[RecipientDelivery]:
+    stmt = (
+        select(RecipientDelivery)
+        .where(col(RecipientDelivery.shop_id) == shop_id, col(RecipientDelivery.campaign_id) == campaign_id)
+        .order_by(col(RecipientDelivery.id))
+        .limit(limit)
+    )
+    if status is not None:
+        stmt = stmt.where(col(RecipientDelivery.status) == status)
+    if partner_id is not None:
+        stmt = stmt.where(col(RecipientDelivery.code_id).in_(core_select(_code.c.id).where(_code.c.partner_id == partner_id)))
+    return session.exec(stmt).all()
+
+
+HANDLERS: dict[str, Handler] = {PUSH: handle_push}

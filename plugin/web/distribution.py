@@ -1,0 +1,383 @@
+"""Distribution over HTTP: the API handlers (listed in plugin.web.api.ENDPOINTS), the signed pull
+URL that email platforms call per recipient, and the claim page behind a signed claim link.
+
+    GET /api/v1/campaigns/{id}/pull?recipient=   API key (Bearer), scope distribution
+    GET /pull/{token}?recipient=                 signed pull URL: the token names the campaign
+    GET /claim/{token}                           the small page revealing one recipient's code
+
+A pull answers the same body on every call for a recipient (Braze caches by URL and retries);
+an exhausted pool answers 409 problem+json with reason `pool_exhausted` and raises an alert.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from plugin import distribution, partners, poolhealth, pushes, referrals
+from plugin.campaigns import get_campaign
+from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, pull_token, read_claim_token, read_pull_token
+from plugin.db import run
+from plugin.distribution import Claim, PoolExhausted, claim_or_alert, normalise_recipient
+from plugin.errors import InvalidInput, NotFound, PluginError
+from plugin.models import Alert, utcnow
+from plugin.settings import Settings
+from plugin.web import schemas
+from plugin.web.problems import problem
+
+if TYPE_CHECKING:
+    from plugin.web.api import Call
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"]), auto_reload=False
+)
+
+
+def _json(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _recipient_param(request: Request) -> str:
+    raw = request.query_params.get("recipient")
+    if raw is None or not raw.strip():
+        raise InvalidInput("name the recipient: ?recipient=<email, phone or id:customer>", reason="invalid_recipient")
+    if len(raw) > 320:
+        raise InvalidInput("the recipient is at most 320 characters", reason="invalid_recipient")
+    return normalise_recipient(raw)
+
+
+async def _claim(engine: Engine, *, shop_id: int, campaign_id: int, recipient: str, partner_id: int | None) -> Claim:
+    return await run(
+        engine,
+        lambda: claim_or_alert(engine, shop_id=shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=partner_id),
+    )
+
+
+def _pull_response(found: Claim) -> Response:
+    # A recipient's code never changes, so caches may keep it; the URL names the recipient.
+    return Response(found.body, media_type="application/json", headers={"Cache-Control": "private, max-age=300"})
+
+
+# --- API handlers -----------------------------------------------------------------------------
+
+
+async def pull(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    recipient = _recipient_param(call.request)
+    found = await _claim(
+        call.engine, shop_id=call.shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=call.key.partner_id
+    )
+    return _pull_response(found)
+
+
+async def create_claim(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.ClaimRequest)
+    recipient = normalise_recipient(body.recipient, email=body.email, phone=body.phone, customer_id=body.customer_id)
+    found = await _claim(
+        call.engine, shop_id=call.shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=call.key.partner_id
+    )
+    settings = _settings(call.request)
+    url = distribution.claim_url(settings.public_url, settings.secret_key, shop_id=call.shop_id, claim_=found)
+    out = schemas.ClaimOut(**found.as_json(), created=found.created, claim_url=url, partner_id=found.partner_id)
+    return _json(out, 201 if found.created else 200)
+
+
+async def pool(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+
+    def work(session: Session) -> schemas.PoolOut:
+        status = distribution.pool_status(session, shop_id=call.shop_id, campaign_id=campaign_id, partner_id=call.key.partner_id)
+        return schemas.PoolOut(**status.__dict__)
+
+    return _json(await call.db(work))
+
+
+async def export(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    settings = _settings(call.request)
+    rows = distribution.export_assignments(
+        call.engine,
+        shop_id=call.shop_id,
+        campaign_id=campaign_id,
+        public_url=settings.public_url,
+        secret=settings.secret_key,
+        partner_id=call.key.partner_id,
+    )
+    header = await run(call.engine, lambda: next(rows))  # the campaign exists (404 otherwise) before we answer 200
+    headers = {"Content-Disposition": f'attachment; filename="assignments-{campaign_id}.csv"'}
+
+    def body() -> Any:
+        yield header
+        yield from rows
+
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+async def create_pull_url(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+
+    def work(session: Session) -> None:
+        get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+
+    await call.db(work)
+    settings = _settings(call.request)
+    token = pull_token(settings.secret_key, PullGrant(call.shop_id, campaign_id, call.key.partner_id))
+    return _json(schemas.PullUrlOut(url=f"{settings.public_url}/pull/{token}"), 201)
+
+
+async def results(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+
+    def work(session: Session) -> schemas.ResultsOut:
+        found = partners.results(session, shop_id=call.shop_id, campaign_id=campaign_id, partner_id=call.key.partner_id)
+        return schemas.ResultsOut(**found.__dict__)
+
+    return _json(await call.db(work))
+
+
+def _partner_out(partner: Any) -> schemas.PartnerOut:
+    return schemas.PartnerOut(id=partner.id or 0, name=partner.name, created_at=partner.created_at)
+
+
+async def create_partner(call: Call) -> Response:
+    body = await call.body(schemas.PartnerCreate)
+    out = await call.db(lambda s: _partner_out(partners.create_partner(s, shop_id=call.shop_id, name=body.name)))
+    return _json(out, 201)
+
+
+async def list_partners(call: Call) -> Response:
+    def work(session: Session) -> schemas.PartnerList:
+        return schemas.PartnerList(data=[_partner_out(p) for p in partners.list_partners(session, shop_id=call.shop_id)])
+
+    return _json(await call.db(work))
+
+
+async def create_partner_key(call: Call) -> Response:
+    partner_id = call.path_int("partner_id")
+
+    def work(session: Session) -> schemas.PartnerKeyOut:
+        key, secret = partners.create_partner_key(session, shop_id=call.shop_id, partner_id=partner_id)
+        return schemas.PartnerKeyOut(key=secret, prefix=key.prefix, partner_id=partner_id)
+
+    return _json(await call.db(work), 201)
+
+
+async def allocate(call: Call) -> Response:
+    partner_id = call.path_int("partner_id")
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.AllocationRequest)
+
+    def work(session: Session) -> schemas.AllocationOut:
+        moved = partners.allocate(session, shop_id=call.shop_id, campaign_id=campaign_id, partner_id=partner_id, count=body.count)
+        return schemas.AllocationOut(partner_id=partner_id, campaign_id=campaign_id, allocated=moved)
+
+    return _json(await call.db(work), 201)
+
+
+async def list_alerts(call: Call) -> Response:
+    def work(session: Session) -> schemas.AlertList:
+        stmt = select(Alert).where(col(Alert.shop_id) == call.shop_id).order_by(col(Alert.id).desc()).limit(200)
+        if call.key.partner_id is not None:
+            stmt = stmt.where(col(Alert.partner_id) == call.key.partner_id)
+        rows = session.exec(stmt).all()
+        return schemas.AlertList(
+            data=[
+                schemas.AlertOut(
+                    id=a.id or 0,
+                    kind=a.kind,
+                    campaign_id=a.campaign_id,
+                    partner_id=a.partner_id,
+                    message=a.message,
+                    count=a.count,
+                    created_at=a.created_at,
+                    last_seen_at=a.last_seen_at,
+                    resolved_at=a.resolved_at,
+                )
+                for a in rows
+            ]
+        )
+
+    return _json(await call.db(work))
+
+
+# --- public routes: signed pull URL and claim page ----------------------------------------------
+
+
+async def signed_pull(request: Request) -> Response:
+    settings = _settings(request)
+    try:
+        grant = read_pull_token(settings.secret_key, request.path_params["token"])
+        recipient = _recipient_param(request)
+        found = await _claim(
+            request.app.state.engine,
+            shop_id=grant.shop_id,
+            campaign_id=grant.campaign_id,
+            recipient=recipient,
+            partner_id=grant.partner_id,
+        )
+    except PluginError as exc:
+        return problem(exc.status, exc.reason, exc.message, details=exc.details or None)
+    return _pull_response(found)
+
+
+def _page(name: str, status: int, **context: Any) -> HTMLResponse:
+    html = TEMPLATES.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+async def claim_page(request: Request) -> Response:
+    settings = _settings(request)
+    try:
+        link = read_claim_token(settings.secret_key, request.path_params["token"], now=utcnow())
+        found = await _claim(
+            request.app.state.engine,
+            shop_id=link.shop_id,
+            campaign_id=link.campaign_id,
+            recipient=link.recipient,
+            partner_id=link.partner_id,
+        )
+    except ExpiredLink:
+        return _page("claim.html", 410, error="This link has expired.")
+    except BadLink:
+        return _page("claim.html", 403, error="This link is not valid.")
+    except PoolExhausted:
+        return _page("claim.html", 409, error="Sorry, all codes have been given out.")
+    except NotFound:
+        return _page("claim.html", 404, error="This offer no longer exists.")
+    except PluginError as exc:
+        return _page("claim.html", exc.status, error=exc.message)
+    return _page("claim.html", 200, claim=found)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/pull/{token}", signed_pull, methods=["GET"], name="signedPull"),
+        Route("/claim/{token}", claim_page, methods=["GET"], name="claimPage"),
+    ]
+
+
+# --- pushes, pool policy, referrals -------------------------------------------------------------
+
+
+async def create_push(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.PushRequest)
+
+    def work(session: Session) -> schemas.PushOut:
+        queued = pushes.enqueue_push(session, shop_id=call.shop_id, campaign_id=campaign_id, provider=body.provider)
+        return schemas.PushOut(provider=body.provider, queued=queued)
+
+    out: schemas.PushOut = await call.db(work)
+    worker = call.request.app.state.background.worker
+    if out.queued and worker is not None:
+        worker.wake()  # the embedded default's in-process worker
+    return _json(out, 202)
+
+
+async def list_deliveries(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    status = call.request.query_params.get("status")
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise InvalidInput(f"status must be one of {sorted(DELIVERY_STATUSES)}", reason="invalid_query")
+
+    def work(session: Session) -> schemas.DeliveryList:
+        get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+        rows = pushes.list_deliveries(
+            session, shop_id=call.shop_id, campaign_id=campaign_id, status=status, partner_id=call.key.partner_id, limit=500
+        )
+        data = [
+            schemas.DeliveryOut(
+                recipient=d.recipient,
+                provider=d.provider,
+                status=d.status,
+                provider_id=d.provider_id,
+                error=d.error,
+                attempts=d.attempts,
+                updated_at=d.updated_at,
+            )
+            for d in rows
+        ]
+        counts = (
+            pushes.delivery_counts(call.engine, shop_id=call.shop_id, campaign_id=campaign_id)
+            if call.key.partner_id is None
+            else {}
+        )
+        return schemas.DeliveryList(data=data, counts=counts)
+
+    return _json(await call.db(work))
+
+
+DELIVERY_STATUSES = frozenset({"queued", "sent", "accepted", "failed"})
+
+
+async def set_pool_policy(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+    body = await call.body(schemas.PoolPolicyIn)
+
+    def work(session: Session) -> schemas.PoolPolicyOut:
+        policy = poolhealth.set_policy(
+            session,
+            shop_id=call.shop_id,
+            campaign_id=campaign_id,
+            alert_below=body.alert_below,
+            topup_below=body.topup_below,
+            topup_count=body.topup_count,
+        )
+        return schemas.PoolPolicyOut(
+            campaign_id=campaign_id,
+            alert_below=policy.alert_below,
+            topup_below=policy.topup_below,
+            topup_count=policy.topup_count,
+        )
+
+    return _json(await call.db(work))
+
+
+async def create_referral_program(call: Call) -> Response:
+    body = await call.body(schemas.ReferralProgramIn)
+
+    def work(session: Session) -> schemas.ReferralProgramOut:
+        program = referrals.create_program(
+            session,
+            shop_id=call.shop_id,
+            campaign_id=body.campaign_id,
+            reward_campaign_id=body.reward_campaign_id,
+            provider=body.provider,
+        )
+        return schemas.ReferralProgramOut(
+            campaign_id=program.campaign_id, reward_campaign_id=program.reward_campaign_id, provider=program.provider
+        )
+
+    return _json(await call.db(work), 201)
+
+
+async def list_referrals(call: Call) -> Response:
+    campaign_id = call.path_int("campaign_id")
+
+    def work(session: Session) -> schemas.ReferralList:
+        get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+        rows = referrals.list_referrals(session, shop_id=call.shop_id, campaign_id=campaign_id)
+        return schemas.ReferralList(
+            data=[
+                schemas.ReferralOut(
+                    referrer=r.referrer, friend=r.friend, order_id=r.order_id, reward_code=code, created_at=r.created_at
+                )
+                for r, code in rows
+            ]
+        )
+
+    return _json(await call.db(work))

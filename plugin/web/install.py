@@ -1,0 +1,324 @@
+"""Install routes, one flow per platform; the shop's credentials are stored by plugin.installs.
+
+Shopify (authorization code grant, shared/research/shopify.md §5.1):
+    GET /install/shopify            verify the query's HMAC and shop, then redirect to the grant
+                                    screen with a signed `state` (also set as a cookie)
+    GET /install/shopify/callback   verify HMAC, shop and state (cookie == query, signed, fresh),
+                                    exchange the code, check the scopes, store; redirect to /admin
+WooCommerce (/wc-auth/v1/authorize, platforms.md §1.1):
+    GET  /install/woocommerce?store_url=   redirect to the store's key approval with a signed user_id
+    POST /install/woocommerce/callback     the keys, as JSON: user_id verified, keys tried, stored
+    GET  /install/woocommerce/return       where the merchant's browser lands afterwards
+BigCommerce (app callbacks, platforms.md §2.1):
+    GET /install/bigcommerce/callback      exchange the code (before answering the browser)
+    GET /install/bigcommerce/load          signed_payload_jwt verified; into the admin
+    GET /install/bigcommerce/uninstall     signed_payload_jwt verified; the shop is uninstalled
+    GET /install/bigcommerce/remove_user   signed_payload_jwt verified; recorded
+
+Every signed value has its own itsdangerous salt and a `max_age`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import secrets
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlencode
+
+from itsdangerous import BadSignature as BadItsdangerousSignature
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import Engine
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from connectors.bigcommerce import BigCommerceConnector
+from connectors.errors import AuthError, BadSignature, ConnectorError
+from connectors.shopify import SessionToken, ShopifyConnector
+from connectors.woocommerce import WooCommerceConnector
+from plugin import installs
+from plugin.connections import connector_config, normalise_store_url
+from plugin.db import run, session_scope
+from plugin.models import AuditEvent, Shop
+from plugin.settings import Settings
+from plugin.web.problems import problem
+
+log = logging.getLogger("couponry.install")
+
+STATE_MAX_AGE = 600  # seconds between the redirect to the grant screen and the callback
+WOO_USER_MAX_AGE = 3600  # seconds the merchant has to approve the keys
+SHOPIFY_STATE_COOKIE = "couponry_shopify_state"
+
+INSTALL_PATHS: dict[str, dict[str, str]] = {
+    "shopify": {"install_url": "/install/shopify", "callback_url": "/install/shopify/callback"},
+    "woocommerce": {"install_url": "/install/woocommerce", "callback_url": "/install/woocommerce/callback"},
+    "bigcommerce": {"install_url": "/install/bigcommerce/callback", "callback_url": "/install/bigcommerce/callback"},
+}
+
+
+def _signer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(str(settings.secret_key), salt=f"couponry.install.{purpose}")
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _admin_url(settings: Settings, shop: Shop) -> str:
+    return f"{settings.public_url}/admin?{urlencode({'platform': shop.platform, 'shop': shop.domain})}"
+
+
+async def _save(request: Request, platform: str, credentials: Any, *, name: str = "") -> Shop:
+    settings, engine = _settings(request), _engine(request)
+
+    def work() -> Shop:
+        with session_scope(engine) as session:
+            shop = installs.save_install(session, settings, platform=platform, credentials=credentials, name=name)
+            session.expunge(shop)
+            return shop
+
+    shop = await run(engine, work)
+    background = getattr(request.app.state, "background", None)
+    worker = getattr(background, "worker", None)
+    if worker is not None:
+        worker.wake()  # register the webhooks now
+    log.info("%s shop %s installed", platform, shop.domain)
+    return shop
+
+
+# --- Shopify ---------------------------------------------------------------------------------
+
+
+def shopify(request: Request) -> ShopifyConnector:
+    return ShopifyConnector(request.app.state.http, connector_config(_settings(request), "shopify"))
+
+
+async def shopify_install(request: Request) -> Response:
+    settings = _settings(request)
+    connector = shopify(request)
+    try:
+        shop = connector.verify_oauth_query(request.query_params.multi_items())
+    except (BadSignature, AuthError) as exc:
+        return problem(401, "bad_signature", exc.message)
+    state = _signer(settings, "shopify-state").dumps({"shop": shop, "nonce": secrets.token_urlsafe(16)})
+    target = connector.authorize_url(shop, redirect_uri=f"{settings.public_url}/install/shopify/callback", state=state)
+    response = RedirectResponse(target, status_code=302)
+    response.set_cookie(
+        SHOPIFY_STATE_COOKIE,
+        state,
+        max_age=STATE_MAX_AGE,
+        httponly=True,
+        secure=settings.public_url.startswith("https://"),
+        samesite="lax",
+        path="/install/shopify",
+    )
+    return response
+
+
+async def shopify_callback(request: Request) -> Response:
+    settings = _settings(request)
+    connector = shopify(request)
+    cookie = request.cookies.get(SHOPIFY_STATE_COOKIE, "")
+    try:
+        shop, code = connector.verify_callback(request.query_params.multi_items(), expected_state=cookie)
+        state = _signer(settings, "shopify-state").loads(cookie, max_age=STATE_MAX_AGE)
+    except (BadSignature, AuthError) as exc:
+        return problem(401, "bad_signature", exc.message)
+    except BadItsdangerousSignature:
+        return problem(401, "bad_state", "the install state is invalid or expired; start the install again")
+    if not isinstance(state, dict) or state.get("shop") != shop:
+        return problem(401, "bad_state", "the install state was issued for another shop")
+    try:
+        credentials = await connector.exchange_code(shop, code)
+    except ConnectorError as exc:
+        return problem(502, "token_exchange_failed", f"Shopify refused the code: {exc.message}")
+    missing = connector.missing_scopes(credentials)
+    if missing:
+        return problem(403, "missing_scopes", f"the app needs these scopes: {', '.join(missing)}", details={"missing": missing})
+    saved = await _save(request, "shopify", credentials)
+    response = RedirectResponse(_admin_url(settings, saved), status_code=302)
+    response.delete_cookie(SHOPIFY_STATE_COOKIE, path="/install/shopify")
+    return response
+
+
+def verify_shopify_session(request: Request) -> SessionToken:
+    """For embedded admin routes: the App Bridge session token of `Authorization: Bearer ...`,
+    verified (HS256 with the client secret, aud = client id, iss/dest the same shop); raises
+    connectors.errors.BadSignature otherwise."""
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise BadSignature("no session token")
+    return shopify(request).verify_session_token(header[7:])
+
+
+# --- WooCommerce -----------------------------------------------------------------------------
+
+
+def woocommerce(request: Request, credentials: Any = None) -> WooCommerceConnector:
+    return WooCommerceConnector(request.app.state.http, connector_config(_settings(request), "woocommerce"), credentials)
+
+
+async def woocommerce_install(request: Request) -> Response:
+    settings = _settings(request)
+    store_url = normalise_store_url(request.query_params.get("store_url", ""))
+    if store_url is None:
+        return problem(422, "invalid_store_url", "store_url must be the store's address, e.g. https://shop.example")
+    user_id = _signer(settings, "woocommerce-user").dumps({"store_url": store_url})
+    try:
+        target = woocommerce(request).authorize_url(
+            store_url,
+            app_name="Couponry",
+            user_id=user_id,
+            return_url=f"{settings.public_url}/install/woocommerce/return",
+            callback_url=f"{settings.public_url}/install/woocommerce/callback",
+        )
+    except ValueError as exc:  # WooCommerce posts keys only to HTTPS
+        return problem(500, "insecure_callback", str(exc))
+    return RedirectResponse(target, status_code=302)
+
+
+async def woocommerce_callback(request: Request) -> Response:
+    settings = _settings(request)
+    try:
+        keys = WooCommerceConnector.parse_auth_callback(await request.body())
+        state = _signer(settings, "woocommerce-user").loads(keys.user_id, max_age=WOO_USER_MAX_AGE)
+    except ConnectorError as exc:
+        return problem(400, "invalid_callback", exc.message)
+    except BadItsdangerousSignature:
+        return problem(401, "bad_state", "the install reference is invalid or expired; start the install again")
+    store_url = state.get("store_url") if isinstance(state, dict) else None
+    if not isinstance(store_url, str):
+        return problem(401, "bad_state", "the install reference names no store")
+    if keys.key_permissions and keys.key_permissions != "read_write":
+        return problem(403, "missing_scopes", "the keys must allow read_write")
+    credentials = WooCommerceConnector.credentials(store_url, keys, webhook_secret=installs.new_webhook_secret())
+    try:
+        await woocommerce(request, credentials).verify_credentials()
+    except ConnectorError as exc:
+        return problem(502, "credentials_refused", f"the store refused the keys: {exc.message}")
+    await _save(request, "woocommerce", credentials)
+    return JSONResponse({"ok": True})
+
+
+async def woocommerce_return(request: Request) -> Response:
+    settings = _settings(request)
+    success = request.query_params.get("success") == "1"
+    return RedirectResponse(f"{settings.public_url}/admin?{urlencode({'installed': int(success)})}", status_code=302)
+
+
+# --- BigCommerce -----------------------------------------------------------------------------
+
+
+def bigcommerce(request: Request) -> BigCommerceConnector:
+    return BigCommerceConnector(request.app.state.http, connector_config(_settings(request), "bigcommerce"))
+
+
+def _page(title: str, text: str, status: int = 200) -> HTMLResponse:
+    body = f"<!doctype html><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+    return HTMLResponse(body, status_code=status)
+
+
+async def bigcommerce_callback(request: Request) -> Response:
+    settings = _settings(request)
+    q = request.query_params
+    code, scope, context = q.get("code", ""), q.get("scope", ""), q.get("context", "")
+    if not (code and context.startswith("stores/")):
+        return problem(400, "invalid_callback", "the callback needs code, scope and context")
+    redirect_uri = f"{settings.public_url}/install/bigcommerce/callback"
+    try:
+        credentials = await bigcommerce(request).exchange_code(code=code, scope=scope, context=context, redirect_uri=redirect_uri)
+    except AuthError as exc:
+        return problem(403, "install_refused", exc.message)
+    except ConnectorError as exc:
+        return problem(502, "token_exchange_failed", exc.message)
+    extra = {**credentials.extra, "webhook_secret": installs.new_webhook_secret()}
+    shop = await _save(request, "bigcommerce", replace(credentials, extra=extra))
+    return RedirectResponse(_admin_url(settings, shop), status_code=302)
+
+
+async def _signed_payload(request: Request) -> Any:
+    return bigcommerce(request).parse_callback(dict(request.query_params))
+
+
+async def bigcommerce_load(request: Request) -> Response:
+    settings, engine = _settings(request), _engine(request)
+    try:
+        payload = await _signed_payload(request)
+    except BadSignature as exc:
+        return problem(401, "bad_signature", exc.message)
+
+    def find() -> Shop | None:
+        with session_scope(engine) as session:
+            shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
+            if shop is not None:
+                session.expunge(shop)
+            return shop
+
+    shop = await run(engine, find)
+    if shop is None or shop.uninstalled_at is not None:
+        return _page("Couponry is not installed", "Install the app from the BigCommerce control panel first.", 404)
+    return RedirectResponse(_admin_url(settings, shop), status_code=302)
+
+
+async def bigcommerce_uninstall(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        payload = await _signed_payload(request)
+    except BadSignature as exc:
+        return problem(401, "bad_signature", exc.message)
+
+    def work() -> int | None:
+        with session_scope(engine) as session:
+            shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
+            if shop is None or shop.id is None:
+                return None
+            return installs.mark_uninstalled(session, shop.id, actor=f"bigcommerce:user:{payload.user_id}")
+
+    stopped = await run(engine, work)
+    return JSONResponse({"ok": stopped is not None})
+
+
+async def bigcommerce_remove_user(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        payload = await _signed_payload(request)
+    except BadSignature as exc:
+        return problem(401, "bad_signature", exc.message)
+
+    def work() -> bool:
+        with session_scope(engine) as session:
+            shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
+            if shop is None or shop.id is None:
+                return False
+            session.add(
+                AuditEvent(
+                    shop_id=shop.id,
+                    action="shop.user_removed",
+                    subject=f"bigcommerce:user:{payload.user_id}",
+                    actor="bigcommerce",
+                )
+            )
+            return True
+
+    return JSONResponse({"ok": await run(engine, work)})
+
+
+routes = [
+    Route("/install/shopify", shopify_install, methods=["GET"]),
+    Route("/install/shopify/callback", shopify_callback, methods=["GET"]),
+    Route("/install/woocommerce", woocommerce_install, methods=["GET"]),
+    Route("/install/woocommerce/callback", woocommerce_callback, methods=["POST"]),
+    Route("/install/woocommerce/return", woocommerce_return, methods=["GET"]),
+    Route("/install/bigcommerce/callback", bigcommerce_callback, methods=["GET"]),
+    Route("/install/bigcommerce/load", bigcommerce_load, methods=["GET"]),
+    Route("/install/bigcommerce/uninstall", bigcommerce_uninstall, methods=["GET"]),
+    Route("/install/bigcommerce/remove_user", bigcommerce_remove_user, methods=["GET"]),
+]

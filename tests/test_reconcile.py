@@ -1,0 +1,161 @@
+"""Reconciliation: drift between the platform's codes and ours repaired; orders the webhooks
+missed found by the poll and recorded once; the periodic scheduling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+
+from connectors.base import Credentials
+from plugin import installs, reconcile, sync
+from plugin.db import session_scope
+from plugin.models import AuditEvent, Code, Job, Redemption, WebhookEvent, utcnow
+from plugin.settings import Settings
+from plugin.worker import JobContext, Worker
+from tests.connectors.fakes import shopify as shopify_fakes
+from tests.connectors.fakes.woocommerce import FakeWooCommerce
+from tests.ingest import campaign_codes, make_campaign
+from tests.test_sync import drain
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    config = {"shopify": {"client_id": "api-key", "client_secret": "hush"}}
+    return replace(settings, public_url="https://app.test", sandbox_enabled=False, connector_config=config)
+
+
+@asynccontextmanager
+async def worker_for(settings: Settings, engine: Engine) -> AsyncIterator[Worker]:
+    async with httpx.AsyncClient() as http:
+        yield Worker(JobContext(engine, settings, http), sweeps=())
+
+
+def installed(engine: Engine, settings: Settings, platform: str, credentials: Credentials) -> int:
+    with session_scope(engine) as session:
+        shop = installs.save_install(session, settings, platform=platform, credentials=credentials)
+        assert shop.id is not None
+        return shop.id
+
+
+def run_reconcile(engine: Engine, shop_id: int) -> None:
+    with session_scope(engine) as session:
+        assert reconcile.enqueue(session, shop_id) is not None
+
+
+def last_report(engine: Engine, shop_id: int) -> AuditEvent:
+    with session_scope(engine) as session:
+        report = session.exec(
+            select(AuditEvent)
+            .where(col(AuditEvent.shop_id) == shop_id, col(AuditEvent.action) == "reconcile.report")
+            .order_by(col(AuditEvent.id).desc())
+        ).first()
+        assert report is not None
+        session.expunge(report)
+        return report
+
+
+async def test_drift_on_shopify_is_repaired_and_capacity_reported(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=4)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        lost, kept, stale, _ = campaign_codes(engine, campaign_id)
+        (discount,) = fake.discounts.values()
+        del discount.codes[lost.code.casefold()]  # the merchant deleted it in the Shopify admin
+        with session_scope(engine) as session:  # voided, and we believed it deactivated: it is not
+            row = session.get_one(Code, stale.id)
+            row.status, row.sync_status = "voided", "deactivated"
+            session.add(row)
+
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+
+    assert lost.code.casefold() in discount.codes and kept.code.casefold() in discount.codes
+    assert stale.code.casefold() not in discount.codes
+    by_id = {c.id: c for c in campaign_codes(engine, campaign_id)}
+    assert by_id[lost.id].sync_status == "synced" and by_id[stale.id].sync_status == "deactivated"
+    report = last_report(engine, shop_id).details
+    figures = report["campaigns"][str(campaign_id)]
+    assert (figures["missing"], figures["extra"], figures["unknown"]) == (1, 1, 1)  # unknown: Shopify's first code
+    assert report["capacity"]["store_limit"] == 20_000_000 and report["capacity"]["codes_on_platform"] == 4
+
+
+async def test_the_woocommerce_poll_records_missed_orders_once(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router)
+    shop_id = installed(engine, app_settings, "woocommerce", fake.credentials(webhook_secret="s3cret"))
+    campaign_id = make_campaign(engine, shop_id, count=2)
+    code = campaign_codes(engine, campaign_id)[0].code
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    line = {"id": 1, "code": code.lower(), "discount": "2.00", "discount_tax": "0.00"}
+    order = fake.add_order(coupon_lines=[line], date_modified_gmt=now.isoformat())
+    fake.add_order(coupon_lines=[], date_modified_gmt=now.isoformat())  # no codes: not stored
+    async with worker_for(app_settings, engine) as worker:
+        for _ in range(2):  # a second poll finds the same state: nothing new
+            run_reconcile(engine, shop_id)
+            await drain(worker)
+        with session_scope(engine) as session:
+            (redemption,) = session.exec(select(Redemption).where(col(Redemption.shop_id) == shop_id)).all()
+            assert (redemption.order_id, redemption.amount, redemption.status) == (str(order["id"]), 200, "active")
+            events = session.exec(select(WebhookEvent).where(col(WebhookEvent.shop_id) == shop_id)).all()
+            assert [(e.topic, e.status) for e in events] == [("poll", "processed")]
+        assert last_report(engine, shop_id).details["orders"] == {"orders_with_codes": 1, "new": 0}
+
+        order.update(status="cancelled", date_modified_gmt=(now + timedelta(minutes=5)).isoformat())
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    with session_scope(engine) as session:
+        assert session.exec(select(Redemption.status).where(col(Redemption.shop_id) == shop_id)).all() == ["rolled_back"]
+
+
+async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
+    engine: Engine, app_settings: Settings, shop_id: int
+) -> None:
+    woo = FakeWooCommerce()
+    other = installed(engine, app_settings, "woocommerce", woo.credentials(webhook_secret="s"))
+    gone = installed(engine, app_settings, "woocommerce", FakeWooCommerce("https://gone.example").credentials(webhook_secret="s"))
+    with session_scope(engine) as session:
+        installs.mark_uninstalled(session, gone, actor="test")
+    async with worker_for(app_settings, engine) as worker:
+        assert await reconcile.schedule(worker.ctx) == 2  # the local sandbox shop and the installed store
+        assert await reconcile.schedule(worker.ctx) == 0
+        off = Worker(JobContext(engine, replace(app_settings, reconcile_interval_hours=0), worker.ctx.http), sweeps=())
+        assert await reconcile.schedule(off.ctx) == 0
+    with session_scope(engine) as session:
+        shops = session.exec(select(Job.shop_id).where(col(Job.kind) == reconcile.RECONCILE).order_by(col(Job.shop_id))).all()
+        assert shops == sorted([shop_id, other])
+        # a day later they are due again
+        session.execute(
+            Job.__table__.update().values(created_at=utcnow() - timedelta(days=1))  # type: ignore[attr-defined]
+        )
+        assert sorted(reconcile.due_shops(session, interval=timedelta(hours=6), now=utcnow())) == sorted([shop_id, other])
+        assert session.exec(select(func.count()).select_from(Job)).one() >= 2
