@@ -37,6 +37,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 TTL_SECONDS = 5.0
+clock = time.monotonic  # (tests move it)
 _generation = 0
 
 
@@ -63,7 +64,7 @@ class TTLCache(Generic[K, V]):
         if entry is None:
             return None
         value, expires, gen = entry
-        if gen != _generation or time.monotonic() >= expires:
+        if gen != _generation or clock() >= expires:
             self._data.pop(key, None)
             return None
         self._data.move_to_end(key)
@@ -72,7 +73,7 @@ class TTLCache(Generic[K, V]):
     def put(self, key: K, value: V, gen: int) -> None:
         if gen != _generation:  # something changed while the value was read: don't keep it
             return
-        self._data[key] = (value, time.monotonic() + self.ttl, gen)
+        self._data[key] = (value, clock() + self.ttl, gen)
         self._data.move_to_end(key)
         while len(self._data) > self.maxsize:
             self._data.popitem(last=False)
@@ -148,4 +149,16 @@ def _after_flush(session: Session, _context: Any) -> None:
     for obj in chain(session.new, session.dirty, session.deleted):
         if isinstance(obj, _WATCHED):
             bump()
+            session.info[_CHANGED] = True
             return
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    # Again once committed: a reader on another thread (PostgreSQL) may have cached the old
+    # row between the flush and the commit.
+    if session.info.pop(_CHANGED, False):
+        bump()
+
+
+_CHANGED = "couponry_cached_rows_changed"

@@ -133,7 +133,12 @@ def list_campaigns(session: Session, *, shop_id: int, limit: int = 100, offset: 
 
 
 def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) -> Exposure | None:
-    """The most the campaign can still cost, from its live codes' open uses per batch."""
+    """The most the campaign can still cost, from its live codes' open uses per batch.
+
+    A campaign past its `ends_at` (at `now`) or ended costs nothing more. Live codes are those
+    not voided and not past their explicit `expires_at`; a relative expiry (from issue or
+    assignment) is not stored on the codes, so codes it has lapsed still count here: the figure
+    is an upper bound until they are voided."""
     if not campaign.rules:
         return None
     rules = CampaignRules.model_validate(campaign.rules)
@@ -159,7 +164,7 @@ def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) ->
         redemptions=campaign.redemption_count,
         discount_given=campaign.discount_total,
     )
-    return exposure(state, groups)
+    return exposure(state, groups, now=now)
 
 
 def get_campaign(session: Session, *, shop_id: int, campaign_id: int) -> Campaign:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
-from plugin import caches, codes
+from plugin import caches, codes, referrals
 from plugin.campaigns import campaign_format
 from plugin.db import Reader, read_cursor, read_session, session_reader
 from plugin.errors import InvalidInput, NotFound
@@ -343,7 +343,11 @@ def redeem(
 ) -> RedeemOutcome:
     """Redeem through the API: every rule enforced, atomically, once per (order, code)."""
     stored = _known(session, shop_id=shop_id, typed=typed)
-    return record_redemption(
+    referrer = referrals.refuse_self_referral(  # a referral code: never its own referrer's
+        session, shop_id=shop_id, code=stored, customer_id=customer.id if customer else None,
+        email=customer.email if customer else None,
+    )  # fmt: skip
+    outcome = record_redemption(
         session,
         shop_id=shop_id,
         code=stored,
@@ -359,6 +363,9 @@ def redeem(
         basket=basket,
         checkout_id=checkout_id,
     )
+    if referrer is not None and not outcome.duplicate:
+        referrals.on_redemption(session, outcome.redemption, now=now)  # a friend's order rewards its referrer
+    return outcome
 
 
 def rollback(session: Session, *, shop_id: int, redemption_id: int, reason: str, actor: str, now: datetime) -> Redemption:

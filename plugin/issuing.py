@@ -11,14 +11,15 @@ import csv
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, update
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, or_, select
 
 from plugin import codes
 from plugin.bulk import existing_codes, insert_codes
-from plugin.campaigns import campaign_format, code_count, get_campaign
+from plugin.campaigns import campaign_format, get_campaign
 from plugin.db import session_scope
 from plugin.errors import CapacityError, InvalidInput
 from plugin.models import Batch, Campaign, Code, utcnow
@@ -38,12 +39,33 @@ def check_capacity(fmt: codes.CodeFormat, *, existing: int, count: int) -> None:
         raise CapacityError(problem)
 
 
+def live_codes_of_format(session: Session, *, shop_id: int, fmt: codes.CodeFormat, now: datetime) -> int:
+    """Live codes (active, not past an explicit expiry) of every campaign of the shop with this
+    code format: at checkout any of them answers a guess, so together they fill the format's space."""
+    formats = session.exec(select(Campaign.id, Campaign.code_format).where(col(Campaign.shop_id) == shop_id)).all()
+    sharing = [cid for cid, data in formats if codes.CodeFormat.from_dict(data) == fmt]
+    if not sharing:
+        return 0
+    stmt = (
+        select(func.count())
+        .select_from(Code)
+        .where(
+            col(Code.shop_id) == shop_id,
+            col(Code.campaign_id).in_(sharing),
+            col(Code.status) == "active",
+            or_(col(Code.expires_at).is_(None), col(Code.expires_at) > now),
+        )
+    )
+    return int(session.exec(stmt).one())
+
+
 def start_batch(session: Session, *, shop_id: int, campaign_id: int, count: int, source: str = "generated") -> Batch:
     """Validate a generation request and record its batch (status queued)."""
     if count < 1 or count > MAX_BATCH:
         raise InvalidInput(f"count must be between 1 and {MAX_BATCH:,}", reason="invalid_count")
     campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
-    check_capacity(campaign_format(campaign), existing=code_count(session, campaign_id=campaign_id), count=count)
+    fmt = campaign_format(campaign)
+    check_capacity(fmt, existing=live_codes_of_format(session, shop_id=shop_id, fmt=fmt, now=utcnow()), count=count)
     batch = Batch(shop_id=shop_id, campaign_id=campaign_id, source=source, requested=count, status="queued")
     session.add(batch)
     session.flush()

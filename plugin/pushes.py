@@ -9,8 +9,10 @@
 
 A re-run after a crash sends only what is still queued. A rate limit or outage raises out of the
 connector: the job is retried with backoff (honouring Retry-After) and the rows stay queued.
-A recipient the provider refused is `failed` with its message; `accepted` means an asynchronous
-provider (Klaviyo, SendGrid) took it into an import job (`provider_id` holds the job id).
+A recipient the provider refused is `failed` with its message; `sent` means a synchronous provider
+(Twilio, Mailchimp, Braze) took it. An asynchronous provider (Klaviyo, SendGrid) answers with an
+import job: the recipient is `accepted` (`provider_id` holds the job id) until the follow-up job
+`distribution.push_results` reads the finished job and makes it `delivered` or `failed`.
 
 Provider credentials come from the settings: COUPONRY_<PROVIDER>_API_KEY (or _ACCESS_TOKEN) and
 any other COUPONRY_<PROVIDER>_<OPTION> (e.g. COUPONRY_KLAVIYO_LIST_ID, COUPONRY_TWILIO_FROM).
@@ -19,8 +21,9 @@ any other COUPONRY_<PROVIDER>_<OPTION> (e.g. COUPONRY_KLAVIYO_LIST_ID, COUPONRY_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import Engine, insert, literal, update
@@ -130,7 +133,8 @@ def _next_batch(
             continue
         parts = recipient_parts(key)
         fields = {
-            "coupon_code": held.display,
+            "coupon_code": held.code,
+            "coupon_display": held.display,
             "coupon_expires_at": held.expires_at.isoformat() if held.expires_at else "",
             "claim_url": distribution.claim_url(settings.public_url, settings.secret_key, shop_id=shop_id, claim_=held),
         }
@@ -141,9 +145,18 @@ def _next_batch(
     return batch
 
 
-def _finish(engine: Engine, outcomes: Sequence[tuple[int, str, str | None, str | None]]) -> None:
+def _finish(
+    engine: Engine,
+    outcomes: Sequence[tuple[int, str, str | None, str | None]],
+    *,
+    watch: tuple[int, int, str, Sequence[str]] | None = None,
+) -> None:
+    """Write a batch's results; with `watch` (shop, campaign, provider, job ids), also queue the
+    follow-up that turns those asynchronous import jobs into per-recipient results, in the same
+    transaction, so no accepted recipient is left without one."""
     now = utcnow()
-    with engine.begin() as conn:
+    with session_scope(engine) as session:
+        conn = session.connection()
         for delivery_id, status, provider_id, error in outcomes:
             conn.execute(
                 update(_delivery)
@@ -156,6 +169,17 @@ def _finish(engine: Engine, outcomes: Sequence[tuple[int, str, str | None, str |
                     updated_at=now,
                 )
             )
+        if watch is not None:
+            shop_id, campaign_id, provider, job_ids = watch
+            for job_id in job_ids:
+                outbox.enqueue(
+                    session,
+                    FOLLOW,
+                    {"campaign_id": campaign_id, "provider": provider, "job_id": job_id},
+                    shop_id,
+                    dedupe_key=f"{FOLLOW}:{shop_id}:{provider}:{job_id}"[:255],
+                    run_after=now + FOLLOW_AFTER,
+                )
 
 
 async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
@@ -165,20 +189,67 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     campaign_id, provider = int(job.payload["campaign_id"]), str(job.payload["provider"])
     shop = await run(engine, lambda: _shop(engine, shop_id))
     connector = messaging_connector(ctx.settings, ctx.http, provider, shop)
+    asynchronous = callable(getattr(connector, "job_results", None))  # Klaviyo, SendGrid: import jobs
     while True:
         batch = await run(engine, lambda: _next_batch(engine, ctx.settings, shop_id, campaign_id, provider, connector.BATCH_SIZE))
         if not batch:
             return
         results = await connector.push_recipients([r for _, r in batch])
-        accepted = "accepted" if provider in ASYNC_PROVIDERS else "sent"
+        accepted = "accepted" if asynchronous else "sent"
         outcomes = [
             (delivery_id, accepted if result.ok else "failed", result.provider_id, result.error)
             for (delivery_id, _), result in zip(batch, results, strict=True)
         ]
-        await run(engine, partial(_finish, engine, outcomes))
+        jobs = sorted({r.provider_id for r in results if r.ok and r.provider_id}) if asynchronous else []
+        watch = (shop_id, campaign_id, provider, jobs) if jobs else None
+        await run(engine, partial(_finish, engine, outcomes, watch=watch))
 
 
-ASYNC_PROVIDERS = frozenset({"klaviyo", "sendgrid", "mailchimp"})  # an ok means "taken into an import job"
+class ImportRunning(Exception):
+    """The provider's import job has not finished; the follow-up is retried with backoff."""
+
+
+async def handle_follow(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    """An asynchronous provider's import job finished: each accepted recipient becomes
+    `delivered` or `failed` with the provider's message."""
+    engine = ctx.engine
+    shop_id = job.shop_id
+    assert shop_id is not None
+    provider, job_id = str(job.payload["provider"]), str(job.payload["job_id"])
+    rows = await run(engine, lambda: _accepted(engine, shop_id, provider, job_id))
+    if not rows:
+        return
+    shop = await run(engine, lambda: _shop(engine, shop_id))
+    connector: Any = messaging_connector(ctx.settings, ctx.http, provider, shop)
+    recipients = [_identity(key) for _, key in rows]
+    results = await connector.job_results(job_id, recipients)
+    if results is None:
+        raise ImportRunning(f"{provider} import job {job_id} is still running")
+    outcomes = [
+        (delivery_id, "delivered" if result.ok else "failed", job_id, result.error)
+        for (delivery_id, _), result in zip(rows, results, strict=True)
+    ]
+    await run(engine, partial(_finish, engine, outcomes))
+
+
+def _identity(key: str) -> Recipient:
+    """The recipient as the provider knows them (the identifiers its results are matched on)."""
+    parts = recipient_parts(key)
+    return Recipient(key=key, email=parts["email"], phone=parts["phone"], external_id=parts["customer_id"])
+
+
+def _accepted(engine: Engine, shop_id: int, provider: str, job_id: str) -> list[tuple[int, str]]:
+    with read_cursor(engine) as reader:
+        rows = reader.rows(
+            "SELECT id, recipient FROM recipientdelivery WHERE shop_id = ? AND provider = ? AND provider_id = ?"
+            " AND status = 'accepted' ORDER BY id",
+            (shop_id, provider, job_id),
+        )
+    return [(int(i), str(r)) for i, r in rows]
+
+
+FOLLOW = "distribution.push_results"
+FOLLOW_AFTER = timedelta(seconds=10)
 
 
 def _shop(engine: Engine, shop_id: int) -> Shop:
@@ -222,4 +293,4 @@ def list_deliveries(
     return session.exec(stmt).all()
 
 
-HANDLERS: dict[str, Handler] = {PUSH: handle_push}
+HANDLERS: dict[str, Handler] = {PUSH: handle_push, FOLLOW: handle_follow}

@@ -457,6 +457,46 @@ def _bump_customer(writer: Reader, ctx: CodeContext, key: str, limit: int | None
     return bool(writer.rows(sql + " RETURNING uses", params))
 
 
+# --- listing --------------------------------------------------------------------------------
+
+REDEMPTION_STATUSES = ("active", "rolled_back")
+
+
+@dataclass(frozen=True)
+class RedemptionPage:
+    items: Sequence[Redemption]
+    next_cursor: str | None
+
+
+def list_redemptions(
+    session: Session,
+    shop_id: int,
+    *,
+    campaign_id: int | None = None,
+    flagged: bool | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: int | None = None,
+) -> RedemptionPage:
+    """The shop's redemptions, newest first, filtered; `cursor` is the previous page's
+    `next_cursor` (the id the page stopped before). `flagged`: broke a rule (webhooks) or not."""
+    if status is not None and status not in REDEMPTION_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(REDEMPTION_STATUSES)}", reason="invalid_status")
+    limit = max(1, min(limit, 500))
+    stmt = select(Redemption).where(col(Redemption.shop_id) == shop_id)
+    if campaign_id is not None:
+        stmt = stmt.where(col(Redemption.campaign_id) == campaign_id)
+    if flagged is not None:
+        stmt = stmt.where(col(Redemption.flagged_reason).is_not(None) if flagged else col(Redemption.flagged_reason).is_(None))
+    if status is not None:
+        stmt = stmt.where(col(Redemption.status) == status)
+    if cursor is not None:
+        stmt = stmt.where(col(Redemption.id) < cursor)
+    rows = session.exec(stmt.order_by(col(Redemption.id).desc()).limit(limit + 1)).all()
+    items = rows[:limit]
+    return RedemptionPage(items, str(items[-1].id) if len(rows) > limit and items else None)
+
+
 # --- rollback -------------------------------------------------------------------------------
 
 

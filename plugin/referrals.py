@@ -25,7 +25,8 @@ from sqlmodel import Session, col, func, or_, select
 
 from plugin import codes, distribution, pushes
 from plugin.campaigns import get_campaign
-from plugin.errors import InvalidInput, PluginError
+from plugin.db import session_reader
+from plugin.errors import Conflict, InvalidInput, PluginError
 from plugin.models import AuditEvent, Campaign, Code, Redemption, Referral, ReferralProgram
 from plugin.rules import CampaignRules, normalise_email
 
@@ -55,6 +56,32 @@ def referral_code(session: Session, *, shop_id: int, campaign_id: int, referrer:
     if program is None or program.shop_id != shop_id:
         raise InvalidInput(f"campaign {campaign_id} is not a referral program", reason="not_a_referral_program")
     return distribution.claim(session, shop_id=shop_id, campaign_id=campaign_id, recipient=referrer, now=now)
+
+
+class SelfReferral(Conflict):
+    """A referrer tried their own referral code (refused by the checkout API)."""
+
+    reason = "self_referral"
+
+
+def referrer_of(session: Session, *, shop_id: int, code: str) -> str | None:
+    """Who a referral code belongs to; None for any other code (one indexed read)."""
+    with session_reader(session) as reader:
+        rows = reader.rows(
+            "SELECT c.recipient FROM code c JOIN referralprogram p ON p.campaign_id = c.campaign_id"
+            " WHERE c.shop_id = ? AND c.code = ? AND p.shop_id = ?",
+            (shop_id, code, shop_id),
+        )
+    return rows[0][0] if rows else None
+
+
+def refuse_self_referral(session: Session, *, shop_id: int, code: str, customer_id: str | None, email: str | None) -> str | None:
+    """Before the checkout API redeems: refuse a referrer's own code; returns the referrer (None
+    when the code is no referral code), so the caller knows to reward after redeeming."""
+    referrer = referrer_of(session, shop_id=shop_id, code=code)
+    if referrer is not None and referrer in friend_keys(customer_id, email):
+        raise SelfReferral("a referral code can't be used by the person it belongs to")
+    return referrer
 
 
 def friend_keys(customer_id: str | None, email: str | None) -> list[str]:

@@ -96,6 +96,12 @@ def test_keys_create_prints_a_working_key(cli: CliRunner, cli_database_url: str)
     engine.dispose()
 
 
+def test_keys_create_makes_storefront_keys_alone(cli: CliRunner) -> None:
+    assert _ok(cli, "keys", "create", "--name", "shop front", "--scope", "storefront").startswith("cpy_")
+    mixed = cli.invoke(main, ["keys", "create", "--scope", "storefront", "--scope", "checkout"])
+    assert mixed.exit_code != 0 and "storefront" in mixed.output
+
+
 def test_export_to_stdout_streams_csv(cli: CliRunner) -> None:
     campaign_id = _ok(cli, "campaigns", "create", "--name", "S").strip()
     _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "3")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from plugin import claimlinks, distribution
+from plugin import caches, claimlinks, distribution
 from plugin.db import session_scope
 from plugin.distribution import PoolExhausted, normalise_recipient
 from plugin.errors import InvalidInput
@@ -22,6 +23,13 @@ from plugin.models import Alert, Code, utcnow
 from tests.web.conftest import make_campaign, rules
 
 SECRET = "test-secret-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """PostgreSQL tests share one engine and reuse ids after each truncation: start each test
+    without the previous test's cached rows (a real database never reuses an id)."""
+    caches.bump()
 
 
 def claim(engine: Engine, shop_id: int, campaign_id: int, recipient: str, **kw: object) -> distribution.Claim:
@@ -197,3 +205,23 @@ def test_assignments_export_streams_recipients_codes_links(engine: Engine, shop_
     for row, got in zip(rows, claims, strict=True):
         link = claimlinks.read_claim_token(SECRET, row["link"].rsplit("/", 1)[1], now=utcnow())
         assert link.recipient == got.recipient
+
+
+@pytest.mark.postgres
+def test_a_recipient_racing_themself_gets_the_winners_code(engine: Engine, shop_id: int) -> None:
+    """Two first claims of one recipient at once: the loser's UPDATE meets the unique index,
+    waits for the winner's commit, fails, and answers with the winner's code."""
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=3)
+    started = threading.Event()
+    with session_scope(engine) as winner:
+        first = distribution.claim(winner, shop_id=shop_id, campaign_id=campaign_id, recipient="a@example.com", now=utcnow())
+        with ThreadPoolExecutor(1) as pool:
+            loser = pool.submit(lambda: (started.set(), claim(engine, shop_id, campaign_id, "a@example.com"))[1])
+            started.wait()
+            time.sleep(0.3)  # the loser is now blocked on the winner's uncommitted row
+            assert not loser.done()
+            winner.commit()
+            second = loser.result(timeout=10)
+    assert (second.code, second.created) == (first.code, False)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).where(col(Code.recipient) == "a@example.com")).one() == 1

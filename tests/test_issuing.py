@@ -14,6 +14,7 @@ from plugin.campaigns import create_campaign
 from plugin.db import session_scope
 from plugin.errors import CapacityError, InvalidInput, NotFound
 from plugin.models import Batch, Code
+from plugin.shops import ensure_local_shop
 
 
 def _campaign(engine: Engine, shop_id: int, **fmt: object) -> int:
@@ -169,3 +170,32 @@ def test_a_full_format_fails_the_batch_instead_of_spinning(engine: Engine, shop_
     with Session(engine) as session:
         batch = session.exec(select(Batch).where(col(Batch.source) == "generated")).one()
     assert batch.status == "failed" and batch.error and "full" in batch.error
+
+
+def test_capacity_counts_the_live_codes_of_every_campaign_of_the_shop_sharing_the_format(engine: Engine, shop_id: int) -> None:
+    """At checkout any live code of the shop answers a guess, so campaigns that share a format
+    share its safe capacity (numeric, 11 symbols: at most 1,005 live codes)."""
+    fmt = {"alphabet": "numeric", "length": 11}
+    first = _campaign(engine, shop_id, **fmt)
+    issuing.generate_codes(engine, shop_id=shop_id, campaign_id=first, count=600)
+    second = _campaign(engine, shop_id, **fmt)
+    with pytest.raises(CapacityError) as refused:
+        issuing.generate_codes(engine, shop_id=shop_id, campaign_id=second, count=600)
+    assert "600 existing + 600 new = 1,200" in refused.value.message
+
+    # another format, or another shop, has its own space
+    longer = _campaign(engine, shop_id, alphabet="numeric", length=12)
+    assert issuing.generate_codes(engine, shop_id=shop_id, campaign_id=longer, count=600).created == 600
+    with session_scope(engine) as session:
+        other_shop = ensure_local_shop(session, "other.couponry.test").id
+    assert other_shop is not None
+    elsewhere = _campaign(engine, other_shop, **fmt)
+    assert issuing.generate_codes(engine, shop_id=other_shop, campaign_id=elsewhere, count=600).created == 600
+
+    # voided codes are not live: they leave room
+    with session_scope(engine) as session:
+        voided = session.exec(select(Code).where(col(Code.campaign_id) == first).limit(300)).all()
+        for code in voided:
+            code.status = "voided"
+            session.add(code)
+    assert issuing.generate_codes(engine, shop_id=shop_id, campaign_id=second, count=600).created == 600

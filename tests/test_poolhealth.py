@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import distribution, poolhealth
+from plugin import caches, distribution, poolhealth
 from plugin.db import session_scope
 from plugin.errors import InvalidInput
 from plugin.models import Alert, Job, utcnow
@@ -18,6 +18,13 @@ from tests.test_sync import drain
 from tests.web.conftest import make_campaign, rules
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """PostgreSQL tests share one engine and reuse ids after each truncation: start each test
+    without the previous test's cached rows (a real database never reuses an id)."""
+    caches.bump()
 
 
 @pytest.fixture

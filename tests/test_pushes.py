@@ -4,6 +4,9 @@ documented shapes) through the outbox and the worker, with per-recipient status.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -12,7 +15,7 @@ import respx
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import distribution, pushes
+from plugin import caches, distribution, pushes
 from plugin.db import session_scope
 from plugin.errors import InvalidInput
 from plugin.models import Job, RecipientDelivery, utcnow
@@ -24,6 +27,13 @@ from tests.web.conftest import make_campaign, rules
 pytestmark = pytest.mark.anyio
 SID = "AC" + "0" * 32
 MESSAGES = f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """PostgreSQL tests share one engine and reuse ids after each truncation: start each test
+    without the previous test's cached rows (a real database never reuses an id)."""
+    caches.bump()
 
 
 @pytest.fixture
@@ -103,3 +113,50 @@ def test_unknown_providers_are_refused(engine: Engine, shop_id: int) -> None:
     campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=1)
     with pytest.raises(InvalidInput), session_scope(engine) as session:
         pushes.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id, provider="carrier-pigeon")
+
+
+KLAVIYO = "https://a.klaviyo.com/api/profile-bulk-import-jobs"
+FIXTURES = Path(__file__).parent / "connectors" / "fixtures" / "klaviyo"
+
+
+def klaviyo_job(status: str, failed: int = 0) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FIXTURES / "bulk_import_job.json").read_text())
+    document["data"]["attributes"].update(status=status, total_count=2, completed_count=2 - failed, failed_count=failed)
+    return document
+
+
+async def test_an_asynchronous_import_becomes_per_recipient_results(engine: Engine, shop_id: int, settings: Settings) -> None:
+    """Klaviyo takes the recipients into an import job (accepted); the follow-up job reads the
+    finished job and its import errors (delivered / failed), retrying while it still runs."""
+    settings = dataclasses.replace(settings, connector_config={"klaviyo": {"api_key": "pk_test"}})
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=3)
+    with session_scope(engine) as session:
+        for person in ("good@example.com", "bad@example.com"):
+            distribution.claim(session, shop_id=shop_id, campaign_id=campaign_id, recipient=person, now=utcnow())
+        pushes.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id, provider="klaviyo")
+    job_id = klaviyo_job("queued")["data"]["id"]
+    error: dict[str, Any] = json.loads((FIXTURES / "import_error.json").read_text())
+    error["attributes"]["original_payload"] = {"email": "bad@example.com"}
+    with respx.mock(assert_all_called=True) as mock:
+        mock.post(KLAVIYO).mock(return_value=httpx.Response(202, json=klaviyo_job("queued")))
+        polled = mock.get(f"{KLAVIYO}/{job_id}").mock(
+            side_effect=[
+                httpx.Response(200, json=klaviyo_job("processing")),
+                httpx.Response(200, json=klaviyo_job("complete", 1)),
+            ]
+        )
+        mock.get(url__startswith=f"{KLAVIYO}/{job_id}/import-errors").mock(
+            return_value=httpx.Response(200, json={"data": [error], "links": {"next": None}})
+        )
+        async with httpx.AsyncClient() as client:
+            worker = Worker(JobContext(engine, settings, client), sweeps=())
+            assert await worker.run_once()  # the push
+            assert {d.status for d in deliveries(engine).values()} == {"accepted"}
+            assert {d.provider_id for d in deliveries(engine).values()} == {job_id}
+            await drain(worker)
+    assert polled.call_count == 2  # still processing, then complete
+    got = deliveries(engine)
+    assert (got["good@example.com"].status, got["bad@example.com"].status) == ("delivered", "failed")
+    assert got["bad@example.com"].error == "Invalid email address"
+    with Session(engine) as session:
+        assert sorted(session.exec(select(Job.kind, Job.status)).all()) == [(pushes.PUSH, "done"), (pushes.FOLLOW, "done")]

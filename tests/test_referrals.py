@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import referrals
+from plugin import caches, referrals
 from plugin.db import session_scope
 from plugin.errors import InvalidInput
 from plugin.models import AuditEvent, Code, Job, RecipientDelivery, Redemption, Referral, utcnow
@@ -22,6 +22,13 @@ from tests.test_webhooks import headers, order_body
 
 pytestmark = pytest.mark.anyio
 SHAREABLE: dict[str, Any] = {"discount": {"type": "percentage", "percent": "15"}, "usage": {"uses_per_code": None}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """PostgreSQL tests share one engine and reuse ids after each truncation: start each test
+    without the previous test's cached rows (a real database never reuses an id)."""
+    caches.bump()
 
 
 @pytest.fixture

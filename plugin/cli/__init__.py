@@ -101,6 +101,7 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
 # Command groups register themselves on `main` when imported.
 from plugin.cli import codes as _codes  # noqa: E402, F401  (registers the commands)
+from plugin.cli import distribution as _distribution  # noqa: E402, F401
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
 from plugin.cli import sandbox as _sandbox  # noqa: E402, F401

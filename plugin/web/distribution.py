@@ -321,7 +321,7 @@ async def list_deliveries(call: Call) -> Response:
     return _json(await call.db(work))
 
 
-DELIVERY_STATUSES = frozenset({"queued", "sent", "accepted", "failed"})
+DELIVERY_STATUSES = frozenset({"queued", "sent", "accepted", "delivered", "failed"})
 
 
 async def set_pool_policy(call: Call) -> Response:

@@ -52,6 +52,11 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
     operation: dict[str, Any] = {"operationId": endpoint.name, "summary": endpoint.summary, "responses": {}}
     if endpoint.scope:
         operation["description"] = f"Needs an API key with the `{endpoint.scope}` (or `admin`) scope."
+        if endpoint.storefront:
+            operation["description"] += (
+                " A `storefront` key (for calls from shoppers' browsers) may call it too, and gets only"
+                " `valid`, `discount` and `shopper`: never the exact reason, message or details."
+            )
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}}
         for name, _ in _PARAM.findall(endpoint.path)

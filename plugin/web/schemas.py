@@ -87,13 +87,17 @@ class ShopperView(BaseModel):
 
 
 class Decision(BaseModel):
+    """A validation answer. Keys with the `checkout` (or `admin`) scope, for merchant servers,
+    get every field; `storefront` keys, for calls from shoppers' browsers, get only `valid`,
+    `discount` and `shopper`, never the exact reason, message or details."""
+
     valid: bool
-    code: str | None
-    campaign_id: int | None
+    code: str | None = Field(default=None, description="The stored form of the code (not for storefront keys).")
+    campaign_id: int | None = Field(default=None, description="Not for storefront keys.")
     discount: DiscountResult | None = None
-    reason: str | None = Field(default=None, description="The exact refusal reason, for the merchant's systems.")
-    message: str | None = None
-    details: dict[str, Any] | None = None
+    reason: str | None = Field(default=None, description="The exact refusal reason, for the merchant's systems only.")
+    message: str | None = Field(default=None, description="The exact refusal message, for the merchant's systems only.")
+    details: dict[str, Any] | None = Field(default=None, description="The exact details, for the merchant's systems only.")
     shopper: ShopperView | None = Field(default=None, description="What to show the shopper, per the shop's setting.")
 
 
@@ -264,7 +268,7 @@ class PushOut(BaseModel):
 class DeliveryOut(BaseModel):
     recipient: str
     provider: str
-    status: str = Field(description="queued, sent, accepted (taken into a provider's import job) or failed")
+    status: str = Field(description="queued, sent, accepted (in a provider import job), delivered (the job took it) or failed")
     provider_id: str | None
     error: str | None
     attempts: int
@@ -311,3 +315,30 @@ class ReferralOut(BaseModel):
 
 class ReferralList(BaseModel):
     data: list[ReferralOut]
+
+
+class RedemptionList(BaseModel):
+    data: list[RedemptionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    platform: str
+    delivery_id: str
+    topic: str
+    status: str
+    error: str | None
+    flagged: bool
+    campaign_id: int | None
+    order_id: str | None
+    outcome: dict[str, Any]
+    unknown_codes: int
+    received_at: datetime
+    processed_at: datetime | None
+    redacted: bool
+
+
+class WebhookDeliveryList(BaseModel):
+    data: list[WebhookDeliveryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")

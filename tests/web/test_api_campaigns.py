@@ -114,6 +114,16 @@ def test_exposure_counts_open_uses(api: Api) -> None:
     assert uncapped["bounded"] is False and uncapped["unbounded_because"] == ["uncapped_percentage"]
 
 
+def test_a_campaign_past_its_end_costs_nothing_more(api: Api) -> None:
+    ended = rules(discount={"type": "fixed", "amount": 500}, time={"ends_at": "2020-01-01T00:00:00Z"})
+    cid = api.post("/campaigns", {**BODY, "rules": ended}).json()["id"]
+    wait_for_batch(api, api.post(f"/campaigns/{cid}/batches", {"count": 5}).json()["id"])
+    exposure = api.get(f"/campaigns/{cid}").json()["exposure"]
+    assert exposure == {
+        "bounded": True, "amount": 0, "currency": "GBP", "limited_by": "campaign_ended", "unbounded_because": [],
+    }  # fmt: skip
+
+
 def test_validation_errors_are_problems_with_reasons(api: Api) -> None:
     cases = [
         ("/campaigns", {"currency": "GBP"}, "invalid_input"),  # no name

@@ -13,15 +13,18 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from plugin import codes as codes_mod
+from plugin.errors import InvalidInput
 from plugin.models import Campaign, CustomerUsage, Redemption
 from plugin.refusals import CATALOGUE, Reason
 from tests.web.conftest import (
     BASKET,
     FORMAT,
     Api,
+    TestClient,
     basket,
     get_code,
     make_campaign,
+    make_key,
     now,
     rules,
     set_code,
@@ -230,6 +233,15 @@ def test_a_mistyped_code_is_suggested_from_the_same_customers_codes_only(engine:
         assert "suggestion" not in other["details"]
         assert alices not in str(other) and display not in str(other)
 
+    # In generic mode the suggestion (found among codes bound to whoever the caller *claims*
+    # to be) never reaches the shopper; the merchant's systems still get it.
+    set_preferences(engine, shop_id, detailed_refusals=False)
+    generic = api.validate(typo, customer={"id": "alice"}).json()
+    assert generic["details"]["suggestion"] == display
+    assert generic["shopper"]["reason"] == "mistyped_code"
+    assert "suggestion" not in generic["shopper"]["details"]
+    assert display not in generic["shopper"]["message"] and alices not in str(generic["shopper"])
+
 
 def test_an_unknown_code_is_suggested_only_to_its_owner_and_hidden_in_generic_mode(
     engine: Engine, api: Api, shop_id: int
@@ -238,7 +250,8 @@ def test_an_unknown_code_is_suggested_only_to_its_owner_and_hidden_in_generic_mo
     _, stored = make_campaign(engine, shop_id, rules(), codes=1, code_format=plain)
     code = stored[0]
     set_code(engine, shop_id, code, email="ann@example.com")
-    typo = code[:3] + code[4] + code[3] + code[5:]  # two adjacent characters swapped
+    i = next(i for i in range(len(code) - 1) if code[i] != code[i + 1])
+    typo = code[:i] + code[i + 1] + code[i] + code[i + 2 :]  # two adjacent, different characters swapped
     assert typo != code
 
     own = api.validate(typo, customer={"email": "ANN@example.com"}).json()
@@ -408,3 +421,52 @@ def test_keys_are_required_and_scoped(engine: Engine, api: Api, shop_id: int) ->
     assert checkout_only.validate("X").status_code == 200
     refused = checkout_only.get("/campaigns")
     assert refused.status_code == 403 and refused.json()["reason"] == "insufficient_scope"
+
+
+# --- storefront keys: the shopper's view only ---------------------------------------------------
+
+
+def test_a_storefront_key_gets_only_the_shopper_view(engine: Engine, client: TestClient, shop_id: int) -> None:
+    storefront = Api(client, make_key(engine, shop_id, ("storefront",)))
+    _, stored = make_campaign(engine, shop_id, rules(basket={"minimum_subtotal": 10000}), codes=2)
+    set_code(engine, shop_id, stored[1], status="voided")
+
+    ok = storefront.validate(stored[0], basket(("p1", 4, 2500))).json()
+    assert set(ok) == {"valid", "discount", "shopper"}
+    assert ok["valid"] is True and ok["discount"]["amount"] == 1000 and ok["shopper"] is None
+
+    short = storefront.validate(stored[0]).json()
+    assert set(short) == {"valid", "discount", "shopper"} and short["valid"] is False
+    assert short["shopper"]["reason"] == "minimum_subtotal_not_met"
+
+    set_preferences(engine, shop_id, detailed_refusals=False)
+    voided = storefront.validate(stored[1]).json()
+    unknown = storefront.validate("NO-SUCH-CODE").json()
+    assert set(voided) == {"valid", "discount", "shopper"}
+    assert voided == unknown  # nothing tells a live code apart from an unknown one
+    assert "voided" not in str(voided) and stored[1] not in str(voided)
+
+
+def test_a_storefront_key_can_only_validate(engine: Engine, client: TestClient, shop_id: int) -> None:
+    storefront = Api(client, make_key(engine, shop_id, ("storefront",)))
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    for response in (
+        storefront.redeem(stored[0], "order-1"),
+        storefront.reserve(stored[0], "chk-1"),
+        storefront.get("/campaigns"),
+        storefront.get("/redemptions"),
+    ):
+        assert response.status_code == 403 and response.json()["reason"] == "insufficient_scope"
+    assert get_code(engine, shop_id, stored[0]).uses == 0
+
+
+def test_the_document_says_what_a_storefront_key_gets(client: TestClient) -> None:
+    operation = client.get("/api/v1/openapi.json").json()["paths"]["/api/v1/validate"]["post"]
+    assert "`storefront`" in operation["description"] and "never the exact reason" in operation["description"]
+    decision = client.get("/api/v1/openapi.json").json()["components"]["schemas"]["Decision"]
+    assert decision["required"] == ["valid"]
+
+
+def test_a_storefront_key_carries_no_other_scope(engine: Engine, shop_id: int) -> None:
+    with pytest.raises(InvalidInput, match="storefront"):
+        make_key(engine, shop_id, ("storefront", "checkout"))

@@ -9,13 +9,21 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import claimlinks
+from plugin import caches, claimlinks
 from plugin.models import Redemption, utcnow
 from plugin.settings import Settings
 from tests.web.conftest import Api, TestClient, make_campaign, make_key, rules
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """PostgreSQL tests share one engine and reuse ids after each truncation: start each test
+    without the previous test's cached rows (a real database never reuses an id)."""
+    caches.bump()
 
 
 def put(api: Api, path: str, body: dict[str, object]) -> httpx.Response:
@@ -218,6 +226,7 @@ def test_pushes_deliveries_policies_and_referral_programs(api: Api, client: Test
     assert api.post(f"/campaigns/{campaign_id}/pushes", {"provider": "twilio"}).json()["queued"] == 0
     assert api.post(f"/campaigns/{campaign_id}/pushes", {"provider": "fax"}).json()["reason"] == "unknown_provider"
     listed = api.get(f"/campaigns/{campaign_id}/deliveries", params={"status": "queued"}).json()
+    assert "data" in listed, listed
     assert sorted(d["recipient"] for d in listed["data"]) == ["+15555550100", "+15555550101"]
     assert listed["counts"] == {"twilio": {"queued": 2}}
     mine = partner_api.get(f"/campaigns/{campaign_id}/deliveries").json()
@@ -236,3 +245,19 @@ def test_pushes_deliveries_policies_and_referral_programs(api: Api, client: Test
     assert made.status_code == 201 and made.json()["provider"] == "twilio"
     assert api.post("/referral-programs", {"campaign_id": referral_id, "reward_campaign_id": 999}).status_code == 404
     assert api.get(f"/campaigns/{referral_id}/referrals").json() == {"data": []}
+
+
+def test_referral_codes_at_the_checkout_api(api: Api, engine: Engine, shop_id: int) -> None:
+    reward_id, _ = make_campaign(engine, shop_id, rules(), name="Rewards")
+    referral_id, _ = make_campaign(engine, shop_id, rules(usage={"uses_per_code": None}), codes=2, name="Refer")
+    api.post("/referral-programs", {"campaign_id": referral_id, "reward_campaign_id": reward_id})
+    code = api.post(f"/campaigns/{referral_id}/claims", {"customer_id": "ref-1"}).json()["code"]
+    own = api.redeem(code, "order-0", customer={"id": "ref-1", "email": "ref@example.com"})
+    assert own.status_code == 409 and own.json()["reason"] == "self_referral"
+    first = api.redeem(code, "order-1", customer={"id": "friend-1"})
+    assert first.status_code == 201
+    assert api.redeem(code, "order-1", customer={"id": "friend-1"}).status_code == 200  # a retry: no second reward
+    assert api.redeem(code, "order-2", customer={"id": "friend-1"}).status_code == 201  # a second order: no reward
+    rewards = api.get(f"/campaigns/{referral_id}/referrals").json()["data"]
+    assert [(r["referrer"], r["friend"], r["order_id"]) for r in rewards] == [("id:ref-1", "id:friend-1", "order-1")]
+    assert rewards[0]["reward_code"]

@@ -35,17 +35,10 @@ def random_ip() -> str:
 
 @pytest.fixture
 def client_from(limited_app) -> Iterator:  # type: ignore[no-untyped-def]
-    opened: list[TestClient] = []
-
-    def open_client(ip: str) -> TestClient:
-        client = TestClient(limited_app, client=(ip, 40000))
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.__exit__(None, None, None)
+    # One lifespan for the app (as a server runs it); the clients for each address send
+    # requests without starting a second copy of the app's background tasks.
+    with TestClient(limited_app):
+        yield lambda ip: TestClient(limited_app, client=(ip, 40000))
 
 
 def test_failed_validations_per_ip_get_429_with_retry_after(client_from, key: str, other_key: str) -> None:  # type: ignore[no-untyped-def]

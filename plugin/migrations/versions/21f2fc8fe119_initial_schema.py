@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 0c5c676649d6
+Revision ID: 21f2fc8fe119
 Revises: 
-Create Date: 2026-11-25 16:38:50.921483
+Create Date: 2026-11-25 17:36:43.383051
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = '0c5c676649d6'
+revision: str = '21f2fc8fe119'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -47,6 +47,8 @@ def upgrade() -> None:
     with op.batch_alter_table('code', schema=None) as batch_op:
         batch_op.create_index('ix_code_campaign_batch', ['campaign_id', 'batch_id'], unique=False)
         batch_op.create_index('ix_code_partner', ['partner_id'], unique=False, postgresql_where=sa.text('partner_id IS NOT NULL'), sqlite_where=sa.text('partner_id IS NOT NULL'))
+        batch_op.create_index('ix_code_unassigned', ['campaign_id', 'id'], unique=False, postgresql_where=sa.text('recipient IS NULL'), sqlite_where=sa.text('recipient IS NULL'))
+        batch_op.create_index('uq_code_campaign_recipient', ['campaign_id', 'recipient'], unique=True, postgresql_where=sa.text('recipient IS NOT NULL'), sqlite_where=sa.text('recipient IS NOT NULL'))
 
     op.create_table('sandbox_delivery',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -115,6 +117,26 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('platform', 'domain', name='uq_shop_platform_domain')
     )
+    op.create_table('alert',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('campaign_id', sa.Integer(), nullable=True),
+    sa.Column('partner_id', sa.Integer(), nullable=True),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('message', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.Column('open_key', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('open_key')
+    )
+    with op.batch_alter_table('alert', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_alert_shop_id'), ['shop_id'], unique=False)
+
     op.create_table('apikey',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('shop_id', sa.Integer(), nullable=False),
@@ -188,6 +210,54 @@ def upgrade() -> None:
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.create_index('ix_job_claim', ['status', 'run_after'], unique=False)
         batch_op.create_index(batch_op.f('ix_job_shop_id'), ['shop_id'], unique=False)
+
+    op.create_table('partner',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('shop_id', 'name', name='uq_partner_shop_name')
+    )
+    with op.batch_alter_table('partner', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_partner_shop_id'), ['shop_id'], unique=False)
+
+    op.create_table('recipientdelivery',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('campaign_id', sa.Integer(), nullable=False),
+    sa.Column('code_id', sa.BigInteger(), nullable=False),
+    sa.Column('recipient', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('provider', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('provider_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
+    sa.Column('error', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('shop_id', 'provider', 'code_id', name='uq_delivery_provider_code')
+    )
+    with op.batch_alter_table('recipientdelivery', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_recipientdelivery_campaign_id'), ['campaign_id'], unique=False)
+
+    op.create_table('referral',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('campaign_id', sa.Integer(), nullable=False),
+    sa.Column('referrer', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('friend', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('order_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('redemption_id', sa.BigInteger(), nullable=False),
+    sa.Column('reward_code_id', sa.BigInteger(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('shop_id', 'campaign_id', 'friend', name='uq_referral_friend')
+    )
+    with op.batch_alter_table('referral', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_referral_campaign_id'), ['campaign_id'], unique=False)
 
     op.create_table('reservation',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -280,6 +350,20 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
     sa.PrimaryKeyConstraint('shop_id', 'campaign_id', 'customer_key')
     )
+    op.create_table('poolpolicy',
+    sa.Column('campaign_id', sa.Integer(), nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('alert_below', sa.Integer(), nullable=False),
+    sa.Column('topup_below', sa.Integer(), nullable=True),
+    sa.Column('topup_count', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('campaign_id')
+    )
+    with op.batch_alter_table('poolpolicy', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_poolpolicy_shop_id'), ['shop_id'], unique=False)
+
     op.create_table('redemption',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('shop_id', sa.Integer(), nullable=False),
@@ -312,17 +396,39 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_redemption_code_id'), ['code_id'], unique=False)
         batch_op.create_index('ix_redemption_shop_created', ['shop_id', 'created_at'], unique=False)
 
+    op.create_table('referralprogram',
+    sa.Column('campaign_id', sa.Integer(), nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('reward_campaign_id', sa.Integer(), nullable=False),
+    sa.Column('provider', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
+    sa.ForeignKeyConstraint(['reward_campaign_id'], ['campaign.id'], ),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('campaign_id')
+    )
+    with op.batch_alter_table('referralprogram', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_referralprogram_shop_id'), ['shop_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('referralprogram', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_referralprogram_shop_id'))
+
+    op.drop_table('referralprogram')
     with op.batch_alter_table('redemption', schema=None) as batch_op:
         batch_op.drop_index('ix_redemption_shop_created')
         batch_op.drop_index(batch_op.f('ix_redemption_code_id'))
         batch_op.drop_index(batch_op.f('ix_redemption_campaign_id'))
 
     op.drop_table('redemption')
+    with op.batch_alter_table('poolpolicy', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_poolpolicy_shop_id'))
+
+    op.drop_table('poolpolicy')
     op.drop_table('customerusage')
     with op.batch_alter_table('batch', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_batch_shop_id'))
@@ -344,6 +450,18 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_reservation_code_id'))
 
     op.drop_table('reservation')
+    with op.batch_alter_table('referral', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_referral_campaign_id'))
+
+    op.drop_table('referral')
+    with op.batch_alter_table('recipientdelivery', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_recipientdelivery_campaign_id'))
+
+    op.drop_table('recipientdelivery')
+    with op.batch_alter_table('partner', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_partner_shop_id'))
+
+    op.drop_table('partner')
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_shop_id'))
         batch_op.drop_index('ix_job_claim')
@@ -361,6 +479,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_apikey_shop_id'))
 
     op.drop_table('apikey')
+    with op.batch_alter_table('alert', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_alert_shop_id'))
+
+    op.drop_table('alert')
     op.drop_table('shop')
     op.drop_table('sandbox_setting')
     op.drop_table('sandbox_order')
@@ -370,6 +492,8 @@ def downgrade() -> None:
 
     op.drop_table('sandbox_delivery')
     with op.batch_alter_table('code', schema=None) as batch_op:
+        batch_op.drop_index('uq_code_campaign_recipient', postgresql_where=sa.text('recipient IS NOT NULL'), sqlite_where=sa.text('recipient IS NOT NULL'))
+        batch_op.drop_index('ix_code_unassigned', postgresql_where=sa.text('recipient IS NULL'), sqlite_where=sa.text('recipient IS NULL'))
         batch_op.drop_index('ix_code_partner', postgresql_where=sa.text('partner_id IS NOT NULL'), sqlite_where=sa.text('partner_id IS NOT NULL'))
         batch_op.drop_index('ix_code_campaign_batch')
 
