@@ -39,8 +39,9 @@ DEACTIVATE = "sync.deactivate"
 
 
 def enqueue_push(session: Session, *, shop_id: int, campaign_id: int) -> int | None:
-    """Queue a push of the campaign's pending codes (one queued push per campaign covers all)."""
-    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    """Queue a push of the campaign's pending codes (one queued push per campaign covers all);
+    refuses a campaign the platform can't hold (NotSyncable), before any work."""
+    discount_spec(get_campaign(session, shop_id=shop_id, campaign_id=campaign_id))
     return outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
 
 
@@ -79,34 +80,54 @@ def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str
     return {status: int(count) for status, count in rows}
 
 
+class NotSyncable(InvalidInput):
+    reason = "not_syncable"
+
+
 def discount_spec(campaign: Campaign) -> DiscountSpec:
-    """What the platform can hold of the campaign's rules; Couponry flags the rest at the webhook."""
+    """What the platform can hold of the campaign's rules; Couponry flags the rest at the webhook.
+
+    A campaign whose discount a platform discount can't express (no rules yet, tiers, bundles)
+    is refused rather than pushed as something that gives a different discount.
+    """
     assert campaign.id is not None
-    base: dict[str, Any] = {
-        "campaign_id": campaign.id,
-        "title": f"Couponry: {campaign.name}"[:255],
-        "currency": campaign.currency,
-    }
     if not campaign.rules:
-        return DiscountSpec(kind="percentage", value=0, **base)
+        raise NotSyncable("the campaign has no rules yet: give it a discount before syncing its codes")
     rules = CampaignRules.model_validate(campaign.rules)
     d = rules.discount
-    kind: Any = "percentage"
-    value = 0
+    kind: Any
     if isinstance(d, PercentageDiscount):
-        value = int(d.percent)
+        # platforms hold whole percents; a fraction is truncated (never gives more than the rule)
+        kind, value = "percentage", int(d.percent)
     elif isinstance(d, FixedDiscount):
         kind, value = "fixed_amount", d.amount
     elif isinstance(d, FreeShippingDiscount):
-        kind = "free_shipping"
+        kind, value = "free_shipping", 0
+    else:
+        raise NotSyncable(
+            f"a {d.type} discount can't be held by a platform discount: redeem these codes through the checkout API"
+        )
+    eligible = rules.basket.eligible
+    excluded = rules.basket.excluded
+    # only a plain product/collection list maps onto the platforms' entitlements; anything
+    # finer (variants, SKUs, exclusions) stays ours to check at the webhook
+    simple_items = eligible is not None and not (eligible.variant_ids or eligible.skus) and excluded.is_empty()
     return DiscountSpec(
+        campaign_id=campaign.id,
+        title=f"Couponry: {campaign.name}"[:255],
         kind=kind,
         value=value,
+        currency=rules.currency or campaign.currency,
         starts_at=rules.time.starts_at,
         ends_at=rules.time.ends_at,
         uses_per_code=rules.usage.uses_per_code,
+        once_per_customer=rules.usage.uses_per_customer == 1,
         minimum_subtotal=rules.basket.minimum_subtotal,
-        **{**base, "currency": rules.currency or campaign.currency},
+        minimum_quantity=rules.basket.minimum_quantity,
+        product_ids=tuple(eligible.product_ids) if eligible is not None and simple_items else (),
+        collection_ids=tuple(eligible.collection_ids) if eligible is not None and simple_items else (),
+        combines_with_codes=rules.stacking.with_other_codes,
+        combines_with_automatic=rules.stacking.with_automatic_discounts,
     )
 
 

@@ -181,3 +181,57 @@ def test_outbox_enqueue_is_part_of_the_callers_transaction(engine: Engine, shop_
         sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
         raise RuntimeError
     assert outbox.claim(engine, "w", timedelta(seconds=5)) == []
+
+
+def _campaign_with(rules: dict[str, object] | None) -> Campaign:
+    return Campaign(id=7, shop_id=1, name="Spring", currency="GBP", rules=rules or {})
+
+
+def test_discount_spec_maps_what_platforms_can_hold() -> None:
+    spec = sync.discount_spec(
+        _campaign_with(
+            {
+                "currency": "GBP",
+                "discount": {"type": "percentage", "percent": "12.5"},
+                "usage": {"uses_per_code": 1, "uses_per_customer": 1},
+                "basket": {"minimum_quantity": 2, "eligible": {"product_ids": ["p1", "p2"], "collection_ids": ["c1"]}},
+                "stacking": {"with_other_codes": True, "with_automatic_discounts": False},
+            }
+        )
+    )
+    assert (spec.kind, spec.value, spec.currency) == ("percentage", 12, "GBP")  # truncated, never more
+    assert spec.once_per_customer and spec.minimum_quantity == 2
+    assert (spec.product_ids, spec.collection_ids) == (("p1", "p2"), ("c1",))
+    assert (spec.combines_with_codes, spec.combines_with_automatic) == (True, False)
+
+
+def test_finer_item_rules_stay_ours_to_check() -> None:
+    spec = sync.discount_spec(
+        _campaign_with(
+            {
+                "currency": "GBP",
+                "discount": {"type": "fixed", "amount": 500},
+                "basket": {"eligible": {"product_ids": ["p1"]}, "excluded": {"skus": ["gift"]}},
+            }
+        )
+    )
+    assert (spec.kind, spec.value) == ("fixed_amount", 500)
+    assert spec.product_ids == () and not spec.once_per_customer
+
+
+@pytest.mark.parametrize(
+    ("rules", "why"),
+    [
+        (None, "no rules yet"),
+        (
+            {
+                "currency": "GBP",
+                "discount": {"type": "tiered", "tiers": [{"min_subtotal": 5000, "reward": {"type": "fixed", "amount": 500}}]},
+            },
+            "tiered discount can't be held",
+        ),
+    ],
+)
+def test_campaigns_a_platform_cannot_hold_are_refused_before_any_push(rules: dict[str, object] | None, why: str) -> None:
+    with pytest.raises(sync.NotSyncable, match=why):
+        sync.discount_spec(_campaign_with(rules))
