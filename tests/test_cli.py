@@ -128,3 +128,42 @@ def test_shop_option_acts_on_an_installed_shop_and_refuses_unknown_ones(cli: Cli
     engine.dispose()
     unknown = cli.invoke(main, ["--shop", "nope.myshopify.com", "campaigns", "list"])
     assert unknown.exit_code == 1 and "no shop with domain 'nope.myshopify.com'" in unknown.output
+
+
+def test_redemptions_list_and_rollback(cli: CliRunner, cli_database_url: str) -> None:
+    from sqlmodel import Session, col, select
+
+    from plugin import redemptions as service
+    from plugin.db import make_engine, session_scope
+    from plugin.models import Code, utcnow
+
+    campaign_id = _ok(
+        cli, "campaigns", "create", "--name", "R", "--rules", '{"currency": "USD", "discount": {"type": "fixed", "amount": 500}}'
+    ).strip()
+    _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "2")
+    engine = make_engine(cli_database_url)
+    with Session(engine) as session:
+        code = session.exec(select(Code.code).where(col(Code.campaign_id) == int(campaign_id))).first()
+        shop_id = session.exec(select(Code.shop_id)).first()
+    assert code is not None and shop_id is not None
+    with session_scope(engine) as session:
+        service.record_redemption(session, shop_id=shop_id, code=code, order_id="o-1", now=utcnow(), amount=500)
+    engine.dispose()
+    listing = _ok(cli, "redemptions", "list", "--campaign", campaign_id)
+    assert f"order o-1\t{code}\t500 USD\tactive\twebhook" in listing
+    rid = listing.split("\t")[0]
+    assert _ok(cli, "redemptions", "rollback", rid, "--reason", "cancelled").strip() == f"{rid}\trolled_back"
+    assert "rolled_back" in _ok(cli, "redemptions", "list", "--status", "rolled_back")
+    assert _ok(cli, "redemptions", "list", "--flagged").strip() == ""
+
+
+def test_serve_address_becomes_the_public_url_unless_configured() -> None:
+    from plugin.cli import serve_settings
+    from plugin.settings import Settings
+
+    base = Settings.from_env({"COUPONRY_SECRET_KEY": "k"})
+    moved = serve_settings(base, None, 8766, {})
+    assert (moved.port, moved.public_url) == (8766, "http://127.0.0.1:8766")
+    public = Settings.from_env({"COUPONRY_SECRET_KEY": "k", "COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
+    kept = serve_settings(public, "0.0.0.0", 9000, {"COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
+    assert (kept.host, kept.port, kept.public_url) == ("0.0.0.0", 9000, "https://coupons.example.com")

@@ -4,9 +4,10 @@ Each area adds its commands in a module of this package, imported at the bottom.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import click
@@ -82,6 +83,16 @@ def migrate_cmd(ctx: Context) -> None:
 migrate_cmd.name = "migrate"
 
 
+def serve_settings(settings: Settings, host: str | None, port: int | None, environ: Mapping[str, str]) -> Settings:
+    """Settings for `serve --host/--port`: unless COUPONRY_PUBLIC_URL says otherwise, the app's
+    public address follows where it listens, since the sandbox store and the in-process
+    worker call the app back there."""
+    host, port = host or settings.host, port or settings.port
+    if "COUPONRY_PUBLIC_URL" in environ:
+        return replace(settings, host=host, port=port)
+    return replace(settings, host=host, port=port, public_url=f"http://{host}:{port}")
+
+
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 8000 or $PORT).")
@@ -92,11 +103,11 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
     from plugin.web.app import create_app
 
-    settings = ctx.settings
+    settings = serve_settings(ctx.settings, host, port, os.environ)
     engine = ctx.engine
     _ = ctx.shop_id  # the local shop exists before the first request
     app = create_app(settings, engine=engine)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=settings.log_level)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
 # Command groups register themselves on `main` when imported.
@@ -104,6 +115,7 @@ from plugin.cli import codes as _codes  # noqa: E402, F401  (registers the comma
 from plugin.cli import distribution as _distribution  # noqa: E402, F401
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
+from plugin.cli import redemptions as _redemptions  # noqa: E402, F401
 from plugin.cli import sandbox as _sandbox  # noqa: E402, F401
 from plugin.cli import shops as _shops  # noqa: E402, F401
 from plugin.cli import sync as _sync  # noqa: E402, F401
