@@ -16,7 +16,7 @@ process with `wrk` at 50 connections for a bounded time per route (10 s by defau
   transaction), until the pool of 200,000 codes would run out.
 
 Prints req/s, p50 and p99 for each, the pull/bare ratio and the targets
-(repeat pull >= 0.5 x bare, p99 < 15 ms). Run: `.venv/bin/python bench/distribution.py [seconds]`.
+(repeat pull >= 0.5 x bare, p99 < 15 ms). Run: `.venv/bin/python -m bench.distribution [seconds]`.
 Needs `wrk` (`apt-get install -y wrk`).
 
 The push side (outbox jobs into Klaviyo's bulk import within its rate limits) has its own
@@ -26,13 +26,9 @@ bench: `bench/distribution_push.py`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +36,12 @@ import httpx
 from sqlmodel import SQLModel
 
 import plugin.models  # noqa: F401  (registers tables)
+from bench.loadgen import header, run_wrk, server, show
 from plugin import apikeys, campaigns, distribution, issuing
 from plugin.db import make_engine, session_scope
 from plugin.models import utcnow
 from plugin.shops import ensure_local_shop
 
-ROOT = Path(__file__).resolve().parents[1]
-CONNECTIONS = 50
-THREADS = 2
 CODES = 200_000
 ASSIGNED = 1_000  # recipients who already hold a code, for the repeat calls
 
@@ -104,12 +98,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def prepare(url: str) -> tuple[str, int, list[str]]:
     """A shop, a distribution key and a campaign of 200,000 codes, 1,000 of them already
     assigned; returns (key, campaign id, the assigned recipients)."""
@@ -136,18 +124,7 @@ def wrk(base: str, paths: list[str], key: str, seconds: int, workdir: Path, run:
     encoded = ", ".join(json.dumps(p) for p in paths)
     script = workdir / f"load{abs(hash((tuple(paths), run)))}.lua"
     script.write_text(LUA.replace("{PATHS}", "{" + encoded + "}").replace("RUN", json.dumps(run)))
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base, "--", key]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    figures["rps"] = figures["requests"] / figures["seconds"]
-    return figures
-
-
-def show(name: str, f: dict[str, Any]) -> None:
-    print(
-        f"{name:<26} {f['rps']:>9,.0f} req/s   p50 {f['p50_us'] / 1000:6.2f} ms   p99 {f['p99_us'] / 1000:6.2f} ms"
-        f"   ({f['requests']:,} requests, {f['non2xx']} non-2xx, {f['errors']} socket errors)"
-    )
+    return run_wrk(script, base, key, seconds)
 
 
 def main(seconds: int = 10) -> int:
@@ -157,21 +134,11 @@ def main(seconds: int = 10) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="couponry-bench-"))
     url = f"sqlite:///{workdir / 'bench.db'}"
     key, campaign_id, people = prepare(url)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     pull = f"/api/v1/campaigns/{campaign_id}/pull?recipient="
     repeat = [pull + p.replace("@", "%40") for p in people]
     results: dict[str, dict[str, Any]] = {}
     for mode in ("cache", "nocache"):
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-c", SERVER, url, str(port), mode], cwd=ROOT, env=env)
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        with server(SERVER, url, mode) as base:
             headers = {"Authorization": f"Bearer {key}"}
             first = httpx.get(base + pull + people[0], headers=headers)
             again = httpx.get(base + pull + people[0], headers=headers)
@@ -187,12 +154,9 @@ def main(seconds: int = 10) -> int:
             else:
                 wrk(base, repeat, key, 2, workdir)
                 results["uncached"] = wrk(base, repeat, key, seconds, workdir)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"uvicorn httptools+uvloop, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs")
+    print(header())
     show("GET /bare (ceiling)", results["bare"])
     show("GET pull (repeat calls)", results["repeat"])
     show("GET pull (repeat, no cache)", results["uncached"])

@@ -11,20 +11,16 @@ process with `wrk` at 50 connections for a bounded time per route (10 s by defau
   per-code limit), i.e. an atomic write transaction each.
 
 Prints req/s, p50 and p99 for each, the validate/bare ratio and the targets
-(validate >= 0.6 x bare, p99 < 10 ms). Run: `.venv/bin/python bench/validate.py [seconds]`.
+(validate >= 0.6 x bare, p99 < 10 ms). Run: `.venv/bin/python -m bench.validate [seconds]`.
 Needs `wrk` (`apt-get install -y wrk`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +28,11 @@ import httpx
 from sqlmodel import SQLModel
 
 import plugin.models  # noqa: F401  (registers tables)
+from bench.loadgen import header, run_wrk, server, show
 from plugin import apikeys, campaigns, issuing
 from plugin.db import make_engine, session_scope
 from plugin.shops import ensure_local_shop
 
-ROOT = Path(__file__).resolve().parents[1]
-CONNECTIONS = 50
-THREADS = 2
 CODES = 1_000
 
 SERVER = """
@@ -93,12 +87,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def prepare(url: str) -> tuple[str, list[str], list[str]]:
     """A shop, a checkout key, a campaign of single-use codes to validate and one of unlimited
     codes to redeem; returns (key, validate codes, redeem codes)."""
@@ -129,18 +117,7 @@ def wrk(base: str, path: str, bodies: list[dict[str, Any]], key: str, seconds: i
     encoded = ", ".join(json.dumps(json.dumps(b)) for b in bodies)
     script = workdir / f"load{abs(hash(path))}.lua"
     script.write_text(LUA.replace("{BODIES}", "{" + encoded + "}").replace("PATH", path))
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base, "--", key]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    figures["rps"] = figures["requests"] / figures["seconds"]
-    return figures
-
-
-def show(name: str, f: dict[str, Any]) -> None:
-    print(
-        f"{name:<22} {f['rps']:>9,.0f} req/s   p50 {f['p50_us'] / 1000:6.2f} ms   p99 {f['p99_us'] / 1000:6.2f} ms"
-        f"   ({f['requests']:,} requests, {f['non2xx']} non-2xx, {f['errors']} socket errors)"
-    )
+    return run_wrk(script, base, key, seconds)
 
 
 def main(seconds: int = 10) -> int:
@@ -150,37 +127,26 @@ def main(seconds: int = 10) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="couponry-bench-"))
     url = f"sqlite:///{workdir / 'bench.db'}"
     key, validate_codes, redeem_codes = prepare(url)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, url, str(port)], cwd=ROOT, env=env)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        basket = {"currency": "GBP", "lines": [{"product_id": "p1", "quantity": 2, "unit_price": 2500}]}
-        validate = [{"code": c, "basket": basket, "customer": {"id": "bench"}} for c in validate_codes]
-        redeem = [{"code": c, "order_id": "order-ORDER", "basket": basket} for c in redeem_codes]
-        bare = [{"code": "BARE", "basket": basket}]
-        check = httpx.post(base + "/api/v1/validate", json=validate[0], headers={"Authorization": f"Bearer {key}"})
-        assert check.status_code == 200 and check.json()["valid"], check.text
+        with server(SERVER, url) as base:
+            basket = {"currency": "GBP", "lines": [{"product_id": "p1", "quantity": 2, "unit_price": 2500}]}
+            validate = [{"code": c, "basket": basket, "customer": {"id": "bench"}} for c in validate_codes]
+            redeem = [{"code": c, "order_id": "order-ORDER", "basket": basket} for c in redeem_codes]
+            bare = [{"code": "BARE", "basket": basket}]
+            check = httpx.post(base + "/api/v1/validate", json=validate[0], headers={"Authorization": f"Bearer {key}"})
+            assert check.status_code == 200 and check.json()["valid"], check.text
 
-        for path, bodies in (("/bare", bare), ("/api/v1/validate", validate)):  # warm up
-            wrk(base, path, bodies, key, 2, workdir)
-        results = {
-            "bare": wrk(base, "/bare", bare, key, seconds, workdir),
-            "validate": wrk(base, "/api/v1/validate", validate, key, seconds, workdir),
-            "redemptions": wrk(base, "/api/v1/redemptions", redeem, key, seconds, workdir),
-        }
+            for path, bodies in (("/bare", bare), ("/api/v1/validate", validate)):  # warm up
+                wrk(base, path, bodies, key, 2, workdir)
+            results = {
+                "bare": wrk(base, "/bare", bare, key, seconds, workdir),
+                "validate": wrk(base, "/api/v1/validate", validate, key, seconds, workdir),
+                "redemptions": wrk(base, "/api/v1/redemptions", redeem, key, seconds, workdir),
+            }
     finally:
-        server.terminate()
-        server.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"uvicorn httptools+uvloop, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs")
+    print(header())
     show("POST /bare (ceiling)", results["bare"])
     show("POST /api/v1/validate", results["validate"])
     show("POST /api/v1/redemptions", results["redemptions"])

@@ -1,0 +1,66 @@
+"""What the HTTP benchmarks share: a free port, a server subprocess, wrk runs and their report."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTIONS = 50
+THREADS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(script: str, *args: str) -> Iterator[str]:
+    """Run `python -c script port *args` and yield its base URL once /healthz answers."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script, *args[:1], str(port), *args[1:]], cwd=ROOT, env=env)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run_wrk(script: Path, base: str, key: str, seconds: int) -> dict[str, Any]:
+    """One wrk run with a Lua script whose `done` prints one JSON line of figures."""
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base, "--", key]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    figures["rps"] = figures["requests"] / figures["seconds"]
+    return figures
+
+
+def show(name: str, f: dict[str, Any], width: int = 26) -> None:
+    print(
+        f"{name:<{width}} {f['rps']:>9,.0f} req/s   p50 {f['p50_us'] / 1000:6.2f} ms   p99 {f['p99_us'] / 1000:6.2f} ms"
+        f"   ({f['requests']:,} requests, {f['non2xx']} non-2xx, {f['errors']} socket errors)"
+    )
+
+
+def header() -> str:
+    return f"uvicorn httptools+uvloop, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs"
