@@ -162,8 +162,10 @@ def compute_discount(rules: CampaignRules, basket: Basket, *, this_code: str | N
     if basket.currency != currency:
         return refuse(Reason.CURRENCY_MISMATCH, currency=currency, basket_currency=basket.currency)
 
-    own = _loose(this_code) if this_code else None
-    other_codes = sorted({code for code in basket.applied_codes if _loose(code) != own})
+    other_codes: list[str] = []
+    if basket.applied_codes:
+        own = _loose(this_code) if this_code else None
+        other_codes = sorted({code for code in basket.applied_codes if _loose(code) != own})
     if other_codes and not rules.stacking.with_other_codes:
         return refuse(Reason.NOT_COMBINABLE, conflicts_with="other_codes", codes=list(other_codes))
     if basket.has_automatic_discounts and not rules.stacking.with_automatic_discounts:
