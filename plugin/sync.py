@@ -226,7 +226,10 @@ def _display(fmt: codes.CodeFormat, stored: str) -> str:
     return codes.display(fmt, stored)
 
 
-def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, now: datetime) -> list[Code]:
+def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, now: datetime, *, everything: bool) -> list[Code]:
+    """Synced codes the platform must stop accepting: voided or expired ones, or every one once
+    the campaign has ended."""
+    lapsed = col(Code.id) > 0 if everything else or_(col(Code.status) == "voided", col(Code.expires_at) <= now)
     with Session(engine) as session:
         return list(
             session.exec(
@@ -234,7 +237,7 @@ def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, 
                 .where(
                     col(Code.campaign_id) == campaign_id,
                     col(Code.sync_status) == "synced",
-                    or_(col(Code.status) == "voided", col(Code.expires_at) <= now),
+                    lapsed,
                     col(Code.id) > after_id,
                 )
                 .order_by(col(Code.id))
@@ -253,7 +256,18 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     fmt = campaign_format(campaign)
     after_id = 0
     while True:
-        rows = await run(engine, partial(_to_deactivate, engine, campaign_id, after_id, connector.BATCH_SIZE, utcnow()))
+        rows = await run(
+            engine,
+            partial(
+                _to_deactivate,
+                engine,
+                campaign_id,
+                after_id,
+                connector.BATCH_SIZE,
+                utcnow(),
+                everything=campaign.status == "ended",
+            ),
+        )
         if not rows:
             return
         displays = [_display(fmt, r.code) for r in rows]

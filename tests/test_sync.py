@@ -235,3 +235,25 @@ def test_finer_item_rules_stay_ours_to_check() -> None:
 def test_campaigns_a_platform_cannot_hold_are_refused_before_any_push(rules: dict[str, object] | None, why: str) -> None:
     with pytest.raises(sync.NotSyncable, match=why):
         sync.discount_spec(_campaign_with(rules))
+
+
+async def test_ending_a_campaign_removes_all_its_codes_from_the_platform(
+    engine: Engine, shop_id: int, settings: Settings
+) -> None:
+    from plugin.campaigns import change_status
+
+    settings = sandbox_settings(settings)
+    campaign_id = make_campaign(engine, shop_id, count=5)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with running_app(settings, engine) as (_, client):
+        worker = Worker(JobContext(engine, settings, client), sweeps=())
+        await drain(worker)
+        assert all(c.active for c in platform_codes(engine).values())
+        with session_scope(engine) as session:
+            change_status(session, shop_id=shop_id, campaign_id=campaign_id, action="end")
+            queued = session.exec(select(Job).where(col(Job.kind) == sync.DEACTIVATE, col(Job.status) == "queued")).all()
+            assert len(queued) == 1
+        await drain(worker)
+    assert {c.sync_status for c in campaign_codes(engine, campaign_id)} == {"deactivated"}
+    assert not any(c.active for c in platform_codes(engine).values())
