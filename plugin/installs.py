@@ -84,7 +84,7 @@ def save_install(
             details={"platform": platform, "scopes": list(credentials.scopes)},
         )
     )
-    outbox.enqueue(session, REGISTER_WEBHOOKS, {}, shop.id, dedupe_key=f"{REGISTER_WEBHOOKS}:{shop.id}")
+    enqueue_webhook_registration(session, shop.id)
     session.flush()
     return shop
 
@@ -289,6 +289,11 @@ def _shop(engine: Engine, shop_id: int | None) -> Shop:
         raise InvalidInput("an install job needs a shop")
     with session_scope(engine) as session:
         return session.get_one(Shop, shop_id)
+
+
+def enqueue_webhook_registration(session: Session, shop_id: int) -> int | None:
+    """Queue (once) the job that registers the shop's webhooks, re-enabling any the platform disabled."""
+    return outbox.enqueue(session, REGISTER_WEBHOOKS, {}, shop_id, dedupe_key=f"{REGISTER_WEBHOOKS}:{shop_id}")
 
 
 async def handle_register_webhooks(ctx: JobContext, job: outbox.ClaimedJob) -> None:

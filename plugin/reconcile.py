@@ -30,7 +30,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from connectors.base import OrderEvent
-from plugin import codes, outbox, sync, webhooks
+from plugin import codes, installs, outbox, sync, webhooks
 from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import InvalidInput
@@ -80,6 +80,11 @@ async def schedule(ctx: JobContext) -> int:
             for shop_id in due_shops(session, interval=interval, now=now):
                 if enqueue(session, shop_id, since=now - interval - POLL_OVERLAP) is not None:
                     queued += 1
+                shop = session.get_one(Shop, shop_id)
+                if shop.platform != "sandbox":
+                    # platforms disable hooks (WooCommerce after failed deliveries, BigCommerce's
+                    # is_active false): registering again brings them back
+                    installs.enqueue_webhook_registration(session, shop_id)
             return queued
 
     return await run(engine, work)

@@ -145,6 +145,12 @@ async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
     gone = installed(engine, app_settings, "woocommerce", FakeWooCommerce("https://gone.example").credentials(webhook_secret="s"))
     with session_scope(engine) as session:
         installs.mark_uninstalled(session, gone, actor="test")
+        # the installs' own registrations have run
+        session.execute(
+            Job.__table__.update()  # type: ignore[attr-defined]
+            .where(Job.__table__.c.kind == installs.REGISTER_WEBHOOKS)  # type: ignore[attr-defined]
+            .values(status="done", dedupe_key=None)
+        )
     async with worker_for(app_settings, engine) as worker:
         assert await reconcile.schedule(worker.ctx) == 2  # the local sandbox shop and the installed store
         assert await reconcile.schedule(worker.ctx) == 0
@@ -153,6 +159,12 @@ async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
     with session_scope(engine) as session:
         shops = session.exec(select(Job.shop_id).where(col(Job.kind) == reconcile.RECONCILE).order_by(col(Job.shop_id))).all()
         assert shops == sorted([shop_id, other])
+        # the installed store's hooks are registered again (re-enabling any the platform disabled);
+        # the sandbox shop has none to keep alive
+        registrations = session.exec(
+            select(Job.shop_id).where(col(Job.kind) == installs.REGISTER_WEBHOOKS, col(Job.status) == "queued")
+        ).all()
+        assert registrations == [other]
         # a day later they are due again
         session.execute(
             Job.__table__.update().values(created_at=utcnow() - timedelta(days=1))  # type: ignore[attr-defined]
