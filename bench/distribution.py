@@ -36,7 +36,7 @@ import httpx
 from sqlmodel import SQLModel
 
 import plugin.models  # noqa: F401  (registers tables)
-from bench.loadgen import header, run_wrk, server, show
+from bench.loadgen import LUA_DONE, LUA_SETUP, header, run_wrk, server, show
 from plugin import apikeys, campaigns, distribution, issuing
 from plugin.db import make_engine, session_scope
 from plugin.models import utcnow
@@ -72,13 +72,9 @@ uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", w
 
 # wrk script: GET paths from a list, or a fresh recipient per request (NEW in the path);
 # done() prints the figures as JSON.
-LUA = r"""
-local counter, thread_id = 0, 0
-local threads = {}
-function setup(thread)
-  thread:set("thread_id", #threads + 1)
-  table.insert(threads, thread)
-end
+LUA = (
+    LUA_SETUP
+    + r"""
 function init(args)
   thread_id = tonumber(wrk.thread:get("thread_id"))
   wrk.headers["Authorization"] = "Bearer " .. args[1]
@@ -90,12 +86,9 @@ function request()
   path = string.gsub(path, "NEW", "t" .. thread_id .. "-" .. counter .. "-" .. RUN)
   return wrk.format("GET", path)
 end
-function done(summary, latency, requests)
-  io.write(string.format('{"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
 """
+    + LUA_DONE
+)
 
 
 def prepare(url: str) -> tuple[str, int, list[str]]:

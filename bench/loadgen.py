@@ -20,6 +20,25 @@ CONNECTIONS = 50
 THREADS = 2
 
 
+# The parts of every wrk script: each thread numbers itself (so requests can be made unique),
+# and done() prints the figures as one JSON line for run_wrk.
+LUA_SETUP = r"""
+local counter, thread_id = 0, 0
+local threads = {}
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+"""
+LUA_DONE = r"""
+function done(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
