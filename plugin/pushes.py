@@ -20,10 +20,10 @@ any other COUPONRY_<PROVIDER>_<OPTION> (e.g. COUPONRY_KLAVIYO_LIST_ID, COUPONRY_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httpx
 from sqlalchemy import Engine, insert, literal, update
@@ -100,8 +100,15 @@ def enqueue_push(
     return queued
 
 
+def twilio_callback_url(settings: Settings, shop_id: int) -> str:
+    """Where Twilio reports each message's delivery status for this shop."""
+    return f"{settings.public_url}/callbacks/twilio/{shop_id}"
+
+
 def messaging_connector(settings: Settings, http: httpx.AsyncClient, provider: str, shop: Shop) -> MessagingConnector:
     options = dict(settings.connector_config.get(provider, {}))
+    if provider == "twilio" and shop.id is not None:
+        options.setdefault("status_callback", twilio_callback_url(settings, shop.id))
     config = ConnectorConfig(base_url=options.get("base_url"), extra=options)
     token = options.get("api_key") or options.get("access_token") or ""
     credentials = Credentials(shop_domain=shop.domain, access_token=token, extra=options)
@@ -294,3 +301,57 @@ def list_deliveries(
 
 
 HANDLERS: dict[str, Handler] = {PUSH: handle_push, FOLLOW: handle_follow}
+
+
+# Twilio's MessageStatus values, as our per-recipient statuses
+TWILIO_STATUSES = {
+    "accepted": "sent",
+    "scheduled": "sent",
+    "queued": "sent",
+    "sending": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "failed",
+    "failed": "failed",
+    "canceled": "failed",
+}
+
+
+def record_provider_status(
+    engine: Engine, *, shop_id: int, provider: str, provider_id: str, status: str, error: str | None
+) -> int:
+    """A provider's later word on one message; returns how many deliveries it updated (0 or 1).
+
+    A final status (delivered, failed) is never overwritten by a late "sent": callbacks can
+    arrive out of order."""
+    stmt = update(RecipientDelivery).where(
+        col(RecipientDelivery.shop_id) == shop_id,
+        col(RecipientDelivery.provider) == provider,
+        col(RecipientDelivery.provider_id) == provider_id,
+    )
+    if status == "sent":
+        stmt = stmt.where(col(RecipientDelivery.status).not_in(("delivered", "failed")))
+    with session_scope(engine) as session:
+        result = session.execute(stmt.values(status=status, error=error, updated_at=utcnow()))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class _SignedStatusCallbacks(Protocol):
+    """What a provider that reports message status by signed callback offers (Twilio)."""
+
+    def verify_signature(self, url: str, params: Mapping[str, str], signature: str) -> None: ...
+
+    def parse_status_callback(self, params: Mapping[str, str]) -> tuple[str, str, str | None]: ...
+
+
+def read_twilio_callback(
+    settings: Settings, http: httpx.AsyncClient, shop: Shop, params: Mapping[str, str], signature: str
+) -> tuple[str, str | None, str | None]:
+    """(message id, our status or None if Twilio's isn't one we track, error) of a verified
+    callback; raises BadSignature for a forged one and ConnectorError for a malformed one."""
+    assert shop.id is not None
+    connector = cast(_SignedStatusCallbacks, messaging_connector(settings, http, "twilio", shop))
+    connector.verify_signature(twilio_callback_url(settings, shop.id), params, signature)
+    sid, status, error_code = connector.parse_status_callback(params)
+    return sid, TWILIO_STATUSES.get(status), f"Twilio error {error_code}" if error_code else None

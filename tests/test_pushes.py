@@ -79,6 +79,7 @@ async def test_codes_are_pushed_once_each_with_per_recipient_status(engine: Engi
     for form in sent:
         person = form["To"][0]
         assert held[person].display in form["Body"][0] and "/claim/" in form["Body"][0]
+        assert form["StatusCallback"] == [f"{settings.public_url}/callbacks/twilio/{shop_id}"]
     got = deliveries(engine)
     assert {p: got[p].status for p in people} == {"+15555550100": "sent", "+15555550101": "sent", "+15555550199": "failed"}
     assert got["+15555550100"].provider_id and got["+15555550100"].provider_id.startswith("SM")

@@ -19,7 +19,7 @@ from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
 from plugin.ratelimit import FailureLimiter
 from plugin.settings import Settings
-from plugin.web import api, install
+from plugin.web import api, callbacks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
 from plugin.web.openapi import openapi_json
@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/api/v1/openapi.json", openapi_json, methods=["GET"]),
         Mount("/api/v1", routes=api.routes()),
         *distribution_web.routes(),  # signed pull URLs and claim pages
+        *callbacks.routes,  # providers' delivery status
         *install.routes,
         *background.routes(),
     ]

@@ -1,0 +1,55 @@
+"""Providers' status callbacks: Twilio reports each SMS's fate to /callbacks/twilio/{shop_id}.
+
+The X-Twilio-Signature is checked against the public URL Twilio was given (not the URL this
+process saw, which differs behind a proxy); an unsigned or forged callback changes nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from connectors.errors import BadSignature, ConnectorError
+from plugin import pushes
+from plugin.db import run
+from plugin.models import Shop
+from plugin.settings import Settings
+from plugin.web.problems import problem
+
+
+async def twilio_status(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    settings: Settings = request.app.state.settings
+    shop_id = int(request.path_params["shop_id"])
+    shop = await run(engine, lambda: _shop(engine, shop_id))
+    if shop is None:
+        return problem(404, "not_found", "no such shop")
+    form = await request.form()
+    params = {key: str(value) for key, value in form.multi_items()}
+    try:
+        sid, status, error = pushes.read_twilio_callback(
+            settings, request.app.state.http, shop, params, request.headers.get("x-twilio-signature", "")
+        )
+    except BadSignature:
+        return problem(401, "bad_signature", "the X-Twilio-Signature does not match")
+    except ConnectorError as exc:
+        return problem(422, "invalid_callback", str(exc))
+    if status is not None:
+        await run(
+            engine,
+            lambda: pushes.record_provider_status(
+                engine, shop_id=shop_id, provider="twilio", provider_id=sid, status=status, error=error
+            ),
+        )
+    return Response(status_code=204)
+
+
+def _shop(engine: Engine, shop_id: int) -> Shop | None:
+    with Session(engine) as session:
+        return session.get(Shop, shop_id)
+
+
+routes = [Route("/callbacks/twilio/{shop_id:int}", twilio_status, methods=["POST"])]
