@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -203,3 +203,21 @@ def identifiers(recipient: Recipient) -> tuple[str | None, str | None, str | Non
     if key.startswith("+"):
         return None, key, None
     return None, None, key or None
+
+
+def split_encoded(
+    encoded: list[tuple[int, bytes]], *, max_items: int, max_bytes: int, overhead: int
+) -> Iterator[list[tuple[int, bytes]]]:
+    """Cut already-encoded JSON items (index, bytes) into requests of at most `max_items` items
+    and `max_bytes` bytes, counting the envelope's `overhead` and a comma between items."""
+    chunk: list[tuple[int, bytes]] = []
+    size = overhead
+    for item in encoded:
+        extra = len(item[1]) + (1 if chunk else 0)
+        if chunk and (len(chunk) == max_items or size + extra > max_bytes):
+            yield chunk
+            chunk, size, extra = [], overhead, len(item[1])
+        chunk.append(item)
+        size += extra
+    if chunk:
+        yield chunk

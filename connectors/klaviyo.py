@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -44,7 +44,7 @@ from tenacity.wait import wait_base
 
 from connectors.base import CodeSpec, ConnectorConfig, Credentials, PushResult, Recipient, RecipientResult, retry_after_seconds
 from connectors.errors import AuthError, NotFound, Rejected
-from connectors.http import RatePacer, Sleep, Wait, identifiers, raise_for_status, retrying, send
+from connectors.http import RatePacer, Sleep, Wait, identifiers, raise_for_status, retrying, send, split_encoded
 
 JSON_API = "application/vnd.api+json"
 
@@ -207,20 +207,9 @@ class KlaviyoConnector:
             parts.append('"properties":' + _json(dict(recipient.fields)))
         return ('{"type":"profile","attributes":{' + ",".join(parts) + "}}").encode()
 
-    def _split(self, encoded: list[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]], None, None]:
+    def _split(self, encoded: list[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
         """Cut the encoded profiles into jobs of at most BATCH_SIZE profiles and MAX_JOB_BYTES."""
-        overhead = len(self._envelope(b""))
-        job: list[tuple[int, bytes]] = []
-        size = overhead
-        for item in encoded:
-            extra = len(item[1]) + (1 if job else 0)
-            if job and (len(job) == self.BATCH_SIZE or size + extra > self.MAX_JOB_BYTES):
-                yield job
-                job, size, extra = [], overhead, len(item[1])
-            job.append(item)
-            size += extra
-        if job:
-            yield job
+        return split_encoded(encoded, max_items=self.BATCH_SIZE, max_bytes=self.MAX_JOB_BYTES, overhead=len(self._envelope(b"")))
 
     def _envelope(self, profiles: bytes) -> bytes:
         # Assembled from the already-encoded profiles, so each is serialised once (measured, then sent).

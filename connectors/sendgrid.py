@@ -32,7 +32,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -41,7 +41,7 @@ from tenacity.wait import wait_base
 
 from connectors.base import ConnectorConfig, Credentials, Recipient, RecipientResult
 from connectors.errors import AuthError
-from connectors.http import Sleep, Wait, identifiers, raise_for_status, retrying, send
+from connectors.http import Sleep, Wait, identifiers, raise_for_status, retrying, send, split_encoded
 
 
 class SendGridAuth(httpx.Auth):
@@ -158,19 +158,10 @@ class SendGridConnector:
         lists = b'"list_ids":' + json.dumps([self._list_id]).encode() + b"," if self._list_id else b""
         return b"{" + lists + b'"contacts":[' + contacts + b"]}"
 
-    def _split(self, encoded: list[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]], None, None]:
-        overhead = len(self._envelope(b""))
-        chunk: list[tuple[int, bytes]] = []
-        size = overhead
-        for item in encoded:
-            extra = len(item[1]) + (1 if chunk else 0)
-            if chunk and (len(chunk) == self.BATCH_SIZE or size + extra > self.MAX_REQUEST_BYTES):
-                yield chunk
-                chunk, size, extra = [], overhead, len(item[1])
-            chunk.append(item)
-            size += extra
-        if chunk:
-            yield chunk
+    def _split(self, encoded: list[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
+        return split_encoded(
+            encoded, max_items=self.BATCH_SIZE, max_bytes=self.MAX_REQUEST_BYTES, overhead=len(self._envelope(b""))
+        )
 
     async def _upsert(self, chunk: list[tuple[int, bytes]]) -> str:
         body = self._envelope(b",".join(blob for _, blob in chunk))

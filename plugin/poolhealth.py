@@ -18,13 +18,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from plugin import claimstore, issuing, outbox
 from plugin.campaigns import get_campaign
 from plugin.db import Reader, run, session_reader, session_scope
 from plugin.errors import InvalidInput
-from plugin.models import PoolPolicy, utcnow
+from plugin.models import Alert, PoolPolicy, utcnow
 
 if TYPE_CHECKING:
     from plugin.worker import Handler, JobContext
@@ -139,3 +139,11 @@ async def handle_topup(ctx: JobContext, job: outbox.ClaimedJob) -> None:
 
 
 HANDLERS: dict[str, Handler] = {TOPUP: handle_topup}
+
+
+def list_alerts(session: Session, *, shop_id: int, partner_id: int | None = None, limit: int = 200) -> list[Alert]:
+    """The shop's alerts, newest first; a partner sees only its own."""
+    stmt = select(Alert).where(col(Alert.shop_id) == shop_id).order_by(col(Alert.id).desc()).limit(limit)
+    if partner_id is not None:
+        stmt = stmt.where(col(Alert.partner_id) == partner_id)
+    return list(session.exec(stmt).all())

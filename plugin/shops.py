@@ -36,3 +36,8 @@ def find_shop(session: Session, domain: str) -> Shop:
         platforms = ", ".join(sorted(s.platform for s in shops))
         raise NotFound(f"{domain!r} is installed on several platforms ({platforms})", reason="shop_ambiguous")
     return shops[0]
+
+
+def shop_on_platform(session: Session, platform: str, domain: str) -> Shop | None:
+    """The shop a platform calls by this domain (webhooks name their shop that way)."""
+    return session.exec(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).first()

@@ -17,6 +17,7 @@ from plugin import pushes
 from plugin.db import run
 from plugin.models import Shop
 from plugin.settings import Settings
+from plugin.shops import get_shop
 from plugin.web.problems import problem
 
 
@@ -24,9 +25,7 @@ async def twilio_status(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
     shop_id = int(request.path_params["shop_id"])
-    shop = await run(engine, lambda: _shop(engine, shop_id))
-    if shop is None:
-        return problem(404, "not_found", "no such shop")
+    shop = await run(engine, lambda: _shop(engine, shop_id))  # an unknown shop is a 404 problem
     form = await request.form()
     params = {key: str(value) for key, value in form.multi_items()}
     try:
@@ -47,9 +46,9 @@ async def twilio_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def _shop(engine: Engine, shop_id: int) -> Shop | None:
+def _shop(engine: Engine, shop_id: int) -> Shop:
     with Session(engine) as session:
-        return session.get(Shop, shop_id)
+        return get_shop(session, shop_id)
 
 
 routes = [Route("/callbacks/twilio/{shop_id:int}", twilio_status, methods=["POST"])]

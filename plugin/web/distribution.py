@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -28,7 +28,7 @@ from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, pull_token, read_
 from plugin.db import run
 from plugin.distribution import Claim, PoolExhausted, claim_or_alert, normalise_recipient
 from plugin.errors import InvalidInput, NotFound, PluginError
-from plugin.models import Alert, utcnow
+from plugin.models import utcnow
 from plugin.settings import Settings
 from plugin.web import schemas
 from plugin.web.problems import problem
@@ -190,10 +190,7 @@ async def allocate(call: Call) -> Response:
 
 async def list_alerts(call: Call) -> Response:
     def work(session: Session) -> schemas.AlertList:
-        stmt = select(Alert).where(col(Alert.shop_id) == call.shop_id).order_by(col(Alert.id).desc()).limit(200)
-        if call.key.partner_id is not None:
-            stmt = stmt.where(col(Alert.partner_id) == call.key.partner_id)
-        rows = session.exec(stmt).all()
+        rows = poolhealth.list_alerts(session, shop_id=call.shop_id, partner_id=call.key.partner_id)
         return schemas.AlertList(
             data=[
                 schemas.AlertOut(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,8 +33,8 @@ from plugin.connections import shop_connector, webhook_shop_hint
 from plugin.db import run
 from plugin.errors import PluginError
 from plugin.ingest import Ingest
-from plugin.models import Shop
 from plugin.orders import Processor
+from plugin.shops import shop_on_platform
 from plugin.web.problems import problem
 
 
@@ -44,7 +44,8 @@ def _shop_id(engine: Engine, cache: dict[tuple[str, str], int], platform: str, d
     if found is not None:
         return found
     with Session(engine) as session:
-        shop_id = session.exec(select(Shop.id).where(col(Shop.platform) == platform, col(Shop.domain) == domain)).first()
+        shop = shop_on_platform(session, platform, domain)
+    shop_id = shop.id if shop is not None else None
     if shop_id is not None:
         cache[key] = shop_id  # only hits: a shop that installs later must be found then
     return shop_id
@@ -52,7 +53,7 @@ def _shop_id(engine: Engine, cache: dict[tuple[str, str], int], platform: str, d
 
 def _shop_connector(processor: Processor, platform: str, domain: str) -> ShopConnector | None:
     with Session(processor.engine) as session:
-        shop = session.exec(select(Shop).where(col(Shop.platform) == platform, col(Shop.domain) == domain)).first()
+        shop = shop_on_platform(session, platform, domain)
     if shop is None:
         return None
     try:
