@@ -138,6 +138,18 @@ def list_campaigns(session: Session, *, shop_id: int, limit: int = 100, offset: 
     return list(rows), total
 
 
+def campaign_summaries(session: Session, *, shop_id: int) -> list[tuple[int, str, str, int]]:
+    """(id, name, status, code count) of every campaign of the shop, in creation order."""
+    rows = session.exec(
+        select(Campaign.id, Campaign.name, Campaign.status, func.count(col(Code.id)))
+        .join(Code, col(Code.campaign_id) == Campaign.id, isouter=True)
+        .where(col(Campaign.shop_id) == shop_id)
+        .group_by(col(Campaign.id))
+        .order_by(col(Campaign.id))
+    ).all()
+    return [(int(cid or 0), name, status, int(count)) for cid, name, status, count in rows]
+
+
 def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) -> Exposure | None:
     """The most the campaign can still cost, from its live codes' open uses per batch.
 

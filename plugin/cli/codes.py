@@ -9,7 +9,7 @@ from typing import IO, Any
 import click
 
 from plugin import codes
-from plugin.campaigns import create_campaign
+from plugin.campaigns import campaign_summaries, create_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
 from plugin.issuing import export_codes, import_codes, run_batch, start_batch
@@ -83,18 +83,8 @@ def _read_json(value: str) -> Any:
 @pass_context
 def campaigns_list(ctx: Context) -> None:
     """List this shop's campaigns with their code counts."""
-    from sqlmodel import col, func, select
-
-    from plugin.models import Campaign, Code
-
     with session_scope(ctx.engine) as session:
-        rows = session.exec(
-            select(Campaign.id, Campaign.name, Campaign.status, func.count(col(Code.id)))
-            .join(Code, col(Code.campaign_id) == Campaign.id, isouter=True)
-            .where(Campaign.shop_id == ctx.shop_id)
-            .group_by(col(Campaign.id))
-            .order_by(col(Campaign.id))
-        ).all()
+        rows = campaign_summaries(session, shop_id=ctx.shop_id)
     for campaign_id, name, status, count in rows:
         click.echo(f"{campaign_id}\t{name}\t{status}\t{count} codes")
 

@@ -124,12 +124,8 @@ def deliveries(ctx: Context, /, campaign_id: int, status: str | None) -> None:
 @pass_context
 def alerts(ctx: Context, /) -> None:
     """Open and resolved pool alerts, newest first."""
-    from sqlmodel import col, select
-
-    from plugin.models import Alert
-
     with Session(ctx.engine) as session:
-        rows = session.exec(select(Alert).where(col(Alert.shop_id) == ctx.shop_id).order_by(col(Alert.id).desc())).all()
+        rows = poolhealth.list_alerts(session, shop_id=ctx.shop_id)
     for a in rows:
         state = "resolved" if a.resolved_at else "open"
         click.echo(f"{a.created_at.isoformat()}\t{a.kind}\t{state}\tx{a.count}\t{a.message}")
