@@ -103,8 +103,26 @@ class CodeUse:
 
 
 @dataclass(frozen=True)
+class ShippingAddress:
+    """Where an order ships, only as much as telling two addresses apart needs: the street lines,
+    the postcode and the ISO 3166-1 alpha-2 country code, as the platform gave them. Names,
+    company, city, phone stay out: Couponry keeps a keyed fingerprint of this, never the address
+    (plugin.addresses)."""
+
+    line1: str = ""
+    line2: str = ""
+    postcode: str = ""
+    country: str = ""
+
+
+@dataclass(frozen=True)
 class OrderEvent:
-    """A platform order event in neutral form."""
+    """A platform order event in neutral form.
+
+    No field says whether this is the customer's first order in the shop: no platform's order
+    webhook says so reliably (Shopify dropped `customer.orders_count` from orders in 2022-07,
+    WooCommerce and BigCommerce orders never carried it), so none is invented here.
+    """
 
     platform: str
     shop: str
@@ -119,6 +137,7 @@ class OrderEvent:
     channel: str | None = None
     occurred_at: datetime | None = None
     delivery_id: str = ""
+    shipping_address: ShippingAddress | None = None  # None: no shipping (digital, pickup) or not given
     # thin webhooks (BigCommerce) carry only ids: the service fetches the order to fill them in
     needs_fetch: bool = False
 

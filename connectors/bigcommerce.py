@@ -29,6 +29,11 @@ webhooks.v3.yml):
   5 minutes. Every proof present must verify, and at least one must be present. `hash` is the
   dedupe id, since duplicates happen. BigCommerce retries for 48 h, then sets `is_active: false`,
   and `register_webhooks` turns such hooks back on.
+- **Addresses.** The order holds none: its shipping addresses are their own collection,
+  `GET /v2/orders/{id}/shipping_addresses` (`street_1`, `street_2`, `zip`, `country_iso2`; 204
+  when empty). Fetching an order asks for it only when the order used a coupon and ships
+  (`shipping_address_count` not 0), since an address only matters to a redemption; one request
+  more per such order. An order shipping to several addresses is known by its first.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    ShippingAddress,
     error_message,
     retry_after_seconds,
 )
@@ -406,11 +412,12 @@ class BigCommerceConnector:
         return Delivery(delivery_id=delivery_id, topic=scope, shop=shop, kind="order", events=(event,))
 
     async def fetch_order(self, order_id: str) -> OrderEvent:
-        """`/v2/orders/{id}` and `/v2/orders/{id}/coupons`, as one complete event."""
-        order, coupons = await asyncio.gather(
+        """`/v2/orders/{id}` and `/v2/orders/{id}/coupons` (and its shipping address), as one complete event."""
+        order_response, coupons_response = await asyncio.gather(
             self._request("GET", f"v2/orders/{order_id}"), self._request("GET", f"v2/orders/{order_id}/coupons")
         )
-        return self._order_event(_json_object(order), _json_list(coupons))
+        order, coupons = _json_object(order_response), _json_list(coupons_response)
+        return self._order_event(order, coupons, await self._shipping_address(order, coupons))
 
     async def list_recent_orders(self, modified_after: datetime) -> AsyncIterator[OrderEvent]:
         """Orders modified since `modified_after`, complete with their coupons, for the periodic poll."""
@@ -426,7 +433,7 @@ class BigCommerceConnector:
             orders = _json_list(await self._request("GET", "v2/orders", params=params))
             for order in orders:
                 coupons = _json_list(await self._request("GET", f"v2/orders/{order['id']}/coupons"))
-                yield self._order_event(order, coupons)
+                yield self._order_event(order, coupons, await self._shipping_address(order, coupons))
             if len(orders) < self.ORDERS_PAGE_SIZE:
                 return
             page += 1
@@ -546,7 +553,20 @@ class BigCommerceConnector:
 
     # --- internals: orders ----------------------------------------------------------------
 
-    def _order_event(self, order: Mapping[str, Any], coupons: Sequence[Mapping[str, Any]]) -> OrderEvent:
+    async def _shipping_address(self, order: Mapping[str, Any], coupons: Sequence[Mapping[str, Any]]) -> ShippingAddress | None:
+        """The order's first shipping address, asked for only when it matters (see the module doc)."""
+        if not any(c.get("code") for c in coupons) or order.get("shipping_address_count") == 0:
+            return None
+        rows = _json_list(await self._request("GET", f"v2/orders/{order['id']}/shipping_addresses"))
+        for row in sorted(rows, key=lambda r: int(r.get("id") or 0)):
+            text = [str(row.get(name) or "") for name in ("street_1", "street_2", "zip", "country_iso2")]
+            if any(text):
+                return ShippingAddress(*text)
+        return None
+
+    def _order_event(
+        self, order: Mapping[str, Any], coupons: Sequence[Mapping[str, Any]], shipping_address: ShippingAddress | None = None
+    ) -> OrderEvent:
         currency = str(order.get("default_currency_code") or order.get("currency_code") or "USD")
         billing = order.get("billing_address") or {}
         customer = order.get("customer_id")
@@ -572,6 +592,7 @@ class BigCommerceConnector:
             currency=currency,
             channel=None if channel is None else str(channel),
             occurred_at=occurred_at,
+            shipping_address=shipping_address,
         )
 
     # --- internals: webhooks --------------------------------------------------------------

@@ -9,6 +9,8 @@ Its API is documented in `plugin/sandbox/README.md`. What is particular to it:
   so a push repeated after a crash is harmless.
 - **Limits.** A leaky bucket (40 requests/s by default) answers 429 with `Retry-After`.
 - **Money.** Orders carry decimal strings ("80.00"); we turn them into minor units.
+- **Addresses.** An order's `shipping_address` (`address1`, `address2`, `zip`, `country_code`, as
+  Shopify names them; null without one) becomes `OrderEvent.shipping_address`.
 - **Webhooks.** `X-Sandbox-Hmac-Sha256` is base64(HMAC-SHA256(secret, raw body)); the delivery
   id (`X-Sandbox-Delivery-Id`) is the same on every retry and duplicate of one event.
 """
@@ -35,6 +37,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    ShippingAddress,
 )
 from connectors.errors import BadSignature, ConnectorError, Rejected
 from connectors.http import Wait, raise_for_status, retrying, send
@@ -247,6 +250,14 @@ def _order_event(order: Mapping[str, Any], *, kind: OrderEventKind, shop: str, d
             channel=order.get("channel"),
             occurred_at=datetime.fromisoformat(occurred) if occurred else None,
             delivery_id=delivery_id,
+            shipping_address=_address(order.get("shipping_address")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Rejected(f"malformed sandbox order: {exc}") from exc
+
+
+def _address(value: Any) -> ShippingAddress | None:
+    if not isinstance(value, Mapping):
+        return None
+    text = [str(value.get(name) or "") for name in ("address1", "address2", "zip", "country_code")]
+    return ShippingAddress(*text) if any(text) else None

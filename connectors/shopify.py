@@ -6,7 +6,13 @@ Everything goes through the Admin GraphQL API of the pinned `API_VERSION`:
     push_codes        discountRedeemCodeBulkAdd, then poll discountRedeemCodeBulkCreation until done
     deactivate_codes  discountCodeRedeemCodeBulkDelete (by redeem-code id), then poll the job
     list_codes        codeDiscountNode.codeDiscount.codes, cursor by cursor
-    fetch_order       order(id), discount allocations summed per code
+    fetch_order       order(id), discount allocations summed per code, shipping address
+
+Orders carry their shipping address in neutral form: the REST webhook's `shipping_address`
+(`address1`, `address2`, `zip`, `country_code`; null without shipping) and GraphQL's
+`shippingAddress` (`address1`, `address2`, `zip`, `countryCodeV2`). A public app gets customer
+data in order payloads only with Shopify's protected-customer-data approval (research/shopify.md);
+without the address fields the order simply has no address and nothing is matched by it.
 
 Shopify rate-limits GraphQL with a leaky bucket of cost points per app and shop. `CostBucket`
 mirrors it from `extensions.cost.throttleStatus` and makes each call wait until the bucket holds
@@ -50,6 +56,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    ShippingAddress,
     retry_after_seconds,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
@@ -181,6 +188,7 @@ query CouponryOrder($id: ID!) {
   order(id: $id) {
     id legacyResourceId email sourceName processedAt cancelledAt displayFinancialStatus currencyCode discountCodes
     customer { id }
+    shippingAddress { address1 address2 zip countryCodeV2 }
     subtotalPriceSet { shopMoney { amount currencyCode } }
     totalPriceSet { shopMoney { amount currencyCode } }
     lineItems(first: 100) {
@@ -643,6 +651,7 @@ class ShopifyConnector:
             channel=_str_or_none(payload.get("source_name")),
             occurred_at=_datetime(when or payload.get("processed_at") or payload.get("created_at")),
             delivery_id=delivery_id,
+            shipping_address=_address(payload.get("shipping_address"), "address1", "address2", "zip", "country_code"),
         )
 
     async def register_webhooks(self, callback_url: str) -> dict[str, str]:
@@ -917,6 +926,7 @@ class ShopifyConnector:
             currency=currency,
             channel=_str_or_none(order.get("sourceName")),
             occurred_at=_datetime(order.get("cancelledAt") or order.get("processedAt")),
+            shipping_address=_address(order.get("shippingAddress"), "address1", "address2", "zip", "countryCodeV2"),
         )
 
     async def fetch_shop(self) -> Json:
@@ -1168,6 +1178,14 @@ def _dict(value: Any) -> Json:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
+
+
+def _address(value: Any, line1: str, line2: str, postcode: str, country: str) -> ShippingAddress | None:
+    """A REST or GraphQL mailing address, by its field names; None when there is none."""
+    if not isinstance(value, dict):
+        return None
+    text = [str(value.get(name) or "") for name in (line1, line2, postcode, country)]
+    return ShippingAddress(*text) if any(text) else None
 
 
 def _iso(moment: datetime) -> str:

@@ -27,6 +27,8 @@ What is particular to WooCommerce (sources in shared/research/platforms.md, sect
   per event. `Delivery.delivery_id` is therefore `order:<id>:<date_modified_gmt>:<status>`, the
   dedupe key the research recommends. Two deliveries of the same order state collapse into one,
   and two different states never do. The header value is kept in `OrderEvent.delivery_id`.
+- **Addresses.** The order's `shipping` object (`address_1`, `address_2`, `postcode`, `country`,
+  an ISO alpha-2 code) becomes `OrderEvent.shipping_address`; virtual orders leave it blank.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    ShippingAddress,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
 from connectors.http import raise_for_status, retrying, send, wait_retry_after
@@ -450,6 +453,7 @@ class WooCommerceConnector:
             channel=order.get("created_via") or None,
             occurred_at=_parse_gmt(order.get("date_modified_gmt")),
             delivery_id=delivery_id,
+            shipping_address=_shipping(order.get("shipping")),
         )
 
     # --- internals: HTTP ------------------------------------------------------------------
@@ -614,3 +618,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def _shipping(value: Any) -> ShippingAddress | None:
+    """The order's `shipping` object; None when absent or blank (a virtual order)."""
+    if not isinstance(value, Mapping):
+        return None
+    text = [str(value.get(name) or "") for name in ("address_1", "address_2", "postcode", "country")]
+    return ShippingAddress(*text) if any(text) else None

@@ -72,6 +72,7 @@ class Use:
     customer_id: str | None = None
     email: str | None = None
     channel: str | None = None
+    address_key: str | None = None  # the order's shipping-address fingerprint (plugin.addresses)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def record_webhook_redemptions(session: Session, uses: list[Use], *, now: dateti
                 channel=use.channel,
                 source="webhook",
                 enforce=False,
+                address_key=use.address_key,
             )
         except UnknownCode:  # pragma: no cover - the code was read in this transaction
             continue
@@ -259,6 +261,7 @@ def _record_fast(
                 "source": "webhook",
                 "status": "active",
                 "flagged_reason": refusal.reason.value if refusal else None,
+                "address_key": use.address_key,
                 "created_at": now,
                 "rolled_back_at": None,
             }

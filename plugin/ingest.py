@@ -258,6 +258,7 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
                             customer_id=event.customer_id,
                             email=event.email,
                             channel=event.channel,
+                            address_key=processor.address_key(event),
                         )
                     )
                     owners.append((n, use.code, key))

@@ -25,7 +25,7 @@ from plugin import outbox, tokens, webhooks
 from plugin.connections import shop_connector, shop_credentials
 from plugin.db import run, session_scope
 from plugin.errors import InvalidInput
-from plugin.models import AuditEvent, Code, CustomerUsage, Job, Redemption, Shop, WebhookEvent, utcnow
+from plugin.models import AuditEvent, Code, CustomerUsage, Job, Redemption, ReferrerAddress, Shop, WebhookEvent, utcnow
 from plugin.settings import Settings
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def redact_customer(
     redemptions = session.execute(
         update(Redemption)
         .where(col(Redemption.shop_id) == shop_id, or_(*match))
-        .values(email=None, customer_id=None, recipient=None)
+        .values(email=None, customer_id=None, recipient=None, address_key=None)  # the address fingerprint too
         .execution_options(synchronize_session=False)
     )
     code_match: list[Any] = []
@@ -165,11 +165,23 @@ def redact_customer(
         if keys
         else None
     )
+    # the addresses they gave as a referrer (keyed like referral codes' recipients)
+    referrer_keys = [k for k in (email, f"id:{customer_id}" if customer_id else None) if k]
+    addresses = (
+        session.execute(
+            delete(ReferrerAddress).where(
+                col(ReferrerAddress.shop_id) == shop_id, col(ReferrerAddress.referrer).in_(referrer_keys)
+            )
+        )
+        if referrer_keys
+        else None
+    )
     counts = {
         "deliveries": deliveries,
         "redemptions": int(redemptions.rowcount),  # type: ignore[attr-defined]
         "codes": int(codes.rowcount) if codes is not None else 0,  # type: ignore[attr-defined]
         "usage_counters": int(usage.rowcount) if usage is not None else 0,  # type: ignore[attr-defined]
+        "referrer_addresses": int(addresses.rowcount) if addresses is not None else 0,  # type: ignore[attr-defined]
     }
     session.add(AuditEvent(shop_id=shop_id, action="customer.redacted", subject="customer", actor=actor, details=counts))
     session.flush()

@@ -206,12 +206,23 @@ class Redemption(SQLModel, table=True):
     source: str = Field(default="api", max_length=16)  # api | webhook
     status: str = Field(default="active", max_length=16)  # active | rolled_back
     flagged_reason: str | None = Field(default=None, max_length=64)
+    # the order's shipping address as a keyed fingerprint (plugin.addresses), never the address
+    address_key: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     rolled_back_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
         Index("ix_redemption_shop_created", "shop_id", "created_at"),
+        # Self-referral by address: a referrer's orders to this address. Partial, so orders
+        # without a shipping address (digital, pickup, API calls without one) cost it nothing.
+        Index(
+            "ix_redemption_shop_address",
+            "shop_id",
+            "address_key",
+            postgresql_where=text("address_key IS NOT NULL"),
+            sqlite_where=text("address_key IS NOT NULL"),
+        ),
     )
 
 
@@ -369,6 +380,20 @@ class Referral(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("shop_id", "campaign_id", "friend", name="uq_referral_friend"),)
+
+
+class ReferrerAddress(SQLModel, table=True):
+    """A shipping address a referrer gave when claiming their referral code, as a keyed
+    fingerprint (plugin.addresses): a friend's order to it is a self-referral. Per shop, not per
+    program: it is the person's address."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    referrer: str = Field(max_length=320)
+    address_key: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "referrer", "address_key", name="uq_referrer_address"),)
 
 
 # The sandbox store's tables share the metadata, so create_all and migrations include them.

@@ -31,9 +31,9 @@ import httpx
 from sqlalchemy import Engine, exists, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CodeUse, Delivery, OrderEvent, ShopConnector
+from connectors.base import CodeUse, Delivery, OrderEvent, ShippingAddress, ShopConnector
 from connectors.errors import ConnectorError
-from plugin import codes, installs, referrals, webhooks
+from plugin import addresses, codes, installs, referrals, tokens, webhooks
 from plugin.connections import platform_connector, shop_connector
 from plugin.db import is_sqlite, run, session_scope
 from plugin.errors import Conflict
@@ -84,6 +84,7 @@ class Processor:
         self.engine = engine
         self.settings = settings
         self.http = http or httpx.AsyncClient()
+        self.address_secret = tokens.address_key(settings)  # fingerprints orders' shipping addresses
         self._connectors: dict[str, ShopConnector] = {}
 
     def connector(self, platform: str) -> ShopConnector:
@@ -91,6 +92,10 @@ class Processor:
         if connector is None:
             connector = self._connectors[platform] = platform_connector(self.settings, self.http, platform)
         return connector
+
+    def address_key(self, event: OrderEvent) -> str | None:
+        """The order's shipping-address fingerprint (plugin.addresses), or None without one."""
+        return addresses.fingerprint(self.address_secret, event.shipping_address)
 
     def parse_stored(self, platform: str, headers: Mapping[str, str], payload: str) -> Delivery:
         """A stored delivery parsed again: a platform's webhook, or an order the poll found."""
@@ -178,7 +183,10 @@ class Processor:
         if delivery.kind != "order" or not delivery.events:
             return "ignored", outcome
         for order_event in delivery.events:
-            apply_order_event(session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}")
+            apply_order_event(
+                session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}",
+                address_secret=self.address_secret,
+            )  # fmt: skip
         if outcome.deferred:
             return "deferred", outcome
         if any(e.kind in REDEEM_KINDS for e in delivery.events) and outcome.order_id is not None:
@@ -208,7 +216,10 @@ class Processor:
             delivery = self.parse_stored(event.platform, event.headers, event.payload)
             outcome = Outcome()
             for order_event in delivery.events:
-                apply_order_event(session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}")
+                apply_order_event(
+                    session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}",
+                    address_secret=self.address_secret,
+                )  # fmt: skip
             _finish(session, event, "deferred" if outcome.deferred else "processed", outcome)
             applied.append(event.id)
         return applied
@@ -239,7 +250,18 @@ class Processor:
         return done
 
 
-def apply_order_event(session: Session, shop_id: int, event: OrderEvent, outcome: Outcome, *, now: datetime, actor: str) -> None:
+def apply_order_event(
+    session: Session,
+    shop_id: int,
+    event: OrderEvent,
+    outcome: Outcome,
+    *,
+    now: datetime,
+    actor: str,
+    address_secret: bytes | None = None,
+) -> None:
+    """Record (or roll back) one order event's code uses. With `address_secret` the order's
+    shipping address is kept as its fingerprint on each redemption (self-referral by address)."""
     outcome.order_id = event.order_id
     keys = [codes.normalise_generic(use.code) for use in event.codes]
     if event.kind in ROLLBACK_KINDS:
@@ -247,6 +269,7 @@ def apply_order_event(session: Session, shop_id: int, event: OrderEvent, outcome
         return
     if event.kind not in REDEEM_KINDS:
         return
+    address_key = addresses.fingerprint(address_secret, event.shipping_address) if address_secret else None
     for use, key in zip(event.codes, keys, strict=True):
         try:
             result = record_redemption(
@@ -263,6 +286,7 @@ def apply_order_event(session: Session, shop_id: int, event: OrderEvent, outcome
                 channel=event.channel,
                 source="webhook",
                 enforce=False,
+                address_key=address_key,
             )
         except UnknownCode:
             outcome.unknown_codes.append(use.code)
@@ -315,7 +339,8 @@ def polled_delivery_id(event: OrderEvent) -> str:
 
 
 def polled_payload(event: OrderEvent) -> str:
-    """A polled order in neutral form, stored as a delivery's payload."""
+    """A polled order in neutral form, stored as a delivery's payload (like a webhook's raw
+    payload, it holds the shipping address until processed; customers/redact clears it)."""
     data = asdict(event)
     data["occurred_at"] = event.occurred_at.isoformat() if event.occurred_at else None
     return json.dumps(data, separators=(",", ":"))
@@ -325,6 +350,8 @@ def polled_delivery(platform: str, payload: str) -> Delivery:
     data = json.loads(payload)
     data["codes"] = tuple(CodeUse(**c) for c in data.get("codes") or ())
     data["occurred_at"] = datetime.fromisoformat(data["occurred_at"]) if data.get("occurred_at") else None
+    address = data.get("shipping_address")
+    data["shipping_address"] = ShippingAddress(**address) if isinstance(address, dict) else None
     event = OrderEvent(**data)
     return Delivery(delivery_id=polled_delivery_id(event), topic="poll", shop=event.shop, kind="order", events=(event,))
 

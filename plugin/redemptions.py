@@ -296,8 +296,10 @@ def record_redemption(
     basket: Basket | None = None,
     customer: Customer | None = None,
     checkout_id: str | None = None,
+    address_key: str | None = None,
 ) -> RedeemOutcome:
-    """Record one use of `code` (stored form) on `order_id`, exactly once.
+    """Record one use of `code` (stored form) on `order_id`, exactly once; `address_key` is the
+    order's shipping-address fingerprint (plugin.addresses), kept for self-referral checks.
 
     Raises UnknownCode for a code the shop doesn't have, RedemptionRefused when enforcing and
     a rule (or a race for the last use) says no. A repeat returns the first row, duplicate=True.
@@ -344,6 +346,7 @@ def record_redemption(
         amount=amount or 0,
         source=source,
         flagged_reason=flagged.reason.value if flagged else None,
+        address_key=address_key,
         created_at=now,
     )
     # The row first (the (shop, order, code) unique index makes a repeat insert nothing), then

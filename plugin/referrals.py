@@ -3,16 +3,32 @@ order, and a fresh unique reward code for the referrer per qualifying order.
 
     create_program   a referral campaign (its codes shareable: usage.uses_per_code null, and its
                      rules the friend's discount) and the campaign rewards are drawn from
-    referral_code    the referrer's own code: a claim in the referral campaign (one per person)
+    referral_code    the referrer's own code: a claim in the referral campaign (one per person),
+                     optionally with the referrer's shipping address (kept as a fingerprint)
     on_redemption    called by order processing after a new redemption is recorded, in the same
                      transaction: rewards the referrer once per friend, never for their own order
 
-A friend qualifies once: the Referral row is unique per (campaign, friend), so a friend's second
-order and a repeated webhook for the same order both find it and reward nothing more. A friend is
-known by customer id and by email; matching either to the referrer's key is a self-referral,
-refused (flagged on the redemption, audited, no reward). The reward is a new code generated into
-the reward campaign for the referrer (recipient `<referrer>#referral:<id>`, so a referrer can hold
-many) and, when the program names a provider, pushed to the referrer through it (the outbox).
+Never the referrer themself. A friend is known by customer id and email, and the order by its
+shipping address as a keyed fingerprint (plugin.addresses). It is a self-referral when the id or
+email is the referrer's key, or when the address is one of the referrer's: one they gave when
+claiming their code, or one of their own recorded orders (redemptions whose customer id or email
+is the referrer's) shipped to. A self-referral is refused: by the checkout API before redeeming
+(409 `self_referral`); on the webhook path, where the platform already gave the discount, it is
+flagged `self_referral` on the redemption, audited, and rewards nothing. Matching uses what is
+known when the friend's order is recorded; a referrer known only by phone is matched by the
+addresses they gave.
+
+"First order" means, exactly: the friend's first order *with a code of this program* (by customer
+id or email), unless the caller says otherwise. No platform's order webhook says reliably whether
+an order is the customer's first in the shop (see connectors.base.OrderEvent), so the webhook path
+can only know the program's own history. The checkout API's caller may: a `customer.orders_count`
+above 0 means not a first order, and rewards nothing. A friend qualifies once: the Referral row
+is unique per (campaign, friend), so a friend's second order and a repeated webhook for the same
+order both find it and reward nothing more.
+
+The reward is a new code generated into the reward campaign for the referrer (recipient
+`<referrer>#referral:<id>`, so a referrer can hold many) and, when the program names a provider,
+pushed to the referrer through it (the outbox).
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
@@ -27,7 +44,7 @@ from plugin import codes, distribution, pushes
 from plugin.campaigns import get_campaign
 from plugin.db import session_reader
 from plugin.errors import Conflict, InvalidInput, PluginError
-from plugin.models import AuditEvent, Campaign, Code, Redemption, Referral, ReferralProgram
+from plugin.models import AuditEvent, Campaign, Code, Redemption, Referral, ReferralProgram, ReferrerAddress
 from plugin.rules import CampaignRules, normalise_email
 
 REWARD_MARK = "#referral:"
@@ -50,12 +67,41 @@ def create_program(
     return program
 
 
-def referral_code(session: Session, *, shop_id: int, campaign_id: int, referrer: str, now: datetime) -> distribution.Claim:
-    """The referrer's own shareable code (the same on every call)."""
+def referral_code(
+    session: Session, *, shop_id: int, campaign_id: int, referrer: str, now: datetime, address_key: str | None = None
+) -> distribution.Claim:
+    """The referrer's own shareable code (the same on every call); `address_key`, the
+    fingerprint of an address they ship to, is remembered (friends' orders to it are refused)."""
+    check_program(session, shop_id=shop_id, campaign_id=campaign_id)
+    if address_key is not None:
+        remember_address(session, shop_id=shop_id, referrer=referrer, address_key=address_key, now=now)
+    return distribution.claim(session, shop_id=shop_id, campaign_id=campaign_id, recipient=referrer, now=now)
+
+
+def check_program(session: Session, *, shop_id: int, campaign_id: int) -> ReferralProgram:
     program = session.get(ReferralProgram, campaign_id)
     if program is None or program.shop_id != shop_id:
         raise InvalidInput(f"campaign {campaign_id} is not a referral program", reason="not_a_referral_program")
-    return distribution.claim(session, shop_id=shop_id, campaign_id=campaign_id, recipient=referrer, now=now)
+    return program
+
+
+def remember_address(session: Session, *, shop_id: int, referrer: str, address_key: str, now: datetime) -> None:
+    """Keep an address fingerprint of the referrer's (once; repeats change nothing)."""
+    known = session.exec(
+        select(ReferrerAddress.id).where(
+            col(ReferrerAddress.shop_id) == shop_id,
+            col(ReferrerAddress.referrer) == referrer,
+            col(ReferrerAddress.address_key) == address_key,
+        )
+    ).first()
+    if known is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(ReferrerAddress(shop_id=shop_id, referrer=referrer, address_key=address_key, created_at=now))
+            session.flush()
+    except IntegrityError:
+        pass  # a concurrent claim with the same address stored it
 
 
 class SelfReferral(Conflict):
@@ -75,13 +121,53 @@ def referrer_of(session: Session, *, shop_id: int, code: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def refuse_self_referral(session: Session, *, shop_id: int, code: str, customer_id: str | None, email: str | None) -> str | None:
-    """Before the checkout API redeems: refuse a referrer's own code; returns the referrer (None
-    when the code is no referral code), so the caller knows to reward after redeeming."""
+def refuse_self_referral(
+    session: Session,
+    *,
+    shop_id: int,
+    code: str,
+    customer_id: str | None,
+    email: str | None,
+    address_key: str | None = None,
+) -> str | None:
+    """Before the checkout API redeems: refuse a referrer's own code (by customer id, email or
+    shipping address); returns the referrer (None when the code is no referral code), so the
+    caller knows to reward after redeeming."""
     referrer = referrer_of(session, shop_id=shop_id, code=code)
-    if referrer is not None and referrer in friend_keys(customer_id, email):
+    if referrer is not None and (
+        referrer in friend_keys(customer_id, email) or is_referrers_address(session, shop_id, referrer, address_key)
+    ):
         raise SelfReferral("a referral code can't be used by the person it belongs to")
     return referrer
+
+
+def is_referrers_address(
+    session: Session, shop_id: int, referrer: str, address_key: str | None, *, besides: int | None = None
+) -> bool:
+    """Whether the address fingerprint is one of the referrer's: given with their claim, or
+    shipped to by one of their own recorded orders (other than redemption `besides`)."""
+    if address_key is None:
+        return False
+    given = session.exec(
+        select(ReferrerAddress.id).where(
+            col(ReferrerAddress.shop_id) == shop_id,
+            col(ReferrerAddress.referrer) == referrer,
+            col(ReferrerAddress.address_key) == address_key,
+        )
+    ).first()
+    if given is not None:
+        return True
+    if referrer.startswith("id:"):
+        theirs = col(Redemption.customer_id) == referrer[3:]
+    elif "@" in referrer:
+        theirs = func.lower(col(Redemption.email)) == referrer
+    else:
+        return False  # a phone: orders carry none, so only the addresses they gave count
+    # (shop, address) is indexed: few rows share an address, whoever placed them
+    query = select(Redemption.id).where(col(Redemption.shop_id) == shop_id, col(Redemption.address_key) == address_key, theirs)
+    if besides is not None:
+        query = query.where(col(Redemption.id) != besides)
+    return session.exec(query.limit(1)).first() is not None
 
 
 def friend_keys(customer_id: str | None, email: str | None) -> list[str]:
@@ -108,8 +194,12 @@ def on_redemptions(session: Session, recorded: Sequence[tuple[int, int | None]],
     return rewarded
 
 
-def on_redemption(session: Session, redemption: Redemption, *, now: datetime) -> Referral | None:
-    """Reward the referrer for this new redemption if it is a friend's first order; None if not."""
+def on_redemption(session: Session, redemption: Redemption, *, now: datetime, first_order: bool | None = None) -> Referral | None:
+    """Reward the referrer for this new redemption if it is a friend's first order; None if not.
+
+    `first_order` is what the caller knows of the friend's history in the shop (the checkout
+    API's `customer.orders_count`); None when unknown (webhooks), and then only the program's own
+    history counts."""
     if redemption.campaign_id is None or redemption.code_id is None:
         return None
     program = session.get(ReferralProgram, redemption.campaign_id)
@@ -120,13 +210,19 @@ def on_redemption(session: Session, redemption: Redemption, *, now: datetime) ->
     if referrer is None:
         return None
     friends = friend_keys(redemption.customer_id, redemption.email)
+    by_address = referrer not in friends and is_referrers_address(
+        session, redemption.shop_id, referrer, redemption.address_key, besides=redemption.id
+    )
+    if referrer in friends or by_address:
+        _flag(session, redemption, "self_referral")
+        why = {"referrer": referrer, "matched": "address" if by_address else "customer"}
+        _note(session, redemption, "referral.self_refused", why, now)
+        return None
     if not friends:
         _note(session, redemption, "referral.unidentified", {"referrer": referrer}, now)
         return None
-    if referrer in friends:
-        redemption.flagged_reason = redemption.flagged_reason or "self_referral"
-        session.add(redemption)
-        _note(session, redemption, "referral.self_refused", {"referrer": referrer}, now)
+    if first_order is False:
+        _note(session, redemption, "referral.not_first_order", {"referrer": referrer}, now)
         return None
     if _ordered_before(session, redemption, program.campaign_id, friends):
         return None  # not the friend's first order with a referral code (or a repeat of it)
@@ -217,6 +313,19 @@ def _reward_code(session: Session, campaign_id: int, recipient: str, now: dateti
             continue  # that code exists in the shop already: draw another
         return fresh
     raise PluginError("could not find a free code for the reward", reason="reward_failed")  # pragma: no cover
+
+
+def _flag(session: Session, redemption: Redemption, reason: str) -> None:
+    """Flag the redemption unless it is flagged already. An UPDATE, not session.add: the
+    recording paths insert with plain SQL, so the row may be unknown to this session."""
+    if redemption.flagged_reason is not None:
+        return
+    redemption.flagged_reason = reason
+    session.execute(
+        update(Redemption)
+        .where(col(Redemption.id) == redemption.id, col(Redemption.flagged_reason).is_(None))
+        .values(flagged_reason=reason)
+    )
 
 
 def _note(session: Session, redemption: Redemption, action: str, details: dict[str, str], now: datetime) -> None:

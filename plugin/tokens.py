@@ -6,6 +6,13 @@ small JSON document. The Fernet keys are derived with HKDF-SHA256 from `settings
 and, for rotation, from `settings.old_secret_keys`: MultiFernet encrypts with the first and
 decrypts with any, and `rotate` re-encrypts a stored value under the current key.
 
+The same HKDF derives one key per purpose from the secret: each purpose has its own `info`,
+so no key serves two purposes. Besides the Fernet keys above there is `address_key`, the HMAC
+key of shipping-address fingerprints (plugin.addresses). It is derived from the current secret
+only: after a rotation, fingerprints recorded under the old secret no longer match new ones
+(self-referral by address then rests on addresses seen since; matching by customer id and
+email is unaffected).
+
 Nothing here logs a secret; `StoredCredentials` hides its values in repr.
 """
 
@@ -25,6 +32,7 @@ from plugin.errors import PluginError
 from plugin.settings import Settings
 
 _INFO = b"couponry platform credentials v1"
+_ADDRESS_INFO = b"couponry address fingerprints v1"
 _SALT = b"couponry.tokens"
 
 
@@ -44,9 +52,18 @@ class StoredCredentials:
         return f"StoredCredentials(access_token='***', extra_keys={sorted(self.extra)})"
 
 
+@lru_cache(maxsize=16)
+def _derive(secret: str, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(secret.encode())
+
+
 def _fernet_key(secret: str) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=_INFO)
-    return base64.urlsafe_b64encode(hkdf.derive(secret.encode()))
+    return base64.urlsafe_b64encode(_derive(secret, _INFO))
+
+
+def address_key(settings: Settings) -> bytes:
+    """The HMAC key of address fingerprints (plugin.addresses), from the current secret."""
+    return _derive(str(settings.secret_key), _ADDRESS_INFO)
 
 
 @lru_cache(maxsize=8)

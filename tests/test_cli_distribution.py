@@ -7,8 +7,11 @@ import io
 import json
 
 from click.testing import CliRunner
+from sqlmodel import Session, select
 
 from plugin.cli import main
+from plugin.db import make_engine
+from plugin.models import ReferrerAddress
 from tests.test_cli import _ok, cli, cli_database_url  # noqa: F401  (fixtures)
 
 RULES = json.dumps({"discount": {"type": "percentage", "percent": "10"}})
@@ -62,3 +65,26 @@ def test_partners_and_referrals(cli: CliRunner) -> None:  # noqa: F811
     code = _ok(cli, "referrals", "code", "--campaign", referral_id, "id:ref-1").strip()
     assert _ok(cli, "referrals", "code", "--campaign", referral_id, "id:ref-1").strip() == code
     assert _ok(cli, "referrals", "list", "--campaign", referral_id) == ""
+
+
+def test_a_referrer_can_give_their_address_and_sandbox_orders_can_ship(
+    cli: CliRunner,  # noqa: F811
+    cli_database_url: str,  # noqa: F811
+) -> None:
+    referral_id = campaign(cli, "Refer", SHAREABLE)
+    reward_id = campaign(cli, "Rewards", codes=0)
+    _ok(cli, "referrals", "create", "--campaign", referral_id, "--reward-campaign", reward_id)
+    home = ["--address1", "12 Main Street", "--address2", "Apt 4", "--postcode", "SW1A 1AA", "--country", "GB"]
+    code = _ok(cli, "referrals", "code", "--campaign", referral_id, *home, "id:ref-1").strip()
+    assert _ok(cli, "referrals", "code", "--campaign", referral_id, "id:ref-1").strip() == code
+    engine = make_engine(cli_database_url)
+    with Session(engine) as session:
+        (kept,) = session.exec(select(ReferrerAddress)).all()
+    engine.dispose()
+    assert (kept.referrer, len(kept.address_key)) == ("id:ref-1", 64)  # a fingerprint, not the address
+    partial = cli.invoke(main, ["referrals", "code", "--campaign", referral_id, "--address1", "12 Main St", "id:ref-2"])
+    assert partial.exit_code == 2 and "--postcode" in partial.output
+
+    ship = ["--address1", "12 Main Street", "--zip", "SW1A 1AA", "--country", "GB"]
+    placed = json.loads(_ok(cli, "sandbox", "order", "--subtotal", "10.00", "--code", code, "--force", *ship))
+    assert placed["shipping_address"] == {"address1": "12 Main Street", "address2": "", "zip": "SW1A 1AA", "country_code": "GB"}

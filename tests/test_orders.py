@@ -4,18 +4,18 @@ unknown codes, misuse flags, the sweep, and 1,000 sandbox orders delivered badly
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
-from connectors.base import CodeUse, Delivery, OrderEvent
+from connectors.base import CodeUse, Delivery, OrderEvent, ShippingAddress
 from plugin import webhooks
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Campaign, Code, Redemption, WebhookEvent
-from plugin.orders import Processor
+from plugin.orders import Processor, polled_delivery, polled_payload
 from plugin.sandbox import store
 from plugin.sandbox.models import SandboxDelivery
 from plugin.settings import Settings
@@ -325,3 +325,19 @@ async def test_a_thin_webhook_takes_the_fetched_orders_kind_when_it_only_says_up
     assert len(redemptions(engine)) == (1 if redeems else 0)
     with session_scope(engine) as session:
         assert session.get_one(Code, code.id).uses == (1 if redeems else 0)
+
+
+def test_a_polled_order_keeps_its_shipping_address_until_processed() -> None:
+    event = OrderEvent(
+        platform="woocommerce",
+        shop="shop.example",
+        kind="paid",
+        order_id="727",
+        codes=(CodeUse("ABCD-EFGH", 200),),
+        occurred_at=datetime(2017, 3, 22, 19, 28, 8, tzinfo=UTC),
+        shipping_address=ShippingAddress("969 Market", "", "94103", "US"),
+    )
+    (again,) = polled_delivery("woocommerce", polled_payload(event)).events
+    assert again == event
+    (bare,) = polled_delivery("woocommerce", polled_payload(OrderEvent("woocommerce", "s", "paid", "1"))).events
+    assert bare.shipping_address is None

@@ -1,23 +1,27 @@
 """Referral loops through the real webhook path (signed sandbox deliveries): a friend's first
-order rewards the referrer once, never their own order, never a friend's second order, and not
-twice when deliveries repeat; the reward is a fresh unique code, pushed through the provider."""
+order rewards the referrer once, never their own order (by customer id, email or shipping
+address), never a friend's second order, and not twice when deliveries repeat; the reward is a
+fresh unique code, pushed through the provider. Deliveries go through the app's batched ingest
+and, where it matters, through the one-by-one processor too."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import caches, referrals
+from connectors.base import ShippingAddress
+from plugin import addresses, caches, installs, referrals, tokens, webhooks
 from plugin.db import session_scope
 from plugin.errors import InvalidInput
-from plugin.models import AuditEvent, Code, Job, RecipientDelivery, Redemption, Referral, utcnow
+from plugin.models import AuditEvent, Code, Job, RecipientDelivery, Redemption, Referral, ReferrerAddress, utcnow
+from plugin.orders import Processor
 from plugin.settings import Settings
-from tests.ingest import make_campaign, running_app, sandbox_settings
+from tests.ingest import campaign_codes, make_campaign, running_app, sandbox_settings
 from tests.test_webhooks import headers, order_body
 
 pytestmark = pytest.mark.anyio
@@ -36,10 +40,50 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def body(order_id: int, code: str, *, customer_id: str | None, email: str) -> bytes:
+Path = Literal["batched", "single"]
+# the sandbox's order payload names address fields as Shopify does
+HOME = {"address1": "12 Main Street", "address2": "Apt 4", "zip": "SW1A 1AA", "country_code": "GB"}
+HOME_AGAIN = {"address1": "12, MAIN STREET", "address2": "apt. 4", "zip": "sw1a1aa", "country_code": "gb"}
+ELSEWHERE = {"address1": "9 High Road", "address2": "", "zip": "E1 6AN", "country_code": "GB"}
+
+
+def body(order_id: int, code: str, *, customer_id: str | None, email: str, ship_to: dict[str, str] | None = None) -> bytes:
     data = json.loads(order_body(order_id, [code], email=email))
     data["customer_id"] = customer_id
+    if ship_to is not None:
+        data["shipping_address"] = ship_to
     return json.dumps(data).encode()
+
+
+def fingerprint(settings: Settings, ship_to: dict[str, str]) -> str:
+    address = ShippingAddress(ship_to["address1"], ship_to["address2"], ship_to["zip"], ship_to["country_code"])
+    key = addresses.fingerprint(tokens.address_key(settings), address)
+    assert key is not None
+    return key
+
+
+async def deliver(engine: Engine, settings: Settings, shop_id: int, path: Path, deliveries: list[tuple[bytes, str, str]]) -> None:
+    """Send (payload, delivery id, topic)s through the app's batched ingest, or store each and
+    run the one-by-one processor on it (cancellations, thin webhooks and fallbacks go that way)."""
+    if path == "batched":
+        async with running_app(settings, engine) as (_, client):
+            for payload, delivery_id, topic in deliveries:
+                await send(client, settings, payload, delivery_id, topic)
+        return
+    async with httpx.AsyncClient() as http:
+        processor = Processor(engine, settings, http)
+        for payload, delivery_id, topic in deliveries:
+            with session_scope(engine) as session:
+                event_id, _ = webhooks.store_delivery(
+                    session,
+                    platform="sandbox",
+                    delivery_id=delivery_id,
+                    topic=topic,
+                    shop_id=shop_id,
+                    payload=payload.decode(),
+                    headers=headers(settings, payload, delivery_id=delivery_id, topic=topic),
+                )
+            assert await processor.process(event_id) in ("processed", None)  # None: a repeat, done already
 
 
 async def send(
@@ -61,9 +105,11 @@ def program(engine: Engine, shop_id: int, provider: str | None = None) -> tuple[
     return referral_campaign, reward_campaign
 
 
-def own_code(engine: Engine, shop_id: int, campaign_id: int, referrer: str) -> str:
+def own_code(engine: Engine, shop_id: int, campaign_id: int, referrer: str, address_key: str | None = None) -> str:
     with session_scope(engine) as session:
-        return referrals.referral_code(session, shop_id=shop_id, campaign_id=campaign_id, referrer=referrer, now=utcnow()).code
+        return referrals.referral_code(
+            session, shop_id=shop_id, campaign_id=campaign_id, referrer=referrer, now=utcnow(), address_key=address_key
+        ).code
 
 
 def rows(engine: Engine, model: Any) -> list[Any]:
@@ -102,17 +148,23 @@ async def test_friends_first_orders_reward_once_even_when_deliveries_repeat(
         assert len(referrals.rewards_of(session, shop_id=shop_id, campaign_id=campaign_id, referrer="id:ref-1")) == 2
 
 
+@pytest.mark.parametrize("path", ["batched", "single"])
 @pytest.mark.parametrize(
     ("referrer", "customer_id", "email"), [("id:c9", "c9", "other@example.com"), ("ann@example.com", "c9", "ANN@example.com")]
 )
 async def test_self_referral_is_refused(
-    engine: Engine, shop_id: int, settings: Settings, referrer: str, customer_id: str, email: str
+    engine: Engine, shop_id: int, settings: Settings, referrer: str, customer_id: str, email: str, path: Path
 ) -> None:
     settings = sandbox_settings(settings)
     campaign_id, _ = program(engine, shop_id)
     code = own_code(engine, shop_id, campaign_id, referrer)
-    async with running_app(settings, engine) as (_, client):
-        await send(client, settings, body(3001, code, customer_id=customer_id, email=email), "create-3001")
+    await deliver(
+        engine,
+        settings,
+        shop_id,
+        path,
+        [(body(3001, code, customer_id=customer_id, email=email), "create-3001", "orders/create")],
+    )
     assert rows(engine, Referral) == []
     (redemption,) = rows(engine, Redemption)
     assert redemption.flagged_reason == "self_referral"
@@ -134,6 +186,66 @@ async def test_the_reward_is_pushed_to_the_referrer(engine: Engine, shop_id: int
         reward_campaign,
     )
     assert "distribution.push" in {j.kind for j in rows(engine, Job)}
+
+
+@pytest.mark.parametrize("path", ["batched", "single"])
+@pytest.mark.parametrize("referrer", ["id:ref-1", "+15555550100"])  # a phone: only the addresses they gave
+async def test_a_friends_order_to_the_address_the_referrer_gave_is_a_self_referral(
+    engine: Engine, shop_id: int, settings: Settings, referrer: str, path: Path
+) -> None:
+    settings = sandbox_settings(settings)
+    campaign_id, _ = program(engine, shop_id)
+    code = own_code(engine, shop_id, campaign_id, referrer, address_key=fingerprint(settings, HOME))
+    assert own_code(engine, shop_id, campaign_id, referrer, address_key=fingerprint(settings, HOME)) == code
+    assert len(rows(engine, ReferrerAddress)) == 1  # remembered once, as a fingerprint only
+    own = body(5001, code, customer_id="someone-new", email="new@example.com", ship_to=HOME_AGAIN)
+    friend = body(5002, code, customer_id="friend-2", email="friend2@example.com", ship_to=ELSEWHERE)
+    await deliver(engine, settings, shop_id, path, [
+        (own, "create-5001", "orders/create"),
+        (own, "create-5001", "orders/create"),  # repeated
+        (friend, "create-5002", "orders/create"),
+        (friend, "paid-5002", "orders/paid"),  # the same order again, another topic
+    ])  # fmt: skip
+    assert [(r.order_id, r.friend) for r in rows(engine, Referral)] == [("5002", "id:friend-2")]  # exactly once
+    by_order = {r.order_id: r for r in rows(engine, Redemption)}
+    assert by_order["5001"].flagged_reason == "self_referral" and by_order["5002"].flagged_reason is None
+    assert by_order["5001"].address_key == fingerprint(settings, HOME)  # a fingerprint, never the address
+    refused = [a for a in rows(engine, AuditEvent) if a.action == "referral.self_refused"]
+    assert [(a.details["order_id"], a.details["matched"]) for a in refused] == [("5001", "address")]
+
+
+@pytest.mark.parametrize("path", ["batched", "single"])
+async def test_the_referrers_own_orders_tell_their_address(engine: Engine, shop_id: int, settings: Settings, path: Path) -> None:
+    settings = sandbox_settings(settings)
+    campaign_id, _ = program(engine, shop_id)
+    code = own_code(engine, shop_id, campaign_id, "ref@example.com")  # no address given
+    newsletter = make_campaign(engine, shop_id, count=1, name="Newsletter")
+    (plain,) = campaign_codes(engine, newsletter)
+    await deliver(engine, settings, shop_id, path, [
+        # the referrer's own order with another code of the shop, shipped home
+        (body(6001, plain.code, customer_id="c-ref", email="Ref@Example.com", ship_to=HOME), "create-6001", "orders/create"),
+        # a "friend" account shipping to the same home, and a real friend elsewhere
+        (body(6002, code, customer_id="alias", email="alias@example.com", ship_to=HOME_AGAIN), "create-6002", "orders/create"),
+        (body(6003, code, customer_id="friend", email="friend@example.com", ship_to=ELSEWHERE), "create-6003", "orders/create"),
+        (body(6004, code, customer_id="nowhere", email="nowhere@example.com"), "create-6004", "orders/create"),
+    ])  # fmt: skip
+    assert sorted(r.order_id for r in rows(engine, Referral)) == ["6003", "6004"]  # no address: no address match
+    flagged = {r.order_id: r.flagged_reason for r in rows(engine, Redemption)}
+    assert flagged == {"6001": None, "6002": "self_referral", "6003": None, "6004": None}
+
+
+async def test_a_customer_redaction_forgets_their_address_fingerprints(engine: Engine, shop_id: int, settings: Settings) -> None:
+    settings = sandbox_settings(settings)
+    campaign_id, _ = program(engine, shop_id)
+    own_code(engine, shop_id, campaign_id, "id:ref-1", address_key=fingerprint(settings, HOME))
+    (plain,) = campaign_codes(engine, make_campaign(engine, shop_id, count=1, name="Newsletter"))
+    own_order = body(7001, plain.code, customer_id="ref-1", email="ref@example.com", ship_to=HOME)
+    await deliver(engine, settings, shop_id, "single", [(own_order, "create-7001", "orders/create")])
+    assert [r.address_key for r in rows(engine, Redemption)] == [fingerprint(settings, HOME)]
+    with session_scope(engine) as session:
+        counts = installs.redact_customer(session, shop_id, email=None, customer_id="ref-1", actor="test")
+    assert counts["referrer_addresses"] == 1 and rows(engine, ReferrerAddress) == []
+    assert [r.address_key for r in rows(engine, Redemption)] == [None]
 
 
 def test_programs_are_checked(engine: Engine, shop_id: int) -> None:

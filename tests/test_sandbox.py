@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from connectors.base import ConnectorConfig
+from connectors.base import ConnectorConfig, ShippingAddress
 from connectors.sandbox import SandboxConnector
 from plugin.db import session_scope
 from plugin.sandbox import keys, store
@@ -88,3 +88,28 @@ async def test_orders_check_codes_and_queue_signed_webhooks(engine: Engine, sett
     connector.verify_webhook({"X-Sandbox-Hmac-Sha256": sign(keys.webhook_secret(settings), body)}, body)
     parsed = connector.parse_webhook({"X-Sandbox-Topic": "orders/create", "X-Sandbox-Delivery-Id": delivery_id}, body)
     assert parsed.events[0].codes[0].amount == 800 and parsed.events[0].subtotal == 8000
+
+
+async def test_orders_carry_a_shipping_address_to_the_webhook(engine: Engine, settings: Settings) -> None:
+    settings = sandbox_settings(settings)
+    ship_to = {"address1": "12 Main Street", "address2": "Apt 4", "zip": "SW1A 1AA", "country_code": "GB"}
+    async with running_app(settings, engine) as (_, client):
+        placed = await client.post(
+            "/sandbox/api/orders", json={"subtotal": "10.00", "shipping_address": ship_to}, headers=auth(settings)
+        )
+        bare = await client.post("/sandbox/api/orders", json={"subtotal": "10.00"}, headers=auth(settings))
+        wrong = await client.post(
+            "/sandbox/api/orders", json={"subtotal": "1.00", "shipping_address": {"street": "x"}}, headers=auth(settings)
+        )
+    assert placed.status_code == 201 and placed.json()["shipping_address"] == ship_to
+    assert bare.json()["shipping_address"] is None
+    assert wrong.status_code == 422
+    with session_scope(engine) as session:
+        deliveries = session.exec(select(SandboxDelivery).order_by(SandboxDelivery.id)).all()  # type: ignore[arg-type]
+        bodies = [(d.body.encode(), d.delivery_id) for d in deliveries]
+    connector = SandboxConnector.__new__(SandboxConnector)
+    connector.config = ConnectorConfig(webhook_secret=keys.webhook_secret(settings))
+    events = [
+        connector.parse_webhook({"X-Sandbox-Topic": "orders/create", "X-Sandbox-Delivery-Id": d}, b).events[0] for b, d in bodies
+    ]
+    assert [e.shipping_address for e in events] == [ShippingAddress("12 Main Street", "Apt 4", "SW1A 1AA", "GB"), None]

@@ -10,7 +10,8 @@ from typing import IO
 import click
 from sqlmodel import Session
 
-from plugin import claimlinks, distribution, partners, poolhealth, pushes, referrals
+from connectors.base import ShippingAddress
+from plugin import addresses, claimlinks, distribution, partners, poolhealth, pushes, referrals, tokens
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
 from plugin.models import utcnow
@@ -225,13 +226,35 @@ def referrals_create(ctx: Context, /, campaign_id: int, reward_campaign_id: int,
 
 @referrals_group.command("code")
 @click.option("--campaign", "campaign_id", type=int, required=True)
+@click.option("--address1", default=None, help="The referrer's street address: friends' orders shipped to it are refused.")
+@click.option("--address2", default="", help="Its second line (apartment, suite).")
+@click.option("--postcode", default=None, help="Its postal or ZIP code.")
+@click.option("--country", default=None, help="Its ISO 3166-1 alpha-2 country code, e.g. GB.")
 @click.argument("referrer")
 @pass_context
-def referrals_code(ctx: Context, /, campaign_id: int, referrer: str) -> None:
-    """The referrer's own shareable code (the same on every call)."""
+def referrals_code(
+    ctx: Context,
+    /,
+    campaign_id: int,
+    referrer: str,
+    address1: str | None,
+    address2: str,
+    postcode: str | None,
+    country: str | None,
+) -> None:
+    """The referrer's own shareable code (the same on every call); only a keyed fingerprint of
+    the address is kept."""
     key = _recipient(referrer)
+    address_key = None
+    if address1 or postcode or country:
+        address = ShippingAddress(line1=address1 or "", line2=address2, postcode=postcode or "", country=country or "")
+        address_key = addresses.fingerprint(tokens.address_key(ctx.settings), address)
+        if address_key is None:
+            raise click.UsageError("an address needs --address1, --postcode and a two-letter --country")
     with clear_errors(), session_scope(ctx.engine) as session:
-        found = referrals.referral_code(session, shop_id=ctx.shop_id, campaign_id=campaign_id, referrer=key, now=utcnow())
+        found = referrals.referral_code(
+            session, shop_id=ctx.shop_id, campaign_id=campaign_id, referrer=key, now=utcnow(), address_key=address_key
+        )
     click.echo(found.display)
 
 

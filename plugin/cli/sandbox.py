@@ -43,6 +43,10 @@ def sandbox_group() -> None:
 @click.option("--channel", default="web", show_default=True)
 @click.option("--currency", default="USD", show_default=True)
 @click.option("--force", is_flag=True, help="Skip the platform's own checks, as if the shop had a generic code.")
+@click.option("--address1", default=None, help="Ship to this street address (with --zip and --country).")
+@click.option("--address2", default="")
+@click.option("--zip", "zip_code", default="", help="The shipping address's postal or ZIP code.")
+@click.option("--country", default="", help="The shipping address's ISO alpha-2 country code.")
 @pass_context
 def sandbox_order(
     ctx: Context,
@@ -53,8 +57,17 @@ def sandbox_order(
     channel: str,
     currency: str,
     force: bool,
+    address1: str | None,
+    address2: str,
+    zip_code: str,
+    country: str,
 ) -> None:
     """Place a paid test order; its orders/create webhook is queued."""
+    ship_to = (
+        {"address1": address1 or "", "address2": address2, "zip": zip_code, "country_code": country}
+        if address1 or zip_code or country
+        else None
+    )
     with _SandboxErrors(), session_scope(ctx.engine) as session:
         order = store.place_order(
             session,
@@ -66,6 +79,7 @@ def sandbox_order(
             customer_id=customer_id,
             channel=channel,
             force=force,
+            shipping_address=ship_to,
         )
         click.echo(json.dumps(store.order_json(order)))
 

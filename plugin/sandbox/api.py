@@ -172,6 +172,7 @@ class SandboxApi:
                 customer_id=None if data.get("customer_id") is None else str(data["customer_id"]),
                 channel=data.get("channel", "web"),
                 force=bool(data.get("force")),
+                shipping_address=data.get("shipping_address"),
             )
         )
         self._wake()

@@ -58,6 +58,8 @@ class SandboxOrder(SQLModel, table=True):
     discount_total: int = Field(default=0)
     channel: str | None = Field(default=None, max_length=64)
     discount_codes: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # {"address1", "address2", "zip", "country_code"}: the sandbox is the platform, so it keeps it
+    shipping_address: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -262,9 +262,24 @@ def order_json(order: SandboxOrder) -> dict[str, Any]:
         "total": from_minor(max(0, order.subtotal - order.discount_total), c),
         "channel": order.channel,
         "discount_codes": [{"code": d["code"], "amount": from_minor(int(d["amount"]), c)} for d in order.discount_codes],
+        "shipping_address": order.shipping_address,
         "created_at": order.created_at.isoformat(),
         "updated_at": order.updated_at.isoformat(),
     }
+
+
+ADDRESS_FIELDS = ("address1", "address2", "zip", "country_code")
+
+
+def shipping_fields(address: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """A shipping address as the sandbox keeps it (Shopify's field names); 422 when malformed."""
+    if address is None:
+        return None
+    if not isinstance(address, Mapping) or set(address) - set(ADDRESS_FIELDS):
+        raise SandboxError(422, f"shipping_address takes only {', '.join(ADDRESS_FIELDS)}")
+    if not all(isinstance(v, str) and len(v) <= 255 for v in address.values()):
+        raise SandboxError(422, "shipping_address fields are strings of at most 255 characters")
+    return {name: str(address.get(name) or "") for name in ADDRESS_FIELDS}
 
 
 def place_order(
@@ -279,12 +294,14 @@ def place_order(
     channel: str | None = "web",
     force: bool = False,
     now: datetime | None = None,
+    shipping_address: Mapping[str, Any] | None = None,
 ) -> SandboxOrder:
     """Place a paid test order using `codes`. The sandbox enforces what a platform would
     (the code exists, is active, unexpired, under its uses); `force` skips that, as if the
     shop had a generic code of that name, for testing unknown codes and misuse."""
     now = now or utcnow()
     currency = currency.upper()
+    ship_to = shipping_fields(shipping_address)
     applied: list[dict[str, Any]] = []
     for typed in codes:
         row = session.exec(
@@ -312,6 +329,7 @@ def place_order(
         discount_total=min(subtotal, sum(a["amount"] for a in applied)),
         channel=channel,
         discount_codes=applied,
+        shipping_address=ship_to,
         created_at=now,
         updated_at=now,
     )

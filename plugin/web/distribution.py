@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from plugin import distribution, partners, poolhealth, pushes, referrals
+from plugin import addresses, distribution, partners, poolhealth, pushes, referrals, tokens
 from plugin.campaigns import get_campaign
 from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, pull_token, read_claim_token, read_pull_token
 from plugin.db import run
@@ -48,6 +48,11 @@ def _json(model: BaseModel, status: int = 200) -> JSONResponse:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def address_key(request: Request, address: schemas.ShippingAddress | None) -> str | None:
+    """The keyed fingerprint of an address given in a request body (plugin.addresses)."""
+    return addresses.fingerprint(tokens.address_key(_settings(request)), address) if address is not None else None
 
 
 def _recipient_param(request: Request) -> str:
@@ -87,6 +92,15 @@ async def create_claim(call: Call) -> Response:
     campaign_id = call.path_int("campaign_id")
     body = await call.body(schemas.ClaimRequest)
     recipient = normalise_recipient(body.recipient, email=body.email, phone=body.phone, customer_id=body.customer_id)
+    if body.shipping_address is not None:  # a referrer's address: friends' orders to it are refused
+        key = address_key(call.request, body.shipping_address)
+
+        def remember(session: Session) -> None:
+            referrals.check_program(session, shop_id=call.shop_id, campaign_id=campaign_id)
+            if key is not None:
+                referrals.remember_address(session, shop_id=call.shop_id, referrer=recipient, address_key=key, now=utcnow())
+
+        await call.db(remember)
     found = await _claim(
         call.engine, shop_id=call.shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=call.key.partner_id
     )

@@ -119,6 +119,21 @@ class ReservationOut(BaseModel):
     active: bool
 
 
+class ShippingAddress(_In):
+    """Where an order ships (or where a referrer lives). Couponry keeps only a keyed fingerprint
+    of the street lines, postcode and country, never the address: a friend's order to one of a
+    referrer's addresses is a self-referral."""
+
+    line1: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] = Field(
+        description="Street address, first line."
+    )
+    line2: Annotated[str, StringConstraints(max_length=255)] = ""
+    postcode: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] = Field(
+        description="Postal or ZIP code."
+    )
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")] = Field(description="ISO 3166-1 alpha-2 code.")
+
+
 class RedemptionRequest(_In):
     code: TypedCode
     order_id: Text
@@ -126,6 +141,7 @@ class RedemptionRequest(_In):
     customer: Customer | None = None
     channel: Channel | None = None
     checkout_id: Text | None = None
+    shipping_address: ShippingAddress | None = None
 
 
 class RollbackRequest(_In):
@@ -170,6 +186,9 @@ class ClaimRequest(_In):
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
     phone: Annotated[str, StringConstraints(max_length=40)] | None = None
     customer_id: Annotated[str, StringConstraints(max_length=255)] | None = None
+    shipping_address: ShippingAddress | None = Field(
+        default=None, description="Referral programs only: the referrer's address, so friends' orders to it are refused."
+    )
 
 
 class PullOut(BaseModel):

@@ -18,7 +18,7 @@ import pytest
 import respx
 from tenacity import wait_none
 
-from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShopConnector
+from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShippingAddress, ShopConnector
 from connectors.bigcommerce import ORDER_STATUS_KINDS, BigCommerceConnector
 from connectors.errors import AuthError, BadSignature, NotFound, RateLimited, UpstreamError
 from tests.connectors.fakes.bigcommerce import FakeBigCommerce, FakeClock, fixture
@@ -459,7 +459,7 @@ def test_webhook_rejected(client: httpx.AsyncClient, headers: dict[str, str]) ->
 async def test_thin_webhook_then_fetch_order_gives_the_codes(
     client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter
 ) -> None:
-    fake.install(router, "order", "order_coupons")
+    fake.install(router, "order", "order_coupons", "order_shipping_addresses")
     connector = connect(client, fake)
     body = json.dumps(fixture("webhook_order_created.json")).encode()
     connector.verify_webhook({HEADER: HOOK_SECRET}, body)
@@ -476,12 +476,26 @@ async def test_thin_webhook_then_fetch_order_gives_the_codes(
     assert (event.subtotal, event.total, event.currency) == (6268, 6984, "USD")
     assert (event.email, event.customer_id, event.channel) == ("janedoe@example.com", "11", "1")
     assert event.occurred_at == datetime(2019, 3, 11, 15, 17, 25, tzinfo=UTC)
+    # the documented shipping address (street_1, street_2, zip, country_iso2), fetched since a coupon was used
+    assert event.shipping_address == ShippingAddress("street 1", "street 2", "2000", "AU")
+    assert fake.routes["order_shipping_addresses"].call_count == 1
 
 
 async def test_order_without_coupons(client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter) -> None:
     fake.install(router, "order", "order_coupons")
     order = fake.add_order(coupons=[])  # /coupons answers 204 No Content
-    assert (await connect(client, fake).fetch_order(str(order["id"]))).codes == ()
+    event = await connect(client, fake).fetch_order(str(order["id"]))
+    assert (event.codes, event.shipping_address) == ((), None)  # no coupon: its address is not asked for
+
+
+@pytest.mark.parametrize(("count", "addresses"), [(0, None), (1, [])])
+async def test_order_that_ships_nowhere_has_no_address(
+    client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter, count: int, addresses: list[Any] | None
+) -> None:
+    fake.install(router, "order", "order_coupons", *(("order_shipping_addresses",) if count else ()))
+    order = fake.add_order(addresses=addresses, shipping_address_count=count)  # [] answers 204 No Content
+    event = await connect(client, fake).fetch_order(str(order["id"]))
+    assert event.codes and event.shipping_address is None
 
 
 def test_status_updated_webhook_carries_the_new_status(client: httpx.AsyncClient) -> None:
@@ -531,11 +545,12 @@ def test_other_scopes_are_other(client: httpx.AsyncClient) -> None:
 
 
 async def test_recent_orders_for_the_poll(client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter) -> None:
-    fake.install(router, "orders", "order_coupons")
+    fake.install(router, "orders", "order_coupons", "order_shipping_addresses")
     fake.add_order(date_modified="Mon, 11 Mar 2019 15:17:25 +0000")
     recent = fake.add_order(date_modified="Tue, 12 Mar 2019 09:00:00 +0000", status_id=5)
     events = [e async for e in connect(client, fake).list_recent_orders(datetime(2019, 3, 12, tzinfo=UTC))]
     assert [(e.order_id, e.kind, e.codes) for e in events] == [(str(recent["id"]), "cancelled", (CodeUse("S2549JM0Y", 500),))]
+    assert events[0].shipping_address == ShippingAddress("street 1", "street 2", "2000", "AU")
     params = fake.routes["orders"].calls[0].request.url.params
     assert (params["min_date_modified"], params["sort"]) == ("2019-03-12T00:00:00+00:00", "date_modified:asc")
 

@@ -23,7 +23,7 @@ from tenacity import wait_none
 
 import connectors.shopify as shopify
 from connectors import shop_connector_class
-from connectors.base import CodeSpec, ConnectorConfig, Credentials, DiscountSpec, ShopConnector
+from connectors.base import CodeSpec, ConnectorConfig, Credentials, DiscountSpec, ShippingAddress, ShopConnector
 from connectors.errors import AuthError, BadSignature, NotFound, RateLimited, Rejected, UpstreamError
 from connectors.shopify import CostBucket, ShopifyConnector
 from tests.connectors.fakes.shopify import SHOP, TAKEN, ShopifyFake, fixture, order_node, shopify_fake
@@ -227,6 +227,8 @@ def test_orders_create_is_parsed_with_codes_in_minor_units() -> None:
     assert (event.subtotal, event.total, event.currency) == (18750, 20375, "USD")
     assert (event.customer_id, event.email, event.channel) == ("115310627314723954", "jon@example.com", "web")
     assert event.occurred_at == datetime(2025, 3, 14, 13, 26, 53, tzinfo=UTC)
+    # REST shipping_address: address1, address2, zip, country_code (names, city, phone left out)
+    assert event.shipping_address == ShippingAddress("Chestnut Street 92", "Apt 4", "40202", "US")
     assert event.delivery_id == delivery.delivery_id and event.platform == "shopify" and event.shop == SHOP
 
 
@@ -252,6 +254,7 @@ def test_guest_order_has_no_customer() -> None:
     body = json.dumps(fixture("orders_create_no_codes.json")).encode()
     (event,) = webhook_connector().parse_webhook(signed(body, "orders/create"), body).events
     assert (event.customer_id, event.email, event.channel) == (None, None, "pos")
+    assert event.shipping_address is None  # a POS sale ships nowhere
 
 
 def test_cancellation_carries_the_codes_and_when() -> None:
@@ -927,6 +930,15 @@ async def test_fetch_order_sums_allocations_per_code(connector: ShopifyConnector
         "web",
     )
     assert fake.calls[0].variables == {"id": "gid://shopify/Order/450789469"}
+    assert event.shipping_address is None  # the order ships nowhere (shippingAddress null)
+
+
+async def test_fetch_order_carries_the_shipping_address(connector: ShopifyConnector, fake: ShopifyFake) -> None:
+    # MailingAddress fields of the pinned schema (the fake checks the query against it)
+    address = {"address1": "Chestnut Street 92", "address2": "", "zip": "40202", "countryCodeV2": "US"}
+    fake.orders["gid://shopify/Order/7"] = order_node(7, codes={"A": ["1.00"]}, shipping_address=address)
+    event = await connector.fetch_order("7")
+    assert event.shipping_address == ShippingAddress("Chestnut Street 92", "", "40202", "US")
 
 
 @pytest.mark.parametrize(

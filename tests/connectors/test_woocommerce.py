@@ -16,7 +16,7 @@ import pytest
 import respx
 from tenacity import wait_none
 
-from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShopConnector
+from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShippingAddress, ShopConnector
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
 from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector
 from tests.connectors.fakes.woocommerce import FakeWooCommerce, fixture, sign
@@ -143,6 +143,15 @@ def test_order_webhook_becomes_an_order_event(client: httpx.AsyncClient, fake: F
     assert event.occurred_at == datetime(2017, 3, 22, 19, 28, 8, tzinfo=UTC)
     assert event.delivery_id == "a1b2"
     assert not event.needs_fetch
+    # the documented `shipping` object: address_1, address_2, postcode, country (names and city left out)
+    assert event.shipping_address == ShippingAddress("969 Market", "", "94103", "US")
+
+
+def test_a_virtual_order_ships_nowhere(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    blank = dict.fromkeys(fixture("order.json")["shipping"], "")
+    headers, body = fake.delivery(fixture("order.json") | {"shipping": blank}, SECRET)
+    (event,) = connect(client, fake).parse_webhook(headers, body).events
+    assert event.shipping_address is None
 
 
 @pytest.mark.parametrize(

@@ -261,3 +261,62 @@ def test_referral_codes_at_the_checkout_api(api: Api, engine: Engine, shop_id: i
     rewards = api.get(f"/campaigns/{referral_id}/referrals").json()["data"]
     assert [(r["referrer"], r["friend"], r["order_id"]) for r in rewards] == [("id:ref-1", "id:friend-1", "order-1")]
     assert rewards[0]["reward_code"]
+
+
+HOME = {"line1": "12 Main Street", "line2": "Apt 4", "postcode": "SW1A 1AA", "country": "GB"}
+HOME_AGAIN = {"line1": "12, MAIN STREET apt. 4", "postcode": "sw1a1aa", "country": "gb"}  # the same place
+ELSEWHERE = {"line1": "9 High Road", "postcode": "E1 6AN", "country": "GB"}
+
+
+def referral_program(api: Api, engine: Engine, shop_id: int) -> int:
+    reward_id, _ = make_campaign(engine, shop_id, rules(), name="Rewards")
+    referral_id, _ = make_campaign(engine, shop_id, rules(usage={"uses_per_code": None}), codes=3, name="Refer")
+    assert api.post("/referral-programs", {"campaign_id": referral_id, "reward_campaign_id": reward_id}).status_code == 201
+    return referral_id
+
+
+def rewarded(api: Api, referral_id: int) -> list[tuple[str, str, str]]:
+    return [(r["referrer"], r["friend"], r["order_id"]) for r in api.get(f"/campaigns/{referral_id}/referrals").json()["data"]]
+
+
+def test_a_friends_order_to_the_referrers_address_is_refused_at_the_checkout_api(api: Api, engine: Engine, shop_id: int) -> None:
+    referral_id = referral_program(api, engine, shop_id)
+    claimed = api.post(f"/campaigns/{referral_id}/claims", {"customer_id": "ref-1", "shipping_address": HOME})
+    assert claimed.status_code == 201, claimed.text
+    code = claimed.json()["code"]
+    own = api.redeem(code, "order-0", customer={"id": "new-account"}, shipping_address=HOME_AGAIN)
+    assert own.status_code == 409 and own.json()["reason"] == "self_referral"
+    friend = api.redeem(code, "order-1", customer={"id": "friend-1"}, shipping_address=ELSEWHERE)
+    assert friend.status_code == 201, friend.text
+    assert api.redeem(code, "order-1", customer={"id": "friend-1"}, shipping_address=ELSEWHERE).status_code == 200
+    assert rewarded(api, referral_id) == [("id:ref-1", "id:friend-1", "order-1")]  # once, for the friend elsewhere
+    with Session(engine) as session:
+        (kept,) = session.exec(select(Redemption).where(col(Redemption.order_id) == "order-1")).all()
+    assert kept.address_key is not None and len(kept.address_key) == 64  # a fingerprint, not the address
+
+    plain_id, _ = make_campaign(engine, shop_id, rules(), codes=1, name="Plain")
+    not_referral = api.post(f"/campaigns/{plain_id}/claims", {"email": "x@example.com", "shipping_address": HOME})
+    assert not_referral.status_code == 422 and not_referral.json()["reason"] == "not_a_referral_program"
+    bad = {**HOME, "country": "GBR"}
+    assert api.post(f"/campaigns/{referral_id}/claims", {"customer_id": "ref-2", "shipping_address": bad}).status_code == 422
+
+
+def test_the_referrers_own_api_orders_tell_their_address(api: Api, engine: Engine, shop_id: int) -> None:
+    referral_id = referral_program(api, engine, shop_id)
+    code = api.post(f"/campaigns/{referral_id}/claims", {"email": "ref@example.com"}).json()["code"]
+    _, (plain,) = make_campaign(engine, shop_id, rules(), codes=1, name="Plain")
+    mine = api.redeem(plain, "order-0", customer={"id": "c-ref", "email": "Ref@Example.com"}, shipping_address=HOME)
+    assert mine.status_code == 201, mine.text
+    alias = api.redeem(code, "order-1", customer={"id": "alias"}, shipping_address=HOME_AGAIN)
+    assert alias.status_code == 409 and alias.json()["reason"] == "self_referral"
+    assert api.redeem(code, "order-2", customer={"id": "friend"}, shipping_address=ELSEWHERE).status_code == 201
+    assert rewarded(api, referral_id) == [("ref@example.com", "id:friend", "order-2")]
+
+
+def test_a_friend_the_caller_knows_has_ordered_before_earns_no_reward(api: Api, engine: Engine, shop_id: int) -> None:
+    referral_id = referral_program(api, engine, shop_id)
+    code = api.post(f"/campaigns/{referral_id}/claims", {"customer_id": "ref-1"}).json()["code"]
+    regular = api.redeem(code, "order-1", customer={"id": "regular", "orders_count": 3})
+    assert regular.status_code == 201  # the friend's discount is the campaign's rules' business
+    assert api.redeem(code, "order-2", customer={"id": "newcomer", "orders_count": 0}).status_code == 201
+    assert rewarded(api, referral_id) == [("id:ref-1", "id:newcomer", "order-2")]

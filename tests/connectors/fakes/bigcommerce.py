@@ -74,6 +74,7 @@ class FakeBigCommerce:
         "codes_delete",
         "order",
         "order_coupons",
+        "order_shipping_addresses",
         "orders",
         "hooks",
         "hook_create",
@@ -100,6 +101,7 @@ class FakeBigCommerce:
         self.codes: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)  # promotion id -> code id -> code
         self.orders: dict[int, dict[str, Any]] = {}
         self.order_coupons: dict[int, list[dict[str, Any]]] = {}
+        self.order_addresses: dict[int, list[dict[str, Any]]] = {}
         self.hooks: dict[int, dict[str, Any]] = {}
         self.requests: list[httpx.Request] = []
         self.routes: dict[str, respx.Route] = {}
@@ -132,6 +134,12 @@ class FakeBigCommerce:
             "codes_delete": ("DELETE", api, rf"{store}/v3/promotions/(?P<pid>\d+)/codes", self._delete_codes),
             "order": ("GET", api, rf"{store}/v2/orders/(?P<order_id>\d+)", self._get_order),
             "order_coupons": ("GET", api, rf"{store}/v2/orders/(?P<order_id>\d+)/coupons", self._get_order_coupons),
+            "order_shipping_addresses": (
+                "GET",
+                api,
+                rf"{store}/v2/orders/(?P<order_id>\d+)/shipping_addresses",
+                self._get_order_addresses,
+            ),
             "orders": ("GET", api, f"{store}/v2/orders", self._list_orders),
             "hooks": ("GET", api, f"{store}/v3/hooks", self._list_hooks),
             "hook_create": ("POST", api, f"{store}/v3/hooks", self._create_hook),
@@ -156,11 +164,18 @@ class FakeBigCommerce:
         self.codes[promotion_id][item["id"]] = item
         return item
 
-    def add_order(self, coupons: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    def add_order(
+        self,
+        coupons: list[dict[str, Any]] | None = None,
+        addresses: list[dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         order: dict[str, Any] = fixture("order.json") | {"id": self._new_id()} | fields
         self.orders[order["id"]] = order
         default = [c | {"order_id": order["id"]} for c in fixture("order_coupons.json")]
         self.order_coupons[order["id"]] = default if coupons is None else coupons
+        shipping = [a | {"order_id": order["id"]} for a in fixture("order_shipping_addresses.json")]
+        self.order_addresses[order["id"]] = shipping if addresses is None else addresses
         return order
 
     def add_hook(self, **fields: Any) -> dict[str, Any]:
@@ -310,6 +325,12 @@ class FakeBigCommerce:
     def _get_order_coupons(self, request: httpx.Request, order_id: str) -> httpx.Response:
         coupons = self.order_coupons.get(int(order_id)) or []
         return httpx.Response(200, json=coupons) if coupons else httpx.Response(204)
+
+    def _get_order_addresses(self, request: httpx.Request, order_id: str) -> httpx.Response:
+        if int(order_id) not in self.orders:
+            return httpx.Response(404, json=[{"status": 404, "message": "The requested resource was not found."}])
+        addresses = self.order_addresses.get(int(order_id)) or []
+        return httpx.Response(200, json=addresses) if addresses else httpx.Response(204)
 
     def _list_orders(self, request: httpx.Request) -> httpx.Response:
         params = request.url.params

@@ -364,6 +364,7 @@ def order_node(
     status: str = "PAID",
     cancelled_at: str | None = None,
     customer_id: int | None = 207119551,
+    shipping_address: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An Order as the GraphQL API answers it; `codes` maps each code to its allocated amounts."""
 
@@ -391,6 +392,7 @@ def order_node(
         "currencyCode": currency,
         "discountCodes": list(codes),
         "customer": {"__typename": "Customer", "id": f"gid://shopify/Customer/{customer_id}"} if customer_id else None,
+        "shippingAddress": {"__typename": "MailingAddress", **shipping_address} if shipping_address else None,
         "subtotalPriceSet": money(subtotal),
         "totalPriceSet": money(total),
         "lineItems": lambda args: _connection([{"discountAllocations": [*allocations[:-1], manual]}], args),

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 21f2fc8fe119
+Revision ID: 09809a451254
 Revises: 
-Create Date: 2026-11-25 17:36:43.383051
+Create Date: 2026-11-25 18:44:25.135151
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = '21f2fc8fe119'
+revision: str = '09809a451254'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -95,6 +95,7 @@ def upgrade() -> None:
     sa.Column('discount_total', sa.Integer(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('discount_codes', sa.JSON(), nullable=False),
+    sa.Column('shipping_address', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -259,6 +260,16 @@ def upgrade() -> None:
     with op.batch_alter_table('referral', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_referral_campaign_id'), ['campaign_id'], unique=False)
 
+    op.create_table('referreraddress',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('shop_id', sa.Integer(), nullable=False),
+    sa.Column('referrer', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('address_key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['shop_id'], ['shop.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('shop_id', 'referrer', 'address_key', name='uq_referrer_address')
+    )
     op.create_table('reservation',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('shop_id', sa.Integer(), nullable=False),
@@ -383,6 +394,7 @@ def upgrade() -> None:
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('flagged_reason', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('address_key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('rolled_back_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
@@ -394,6 +406,7 @@ def upgrade() -> None:
     with op.batch_alter_table('redemption', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_redemption_campaign_id'), ['campaign_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_redemption_code_id'), ['code_id'], unique=False)
+        batch_op.create_index('ix_redemption_shop_address', ['shop_id', 'address_key'], unique=False, postgresql_where=sa.text('address_key IS NOT NULL'), sqlite_where=sa.text('address_key IS NOT NULL'))
         batch_op.create_index('ix_redemption_shop_created', ['shop_id', 'created_at'], unique=False)
 
     op.create_table('referralprogram',
@@ -421,6 +434,7 @@ def downgrade() -> None:
     op.drop_table('referralprogram')
     with op.batch_alter_table('redemption', schema=None) as batch_op:
         batch_op.drop_index('ix_redemption_shop_created')
+        batch_op.drop_index('ix_redemption_shop_address', postgresql_where=sa.text('address_key IS NOT NULL'), sqlite_where=sa.text('address_key IS NOT NULL'))
         batch_op.drop_index(batch_op.f('ix_redemption_code_id'))
         batch_op.drop_index(batch_op.f('ix_redemption_campaign_id'))
 
@@ -450,6 +464,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_reservation_code_id'))
 
     op.drop_table('reservation')
+    op.drop_table('referreraddress')
     with op.batch_alter_table('referral', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_referral_campaign_id'))
 
