@@ -218,10 +218,11 @@ def validate(
     """The decision for a code on a basket, changing nothing.
 
     The hot path of checkouts: one read transaction that takes no write lock, and normally
-    one statement (`lookup_code`); formats and parsed rules come from the per-process caches.
+    one statement (`lookup_code`, so no snapshot is needed around it); formats and parsed
+    rules come from the per-process caches.
     """
     key = customer_key(customer.id, customer.email) if customer is not None else None
-    with read_cursor(engine) as reader:
+    with read_cursor(engine, snapshot=False) as reader:
         normalised = shop_formats(reader, engine, shop_id).normalise(typed)
         ctx = lookup_code(
             reader, shop_id=shop_id, candidates=normalised.candidates, checkout_id=checkout_id, customer=key, now=now
@@ -340,12 +341,14 @@ def redeem(
     channel: str | None,
     checkout_id: str | None,
     now: datetime,
+    address_key: str | None = None,
 ) -> RedeemOutcome:
-    """Redeem through the API: every rule enforced, atomically, once per (order, code)."""
+    """Redeem through the API: every rule enforced, atomically, once per (order, code).
+    `address_key` is the order's shipping-address fingerprint (plugin.addresses), if given."""
     stored = _known(session, shop_id=shop_id, typed=typed)
     referrer = referrals.refuse_self_referral(  # a referral code: never its own referrer's
         session, shop_id=shop_id, code=stored, customer_id=customer.id if customer else None,
-        email=customer.email if customer else None,
+        email=customer.email if customer else None, address_key=address_key,
     )  # fmt: skip
     outcome = record_redemption(
         session,
@@ -362,9 +365,11 @@ def redeem(
         enforce=True,
         basket=basket,
         checkout_id=checkout_id,
+        address_key=address_key,
     )
-    if referrer is not None and not outcome.duplicate:
-        referrals.on_redemption(session, outcome.redemption, now=now)  # a friend's order rewards its referrer
+    if referrer is not None and not outcome.duplicate:  # a friend's order rewards its referrer
+        first = customer.is_first_order if customer else None
+        referrals.on_redemption(session, outcome.redemption, now=now, first_order=first)
     return outcome
 
 

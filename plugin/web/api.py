@@ -398,6 +398,7 @@ async def create_redemption(call: Call) -> Response:
             channel=body.channel,
             checkout_id=body.checkout_id,
             now=utcnow(),
+            address_key=dist.address_key(call.request, body.shipping_address),
         )
         return _redemption_out(outcome.redemption, outcome.duplicate)
 
@@ -613,7 +614,9 @@ def _allowed(endpoint: Endpoint, scopes: frozenset[str]) -> bool:
     return endpoint.storefront and "storefront" in scopes
 
 
-def _route(endpoint: Endpoint) -> Route:
+def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    """The request handler of one endpoint: authenticates, checks the scope, calls it."""
+
     async def asgi_endpoint(request: Request) -> Response:
         engine: Engine = request.app.state.engine
         key = await run(engine, lambda: _authenticate(request, engine))
@@ -627,11 +630,21 @@ def _route(endpoint: Endpoint) -> Route:
         except ValidationError as exc:
             return validation_problem(exc)
 
-    return Route(endpoint.path, asgi_endpoint, methods=[endpoint.method], name=endpoint.name)
+    return asgi_endpoint
 
 
-# Matched first: the checkout calls are most of the traffic, and Starlette tries routes in order.
+def _route(endpoint: Endpoint) -> Route:
+    return Route(endpoint.path, _endpoint_app(endpoint), methods=[endpoint.method], name=endpoint.name)
+
+
+# The checkout calls are most of the traffic: the app answers them before Starlette's routing
+# (`plugin.web.hotpaths`), and the router also tries them first.
 _HOT = ("validateCode", "createRedemption", "createReservation")
+
+
+def hot_paths(prefix: str) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+    """The checkout calls by (method, full path), for `hotpaths.App`."""
+    return {(e.method, prefix + e.path): _endpoint_app(e) for e in ENDPOINTS if e.name in _HOT}
 
 
 def routes() -> list[Route]:

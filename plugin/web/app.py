@@ -22,6 +22,7 @@ from plugin.settings import Settings
 from plugin.web import api, callbacks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
+from plugin.web.hotpaths import App
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
 
@@ -33,7 +34,7 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
+def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     """Build the ASGI app. Tests pass their own engine; `serve` lets the app make one."""
     engine = engine or make_engine(settings.database_url)
     background = Background(settings, engine)  # webhook processing, in-process worker, sandbox store
@@ -54,7 +55,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         *install.routes,
         *background.routes(),
     ]
-    app = Starlette(
+    app = App(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             HTTPException: http_error_handler,
         },
     )
+    app.hot_paths.update(api.hot_paths("/api/v1"))
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)

@@ -3,17 +3,22 @@ never served stale in this process, and at most `caches.TTL_SECONDS` stale from 
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
+import time
 
 import pytest
 from sqlalchemy import Engine, text
 
-from plugin import caches
+from plugin import caches, checkout
 from plugin.apikeys import revoke_key
 from plugin.campaigns import update_campaign
-from plugin.db import is_sqlite, read_session, session_scope
+from plugin.db import _thread_readers, is_sqlite, make_engine, read_cursor, read_session, session_scope
 from plugin.models import Code
-from tests.web.conftest import Api, make_campaign, rules
+from plugin.ratelimit import FailureLimiter
+from plugin.web.hotpaths import App
+from tests.web.conftest import BASKET, Api, make_campaign, rules
 
 
 def test_validate_takes_no_write_lock(engine: Engine, api: Api, shop_id: int) -> None:
@@ -98,3 +103,92 @@ def test_caches_stay_bounded() -> None:
     caches.bump()
     cache.put(42, 42, stale)  # read before a change: not kept
     assert cache.get(42) is None and cache.get(9) is None
+
+
+def test_each_thread_reads_what_others_committed(engine: Engine, shop_id: int) -> None:
+    """SQLite reads use one connection per thread, outside the pool: a read must never keep
+    an old snapshot, and nested reads share the outer one's transaction."""
+    with read_cursor(engine) as reader:
+        names = reader.rows("SELECT name FROM shop WHERE id = ?", (shop_id,))
+        with read_cursor(engine) as nested, read_cursor(engine, snapshot=False) as single:
+            assert nested.rows("SELECT name FROM shop WHERE id = ?", (shop_id,)) == names
+            assert single.rows("SELECT name FROM shop WHERE id = ?", (shop_id,)) == names
+    for name in ("first", "second"):
+        with engine.begin() as writer:  # another connection commits
+            writer.exec_driver_sql(f"UPDATE shop SET name = '{name}' WHERE id = {shop_id}")
+        for snapshot in (True, False):
+            with read_cursor(engine, snapshot=snapshot) as reader:
+                assert reader.rows("SELECT name FROM shop WHERE id = ?", (shop_id,)) == [(name,)]
+    seen: list[object] = []
+
+    def other_thread() -> None:
+        with read_cursor(engine) as reader:
+            seen.append(reader.rows("SELECT name FROM shop WHERE id = ?", (shop_id,)))
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(10)
+    assert seen == [[("second",)]]
+
+
+def test_thread_read_connections_close_with_the_engine(database_url: str, engine: Engine) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("per-thread read connections are SQLite's")
+    own = make_engine(database_url)
+    with read_cursor(own) as reader:
+        assert reader.rows("SELECT 1", ()) == [(1,)]
+    readers = _thread_readers(own)
+    assert readers is not None and len(readers.opened) == 1
+    conn = readers.opened[0]
+    own.dispose()
+    assert readers.opened == []
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    with read_cursor(own) as reader:  # a disposed engine still reads (on a new connection)
+        assert reader.rows("SELECT 1", ()) == [(1,)]
+    own.dispose()
+
+
+def test_the_checkout_calls_answer_like_the_router(api: Api, engine: Engine, shop_id: int, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`POST /api/v1/validate` and friends skip Starlette's routing; their errors keep the
+    API's problem+json shape, other methods on their paths still get the router's 405."""
+    app = api.client.app
+    assert isinstance(app, App) and set(app.hot_paths) == {
+        ("POST", "/api/v1/validate"), ("POST", "/api/v1/redemptions"), ("POST", "/api/v1/reservations"),
+    }  # fmt: skip
+    unauthenticated = api.client.post("/api/v1/validate", json={"code": "X", "basket": BASKET})
+    assert unauthenticated.status_code == 401 and unauthenticated.json()["reason"] == "unauthenticated"
+    invalid = api.post("/validate", {"code": 5})
+    assert invalid.status_code == 422 and invalid.headers["content-type"] == "application/problem+json"
+    unknown = api.redeem("NO-SUCH-CODE", "order-1")  # a PluginError raised by the service
+    assert unknown.status_code == 404 and unknown.json()["reason"] == "unknown_code"
+    wrong_method = api.client.get("/api/v1/validate", headers=api.headers)
+    assert wrong_method.status_code == 405 and wrong_method.json()["reason"] == "method_not_allowed"
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(checkout, "validate", broken)
+    with caplog.at_level(logging.ERROR, logger="plugin.web.hotpaths"):
+        failed = api.validate("ANY")
+    assert failed.status_code == 500 and failed.json()["reason"] == "internal_error"
+    assert "boom" in caplog.text
+
+
+def test_a_client_that_never_failed_is_not_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With memory storage the limiter knows every failure, so it answers clients without
+    failures itself; a client that failed is asked about until its window has passed."""
+    limiter = FailureLimiter(None, limit="2/minute")
+    asked: list[str] = []
+    real_test = limiter.limiter.test
+    monkeypatch.setattr(limiter.limiter, "test", lambda item, key: asked.append(key) or real_test(item, key))
+    assert limiter.check("ip:a").allowed and asked == []
+    limiter.record_failure("ip:a")
+    limiter.record_failure("ip:a")
+    verdict = limiter.check("ip:a", "ip:b")
+    assert not verdict.allowed and verdict.retry_after >= 1 and asked == ["ip:a"]
+    assert limiter.check("ip:b").allowed and asked == ["ip:a"]
+    clock = [time.monotonic() + 61]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    assert limiter.check("ip:a").allowed and asked == ["ip:a"]  # the window has passed
