@@ -1,7 +1,7 @@
 """HTTP throughput of the pull endpoint (send-time merge fields) against its ceiling, in one run
 and one server process.
 
-Starts uvicorn (httptools + uvloop, one worker) on a fresh SQLite database, serving the real app
+Starts uvicorn (httptools, the asyncio loop `couponry serve` uses, one worker) on a fresh SQLite database, serving the real app
 plus a bare Starlette JSON route (`GET /bare`, the ceiling), then loads it from a separate
 process with `wrk` at 50 connections for a bounded time per route (10 s by default):
 
@@ -48,6 +48,7 @@ ASSIGNED = 1_000  # recipients who already hold a code, for the repeat calls
 SERVER = """
 import sys
 import uvicorn
+from bench.loadgen import LOOP
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -66,7 +67,7 @@ async def bare(request: Request) -> JSONResponse:
                          "recipient": request.query_params.get("recipient"), "expires_at": None})
 
 app.router.routes.insert(0, Route("/bare", bare, methods=["GET"]))
-uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", workers=1,
+uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", workers=1,
             log_level="warning", access_log=False)
 """
 

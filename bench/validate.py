@@ -1,6 +1,6 @@
 """HTTP throughput of the checkout API against its ceiling, in one run and one server process.
 
-Starts uvicorn (httptools + uvloop, one worker) on a fresh SQLite database, serving the real app
+Starts uvicorn (httptools, the asyncio loop `couponry serve` uses, one worker) on a fresh SQLite database, serving the real app
 plus a bare Starlette JSON route (`POST /bare`, the ceiling), then loads it from a separate
 process with `wrk` at 50 connections for a bounded time per route (10 s by default):
 
@@ -38,6 +38,7 @@ CODES = 1_000
 SERVER = """
 import sys
 import uvicorn
+from bench.loadgen import LOOP
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -54,7 +55,7 @@ async def bare(request: Request) -> JSONResponse:
 
 
 app.router.routes.insert(0, Route("/bare", bare, methods=["POST"]))
-uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", workers=1,
+uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", workers=1,
             log_level="warning", access_log=False)
 """
 

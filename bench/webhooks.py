@@ -5,7 +5,7 @@
 1. Signed sandbox order webhooks (10% duplicates), ingested end to end by the real app
    (verify, store, dedupe, redeem: the clock stops once no delivery is left `received` or
    `processing`, i.e. every redemption is committed, not when the last 200 came back) against a bare
-   Starlette route that only verifies the HMAC. Both run under uvicorn (httptools, uvloop,
+   Starlette route that only verifies the HMAC. Both run under uvicorn (httptools, asyncio,
    one process) on SQLite, loaded in the same run by the same minimal keep-alive client (raw
    asyncio sockets, so the client is not the bottleneck the way an httpx client would be).
 2. Codes pushed per second to the sandbox store (its default limits: 40 requests/s,
@@ -56,6 +56,8 @@ def serve_bare(port: int, secret: str) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
+    from bench.loadgen import LOOP
+
     async def hook(request: Request) -> Response:
         body = await request.body()
         expected = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest())
@@ -63,18 +65,19 @@ def serve_bare(port: int, secret: str) -> None:
         return Response(status_code=200 if hmac.compare_digest(expected, given) else 401)
 
     app = Starlette(routes=[Route("/webhooks/sandbox", hook, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", log_level="warning", access_log=False)
 
 
 def serve_app(port: int, db_url: str, sandbox: bool) -> None:
     import uvicorn
 
+    from bench.loadgen import LOOP
     from plugin.db import make_engine
     from plugin.web.app import create_app
 
     settings = settings_for(db_url, port, sandbox)
     app = create_app(settings, engine=make_engine(db_url))
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", log_level="warning", access_log=False)
 
 
 # --- client ---------------------------------------------------------------------------------

@@ -167,3 +167,16 @@ def test_serve_address_becomes_the_public_url_unless_configured() -> None:
     public = Settings.from_env({"COUPONRY_SECRET_KEY": "k", "COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
     kept = serve_settings(public, "0.0.0.0", 9000, {"COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
     assert (kept.host, kept.port, kept.public_url) == ("0.0.0.0", 9000, "https://coupons.example.com")
+
+
+def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop answers some connections far later than others under load (bench/loadgen.py)."""
+    import uvicorn
+
+    from plugin.web.hotpaths import App
+
+    calls: list[tuple[object, dict[str, object]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    _ok(cli, "serve", "--port", "8767")
+    [(app, kwargs)] = calls
+    assert isinstance(app, App) and kwargs["loop"] == "asyncio" and kwargs["port"] == 8767
