@@ -6,7 +6,8 @@ the privacy requests platforms send on the merchant's and customers' behalf.
     mark_uninstalled      app/uninstalled (Shopify) and /uninstall (BigCommerce): the token goes,
                           the shop's queued jobs stop
     redact_customer       customers/redact: that customer's PII leaves redemptions, codes,
-                          usage counters and stored deliveries; counts and amounts stay
+                          usage counters, referrals, address fingerprints, referral audit
+                          notes and stored deliveries; counts and amounts stay
     redact_shop           shop/redact (48 h after an uninstall): every row of the shop goes
     customer_data         customers/data_request: what we hold about a customer, kept as an
                           audit record for the merchant to hand over
@@ -17,7 +18,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy import Engine, String, cast, delete, func, literal, or_, update
 from sqlmodel import Session, SQLModel, col, select
 
 from connectors.base import Credentials, Delivery
@@ -25,7 +26,19 @@ from plugin import outbox, tokens, webhooks
 from plugin.connections import shop_connector, shop_credentials
 from plugin.db import run, session_scope
 from plugin.errors import InvalidInput
-from plugin.models import AuditEvent, Code, CustomerUsage, Job, Redemption, ReferrerAddress, Shop, WebhookEvent, utcnow
+from plugin.models import (
+    AuditEvent,
+    Code,
+    CustomerUsage,
+    Job,
+    Redemption,
+    Referral,
+    ReferrerAddress,
+    Shop,
+    WebhookEvent,
+    utcnow,
+)
+from plugin.referrals import REWARD_MARK
 from plugin.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,6 +46,8 @@ if TYPE_CHECKING:
 
 REGISTER_WEBHOOKS = "install.webhooks"
 LIFECYCLE_KINDS = frozenset({"app_uninstalled", "customers_redact", "shop_redact", "customers_data_request"})
+# what a data request says of an address: we hold keyed fingerprints (HMACs), never the address
+ADDRESS_HELD = "address fingerprint held"
 
 
 def new_webhook_secret() -> str:
@@ -115,6 +130,55 @@ def _who(email: str | None, customer_id: str | None) -> tuple[str | None, str | 
     return email, customer_id
 
 
+def _person_keys(email: str | None, customer_id: str | None) -> list[str]:
+    """The keys the person has as a referrer or friend (distribution.normalise_recipient's forms
+    `id:<customer id>` and a lower-cased email; a privacy request names no phone)."""
+    return [k for k in (email, f"id:{customer_id}" if customer_id else None) if k]
+
+
+def _redemption_match(email: str | None, customer_id: str | None, order_ids: tuple[str, ...], *, recipient: bool) -> list[Any]:
+    match: list[Any] = []
+    if email:
+        match.append(func.lower(col(Redemption.email)) == email)
+        if recipient:
+            match.append(func.lower(col(Redemption.recipient)) == email)
+    if customer_id:
+        match.append(col(Redemption.customer_id) == customer_id)
+    if order_ids:
+        match.append(col(Redemption.order_id).in_(order_ids))
+    return match
+
+
+def _code_match(email: str | None, customer_id: str | None) -> list[Any]:
+    """Codes bound to the person: by the code's email or customer id, as its recipient (a
+    referrer's own referral code is a claim for `id:<customer id>` or the email), and the
+    referral rewards assigned to `<referrer>#referral:<id>` (plugin.referrals, which cuts the
+    referrer to 290 characters). A prefix by substr, not LIKE: exact and case-sensitive on both
+    dialects (SQLite's LIKE ignores case), and an email's `_` needs no escaping."""
+    match: list[Any] = []
+    if email:
+        lowered = func.lower(col(Code.recipient))
+        reward = f"{email[:290]}{REWARD_MARK}"
+        match += [func.lower(col(Code.email)) == email, lowered == email, func.substr(lowered, 1, len(reward)) == reward]
+    if customer_id:
+        key = f"id:{customer_id}"
+        reward = f"{key[:290]}{REWARD_MARK}"
+        recipient = col(Code.recipient)
+        match += [col(Code.customer_id) == customer_id, recipient == key, func.substr(recipient, 1, len(reward)) == reward]
+    return match
+
+
+def _referral_match(shop_id: int, keys: list[str], redemption_match: list[Any]) -> tuple[Any, Any]:
+    """(as referrer, as friend). A friend is keyed by customer id when the order had one, so a
+    request naming only the email finds their referrals through their own redemptions."""
+    as_referrer = col(Referral.referrer).in_(keys)
+    friend: list[Any] = [col(Referral.friend).in_(keys)]
+    if redemption_match:
+        theirs = select(Redemption.id).where(col(Redemption.shop_id) == shop_id, or_(*redemption_match))
+        friend.append(col(Referral.redemption_id).in_(theirs))
+    return as_referrer, or_(*friend)
+
+
 def redact_customer(
     session: Session,
     shop_id: int,
@@ -129,24 +193,30 @@ def redact_customer(
     deliveries = webhooks.redact_customer(
         session, shop_id, email=email, customer_id=customer_id, order_ids=order_ids, actor=actor
     )
-    match: list[Any] = []
-    if email:
-        match += [func.lower(col(Redemption.email)) == email, func.lower(col(Redemption.recipient)) == email]
-    if customer_id:
-        match.append(col(Redemption.customer_id) == customer_id)
-    if order_ids:
-        match.append(col(Redemption.order_id).in_(order_ids))
+    match = _redemption_match(email, customer_id, order_ids, recipient=True)
+    keys = _person_keys(email, customer_id)
+    # Referrals before redemptions: a friend's are found through their redemptions. The rows stay
+    # (rewards given, counts) with the person's key replaced by one naming the row only, which
+    # links nobody and keeps uq_referral_friend unique. A redacted friend is then unknown: a later
+    # order of theirs with a referral code may count as a first order again.
+    placeholder = literal("redacted:") + cast(col(Referral.id), String)
+    as_referrer, as_friend = _referral_match(shop_id, keys, match)
+    referrals = 0
+    for where, values in ((as_referrer, {"referrer": placeholder}), (as_friend, {"friend": placeholder})):
+        result = session.execute(
+            update(Referral)
+            .where(col(Referral.shop_id) == shop_id, where)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        referrals += int(result.rowcount)  # type: ignore[attr-defined]
     redemptions = session.execute(
         update(Redemption)
         .where(col(Redemption.shop_id) == shop_id, or_(*match))
         .values(email=None, customer_id=None, recipient=None, address_key=None)  # the address fingerprint too
         .execution_options(synchronize_session=False)
     )
-    code_match: list[Any] = []
-    if email:
-        code_match += [func.lower(col(Code.email)) == email, func.lower(col(Code.recipient)) == email]
-    if customer_id:
-        code_match.append(col(Code.customer_id) == customer_id)
+    code_match = _code_match(email, customer_id)
     codes = (
         session.execute(
             update(Code)
@@ -157,31 +227,43 @@ def redact_customer(
         if code_match
         else None
     )
-    keys = [k for k in (email, customer_id) if k]
+    usage_keys = [k for k in (email, customer_id) if k]
     usage = (
         session.execute(
-            delete(CustomerUsage).where(col(CustomerUsage.shop_id) == shop_id, col(CustomerUsage.customer_key).in_(keys))
+            delete(CustomerUsage).where(col(CustomerUsage.shop_id) == shop_id, col(CustomerUsage.customer_key).in_(usage_keys))
+        )
+        if usage_keys
+        else None
+    )
+    # the addresses they gave as a referrer (keyed like referral codes' recipients)
+    addresses = (
+        session.execute(
+            delete(ReferrerAddress).where(col(ReferrerAddress.shop_id) == shop_id, col(ReferrerAddress.referrer).in_(keys))
         )
         if keys
         else None
     )
-    # the addresses they gave as a referrer (keyed like referral codes' recipients)
-    referrer_keys = [k for k in (email, f"id:{customer_id}" if customer_id else None) if k]
-    addresses = (
-        session.execute(
-            delete(ReferrerAddress).where(
-                col(ReferrerAddress.shop_id) == shop_id, col(ReferrerAddress.referrer).in_(referrer_keys)
+    # plugin.referrals notes the referrer's key in its audit events (rewarded, self-referral, ...)
+    noted = (
+        session.exec(
+            select(AuditEvent).where(
+                col(AuditEvent.shop_id) == shop_id, col(AuditEvent.details)["referrer"].as_string().in_(keys)
             )
-        )
-        if referrer_keys
-        else None
+        ).all()
+        if keys
+        else []
     )
+    for event in noted:
+        event.details = {**event.details, "referrer": "redacted"}  # a new dict: the JSON column sees the change
+        session.add(event)
     counts = {
         "deliveries": deliveries,
         "redemptions": int(redemptions.rowcount),  # type: ignore[attr-defined]
         "codes": int(codes.rowcount) if codes is not None else 0,  # type: ignore[attr-defined]
         "usage_counters": int(usage.rowcount) if usage is not None else 0,  # type: ignore[attr-defined]
+        "referrals": referrals,
         "referrer_addresses": int(addresses.rowcount) if addresses is not None else 0,  # type: ignore[attr-defined]
+        "audit_events": len(noted),
     }
     session.add(AuditEvent(shop_id=shop_id, action="customer.redacted", subject="customer", actor=actor, details=counts))
     session.flush()
@@ -193,26 +275,37 @@ def customer_data(
 ) -> dict[str, Any]:
     """Everything we hold about a customer in this shop (for a data request)."""
     email, customer_id = _who(email, customer_id)
-    match: list[Any] = []
-    if email:
-        match.append(func.lower(col(Redemption.email)) == email)
-    if customer_id:
-        match.append(col(Redemption.customer_id) == customer_id)
-    if order_ids:
-        match.append(col(Redemption.order_id).in_(order_ids))
+    match = _redemption_match(email, customer_id, order_ids, recipient=False)
     redemptions = (
         session.exec(select(Redemption).where(col(Redemption.shop_id) == shop_id, or_(*match)).order_by(col(Redemption.id))).all()
         if match
         else []
     )
-    code_match: list[Any] = []
-    if email:
-        code_match += [func.lower(col(Code.email)) == email, func.lower(col(Code.recipient)) == email]
-    if customer_id:
-        code_match.append(col(Code.customer_id) == customer_id)
+    code_match = _code_match(email, customer_id)
     bound = (
         session.exec(select(Code).where(col(Code.shop_id) == shop_id, or_(*code_match)).order_by(col(Code.id))).all()
         if code_match
+        else []
+    )
+    keys = _person_keys(email, customer_id)
+    as_referrer, as_friend = _referral_match(shop_id, keys, match)
+    referral_rows = (
+        session.exec(
+            select(Referral, Code.code)
+            .join(Code, col(Code.id) == col(Referral.reward_code_id), isouter=True)
+            .where(col(Referral.shop_id) == shop_id, or_(as_referrer, as_friend))
+            .order_by(col(Referral.id))
+        ).all()
+        if keys or match
+        else []
+    )
+    given = (
+        session.exec(
+            select(ReferrerAddress)
+            .where(col(ReferrerAddress.shop_id) == shop_id, col(ReferrerAddress.referrer).in_(keys))
+            .order_by(col(ReferrerAddress.id))
+        ).all()
+        if keys
         else []
     )
     return {
@@ -226,6 +319,7 @@ def customer_data(
                 "amount": r.amount,
                 "currency": r.currency,
                 "status": r.status,
+                "shipping_address": ADDRESS_HELD if r.address_key else None,
                 "created_at": r.created_at.isoformat(),
             }
             for r in redemptions
@@ -241,7 +335,18 @@ def customer_data(
             }
             for c in bound
         ],
+        "referrals": [_referral_entry(r, reward, keys) for r, reward in referral_rows],
+        "referrer_addresses": [{"address": ADDRESS_HELD, "created_at": a.created_at.isoformat()} for a in given],
     }
+
+
+def _referral_entry(referral: Referral, reward: str | None, keys: list[str]) -> dict[str, Any]:
+    """One referral the customer is part of, told from their side only: the other person (and,
+    for a referrer, the friend's order) is someone else's data."""
+    entry: dict[str, Any] = {"campaign_id": referral.campaign_id, "created_at": referral.created_at.isoformat()}
+    if referral.referrer in keys:
+        return {**entry, "role": "referrer", "reward_code": reward}
+    return {**entry, "role": "friend", "order_id": referral.order_id}
 
 
 def redact_shop(session: Session, shop_id: int, *, keep_event_id: int | None, actor: str) -> dict[str, int]:

@@ -248,6 +248,80 @@ async def test_a_customer_redaction_forgets_their_address_fingerprints(engine: E
     assert [r.address_key for r in rows(engine, Redemption)] == [None]
 
 
+async def referred(engine: Engine, shop_id: int, settings: Settings) -> tuple[int, int]:
+    """A program where id:ref-1 (who gave their home address) and id:Ref-1 (someone else: ids
+    compare exactly) each have a friend's rewarded order; returns (campaign, reward campaign)."""
+    campaign_id, reward_campaign = program(engine, shop_id)
+    code = own_code(engine, shop_id, campaign_id, "id:ref-1", address_key=fingerprint(settings, HOME))
+    other = own_code(engine, shop_id, campaign_id, "id:Ref-1")
+    first = body(8001, code, customer_id="friend-1", email="Friend1@Example.com", ship_to=ELSEWHERE)
+    second = body(8002, other, customer_id="friend-2", email="friend2@example.com")
+    await deliver(
+        engine, settings, shop_id, "single", [(first, "create-8001", "orders/create"), (second, "create-8002", "orders/create")]
+    )
+    return campaign_id, reward_campaign
+
+
+async def test_a_customer_redaction_leaves_no_key_in_referrals(engine: Engine, shop_id: int, settings: Settings) -> None:
+    settings = sandbox_settings(settings)
+    campaign_id, reward_campaign = await referred(engine, shop_id, settings)
+    with session_scope(engine) as session:  # (an email the shop never saw: only the id matches)
+        counts = installs.redact_customer(session, shop_id, email="ref@example.com", customer_id="ref-1", actor="test")
+    assert (counts["referrals"], counts["codes"], counts["audit_events"]) == (1, 2, 1)  # own code and reward; its note
+    by_order = {r.order_id: r for r in rows(engine, Referral)}
+    mine, theirs = by_order["8001"], by_order["8002"]
+    # the rows stay, rewards and counts with them; the key names the row, no one
+    assert (mine.referrer, mine.friend, mine.reward_code_id is not None) == (f"redacted:{mine.id}", "id:friend-1", True)
+    assert (theirs.referrer, theirs.friend) == ("id:Ref-1", "id:friend-2")
+    recipients = {c.id: c.recipient for c in rows(engine, Code) if c.campaign_id in (campaign_id, reward_campaign)}
+    assert recipients[mine.reward_code_id] is None and recipients[theirs.reward_code_id] == f"id:Ref-1#referral:{theirs.id}"
+    assert sorted(r for r in recipients.values() if r) == ["id:Ref-1", f"id:Ref-1#referral:{theirs.id}"]
+    notes = [a.details["referrer"] for a in rows(engine, AuditEvent) if a.action == "referral.rewarded"]
+    assert sorted(notes) == ["id:Ref-1", "redacted"]
+    with session_scope(engine) as session:
+        assert referrals.rewards_of(session, shop_id=shop_id, campaign_id=campaign_id, referrer="id:ref-1") == []
+
+    # the friend, by email only (the referral keys them by customer id): found through their order
+    with session_scope(engine) as session:
+        counts = installs.redact_customer(session, shop_id, email="friend1@example.com", customer_id=None, actor="test")
+    assert (counts["referrals"], counts["redemptions"]) == (1, 1)
+    by_order = {r.order_id: r for r in rows(engine, Referral)}
+    assert (by_order["8001"].referrer, by_order["8001"].friend) == (f"redacted:{mine.id}", f"redacted:{mine.id}")
+    assert by_order["8002"].friend == "id:friend-2"
+    # redacting again finds nothing more; placeholders never collide with uq_referral_friend
+    with session_scope(engine) as session:
+        again = installs.redact_customer(session, shop_id, email="friend1@example.com", customer_id="ref-1", actor="test")
+    assert (again["referrals"], again["codes"], again["audit_events"]) == (0, 0, 0)
+
+
+async def test_a_data_request_lists_referrals_and_address_fingerprints(engine: Engine, shop_id: int, settings: Settings) -> None:
+    settings = sandbox_settings(settings)
+    campaign_id, reward_campaign = await referred(engine, shop_id, settings)
+    (mine,) = [r for r in rows(engine, Referral) if r.order_id == "8001"]
+    reward = next(c.code for c in rows(engine, Code) if c.id == mine.reward_code_id)
+    with session_scope(engine) as session:
+        referrer = installs.customer_data(session, shop_id, email=None, customer_id="ref-1")
+        friend = installs.customer_data(session, shop_id, email="friend1@example.com", customer_id=None)
+    assert referrer["referrals"] == [
+        {"campaign_id": campaign_id, "created_at": mine.created_at.isoformat(), "role": "referrer", "reward_code": reward}
+    ]
+    assert [(c["campaign_id"], c["recipient"]) for c in referrer["codes"]] == [
+        (campaign_id, "id:ref-1"),
+        (reward_campaign, f"id:ref-1#referral:{mine.id}"),
+    ]
+    assert [a["address"] for a in referrer["referrer_addresses"]] == ["address fingerprint held"]
+    assert friend["referrals"] == [
+        {"campaign_id": campaign_id, "created_at": mine.created_at.isoformat(), "role": "friend", "order_id": "8001"}
+    ]
+    assert [(r["order_id"], r["shipping_address"]) for r in friend["redemptions"]] == [("8001", "address fingerprint held")]
+    assert friend["referrer_addresses"] == [] and friend["codes"] == []
+    # each side only: neither names the other; fingerprints are said to be held, never given
+    told = json.dumps(referrer) + json.dumps(friend)
+    assert "friend-1" not in json.dumps(referrer) and "ref-1" not in json.dumps(friend)
+    assert fingerprint(settings, HOME) not in told and fingerprint(settings, ELSEWHERE) not in told
+    assert "id:Ref-1" not in told and "friend-2" not in told  # the look-alike id is someone else
+
+
 def test_programs_are_checked(engine: Engine, shop_id: int) -> None:
     campaign_id = make_campaign(engine, shop_id, rules=SHAREABLE)
     with pytest.raises(InvalidInput), session_scope(engine) as session:
