@@ -266,6 +266,8 @@ def redact_customer(
         match.append(col(WebhookEvent.order_id).in_(sorted(orders)))
     if email:
         match.append(func.lower(col(WebhookEvent.payload)).contains(email.strip().lower()))
+    if not match:  # a customer id without orders: nothing names them (an empty or_() matches all)
+        return 0
     ids = session.exec(
         select(WebhookEvent.id).where(col(WebhookEvent.shop_id) == shop_id, col(WebhookEvent.redacted_at).is_(None), or_(*match))
     ).all()
