@@ -152,17 +152,15 @@ class _ThreadReaders:
         self.opened: list[Any] = []
         self.lock = threading.Lock()
 
-    def connection(self) -> tuple[Any, bool]:
-        """This thread's connection, and whether a read is already open on it (a nested call)."""
+    def connection(self) -> Any:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             fairy = self.engine.raw_connection()
             fairy.detach()
             conn = self.local.conn = fairy.dbapi_connection
-            self.local.depth = 0
             with self.lock:
                 self.opened.append(conn)
-        return conn, self.local.depth > 0
+        return conn
 
     def close_all(self) -> None:
         with self.lock:
@@ -194,30 +192,21 @@ def read_cursor(engine: Engine, *, snapshot: bool = True) -> Iterator[Reader]:
 
     `snapshot=False` (SQLite) runs each statement on its own instead: for a caller whose
     one statement decides, or whose statements need not agree, it saves a BEGIN and a
-    ROLLBACK."""
+    ROLLBACK. A read inside another on the same thread shares its transaction, if any."""
     readers = _thread_readers(engine)
     if readers is None:
         yield from _pooled_read(engine)
         return
-    if not snapshot and readers.local.__dict__.get("depth", 0) == 0:
-        conn, _nested = readers.connection()
-        cursor = conn.cursor()
-        try:
-            yield Reader(cursor, True)
-        finally:
-            cursor.close()
-        return
-    conn, nested = readers.connection()
+    conn = readers.connection()
     cursor = conn.cursor()
-    readers.local.depth += 1
+    begin = snapshot and not conn.in_transaction
     try:
-        if not nested:
+        if begin:
             cursor.execute("BEGIN")
         yield Reader(cursor, True)
     finally:
-        readers.local.depth -= 1
         cursor.close()
-        if not nested:
+        if begin:
             conn.rollback()  # ends the read transaction, releasing its WAL snapshot
 
 

@@ -30,6 +30,7 @@ from plugin.web import distribution as dist
 from plugin.web import schemas
 from plugin.web.problems import problem, validation_problem
 
+PREFIX = "/api/v1"  # where the app mounts this API
 M = TypeVar("M", bound=BaseModel)
 # The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
 # OpenAPI document says so too, and a larger one is simply not found.
@@ -253,7 +254,7 @@ async def create_batch(call: Call) -> Response:
     # Generation runs beside the web loop; the batch row shows progress to pollers.
     task = BackgroundTask(anyio.to_thread.run_sync, generate)
     response = _json(_batch_out(batch), 202)
-    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    response.headers["Location"] = f"{PREFIX}/batches/{batch_id}"
     response.background = task
     return response
 

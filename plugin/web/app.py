@@ -48,8 +48,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/v1/openapi.json", openapi_json, methods=["GET"]),
-        Mount("/api/v1", routes=api.routes()),
+        Route(f"{api.PREFIX}/openapi.json", openapi_json, methods=["GET"]),
+        Mount(api.PREFIX, routes=api.routes()),
         *distribution_web.routes(),  # signed pull URLs and claim pages
         *callbacks.routes,  # providers' delivery status
         *install.routes,
@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
             HTTPException: http_error_handler,
         },
     )
-    app.hot_paths.update(api.hot_paths("/api/v1"))
+    app.hot_paths.update(api.hot_paths(api.PREFIX))
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from plugin import __version__
-from plugin.web.api import ENDPOINTS, MAX_IDS, Endpoint
+from plugin.web.api import ENDPOINTS, MAX_IDS, PREFIX, Endpoint
 from plugin.web.schemas import Problem
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
@@ -34,7 +34,7 @@ def build_openapi() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
         path = _PARAM.sub(lambda m: "{" + m.group(1) + "}", endpoint.path)
-        paths.setdefault("/api/v1" + path, {})[endpoint.method.lower()] = _operation(endpoint, refs)
+        paths.setdefault(PREFIX + path, {})[endpoint.method.lower()] = _operation(endpoint, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Couponry API", "version": __version__},
