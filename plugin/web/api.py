@@ -638,14 +638,14 @@ def _route(endpoint: Endpoint) -> Route:
     return Route(endpoint.path, _endpoint_app(endpoint), methods=[endpoint.method], name=endpoint.name)
 
 
-# The checkout calls are most of the traffic: the app answers them before Starlette's routing
-# (`plugin.web.hotpaths`), and the router also tries them first.
-_HOT = ("validateCode", "createRedemption", "createReservation")
+# The checkout calls and the pull endpoint are most of the traffic: the app answers them before
+# Starlette's routing (`plugin.web.hotpaths`), and the router also tries them first.
+_HOT = ("validateCode", "createRedemption", "createReservation", "pullCode")
 
 
-def hot_paths(prefix: str) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
-    """The checkout calls by (method, full path), for `hotpaths.App`."""
-    return {(e.method, prefix + e.path): _endpoint_app(e) for e in ENDPOINTS if e.name in _HOT}
+def hot_routes(prefix: str) -> list[Route]:
+    """The hot endpoints as routes under `prefix`, for `hotpaths.App.add_hot_routes`."""
+    return [Route(prefix + e.path, _endpoint_app(e), methods=[e.method], name=e.name) for e in ENDPOINTS if e.name in _HOT]
 
 
 def routes() -> list[Route]:

@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
             HTTPException: http_error_handler,
         },
     )
-    app.hot_paths.update(api.hot_paths(api.PREFIX))
+    app.add_hot_routes(api.hot_routes(api.PREFIX))
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)

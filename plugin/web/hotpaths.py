@@ -1,9 +1,11 @@
-"""An ASGI front for the checkout calls: most of the traffic, and the latency shoppers feel.
+"""An ASGI front for the calls that are most of the traffic and whose latency people feel:
+the checkout calls (`POST /api/v1/validate`, `/redemptions`, `/reservations`) and the pull
+endpoint email platforms call once per recipient at send time.
 
-`POST /api/v1/validate`, `/redemptions` and `/reservations` go straight to their endpoint,
-skipping Starlette's middleware stack and its two levels of route matching (a third of the
-framework's cost per request). They answer exactly as through the router: the same endpoint
-function, the same problem+json for the app's errors; anything unexpected is logged and
+They go straight to their endpoint, skipping Starlette's middleware stack and its two levels of
+route matching (a third of the framework's cost per request). They answer exactly as through
+the router: the same endpoint function, matched by the same `Route` (path converters
+included), the same problem+json for the app's errors; anything unexpected is logged and
 answered 500. Every other request (and the lifespan) goes through Starlette unchanged.
 """
 
@@ -18,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from plugin.errors import PluginError
@@ -28,16 +31,22 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class App(Starlette):
-    """The Starlette app, answering the `(method, path)` pairs of `hot_paths` directly."""
-
-    hot_paths: dict[tuple[str, str], Endpoint]
+    """The Starlette app, answering its hot routes (`add_hot_routes`) directly."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hot_paths = {}
+        self.hot_paths: dict[tuple[str, str], Endpoint] = {}  # (method, path) without parameters
+        self.hot_templates: list[Route] = []  # paths with parameters, matched in order
+
+    def add_hot_routes(self, routes: list[Route]) -> None:
+        for route in routes:
+            if route.param_convertors:
+                self.hot_templates.append(route)
+            else:
+                self.hot_paths.update({(method, route.path): route.endpoint for method in route.methods or ()})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.hot_paths.get((scope.get("method", ""), scope["path"])) if scope["type"] == "http" else None
+        endpoint = self._hot(scope) if scope["type"] == "http" else None
         if endpoint is None:
             await super().__call__(scope, receive, send)
             return
@@ -45,6 +54,18 @@ class App(Starlette):
         request = Request(scope, receive)
         response = await _answer(endpoint, request)
         await response(scope, receive, send)
+
+    def _hot(self, scope: Scope) -> Endpoint | None:
+        endpoint = self.hot_paths.get((scope["method"], scope["path"]))
+        if endpoint is not None:
+            return endpoint
+        for route in self.hot_templates:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)  # path_params, as the router would set them
+                found: Endpoint = route.endpoint
+                return found
+        return None
 
 
 async def _answer(endpoint: Endpoint, request: Request) -> Response:

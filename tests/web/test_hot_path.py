@@ -151,12 +151,22 @@ def test_thread_read_connections_close_with_the_engine(database_url: str, engine
 
 def test_the_checkout_calls_answer_like_the_router(api: Api, engine: Engine, shop_id: int, caplog: pytest.LogCaptureFixture,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """`POST /api/v1/validate` and friends skip Starlette's routing; their errors keep the
-    API's problem+json shape, other methods on their paths still get the router's 405."""
+    """The checkout calls and the pull endpoint skip Starlette's routing; their errors keep the
+    API's problem+json shape, other methods on their paths still get the router's 405, and a
+    path the route's converters refuse still gets the router's 404."""
     app = api.client.app
     assert isinstance(app, App) and set(app.hot_paths) == {
         ("POST", "/api/v1/validate"), ("POST", "/api/v1/redemptions"), ("POST", "/api/v1/reservations"),
     }  # fmt: skip
+    assert [r.path for r in app.hot_templates] == ["/api/v1/campaigns/{campaign_id:int}/pull"]
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=1)
+    pulled = api.client.get(f"/api/v1/campaigns/{campaign_id}/pull", params={"recipient": "ann@example.com"}, headers=api.headers)
+    again = api.client.get(f"/api/v1/campaigns/{campaign_id}/pull", params={"recipient": "ANN@example.com"}, headers=api.headers)
+    assert pulled.status_code == 200 and again.json() == pulled.json()
+    not_an_id = api.client.get("/api/v1/campaigns/abc/pull", params={"recipient": "ann@example.com"}, headers=api.headers)
+    assert not_an_id.status_code == 404 and not_an_id.json()["reason"] == "not_found"  # the router's answer
+    too_big = api.client.get(f"/api/v1/campaigns/{2**40}/pull", params={"recipient": "a@b.co"}, headers=api.headers)
+    assert too_big.status_code == 404 and too_big.json()["reason"] == "not_found"  # path_int's, through the front
     unauthenticated = api.client.post("/api/v1/validate", json={"code": "X", "basket": BASKET})
     assert unauthenticated.status_code == 401 and unauthenticated.json()["reason"] == "unauthenticated"
     invalid = api.post("/validate", {"code": 5})
