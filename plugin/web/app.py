@@ -19,7 +19,7 @@ from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
 from plugin.ratelimit import FailureLimiter
 from plugin.settings import Settings
-from plugin.web import api, callbacks, install
+from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
 from plugin.web.hotpaths import App
@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
             HTTPException: http_error_handler,
         },
     )
-    app.add_hot_routes(api.hot_routes(api.PREFIX))
+    app.add_hot_routes([*api.hot_routes(api.PREFIX), *hooks.routes])  # platforms' order webhooks too
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)

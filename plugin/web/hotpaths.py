@@ -1,6 +1,7 @@
 """An ASGI front for the calls that are most of the traffic and whose latency people feel:
-the checkout calls (`POST /api/v1/validate`, `/redemptions`, `/reservations`) and the pull
-endpoint email platforms call once per recipient at send time.
+the checkout calls (`POST /api/v1/validate`, `/redemptions`, `/reservations`), the pull
+endpoint email platforms call once per recipient at send time, and the platforms' order
+webhooks (`POST /webhooks/{platform}`, answered within the platform's timeout).
 
 They go straight to their endpoint, skipping Starlette's middleware stack and its two levels of
 route matching (a third of the framework's cost per request). They answer exactly as through
