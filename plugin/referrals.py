@@ -87,14 +87,7 @@ def check_program(session: Session, *, shop_id: int, campaign_id: int) -> Referr
 
 def remember_address(session: Session, *, shop_id: int, referrer: str, address_key: str, now: datetime) -> None:
     """Keep an address fingerprint of the referrer's (once; repeats change nothing)."""
-    known = session.exec(
-        select(ReferrerAddress.id).where(
-            col(ReferrerAddress.shop_id) == shop_id,
-            col(ReferrerAddress.referrer) == referrer,
-            col(ReferrerAddress.address_key) == address_key,
-        )
-    ).first()
-    if known is not None:
+    if _gave_address(session, shop_id, referrer, address_key):
         return
     try:
         with session.begin_nested():
@@ -102,6 +95,18 @@ def remember_address(session: Session, *, shop_id: int, referrer: str, address_k
             session.flush()
     except IntegrityError:
         pass  # a concurrent claim with the same address stored it
+
+
+def _gave_address(session: Session, shop_id: int, referrer: str, address_key: str) -> bool:
+    """Whether the referrer gave this address fingerprint with a claim."""
+    found = session.exec(
+        select(ReferrerAddress.id).where(
+            col(ReferrerAddress.shop_id) == shop_id,
+            col(ReferrerAddress.referrer) == referrer,
+            col(ReferrerAddress.address_key) == address_key,
+        )
+    ).first()
+    return found is not None
 
 
 class SelfReferral(Conflict):
@@ -148,14 +153,7 @@ def is_referrers_address(
     shipped to by one of their own recorded orders (other than redemption `besides`)."""
     if address_key is None:
         return False
-    given = session.exec(
-        select(ReferrerAddress.id).where(
-            col(ReferrerAddress.shop_id) == shop_id,
-            col(ReferrerAddress.referrer) == referrer,
-            col(ReferrerAddress.address_key) == address_key,
-        )
-    ).first()
-    if given is not None:
+    if _gave_address(session, shop_id, referrer, address_key):
         return True
     if referrer.startswith("id:"):
         theirs = col(Redemption.customer_id) == referrer[3:]
