@@ -5,6 +5,8 @@ plus a bare Starlette JSON route (`POST /bare`, the ceiling), then loads it from
 process with `wrk` at 50 connections for a bounded time per route (10 s by default):
 
 - `POST /bare`: a constant JSON answer;
+- `POST /floor`: the request parsed with the validate model, one indexed SELECT of the code on
+  a raw sqlite3 connection, a JSON answer: what any validation costs at least;
 - `POST /api/v1/validate`: a full validation of a live code (API key, lookup, rules) — valid,
   so the brute-force limiter never steps in;
 - `POST /api/v1/redemptions`: a redemption per request (unique order ids on codes without a
@@ -36,9 +38,13 @@ from plugin.shops import ensure_local_shop
 CODES = 1_000
 
 SERVER = """
+import sqlite3
 import sys
 import uvicorn
 from bench.loadgen import LOOP
+from pydantic_core import to_json
+from starlette.responses import Response
+from plugin.web.schemas import ValidateRequest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -54,7 +60,22 @@ async def bare(request: Request) -> JSONResponse:
     return JSONResponse({"valid": True, "code": "BARE", "campaign_id": 1})
 
 
+# The floor: what any validation must do at least, with nothing of ours in between (no key,
+# limiter, normalisation or rules): parse the request with the same model, one indexed SELECT
+# on a connection of its own, encode an answer.
+floor_db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+FLOOR_SQL = ("SELECT c.id, c.status, c.uses, k.status, CAST(k.rules AS TEXT) FROM code c"
+             " JOIN campaign k ON k.id = c.campaign_id WHERE c.shop_id = 1 AND c.code = ?")
+
+
+async def floor(request: Request) -> Response:
+    body = ValidateRequest.model_validate_json(await request.body())
+    found = floor_db.execute(FLOOR_SQL, (body.code,)).fetchall()
+    return Response(to_json({"valid": bool(found), "code": body.code, "campaign_id": 1}), media_type="application/json")
+
+
 app.router.routes.insert(0, Route("/bare", bare, methods=["POST"]))
+app.router.routes.insert(0, Route("/floor", floor, methods=["POST"]))
 uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", workers=1,
             log_level="warning", access_log=False)
 """
@@ -130,10 +151,11 @@ def main(seconds: int = 10) -> int:
             check = httpx.post(base + "/api/v1/validate", json=validate[0], headers={"Authorization": f"Bearer {key}"})
             assert check.status_code == 200 and check.json()["valid"], check.text
 
-            for path, bodies in (("/bare", bare), ("/api/v1/validate", validate)):  # warm up
+            for path, bodies in (("/bare", bare), ("/floor", validate), ("/api/v1/validate", validate)):  # warm up
                 wrk(base, path, bodies, key, 2, workdir)
             results = {
                 "bare": wrk(base, "/bare", bare, key, seconds, workdir),
+                "floor": wrk(base, "/floor", validate, key, seconds, workdir),
                 "validate": wrk(base, "/api/v1/validate", validate, key, seconds, workdir),
                 "redemptions": wrk(base, "/api/v1/redemptions", redeem, key, seconds, workdir),
             }
@@ -142,12 +164,14 @@ def main(seconds: int = 10) -> int:
 
     print(header())
     show("POST /bare (ceiling)", results["bare"])
+    show("POST /floor (parse+SELECT)", results["floor"])
     show("POST /api/v1/validate", results["validate"])
     show("POST /api/v1/redemptions", results["redemptions"])
     ratio = results["validate"]["rps"] / results["bare"]["rps"]
     p99 = results["validate"]["p99_us"] / 1000
     print(f"validate / bare = {ratio:.2f} (target >= 0.60: {'met' if ratio >= 0.6 else 'NOT met'}); "
           f"validate p99 {p99:.2f} ms (target < 10 ms: {'met' if p99 < 10 else 'NOT met'})")  # fmt: skip
+    print(f"floor / bare = {results['floor']['rps'] / results['bare']['rps']:.2f} (every validation does this much and more)")
     print(f"redemptions/s = {results['redemptions']['rps']:,.0f}")
     bad = sum(r["non2xx"] + r["errors"] for r in results.values())
     return 1 if bad else 0
