@@ -26,15 +26,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, update
-from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from connectors.base import OrderEvent
 from plugin import codes, installs, outbox, sync, webhooks
 from plugin.connections import shop_connector
-from plugin.db import run, session_scope
+from plugin.db import Reader, read_cursor, run, session_scope
 from plugin.errors import InvalidInput
-from plugin.jobstore import aware
 from plugin.models import AuditEvent, Campaign, Code, Job, Shop, utcnow
 from plugin.orders import POLL_HEADER, Processor, polled_delivery, polled_delivery_id, polled_payload
 
@@ -44,6 +42,7 @@ if TYPE_CHECKING:
 RECONCILE = "reconcile"
 POLL_OVERLAP = timedelta(hours=1)
 _CHUNK = 500
+_PAGE = 20_000  # our codes compared per read
 
 
 def enqueue(session: Session, shop_id: int, *, since: datetime | None = None) -> int | None:
@@ -107,48 +106,67 @@ def _load(engine: Engine, shop_id: int | None) -> tuple[Shop, list[Campaign]]:
 
 
 def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str], now: datetime) -> dict[str, int]:
-    """Compare the campaign's codes with the platform's (normalised) and queue the repairs."""
-    missing: list[int] = []
-    extra: list[int] = []
-    pending = 0
-    ours: set[str] = set()
-    with session_scope(engine) as session:
-        rows = session.execute(
-            sa_select(col(Code.id), col(Code.code), col(Code.status), col(Code.expires_at), col(Code.sync_status)).where(
-                col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id
+    """Compare the campaign's codes with the platform's (normalised) and queue the repairs.
+
+    Our codes are read page by page (keyset on the id) in read transactions, and each page's
+    repairs are written in a short transaction of their own: a campaign of millions of codes
+    neither sits in memory nor holds SQLite's write lock (which every checkout and webhook
+    needs) for the whole comparison."""
+    figures = {"ours": 0, "on_platform": len(on_platform), "missing": 0, "extra": 0}
+    pending = 0  # live codes waiting for a push anyway: a push job is due
+    matched = 0  # our codes found on the platform (codes are unique per shop: each counts once)
+    after_id = 0
+    while True:
+        with read_cursor(engine) as reader:
+            page = reader.rows(
+                "SELECT id, code, status, expires_at, sync_status FROM code"
+                " WHERE campaign_id = ? AND shop_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (campaign_id, shop_id, after_id, _PAGE),
             )
-        ).all()
-        for code_id, code, status, expires_at, sync_status in rows:
-            assert code_id is not None
-            ours.add(code)
-            live = status == "active" and (expires_at is None or aware(expires_at) > now)
+        if not page:
+            break
+        after_id = int(page[-1][0])
+        missing: list[int] = []
+        extra: list[int] = []
+        for code_id, code, status, expires_at, sync_status in page:
+            expiry = Reader.as_instant(expires_at)
+            live = status == "active" and (expiry is None or expiry > now)
             present = code in on_platform
+            matched += present
             if live and not present and sync_status in ("synced", "deactivated"):
-                missing.append(code_id)
+                missing.append(int(code_id))
             elif not live and present:
-                extra.append(code_id)
+                extra.append(int(code_id))
             elif live and sync_status == "pending":
                 pending += 1
-        for start in range(0, len(missing), _CHUNK):
-            session.execute(
-                update(Code)
-                .where(col(Code.id).in_(missing[start : start + _CHUNK]))
-                .values(sync_status="pending", sync_error="missing on the platform (reconciliation)")
-            )
-        for start in range(0, len(extra), _CHUNK):
-            # the deactivate job takes synced codes that are voided or expired
-            session.execute(update(Code).where(col(Code.id).in_(extra[start : start + _CHUNK])).values(sync_status="synced"))
-        if missing or pending:
+        figures["ours"] += len(page)
+        figures["missing"] += len(missing)
+        figures["extra"] += len(extra)
+        if missing or extra:
+            with session_scope(engine) as session:  # the marks and their job commit together
+                _mark(session, missing, extra)
+                if missing:
+                    sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+                if extra:
+                    sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign_id)
+    if pending and not figures["missing"]:
+        with session_scope(engine) as session:
             sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
-        if extra:
-            sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign_id)
-    return {
-        "ours": len(ours),
-        "on_platform": len(on_platform),
-        "missing": len(missing),
-        "extra": len(extra),
-        "unknown": len(on_platform - ours),
-    }
+    figures["unknown"] = len(on_platform) - matched
+    return figures
+
+
+def _mark(session: Session, missing: list[int], extra: list[int]) -> None:
+    for start in range(0, len(missing), _CHUNK):
+        session.execute(
+            update(Code)
+            # only codes still as read: one whose sync status changed since (a push, a failure) keeps it
+            .where(col(Code.id).in_(missing[start : start + _CHUNK]), col(Code.sync_status).in_(("synced", "deactivated")))
+            .values(sync_status="pending", sync_error="missing on the platform (reconciliation)")
+        )
+    for start in range(0, len(extra), _CHUNK):
+        # the deactivate job takes synced codes that are voided or expired
+        session.execute(update(Code).where(col(Code.id).in_(extra[start : start + _CHUNK])).values(sync_status="synced"))
 
 
 async def _poll_orders(ctx: JobContext, shop: Shop, connector: Any, since: datetime) -> dict[str, int]:

@@ -171,3 +171,40 @@ async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
         )
         assert sorted(reconcile.due_shops(session, interval=timedelta(hours=6), now=utcnow())) == sorted([shop_id, other])
         assert session.exec(select(func.count()).select_from(Job)).one() >= 2
+
+
+@pytest.mark.parametrize("page", [3, 20_000])
+def test_the_comparison_pages_through_our_codes_with_the_same_result(
+    engine: Engine, shop_id: int, page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign is compared page by page (bounded memory, short write transactions); the
+    figures and repairs are those of one pass over every code, whatever the page size."""
+    monkeypatch.setattr(reconcile, "_PAGE", page)
+    campaign_id = make_campaign(engine, shop_id, count=10)
+    other_campaign = make_campaign(engine, shop_id, count=2, name="Other")  # never compared
+    rows = campaign_codes(engine, campaign_id)
+    now = utcnow()
+    with session_scope(engine) as session:
+        for n, row in enumerate(rows):
+            code = session.get_one(Code, row.id)
+            code.sync_status = "synced"
+            if n in (1, 2):  # voided, yet still on the platform: extra
+                code.status = "voided"
+            if n == 3:  # expired, still on the platform: extra
+                code.expires_at = now - timedelta(hours=1)
+            if n == 4:  # waiting for its first push: pending
+                code.sync_status = "pending"
+            session.add(code)
+    untouched = [(c.id, c.sync_status) for c in campaign_codes(engine, other_campaign)]
+    lost = {rows[n].code for n in (5, 6, 7)}  # live, synced, gone from the platform: missing
+    on_platform = {r.code for r in rows if r.code not in lost} | {"PLACEHOLDER", "SOMEONE-ELSES"}
+
+    figures = reconcile._repair(engine, shop_id, campaign_id, on_platform, now)
+
+    assert figures == {"ours": 10, "on_platform": 9, "missing": 3, "extra": 3, "unknown": 2}
+    statuses = {c.code: c.sync_status for c in campaign_codes(engine, campaign_id)}
+    assert {c for c, s in statuses.items() if s == "pending"} == lost | {rows[4].code}
+    assert [(c.id, c.sync_status) for c in campaign_codes(engine, other_campaign)] == untouched
+    with session_scope(engine) as session:
+        kinds = sorted(j.kind for j in session.exec(select(Job).where(col(Job.shop_id) == shop_id)).all())
+    assert kinds == sorted([sync.DEACTIVATE, sync.PUSH])
