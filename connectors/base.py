@@ -114,6 +114,15 @@ class ShippingAddress:
     postcode: str = ""
     country: str = ""
 
+    @classmethod
+    def from_fields(cls, value: Any, line1: str, line2: str, postcode: str, country: str) -> ShippingAddress | None:
+        """A platform's address object read by its own field names; None when it is absent or
+        blank (no shipping: a digital order, a pickup)."""
+        if not isinstance(value, Mapping):
+            return None
+        text = [str(value.get(name) or "") for name in (line1, line2, postcode, country)]
+        return cls(*text) if any(text) else None
+
 
 @dataclass(frozen=True)
 class OrderEvent:

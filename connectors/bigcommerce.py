@@ -559,9 +559,9 @@ class BigCommerceConnector:
             return None
         rows = _json_list(await self._request("GET", f"v2/orders/{order['id']}/shipping_addresses"))
         for row in sorted(rows, key=lambda r: int(r.get("id") or 0)):
-            text = [str(row.get(name) or "") for name in ("street_1", "street_2", "zip", "country_iso2")]
-            if any(text):
-                return ShippingAddress(*text)
+            address = ShippingAddress.from_fields(row, "street_1", "street_2", "zip", "country_iso2")
+            if address is not None:
+                return address
         return None
 
     def _order_event(

@@ -250,14 +250,9 @@ def _order_event(order: Mapping[str, Any], *, kind: OrderEventKind, shop: str, d
             channel=order.get("channel"),
             occurred_at=datetime.fromisoformat(occurred) if occurred else None,
             delivery_id=delivery_id,
-            shipping_address=_address(order.get("shipping_address")),
+            shipping_address=ShippingAddress.from_fields(
+                order.get("shipping_address"), "address1", "address2", "zip", "country_code"
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Rejected(f"malformed sandbox order: {exc}") from exc
-
-
-def _address(value: Any) -> ShippingAddress | None:
-    if not isinstance(value, Mapping):
-        return None
-    text = [str(value.get(name) or "") for name in ("address1", "address2", "zip", "country_code")]
-    return ShippingAddress(*text) if any(text) else None

@@ -651,7 +651,9 @@ class ShopifyConnector:
             channel=_str_or_none(payload.get("source_name")),
             occurred_at=_datetime(when or payload.get("processed_at") or payload.get("created_at")),
             delivery_id=delivery_id,
-            shipping_address=_address(payload.get("shipping_address"), "address1", "address2", "zip", "country_code"),
+            shipping_address=ShippingAddress.from_fields(
+                payload.get("shipping_address"), "address1", "address2", "zip", "country_code"
+            ),
         )
 
     async def register_webhooks(self, callback_url: str) -> dict[str, str]:
@@ -926,7 +928,9 @@ class ShopifyConnector:
             currency=currency,
             channel=_str_or_none(order.get("sourceName")),
             occurred_at=_datetime(order.get("cancelledAt") or order.get("processedAt")),
-            shipping_address=_address(order.get("shippingAddress"), "address1", "address2", "zip", "countryCodeV2"),
+            shipping_address=ShippingAddress.from_fields(
+                order.get("shippingAddress"), "address1", "address2", "zip", "countryCodeV2"
+            ),
         )
 
     async def fetch_shop(self) -> Json:
@@ -1178,14 +1182,6 @@ def _dict(value: Any) -> Json:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
-
-
-def _address(value: Any, line1: str, line2: str, postcode: str, country: str) -> ShippingAddress | None:
-    """A REST or GraphQL mailing address, by its field names; None when there is none."""
-    if not isinstance(value, dict):
-        return None
-    text = [str(value.get(name) or "") for name in (line1, line2, postcode, country)]
-    return ShippingAddress(*text) if any(text) else None
 
 
 def _iso(moment: datetime) -> str:

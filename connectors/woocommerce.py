@@ -453,7 +453,7 @@ class WooCommerceConnector:
             channel=order.get("created_via") or None,
             occurred_at=_parse_gmt(order.get("date_modified_gmt")),
             delivery_id=delivery_id,
-            shipping_address=_shipping(order.get("shipping")),
+            shipping_address=ShippingAddress.from_fields(order.get("shipping"), "address_1", "address_2", "postcode", "country"),
         )
 
     # --- internals: HTTP ------------------------------------------------------------------
@@ -618,11 +618,3 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-def _shipping(value: Any) -> ShippingAddress | None:
-    """The order's `shipping` object; None when absent or blank (a virtual order)."""
-    if not isinstance(value, Mapping):
-        return None
-    text = [str(value.get(name) or "") for name in ("address_1", "address_2", "postcode", "country")]
-    return ShippingAddress(*text) if any(text) else None

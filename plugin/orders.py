@@ -185,7 +185,7 @@ class Processor:
         for order_event in delivery.events:
             apply_order_event(
                 session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}",
-                address_secret=self.address_secret,
+                address_key=self.address_key(order_event),
             )  # fmt: skip
         if outcome.deferred:
             return "deferred", outcome
@@ -218,7 +218,7 @@ class Processor:
             for order_event in delivery.events:
                 apply_order_event(
                     session, shop_id, order_event, outcome, now=now, actor=f"webhook:{event.platform}",
-                    address_secret=self.address_secret,
+                    address_key=self.address_key(order_event),
                 )  # fmt: skip
             _finish(session, event, "deferred" if outcome.deferred else "processed", outcome)
             applied.append(event.id)
@@ -258,10 +258,10 @@ def apply_order_event(
     *,
     now: datetime,
     actor: str,
-    address_secret: bytes | None = None,
+    address_key: str | None = None,
 ) -> None:
-    """Record (or roll back) one order event's code uses. With `address_secret` the order's
-    shipping address is kept as its fingerprint on each redemption (self-referral by address)."""
+    """Record (or roll back) one order event's code uses; `address_key`, the fingerprint of the
+    order's shipping address, is kept on each redemption (self-referral by address)."""
     outcome.order_id = event.order_id
     keys = [codes.normalise_generic(use.code) for use in event.codes]
     if event.kind in ROLLBACK_KINDS:
@@ -269,7 +269,6 @@ def apply_order_event(
         return
     if event.kind not in REDEEM_KINDS:
         return
-    address_key = addresses.fingerprint(address_secret, event.shipping_address) if address_secret else None
     for use, key in zip(event.codes, keys, strict=True):
         try:
             result = record_redemption(
