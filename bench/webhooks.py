@@ -33,13 +33,14 @@ SECRET_KEY = "bench-secret-key-0123456789"
 SHOP = "local.couponry.test"
 
 
-def settings_for(db_url: str, port: int, sandbox: bool):  # type: ignore[no-untyped-def]
+def settings_for(db_url: str, port: int, sandbox: bool, processing: str = "web"):  # type: ignore[no-untyped-def]
     from plugin.settings import Secret, Settings
 
     return Settings(
         database_url=db_url,
         secret_key=Secret(SECRET_KEY),
         run_worker_in_process=False,
+        webhook_processing=processing,
         sandbox_enabled=sandbox,
         public_url=f"http://127.0.0.1:{port}",
         log_level="warning",
@@ -68,16 +69,24 @@ def serve_bare(port: int, secret: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", log_level="warning", access_log=False)
 
 
-def serve_app(port: int, db_url: str, sandbox: bool) -> None:
+def serve_app(port: int, db_url: str, sandbox: bool, processing: str = "web") -> None:
     import uvicorn
 
     from bench.loadgen import LOOP
     from plugin.db import make_engine
     from plugin.web.app import create_app
 
-    settings = settings_for(db_url, port, sandbox)
+    settings = settings_for(db_url, port, sandbox, processing)
     app = create_app(settings, engine=make_engine(db_url))
     uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", log_level="warning", access_log=False)
+
+
+def serve_worker(port: int, db_url: str) -> None:
+    """`couponry worker`, as the Procfile's worker runs it beside the web process."""
+    from plugin.db import make_engine
+    from plugin.worker import serve_worker
+
+    asyncio.run(serve_worker(settings_for(db_url, port, False, "worker"), make_engine(db_url)))
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -171,65 +180,95 @@ def prepare_db(db_url: str, codes: int) -> tuple[int, int]:
 
 
 def bench_webhooks(args: argparse.Namespace, tmp: Path) -> None:
+    import shutil
+
+    from sqlmodel import Session, col, select
+
+    from plugin.db import make_engine
+    from plugin.models import Code
+    from plugin.sandbox import keys
+
+    template = tmp / "template.db"
+    _, campaign_id = prepare_db(f"sqlite:///{template}", args.orders)
+    engine = make_engine(f"sqlite:///{template}")
+    with Session(engine) as session:
+        codes = list(session.exec(select(Code.code).where(col(Code.campaign_id) == campaign_id)).all())
+    engine.dispose()
+    settings = settings_for(f"sqlite:///{template}", 8702, sandbox=False)
+    requests = build_requests(settings, codes, duplicates=0.1)
+    ctx = multiprocessing.get_context("spawn")
+
+    bare = _run_bare(ctx, requests, args.connections, keys.webhook_secret(settings))
+    for processing in args.processing:
+        db = tmp / f"webhooks-{processing}.db"
+        shutil.copy(template, db)  # the same fresh codes for every run
+        db_url = f"sqlite:///{db}"
+        servers = [ctx.Process(target=serve_app, args=(8702, db_url, False, processing), daemon=True)]
+        if processing == "worker":
+            servers.append(ctx.Process(target=serve_worker, args=(8702, db_url), daemon=True))
+        label = {"web": "couponry, web processes", "worker": "couponry, web + worker"}[processing]
+        rate = _run_app(ctx, servers, requests, args.connections, db_url, label, len(codes))
+        print(f"ratio {label} / bare = {rate / bare:.2f} (target >= 0.40)")
+
+
+def _run_bare(ctx, requests: list[bytes], connections: int, secret: str) -> float:  # type: ignore[no-untyped-def]
+    proc = ctx.Process(target=serve_bare, args=(8701, secret), daemon=True)
+    proc.start()
+    try:
+        wait_for(8701)
+        asyncio.run(load(8701, requests[:200], 10))
+        seconds, statuses = asyncio.run(load(8701, requests, connections))
+    finally:
+        proc.terminate()
+        proc.join()
+    rate = len(requests) / seconds
+    bad = sum(1 for s in statuses if s != 200)
+    print(f"{'bare HMAC route':32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad})")
+    return rate
+
+
+def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url: str, label: str, orders: int) -> float:  # type: ignore[no-untyped-def]
     from sqlalchemy import func
     from sqlmodel import Session, col, select
 
     from plugin.db import make_engine
-    from plugin.models import Code, Redemption, WebhookEvent
+    from plugin.models import Redemption, WebhookEvent
 
-    db_url = f"sqlite:///{tmp / 'webhooks.db'}"
-    _, campaign_id = prepare_db(db_url, args.orders)
     engine = make_engine(db_url)
-    with Session(engine) as session:
-        codes = list(session.exec(select(Code.code).where(col(Code.campaign_id) == campaign_id)).all())
-    settings = settings_for(db_url, 8702, sandbox=False)
-    requests = build_requests(settings, codes, duplicates=0.1)
-    ctx = multiprocessing.get_context("spawn")
-    from plugin.sandbox import keys
-
-    results: dict[str, float] = {}
-    for name, target, targs, port in (
-        ("bare HMAC route", serve_bare, (8701, keys.webhook_secret(settings)), 8701),
-        ("couponry /webhooks/sandbox", serve_app, (8702, db_url, False), 8702),
-    ):
-        proc = ctx.Process(target=target, args=targs, daemon=True)
+    for proc in servers:
         proc.start()
-        try:
-            wait_for(port)
-            asyncio.run(load(port, requests[:200], 10))  # warm up (the app ignores these after: duplicates)
-            start = time.perf_counter()
-            seconds, statuses = asyncio.run(load(port, requests, args.connections))
-            answered = seconds
-            if name.startswith("couponry"):
-                # end to end: the clock stops once every stored delivery is processed (its
-                # redemptions committed), not when the last 200 came back
-                while True:
-                    with Session(engine) as session:
-                        waiting = session.exec(
-                            select(func.count())
-                            .select_from(WebhookEvent)
-                            .where(col(WebhookEvent.status).in_(["received", "processing"]))
-                        ).one()
-                    if not waiting:
-                        break
-                    time.sleep(0.005)
-                seconds = time.perf_counter() - start
-            bad = sum(1 for s in statuses if s != 200)
-            rate = len(requests) / seconds
-            results[name] = rate
-            print(
-                f"{name:32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad}; "
-                f"all answered after {answered:.2f}s)"
-            )
-        finally:
+    try:
+        wait_for(8702)
+        asyncio.run(load(8702, requests[:200], 10))  # warm up (the app ignores these after: duplicates)
+        start = time.perf_counter()
+        answered, statuses = asyncio.run(load(8702, requests, connections))
+        # end to end: the clock stops once every stored delivery is processed (its redemptions
+        # committed), not when the last 200 came back
+        while True:
+            with Session(engine) as session:
+                waiting = session.exec(
+                    select(func.count()).select_from(WebhookEvent).where(col(WebhookEvent.status).in_(["received", "processing"]))
+                ).one()
+            if not waiting:
+                break
+            time.sleep(0.005)
+        seconds = time.perf_counter() - start
+    finally:
+        for proc in servers:
             proc.terminate()
             proc.join()
+    bad = sum(1 for s in statuses if s != 200)
+    rate = len(requests) / seconds
+    print(
+        f"{label:32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad}; "
+        f"all answered after {answered:.2f}s)"
+    )
     with Session(engine) as session:
         redemptions = session.exec(select(func.count()).select_from(Redemption)).one()
         events = session.exec(select(func.count()).select_from(WebhookEvent)).one()
-    print(f"stored deliveries {events}, redemptions {redemptions} (orders {len(codes)})")
-    ratio = results["couponry /webhooks/sandbox"] / results["bare HMAC route"]
-    print(f"ratio app / bare = {ratio:.2f} (target >= 0.40)")
+    engine.dispose()
+    print(f"{'':32s} stored deliveries {events}, redemptions {redemptions} (orders {orders})")
+    return rate
 
 
 def bench_push(args: argparse.Namespace, tmp: Path) -> None:
@@ -276,7 +315,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--codes", type=int, default=20000)
     parser.add_argument("--only", choices=["webhooks", "push"], default=None)
+    parser.add_argument(
+        "--processing",
+        choices=["web", "worker"],
+        action="append",
+        help="who processes deliveries: the web process (embedded default) or a worker process beside it "
+        "(the Procfile); both unless given",
+    )
     args = parser.parse_args()
+    args.processing = args.processing or ["web", "worker"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         if args.only in (None, "webhooks"):

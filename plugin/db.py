@@ -227,6 +227,29 @@ def _pooled_read(engine: Engine) -> Iterator[Reader]:
 
 
 @contextmanager
+def write_cursor(engine: Engine) -> Iterator[Reader]:
+    """One write transaction on a pooled DBAPI connection, without the ORM or Core machinery
+    (`BEGIN IMMEDIATE` on SQLite, as every writer here): committed when the block ends,
+    rolled back if it raises. For hot-path writes whose statements `Reader` can speak."""
+    sqlite = is_sqlite(engine)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield Reader(cursor, sqlite)
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+
+
+@contextmanager
 def session_reader(session: Session) -> Iterator[Reader]:
     """A `Reader` inside the session's own transaction (it sees the session's flushed writes)."""
     conn = session.connection()

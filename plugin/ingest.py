@@ -32,12 +32,14 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy import Engine, bindparam, func, select, update
 
 from connectors.base import Delivery
+from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
 from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
-from plugin.db import is_sqlite, run, session_scope
+from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor
 from plugin.models import WebhookEvent, utcnow
 from plugin.orders import REDEEM_KINDS, Outcome, Processor
 
@@ -64,9 +66,13 @@ class Ingest:
         min_batch: int = 200,
         linger: float = 0.02,
         max_waiting: int = 20000,
+        process_here: bool = True,
     ) -> None:
         self.processor = processor
         self.engine = processor.engine
+        # False: the worker processes (`intake`); this process only stores, and waits for the
+        # write lock in a thread, as the worker (another process) holds it while it processes
+        self.process_here = process_here
         self.max_batch = max_batch
         self.min_batch = min_batch  # the processor waits up to `linger` seconds for this many
         self.linger = linger
@@ -85,10 +91,9 @@ class Ingest:
         self._store_wake = asyncio.Event()
         self._process_wake = asyncio.Event()
         self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._writer(), name="webhook-writer"),
-            asyncio.create_task(self._processor(), name="webhook-processor"),
-        ]
+        self._tasks = [asyncio.create_task(self._writer(), name="webhook-writer")]
+        if self.process_here:
+            self._tasks.append(asyncio.create_task(self._processor(), name="webhook-processor"))
 
     async def stop(self) -> None:
         """Commit what is queued and process what was received, then stop."""
@@ -121,8 +126,8 @@ class Ingest:
         return await future
 
     def submit(self, event_id: int, delivery: Delivery, shop_id: int) -> bool:
-        """Hand a stored delivery to the processor; False when it is left to the sweep."""
-        if not self._tasks or self._process_wake is None or len(self._received) >= self.max_waiting:
+        """Hand a stored delivery to the processor; False when it is left to the worker."""
+        if not self.process_here or self._process_wake is None or len(self._received) >= self.max_waiting:
             return False
         self._received.append(Received(event_id, delivery, shop_id))
         self._process_wake.set()
@@ -143,7 +148,8 @@ class Ingest:
             rows = [row for row, _ in batch]
             self._busy += 1
             try:
-                results = await run(self.engine, partial(_store, self.engine, rows))
+                store = partial(_store, self.engine, rows)
+                results = await (run(self.engine, store) if self.process_here else anyio.to_thread.run_sync(store))
             except Exception as exc:  # the requests answer 5xx; the platform sends them again
                 log.exception("storing %s webhook deliveries failed", len(batch))
                 for _, future in batch:
@@ -188,26 +194,63 @@ class Ingest:
             await asyncio.sleep(min(0.002, self.linger))
 
     async def process(self, batch: Sequence[Received]) -> None:
-        """Process received deliveries: redemptions set-based in one transaction; the rest one by one."""
-        bulk = [r for r in batch if _batchable(r.delivery)]
-        single = [r for r in batch if not _batchable(r.delivery)]
-        if bulk:
-            try:
-                orders = await run(self.engine, lambda: apply_batch(self.processor, bulk, utcnow()))
-            except Exception:
-                log.warning("a batch of %s deliveries failed; processing them one by one", len(bulk), exc_info=True)
-                single = bulk + single
-            else:
-                if orders and not is_sqlite(self.engine):
-                    # as Processor.process does: a cancellation committed beside our batch,
-                    # unseen by it, is applied now
-                    await run(self.engine, lambda: self._after_commit(orders))
-        for r in single:
-            await self.processor.process(r.event_id, delivery=r.delivery, shop_id=r.shop_id)
+        await process_batch(self.processor, batch)
 
-    def _after_commit(self, orders: set[tuple[int, str]]) -> None:
-        for shop_id, order_id in sorted(_with_deferred(self.engine, orders)):
-            self.processor._after_commit(shop_id, Outcome(order_id=order_id))
+
+async def process_batch(processor: Processor, batch: Sequence[Received]) -> None:
+    """Process received deliveries: redemptions set-based in one transaction; the rest one by one."""
+    engine = processor.engine
+    bulk = [r for r in batch if _batchable(r.delivery)]
+    single = [r for r in batch if not _batchable(r.delivery)]
+    if bulk:
+        try:
+            orders = await run(engine, lambda: apply_batch(processor, bulk, utcnow()))
+        except Exception:
+            log.warning("a batch of %s deliveries failed; processing them one by one", len(bulk), exc_info=True)
+            single = bulk + single
+        else:
+            if orders and not is_sqlite(engine):
+                # as Processor.process does: a cancellation committed beside our batch, unseen
+                # by it, is applied now
+                await run(engine, lambda: _after_commit(processor, orders))
+    for r in single:
+        await processor.process(r.event_id, delivery=r.delivery, shop_id=r.shop_id)
+
+
+def _after_commit(processor: Processor, orders: set[tuple[int, str]]) -> None:
+    for shop_id, order_id in sorted(_with_deferred(processor.engine, orders)):
+        processor._after_commit(shop_id, Outcome(order_id=order_id))
+
+
+async def intake(processor: Processor, *, limit: int = 500) -> int:
+    """Process the oldest deliveries waiting `received`, `limit` at most, as one batch: the
+    worker's share when the web processes only store (`webhook_processing = "worker"`).
+    Returns how many it took; concurrent intakes skip each other's (apply_batch's claim)."""
+    engine = processor.engine
+    waiting = await run(engine, lambda: _waiting(engine, limit))
+    batch: list[Received] = []
+    for event_id, platform, headers, payload, shop_id in waiting:
+        try:
+            delivery = processor.parse_stored(platform, headers, payload)
+        except ConnectorError:
+            delivery = None
+        if delivery is None or shop_id is None:
+            await processor.process(event_id)  # one by one: it records why it fails
+            continue
+        batch.append(Received(event_id, delivery, shop_id))
+    await process_batch(processor, batch)
+    return len(waiting)
+
+
+def _waiting(engine: Engine, limit: int) -> list[tuple[int, str, dict[str, str], str, int | None]]:
+    with read_session(engine) as session:
+        rows = session.execute(
+            select(_event.c.id, _event.c.platform, _event.c.headers, _event.c.payload, _event.c.shop_id)
+            .where(_event.c.status == "received")
+            .order_by(_event.c.received_at)
+            .limit(limit)
+        ).all()
+    return [(int(r.id), r.platform, r.headers, r.payload, r.shop_id) for r in rows]
 
 
 def _batchable(delivery: Delivery) -> bool:
@@ -219,8 +262,8 @@ def _batchable(delivery: Delivery) -> bool:
 
 
 def _store(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]:
-    with engine.begin() as conn:
-        return webhooks.store_deliveries(conn, rows)
+    with write_cursor(engine) as db:
+        return webhooks.store_deliveries(db, rows)
 
 
 def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) -> set[tuple[int, str]]:
@@ -229,15 +272,18 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
     with session_scope(processor.engine) as session:
         conn = session.connection()
         ids = [r.event_id for r in batch]
+        # coalesce() on a NOT NULL column changes nothing but keeps SQLite (without statistics)
+        # on the primary key instead of scanning every received row; on PostgreSQL, rows another
+        # worker's batch holds are skipped, not waited for (its commit makes them processed)
+        unclaimed = (
+            select(_event.c.id)
+            .where(_event.c.id.in_(ids), func.coalesce(_event.c.status, "") == "received")
+            .with_for_update(skip_locked=True)
+        )
         claimed = {
             int(i)
             for (i,) in conn.execute(
-                update(_event)
-                # coalesce() on a NOT NULL column changes nothing but keeps SQLite (without
-                # statistics) on the primary key instead of scanning every received row
-                .where(_event.c.id.in_(ids), func.coalesce(_event.c.status, "") == "received")
-                .values(status="processing")
-                .returning(_event.c.id)
+                update(_event).where(_event.c.id.in_(unclaimed)).values(status="processing").returning(_event.c.id)
             )
         }
         mine = [r for r in batch if r.event_id in claimed]

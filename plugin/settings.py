@@ -28,6 +28,9 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+WEBHOOK_PROCESSING = ("web", "worker")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///couponry.db"
@@ -37,6 +40,9 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     secret_key: Secret = field(default_factory=lambda: Secret("dev-" + secrets.token_hex(16)))
     run_worker_in_process: bool = True
+    # who turns stored order webhooks into redemptions: the web process that received them
+    # ("web"), or the worker processes ("worker": web processes only verify and store)
+    webhook_processing: str = "web"
     sandbox_enabled: bool = True
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
@@ -44,6 +50,10 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
+
+    def __post_init__(self) -> None:
+        if self.webhook_processing not in WEBHOOK_PROCESSING:
+            raise ValueError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
 
     @property
     def is_sqlite(self) -> bool:
@@ -88,6 +98,7 @@ class Settings:
             public_url=(get("PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
             secret_key=Secret(secret),
             run_worker_in_process=_bool(get("IN_PROCESS_WORKER", "true") or "true"),
+            webhook_processing=get("WEBHOOK_PROCESSING", "web") or "web",
             sandbox_enabled=_bool(get("SANDBOX", "true") or "true"),
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",

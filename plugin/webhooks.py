@@ -7,6 +7,8 @@ duplicates of one delivery all land on the same row (at most once).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +16,16 @@ from typing import Any
 from sqlalchemy import func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from plugin.db import Reader
 from plugin.errors import InvalidInput, NotFound
 from plugin.models import AuditEvent, Redemption, WebhookEvent, utcnow
 
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("received", "processed", "deferred", "failed", "ignored")
-_SECRET_HEADER_WORDS = ("hmac", "signature", "authorization", "cookie", "token", "secret")
+_SECRET_HEADER = re.compile("hmac|signature|authorization|cookie|token|secret")
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -31,7 +33,7 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     kept = {}
     for name, value in headers.items():
         lower = name.lower()
-        if (lower.startswith("x-") or lower == "content-type") and not any(w in lower for w in _SECRET_HEADER_WORDS):
+        if (lower.startswith("x-") or lower == "content-type") and _SECRET_HEADER.search(lower) is None:
             kept[lower] = value
     return kept
 
@@ -101,30 +103,53 @@ def delivery_values(
     }
 
 
-def store_deliveries(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
-    """Store many verified deliveries in one statement (the caller commits once for all: a
-    group commit); for each row, in order, (its id, whether this call stored it).
+_STORED = (
+    "platform",
+    "delivery_id",
+    "topic",
+    "shop_id",
+    "payload",
+    "headers",
+    "status",
+    "error",
+    "flagged",
+    "outcome",
+    "unknown_codes",
+    "received_at",
+)
+_JSON_COLUMNS = ("headers", "outcome")
+_INSERT_CHUNK = 500  # rows per INSERT: 6,000 parameters, under every driver's limit
+
+
+def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """Store many verified deliveries (rows of `delivery_values`) in the caller's write
+    transaction, which commits once for all (a group commit): for each row, in order, (its id,
+    whether this call stored it). Raw statements: this is the webhook hot path.
 
     Duplicates within `rows` and of stored deliveries insert nothing; the first of a repeated
     delivery id in `rows` is the one reported as new."""
     first: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         first.setdefault((row["platform"], row["delivery_id"]), row)
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = (
-        insert(_event)
-        .on_conflict_do_nothing(index_elements=["platform", "delivery_id"])
-        .returning(_event.c.id, _event.c.platform, _event.c.delivery_id)
-    )
-    new = {(r.platform, r.delivery_id): int(r.id) for r in conn.execute(stmt, list(first.values()))}
+    unique = list(first.values())
+    new: dict[tuple[str, str], int] = {}
+    for start in range(0, len(unique), _INSERT_CHUNK):
+        chunk = unique[start : start + _INSERT_CHUNK]
+        sql = (
+            f"INSERT INTO {_event.name} ({', '.join(_STORED)}) VALUES {', '.join([_row_placeholders(db)] * len(chunk))}"
+            " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
+        )
+        params = [value for row in chunk for value in _bound(db, row)]
+        new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in db.rows(sql, params)})
     ids = dict(new)
     missing = [key for key in first if key not in ids]
     for platform in {p for p, _ in missing}:
         wanted = [d for p, d in missing if p == platform]
-        found = conn.execute(
-            select(_event.c.id, _event.c.delivery_id).where(_event.c.platform == platform, _event.c.delivery_id.in_(wanted))
+        found = db.rows(
+            f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({', '.join('?' * len(wanted))})",
+            [platform, *wanted],
         )
-        ids.update({(platform, r.delivery_id): int(r.id) for r in found})
+        ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
     out: list[tuple[int, bool]] = []
     reported: set[tuple[str, str]] = set()
     for row in rows:
@@ -133,6 +158,22 @@ def store_deliveries(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[t
         reported.add(key)
         out.append((ids[key], created))
     return out
+
+
+def _row_placeholders(db: Reader) -> str:
+    # PostgreSQL wants JSON parameters cast; SQLite keeps JSON as text
+    marks = ["CAST(? AS JSON)" if not db.sqlite and name in _JSON_COLUMNS else "?" for name in _STORED]
+    return f"({', '.join(marks)})"
+
+
+def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
+    values = [row[name] for name in _STORED]
+    for i, name in enumerate(_STORED):
+        if name in _JSON_COLUMNS:
+            values[i] = json.dumps(values[i])
+        elif name == "received_at":
+            values[i] = db.instant(values[i])
+    return values
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ class Worker:
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 1.0
     sweep_interval: float = 10.0
+    # with `webhook_processing = "worker"`, how long the intake waits when no delivery waits
+    intake_interval: float = 0.1
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -95,6 +97,17 @@ class Worker:
 
     async def run(self) -> None:
         log.info("worker %s started", self.worker_id)
+        intake = None
+        if self.ctx.settings.webhook_processing == "worker":
+            intake = asyncio.create_task(self._intake(), name="webhook-intake")
+        try:
+            await self._jobs()
+        finally:
+            if intake is not None:
+                await intake  # it stops at its next batch boundary
+        log.info("worker %s stopped", self.worker_id)
+
+    async def _jobs(self) -> None:
         while not self.stopping:
             try:
                 ran = await self.run_once()
@@ -107,7 +120,23 @@ class Worker:
                 self._wake.clear()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-        log.info("worker %s stopped", self.worker_id)
+
+    async def _intake(self) -> None:
+        """Turn stored order webhooks into redemptions, a batch at a time, beside the jobs: a
+        long push must not hold up redemptions."""
+        from plugin.ingest import intake
+        from plugin.orders import Processor
+
+        processor = Processor(self.ctx.engine, self.ctx.settings, self.ctx.http)
+        while not self.stopping:
+            try:
+                took = await intake(processor)
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("webhook intake error")
+                took = 0
+            if not took:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.intake_interval)
 
     async def run_once(self) -> bool:
         """Claim and run one job; False when none was due."""

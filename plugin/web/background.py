@@ -27,7 +27,8 @@ class Background:
         self.settings = settings
         self.engine = engine
         self.processor = Processor(engine, settings)
-        self.ingest = Ingest(self.processor)  # webhook deliveries: group commit, batch processing
+        # webhook deliveries: group commit, then batch processing here or by the workers
+        self.ingest = Ingest(self.processor, process_here=settings.webhook_processing == "web")
         self.deliverer: Deliverer | None = None
         self.worker: Worker | None = None
         if settings.sandbox_enabled:

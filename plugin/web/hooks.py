@@ -7,7 +7,8 @@
    commit), so concurrent requests share one write and one fsync.
 3. We answer 2xx once that commit is done: platforms time out after a few seconds
    (Shopify: 5) and count slow answers as failures.
-4. The ingest processor turns new deliveries into redemptions in batches, in this process.
+4. The ingest processor turns new deliveries into redemptions in batches, in this process;
+   or, with `webhook_processing = "worker"`, the workers' intake does (`plugin.ingest.intake`).
    If the process dies between 3 and 4, the delivery stays `received` and the worker's sweep
    processes it a few seconds later: the stored row is its own outbox entry, so the hot path
    costs one write instead of two. Processing is guarded, so the batch and a sweep never
@@ -112,14 +113,15 @@ async def receive(request: Request) -> Response:
     ingest: Ingest = request.app.state.background.ingest
     event_id, created = await ingest.store(row)  # committed (with its batch) before we answer
     answer = delivery.response_status if delivery else 200
-    fresh = created and status == "received" and delivery is not None and shop_id is not None
-    if fresh and delivery is not None and shop_id is not None and not ingest.submit(event_id, delivery, shop_id):
-        # no pipeline running (or it is full): process it after the answer, as before
-        return Response(
-            status_code=answer,
-            background=BackgroundTask(processor.process, event_id, delivery=delivery, shop_id=shop_id),
-        )
-    return Response(status_code=answer)
+    if not created or status != "received" or delivery is None or shop_id is None:
+        return Response(status_code=answer)
+    if ingest.submit(event_id, delivery, shop_id) or not ingest.process_here:
+        return Response(status_code=answer)  # the pipeline, or the workers, process it
+    # no pipeline running (or it is full): process it after the answer, one by one
+    return Response(
+        status_code=answer,
+        background=BackgroundTask(processor.process, event_id, delivery=delivery, shop_id=shop_id),
+    )
 
 
 routes = [Route("/webhooks/{platform}", receive, methods=["POST"])]
