@@ -80,9 +80,7 @@ async def test_a_delivery_that_does_not_parse_is_marked_failed_by_the_intake(
     assert event.status == "failed" and event.error and "JSON" in event.error
 
 
-async def test_intakes_running_at_once_record_every_order_exactly_once(
-    engine: Engine, shop_id: int, settings: Settings
-) -> None:
+async def test_intakes_running_at_once_record_every_order_exactly_once(engine: Engine, shop_id: int, settings: Settings) -> None:
     settings = sandbox_settings(settings, webhook_processing="worker")
     campaign_id = make_campaign(engine, shop_id, count=120)
     codes = [c.code for c in campaign_codes(engine, campaign_id)]
