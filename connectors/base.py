@@ -185,6 +185,12 @@ class ShopConnector(Protocol):
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         """Turn a verified delivery into neutral form."""
 
+    def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        """What storing a verified delivery needs, as `parse_webhook` would say it: its id, topic,
+        shop, kind and the answer it wants; its events may be left out, and so may errors in
+        them (whoever processes the delivery parses the stored payload whole). Platforms whose
+        delivery id or shop is only in the body parse it whole here too."""
+
     async def ensure_discount(self, spec: DiscountSpec) -> str:
         """Create (or update, when spec.platform_discount_id is set) the platform discount; return its id."""
 

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
@@ -103,20 +104,23 @@ class SandboxConnector:
             raise BadSignature("webhook signature does not match")
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        head = self.identify_webhook(headers, body)
+        if head.kind != "order":
+            return head
+        try:
+            order = json.loads(body)
+        except ValueError as exc:
+            raise Rejected(f"webhook body is not JSON: {exc}") from exc
+        event = _order_event(order, kind=TOPIC_KINDS[head.topic], shop=head.shop, delivery_id=head.delivery_id)
+        return replace(head, events=(event,))
+
+    def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         topic = _header(headers, "X-Sandbox-Topic") or ""
         shop = _header(headers, "X-Sandbox-Shop-Domain") or ""
         delivery_id = _header(headers, "X-Sandbox-Delivery-Id") or ""
         if not delivery_id:
             raise Rejected("missing X-Sandbox-Delivery-Id header")
-        kind = TOPIC_KINDS.get(topic)
-        if kind is None:
-            return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="other")
-        try:
-            order = json.loads(body)
-        except ValueError as exc:
-            raise Rejected(f"webhook body is not JSON: {exc}") from exc
-        event = _order_event(order, kind=kind, shop=shop, delivery_id=delivery_id)
-        return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order", events=(event,))
+        return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order" if topic in TOPIC_KINDS else "other")
 
     # --- codes out ---------------------------------------------------------------------------
 

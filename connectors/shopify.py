@@ -588,14 +588,15 @@ class ShopifyConnector:
         if not hmac.compare_digest(digest, given.strip().encode()):
             raise BadSignature("Shopify webhook signature does not match")
 
+    def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
+        topic, shop, delivery_id = _head(headers, body)
+        if not shop:  # only its payload names the shop
+            return self.parse_webhook(headers, body)
+        kind = "order" if topic in _ORDER_TOPICS else _TOPIC_KINDS.get(topic, "other")
+        return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind=kind)
+
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
-        topic = (_header(headers, "X-Shopify-Topic") or "").strip()
-        shop = (_header(headers, "X-Shopify-Shop-Domain") or "").strip().lower()
-        delivery_id = (
-            _header(headers, "X-Shopify-Webhook-Id")
-            or _header(headers, "X-Shopify-Event-Id")
-            or "sha256:" + hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
-        ).strip()
+        topic, shop, delivery_id = _head(headers, body)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -1134,6 +1135,18 @@ def _multi(params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
     for key, value in params:
         multi.setdefault(str(key), []).append(str(value))
     return multi
+
+
+def _head(headers: Mapping[str, str], body: bytes) -> tuple[str, str, str]:
+    """A delivery's topic, shop domain (when its headers say it) and id."""
+    topic = (_header(headers, "X-Shopify-Topic") or "").strip()
+    shop = (_header(headers, "X-Shopify-Shop-Domain") or "").strip().lower()
+    delivery_id = (
+        _header(headers, "X-Shopify-Webhook-Id")
+        or _header(headers, "X-Shopify-Event-Id")
+        or "sha256:" + hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
+    ).strip()
+    return topic, shop, delivery_id
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -83,8 +83,11 @@ async def receive(request: Request) -> Response:
 
     delivery: Delivery | None = None
     error: str | None = None
+    ingest: Ingest = request.app.state.background.ingest
     try:
-        delivery = connector.parse_webhook(request.headers, body)
+        # processed here: parsed whole now; by the workers: they parse the stored payload
+        read = connector.parse_webhook if ingest.process_here else connector.identify_webhook
+        delivery = read(request.headers, body)
     except ConnectorError as exc:
         error = f"could not parse the delivery: {exc}"
     delivery_id = delivery.delivery_id if delivery else "sha256:" + hashlib.sha256(body).hexdigest()
@@ -110,7 +113,6 @@ async def receive(request: Request) -> Response:
         status=status,
         error=error,
     )
-    ingest: Ingest = request.app.state.background.ingest
     event_id, created = await ingest.store(row)  # committed (with its batch) before we answer
     answer = delivery.response_status if delivery else 200
     if not created or status != "received" or delivery is None or shop_id is None:

@@ -37,14 +37,22 @@ class App(Starlette):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hot_paths: dict[tuple[str, str], Endpoint] = {}  # (method, path) without parameters
-        self.hot_templates: list[Route] = []  # paths with parameters, matched in order
+        # (method, "/prefix/") -> (endpoint, name) for paths "/prefix/{name}": a last segment
+        # taken whole, as the str convertor takes it, found without a regular expression
+        self.hot_tails: dict[tuple[str, str], tuple[Endpoint, str]] = {}
+        self.hot_templates: list[Route] = []  # other paths with parameters, matched in order
 
     def add_hot_routes(self, routes: list[Route]) -> None:
         for route in routes:
-            if route.param_convertors:
-                self.hot_templates.append(route)
+            methods = route.methods or ()
+            prefix, _, last = route.path.rpartition("/")
+            name = last[1:-1]
+            if not route.param_convertors:
+                self.hot_paths.update({(method, route.path): route.endpoint for method in methods})
+            elif list(route.param_convertors) == [name] and last == f"{{{name}}}" and "{" not in prefix:
+                self.hot_tails.update({(method, prefix + "/"): (route.endpoint, name) for method in methods})
             else:
-                self.hot_paths.update({(method, route.path): route.endpoint for method in route.methods or ()})
+                self.hot_templates.append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._hot(scope) if scope["type"] == "http" else None
@@ -60,6 +68,11 @@ class App(Starlette):
         endpoint = self.hot_paths.get((scope["method"], scope["path"]))
         if endpoint is not None:
             return endpoint
+        head, _, tail = scope["path"].rpartition("/")
+        tailed = self.hot_tails.get((scope["method"], head + "/")) if tail else None
+        if tailed is not None:
+            scope.update(endpoint=tailed[0], path_params={tailed[1]: tail})  # as the router would set them
+            return tailed[0]
         for route in self.hot_templates:
             match, child = route.matches(scope)
             if match is Match.FULL:

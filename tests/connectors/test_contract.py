@@ -253,3 +253,13 @@ async def test_an_order_webhook_names_the_code_and_its_discount(harness: Harness
         event = await harness.connector.fetch_order(event.order_id)
     assert event.order_id
     assert [(normalise_generic(u.code), u.amount) for u in event.codes] == [(CODES[0].code, amount)]
+
+
+async def test_identifying_a_webhook_agrees_with_parsing_it(harness: Harness) -> None:
+    discount_id = await harness.connector.ensure_discount(SPEC)
+    await harness.connector.push_codes(discount_id, CODES[:1])
+    headers, body, _ = await harness.order_webhook(CODES[0].display)
+    parsed = harness.connector.parse_webhook(headers, body)
+    head = harness.connector.identify_webhook(headers, body)
+    fields = ("delivery_id", "topic", "shop", "kind", "response_status")
+    assert [getattr(head, f) for f in fields] == [getattr(parsed, f) for f in fields]

@@ -311,6 +311,30 @@ def test_other_topics(
     )
 
 
+@pytest.mark.parametrize(
+    ("topic", "name"),
+    [
+        ("orders/paid", "orders_create.json"),
+        ("customers/redact", "customers_redact.json"),
+        ("products/create", "app_uninstalled.json"),
+    ],
+)
+def test_identifying_reads_the_headers_and_agrees_with_parsing(topic: str, name: str) -> None:
+    body = json.dumps(fixture(name)).encode()
+    head = webhook_connector().identify_webhook(signed(body, topic), body)
+    parsed = webhook_connector().parse_webhook(signed(body, topic), body)
+    assert (head.delivery_id, head.topic, head.shop, head.kind) == (parsed.delivery_id, topic, SHOP, parsed.kind)
+    assert head.events == ()  # left to whoever processes it
+
+
+def test_identifying_without_the_shop_header_reads_the_payload() -> None:
+    body = json.dumps(fixture("shop_redact.json")).encode()
+    headers = signed(body, "shop/redact")
+    del headers["X-Shopify-Shop-Domain"]
+    head = webhook_connector().identify_webhook(headers, body)
+    assert head.shop == fixture("shop_redact.json")["shop_domain"] and head.kind == "shop_redact"
+
+
 def test_delivery_id_falls_back_to_the_event_id_then_the_body() -> None:
     body = json.dumps(fixture("shop_redact.json")).encode()
     headers = signed(body, "shop/redact")

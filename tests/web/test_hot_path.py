@@ -158,7 +158,11 @@ def test_the_checkout_calls_answer_like_the_router(api: Api, engine: Engine, sho
     assert isinstance(app, App) and set(app.hot_paths) == {
         ("POST", "/api/v1/validate"), ("POST", "/api/v1/redemptions"), ("POST", "/api/v1/reservations"),
     }  # fmt: skip
-    assert [r.path for r in app.hot_templates] == ["/api/v1/campaigns/{campaign_id:int}/pull", "/webhooks/{platform}"]
+    assert [r.path for r in app.hot_templates] == ["/api/v1/campaigns/{campaign_id:int}/pull"]
+    assert list(app.hot_tails) == [("POST", "/webhooks/")]  # /webhooks/{platform}, without a regular expression
+    for path in ("/webhooks/", "/webhooks/sandbox/more", "/webhooksx/sandbox"):
+        assert api.client.post(path, content=b"{}").status_code == 404  # as the router answers them
+    assert api.client.get("/webhooks/sandbox").status_code == 405
     unknown_platform = api.client.post("/webhooks/nowhere", content=b"{}")
     assert unknown_platform.status_code == 404 and unknown_platform.json()["reason"] == "unknown_platform"
     campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=1)
