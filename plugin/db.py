@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -226,12 +228,81 @@ def _pooled_read(engine: Engine) -> Iterator[Reader]:
         raw.close()
 
 
+class _WriterTurns:
+    """Turns at the write lock of one file SQLite database, for the writers that write the most
+    (webhook deliveries stored by the web processes, processed by the workers' intake).
+
+    SQLite lets one writer in at a time; a writer that finds the lock taken sleeps in SQLite's
+    busy handler, in steps that grow to 100 ms, and so comes back long after the lock is free.
+    Two processes that both write all the time then spend most of their time asleep. These
+    writers first take an exclusive `flock` on a file beside the database instead: the kernel
+    wakes the next one the moment the holder lets go (or dies). One descriptor per thread, so
+    threads of one process take turns too; nested turns in one thread are one turn."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.local = threading.local()
+        self.opened: list[int] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        depth = getattr(self.local, "depth", 0)
+        fd = getattr(self.local, "fd", None)
+        if fd is None:
+            fd = self.local.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            with self.lock:
+                self.opened.append(fd)
+        if depth == 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self.local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self.local.depth = depth
+            if depth == 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close_all(self) -> None:
+        with self.lock:
+            opened, self.opened = self.opened, []
+        for fd in opened:
+            os.close(fd)
+        self.local = threading.local()
+
+
+_turns: weakref.WeakKeyDictionary[Engine, _WriterTurns | None] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def writer_turn(engine: Engine) -> Iterator[None]:
+    """Wait for this writer's turn at a file SQLite database's write lock (`_WriterTurns`); on
+    other databases, go ahead (PostgreSQL's writers lock rows, not the database)."""
+    if engine not in _turns:
+        database = engine.url.database if is_sqlite(engine) else None
+        made = _turns[engine] = _WriterTurns(database + ".writers") if database and database != ":memory:" else None
+        if made is not None:
+            event.listen(engine, "engine_disposed", lambda _engine: made.close_all())
+    turns = _turns[engine]
+    if turns is None:
+        yield
+        return
+    with turns.turn():
+        yield
+
+
 @contextmanager
 def write_cursor(engine: Engine) -> Iterator[Reader]:
     """One write transaction on a pooled DBAPI connection, without the ORM or Core machinery
-    (`BEGIN IMMEDIATE` on SQLite, as every writer here): committed when the block ends,
-    rolled back if it raises. For hot-path writes whose statements `Reader` can speak."""
+    (`BEGIN IMMEDIATE` on SQLite, as every writer here, after its turn: `writer_turn`):
+    committed when the block ends, rolled back if it raises. For hot-path writes whose
+    statements `Reader` can speak."""
     sqlite = is_sqlite(engine)
+    with writer_turn(engine):
+        yield from _write_cursor(engine, sqlite)
+
+
+def _write_cursor(engine: Engine, sqlite: bool) -> Iterator[Reader]:
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()

@@ -39,7 +39,7 @@ from connectors.base import Delivery
 from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
 from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
-from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor
+from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor, writer_turn
 from plugin.models import WebhookEvent, utcnow
 from plugin.orders import REDEEM_KINDS, Outcome, Processor
 
@@ -269,7 +269,7 @@ def _store(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]
 def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) -> set[tuple[int, str]]:
     """Process order deliveries that only redeem, in one transaction, exactly as
     `Processor._apply` would one by one; return the (shop, order)s they touched."""
-    with session_scope(processor.engine) as session:
+    with writer_turn(processor.engine), session_scope(processor.engine) as session:
         conn = session.connection()
         ids = [r.event_id for r in batch]
         # coalesce() on a NOT NULL column changes nothing but keeps SQLite (without statistics)
