@@ -115,6 +115,12 @@ async def load(port: int, requests: list[bytes], connections: int) -> tuple[floa
     return time.perf_counter() - start, statuses
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time a process has used so far (user + system, all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(port: int, timeout: float = 30.0) -> None:
     import socket
 
@@ -217,13 +223,16 @@ def _run_bare(ctx, requests: list[bytes], connections: int, secret: str) -> floa
     try:
         wait_for(8701)
         asyncio.run(load(8701, requests[:200], 10))
+        cpu = cpu_seconds(proc.pid)
         seconds, statuses = asyncio.run(load(8701, requests, connections))
+        cpu = cpu_seconds(proc.pid) - cpu
     finally:
         proc.terminate()
         proc.join()
     rate = len(requests) / seconds
     bad = sum(1 for s in statuses if s != 200)
     print(f"{'bare HMAC route':32s} {len(requests):7d} requests in {seconds:6.2f}s = {rate:8.0f}/s  (non-200: {bad})")
+    print(f"{'':32s} server CPU {cpu / len(requests) * 1e6:.0f} µs per request")
     return rate
 
 
@@ -240,6 +249,7 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
     try:
         wait_for(8702)
         asyncio.run(load(8702, requests[:200], 10))  # warm up (the app ignores these after: duplicates)
+        cpu = [cpu_seconds(proc.pid) for proc in servers]
         start = time.perf_counter()
         answered, statuses = asyncio.run(load(8702, requests, connections))
         # end to end: the clock stops once every stored delivery is processed (its redemptions
@@ -253,6 +263,7 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
                 break
             time.sleep(0.005)
         seconds = time.perf_counter() - start
+        cpu = [cpu_seconds(proc.pid) - before for proc, before in zip(servers, cpu, strict=True)]
     finally:
         for proc in servers:
             proc.terminate()
@@ -268,6 +279,8 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
         events = session.exec(select(func.count()).select_from(WebhookEvent)).one()
     engine.dispose()
     print(f"{'':32s} stored deliveries {events}, redemptions {redemptions} (orders {orders})")
+    per = ", ".join(f"{name} {used / len(requests) * 1e6:.0f}" for name, used in zip(("web", "worker"), cpu, strict=False))
+    print(f"{'':32s} CPU µs per request: {per}")
     return rate
 
 
