@@ -32,14 +32,13 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 from sqlalchemy import Engine, bindparam, func, select, update
 
 from connectors.base import Delivery
 from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
 from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
-from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor, writer_turn
+from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor, writer_turn, writer_turn_on_loop
 from plugin.models import WebhookEvent, utcnow
 from plugin.orders import REDEEM_KINDS, Outcome, Processor
 
@@ -70,8 +69,8 @@ class Ingest:
     ) -> None:
         self.processor = processor
         self.engine = processor.engine
-        # False: the worker processes (`intake`); this process only stores, and waits for the
-        # write lock in a thread, as the worker (another process) holds it while it processes
+        # False: the workers process (`intake`); this process only stores, and waits for its
+        # turn at the write lock off the loop, as a worker (another process) holds it meanwhile
         self.process_here = process_here
         self.max_batch = max_batch
         self.min_batch = min_batch  # the processor waits up to `linger` seconds for this many
@@ -148,8 +147,11 @@ class Ingest:
             rows = [row for row, _ in batch]
             self._busy += 1
             try:
-                store = partial(_store, self.engine, rows)
-                results = await (run(self.engine, store) if self.process_here else anyio.to_thread.run_sync(store))
+                if self.process_here:
+                    results = await run(self.engine, partial(_store, self.engine, rows))
+                else:  # the workers write too: wait for our turn without stopping the loop
+                    async with writer_turn_on_loop(self.engine):
+                        results = await run(self.engine, partial(_store, self.engine, rows))
             except Exception as exc:  # the requests answer 5xx; the platform sends them again
                 log.exception("storing %s webhook deliveries failed", len(batch))
                 for _, future in batch:

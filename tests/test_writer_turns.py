@@ -3,6 +3,7 @@ the next one goes the moment the holder is done, in another thread or another pr
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from plugin.db import make_engine, write_cursor, writer_turn
+from plugin.db import make_engine, write_cursor, writer_turn, writer_turn_on_loop
 
 
 @pytest.fixture
@@ -77,3 +78,52 @@ def test_other_databases_take_no_turn(tmp_path: Path) -> None:
     with writer_turn(memory), writer_turn(memory):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_turn_on_the_loop_is_waited_for_off_the_loop_and_nests(sqlite_engine: Engine) -> None:
+    async def main() -> list[str]:
+        seen: list[str] = []
+        holding, release = threading.Event(), threading.Event()
+
+        def other_thread() -> None:
+            with writer_turn(sqlite_engine):
+                holding.set()
+                release.wait(5)
+                seen.append("other done")
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        holding.wait(5)
+
+        async def ticker() -> None:
+            seen.append("loop ran while waiting")
+            release.set()
+
+        ticking = asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(ticker()))
+        async with writer_turn_on_loop(sqlite_engine):
+            with write_cursor(sqlite_engine) as db:  # its own turn is part of ours: no deadlock
+                db.execute("CREATE TABLE t (x INTEGER)", ())
+            seen.append("ours")
+        ticking.cancel()
+        thread.join(5)
+        return seen
+
+    assert asyncio.run(main()) == ["loop ran while waiting", "other done", "ours"]
+
+
+def test_a_turn_on_the_loop_cancelled_while_waiting_lets_go(sqlite_engine: Engine) -> None:
+    async def main() -> None:
+        with writer_turn(sqlite_engine):
+            waiting = asyncio.create_task(_hold_on_loop(sqlite_engine))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.wait_for(_hold_on_loop(sqlite_engine), 5)  # not left held by the cancelled one
+
+    asyncio.run(main())
+
+
+async def _hold_on_loop(engine: Engine) -> None:
+    async with writer_turn_on_loop(engine):
+        pass
