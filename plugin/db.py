@@ -297,10 +297,13 @@ class _WriterTurns:
             with self.lock:
                 self.opened.append(fd)
         try:
-            await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
-        except BaseException:  # cancelled: the lock may have come before the cancellation did
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            raise
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no thread needed
+        except BlockingIOError:
+            try:
+                await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+            except BaseException:  # cancelled: the lock may have come before the cancellation did
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
         depth = getattr(self.local, "depth", 0)
         self.local.depth = depth + 1
         try:
