@@ -8,8 +8,8 @@ batch can change what it sees: its code, its (order, code) and its customer in i
 appear once in the batch. Those uses are independent, so their order does not matter, and
 their effects are a few statements for the whole batch:
 
-    1. read the codes, campaigns, batch overrides, reservations, customer uses and existing
-       redemptions the batch needs (one query each);
+    1. read the codes (with their live reservations), campaigns, batch overrides, customer
+       uses and existing redemptions the batch needs (one query each, per chunk);
     2. evaluate each use with the same pure rules (code, campaign and customer stages);
     3. INSERT the redemptions ... ON CONFLICT DO NOTHING RETURNING (the idempotent claim:
        a row someone else inserted meanwhile is a duplicate and moves no counter);
@@ -18,22 +18,27 @@ their effects are a few statements for the whole batch:
 
 Every other use (a code twice in the batch, a customer twice in a campaign) goes through
 `record_redemption` itself, after the set-based ones, in the same transaction.
+
+The statements run raw on the session's DBAPI connection (`plugin.db.Reader`), like
+`record_redemption`'s: SQLAlchemy Core's per-row bind processing and cache keys cost more than
+the database's own work here. Statements over many rows are cut into chunks of the sizes in
+`CHUNKS`, so that the same few statement texts recur.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
+from plugin import caches
+from plugin.db import Reader, session_reader
 from plugin.errors import InvalidInput
-from plugin.models import Batch, Campaign, Code, CustomerUsage, Redemption, Reservation
 from plugin.redemptions import UnknownCode, customer_key, record_redemption
 from plugin.refusals import refuse
 from plugin.rules import (
@@ -44,19 +49,19 @@ from plugin.rules import (
     Reason,
     Refusal,
     RulesOverride,
-    apply_override,
     campaign_refusal,
     code_refusal,
     customer_refusal,
     normalise_email,
 )
 
-_code = Code.__table__  # type: ignore[attr-defined]
-_campaign = Campaign.__table__  # type: ignore[attr-defined]
-_batch = Batch.__table__  # type: ignore[attr-defined]
-_redemption = Redemption.__table__  # type: ignore[attr-defined]
-_reservation = Reservation.__table__  # type: ignore[attr-defined]
-_usage = CustomerUsage.__table__  # type: ignore[attr-defined]
+T = TypeVar("T")
+
+# Rows (or IN-list items) per statement: a batch is cut into chunks of these sizes, largest
+# first, so that a few statement texts recur and SQLite keeps them prepared (preparing a
+# statement of 1000 rows costs it more than running it). 256 rows of 17 parameters stay far
+# under SQLite's limit of 32766 parameters.
+CHUNKS = (256, 64, 16, 4, 1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,64 @@ class Recorded:
     flagged_reason: str | None
 
 
+class _Code(NamedTuple):
+    """A stored code with what evaluating a use of it needs, as the driver returns it."""
+
+    id: int
+    shop_id: int
+    campaign_id: int
+    batch_id: int | None
+    code: str
+    status: str
+    uses: int
+    customer_id: str | None
+    email: str | None
+    recipient: str | None
+    partner_id: int | None
+    assigned_at: Any  # instants: text on SQLite (see `Reader.as_instant`)
+    expires_at: Any
+    created_at: Any
+    holds: int  # live reservations by checkouts
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """The effective rules of one batch's codes in one campaign, resolved once per call."""
+
+    rules: CampaignRules | None  # None: a draft
+    override: RulesOverride | None
+    limit: int | None  # uses per code
+    status: CampaignStatus | None  # None for a draft (not looked at)
+
+
+# Statements over a chunk: `{items}` stands for its items' placeholders (see `_sql`).
+_CODES = """
+SELECT c.id, c.shop_id, c.campaign_id, c.batch_id, c.code, c.status, c.uses, c.customer_id, c.email,
+       c.recipient, c.partner_id, c.assigned_at, c.expires_at, c.created_at,
+       (SELECT count(*) FROM reservation r WHERE r.code_id = c.id AND r.released_at IS NULL AND r.expires_at > ?)
+FROM code c
+WHERE c.shop_id = ? AND c.code IN ({items})
+"""
+_EXISTING = "SELECT id, order_id, code, campaign_id, flagged_reason FROM redemption WHERE shop_id = ? AND order_id IN ({items})"
+_CAMPAIGNS = "SELECT id, status, CAST(rules AS TEXT) FROM campaign WHERE id IN ({items})"
+_OVERRIDES = "SELECT id, CAST(rules_override AS TEXT) FROM batch WHERE id IN ({items})"
+# A new redemption: the columns bound per use (see `_new_redemptions`), then constant ones.
+_INSERT = (
+    "INSERT INTO redemption (shop_id, code, order_id, code_id, campaign_id, batch_id, partner_id, recipient,"
+    " customer_id, email, channel, currency, subtotal, amount, flagged_reason, address_key, created_at,"
+    " source, status, rolled_back_at) VALUES {items}"
+    " ON CONFLICT (shop_id, order_id, code) DO NOTHING RETURNING id, shop_id, order_id, code"
+)
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'webhook', 'active', NULL)"
+_CAMPAIGN, _AMOUNT, _FLAG = 4, 13, 14  # where these are in a row's bound values
+_BUMP_CODES = "UPDATE code SET uses = uses + 1 WHERE id IN ({items}) RETURNING id, uses"
+_BUMP_CUSTOMERS = (
+    "INSERT INTO customerusage (shop_id, campaign_id, customer_key, uses) VALUES {items}"
+    " ON CONFLICT (shop_id, campaign_id, customer_key) DO UPDATE SET uses = customerusage.uses + 1"
+)
+_BUMP_CAMPAIGN = "UPDATE campaign SET redemption_count = redemption_count + ?, discount_total = discount_total + ? WHERE id = ?"
+
+
 def record_webhook_redemptions(session: Session, uses: list[Use], *, now: datetime) -> list[Recorded | None]:
     """Record every use, in order, like `record_redemption(enforce=False, source="webhook")`;
     None for a code the shop doesn't have. Raises what `record_redemption` raises."""
@@ -93,30 +156,14 @@ def record_webhook_redemptions(session: Session, uses: list[Use], *, now: dateti
         if not order_id or len(order_id) > 255:
             raise InvalidInput("order_id must be 1 to 255 characters", reason="invalid_order_id")
     uses = [u if u.order_id == u.order_id.strip() else _with_order(u, u.order_id.strip()) for u in uses]
-    conn = session.connection()
-    codes = _codes(conn, uses)
     results: list[Recorded | None] = [None] * len(uses)
-    code_count = Counter((u.shop_id, u.code) for u in uses)
-    order_count = Counter((u.shop_id, u.order_id, u.code) for u in uses)
-    customers = [Customer(id=u.customer_id, email=u.email) for u in uses]
-    keys = [customer_key(c.id, c.email) for c in customers]
-    customer_count: Counter[tuple[int, int, str | None]] = Counter(
-        (u.shop_id, codes[(u.shop_id, u.code)]["campaign_id"], k)
-        for u, k in zip(uses, keys, strict=True)
-        if k is not None and (u.shop_id, u.code) in codes
-    )
-    fast: list[int] = []
-    slow: list[int] = []
-    for i, use in enumerate(uses):
-        row = codes.get((use.shop_id, use.code))
-        if row is None:
-            continue  # unknown: None, as record_redemption's UnknownCode
-        alone = code_count[(use.shop_id, use.code)] == 1 and order_count[(use.shop_id, use.order_id, use.code)] == 1
-        if keys[i] is not None and customer_count[(use.shop_id, row["campaign_id"], keys[i])] > 1:
-            alone = False
-        (fast if alone else slow).append(i)
-    if fast:
-        _record_fast(session, uses, customers, keys, codes, fast, results, now)
+    with session_reader(session) as db:
+        codes = _codes(db, uses, now)
+        customers = [Customer(id=u.customer_id, email=u.email) for u in uses]
+        keys = [customer_key(c.id, c.email) for c in customers]
+        fast, slow = _partition(uses, keys, codes)
+        if fast:
+            _record_fast(db, uses, customers, keys, codes, fast, results, now)
     for i in slow:
         use = uses[i]
         try:
@@ -148,29 +195,69 @@ def _with_order(use: Use, order_id: str) -> Use:
     return Use(**{**use.__dict__, "order_id": order_id})
 
 
-def _codes(conn: Any, uses: list[Use]) -> dict[tuple[int, str], dict[str, Any]]:
+def _partition(uses: list[Use], keys: list[str | None], codes: dict[tuple[int, str], _Code]) -> tuple[list[int], list[int]]:
+    """The known uses that are alone in the batch (set-based), and the others (one by one).
+
+    Alone: its code appears once (so its order and code do too) and its customer appears once
+    in its campaign."""
+    code_count = Counter((u.shop_id, u.code) for u in uses)
+    rows = [codes.get((u.shop_id, u.code)) for u in uses]
+    customer_count = Counter(
+        (u.shop_id, row.campaign_id, k) for u, row, k in zip(uses, rows, keys, strict=True) if k is not None and row is not None
+    )
+    fast: list[int] = []
+    slow: list[int] = []
+    for i, (use, row, key) in enumerate(zip(uses, rows, keys, strict=True)):
+        if row is None:
+            continue  # unknown: None, as record_redemption's UnknownCode
+        alone = code_count[(use.shop_id, use.code)] == 1
+        if key is not None and customer_count[(use.shop_id, row.campaign_id, key)] > 1:
+            alone = False
+        (fast if alone else slow).append(i)
+    return fast, slow
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """Consecutive slices of `items`, of the sizes in `CHUNKS` (largest first)."""
+    start = 0
+    for size in CHUNKS:
+        while len(items) - start >= size:
+            yield items[start : start + size]
+            start += size
+    if start < len(items):  # only if CHUNKS doesn't end with 1
+        yield items[start:]
+
+
+@lru_cache(maxsize=256)
+def _sql(template: str, n: int, item: str = "?") -> str:
+    """`template` for a chunk of `n` items, each written `item`: one text per size, built once."""
+    return template.format(items=", ".join([item] * n))
+
+
+def _codes(db: Reader, uses: list[Use], now: datetime) -> dict[tuple[int, str], _Code]:
     wanted: dict[int, set[str]] = defaultdict(set)
     for use in uses:
         wanted[use.shop_id].add(use.code)
-    found: dict[tuple[int, str], dict[str, Any]] = {}
+    moment = db.instant(now)
+    found: dict[tuple[int, str], _Code] = {}
     for shop_id, names in wanted.items():
-        rows = conn.execute(select(_code).where(_code.c.shop_id == shop_id, _code.c.code.in_(sorted(names)))).mappings()
-        found.update({(shop_id, r["code"]): dict(r) for r in rows})
+        for chunk in _chunks(sorted(names)):
+            for row in db.bulk(_sql(_CODES, len(chunk)), [moment, shop_id, *chunk]):
+                found[(shop_id, row[4])] = _Code._make(row)
     return found
 
 
 def _record_fast(
-    session: Session,
+    db: Reader,
     uses: list[Use],
     customers: list[Customer],
     keys: list[str | None],
-    codes: dict[tuple[int, str], dict[str, Any]],
+    codes: dict[tuple[int, str], _Code],
     fast: list[int],
     results: list[Recorded | None],
     now: datetime,
 ) -> None:
-    conn = session.connection()
-    existing = _existing(conn, [uses[i] for i in fast])
+    existing = _existing(db, [uses[i] for i in fast])
     todo: list[int] = []
     for i in fast:
         found = existing.get((uses[i].shop_id, uses[i].order_id, uses[i].code))
@@ -181,162 +268,178 @@ def _record_fast(
     if not todo:
         return
     rows = [codes[(uses[i].shop_id, uses[i].code)] for i in todo]
-    campaigns = {
-        r["id"]: r
-        for r in conn.execute(
-            select(_campaign).where(_campaign.c.id.in_(sorted({row["campaign_id"] for row in rows})))
-        ).mappings()
-    }
-    rules = {cid: CampaignRules.model_validate(c["rules"]) if c["rules"] else None for cid, c in campaigns.items()}
-    batch_ids = {row["batch_id"] for row in rows if row["batch_id"] is not None}
-    overrides: dict[int, RulesOverride] = {}
-    if batch_ids:
-        for b in conn.execute(select(_batch.c.id, _batch.c.rules_override).where(_batch.c.id.in_(sorted(batch_ids)))):
-            if b.rules_override:
-                overrides[b.id] = RulesOverride.model_validate(b.rules_override)
-    holds: dict[int, int] = dict(
-        conn.execute(
-            select(_reservation.c.code_id, func.count())
-            .where(
-                _reservation.c.code_id.in_([row["id"] for row in rows]),
-                _reservation.c.released_at.is_(None),
-                _reservation.c.expires_at > now,
-            )
-            .group_by(_reservation.c.code_id)
-        ).all()
+    rules = _resolve_rules(db, rows)
+    values = _new_redemptions(
+        db, [uses[i] for i in todo], [customers[i] for i in todo], [keys[i] for i in todo], rows, rules, now
     )
-    customer_uses = _customer_uses(
-        conn, [(uses[i].shop_id, row["campaign_id"], keys[i]) for i, row in zip(todo, rows, strict=True)]
-    )
-
-    values: list[dict[str, Any]] = []
-    limits: dict[int, int | None] = {}
-    for i, row in zip(todo, rows, strict=True):
-        use, customer, key = uses[i], customers[i], keys[i]
-        campaign_rules = rules[row["campaign_id"]]
-        override = overrides.get(row["batch_id"]) if row["batch_id"] is not None else None
-        effective = apply_override(campaign_rules, override) if campaign_rules else None
-        limit = effective.usage.uses_per_code if effective else 1
-        limits[i] = limit
-        held = limit is not None and holds.get(row["id"], 0) > 0 and row["uses"] + holds.get(row["id"], 0) >= limit
-        state = CodeState(
-            code=row["code"],
-            issued_at=row["created_at"],
-            uses=row["uses"],
-            voided=row["status"] == "voided",
-            bound_customer_id=row["customer_id"],
-            bound_email=row["email"],
-            assigned_at=row["assigned_at"],
-            expires_at=row["expires_at"],
-            held_by_other_checkout=held,
-            override=override,
-        )
-        refusal: Refusal | None
-        if campaign_rules is None or effective is None:
-            refusal = refuse(Reason.CAMPAIGN_DRAFT)
-        else:
-            seen = customer.model_copy(update={"campaign_uses": customer_uses.get((use.shop_id, row["campaign_id"], key), 0)})
-            status = CampaignStatus(campaigns[row["campaign_id"]]["status"])
-            refusal = (
-                code_refusal(state, effective, now)
-                or campaign_refusal(status, effective, use.channel, now)
-                or customer_refusal(state, effective, seen)
-            )
-        values.append(
-            {
-                "shop_id": use.shop_id,
-                "code": use.code,
-                "order_id": use.order_id,
-                "code_id": row["id"],
-                "campaign_id": row["campaign_id"],
-                "batch_id": row["batch_id"],
-                "partner_id": row["partner_id"],
-                "recipient": row["recipient"],
-                "customer_id": customer.id,
-                "email": customer.email or normalise_email(use.email),
-                "channel": use.channel,
-                "currency": use.currency.upper(),
-                "subtotal": use.subtotal,
-                "amount": use.amount or 0,
-                "source": "webhook",
-                "status": "active",
-                "flagged_reason": refusal.reason.value if refusal else None,
-                "address_key": use.address_key,
-                "created_at": now,
-                "rolled_back_at": None,
-            }
-        )
-
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = (
-        dialect_insert(_redemption)
-        .on_conflict_do_nothing(index_elements=["shop_id", "order_id", "code"])
-        .returning(_redemption.c.id, _redemption.c.shop_id, _redemption.c.order_id, _redemption.c.code)
-    )
-    inserted = {(r.shop_id, r.order_id, r.code): int(r.id) for r in conn.execute(stmt, values)}
-    raced = [uses[i] for i in todo if (uses[i].shop_id, uses[i].order_id, uses[i].code) not in inserted]
+    inserted = _insert(db, values)
+    raced = [uses[i] for i, v in zip(todo, values, strict=True) if _claim(v) not in inserted]
     if raced:  # recorded by a concurrent transaction since we looked (PostgreSQL): duplicates
-        existing = _existing(conn, raced)
-    new = [(i, v) for i, v in zip(todo, values, strict=True) if (v["shop_id"], v["order_id"], v["code"]) in inserted]
-    uses_after: dict[int, int] = {}
-    if new:
-        code_ids = [v["code_id"] for _, v in new]
-        uses_after = {
-            int(r.id): int(r.uses)
-            for r in conn.execute(
-                update(_code).where(_code.c.id.in_(code_ids)).values(uses=_code.c.uses + 1).returning(_code.c.id, _code.c.uses)
-            )
-        }
-    over: list[dict[str, Any]] = []
-    per_campaign: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    bumps: list[dict[str, Any]] = []
-    for i, v in new:
-        row = codes[(v["shop_id"], v["code"])]
-        limit = limits[i]
-        # record_redemption checks the limit after its increment, for active codes only; a use
-        # over it is flagged but still counted, so a later rollback takes back what was added
-        if row["status"] == "active" and limit is not None and uses_after[v["code_id"]] > limit and v["flagged_reason"] is None:
-            v["flagged_reason"] = Reason.USAGE_LIMIT_REACHED.value
-            over.append({"b_id": inserted[(v["shop_id"], v["order_id"], v["code"])], "b_reason": v["flagged_reason"]})
-        totals = per_campaign[v["campaign_id"]]
-        totals[0] += 1
-        totals[1] += v["amount"]
-        key = keys[i]
-        if key is not None:
-            bumps.append({"shop_id": v["shop_id"], "campaign_id": v["campaign_id"], "customer_key": key, "uses": 1})
-    if over:
-        conn.execute(
-            update(_redemption).where(_redemption.c.id == bindparam("b_id")).values(flagged_reason=bindparam("b_reason")), over
-        )
-    if per_campaign:
-        conn.execute(
-            update(_campaign)
-            .where(_campaign.c.id == bindparam("b_id"))
-            .values(
-                redemption_count=_campaign.c.redemption_count + bindparam("b_count"),
-                discount_total=_campaign.c.discount_total + bindparam("b_amount"),
-            ),
-            [{"b_id": cid, "b_count": n, "b_amount": amount} for cid, (n, amount) in sorted(per_campaign.items())],
-        )
-    if bumps:
-        upsert = dialect_insert(_usage)
-        conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[_usage.c.shop_id, _usage.c.campaign_id, _usage.c.customer_key],
-                set_={"uses": _usage.c.uses + 1},
-            ),
-            bumps,
-        )
+        existing = _existing(db, raced)
+    _move_counters(db, values, rows, [keys[i] for i in todo], rules, inserted)
     for i, v in zip(todo, values, strict=True):
-        key3 = (v["shop_id"], v["order_id"], v["code"])
-        if key3 in inserted:
-            results[i] = Recorded(inserted[key3], v["campaign_id"], False, v["flagged_reason"])
+        claim = _claim(v)
+        if claim in inserted:
+            results[i] = Recorded(inserted[claim], v[_CAMPAIGN], False, v[_FLAG])
         else:
-            found = existing[key3]
+            found = existing[claim]
             results[i] = Recorded(found[0], found[1], True, found[2])
 
 
-def _existing(conn: Any, uses: list[Use]) -> dict[tuple[int, str, str], tuple[int, int | None, str | None]]:
+def _resolve_rules(db: Reader, rows: list[_Code]) -> dict[tuple[int, int | None], _Rules]:
+    """The rules of each (campaign, batch) these codes are in. Parsed from the stored JSON text
+    through `plugin.caches`, like `lookup_code`: the same text parses to the same rules."""
+    campaigns: dict[int, tuple[str, str | None]] = {}
+    for chunk in _chunks(sorted({row.campaign_id for row in rows})):
+        campaigns.update((r[0], (r[1], r[2])) for r in db.bulk(_sql(_CAMPAIGNS, len(chunk)), chunk))
+    overrides: dict[int, str | None] = {}
+    for chunk in _chunks(sorted({row.batch_id for row in rows if row.batch_id is not None})):
+        overrides.update((r[0], r[1]) for r in db.bulk(_sql(_OVERRIDES, len(chunk)), chunk))
+    out: dict[tuple[int, int | None], _Rules] = {}
+    for campaign_id, batch_id in {(row.campaign_id, row.batch_id) for row in rows}:
+        status, rules_text = campaigns[campaign_id]
+        override_text = overrides.get(batch_id) if batch_id is not None else None
+        override = caches.batch_override(override_text)
+        rules = caches.effective_rules(rules_text, override_text)
+        limit = rules.usage.uses_per_code if rules else 1
+        out[(campaign_id, batch_id)] = _Rules(rules, override, limit, CampaignStatus(status) if rules else None)
+    return out
+
+
+def _new_redemptions(
+    db: Reader,
+    uses: list[Use],
+    customers: list[Customer],
+    keys: list[str | None],
+    rows: list[_Code],
+    rules: dict[tuple[int, int | None], _Rules],
+    now: datetime,
+) -> list[list[Any]]:
+    """The redemption rows to insert (`_INSERT`'s bound columns), flagged as the rules say."""
+    customer_uses = _customer_uses(db, [(u.shop_id, row.campaign_id, k) for u, row, k in zip(uses, rows, keys, strict=True)])
+    created_at = db.instant(now)
+    values: list[list[Any]] = []
+    for use, customer, key, row in zip(uses, customers, keys, rows, strict=True):
+        campaign_uses = customer_uses.get((use.shop_id, row.campaign_id, key), 0)
+        refusal = _refusal(row, rules[(row.campaign_id, row.batch_id)], use.channel, customer, campaign_uses, now)
+        values.append(
+            [
+                use.shop_id,
+                use.code,
+                use.order_id,
+                row.id,
+                row.campaign_id,
+                row.batch_id,
+                row.partner_id,
+                row.recipient,
+                customer.id,
+                customer.email or normalise_email(use.email),
+                use.channel,
+                use.currency.upper(),
+                use.subtotal,
+                use.amount or 0,
+                refusal.reason.value if refusal else None,
+                use.address_key,
+                created_at,
+            ]
+        )
+    return values
+
+
+# Codes generated together share their creation instant: each stored value is parsed once.
+_instant = lru_cache(maxsize=1024)(Reader.as_instant)
+
+
+def _refusal(
+    row: _Code,
+    rules: _Rules,
+    channel: str | None,
+    customer: Customer,
+    campaign_uses: int,
+    now: datetime,
+) -> Refusal | None:
+    """What `record_redemption` finds wrong with a use of this code, if anything (the code,
+    campaign and customer stages of `check_rules`)."""
+    effective, limit = rules.rules, rules.limit
+    if effective is None or rules.status is None:
+        return refuse(Reason.CAMPAIGN_DRAFT)
+    state = CodeState(
+        code=row.code,
+        issued_at=_instant(row.created_at) or now,
+        uses=row.uses,
+        voided=row.status == "voided",
+        bound_customer_id=row.customer_id,
+        bound_email=row.email,
+        assigned_at=_instant(row.assigned_at),
+        expires_at=_instant(row.expires_at),
+        held_by_other_checkout=limit is not None and row.holds > 0 and row.uses + row.holds >= limit,
+        override=rules.override,
+    )
+    if customer.campaign_uses != campaign_uses:  # a copy only when it changes something
+        customer = customer.model_copy(update={"campaign_uses": campaign_uses})
+    return (
+        code_refusal(state, effective, now)
+        or campaign_refusal(rules.status, effective, channel, now)
+        or customer_refusal(state, effective, customer)
+    )
+
+
+def _insert(db: Reader, values: list[list[Any]]) -> dict[tuple[int, str, str], int]:
+    """INSERT the rows ... ON CONFLICT DO NOTHING: the ids of those inserted, by (shop, order, code)."""
+    inserted: dict[tuple[int, str, str], int] = {}
+    for chunk in _chunks(values):
+        for r in db.bulk(_sql(_INSERT, len(chunk), _INSERT_ROW), [x for v in chunk for x in v]):
+            inserted[(r[1], r[2], r[3])] = int(r[0])
+    return inserted
+
+
+def _claim(values: list[Any]) -> tuple[int, str, str]:
+    """A new redemption's (shop, order, code): what makes it unique."""
+    return values[0], values[2], values[1]
+
+
+def _move_counters(
+    db: Reader,
+    values: list[list[Any]],
+    rows: list[_Code],
+    keys: list[str | None],
+    rules: dict[tuple[int, int | None], _Rules],
+    inserted: dict[tuple[int, str, str], int],
+) -> None:
+    """Count the inserted redemptions on their codes, campaigns and customers, and flag those
+    that went over their code's limit meanwhile."""
+    new = [n for n, v in enumerate(values) if _claim(v) in inserted]
+    uses_after = _bump_codes(db, [rows[n].id for n in new])
+    per_campaign: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    bumps: list[tuple[int, int, str]] = []
+    for n in new:
+        v, row, key = values[n], rows[n], keys[n]
+        limit = rules[(row.campaign_id, row.batch_id)].limit
+        # record_redemption checks the limit after its increment, for active codes only; a use
+        # over it is flagged but still counted, so a later rollback takes back what was added
+        if row.status == "active" and limit is not None and uses_after[row.id] > limit and v[_FLAG] is None:
+            v[_FLAG] = Reason.USAGE_LIMIT_REACHED.value
+            db.execute("UPDATE redemption SET flagged_reason = ? WHERE id = ?", (v[_FLAG], inserted[_claim(v)]))
+        totals = per_campaign[row.campaign_id]
+        totals[0] += 1
+        totals[1] += v[_AMOUNT]
+        if key is not None:
+            bumps.append((row.shop_id, row.campaign_id, key))
+    for campaign_id, (count, amount) in sorted(per_campaign.items()):
+        db.execute(_BUMP_CAMPAIGN, (count, amount, campaign_id))
+    for chunk in _chunks(bumps):  # each (shop, campaign, customer) once: one upsert may take them all
+        db.bulk(_sql(_BUMP_CUSTOMERS, len(chunk), "(?, ?, ?, 1)"), [x for b in chunk for x in b])
+
+
+def _bump_codes(db: Reader, code_ids: list[int]) -> dict[int, int]:
+    """One more use on each code (each once): the codes' uses after it."""
+    after: dict[int, int] = {}
+    for chunk in _chunks(code_ids):
+        after.update((int(r[0]), int(r[1])) for r in db.bulk(_sql(_BUMP_CODES, len(chunk)), chunk))
+    return after
+
+
+def _existing(db: Reader, uses: list[Use]) -> dict[tuple[int, str, str], tuple[int, int | None, str | None]]:
     """Redemptions already recorded for these (shop, order, code)s: id, campaign, flag."""
     out: dict[tuple[int, str, str], tuple[int, int | None, str | None]] = {}
     by_shop: dict[int, set[str]] = defaultdict(set)
@@ -344,32 +447,30 @@ def _existing(conn: Any, uses: list[Use]) -> dict[tuple[int, str, str], tuple[in
         by_shop[use.shop_id].add(use.order_id)
     wanted = {(u.shop_id, u.order_id, u.code) for u in uses}
     for shop_id, orders in by_shop.items():
-        rows = conn.execute(
-            select(
-                _redemption.c.id,
-                _redemption.c.order_id,
-                _redemption.c.code,
-                _redemption.c.campaign_id,
-                _redemption.c.flagged_reason,
-            ).where(_redemption.c.shop_id == shop_id, _redemption.c.order_id.in_(sorted(orders)))
-        )
-        for r in rows:
-            if (shop_id, r.order_id, r.code) in wanted:
-                out[(shop_id, r.order_id, r.code)] = (int(r.id), r.campaign_id, r.flagged_reason)
+        for chunk in _chunks(sorted(orders)):
+            for r in db.bulk(_sql(_EXISTING, len(chunk)), [shop_id, *chunk]):
+                if (shop_id, r[1], r[2]) in wanted:
+                    out[(shop_id, r[1], r[2])] = (int(r[0]), r[3], r[4])
     return out
 
 
-def _customer_uses(conn: Any, wanted: list[tuple[int, int, str | None]]) -> dict[tuple[int, int, str | None], int]:
-    keys = {k for _, _, k in wanted if k is not None}
+@lru_cache(maxsize=64)
+def _customer_uses_sql(shops: int, campaigns: int, keys: int) -> str:
+    return (
+        "SELECT shop_id, campaign_id, customer_key, uses FROM customerusage"
+        f" WHERE shop_id IN ({', '.join('?' * shops)}) AND campaign_id IN ({', '.join('?' * campaigns)})"
+        f" AND customer_key IN ({', '.join('?' * keys)})"
+    )
+
+
+def _customer_uses(db: Reader, wanted: list[tuple[int, int, str | None]]) -> dict[tuple[int, int, str | None], int]:
+    keys = sorted({k for _, _, k in wanted if k is not None})
     if not keys:
         return {}
-    shops = {s for s, _, _ in wanted}
-    campaigns = {c for _, c, _ in wanted}
-    rows = conn.execute(
-        select(_usage.c.shop_id, _usage.c.campaign_id, _usage.c.customer_key, _usage.c.uses).where(
-            _usage.c.shop_id.in_(sorted(shops)),
-            _usage.c.campaign_id.in_(sorted(campaigns)),
-            _usage.c.customer_key.in_(sorted(keys)),
-        )
-    )
-    return {(r.shop_id, r.campaign_id, r.customer_key): int(r.uses) for r in rows}
+    shops = sorted({s for s, _, _ in wanted})
+    campaigns = sorted({c for _, c, _ in wanted})
+    out: dict[tuple[int, int, str | None], int] = {}
+    for chunk in _chunks(keys):
+        sql = _customer_uses_sql(len(shops), len(campaigns), len(chunk))
+        out.update(((r[0], r[1], r[2]), int(r[3])) for r in db.bulk(sql, [*shops, *campaigns, *chunk]))
+    return out

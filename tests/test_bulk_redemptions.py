@@ -136,8 +136,15 @@ def _state(engine: Engine, shop_id: int) -> dict[str, Any]:
         }
 
 
-@pytest.mark.parametrize(("seed", "size"), [(1, 7), (2, 20), (3, 400), (4, 1)])
-def test_batches_end_exactly_as_one_by_one(engine: Engine, monkeypatch: pytest.MonkeyPatch, seed: int, size: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "size", "chunks"),
+    [(1, 7, None), (2, 20, None), (3, 400, None), (4, 1, None), (5, 20, (4, 3, 1)), (6, 400, (2, 1))],
+)
+def test_batches_end_exactly_as_one_by_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, seed: int, size: int, chunks: tuple[int, ...] | None
+) -> None:
+    if chunks is not None:  # many small statements instead of one per step
+        monkeypatch.setattr(bulk_redemptions, "CHUNKS", chunks)
     one, many = _setup(engine, "one.test"), _setup(engine, "many.test")
     stream = _stream(seed, 400)
     now = utcnow()
@@ -172,3 +179,65 @@ def test_a_repeated_batch_changes_nothing(engine: Engine) -> None:
     assert _state(engine, shop) == before
     assert all(r is None or r.duplicate for r in again)
     assert [r.redemption_id for r in again if r] == [r.redemption_id for r in first if r]
+
+
+def test_chunks_cover_the_items_in_order_with_few_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = list(range(1000))
+    chunks = list(bulk_redemptions._chunks(items))
+    assert [x for chunk in chunks for x in chunk] == items
+    assert [len(chunk) for chunk in chunks] == [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]
+    assert list(bulk_redemptions._chunks([])) == []
+    monkeypatch.setattr(bulk_redemptions, "CHUNKS", (4,))
+    assert [list(chunk) for chunk in bulk_redemptions._chunks(items[:10])] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def _use(shop_id: int, code: str, order_id: str) -> Use:
+    return Use(shop_id=shop_id, code=code, order_id=order_id, amount=500, customer_id="cust-a")
+
+
+def test_a_use_recorded_meanwhile_is_a_duplicate(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concurrent transaction (PostgreSQL) may record the same (order, code) after we looked:
+    the insert claims nothing, and the use answers with that row, moving no counter."""
+    shop = _setup(engine, "race.test")
+    now = utcnow()
+    first = _batched(engine, shop, [{"code": "C1X0", "order_id": "1", "customer_id": "cust-a"}], now, 1)[0]
+    before = _state(engine, shop)
+    looked = bulk_redemptions._existing
+    calls: list[int] = []
+
+    def not_yet(*args: Any) -> Any:
+        calls.append(1)
+        return {} if len(calls) == 1 else looked(*args)  # the first look misses the row
+
+    monkeypatch.setattr(bulk_redemptions, "_existing", not_yet)
+    with session_scope(engine) as session:
+        again = record_webhook_redemptions(session, [_use(shop, "C1X0", "1"), _use(shop, "C0X0", "2")], now=now)
+    assert len(calls) == 2
+    assert first is not None and again[0] == Recorded(first.redemption_id, first.campaign_id, True, first.flagged_reason)
+    assert again[1] is not None and not again[1].duplicate
+    after = _state(engine, shop)  # only the second use counted
+    assert after["codes"] == sorted(("C0X0", 1) if c == "C0X0" else (c, n) for c, n in before["codes"])
+    assert len(after["redemptions"]) == len(before["redemptions"]) + 1
+    assert after["campaigns"] == [("c0", 1, 500), ("c1", 1, 0), ("c2", 0, 0), ("c3", 0, 0)]
+    assert after["customers"] == [("c0", "id:cust-a", 1), ("c1", "id:cust-a", 1)]
+
+
+def test_a_code_used_up_meanwhile_is_flagged_over_its_limit(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concurrent use (PostgreSQL) may take a code's last use after we read it: the use is
+    still recorded and counted, flagged over the limit, as `record_redemption` does."""
+    shop = _setup(engine, "limit.test")
+    now = utcnow()
+    _batched(engine, shop, [{"code": "C0X0", "order_id": "1"}], now, 1)
+    read = bulk_redemptions._codes
+
+    def stale(*args: Any) -> Any:
+        return {key: row._replace(uses=0) for key, row in read(*args).items()}  # as before the first use
+
+    monkeypatch.setattr(bulk_redemptions, "_codes", stale)
+    with session_scope(engine) as session:
+        [got] = record_webhook_redemptions(session, [_use(shop, "C0X0", "2")], now=now)
+    assert got is not None and not got.duplicate and got.flagged_reason == "usage_limit_reached"
+    state = _state(engine, shop)
+    assert ("C0X0", 2) in state["codes"]
+    assert [r[3] for r in state["redemptions"] if r[0] == "2"] == ["usage_limit_reached"]
+    assert ("c0", 2, 500) in state["campaigns"]  # counted (the first use had no amount)
