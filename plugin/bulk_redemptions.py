@@ -28,7 +28,6 @@ the database's own work here. Statements over many rows are cut into chunks of t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -37,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlmodel import Session
 
 from plugin import caches
-from plugin.db import Reader, session_reader
+from plugin.db import Reader, chunked, repeated, session_reader
 from plugin.errors import InvalidInput
 from plugin.redemptions import UnknownCode, customer_key, record_redemption
 from plugin.refusals import refuse
@@ -217,23 +216,6 @@ def _partition(uses: list[Use], keys: list[str | None], codes: dict[tuple[int, s
     return fast, slow
 
 
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """Consecutive slices of `items`, of the sizes in `CHUNKS` (largest first)."""
-    start = 0
-    for size in CHUNKS:
-        while len(items) - start >= size:
-            yield items[start : start + size]
-            start += size
-    if start < len(items):  # only if CHUNKS doesn't end with 1
-        yield items[start:]
-
-
-@lru_cache(maxsize=256)
-def _sql(template: str, n: int, item: str = "?") -> str:
-    """`template` for a chunk of `n` items, each written `item`: one text per size, built once."""
-    return template.format(items=", ".join([item] * n))
-
-
 def _codes(db: Reader, uses: list[Use], now: datetime) -> dict[tuple[int, str], _Code]:
     wanted: dict[int, set[str]] = defaultdict(set)
     for use in uses:
@@ -241,8 +223,8 @@ def _codes(db: Reader, uses: list[Use], now: datetime) -> dict[tuple[int, str], 
     moment = db.instant(now)
     found: dict[tuple[int, str], _Code] = {}
     for shop_id, names in wanted.items():
-        for chunk in _chunks(sorted(names)):
-            for row in db.bulk(_sql(_CODES, len(chunk)), [moment, shop_id, *chunk]):
+        for chunk in chunked(sorted(names), CHUNKS):
+            for row in db.bulk(repeated(_CODES, len(chunk)), [moment, shop_id, *chunk]):
                 found[(shop_id, row[4])] = _Code._make(row)
     return found
 
@@ -290,11 +272,11 @@ def _resolve_rules(db: Reader, rows: list[_Code]) -> dict[tuple[int, int | None]
     """The rules of each (campaign, batch) these codes are in. Parsed from the stored JSON text
     through `plugin.caches`, like `lookup_code`: the same text parses to the same rules."""
     campaigns: dict[int, tuple[str, str | None]] = {}
-    for chunk in _chunks(sorted({row.campaign_id for row in rows})):
-        campaigns.update((r[0], (r[1], r[2])) for r in db.bulk(_sql(_CAMPAIGNS, len(chunk)), chunk))
+    for chunk in chunked(sorted({row.campaign_id for row in rows}), CHUNKS):
+        campaigns.update((r[0], (r[1], r[2])) for r in db.bulk(repeated(_CAMPAIGNS, len(chunk)), chunk))
     overrides: dict[int, str | None] = {}
-    for chunk in _chunks(sorted({row.batch_id for row in rows if row.batch_id is not None})):
-        overrides.update((r[0], r[1]) for r in db.bulk(_sql(_OVERRIDES, len(chunk)), chunk))
+    for chunk in chunked(sorted({row.batch_id for row in rows if row.batch_id is not None}), CHUNKS):
+        overrides.update((r[0], r[1]) for r in db.bulk(repeated(_OVERRIDES, len(chunk)), chunk))
     out: dict[tuple[int, int | None], _Rules] = {}
     for campaign_id, batch_id in {(row.campaign_id, row.batch_id) for row in rows}:
         status, rules_text = campaigns[campaign_id]
@@ -387,8 +369,8 @@ def _refusal(
 def _insert(db: Reader, values: list[list[Any]]) -> dict[tuple[int, str, str], int]:
     """INSERT the rows ... ON CONFLICT DO NOTHING: the ids of those inserted, by (shop, order, code)."""
     inserted: dict[tuple[int, str, str], int] = {}
-    for chunk in _chunks(values):
-        for r in db.bulk(_sql(_INSERT, len(chunk), _INSERT_ROW), [x for v in chunk for x in v]):
+    for chunk in chunked(values, CHUNKS):
+        for r in db.bulk(repeated(_INSERT, len(chunk), _INSERT_ROW), [x for v in chunk for x in v]):
             inserted[(r[1], r[2], r[3])] = int(r[0])
     return inserted
 
@@ -427,15 +409,15 @@ def _move_counters(
             bumps.append((row.shop_id, row.campaign_id, key))
     for campaign_id, (count, amount) in sorted(per_campaign.items()):
         db.execute(_BUMP_CAMPAIGN, (count, amount, campaign_id))
-    for chunk in _chunks(bumps):  # each (shop, campaign, customer) once: one upsert may take them all
-        db.bulk(_sql(_BUMP_CUSTOMERS, len(chunk), "(?, ?, ?, 1)"), [x for b in chunk for x in b])
+    for chunk in chunked(bumps, CHUNKS):  # each (shop, campaign, customer) once: one upsert may take them all
+        db.bulk(repeated(_BUMP_CUSTOMERS, len(chunk), "(?, ?, ?, 1)"), [x for b in chunk for x in b])
 
 
 def _bump_codes(db: Reader, code_ids: list[int]) -> dict[int, int]:
     """One more use on each code (each once): the codes' uses after it."""
     after: dict[int, int] = {}
-    for chunk in _chunks(code_ids):
-        after.update((int(r[0]), int(r[1])) for r in db.bulk(_sql(_BUMP_CODES, len(chunk)), chunk))
+    for chunk in chunked(code_ids, CHUNKS):
+        after.update((int(r[0]), int(r[1])) for r in db.bulk(repeated(_BUMP_CODES, len(chunk)), chunk))
     return after
 
 
@@ -447,8 +429,8 @@ def _existing(db: Reader, uses: list[Use]) -> dict[tuple[int, str, str], tuple[i
         by_shop[use.shop_id].add(use.order_id)
     wanted = {(u.shop_id, u.order_id, u.code) for u in uses}
     for shop_id, orders in by_shop.items():
-        for chunk in _chunks(sorted(orders)):
-            for r in db.bulk(_sql(_EXISTING, len(chunk)), [shop_id, *chunk]):
+        for chunk in chunked(sorted(orders), CHUNKS):
+            for r in db.bulk(repeated(_EXISTING, len(chunk)), [shop_id, *chunk]):
                 if (shop_id, r[1], r[2]) in wanted:
                     out[(shop_id, r[1], r[2])] = (int(r[0]), r[3], r[4])
     return out
@@ -470,7 +452,7 @@ def _customer_uses(db: Reader, wanted: list[tuple[int, int, str | None]]) -> dic
     shops = sorted({s for s, _, _ in wanted})
     campaigns = sorted({c for _, c, _ in wanted})
     out: dict[tuple[int, int, str | None], int] = {}
-    for chunk in _chunks(keys):
+    for chunk in chunked(keys, CHUNKS):
         sql = _customer_uses_sql(len(shops), len(campaigns), len(chunk))
         out.update(((r[0], r[1], r[2]), int(r[3])) for r in db.bulk(sql, [*shops, *campaigns, *chunk]))
     return out

@@ -88,6 +88,26 @@ def read_session(engine: Engine) -> Iterator[Session]:
                 session.rollback()
 
 
+def chunked(items: Sequence[T], sizes: Sequence[int]) -> Iterator[Sequence[T]]:
+    """Consecutive slices of `items` of the given sizes, largest first, as many of each as fit:
+    a statement over many rows is cut into chunks of a few recurring sizes, so its few texts
+    recur and stay prepared (SQLite prepares a 1,000-row VALUES in ~12 ms, 3x its run)."""
+    start = 0
+    for size in sizes:
+        while len(items) - start >= size:
+            yield items[start : start + size]
+            start += size
+    if start < len(items):  # only if `sizes` doesn't end with 1
+        yield items[start:]
+
+
+@lru_cache(maxsize=256)
+def repeated(template: str, n: int, item: str = "?") -> str:
+    """`template` for a chunk of `n` items, each written `item` (`{items}` in the template): one
+    text per size, built once."""
+    return template.format(items=", ".join([item] * n))
+
+
 class Reader:
     """Raw DBAPI reads for the hot path, inside one read transaction (see `read_cursor`).
 

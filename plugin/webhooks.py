@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, or_, update
@@ -18,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
-from plugin.db import Reader
+from plugin.db import Reader, chunked, repeated
 from plugin.errors import InvalidInput, NotFound
 from plugin.models import AuditEvent, Redemption, WebhookEvent, utcnow
 
@@ -118,7 +119,7 @@ _STORED = (
     "received_at",
 )
 _JSON_COLUMNS = ("headers", "outcome")
-_INSERT_CHUNK = 500  # rows per INSERT: 6,000 parameters, under every driver's limit
+_CHUNKS = (256, 64, 16, 4, 1)  # rows per INSERT (`chunked`): a few recurring texts, under every driver's limit
 
 
 def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
@@ -131,25 +132,22 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
     first: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         first.setdefault((row["platform"], row["delivery_id"]), row)
-    unique = list(first.values())
+    insert = (
+        f"INSERT INTO {_event.name} ({', '.join(_STORED)}) VALUES {{items}}"
+        " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
+    )
     new: dict[tuple[str, str], int] = {}
-    for start in range(0, len(unique), _INSERT_CHUNK):
-        chunk = unique[start : start + _INSERT_CHUNK]
-        sql = (
-            f"INSERT INTO {_event.name} ({', '.join(_STORED)}) VALUES {', '.join([_row_placeholders(db)] * len(chunk))}"
-            " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
-        )
-        params = [value for row in chunk for value in _bound(db, row)]
-        new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in db.rows(sql, params)})
+    for stored in chunked(list(first.values()), _CHUNKS):
+        params = [value for row in stored for value in _bound(db, row)]
+        found = db.bulk(repeated(insert, len(stored), _row_placeholders(db.sqlite)), params)
+        new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in found})
     ids = dict(new)
     missing = [key for key in first if key not in ids]
+    select = f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({{items}})"
     for platform in {p for p, _ in missing}:
-        wanted = [d for p, d in missing if p == platform]
-        found = db.rows(
-            f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({', '.join('?' * len(wanted))})",
-            [platform, *wanted],
-        )
-        ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
+        for wanted in chunked([d for p, d in missing if p == platform], _CHUNKS):
+            found = db.bulk(repeated(select, len(wanted)), [platform, *wanted])
+            ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
     out: list[tuple[int, bool]] = []
     reported: set[tuple[str, str]] = set()
     for row in rows:
@@ -160,9 +158,10 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
     return out
 
 
-def _row_placeholders(db: Reader) -> str:
+@lru_cache(maxsize=2)
+def _row_placeholders(sqlite: bool) -> str:
     # PostgreSQL wants JSON parameters cast; SQLite keeps JSON as text
-    marks = ["CAST(? AS JSON)" if not db.sqlite and name in _JSON_COLUMNS else "?" for name in _STORED]
+    marks = ["CAST(? AS JSON)" if not sqlite and name in _JSON_COLUMNS else "?" for name in _STORED]
     return f"({', '.join(marks)})"
 
 

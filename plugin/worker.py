@@ -76,6 +76,11 @@ class Worker:
     sweep_interval: float = 10.0
     # with `webhook_processing = "worker"`, how long the intake waits when no delivery waits
     intake_interval: float = 0.1
+    # deliveries per intake batch, and how long a batch that came out short waits for more:
+    # a batch's fixed cost (a dozen statements, a commit) is worth sharing, and its write
+    # turn must stay short, as the web processes wait for it to store theirs
+    intake_batch: int = 100
+    intake_linger: float = 0.02
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -130,13 +135,13 @@ class Worker:
         processor = Processor(self.ctx.engine, self.ctx.settings, self.ctx.http)
         while not self.stopping:
             try:
-                took = await intake(processor)
+                took = await intake(processor, limit=self.intake_batch)
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("webhook intake error")
                 took = 0
-            if not took:
+            if took < self.intake_batch:
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self.intake_interval)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.intake_linger if took else self.intake_interval)
 
     async def run_once(self) -> bool:
         """Claim and run one job; False when none was due."""

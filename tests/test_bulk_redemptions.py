@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from plugin import bulk_redemptions
 from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
 from plugin.campaigns import create_campaign
-from plugin.db import session_scope
+from plugin.db import chunked, session_scope
 from plugin.models import Campaign, Code, CustomerUsage, Redemption, Reservation, utcnow
 from plugin.redemptions import UnknownCode, record_redemption
 from plugin.shops import ensure_local_shop
@@ -181,14 +181,13 @@ def test_a_repeated_batch_changes_nothing(engine: Engine) -> None:
     assert [r.redemption_id for r in again if r] == [r.redemption_id for r in first if r]
 
 
-def test_chunks_cover_the_items_in_order_with_few_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunks_cover_the_items_in_order_with_few_sizes() -> None:
     items = list(range(1000))
-    chunks = list(bulk_redemptions._chunks(items))
+    chunks = list(chunked(items, bulk_redemptions.CHUNKS))
     assert [x for chunk in chunks for x in chunk] == items
     assert [len(chunk) for chunk in chunks] == [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]
-    assert list(bulk_redemptions._chunks([])) == []
-    monkeypatch.setattr(bulk_redemptions, "CHUNKS", (4,))
-    assert [list(chunk) for chunk in bulk_redemptions._chunks(items[:10])] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert list(chunked([], bulk_redemptions.CHUNKS)) == []
+    assert [list(chunk) for chunk in chunked(items[:10], (4,))] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def _use(shop_id: int, code: str, order_id: str) -> Use:
