@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
@@ -112,7 +111,7 @@ class SandboxConnector:
         except ValueError as exc:
             raise Rejected(f"webhook body is not JSON: {exc}") from exc
         event = _order_event(order, kind=TOPIC_KINDS[head.topic], shop=head.shop, delivery_id=head.delivery_id)
-        return replace(head, events=(event,))
+        return Delivery(delivery_id=head.delivery_id, topic=head.topic, shop=head.shop, kind="order", events=(event,))
 
     def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         topic = _header(headers, "X-Sandbox-Topic") or ""

@@ -147,6 +147,12 @@ class Reader:
             cursor.execute(_numbered(sql), tuple(params), prepare=False)
             return list(cursor.fetchall()) if cursor.description is not None else []
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement that returns no rows once per parameter row (the driver's executemany:
+        one prepared statement; pipelined on PostgreSQL)."""
+        if rows:
+            self.cursor.executemany(sql if self.sqlite else sql.replace("?", "%s"), [tuple(r) for r in rows])
+
     def insert(self, table: Table, values: Mapping[str, Any], *, unique: Sequence[str]) -> int | None:
         """INSERT a row (all its columns given; instants converted); its new id, or None when a
         row with the same `unique` columns exists (ON CONFLICT DO NOTHING, on both dialects)."""

@@ -24,6 +24,7 @@ was full) stays `received` and the worker's sweep processes it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -32,13 +33,25 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine
 
 from connectors.base import Delivery
 from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
 from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
-from plugin.db import is_sqlite, read_session, run, session_scope, write_cursor, writer_turn, writer_turn_on_loop
+from plugin.db import (
+    Reader,
+    chunked,
+    is_sqlite,
+    read_cursor,
+    repeated,
+    run,
+    session_reader,
+    session_scope,
+    write_cursor,
+    writer_turn,
+    writer_turn_on_loop,
+)
 from plugin.models import WebhookEvent, utcnow
 from plugin.orders import REDEEM_KINDS, Outcome, Processor
 
@@ -245,14 +258,13 @@ async def intake(processor: Processor, *, limit: int = 500) -> int:
 
 
 def _waiting(engine: Engine, limit: int) -> list[tuple[int, str, dict[str, str], str, int | None]]:
-    with read_session(engine) as session:
-        rows = session.execute(
-            select(_event.c.id, _event.c.platform, _event.c.headers, _event.c.payload, _event.c.shop_id)
-            .where(_event.c.status == "received")
-            .order_by(_event.c.received_at)
-            .limit(limit)
-        ).all()
-    return [(int(r.id), r.platform, r.headers, r.payload, r.shop_id) for r in rows]
+    sql = (
+        f"SELECT id, platform, CAST(headers AS TEXT), payload, shop_id FROM {_event.name}"
+        " WHERE status = 'received' ORDER BY received_at LIMIT ?"
+    )
+    with read_cursor(engine) as db:
+        rows = db.rows(sql, [limit])
+    return [(int(i), platform, json.loads(headers), payload, shop_id) for i, platform, headers, payload, shop_id in rows]
 
 
 def _batchable(delivery: Delivery) -> bool:
@@ -271,23 +283,8 @@ def _store(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]
 def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) -> set[tuple[int, str]]:
     """Process order deliveries that only redeem, in one transaction, exactly as
     `Processor._apply` would one by one; return the (shop, order)s they touched."""
-    with writer_turn(processor.engine), session_scope(processor.engine) as session:
-        conn = session.connection()
-        ids = [r.event_id for r in batch]
-        # coalesce() on a NOT NULL column changes nothing but keeps SQLite (without statistics)
-        # on the primary key instead of scanning every received row; on PostgreSQL, rows another
-        # worker's batch holds are skipped, not waited for (its commit makes them processed)
-        unclaimed = (
-            select(_event.c.id)
-            .where(_event.c.id.in_(ids), func.coalesce(_event.c.status, "") == "received")
-            .with_for_update(skip_locked=True)
-        )
-        claimed = {
-            int(i)
-            for (i,) in conn.execute(
-                update(_event).where(_event.c.id.in_(unclaimed)).values(status="processing").returning(_event.c.id)
-            )
-        }
+    with writer_turn(processor.engine), session_scope(processor.engine) as session, session_reader(session) as db:
+        claimed = _claim(db, [r.event_id for r in batch])
         mine = [r for r in batch if r.event_id in claimed]
         uses: list[Use] = []
         owners: list[tuple[int, str, str]] = []  # (index in mine, typed code, stored key)
@@ -317,40 +314,26 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
         for (n, typed, key), result in zip(owners, recorded, strict=True):
             _count(outcomes[n], typed, key, result)
         orders = {(r.shop_id, o.order_id) for r, o in zip(mine, outcomes, strict=True) if o.order_id is not None}
-        waiting = _with_deferred_conn(conn, orders)
-        finished: list[dict[str, Any]] = []
+        waiting = _with_deferred_raw(db, orders)
+        finished: list[tuple[Any, ...]] = []
+        done_at = db.instant(utcnow())
         for r, outcome in zip(mine, outcomes, strict=True):
             if outcome.order_id is not None and (r.shop_id, outcome.order_id) in waiting:
                 outcome.applied_deferred = processor._apply_deferred(session, r.shop_id, outcome.order_id, now)
             busy = outcome.redeemed or outcome.duplicates or outcome.unknown_codes or outcome.applied_deferred
             finished.append(
-                {
-                    "b_id": r.event_id,
-                    "b_status": "processed" if busy else "ignored",
-                    "b_flagged": bool(outcome.flagged),
-                    "b_campaign_id": outcome.campaign_id,
-                    "b_order_id": outcome.order_id,
-                    "b_outcome": outcome.as_dict(),
-                    "b_unknown": len(outcome.unknown_codes),
-                    "b_at": utcnow(),
-                }
+                (
+                    "processed" if busy else "ignored",
+                    bool(outcome.flagged),
+                    outcome.campaign_id,
+                    outcome.order_id,
+                    json.dumps(outcome.as_dict()),
+                    len(outcome.unknown_codes),
+                    done_at,
+                    r.event_id,
+                )
             )
-        if finished:
-            conn.execute(
-                update(_event)
-                .where(_event.c.id == bindparam("b_id"))
-                .values(
-                    status=bindparam("b_status"),
-                    error=None,
-                    flagged=bindparam("b_flagged"),
-                    campaign_id=bindparam("b_campaign_id"),
-                    order_id=bindparam("b_order_id"),
-                    outcome=bindparam("b_outcome", type_=_event.c.outcome.type),
-                    unknown_codes=bindparam("b_unknown"),
-                    processed_at=bindparam("b_at", type_=_event.c.processed_at.type),
-                ),
-                finished,
-            )
+        db.execute_many(_FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"), finished)
         return orders
 
 
@@ -368,19 +351,45 @@ def _count(outcome: Outcome, typed: str, key: str, result: Recorded | None) -> N
         outcome.flagged.append({"code": key, "reason": result.flagged_reason})
 
 
-def _with_deferred_conn(conn: Any, orders: set[tuple[int, str]]) -> set[tuple[int, str]]:
+_CHUNKS = (256, 64, 16, 4, 1)  # ids per statement (`chunked`): a few recurring statement texts
+_FINISH_SQL = (
+    f"UPDATE {_event.name} SET status = ?, error = NULL, flagged = ?, campaign_id = ?, order_id = ?, outcome = ?,"
+    " unknown_codes = ?, processed_at = ? WHERE id = ?"
+)
+
+
+def _claim(db: Reader, ids: list[int]) -> set[int]:
+    """Move these deliveries from `received` to `processing`, in the caller's transaction; the
+    ids this call moved. On PostgreSQL, rows another worker's batch holds are skipped, not
+    waited for (its commit makes them processed)."""
+    # coalesce() on a NOT NULL column changes nothing but keeps SQLite (without statistics) on
+    # the primary key instead of scanning every received row
+    lock = "" if db.sqlite else " FOR UPDATE SKIP LOCKED"
+    sql = (
+        f"UPDATE {_event.name} SET status = 'processing' WHERE id IN (SELECT id FROM {_event.name}"
+        f" WHERE id IN ({{items}}) AND coalesce(status, '') = 'received'{lock}) RETURNING id"
+    )
+    claimed: set[int] = set()
+    for chunk in chunked(ids, _CHUNKS):
+        claimed.update(int(i) for (i,) in db.bulk(repeated(sql, len(chunk)), chunk))
+    return claimed
+
+
+def _with_deferred_raw(db: Reader, orders: set[tuple[int, str]]) -> set[tuple[int, str]]:
     """Which of these (shop, order)s have a deferred cancellation waiting."""
     found: set[tuple[int, str]] = set()
+    # by (shop, order) only, so the (shop_id, order_id) index is the one used
+    sql = f"SELECT order_id, status FROM {_event.name} WHERE shop_id = ? AND order_id IN ({{items}})"
     for shop_id in sorted({s for s, _ in orders}):
-        wanted = sorted({o for s, o in orders if s == shop_id})
-        # by (shop, order) only, so the (shop_id, order_id) index is the one used
-        rows = conn.execute(
-            select(_event.c.order_id, _event.c.status).where(_event.c.shop_id == shop_id, _event.c.order_id.in_(wanted))
-        )
-        found.update((shop_id, r.order_id) for r in rows if r.status == "deferred")
+        for chunk in chunked(sorted({o for s, o in orders if s == shop_id}), _CHUNKS):
+            found.update(
+                (shop_id, order_id)
+                for order_id, status in db.bulk(repeated(sql, len(chunk)), [shop_id, *chunk])
+                if status == "deferred"
+            )
     return found
 
 
 def _with_deferred(engine: Engine, orders: set[tuple[int, str]]) -> set[tuple[int, str]]:
-    with engine.connect() as conn:
-        return _with_deferred_conn(conn, orders)
+    with read_cursor(engine) as db:
+        return _with_deferred_raw(db, orders)
