@@ -28,7 +28,7 @@ the database's own work here. Statements over many rows are cut into chunks of t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple, TypeVar
@@ -150,20 +150,60 @@ _BUMP_CAMPAIGN = "UPDATE campaign SET redemption_count = redemption_count + ?, d
 def record_webhook_redemptions(session: Session, uses: list[Use], *, now: datetime) -> list[Recorded | None]:
     """Record every use, in order, like `record_redemption(enforce=False, source="webhook")`;
     None for a code the shop doesn't have. Raises what `record_redemption` raises."""
+    with session_reader(session) as db:
+        prepared = prepare_webhook_redemptions(db, uses, now=now)
+    return record_prepared(session, prepared)
+
+
+@dataclass
+class Prepared:
+    """A batch of uses read and judged (`prepare_webhook_redemptions`), ready to be written by
+    `record_prepared`: reading and judging can happen before the write transaction, so a
+    SQLite writer holds the write lock only for the writes. What was read may have changed by
+    then, as under PostgreSQL's READ COMMITTED: the writes stay exact (an insert that finds its
+    (shop, order, code) taken is a duplicate; counters move by increments and the over-the-limit
+    flag reads the code's count after its own), only the other flags were judged on what was read."""
+
+    uses: list[Use]
+    now: datetime
+    results: list[Recorded | None]  # the uses found recorded already; None for the others
+    slow: list[int]  # uses recorded one by one (`record_redemption`)
+    todo: list[int]  # uses recorded set-based, with the rows below
+    values: list[list[Any]] = field(default_factory=list)
+    rows: list[_Code] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+    rules: dict[tuple[int, int | None], _Rules] = field(default_factory=dict)
+
+
+def prepare_webhook_redemptions(db: Reader, uses: list[Use], *, now: datetime) -> Prepared:
+    """Read what recording these uses needs and judge them by the rules (no writes)."""
     for use in uses:
         order_id = use.order_id.strip()
         if not order_id or len(order_id) > 255:
             raise InvalidInput("order_id must be 1 to 255 characters", reason="invalid_order_id")
     uses = [u if u.order_id == u.order_id.strip() else _with_order(u, u.order_id.strip()) for u in uses]
     results: list[Recorded | None] = [None] * len(uses)
-    with session_reader(session) as db:
-        codes = _codes(db, uses, now)
-        customers = [Customer(id=u.customer_id, email=u.email) for u in uses]
-        keys = [customer_key(c.id, c.email) for c in customers]
-        fast, slow = _partition(uses, keys, codes)
-        if fast:
-            _record_fast(db, uses, customers, keys, codes, fast, results, now)
-    for i in slow:
+    codes = _codes(db, uses, now)
+    customers = [Customer(id=u.customer_id, email=u.email) for u in uses]
+    keys = [customer_key(c.id, c.email) for c in customers]
+    fast, slow = _partition(uses, keys, codes)
+    prepared = Prepared(uses, now, results, slow, [])
+    if fast:
+        _prepare_fast(db, prepared, customers, keys, codes, fast)
+    return prepared
+
+
+def record_prepared(session: Session, prepared: Prepared, only: set[int] | None = None) -> list[Recorded | None]:
+    """Write prepared uses in the session's transaction (`only`: the indexes of the uses to
+    write; all by default); what each did, in order, None for unknown codes and uses left out."""
+    uses, now = prepared.uses, prepared.now
+    results = [r if only is None or i in only else None for i, r in enumerate(prepared.results)]
+    if prepared.todo:
+        with session_reader(session) as db:
+            _record_fast(db, prepared, results, only)
+    for i in prepared.slow:
+        if only is not None and i not in only:
+            continue
         use = uses[i]
         try:
             outcome = record_redemption(
@@ -182,7 +222,7 @@ def record_webhook_redemptions(session: Session, uses: list[Use], *, now: dateti
                 enforce=False,
                 address_key=use.address_key,
             )
-        except UnknownCode:  # pragma: no cover - the code was read in this transaction
+        except UnknownCode:  # pragma: no cover - the code was read just before; codes are never deleted
             continue
         r = outcome.redemption
         assert r.id is not None
@@ -229,36 +269,48 @@ def _codes(db: Reader, uses: list[Use], now: datetime) -> dict[tuple[int, str], 
     return found
 
 
-def _record_fast(
+def _prepare_fast(
     db: Reader,
-    uses: list[Use],
+    prepared: Prepared,
     customers: list[Customer],
     keys: list[str | None],
     codes: dict[tuple[int, str], _Code],
     fast: list[int],
-    results: list[Recorded | None],
-    now: datetime,
 ) -> None:
+    uses = prepared.uses
     existing = _existing(db, [uses[i] for i in fast])
     todo: list[int] = []
     for i in fast:
         found = existing.get((uses[i].shop_id, uses[i].order_id, uses[i].code))
         if found is not None:
-            results[i] = Recorded(found[0], found[1], True, found[2])
+            prepared.results[i] = Recorded(found[0], found[1], True, found[2])
         else:
             todo.append(i)
     if not todo:
         return
-    rows = [codes[(uses[i].shop_id, uses[i].code)] for i in todo]
-    rules = _resolve_rules(db, rows)
-    values = _new_redemptions(
-        db, [uses[i] for i in todo], [customers[i] for i in todo], [keys[i] for i in todo], rows, rules, now
+    prepared.todo = todo
+    prepared.rows = [codes[(uses[i].shop_id, uses[i].code)] for i in todo]
+    prepared.keys = [keys[i] for i in todo]
+    prepared.rules = _resolve_rules(db, prepared.rows)
+    prepared.values = _new_redemptions(
+        db, [uses[i] for i in todo], [customers[i] for i in todo], prepared.keys, prepared.rows, prepared.rules, prepared.now
     )
+
+
+def _record_fast(db: Reader, prepared: Prepared, results: list[Recorded | None], only: set[int] | None) -> None:
+    uses, rules = prepared.uses, prepared.rules
+    kept = [n for n, i in enumerate(prepared.todo) if only is None or i in only]
+    todo = [prepared.todo[n] for n in kept]
+    values = [prepared.values[n] for n in kept]
+    rows = [prepared.rows[n] for n in kept]
+    if not todo:
+        return
     inserted = _insert(db, values)
     raced = [uses[i] for i, v in zip(todo, values, strict=True) if _claim(v) not in inserted]
-    if raced:  # recorded by a concurrent transaction since we looked (PostgreSQL): duplicates
+    existing = {}
+    if raced:  # recorded by a concurrent transaction since we looked: duplicates
         existing = _existing(db, raced)
-    _move_counters(db, values, rows, [keys[i] for i in todo], rules, inserted)
+    _move_counters(db, values, rows, [prepared.keys[n] for n in kept], rules, inserted)
     for i, v in zip(todo, values, strict=True):
         claim = _claim(v)
         if claim in inserted:

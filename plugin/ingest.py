@@ -38,7 +38,7 @@ from sqlalchemy import Engine
 from connectors.base import Delivery
 from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
-from plugin.bulk_redemptions import Recorded, Use, record_webhook_redemptions
+from plugin.bulk_redemptions import Recorded, Use, prepare_webhook_redemptions, record_prepared
 from plugin.db import (
     Reader,
     chunked,
@@ -283,31 +283,25 @@ def _store(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]
 def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) -> set[tuple[int, str]]:
     """Process order deliveries that only redeem, in one transaction, exactly as
     `Processor._apply` would one by one; return the (shop, order)s they touched."""
+    # Reading and judging are done before taking the write lock, which the web processes wait
+    # for meanwhile (`Prepared` says what that changes)
+    per_delivery = [_uses(processor, r) for r in batch]
+    with read_cursor(processor.engine) as reader:
+        judged = prepare_webhook_redemptions(reader, [use for uses in per_delivery for use, _ in uses], now=now)
     with writer_turn(processor.engine), session_scope(processor.engine) as session, session_reader(session) as db:
         claimed = _claim(db, [r.event_id for r in batch])
-        mine = [r for r in batch if r.event_id in claimed]
-        uses: list[Use] = []
+        mine: list[Received] = []
+        wanted: list[int] = []  # the claimed deliveries' uses, as indexes into the judged ones
         owners: list[tuple[int, str, str]] = []  # (index in mine, typed code, stored key)
-        for n, r in enumerate(mine):
-            for event in r.delivery.events:
-                for use in event.codes:
-                    key = codes.normalise_generic(use.code)
-                    uses.append(
-                        Use(
-                            shop_id=r.shop_id,
-                            code=key,
-                            order_id=event.order_id,
-                            amount=use.amount,
-                            subtotal=event.subtotal,
-                            currency=event.currency,
-                            customer_id=event.customer_id,
-                            email=event.email,
-                            channel=event.channel,
-                            address_key=processor.address_key(event),
-                        )
-                    )
-                    owners.append((n, use.code, key))
-        recorded = record_webhook_redemptions(session, uses, now=now)
+        start = 0
+        for r, uses in zip(batch, per_delivery, strict=True):
+            if r.event_id in claimed:
+                wanted.extend(range(start, start + len(uses)))
+                owners.extend((len(mine), typed, use.code) for use, typed in uses)
+                mine.append(r)
+            start += len(uses)
+        everything = record_prepared(session, judged, set(wanted))
+        recorded = [everything[i] for i in wanted]
         fresh = [(r.redemption_id, r.campaign_id) for r in recorded if r is not None and not r.duplicate]
         referrals.on_redemptions(session, fresh, now=now)  # a friend's order rewards its referrer
         outcomes = [Outcome(order_id=r.delivery.events[-1].order_id) for r in mine]
@@ -335,6 +329,29 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
             )
         db.execute_many(_FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"), finished)
         return orders
+
+
+def _uses(processor: Processor, received: Received) -> list[tuple[Use, str]]:
+    """A delivery's code uses, each with the code as typed."""
+    out: list[tuple[Use, str]] = []
+    for event in received.delivery.events:
+        address_key = processor.address_key(event) if event.codes else None
+        for use in event.codes:
+            key = codes.normalise_generic(use.code)
+            redeemed = Use(
+                shop_id=received.shop_id,
+                code=key,
+                order_id=event.order_id,
+                amount=use.amount,
+                subtotal=event.subtotal,
+                currency=event.currency,
+                customer_id=event.customer_id,
+                email=event.email,
+                channel=event.channel,
+                address_key=address_key,
+            )
+            out.append((redeemed, use.code))
+    return out
 
 
 def _count(outcome: Outcome, typed: str, key: str, result: Recorded | None) -> None:

@@ -79,8 +79,8 @@ class Worker:
     # deliveries per intake batch, and how long a batch that came out short waits for more:
     # a batch's fixed cost (a dozen statements, a commit) is worth sharing, and its write
     # turn must stay short, as the web processes wait for it to store theirs
-    intake_batch: int = 500
-    intake_linger: float = 0.0
+    intake_batch: int = 100
+    intake_linger: float = 0.02
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
