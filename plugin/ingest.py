@@ -4,8 +4,9 @@
        ▲                                                delivery, one commit (group commit)
        └──────── 2xx once its batch committed ◀────────┘        │
                                                                 ▼ new deliveries
-                                          processor: claims many at once and records their
-                                          redemptions in one transaction (bulk_redemptions)
+                   processor (this process), or `intake` (the workers, with
+                   `webhook_processing = "worker"`): claims many at once and records their
+                   redemptions in one transaction (bulk_redemptions)
 
 Promise 3 holds as before: a request is answered 2xx only after the transaction holding its
 delivery committed (at least once); deliveries are unique by (platform, delivery id) and
@@ -13,7 +14,9 @@ redemptions by (shop, order, code) (at most once in effect). What changed is the
 work: one commit (one fsync) per batch of concurrent requests instead of per request, and
 one transaction with a few set-based statements per batch of deliveries instead of a dozen
 ORM round trips per delivery. On SQLite both run on the event loop, one after the other: one
-writer, as SQLite wants. On PostgreSQL they run in threads.
+writer, as SQLite wants. On PostgreSQL they run in threads. When the workers process, the web's
+writer and their batches take turns at SQLite's write lock (`plugin.db.writer_turn`), and a
+batch reads and judges its uses before its turn, so it holds the lock only to write.
 
 Deliveries the set-based path does not cover (cancellations, thin webhooks that must fetch
 their order, GDPR requests) and any batch that fails go through `Processor.process` one by
