@@ -23,6 +23,7 @@ def settings(args: argparse.Namespace) -> Settings:
         database_url=args.db,
         secret_key=Secret(SECRET),
         run_worker_in_process=args.in_process_worker,
+        webhook_processing=args.webhook_processing,
         sandbox_enabled=args.sandbox,
         public_url=args.public_url or f"http://127.0.0.1:{args.port}",
         log_level="warning",
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--in-process-worker", action="store_true")
     parser.add_argument("--lease", type=float, default=60.0)
     parser.add_argument("--slow-job", action="store_true", help="add the test.slow job kind")
+    parser.add_argument("--webhook-processing", choices=["web", "worker"], default="web")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.role == "app":

@@ -13,6 +13,7 @@ On SQLite by default, on PostgreSQL with COUPONRY_TEST_DATABASE_URL (as CI runs 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -31,8 +32,11 @@ from sqlmodel import col, select
 from plugin import sync
 from plugin.db import session_scope
 from plugin.models import Campaign, Code, Job, Redemption, WebhookEvent
-from plugin.sandbox import store
+from plugin.sandbox import keys, store
+from plugin.sandbox.deliverer import sign
 from plugin.sandbox.models import SandboxCode, SandboxDelivery
+from plugin.settings import Secret, Settings
+from tests.crash_proc import SECRET
 from tests.ingest import SHOP, campaign_codes, make_campaign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,6 +237,66 @@ def test_the_app_killed_while_webhooks_stream_in_records_every_order_exactly_onc
     assert len(rows) == n and len(by_order) == n  # one redemption per order, none twice
     orders = {str(o): c.code for o, c in zip(placed, ours, strict=True)}
     assert by_order == orders
+    assert set(uses) == {1} and campaign.redemption_count == n
+
+
+def test_a_worker_killed_while_processing_webhooks_leaves_every_order_recorded_exactly_once(
+    engine: Engine, shop_id: int, database_url: str, processes: Processes
+) -> None:
+    """The Procfile layout: the web process only stores, the workers process; one dies mid-stream."""
+    n = 600
+    campaign_id = make_campaign(engine, shop_id, count=n)
+    ours = campaign_codes(engine, campaign_id)
+    app_port = free_port()
+    layout = ("--webhook-processing", "worker")
+    processes.start("app", "app", "--db", database_url, "--port", str(app_port), *layout)
+    wait_until(lambda: _up(app_port), 20, "the app", interval=0.05)
+    worker_args = ("worker", "--db", database_url, "--public-url", f"http://127.0.0.1:{app_port}", *layout)
+    processes.start("worker-1", *worker_args)
+    secret = keys.webhook_secret(Settings(database_url=database_url, secret_key=Secret(SECRET)))
+
+    def deliver_all() -> None:  # every order twice, as platforms retry
+        with httpx.Client(base_url=f"http://127.0.0.1:{app_port}") as client:
+            for again in (False, True):
+                for n_, code in enumerate(ours):
+                    body = json.dumps({"id": 90000 + n_, "discount_codes": [{"code": code.code, "amount": "1.00"}]}).encode()
+                    headers = {
+                        "X-Sandbox-Topic": "orders/create",
+                        "X-Sandbox-Shop-Domain": SHOP,
+                        "X-Sandbox-Delivery-Id": f"kill-{n_}",
+                        "X-Sandbox-Hmac-Sha256": sign(secret, body),
+                    }
+                    assert client.post("/webhooks/sandbox", content=body, headers=headers).status_code == 200
+                    if not again:
+                        time.sleep(0.002)
+
+    sender = threading.Thread(target=deliver_all)
+    sender.start()
+    try:
+        recorded = select(func.count()).select_from(Redemption)
+        wait_until(lambda: count(engine, recorded) >= n // 4, 30, "a quarter of the orders recorded")
+        worker = processes.started[-1]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        at_kill = count(engine, recorded)
+        processes.start("worker-2", *worker_args)
+    finally:
+        sender.join(120)
+    assert at_kill < n, "every order was in before the kill: nothing was tested"
+
+    def settled() -> bool:
+        waiting = select(func.count()).select_from(WebhookEvent).where(col(WebhookEvent.status).in_(["received", "processing"]))
+        return count(engine, select(func.count()).select_from(WebhookEvent)) == n and count(engine, waiting) == 0
+
+    wait_until(settled, 60, "every delivery processed", interval=0.1)
+    with session_scope(engine) as session:
+        events = session.exec(select(WebhookEvent)).all()
+        rows = session.exec(select(Redemption)).all()
+        campaign = session.get_one(Campaign, campaign_id)
+        uses = session.exec(select(Code.uses).where(col(Code.campaign_id) == campaign_id)).all()
+    assert {e.status for e in events} == {"processed"}, processes.log("worker-2")
+    by_order = {r.order_id: r.code for r in rows}
+    assert len(rows) == n and by_order == {str(90000 + i): c.code for i, c in enumerate(ours)}
     assert set(uses) == {1} and campaign.redemption_count == n
 
 
