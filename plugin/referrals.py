@@ -182,7 +182,15 @@ def on_redemptions(session: Session, recorded: Sequence[tuple[int, int | None]],
     campaigns = {c for _, c in recorded if c is not None}
     if not campaigns:
         return 0
-    programs = set(session.exec(select(ReferralProgram.campaign_id).where(col(ReferralProgram.campaign_id).in_(campaigns))).all())
+    # raw: this runs inside every batch's write transaction, for batches that mostly hold none
+    table = ReferralProgram.__tablename__
+    with session_reader(session) as db:
+        programs = {
+            int(c)
+            for (c,) in db.rows(
+                f"SELECT campaign_id FROM {table} WHERE campaign_id IN ({', '.join('?' * len(campaigns))})", sorted(campaigns)
+            )
+        }
     rewarded = 0
     for redemption_id, campaign_id in recorded:
         if campaign_id in programs:

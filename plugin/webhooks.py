@@ -166,13 +166,22 @@ def _row_placeholders(sqlite: bool) -> str:
 
 
 def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
-    values = [row[name] for name in _STORED]
-    for i, name in enumerate(_STORED):
-        if name in _JSON_COLUMNS:
-            values[i] = json.dumps(values[i])
-        elif name == "received_at":
-            values[i] = db.instant(values[i])
-    return values
+    """A row's parameters, in `_STORED` order."""
+    outcome = row["outcome"]
+    return [
+        row["platform"],
+        row["delivery_id"],
+        row["topic"],
+        row["shop_id"],
+        row["payload"],
+        json.dumps(row["headers"]),
+        row["status"],
+        row["error"],
+        row["flagged"],
+        json.dumps(outcome) if outcome else "{}",
+        row["unknown_codes"],
+        db.instant(row["received_at"]),
+    ]
 
 
 @dataclass(frozen=True)
