@@ -6,6 +6,10 @@ out and another worker claims the job (handlers are idempotent). When idle it ru
 sweeps (e.g. webhook deliveries stored but not processed because a process died right
 after answering) and sleeps until the poll interval passes or someone wakes it.
 
+With `webhook_processing = "worker"` (the Procfile), the worker also runs the webhook intake
+beside its jobs: stored order webhooks turned into redemptions a batch at a time
+(`plugin.ingest.intake`), so a long push never holds them up.
+
 SIGTERM and SIGINT stop claiming; the running job finishes, then the worker exits.
 """
 
