@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlmodel import Session
 
 from plugin import caches
-from plugin.db import Reader, chunked, repeated, session_reader
+from plugin.db import CHUNK_SIZES, Reader, chunked, repeated, session_reader
 from plugin.errors import InvalidInput
 from plugin.redemptions import UnknownCode, customer_key, record_redemption
 from plugin.refusals import refuse
@@ -60,7 +60,7 @@ T = TypeVar("T")
 # first, so that a few statement texts recur and SQLite keeps them prepared (preparing a
 # statement of 1000 rows costs it more than running it). 256 rows of 17 parameters stay far
 # under SQLite's limit of 32766 parameters.
-CHUNKS = (256, 64, 16, 4, 1)
+CHUNKS = CHUNK_SIZES
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,12 @@ def read_session(engine: Engine) -> Iterator[Session]:
                 session.rollback()
 
 
-def chunked(items: Sequence[T], sizes: Sequence[int]) -> Iterator[Sequence[T]]:
+# rows (or IN-list items) per statement for `chunked`: a few recurring sizes, each under every
+# driver's parameter limit for the widest rows we write
+CHUNK_SIZES = (256, 64, 16, 4, 1)
+
+
+def chunked(items: Sequence[T], sizes: Sequence[int] = CHUNK_SIZES) -> Iterator[Sequence[T]]:
     """Consecutive slices of `items` of the given sizes, largest first, as many of each as fit:
     a statement over many rows is cut into chunks of a few recurring sizes, so its few texts
     recur and stay prepared (SQLite prepares a 1,000-row VALUES in ~12 ms, 3x its run)."""

@@ -371,7 +371,6 @@ def _count(outcome: Outcome, typed: str, key: str, result: Recorded | None) -> N
         outcome.flagged.append({"code": key, "reason": result.flagged_reason})
 
 
-_CHUNKS = (256, 64, 16, 4, 1)  # ids per statement (`chunked`): a few recurring statement texts
 _FINISH_SQL = (
     f"UPDATE {_event.name} SET status = ?, error = NULL, flagged = ?, campaign_id = ?, order_id = ?, outcome = ?,"
     " unknown_codes = ?, processed_at = ? WHERE id = ?"
@@ -390,7 +389,7 @@ def _claim(db: Reader, ids: list[int]) -> set[int]:
         f" WHERE id IN ({{items}}) AND coalesce(status, '') = 'received'{lock}) RETURNING id"
     )
     claimed: set[int] = set()
-    for chunk in chunked(ids, _CHUNKS):
+    for chunk in chunked(ids):
         claimed.update(int(i) for (i,) in db.bulk(repeated(sql, len(chunk)), chunk))
     return claimed
 
@@ -401,7 +400,7 @@ def _with_deferred_raw(db: Reader, orders: set[tuple[int, str]]) -> set[tuple[in
     # by (shop, order) only, so the (shop_id, order_id) index is the one used
     sql = f"SELECT order_id, status FROM {_event.name} WHERE shop_id = ? AND order_id IN ({{items}})"
     for shop_id in sorted({s for s, _ in orders}):
-        for chunk in chunked(sorted({o for s, o in orders if s == shop_id}), _CHUNKS):
+        for chunk in chunked(sorted({o for s, o in orders if s == shop_id})):
             found.update(
                 (shop_id, order_id)
                 for order_id, status in db.bulk(repeated(sql, len(chunk)), [shop_id, *chunk])

@@ -119,7 +119,6 @@ _STORED = (
     "received_at",
 )
 _JSON_COLUMNS = ("headers", "outcome")
-_CHUNKS = (256, 64, 16, 4, 1)  # rows per INSERT (`chunked`): a few recurring texts, under every driver's limit
 
 
 def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
@@ -137,7 +136,7 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
         " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
     )
     new: dict[tuple[str, str], int] = {}
-    for stored in chunked(list(first.values()), _CHUNKS):
+    for stored in chunked(list(first.values())):
         params = [value for row in stored for value in _bound(db, row)]
         found = db.bulk(repeated(insert, len(stored), _row_placeholders(db.sqlite)), params)
         new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in found})
@@ -145,7 +144,7 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
     missing = [key for key in first if key not in ids]
     select = f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({{items}})"
     for platform in {p for p, _ in missing}:
-        for wanted in chunked([d for p, d in missing if p == platform], _CHUNKS):
+        for wanted in chunked([d for p, d in missing if p == platform]):
             found = db.bulk(repeated(select, len(wanted)), [platform, *wanted])
             ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
     out: list[tuple[int, bool]] = []
