@@ -199,7 +199,7 @@ class Ingest:
             batch = [self._received.popleft() for _ in range(min(self.max_batch, len(self._received)))]
             self._busy += 1
             try:
-                await self.process(batch)
+                await process_batch(self.processor, batch)
             except Exception:  # pragma: no cover - process() falls back itself; the loop must live
                 log.exception("webhook processing failed")
             finally:
@@ -210,9 +210,6 @@ class Ingest:
         deadline = loop.time() + self.linger
         while len(self._received) < self.min_batch and not self._stopping and loop.time() < deadline:
             await asyncio.sleep(min(0.002, self.linger))
-
-    async def process(self, batch: Sequence[Received]) -> None:
-        await process_batch(self.processor, batch)
 
 
 async def process_batch(processor: Processor, batch: Sequence[Received]) -> None:
