@@ -82,6 +82,7 @@ class Ingest:
         linger: float = 0.02,
         max_waiting: int = 20000,
         process_here: bool = True,
+        fill_turns: int = 2,
     ) -> None:
         self.processor = processor
         self.engine = processor.engine
@@ -92,6 +93,8 @@ class Ingest:
         self.min_batch = min_batch  # the processor waits up to `linger` seconds for this many
         self.linger = linger
         self.max_waiting = max_waiting  # beyond this many unprocessed, leave them to the sweep
+        # loop turns in a row that bring no new delivery before the writer commits (see _fill)
+        self.fill_turns = fill_turns
         self._rows: list[tuple[dict[str, Any], asyncio.Future[tuple[int, bool]]]] = []
         self._received: deque[Received] = deque()
         self._store_wake: asyncio.Event | None = None
@@ -159,6 +162,7 @@ class Ingest:
                 self._store_wake.clear()
                 await self._store_wake.wait()
                 continue
+            await self._fill()
             batch, self._rows = self._rows[: self.max_batch], self._rows[self.max_batch :]
             rows = [row for row, _ in batch]
             self._busy += 1
@@ -180,6 +184,21 @@ class Ingest:
                 if not future.done():
                     future.set_result(result)
             await asyncio.sleep(0)  # let the answered requests go out before the next batch
+
+    async def _fill(self) -> None:
+        """Let the requests already read off their sockets join this batch before it commits.
+
+        Woken by the first row, the writer would otherwise commit a handful (12 on average
+        under 50 busy connections) while the next requests wait one loop turn away, and a
+        commit's fixed cost is several times a row's. A request goes from its socket to
+        `store` in two turns (its task is created in one and runs in the next), so the writer
+        waits until `fill_turns` turns in a row bring nothing new: never a fixed delay, and a
+        lone request waits two turns of an idle loop."""
+        quiet = 0
+        while quiet < self.fill_turns and len(self._rows) < self.max_batch and not self._stopping:
+            queued = len(self._rows)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._rows) == queued else 0
 
     # --- the processor --------------------------------------------------------------------------
 

@@ -178,3 +178,35 @@ def test_store_deliveries_stores_many_in_chunks_and_reports_each_row(engine: Eng
         assert event.outcome == {} and event.flagged is False and event.unknown_codes == 0
         assert before - timedelta(seconds=5) < event.received_at <= datetime.now(UTC)
         assert event.received_at.tzinfo is not None
+
+
+async def test_requests_a_loop_turn_apart_share_one_commit(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer lets requests already on their way join its batch (`Ingest._fill`): 30
+    deliveries reaching `store` over a few loop turns are committed together."""
+    from plugin import ingest
+
+    commits: list[int] = []
+    real_store = ingest._store
+
+    def counting_store(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]:
+        commits.append(len(rows))
+        return real_store(engine, rows)
+
+    monkeypatch.setattr(ingest, "_store", counting_store)
+    async with httpx.AsyncClient() as http:
+        pipeline = ingest.Ingest(Processor(engine, settings, http), process_here=False)
+        pipeline.start()
+
+        async def arrive(n: int) -> tuple[int, bool]:
+            for _ in range(n % 3):  # as requests whose tasks start one or two turns later
+                await asyncio.sleep(0)
+            return await pipeline.store(delivery_row(n))
+
+        try:
+            stored = await asyncio.gather(*(arrive(n) for n in range(30)))
+        finally:
+            await pipeline.stop()
+    assert commits == [30]
+    assert all(created for _, created in stored) and len({i for i, _ in stored}) == 30
