@@ -42,7 +42,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ import httpx
 import jwt
 from tenacity.wait import wait_base
 
+from connectors import json_body
 from connectors.base import (
     CodeSpec,
     CodeUse,
@@ -385,7 +385,7 @@ class BigCommerceConnector:
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         try:
-            payload = json.loads(body)
+            payload = json_body.loads(body)
         except ValueError as exc:
             raise ConnectorError("malformed BigCommerce webhook body") from exc
         if not isinstance(payload, dict):

@@ -28,8 +28,27 @@ def minor_unit_exponent(currency: str) -> int:
     return EXPONENTS.get(currency.upper(), 2)
 
 
+# Longest string the fast path in `to_minor` takes: at most 20 digits, scaled by an exponent
+# of at most 4, stay well inside Decimal's default 28-digit precision (so the Decimal path would
+# be exact too) and far from int()'s digit limit.
+_FAST_MAX_LEN: Final = 20
+
+
 def to_minor(amount: object, currency: str) -> int:
     """A decimal amount ("12.50", 12.5, 3; None or "" as 0) in minor units, rounded half up."""
+    # Fast exact path, for what platforms send nearly always: a plain decimal string ("80.00",
+    # "-1.25", "1000") with no more decimals than the currency has, so no rounding is needed
+    # and integers give exactly what the Decimal path would. Only ASCII digits (str.isdigit
+    # alone takes "١٢"), and only an exact str (a subclass's str() may say something else);
+    # anything else ("+5", " 5", "1e3", "0.005", floats, ints) takes the Decimal path.
+    if type(amount) is str and len(amount) <= _FAST_MAX_LEN:
+        whole, _, fraction = amount.removeprefix("-").partition(".")
+        digits = whole + fraction
+        if digits.isascii() and digits.isdigit():
+            exponent = minor_unit_exponent(currency)
+            if len(fraction) <= exponent:
+                minor: int = int(digits) * 10 ** (exponent - len(fraction))
+                return -minor if amount[0] == "-" else minor
     if amount is None or amount == "":
         return 0
     try:

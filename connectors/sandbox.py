@@ -20,13 +20,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
 import httpx
 
+from connectors import json_body
 from connectors.base import (
     CodeSpec,
     CodeUse,
@@ -103,22 +103,20 @@ class SandboxConnector:
             raise BadSignature("webhook signature does not match")
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
-        head = self.identify_webhook(headers, body)
-        if head.kind != "order":
-            return head
+        # the head is read as identify_webhook reads it, without building its Delivery first
+        topic, shop, delivery_id = _head(headers)
+        kind = TOPIC_KINDS.get(topic)
+        if kind is None:
+            return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="other")
         try:
-            order = json.loads(body)
+            order = json_body.loads(body)
         except ValueError as exc:
             raise Rejected(f"webhook body is not JSON: {exc}") from exc
-        event = _order_event(order, kind=TOPIC_KINDS[head.topic], shop=head.shop, delivery_id=head.delivery_id)
-        return Delivery(delivery_id=head.delivery_id, topic=head.topic, shop=head.shop, kind="order", events=(event,))
+        event = _order_event(order, kind=kind, shop=shop, delivery_id=delivery_id)
+        return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order", events=(event,))
 
     def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
-        topic = _header(headers, "X-Sandbox-Topic") or ""
-        shop = _header(headers, "X-Sandbox-Shop-Domain") or ""
-        delivery_id = _header(headers, "X-Sandbox-Delivery-Id") or ""
-        if not delivery_id:
-            raise Rejected("missing X-Sandbox-Delivery-Id header")
+        topic, shop, delivery_id = _head(headers)
         return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order" if topic in TOPIC_KINDS else "other")
 
     # --- codes out ---------------------------------------------------------------------------
@@ -214,6 +212,16 @@ _STATUS_KINDS: Final[dict[str, OrderEventKind]] = {
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     return value if value is not None else headers.get(name.lower())
+
+
+def _head(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """A delivery's topic, shop and id, from its headers."""
+    topic = _header(headers, "X-Sandbox-Topic") or ""
+    shop = _header(headers, "X-Sandbox-Shop-Domain") or ""
+    delivery_id = _header(headers, "X-Sandbox-Delivery-Id") or ""
+    if not delivery_id:
+        raise Rejected("missing X-Sandbox-Delivery-Id header")
+    return topic, shop, delivery_id
 
 
 def _str(value: object) -> str | None:

@@ -45,6 +45,7 @@ import httpx
 import jwt
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from connectors import json_body
 from connectors.base import (
     CodeSpec,
     CodeUse,
@@ -598,7 +599,7 @@ class ShopifyConnector:
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         topic, shop, delivery_id = _head(headers, body)
         try:
-            payload = json.loads(body)
+            payload = json_body.loads(body)
         except ValueError:
             raise Rejected("Shopify webhook body is not JSON") from None
         if not isinstance(payload, dict):

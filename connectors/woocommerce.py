@@ -49,6 +49,7 @@ from urllib.parse import urlencode
 import httpx
 from tenacity.wait import wait_base
 
+from connectors import json_body
 from connectors.base import (
     CodeSpec,
     CodeUse,
@@ -296,7 +297,7 @@ class WooCommerceConnector:
         header_id = _header(headers, "X-WC-Webhook-Delivery-ID") or ""
         topic = _header(headers, "X-WC-Webhook-Topic") or ""
         try:
-            payload = json.loads(body)
+            payload = json_body.loads(body)
         except ValueError as exc:
             raise ConnectorError("malformed WooCommerce webhook body") from exc
         resource, _, event = topic.partition(".")
