@@ -27,7 +27,6 @@ was full) stays `received` and the worker's sweep processes it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine
 
 from connectors.base import Delivery
@@ -283,7 +283,7 @@ def _waiting(engine: Engine, limit: int) -> list[tuple[int, str, dict[str, str],
     )
     with read_cursor(engine) as db:
         rows = db.rows(sql, [limit])
-    return [(int(i), platform, json.loads(headers), payload, shop_id) for i, platform, headers, payload, shop_id in rows]
+    return [(int(i), platform, orjson.loads(headers), payload, shop_id) for i, platform, headers, payload, shop_id in rows]
 
 
 def _batchable(delivery: Delivery) -> bool:
@@ -340,7 +340,7 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
                     bool(outcome.flagged),
                     outcome.campaign_id,
                     outcome.order_id,
-                    json.dumps(outcome.as_dict()),
+                    orjson.dumps(outcome.as_dict()).decode(),
                     len(outcome.unknown_codes),
                     done_at,
                     r.event_id,

@@ -7,13 +7,13 @@ duplicates of one delivery all land on the same row (at most once).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from sqlalchemy import func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -33,10 +33,19 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The platform headers worth keeping to re-parse a delivery: its X-* ones, never a signature."""
     kept = {}
     for name, value in headers.items():
-        lower = name.lower()
-        if (lower.startswith("x-") or lower == "content-type") and _SECRET_HEADER.search(lower) is None:
+        lower = _kept_name(name)
+        if lower is not None:
             kept[lower] = value
     return kept
+
+
+@lru_cache(maxsize=512)
+def _kept_name(name: str) -> str | None:
+    """A header's name in lower case if it is kept, else None: decided once per name (a
+    platform sends the same dozen on every delivery)."""
+    lower = name.lower()
+    keep = (lower.startswith("x-") or lower == "content-type") and _SECRET_HEADER.search(lower) is None
+    return lower if keep else None
 
 
 def store_delivery(
@@ -173,11 +182,11 @@ def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
         row["topic"],
         row["shop_id"],
         row["payload"],
-        json.dumps(row["headers"]),
+        orjson.dumps(row["headers"]).decode(),
         row["status"],
         row["error"],
         row["flagged"],
-        json.dumps(outcome) if outcome else "{}",
+        orjson.dumps(outcome).decode() if outcome else "{}",
         row["unknown_codes"],
         db.instant(row["received_at"]),
     ]
