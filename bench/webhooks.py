@@ -81,19 +81,24 @@ def serve_app(port: int, db_url: str, sandbox: bool, processing: str = "web") ->
 
     from bench.loadgen import LOOP
     from plugin.db import make_engine
+    from plugin.runtime import settle_heap
     from plugin.web.app import create_app
 
     settings = settings_for(db_url, port, sandbox, processing)
     app = create_app(settings, engine=make_engine(db_url))
+    settle_heap()  # as `couponry serve` does
     uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, http="httptools", log_level="warning", access_log=False)
 
 
 def serve_worker(port: int, db_url: str) -> None:
     """`couponry worker`, as the Procfile's worker runs it beside the web process."""
     from plugin.db import make_engine
+    from plugin.runtime import settle_heap
     from plugin.worker import serve_worker
 
-    asyncio.run(serve_worker(settings_for(db_url, port, False, "worker"), make_engine(db_url)))
+    engine = make_engine(db_url)
+    settle_heap()  # as `couponry worker` does
+    asyncio.run(serve_worker(settings_for(db_url, port, False, "worker"), engine))
 
 
 # --- client ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from plugin import outbox
 from plugin.db import make_engine, run
 from plugin.errors import PluginError
 from plugin.outbox import ClaimedJob
+from plugin.runtime import settle_heap
 from plugin.settings import Settings
 
 log = logging.getLogger("couponry.worker")
@@ -246,6 +247,7 @@ async def serve_worker(settings: Settings, engine: Engine, *, poll_interval: flo
 def run_worker(settings: Settings, engine: Engine | None = None, *, poll_interval: float = 1.0) -> None:
     """`couponry worker`: the loop in the foreground, with uvloop when available."""
     engine = engine or make_engine(settings.database_url)
+    settle_heap()
     try:
         import uvloop
 

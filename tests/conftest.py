@@ -88,3 +88,15 @@ def shop_id(engine: Engine) -> int:
         shop = ensure_local_shop(session, "local.couponry.test")
         assert shop.id is not None
         return shop.id
+
+
+@pytest.fixture
+def gc_state() -> Iterator[None]:
+    """For tests of code that tunes the garbage collector (`plugin.runtime.settle_heap`): the
+    test process gets its own settings back."""
+    import gc
+
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine
 
 from plugin.cli import main
+from plugin.runtime import YOUNG_THRESHOLD
 
 
 @pytest.fixture
@@ -169,7 +171,7 @@ def test_serve_address_becomes_the_public_url_unless_configured() -> None:
     assert (kept.host, kept.port, kept.public_url) == ("0.0.0.0", 9000, "https://coupons.example.com")
 
 
-def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pytest.MonkeyPatch, gc_state: None) -> None:
     """uvloop answers some connections far later than others under load (bench/loadgen.py)."""
     import uvicorn
 
@@ -180,3 +182,4 @@ def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pyt
     _ok(cli, "serve", "--port", "8767")
     [(app, kwargs)] = calls
     assert isinstance(app, App) and kwargs["loop"] == "asyncio" and kwargs["port"] == 8767
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # settle_heap ran

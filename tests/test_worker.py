@@ -4,6 +4,7 @@ by hand, lease renewal, and a graceful SIGTERM that lets the running job finish.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from plugin.db import make_engine, session_scope
 from plugin.errors import InvalidInput
 from plugin.models import AuditEvent, Job, utcnow
 from plugin.outbox import ClaimedJob
+from plugin.runtime import YOUNG_THRESHOLD
 from plugin.settings import Settings
 from plugin.shops import ensure_local_shop
 from plugin.worker import Handler, JobContext, Worker
@@ -248,3 +250,19 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
     assert job(engine, running).status == "done"
     # it stopped claiming: the job that came due meanwhile waits for the next worker
     assert f"started {waiting}" not in text and job(engine, waiting).status == "queued"
+
+
+def test_the_worker_command_settles_its_heap_before_it_runs(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, gc_state: None
+) -> None:
+    import plugin.worker
+
+    seen: list[tuple[int, int]] = []
+
+    async def serve(settings: Settings, engine: Engine, *, poll_interval: float = 1.0) -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+
+    monkeypatch.setattr(plugin.worker, "serve_worker", serve)
+    plugin.worker.run_worker(settings, engine)
+    [(threshold, frozen)] = seen
+    assert threshold == YOUNG_THRESHOLD and frozen > 0

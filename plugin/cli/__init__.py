@@ -101,12 +101,14 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     """Run the web app (and, on the embedded default, the worker) with uvicorn."""
     import uvicorn
 
+    from plugin.runtime import settle_heap
     from plugin.web.app import create_app
 
     settings = serve_settings(ctx.settings, host, port, os.environ)
     engine = ctx.engine
     _ = ctx.shop_id  # the local shop exists before the first request
     app = create_app(settings, engine=engine)
+    settle_heap()
     # The asyncio loop, not uvloop: as fast for this app, and fair between connections under
     # load (bench/loadgen.py: p99 ~30 ms against ~180-360 ms with uvloop at 50 connections).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, loop="asyncio")
