@@ -33,15 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from connectors.base import Delivery
 from connectors.errors import ConnectorError
 from plugin import codes, referrals, webhooks
-from plugin.bulk_redemptions import Recorded, Use, prepare_webhook_redemptions, record_prepared
+from plugin.bulk_redemptions import Prepared, Recorded, Use, prepare_webhook_redemptions, record_prepared
 from plugin.db import (
     Reader,
     chunked,
@@ -70,6 +71,16 @@ class Received:
     shop_id: int
 
 
+class Stored(NamedTuple):
+    """What `Ingest.store` did with a delivery: its row, whether this request stored it, and
+    whether its processing is taken care of (done in its batch's transaction, queued for the
+    processor, or left to the workers)."""
+
+    event_id: int
+    created: bool
+    taken: bool
+
+
 class Ingest:
     """Stores deliveries by group commit and processes them in batches, for one app."""
 
@@ -95,7 +106,7 @@ class Ingest:
         self.max_waiting = max_waiting  # beyond this many unprocessed, leave them to the sweep
         # loop turns in a row that bring no new delivery before the writer commits (see _fill)
         self.fill_turns = fill_turns
-        self._rows: list[tuple[dict[str, Any], asyncio.Future[tuple[int, bool]]]] = []
+        self._rows: list[tuple[dict[str, Any], Delivery | None, asyncio.Future[Stored]]] = []
         self._received: deque[Received] = deque()
         self._store_wake: asyncio.Event | None = None
         self._process_wake: asyncio.Event | None = None
@@ -133,13 +144,16 @@ class Ingest:
 
     # --- the request side -----------------------------------------------------------------------
 
-    async def store(self, row: dict[str, Any]) -> tuple[int, bool]:
-        """Queue a delivery row (`webhooks.delivery_values`) and wait until it is committed:
-        (its id, whether it is new)."""
+    async def store(self, row: dict[str, Any], delivery: Delivery | None = None) -> Stored:
+        """Queue a delivery row (`webhooks.delivery_values`) and wait until it is committed.
+        `delivery`, parsed and to be processed (a `received` row of a known shop): when this
+        process processes, its redemptions are recorded in the same transaction if it only
+        redeems, else it is queued for the processor."""
         if not self.running or self._store_wake is None:  # not started (or stopping): store it alone
-            return await run(self.engine, lambda: _store(self.engine, [row])[0])
-        future: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        self._rows.append((row, future))
+            event_id, created = await run(self.engine, lambda: _store(self.engine, [row])[0])
+            return Stored(event_id, created, taken=not self.process_here)
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._rows.append((row, delivery if self.process_here else None, future))
         self._store_wake.set()
         return await future
 
@@ -164,26 +178,58 @@ class Ingest:
                 continue
             await self._fill()
             batch, self._rows = self._rows[: self.max_batch], self._rows[self.max_batch :]
-            rows = [row for row, _ in batch]
             self._busy += 1
             try:
-                if self.process_here:
-                    results = await run(self.engine, partial(_store, self.engine, rows))
-                else:  # the workers write too: wait for our turn without stopping the loop
-                    async with writer_turn_on_loop(self.engine):
-                        results = await run(self.engine, partial(_store, self.engine, rows))
+                results = await self._commit([row for row, _, _ in batch], [delivery for _, delivery, _ in batch])
             except Exception as exc:  # the requests answer 5xx; the platform sends them again
                 log.exception("storing %s webhook deliveries failed", len(batch))
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             finally:
                 self._busy -= 1
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
             await asyncio.sleep(0)  # let the answered requests go out before the next batch
+
+    async def _commit(self, rows: list[dict[str, Any]], deliveries: list[Delivery | None]) -> list[Stored]:
+        """Store a batch in one transaction; when this process processes, record the
+        redemptions of its new deliveries that only redeem in that same transaction."""
+        if not self.process_here:  # the workers write too: wait for our turn without stopping the loop
+            async with writer_turn_on_loop(self.engine):
+                only_stored = await run(self.engine, partial(_store, self.engine, rows))
+            return [Stored(event_id, created, taken=True) for event_id, created in only_stored]
+        stored: list[tuple[int, bool]] | None = None
+        processed: set[int] = set()
+        if any(d is not None and _batchable(d) for d in deliveries):
+            try:
+                stored, processed, orders = await run(
+                    self.engine, partial(store_and_apply, self.processor, rows, deliveries, utcnow())
+                )
+            except Exception:  # stored alone below, and processed as any other (one by one if need be)
+                log.warning("storing and processing %s deliveries at once failed", len(rows), exc_info=True)
+            else:
+                if orders and not is_sqlite(self.engine):
+                    await self._after_commit(orders)
+        if stored is None:
+            stored = await run(self.engine, partial(_store, self.engine, rows))
+        out: list[Stored] = []
+        for (event_id, created), row, delivery in zip(stored, rows, deliveries, strict=True):
+            taken = event_id in processed
+            if created and not taken and delivery is not None:
+                taken = self.submit(event_id, delivery, row["shop_id"])
+            out.append(Stored(event_id, created, taken))
+        return out
+
+    async def _after_commit(self, orders: set[tuple[int, str]]) -> None:
+        """As Processor.process does on PostgreSQL: a cancellation committed beside our batch,
+        unseen by it, is applied now. Our deliveries are committed whatever happens here."""
+        try:
+            await run(self.engine, lambda: _after_commit(self.processor, orders))
+        except Exception:
+            log.exception("applying deferred cancellations of %s orders failed", len(orders))
 
     async def _fill(self) -> None:
         """Let the requests already read off their sockets join this batch before it commits.
@@ -309,45 +355,81 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
         judged = prepare_webhook_redemptions(reader, [use for uses in per_delivery for use, _ in uses], now=now)
     with writer_turn(processor.engine), session_scope(processor.engine) as session, session_reader(session) as db:
         claimed = _claim(db, [r.event_id for r in batch])
-        mine: list[Received] = []
-        wanted: list[int] = []  # the claimed deliveries' uses, as indexes into the judged ones
-        owners: list[tuple[int, str, str]] = []  # (index in mine, typed code, stored key)
-        start = 0
-        for r, uses in zip(batch, per_delivery, strict=True):
-            if r.event_id in claimed:
-                wanted.extend(range(start, start + len(uses)))
-                owners.extend((len(mine), typed, use.code) for use, typed in uses)
-                mine.append(r)
-            start += len(uses)
-        everything = record_prepared(session, judged, set(wanted))
-        recorded = [everything[i] for i in wanted]
-        fresh = [(r.redemption_id, r.campaign_id) for r in recorded if r is not None and not r.duplicate]
-        referrals.on_redemptions(session, fresh, now=now)  # a friend's order rewards its referrer
-        outcomes = [Outcome(order_id=r.delivery.events[-1].order_id) for r in mine]
-        for (n, typed, key), result in zip(owners, recorded, strict=True):
-            _count(outcomes[n], typed, key, result)
-        orders = {(r.shop_id, o.order_id) for r, o in zip(mine, outcomes, strict=True) if o.order_id is not None}
-        waiting = _with_deferred_raw(db, orders)
-        finished: list[tuple[Any, ...]] = []
-        done_at = db.instant(utcnow())
-        for r, outcome in zip(mine, outcomes, strict=True):
-            if outcome.order_id is not None and (r.shop_id, outcome.order_id) in waiting:
-                outcome.applied_deferred = processor._apply_deferred(session, r.shop_id, outcome.order_id, now)
-            busy = outcome.redeemed or outcome.duplicates or outcome.unknown_codes or outcome.applied_deferred
-            finished.append(
-                (
-                    "processed" if busy else "ignored",
-                    bool(outcome.flagged),
-                    outcome.campaign_id,
-                    outcome.order_id,
-                    orjson.dumps(outcome.as_dict()).decode(),
-                    len(outcome.unknown_codes),
-                    done_at,
-                    r.event_id,
-                )
+        return _record(processor, session, db, batch, per_delivery, judged, claimed, now)
+
+
+def store_and_apply(
+    processor: Processor, rows: list[dict[str, Any]], deliveries: list[Delivery | None], now: datetime
+) -> tuple[list[tuple[int, bool]], set[int], set[tuple[int, str]]]:
+    """Store a batch of delivery rows and, in the same transaction, process the new ones that
+    only redeem, as `apply_batch` would: (each row's id and whether it is new, the ids
+    processed, the (shop, order)s they touched). One transaction and one commit instead of
+    two; no claim, as no one else sees these rows before they are processed."""
+    engine = processor.engine
+    with writer_turn(engine), session_scope(engine) as session, session_reader(session) as db:
+        stored = webhooks.store_deliveries(db, rows)
+        batch = [
+            Received(event_id, delivery, row["shop_id"])
+            for (event_id, created), row, delivery in zip(stored, rows, deliveries, strict=True)
+            if created and delivery is not None and _batchable(delivery)
+        ]
+        per_delivery = [_uses(processor, r) for r in batch]
+        judged = prepare_webhook_redemptions(db, [use for uses in per_delivery for use, _ in uses], now=now)
+        ids = {r.event_id for r in batch}
+        orders = _record(processor, session, db, batch, per_delivery, judged, ids, now)
+    return stored, ids, orders
+
+
+def _record(
+    processor: Processor,
+    session: Session,
+    db: Reader,
+    batch: Sequence[Received],
+    per_delivery: list[list[tuple[Use, str]]],
+    judged: Prepared,
+    claimed: set[int],
+    now: datetime,
+) -> set[tuple[int, str]]:
+    """Record the judged uses of the claimed deliveries of `batch` and finish those deliveries."""
+    mine: list[Received] = []
+    wanted: list[int] = []  # the claimed deliveries' uses, as indexes into the judged ones
+    owners: list[tuple[int, str, str]] = []  # (index in mine, typed code, stored key)
+    start = 0
+    for r, uses in zip(batch, per_delivery, strict=True):
+        if r.event_id in claimed:
+            wanted.extend(range(start, start + len(uses)))
+            owners.extend((len(mine), typed, use.code) for use, typed in uses)
+            mine.append(r)
+        start += len(uses)
+    everything = record_prepared(session, judged, set(wanted))
+    recorded = [everything[i] for i in wanted]
+    fresh = [(r.redemption_id, r.campaign_id) for r in recorded if r is not None and not r.duplicate]
+    referrals.on_redemptions(session, fresh, now=now)  # a friend's order rewards its referrer
+    outcomes = [Outcome(order_id=r.delivery.events[-1].order_id) for r in mine]
+    for (n, typed, key), result in zip(owners, recorded, strict=True):
+        _count(outcomes[n], typed, key, result)
+    orders = {(r.shop_id, o.order_id) for r, o in zip(mine, outcomes, strict=True) if o.order_id is not None}
+    waiting = _with_deferred_raw(db, orders)
+    finished: list[tuple[Any, ...]] = []
+    done_at = db.instant(utcnow())
+    for r, outcome in zip(mine, outcomes, strict=True):
+        if outcome.order_id is not None and (r.shop_id, outcome.order_id) in waiting:
+            outcome.applied_deferred = processor._apply_deferred(session, r.shop_id, outcome.order_id, now)
+        busy = outcome.redeemed or outcome.duplicates or outcome.unknown_codes or outcome.applied_deferred
+        finished.append(
+            (
+                "processed" if busy else "ignored",
+                bool(outcome.flagged),
+                outcome.campaign_id,
+                outcome.order_id,
+                orjson.dumps(outcome.as_dict()).decode(),
+                len(outcome.unknown_codes),
+                done_at,
+                r.event_id,
             )
-        db.execute_many(_FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"), finished)
-        return orders
+        )
+    db.execute_many(_FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"), finished)
+    return orders
 
 
 def _uses(processor: Processor, received: Received) -> list[tuple[Use, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -209,4 +210,62 @@ async def test_requests_a_loop_turn_apart_share_one_commit(
         finally:
             await pipeline.stop()
     assert commits == [30]
-    assert all(created for _, created in stored) and len({i for i, _ in stored}) == 30
+    assert all(s.created and s.taken for s in stored) and len({s.event_id for s in stored}) == 30
+
+
+async def _pipeline_orders(engine: Engine, shop_id: int, settings: Settings, pipeline: Any, count: int) -> tuple[list[Any], int]:
+    """`count` sandbox orders (each its own code) and the cancellation of the first, handed to a
+    running `Ingest` that processes here, as `receive` hands them over: what `store` answered
+    each, and how many redemptions were recorded when every store had answered."""
+    settings = sandbox_settings(settings)
+    codes = [c.code for c in campaign_codes(engine, make_campaign(engine, shop_id, count=count))]
+    sent = [(order_body(n, [code]), f"o-{n}", "orders/create") for n, code in enumerate(codes)]
+    sent.append((order_body(0, [codes[0]]), "c-0", "orders/cancelled"))  # not set-based: the processor's
+    async with httpx.AsyncClient() as http:
+        processor = Processor(engine, settings, http)
+        connector = processor.connector("sandbox")
+        ingest = pipeline(processor)
+        ingest.start()
+
+        async def send(body: bytes, delivery_id: str, topic: str) -> Any:
+            hdrs = headers(settings, body, delivery_id=delivery_id, topic=topic)
+            row = webhooks.delivery_values(
+                platform="sandbox", delivery_id=delivery_id, topic=topic, shop_id=shop_id, payload=body.decode(), headers=hdrs
+            )
+            return await ingest.store(row, connector.parse_webhook(hdrs, body))
+
+        try:
+            stored = await asyncio.gather(*(send(*s) for s in sent))
+            answered = len(redemptions(engine))
+        finally:
+            await ingest.stop()  # processes what it was handed
+    return stored, answered
+
+
+async def test_an_order_is_recorded_in_the_transaction_that_stores_it(engine: Engine, shop_id: int, settings: Settings) -> None:
+    from plugin.ingest import Ingest
+
+    # the processor would wait 10 s for a batch: only the cancellation waits for it
+    stored, answered = await _pipeline_orders(engine, shop_id, settings, partial(Ingest, linger=10.0), 12)
+    assert answered == 12
+    assert all(s.created and s.taken for s in stored)
+    assert statuses(engine) == ["processed"] * 13
+    with session_scope(engine) as session:
+        rows = session.exec(select(Redemption).order_by(col(Redemption.order_id))).all()
+        assert [r.status for r in rows] == ["rolled_back"] + ["active"] * 11  # order 0 was cancelled
+
+
+async def test_when_storing_and_recording_at_once_fails_the_deliveries_are_stored_and_processed_after(
+    engine: Engine, shop_id: int, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugin import ingest
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(ingest, "store_and_apply", broken)
+    stored, answered = await _pipeline_orders(engine, shop_id, settings, partial(ingest.Ingest, linger=10.0), 12)
+    assert answered == 0  # stored only, and handed to the processor
+    assert all(s.created and s.taken for s in stored)
+    assert statuses(engine) == ["processed"] * 13
+    assert len(redemptions(engine)) == 12

@@ -113,16 +113,15 @@ async def receive(request: Request) -> Response:
         status=status,
         error=error,
     )
-    event_id, created = await ingest.store(row)  # committed (with its batch) before we answer
+    # committed (with its batch, and processed in it if it only redeems) before we answer
+    stored = await ingest.store(row, delivery if status == "received" else None)
     answer = delivery.response_status if delivery else 200
-    if not created or status != "received" or delivery is None or shop_id is None:
-        return Response(status_code=answer)
-    if ingest.submit(event_id, delivery, shop_id) or not ingest.process_here:
-        return Response(status_code=answer)  # the pipeline, or the workers, process it
+    if not stored.created or stored.taken or status != "received" or delivery is None or shop_id is None:
+        return Response(status_code=answer)  # nothing to do, or the pipeline (or the workers) did it
     # no pipeline running (or it is full): process it after the answer, one by one
     return Response(
         status_code=answer,
-        background=BackgroundTask(processor.process, event_id, delivery=delivery, shop_id=shop_id),
+        background=BackgroundTask(processor.process, stored.event_id, delivery=delivery, shop_id=shop_id),
     )
 
 
