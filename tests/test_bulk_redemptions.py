@@ -185,7 +185,8 @@ def test_chunks_cover_the_items_in_order_with_few_sizes() -> None:
     items = list(range(1000))
     chunks = list(chunked(items, bulk_redemptions.CHUNKS))
     assert [x for chunk in chunks for x in chunk] == items
-    assert [len(chunk) for chunk in chunks] == [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]
+    assert [len(chunk) for chunk in chunks] == [256, 256, 256, 64, 64, 64, 32, 8]
+    assert [len(chunk) for chunk in chunked(items[:50], bulk_redemptions.CHUNKS)] == [32, 16, 2]  # a group commit
     assert list(chunked([], bulk_redemptions.CHUNKS)) == []
     assert [list(chunk) for chunk in chunked(items[:10], (4,))] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
