@@ -355,7 +355,24 @@ def apply_batch(processor: Processor, batch: Sequence[Received], now: datetime) 
         judged = prepare_webhook_redemptions(reader, [use for uses in per_delivery for use, _ in uses], now=now)
     with writer_turn(processor.engine), session_scope(processor.engine) as session, session_reader(session) as db:
         claimed = _claim(db, [r.event_id for r in batch])
-        return _record(processor, session, db, batch, per_delivery, judged, claimed, now)
+        orders, finished = _record(processor, session, db, batch, per_delivery, judged, claimed, now)
+        db.execute_many(
+            _FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"),
+            [
+                (
+                    v["status"],
+                    v["flagged"],
+                    v["campaign_id"],
+                    v["order_id"],
+                    orjson.dumps(v["outcome"]).decode(),
+                    v["unknown_codes"],
+                    db.instant(v["processed_at"]),
+                    r.event_id,
+                )
+                for r, v in finished
+            ],
+        )
+        return orders
 
 
 def store_and_apply(
@@ -363,21 +380,32 @@ def store_and_apply(
 ) -> tuple[list[tuple[int, bool]], set[int], set[tuple[int, str]]]:
     """Store a batch of delivery rows and, in the same transaction, process the new ones that
     only redeem, as `apply_batch` would: (each row's id and whether it is new, the ids
-    processed, the (shop, order)s they touched). One transaction and one commit instead of
-    two; no claim, as no one else sees these rows before they are processed."""
+    processed, the (shop, order)s they touched).
+
+    One transaction and one commit instead of two, and each row written once: the deliveries
+    not stored yet are processed first, then inserted with their outcome. On SQLite nothing
+    else writes meanwhile. On PostgreSQL another process may store one of them meanwhile: its
+    insert then wins or waits, our row is not inserted (not reported new nor processed), and
+    the unique (shop, order, code) of redemptions keeps every use recorded once."""
     engine = processor.engine
     with writer_turn(engine), session_scope(engine) as session, session_reader(session) as db:
-        stored = webhooks.store_deliveries(db, rows)
-        batch = [
-            Received(event_id, delivery, row["shop_id"])
-            for (event_id, created), row, delivery in zip(stored, rows, deliveries, strict=True)
-            if created and delivery is not None and _batchable(delivery)
-        ]
+        known = webhooks.stored_ids(db, [(row["platform"], row["delivery_id"]) for row in rows])
+        batch: list[Received] = []  # event_id: the row's index in `rows` until it is stored
+        seen: set[tuple[str, str]] = set()
+        for n, (row, delivery) in enumerate(zip(rows, deliveries, strict=True)):
+            key = (row["platform"], row["delivery_id"])
+            if key not in known and key not in seen and delivery is not None and _batchable(delivery):
+                batch.append(Received(n, delivery, row["shop_id"]))
+            seen.add(key)
         per_delivery = [_uses(processor, r) for r in batch]
         judged = prepare_webhook_redemptions(db, [use for uses in per_delivery for use, _ in uses], now=now)
-        ids = {r.event_id for r in batch}
-        orders = _record(processor, session, db, batch, per_delivery, judged, ids, now)
-    return stored, ids, orders
+        orders, finished = _record(processor, session, db, batch, per_delivery, judged, {r.event_id for r in batch}, now)
+        final = list(rows)
+        for r, values in finished:
+            final[r.event_id] = {**rows[r.event_id], **values}
+        stored = webhooks.store_deliveries(db, final)
+        processed = {stored[r.event_id][0] for r, _ in finished if stored[r.event_id][1]}
+    return stored, processed, orders
 
 
 def _record(
@@ -389,8 +417,9 @@ def _record(
     judged: Prepared,
     claimed: set[int],
     now: datetime,
-) -> set[tuple[int, str]]:
-    """Record the judged uses of the claimed deliveries of `batch` and finish those deliveries."""
+) -> tuple[set[tuple[int, str]], list[tuple[Received, dict[str, Any]]]]:
+    """Record the judged uses of the claimed deliveries of `batch`: the (shop, order)s they
+    touched, and each claimed delivery with its finished columns (status, outcome...)."""
     mine: list[Received] = []
     wanted: list[int] = []  # the claimed deliveries' uses, as indexes into the judged ones
     owners: list[tuple[int, str, str]] = []  # (index in mine, typed code, stored key)
@@ -410,26 +439,28 @@ def _record(
         _count(outcomes[n], typed, key, result)
     orders = {(r.shop_id, o.order_id) for r, o in zip(mine, outcomes, strict=True) if o.order_id is not None}
     waiting = _with_deferred_raw(db, orders)
-    finished: list[tuple[Any, ...]] = []
-    done_at = db.instant(utcnow())
+    finished: list[tuple[Received, dict[str, Any]]] = []
+    done_at = utcnow()
     for r, outcome in zip(mine, outcomes, strict=True):
         if outcome.order_id is not None and (r.shop_id, outcome.order_id) in waiting:
             outcome.applied_deferred = processor._apply_deferred(session, r.shop_id, outcome.order_id, now)
         busy = outcome.redeemed or outcome.duplicates or outcome.unknown_codes or outcome.applied_deferred
         finished.append(
             (
-                "processed" if busy else "ignored",
-                bool(outcome.flagged),
-                outcome.campaign_id,
-                outcome.order_id,
-                orjson.dumps(outcome.as_dict()).decode(),
-                len(outcome.unknown_codes),
-                done_at,
-                r.event_id,
+                r,
+                {
+                    "status": "processed" if busy else "ignored",
+                    "error": None,
+                    "flagged": bool(outcome.flagged),
+                    "campaign_id": outcome.campaign_id,
+                    "order_id": outcome.order_id,
+                    "outcome": outcome.as_dict(),
+                    "unknown_codes": len(outcome.unknown_codes),
+                    "processed_at": done_at,
+                },
             )
         )
-    db.execute_many(_FINISH_SQL if db.sqlite else _FINISH_SQL.replace("outcome = ?", "outcome = CAST(? AS JSON)"), finished)
-    return orders
+    return orders, finished
 
 
 def _uses(processor: Processor, received: Received) -> list[tuple[Use, str]]:

@@ -107,9 +107,12 @@ def delivery_values(
         "status": status,
         "error": error[:2000] if error else None,
         "flagged": False,
+        "campaign_id": None,
+        "order_id": None,
         "outcome": {},
         "unknown_codes": 0,
         "received_at": utcnow(),
+        "processed_at": None,
     }
 
 
@@ -123,9 +126,12 @@ _STORED = (
     "status",
     "error",
     "flagged",
+    "campaign_id",
+    "order_id",
     "outcome",
     "unknown_codes",
     "received_at",
+    "processed_at",
 )
 _JSON_COLUMNS = ("headers", "outcome")
 
@@ -149,13 +155,7 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
         params = [value for row in stored for value in _bound(db, row)]
         found = db.bulk(repeated(insert, len(stored), _row_placeholders(db.sqlite)), params)
         new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in found})
-    ids = dict(new)
-    missing = [key for key in first if key not in ids]
-    select = f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({{items}})"
-    for platform in {p for p, _ in missing}:
-        for wanted in chunked([d for p, d in missing if p == platform]):
-            found = db.bulk(repeated(select, len(wanted)), [platform, *wanted])
-            ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
+    ids = {**new, **stored_ids(db, [key for key in first if key not in new])}
     out: list[tuple[int, bool]] = []
     reported: set[tuple[str, str]] = set()
     for row in rows:
@@ -164,6 +164,17 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
         reported.add(key)
         out.append((ids[key], created))
     return out
+
+
+def stored_ids(db: Reader, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The ids of the deliveries already stored among these (platform, delivery id)s."""
+    ids: dict[tuple[str, str], int] = {}
+    select = f"SELECT id, delivery_id FROM {_event.name} WHERE platform = ? AND delivery_id IN ({{items}})"
+    for platform in {p for p, _ in keys}:
+        for wanted in chunked(sorted({d for p, d in keys if p == platform})):
+            found = db.bulk(repeated(select, len(wanted)), [platform, *wanted])
+            ids.update({(platform, delivery_id): int(id_) for id_, delivery_id in found})
+    return ids
 
 
 @lru_cache(maxsize=2)
@@ -186,9 +197,12 @@ def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
         row["status"],
         row["error"],
         row["flagged"],
+        row["campaign_id"],
+        row["order_id"],
         orjson.dumps(outcome).decode() if outcome else "{}",
         row["unknown_codes"],
         db.instant(row["received_at"]),
+        db.instant(row["processed_at"]) if row["processed_at"] is not None else None,
     ]
 
 
