@@ -1,12 +1,14 @@
 """The webhook hot path behind `POST /webhooks/{platform}`: group commit, then set-based processing.
 
-    request ──verify──▶ Ingest.store(row) ──▶ queue ──▶ writer: one INSERT for every queued
-       ▲                                                delivery, one commit (group commit)
+    request ──verify──▶ Ingest.store(row) ──▶ queue ──▶ writer: one transaction for every
+       ▲                                                queued delivery (group commit)
        └──────── 2xx once its batch committed ◀────────┘        │
-                                                                ▼ new deliveries
-                   processor (this process), or `intake` (the workers, with
-                   `webhook_processing = "worker"`): claims many at once and records their
-                   redemptions in one transaction (bulk_redemptions)
+                                                                ▼
+      processing here (the default): the batch's new orders that only redeem are recorded
+      in that same transaction (`store_and_apply`: each row inserted once, with its outcome);
+      other deliveries go to the processor, which claims them and records them in batches.
+      With `webhook_processing = "worker"`: only stored; the workers' `intake` claims many at
+      once and records their redemptions in one transaction (bulk_redemptions)
 
 Promise 3 holds as before: a request is answered 2xx only after the transaction holding its
 delivery committed (at least once); deliveries are unique by (platform, delivery id) and

@@ -7,8 +7,10 @@
    commit), so concurrent requests share one write and one fsync.
 3. We answer 2xx once that commit is done: platforms time out after a few seconds
    (Shopify: 5) and count slow answers as failures.
-4. The ingest processor turns new deliveries into redemptions in batches, in this process;
-   or, with `webhook_processing = "worker"`, the workers' intake does (`plugin.ingest.intake`).
+4. In this process, an order that only redeems is recorded in the same transaction as its
+   batch (so it is processed when answered), and other deliveries by the ingest processor in
+   batches; with `webhook_processing = "worker"`, the workers' intake does it all
+   (`plugin.ingest.intake`).
    If the process dies between 3 and 4, the delivery stays `received` and the worker's sweep
    processes it a few seconds later: the stored row is its own outbox entry, so the hot path
    costs one write instead of two. Processing is guarded, so the batch and a sweep never
