@@ -32,7 +32,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple
@@ -66,8 +65,9 @@ log = logging.getLogger("couponry.ingest")
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
+    """A stored delivery to process (a named tuple: one per delivery on the hot path)."""
+
     event_id: int
     delivery: Delivery
     shop_id: int

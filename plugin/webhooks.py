@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -151,8 +152,9 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
         " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
     )
     new: dict[tuple[str, str], int] = {}
+    processed_at: dict[datetime, Any] = {}  # a batch processed at once shares its instant: bound once
     for stored in chunked(list(first.values())):
-        params = [value for row in stored for value in _bound(db, row)]
+        params = [value for row in stored for value in _bound(db, row, processed_at)]
         found = db.bulk(repeated(insert, len(stored), _row_placeholders(db.sqlite)), params)
         new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in found})
     ids = {**new, **stored_ids(db, [key for key in first if key not in new])}
@@ -184,9 +186,12 @@ def _row_placeholders(sqlite: bool) -> str:
     return f"({', '.join(marks)})"
 
 
-def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
+def _bound(db: Reader, row: dict[str, Any], processed_at: dict[datetime, Any]) -> list[Any]:
     """A row's parameters, in `_STORED` order."""
     outcome = row["outcome"]
+    done = row["processed_at"]
+    if done is not None and done not in processed_at:
+        processed_at[done] = db.instant(done)
     return [
         row["platform"],
         row["delivery_id"],
@@ -202,7 +207,7 @@ def _bound(db: Reader, row: dict[str, Any]) -> list[Any]:
         orjson.dumps(outcome).decode() if outcome else "{}",
         row["unknown_codes"],
         db.instant(row["received_at"]),
-        db.instant(row["processed_at"]) if row["processed_at"] is not None else None,
+        processed_at[done] if done is not None else None,
     ]
 
 
