@@ -1155,6 +1155,9 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is not None:
         return value
     lowered = name.lower()
+    value = headers.get(lowered)  # names as ASGI servers give them
+    if value is not None:
+        return value
     for key, val in headers.items():
         if key.lower() == lowered:
             return val

@@ -617,6 +617,9 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is not None:
         return value
     wanted = name.lower()
+    value = headers.get(wanted)  # names as ASGI servers give them
+    if value is not None:
+        return value
     return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
 

@@ -171,3 +171,17 @@ async def test_redaction_removes_the_payloads_of_a_customer(engine: Engine, shop
         assert events["1"].payload == "" and events["1"].redacted_at is not None
         assert events["1"].status == "processed"  # the outcome stays for the records
         assert "bob@example.com" in events["2"].payload
+
+
+async def test_a_repeated_header_is_read_as_its_first_value(engine: Engine, shop_id: int, settings: Settings) -> None:
+    """As Starlette's `request.headers.get` reads it: the route reads the headers once, into a dict."""
+    settings = sandbox_settings(settings)
+    campaign_id = make_campaign(engine, shop_id, count=1)
+    body = order_body(1003, [campaign_codes(engine, campaign_id)[0].code])
+    signed = headers(settings, body)
+    repeated = [*signed.items(), ("X-Sandbox-Hmac-Sha256", "not-the-signature"), ("X-Sandbox-Delivery-Id", "d-other")]
+    async with running_app(settings, engine) as (_, client):
+        response = await client.post("/webhooks/sandbox", content=body, headers=repeated)
+    assert response.status_code == 200
+    with session_scope(engine) as session:
+        assert session.exec(select(WebhookEvent.delivery_id)).one() == "d-1"

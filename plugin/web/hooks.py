@@ -65,6 +65,16 @@ def _shop_connector(processor: Processor, platform: str, domain: str) -> ShopCon
         return None
 
 
+def _headers(request: Request) -> dict[str, str]:
+    """The request's headers as a plain dict, names in lower case as the ASGI server gives them,
+    the first of a repeated name kept (as `request.headers.get` would): read once, where each
+    lookup in Starlette's `Headers` scans and decodes the whole list again."""
+    found: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
+
+
 async def receive(request: Request) -> Response:
     platform = request.path_params["platform"]
     processor: Processor = request.app.state.processor
@@ -74,12 +84,13 @@ async def receive(request: Request) -> Response:
     except UnknownConnector:
         return problem(404, "unknown_platform", f"no shop platform named {platform!r}")
     body = await request.body()
-    hint = webhook_shop_hint(platform, request.headers, body)
+    headers = _headers(request)
+    hint = webhook_shop_hint(platform, headers, body)
     if hint is not None:  # signed with that shop's own secret: its connector verifies
         own = await run(engine, lambda: _shop_connector(processor, platform, hint))
         connector = own if own is not None else connector
     try:
-        connector.verify_webhook(request.headers, body)
+        connector.verify_webhook(headers, body)
     except BadSignature as exc:
         return problem(401, "bad_signature", exc.message)
 
@@ -89,7 +100,7 @@ async def receive(request: Request) -> Response:
     try:
         # processed here: parsed whole now; by the workers: they parse the stored payload
         read = connector.parse_webhook if ingest.process_here else connector.identify_webhook
-        delivery = read(request.headers, body)
+        delivery = read(headers, body)
     except ConnectorError as exc:
         error = f"could not parse the delivery: {exc}"
     delivery_id = delivery.delivery_id if delivery else "sha256:" + hashlib.sha256(body).hexdigest()
@@ -111,7 +122,7 @@ async def receive(request: Request) -> Response:
         topic=delivery.topic if delivery else "",
         shop_id=shop_id,
         payload=body.decode("utf-8", errors="replace"),
-        headers=request.headers,
+        headers=headers,
         status=status,
         error=error,
     )
