@@ -69,6 +69,7 @@ from connectors.base import (
     retry_after_seconds,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, Rejected, UpstreamError
+from connectors.headers import header
 from connectors.http import raise_for_status, retrying, send, wait_retry_after
 from connectors.money import from_minor, to_minor
 
@@ -369,8 +370,8 @@ class BigCommerceConnector:
     # --- orders in ------------------------------------------------------------------------
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
-        token = _header(headers, self.WEBHOOK_HEADER)
-        signature = _header(headers, "webhook-signature")
+        token = header(headers, self.WEBHOOK_HEADER)
+        signature = header(headers, "webhook-signature")
         if token is None and signature is None:
             raise BadSignature(f"missing {self.WEBHOOK_HEADER} header and webhook-signature")
         if token is not None:
@@ -607,8 +608,8 @@ class BigCommerceConnector:
 
     def _verify_standard_signature(self, headers: Mapping[str, str], body: bytes, signature: str) -> None:
         """Standard Webhooks: v1,base64(HMAC-SHA256(client secret, "{id}.{timestamp}.{body}"))."""
-        message_id = _header(headers, "webhook-id")
-        timestamp = _header(headers, "webhook-timestamp")
+        message_id = header(headers, "webhook-id")
+        timestamp = header(headers, "webhook-timestamp")
         if not message_id or not timestamp or not self._config.client_secret:
             raise BadSignature("incomplete webhook signature headers")
         try:
@@ -777,14 +778,3 @@ def _int_ids(ids: Sequence[str], what: str) -> list[int]:
 
 def _store_hash(context: str) -> str:
     return context.removeprefix("stores/").strip("/")
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    wanted = name.lower()
-    value = headers.get(wanted)  # names as ASGI servers give them
-    if value is not None:
-        return value
-    return next((v for k, v in headers.items() if k.lower() == wanted), None)

@@ -40,6 +40,7 @@ from connectors.base import (
     ShippingAddress,
 )
 from connectors.errors import BadSignature, ConnectorError, Rejected
+from connectors.headers import header
 from connectors.http import Wait, raise_for_status, retrying, send
 from connectors.money import to_minor
 
@@ -95,7 +96,7 @@ class SandboxConnector:
         secret = self.config.webhook_secret or self.config.client_secret
         if not secret:
             raise BadSignature("no webhook secret is configured for the sandbox")
-        given = _header(headers, self.SIGNATURE_HEADER)
+        given = header(headers, self.SIGNATURE_HEADER)
         if not given:
             raise BadSignature("missing X-Sandbox-Hmac-Sha256 header")
         expected = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
@@ -209,16 +210,11 @@ _STATUS_KINDS: Final[dict[str, OrderEventKind]] = {
 }
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    return value if value is not None else headers.get(name.lower())
-
-
 def _head(headers: Mapping[str, str]) -> tuple[str, str, str]:
     """A delivery's topic, shop and id, from its headers."""
-    topic = _header(headers, "X-Sandbox-Topic") or ""
-    shop = _header(headers, "X-Sandbox-Shop-Domain") or ""
-    delivery_id = _header(headers, "X-Sandbox-Delivery-Id") or ""
+    topic = header(headers, "X-Sandbox-Topic") or ""
+    shop = header(headers, "X-Sandbox-Shop-Domain") or ""
+    delivery_id = header(headers, "X-Sandbox-Delivery-Id") or ""
     if not delivery_id:
         raise Rejected("missing X-Sandbox-Delivery-Id header")
     return topic, shop, delivery_id

@@ -61,6 +61,7 @@ from connectors.base import (
     retry_after_seconds,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
+from connectors.headers import header
 from connectors.money import from_minor as _from_minor
 from connectors.money import to_minor as _to_minor
 
@@ -582,7 +583,7 @@ class ShopifyConnector:
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
         secret = self.config.webhook_secret or self.config.client_secret
-        given = _header(headers, self.WEBHOOK_SIGNATURE_HEADER)
+        given = header(headers, self.WEBHOOK_SIGNATURE_HEADER)
         if not secret or not given:
             raise BadSignature("webhook carries no Shopify signature" if secret else "no Shopify webhook secret configured")
         digest = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest())
@@ -1140,28 +1141,14 @@ def _multi(params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
 
 def _head(headers: Mapping[str, str], body: bytes) -> tuple[str, str, str]:
     """A delivery's topic, shop domain (when its headers say it) and id."""
-    topic = (_header(headers, "X-Shopify-Topic") or "").strip()
-    shop = (_header(headers, "X-Shopify-Shop-Domain") or "").strip().lower()
+    topic = (header(headers, "X-Shopify-Topic") or "").strip()
+    shop = (header(headers, "X-Shopify-Shop-Domain") or "").strip().lower()
     delivery_id = (
-        _header(headers, "X-Shopify-Webhook-Id")
-        or _header(headers, "X-Shopify-Event-Id")
+        header(headers, "X-Shopify-Webhook-Id")
+        or header(headers, "X-Shopify-Event-Id")
         or "sha256:" + hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
     ).strip()
     return topic, shop, delivery_id
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    value = headers.get(lowered)  # names as ASGI servers give them
-    if value is not None:
-        return value
-    for key, val in headers.items():
-        if key.lower() == lowered:
-            return val
-    return None
 
 
 def _messages(errors: Iterable[Any]) -> str:

@@ -63,6 +63,7 @@ from connectors.base import (
     ShippingAddress,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
+from connectors.headers import header
 from connectors.http import raise_for_status, retrying, send, wait_retry_after
 from connectors.money import from_minor, to_minor
 
@@ -273,7 +274,7 @@ class WooCommerceConnector:
     # --- orders in ------------------------------------------------------------------------
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
-        signature = _header(headers, "X-WC-Webhook-Signature")
+        signature = header(headers, "X-WC-Webhook-Signature")
         if signature is None:
             if _PING.fullmatch(body.strip()):
                 return  # the creation ping is unsigned; it carries nothing we act on
@@ -294,8 +295,8 @@ class WooCommerceConnector:
         if ping:
             hook_id = body.strip().decode().partition("=")[2]
             return Delivery(delivery_id=f"ping:{hook_id}", topic="ping", shop=shop, kind="ping", response_status=200)
-        header_id = _header(headers, "X-WC-Webhook-Delivery-ID") or ""
-        topic = _header(headers, "X-WC-Webhook-Topic") or ""
+        header_id = header(headers, "X-WC-Webhook-Delivery-ID") or ""
+        topic = header(headers, "X-WC-Webhook-Topic") or ""
         try:
             payload = json_body.loads(body)
         except ValueError as exc:
@@ -465,7 +466,7 @@ class WooCommerceConnector:
     def _shop(self, headers: Mapping[str, str]) -> str:
         if self._credentials is not None:
             return self._credentials.shop_domain
-        return _header(headers, "X-WC-Webhook-Source") or ""
+        return header(headers, "X-WC-Webhook-Source") or ""
 
     def _webhook_secret(self) -> str:
         if self._credentials is not None and self._credentials.extra.get("webhook_secret"):
@@ -610,17 +611,6 @@ def _parse_gmt(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    wanted = name.lower()
-    value = headers.get(wanted)  # names as ASGI servers give them
-    if value is not None:
-        return value
-    return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
 
 def _digest(body: bytes) -> str:

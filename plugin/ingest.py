@@ -405,7 +405,7 @@ def store_and_apply(
         final = list(rows)
         for r, values in finished:
             final[r.event_id] = {**rows[r.event_id], **values}
-        stored = webhooks.store_deliveries(db, final)
+        stored = webhooks.store_deliveries(db, final, known)
         processed = {stored[r.event_id][0] for r, _ in finished if stored[r.event_id][1]}
     return stored, processed, orders
 

@@ -137,16 +137,22 @@ _STORED = (
 _JSON_COLUMNS = ("headers", "outcome")
 
 
-def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+def store_deliveries(
+    db: Reader, rows: Sequence[dict[str, Any]], known: Mapping[tuple[str, str], int] | None = None
+) -> list[tuple[int, bool]]:
     """Store many verified deliveries (rows of `delivery_values`) in the caller's write
     transaction, which commits once for all (a group commit): for each row, in order, (its id,
     whether this call stored it). Raw statements: this is the webhook hot path.
 
     Duplicates within `rows` and of stored deliveries insert nothing; the first of a repeated
-    delivery id in `rows` is the one reported as new."""
+    delivery id in `rows` is the one reported as new. `known`: what the caller found stored
+    already in this transaction (`stored_ids`), neither inserted nor looked up again."""
+    known = known or {}
     first: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        first.setdefault((row["platform"], row["delivery_id"]), row)
+        key = (row["platform"], row["delivery_id"])
+        if key not in known:
+            first.setdefault(key, row)
     insert = (
         f"INSERT INTO {_event.name} ({', '.join(_STORED)}) VALUES {{items}}"
         " ON CONFLICT (platform, delivery_id) DO NOTHING RETURNING id, platform, delivery_id"
@@ -157,7 +163,7 @@ def store_deliveries(db: Reader, rows: Sequence[dict[str, Any]]) -> list[tuple[i
         params = [value for row in stored for value in _bound(db, row, processed_at)]
         found = db.bulk(repeated(insert, len(stored), _row_placeholders(db.sqlite)), params)
         new.update({(platform, delivery_id): int(id_) for id_, platform, delivery_id in found})
-    ids = {**new, **stored_ids(db, [key for key in first if key not in new])}
+    ids = {**known, **new, **stored_ids(db, [key for key in first if key not in new])}
     out: list[tuple[int, bool]] = []
     reported: set[tuple[str, str]] = set()
     for row in rows:
