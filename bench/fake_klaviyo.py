@@ -8,7 +8,7 @@
     GET  /_stats                             requests, accepted, throttled, profiles, rejected
 
 Sources: the spec's x-klaviyo-ratelimit and description for bulk_import_profiles
-(shared/contracts/klaviyo) and Klaviyo's rate-limit guide (research/messaging.md §1).
+(tests/contracts/klaviyo) and Klaviyo's rate-limit guide (research/messaging.md §1).
 
     .venv/bin/python bench/fake_klaviyo.py [--port 0]    # prints "PORT <n>" once listening
 """

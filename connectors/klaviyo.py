@@ -2,7 +2,7 @@
 
 Auth and version: `Authorization: Klaviyo-API-Key <private key>` (Credentials.access_token) and a
 `revision` header pinned to REVISION, the `info.version` of the published spec our tests validate
-against (shared/contracts/klaviyo). Base URL https://a.klaviyo.com, or ConnectorConfig.base_url.
+against (tests/contracts/klaviyo). Base URL https://a.klaviyo.com, or ConnectorConfig.base_url.
 
 Settings (Credentials.extra, falling back to ConnectorConfig.extra):
     list_id     optional; every imported profile is also added to this list

@@ -1,5 +1,5 @@
 """Klaviyo: bulk profile import, Coupons API, pacing and retries; every request checked against
-Klaviyo's published spec (shared/contracts/klaviyo)."""
+Klaviyo's published spec (tests/contracts/klaviyo)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SendGrid: custom fields created when missing, contact upserts keyed by field id, size limits,
 the asynchronous job, rate limits; every request checked against SendGrid's published specs
-(shared/contracts/sendgrid)."""
+(tests/contracts/sendgrid)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Twilio: form-encoded message creation checked against Twilio's published spec
-(shared/contracts/twilio), what is retried and what is not, concurrency, and the status-callback
+(tests/contracts/twilio), what is retried and what is not, concurrency, and the status-callback
 signature against Twilio's own test vectors."""
 
 from __future__ import annotations

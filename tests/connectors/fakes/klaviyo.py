@@ -1,5 +1,5 @@
 """An in-memory Klaviyo behind respx, answering in the shapes of Klaviyo's published spec
-(shared/contracts/klaviyo, revision 2026-07-15; response bodies from fixtures/klaviyo).
+(tests/contracts/klaviyo, revision 2026-07-15; response bodies from fixtures/klaviyo).
 
     fake = FakeKlaviyo()
     with fake.router:                      # patches httpx: every request reaches the fake

@@ -1,5 +1,5 @@
 """SendGrid Marketing Campaigns behind respx, answering like its published specs
-(shared/contracts/sendgrid: tsg_mc_contacts_v3.json, tsg_mc_custom_fields_v3.json; bodies from
+(tests/contracts/sendgrid: tsg_mc_contacts_v3.json, tsg_mc_custom_fields_v3.json; bodies from
 fixtures/sendgrid, the field-definition ones being the specs' own examples).
 
 It checks what SendGrid checks and we rely on: Bearer auth, custom fields known by id, at most

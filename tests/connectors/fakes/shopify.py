@@ -6,7 +6,7 @@
     fake.calls[-1].operation             # root field(s) of each request, with its variables
     shopify_fake(router, clock=clock)    # also enforce the leaky bucket against that clock
 
-Every request is parsed and validated against the pinned schema (shared/contracts) and its
+Every request is parsed and validated against the pinned schema (tests/contracts) and its
 variables are coerced against the schema's input types; a document or variable Shopify would
 refuse gets Shopify's error shape (HTTP 200 with `errors`), so the connector sees Rejected and
 the test fails loudly. Answers carry `extensions.cost` like Shopify's. State (discounts, codes,

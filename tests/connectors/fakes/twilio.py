@@ -1,5 +1,5 @@
 """Twilio's Messages resource behind respx, answering like the published spec
-(shared/contracts/twilio, twilio_api_v2010.json; the 201 body is the spec's own example) and
+(tests/contracts/twilio, twilio_api_v2010.json; the 201 body is the spec's own example) and
 Twilio's error shape `{"code", "message", "more_info", "status"}` (fixtures/twilio).
 
 It checks Basic auth (account SID and Auth Token, or an API key), an E.164 `To` (else 21211),

@@ -1,4 +1,4 @@
-"""The vendors' published API contracts (../shared/contracts), for checking what connectors send.
+"""The vendors' published API contracts, vendored beside this module, for checking what connectors send.
 
     load_contract(rel)                           the document, gzipped or not
     body_validator(spec, path, method, ctype)    a JSON-schema validator for one operation's body
@@ -8,8 +8,9 @@
     validate_response(api, request, response)    check a fake's answer against the operation
     shopify_schema()                             the Admin GraphQL schema, for graphql.validate
 
-The folder is found next to the repository (`../shared/contracts`) unless COUPONRY_CONTRACTS_DIR
-points elsewhere. See shared/contracts/README.md.
+The documents live in this package's folder, one folder per vendor with its SOURCE.md (repository,
+path, commit, what we use) and the upstream LICENSE; each is byte-identical to upstream once
+decompressed. COUPONRY_CONTRACTS_DIR points the tests at another copy (e.g. a newer revision).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 def contracts_dir() -> Path:
     override = os.environ.get("COUPONRY_CONTRACTS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "contracts"
+    return Path(override) if override else Path(__file__).resolve().parent
 
 
 @functools.cache
@@ -72,7 +73,7 @@ def body_errors(spec: dict[str, Any], path: str, method: str, body: Any, content
 @functools.cache
 def openapi(rel: str) -> Any:
     """openapi-core's view of a contract; spec validation is off (the Klaviyo file fails it on an
-    unrelated schema, see shared/contracts/klaviyo/SOURCE.md)."""
+    unrelated schema, see tests/contracts/klaviyo/SOURCE.md)."""
     from openapi_core import Config, OpenAPI
 
     return OpenAPI.from_dict(load_contract(rel), config=Config(spec_validator_cls=None))
