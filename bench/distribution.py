@@ -59,7 +59,7 @@ url, port = sys.argv[1], int(sys.argv[2])
 if sys.argv[3:] == ["nocache"]:
     import plugin.distribution
     plugin.distribution.HELD_CACHE_SIZE = 0  # every pull reads the database
-app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789"), run_worker_in_process=False))
+app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789-abcdefghij"), run_worker_in_process=False))
 
 
 async def bare(request: Request) -> JSONResponse:

@@ -52,7 +52,7 @@ from plugin.settings import Secret, Settings
 from plugin.web.app import create_app
 
 url, port = sys.argv[1], int(sys.argv[2])
-app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789"), run_worker_in_process=False))
+app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789-abcdefghij"), run_worker_in_process=False))
 
 
 async def bare(request: Request) -> JSONResponse:

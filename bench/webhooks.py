@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SECRET_KEY = "bench-secret-key-0123456789"
+SECRET_KEY = "bench-secret-key-0123456789-abcdefgh"
 SHOP = "local.couponry.test"
 
 

@@ -88,24 +88,33 @@ class KeyInfo:
 def authenticate_cached(engine: Engine, token: str) -> KeyInfo | None:
     """Like `authenticate`, from the per-process key cache when it can (one read otherwise)."""
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or len(parts[1]) > 32:
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    info = live_key(engine, parts[1])
+    if info is None or not hmac.compare_digest(info.key_hash, _digest(parts[2])):
+        return None
+    return info
+
+
+def live_key(engine: Engine, prefix: str) -> KeyInfo | None:
+    """The unrevoked key with this public prefix (cached per process), or None. For what a key
+    minted, e.g. a pull URL, which lives only as long as the key that minted it."""
+    if not prefix or len(prefix) > 32:
         return None
     cache = caches.for_engine(engine).api_keys
-    info: KeyInfo | None = cache.get(parts[1])
+    info: KeyInfo | None = cache.get(prefix)
     if info is None:
         gen = caches.generation()
         with read_cursor(engine) as reader:
             rows = reader.rows(
                 "SELECT id, shop_id, key_hash, scopes, partner_id FROM apikey WHERE prefix = ? AND revoked_at IS NULL",
-                (parts[1],),
+                (prefix,),
             )
         if not rows:
             return None  # unknown prefixes are not cached: nobody can fill the cache with them
         key_id, shop_id, key_hash, scopes, partner_id = rows[0]
-        info = KeyInfo(key_id, shop_id, parts[1], key_hash, frozenset(scopes.split()), partner_id)
-        cache.put(parts[1], info, gen)
-    if not hmac.compare_digest(info.key_hash, _digest(parts[2])):
-        return None
+        info = KeyInfo(key_id, shop_id, prefix, key_hash, frozenset(scopes.split()), partner_id)
+        cache.put(prefix, info, gen)
     return info
 
 

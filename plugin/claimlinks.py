@@ -4,7 +4,9 @@ claim link   one recipient (or one partner slot) of one campaign, with an expiry
              reveals that recipient's code on a small page. The recipient is inside the signed
              payload, so a link can't be forged or turned into another recipient's link.
 pull token   a campaign (optionally one partner's block) for the signed pull URL that email
-             platforms call per recipient: `/pull/<token>?recipient=...`.
+             platforms call per recipient: `/pull/<token>?recipient=...`. It names the API key
+             that minted it (by its public prefix) and lives only while that key does: revoking
+             the key revokes every pull URL it minted.
 
 Both are deterministic (no signing timestamp): the same assignment always yields the same link,
 which is what a URL-keyed cache (Braze) and a printed mailing need. Expiry is an explicit
@@ -45,10 +47,17 @@ class ClaimLink:
     partner_id: int | None = None
 
 
+class RevokedLink(PluginError):
+    status = 403
+    reason = "link_revoked"
+
+
 @dataclass(frozen=True)
 class PullGrant:
     shop_id: int
     campaign_id: int
+    key_prefix: str  # the API key that minted it
+    expires_at: datetime
     partner_id: int | None = None
 
 
@@ -87,19 +96,31 @@ def read_claim_token(secret: str, token: str, *, now: datetime) -> ClaimLink:
 
 
 def pull_token(secret: str, grant: PullGrant) -> str:
-    payload: dict[str, Any] = {"s": grant.shop_id, "c": grant.campaign_id}
+    payload: dict[str, Any] = {
+        "s": grant.shop_id,
+        "c": grant.campaign_id,
+        "k": grant.key_prefix,
+        "e": int(grant.expires_at.timestamp()),
+    }
     if grant.partner_id is not None:
         payload["p"] = grant.partner_id
     return str(_serializer(secret, "pull").dumps(payload))
 
 
-def read_pull_token(secret: str, token: str) -> PullGrant:
+def read_pull_token(secret: str, token: str, *, now: datetime) -> PullGrant:
+    """The grant; BadLink when forged, tampered with or minted before pull URLs carried a key
+    and an expiry, ExpiredLink when too old. Whether its key still lives is the caller's check."""
     try:
         data = _serializer(secret, "pull").loads(token)
-        return PullGrant(
+        grant = PullGrant(
             shop_id=int(data["s"]),
             campaign_id=int(data["c"]),
+            key_prefix=str(data["k"]),
+            expires_at=datetime.fromtimestamp(int(data["e"]), tz=now.tzinfo),
             partner_id=int(data["p"]) if data.get("p") is not None else None,
         )
     except (BadSignature, KeyError, TypeError, ValueError):
         raise BadLink("this pull URL is not valid") from None
+    if now >= grant.expires_at or grant.expires_at - now > MAX_LINK_AGE:
+        raise ExpiredLink("this pull URL has expired; create a new one")
+    return grant

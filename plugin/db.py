@@ -7,14 +7,14 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import Engine, Table, create_engine, event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
@@ -26,6 +26,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine tuned per dialect: SQLite in WAL mode with immediate write transactions."""
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
+        if not memory:
+            _create_private_file(make_url(url).database)
         engine = create_engine(
             url,
             echo=echo,
@@ -36,6 +38,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         _tune_sqlite(engine)
         return engine
     return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _create_private_file(path: str | None) -> None:
+    """A new SQLite database file is readable by its owner only (0600, like the key beside it):
+    it holds API key digests, encrypted platform tokens and shoppers' emails. SQLite gives its
+    -wal and -shm files the database file's mode. An existing file keeps the mode it has."""
+    if not path or path.startswith("file:"):
+        return
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _tune_sqlite(engine: Engine) -> None:

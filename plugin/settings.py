@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ def _bool(value: str) -> bool:
 
 
 WEBHOOK_PROCESSING = ("web", "worker")
+MIN_SECRET_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class Settings:
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
 
     def __post_init__(self) -> None:
+        if len(self.secret_key) < MIN_SECRET_LENGTH:
+            # an empty or short key lets anyone forge claim links, pull URLs and sessions
+            raise ValueError(
+                f"COUPONRY_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters (it is {len(self.secret_key)}); "
+                'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ValueError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
 
@@ -110,16 +118,39 @@ class Settings:
 
 def _embedded_secret(database_url: str) -> str:
     """The embedded default keeps a generated key beside its database, so signed links,
-    cookies and encrypted tokens survive restarts without any configuration."""
+    cookies and encrypted tokens survive restarts without any configuration.
+
+    Several processes may start together on a fresh directory: the key is written whole to a
+    private temporary file and linked into place, which fails if another process got there
+    first; the loser reads the winner's key. Nobody ever reads a half-written or empty file."""
     db_path = database_url.split("///", 1)[-1]
     if db_path in ("", ":memory:"):
         return "dev-" + secrets.token_hex(16)
     key_file = Path(db_path).with_suffix(".secret")
     if key_file.exists():
-        return key_file.read_text().strip()
+        return _read_key_file(key_file)
     key = secrets.token_urlsafe(32)
-    key_file.touch(mode=0o600)
-    key_file.write_text(key)
+    fd, temp = tempfile.mkstemp(dir=key_file.parent, prefix=f".{key_file.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temp, key_file)  # atomic, and never replaces an existing key (unlike rename)
+    except FileExistsError:
+        return _read_key_file(key_file)
+    finally:
+        os.unlink(temp)
+    return key
+
+
+def _read_key_file(key_file: Path) -> str:
+    key = key_file.read_text().strip()
+    if len(key) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{key_file} holds a key of {len(key)} characters (at least {MIN_SECRET_LENGTH} are needed): "
+            "delete the file to have a new key generated (links signed with the old one stop working)"
+        )
     return key
 
 

@@ -77,7 +77,7 @@ def engine(database_url: str, postgres_engine: Engine | None) -> Iterator[Engine
 def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
-        secret_key=Secret("test-secret-key-0123456789"),
+        secret_key=Secret("test-secret-key-0123456789-abcdefghij"),
         run_worker_in_process=False,
     )
 

@@ -79,10 +79,10 @@ def test_what_is_compared() -> None:
 
 
 def test_the_fingerprint_is_keyed_by_the_apps_secret() -> None:
-    one = Settings(secret_key=Secret("secret-one-0123456789"))
-    two = Settings(secret_key=Secret("secret-two-0123456789"))
+    one = Settings(secret_key=Secret("secret-one-0123456789-abcdefghijkl"))
+    two = Settings(secret_key=Secret("secret-two-0123456789-abcdefghijkl"))
     key_one, key_two = tokens.address_key(one), tokens.address_key(two)
-    assert key_one == tokens.address_key(Settings(secret_key=Secret("secret-one-0123456789")))  # stable
+    assert key_one == tokens.address_key(Settings(secret_key=Secret("secret-one-0123456789-abcdefghijkl")))  # stable
     assert addresses.fingerprint(key_one, HOME) != addresses.fingerprint(key_two, HOME)
     # its own purpose: not the key that encrypts platform tokens
     assert key_one != tokens._derive("secret-one-0123456789", tokens._INFO)

@@ -28,7 +28,7 @@ def cli_database_url(tmp_path: Path, postgres_engine: Engine | None, request: py
 @pytest.fixture
 def cli(cli_database_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("DATABASE_URL", cli_database_url)
-    monkeypatch.setenv("COUPONRY_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("COUPONRY_SECRET_KEY", "test-secret-0123456789-abcdefghijklm")
     return CliRunner()
 
 
@@ -163,10 +163,10 @@ def test_serve_address_becomes_the_public_url_unless_configured() -> None:
     from plugin.cli import serve_settings
     from plugin.settings import Settings
 
-    base = Settings.from_env({"COUPONRY_SECRET_KEY": "k"})
+    base = Settings.from_env({"COUPONRY_SECRET_KEY": "k" * 32})
     moved = serve_settings(base, None, 8766, {})
     assert (moved.port, moved.public_url) == (8766, "http://127.0.0.1:8766")
-    public = Settings.from_env({"COUPONRY_SECRET_KEY": "k", "COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
+    public = Settings.from_env({"COUPONRY_SECRET_KEY": "k" * 32, "COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
     kept = serve_settings(public, "0.0.0.0", 9000, {"COUPONRY_PUBLIC_URL": "https://coupons.example.com"})
     assert (kept.host, kept.port, kept.public_url) == ("0.0.0.0", 9000, "https://coupons.example.com")
 

@@ -35,7 +35,8 @@ def test_claim_export_pool_and_pull_url(cli: CliRunner) -> None:  # noqa: F811
     rows = list(csv.DictReader(io.StringIO(_ok(cli, "distribution", "export", "--campaign", campaign_id))))
     assert [r["recipient"] for r in rows] == ["ann@example.com", "+15555550100"]
     assert rows[0]["link"] == first[1]
-    assert "/pull/" in _ok(cli, "distribution", "pull-url", "--campaign", campaign_id)
+    pull = cli.invoke(main, ["distribution", "pull-url", "--campaign", campaign_id, "--days", "30"])
+    assert pull.exit_code == 0 and "/pull/" in pull.stdout and "couponry keys revoke" in pull.stderr
     bad = cli.invoke(main, ["distribution", "claim", "--campaign", campaign_id, "not a recipient"])
     assert bad.exit_code == 1 and "phone number" in bad.output
     queued = _ok(cli, "distribution", "push", "--campaign", campaign_id, "--provider", "twilio")

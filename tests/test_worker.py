@@ -193,7 +193,7 @@ def cli_engine(tmp_path: Path, postgres_engine: Engine | None, request: pytest.F
 
 def test_jobs_retry_by_hand_queues_a_dead_job_again(cli_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", cli_engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("COUPONRY_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("COUPONRY_SECRET_KEY", "test-secret-0123456789-abcdefghijklm")
     with session_scope(cli_engine) as session:
         shop = ensure_local_shop(session, "local.couponry.test")  # the CLI's default shop
         assert shop.id is not None

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from connectors.base import ShippingAddress
 from plugin import addresses, claimlinks, distribution, partners, poolhealth, pushes, referrals, tokens
+from plugin.apikeys import create_key
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
 from plugin.models import utcnow
@@ -44,15 +45,24 @@ def claim_cmd(ctx: Context, /, campaign_id: int, recipient: str) -> None:
 @distribution_group.command("pull-url")
 @click.option("--campaign", "campaign_id", type=int, required=True)
 @click.option("--partner", "partner_id", type=int, default=None, help="Draw from this partner's block.")
+@click.option("--days", type=click.IntRange(1, 400), default=90, show_default=True, help="How long the URL works.")
 @pass_context
-def pull_url(ctx: Context, /, campaign_id: int, partner_id: int | None) -> None:
-    """Print the signed pull URL for email platforms (append ?recipient=...)."""
-    with clear_errors(), Session(ctx.engine) as session:
+def pull_url(ctx: Context, /, campaign_id: int, partner_id: int | None, days: int) -> None:
+    """Print a signed pull URL for email platforms (append ?recipient=...).
+
+    Each URL gets its own API key (scope `distribution`): `couponry keys revoke PREFIX` revokes it."""
+    with clear_errors(), session_scope(ctx.engine) as session:
         distribution.pool_status(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
         if partner_id is not None:
             partners.get_partner(session, shop_id=ctx.shop_id, partner_id=partner_id)
-    token = claimlinks.pull_token(ctx.settings.secret_key, claimlinks.PullGrant(ctx.shop_id, campaign_id, partner_id))
-    click.echo(f"{ctx.settings.public_url}/pull/{token}?recipient=")
+        key, _secret = create_key(
+            session, shop_id=ctx.shop_id, name=f"pull URL, campaign {campaign_id}", scopes=["distribution"], partner_id=partner_id
+        )
+        prefix = key.prefix
+    expires_at = utcnow().replace(microsecond=0) + timedelta(days=days)
+    grant = claimlinks.PullGrant(ctx.shop_id, campaign_id, prefix, expires_at, partner_id)
+    click.echo(f"{ctx.settings.public_url}/pull/{claimlinks.pull_token(ctx.settings.secret_key, grant)}?recipient=")
+    click.echo(f"expires {expires_at.isoformat()}; revoke with: couponry keys revoke {prefix}", err=True)
 
 
 @distribution_group.command("pool")

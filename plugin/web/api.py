@@ -567,7 +567,7 @@ ENDPOINTS: list[Endpoint] = [
              "distribution", dist.create_claim, schemas.ClaimRequest,
              {200: schemas.ClaimOut, 201: schemas.ClaimOut, 404: schemas.Problem, 409: schemas.Problem}),
     Endpoint("POST", "/campaigns/{campaign_id:int}/pull-url", "createPullUrl", "A signed pull URL for email platforms",
-             "distribution", dist.create_pull_url, None, {201: schemas.PullUrlOut, 404: schemas.Problem}),
+             "distribution", dist.create_pull_url, schemas.PullUrlCreate, {201: schemas.PullUrlOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/pool", "getPool", "Free, assigned and total codes", "distribution",
              dist.pool, None, {200: schemas.PoolOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/assignments", "exportAssignments",

@@ -11,6 +11,7 @@ an exhausted pool answers 409 problem+json with reason `pool_exhausted` and rais
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from plugin import addresses, distribution, partners, poolhealth, pushes, referrals, tokens
+from plugin.apikeys import live_key
 from plugin.campaigns import get_campaign
-from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, pull_token, read_claim_token, read_pull_token
+from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, RevokedLink, pull_token, read_claim_token, read_pull_token
 from plugin.db import run
 from plugin.distribution import Claim, PoolExhausted, claim_or_alert, normalise_recipient
 from plugin.errors import InvalidInput, NotFound, PluginError
@@ -147,10 +149,13 @@ async def create_pull_url(call: Call) -> Response:
     def work(session: Session) -> None:
         get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
 
+    body = await call.body(schemas.PullUrlCreate)
     await call.db(work)
     settings = _settings(call.request)
-    token = pull_token(settings.secret_key, PullGrant(call.shop_id, campaign_id, call.key.partner_id))
-    return _json(schemas.PullUrlOut(url=f"{settings.public_url}/pull/{token}"), 201)
+    expires_at = utcnow().replace(microsecond=0) + timedelta(days=body.expires_in_days)
+    grant = PullGrant(call.shop_id, campaign_id, call.key.prefix, expires_at, call.key.partner_id)
+    url = f"{settings.public_url}/pull/{pull_token(settings.secret_key, grant)}"
+    return _json(schemas.PullUrlOut(url=url, expires_at=expires_at, key_prefix=call.key.prefix), 201)
 
 
 async def results(call: Call) -> Response:
@@ -231,7 +236,8 @@ async def list_alerts(call: Call) -> Response:
 async def signed_pull(request: Request) -> Response:
     settings = _settings(request)
     try:
-        grant = read_pull_token(settings.secret_key, request.path_params["token"])
+        grant = read_pull_token(settings.secret_key, request.path_params["token"], now=utcnow())
+        _check_minting_key(request.app.state.engine, grant)
         recipient = _recipient_param(request)
         found = await _claim(
             request.app.state.engine,
@@ -243,6 +249,14 @@ async def signed_pull(request: Request) -> Response:
     except PluginError as exc:
         return problem(exc.status, exc.reason, exc.message, details=exc.details or None)
     return _pull_response(found)
+
+
+def _check_minting_key(engine: Engine, grant: PullGrant) -> None:
+    """A pull URL lives only while the key that minted it does (and still belongs to its shop
+    and partner): revoking the key is how a merchant revokes a leaked URL."""
+    key = live_key(engine, grant.key_prefix)
+    if key is None or key.shop_id != grant.shop_id or key.partner_id != grant.partner_id:
+        raise RevokedLink("this pull URL was revoked; create a new one")
 
 
 def _page(name: str, status: int, **context: Any) -> HTMLResponse:

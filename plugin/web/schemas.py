@@ -216,8 +216,16 @@ class PoolOut(BaseModel):
     free: int
 
 
+class PullUrlCreate(_In):
+    expires_in_days: int = Field(
+        default=90, ge=1, le=400, description="How long the URL works; mint a new one before then (at most 400 days)."
+    )
+
+
 class PullUrlOut(BaseModel):
     url: str = Field(description="Append the recipient: <url>?recipient=<url-encoded email, phone or id:customer>.")
+    expires_at: datetime = Field(description="After this instant the URL answers 410 `link_expired`.")
+    key_prefix: str = Field(description="The API key that minted it: revoking that key revokes the URL (403 `link_revoked`).")
 
 
 class PartnerCreate(_In):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import caches, claimlinks
+from plugin import apikeys, caches, claimlinks
 from plugin.models import Redemption, utcnow
 from plugin.settings import Settings
 from tests.web.conftest import Api, TestClient, make_campaign, make_key, rules
@@ -63,7 +63,10 @@ def test_pull_answers_identically_and_refuses_clearly_when_empty(api: Api, engin
 
 def test_signed_pull_url(api: Api, client: TestClient, engine: Engine, shop_id: int, settings: Settings) -> None:
     campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=2)
-    url = api.post(f"/campaigns/{campaign_id}/pull-url").json()["url"]
+    minted = api.post(f"/campaigns/{campaign_id}/pull-url")
+    assert minted.status_code == 201, minted.text
+    url, prefix = minted.json()["url"], minted.json()["key_prefix"]
+    assert api.key.split("_")[1] == prefix
     path = urlsplit(url).path
     first = client.get(path, params={"recipient": "id:42"})
     assert first.status_code == 200 and first.json()["recipient"] == "id:42"
@@ -72,8 +75,52 @@ def test_signed_pull_url(api: Api, client: TestClient, engine: Engine, shop_id: 
     assert via_key.content == first.content
     forged = client.get(path[:-3] + "abc", params={"recipient": "id:42"})
     assert forged.status_code == 403 and forged.json()["reason"] == "bad_link"
-    other_token = claimlinks.pull_token("another-secret-0123456789", claimlinks.PullGrant(shop_id, campaign_id))
+    grant = claimlinks.PullGrant(shop_id, campaign_id, prefix, utcnow() + timedelta(days=1))
+    other_token = claimlinks.pull_token("another-secret-0123456789-abcdefgh", grant)
     assert client.get(f"/pull/{other_token}", params={"recipient": "id:42"}).status_code == 403
+
+
+def test_a_pull_url_expires(api: Api, client: TestClient, engine: Engine, shop_id: int, settings: Settings) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=2)
+    minted = api.post(f"/campaigns/{campaign_id}/pull-url", {"expires_in_days": 7}).json()
+    expires_at = datetime.fromisoformat(minted["expires_at"])
+    assert timedelta(days=6, hours=23) < expires_at - utcnow() <= timedelta(days=7)
+    prefix = minted["key_prefix"]
+    past = claimlinks.pull_token(settings.secret_key, claimlinks.PullGrant(shop_id, campaign_id, prefix, utcnow()))
+    gone = client.get(f"/pull/{past}", params={"recipient": "id:1"})
+    assert gone.status_code == 410 and gone.json()["reason"] == "link_expired"
+    for days in (0, 401, "soon"):
+        refused = api.post(f"/campaigns/{campaign_id}/pull-url", {"expires_in_days": days})
+        assert refused.status_code == 422, refused.text
+    # a URL signed before pull URLs carried a key and an expiry is refused, not honoured forever
+    legacy = claimlinks._serializer(settings.secret_key, "pull").dumps({"s": shop_id, "c": campaign_id})
+    assert client.get(f"/pull/{legacy}", params={"recipient": "id:1"}).json()["reason"] == "bad_link"
+
+
+def test_revoking_the_minting_key_revokes_its_pull_urls(client: TestClient, engine: Engine, shop_id: int) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=3)
+    sender = Api(client, make_key(engine, shop_id, ("distribution",)))
+    kept = Api(client, make_key(engine, shop_id, ("distribution",)))
+    doomed_path = urlsplit(sender.post(f"/campaigns/{campaign_id}/pull-url").json()["url"]).path
+    kept_path = urlsplit(kept.post(f"/campaigns/{campaign_id}/pull-url").json()["url"]).path
+    assert client.get(doomed_path, params={"recipient": "id:1"}).status_code == 200
+    with Session(engine) as session:
+        assert apikeys.revoke_key(session, shop_id=shop_id, prefix=sender.key.split("_")[1])
+        session.commit()
+    caches.bump()  # what another process sees once its key cache expires
+    revoked = client.get(doomed_path, params={"recipient": "id:2"})
+    assert revoked.status_code == 403 and revoked.json()["reason"] == "link_revoked"
+    assert client.get(kept_path, params={"recipient": "id:2"}).status_code == 200
+
+
+def test_a_pull_url_naming_another_shops_key_is_refused(
+    client: TestClient, engine: Engine, shop_id: int, other_shop_id: int, settings: Settings
+) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=1)
+    outsider_prefix = make_key(engine, other_shop_id, ("distribution",)).split("_")[1]
+    grant = claimlinks.PullGrant(shop_id, campaign_id, outsider_prefix, utcnow() + timedelta(days=1))
+    token = claimlinks.pull_token(settings.secret_key, grant)
+    assert client.get(f"/pull/{token}", params={"recipient": "id:1"}).json()["reason"] == "link_revoked"
 
 
 def test_claim_links_reveal_the_code_once_per_recipient(

@@ -39,7 +39,7 @@ from plugin.settings import Secret, Settings
 from plugin.web.app import create_app
 
 url, port = sys.argv[1], int(sys.argv[2])
-settings = Settings(database_url=url, secret_key=Secret("race-test-secret-0123456789"), run_worker_in_process=False)
+settings = Settings(database_url=url, secret_key=Secret("race-test-secret-0123456789-abcdefgh"), run_worker_in_process=False)
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
 """
 THREADS = 24
