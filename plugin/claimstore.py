@@ -26,7 +26,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.elements import ColumnElement
 
 from plugin.db import Reader
 from plugin.jobstore import aware
@@ -152,27 +151,28 @@ def batch_override(reader: Reader, batch_id: int | None) -> str | None:
     return rows[0][0] if rows else None
 
 
-def _partner_is(partner_id: int | None) -> ColumnElement[bool]:
-    column: Any = _code.c.partner_id
-    condition: ColumnElement[bool] = column.is_(None) if partner_id is None else column == partner_id
-    return condition
-
-
-# The hot write of a first claim, as plain SQL (no statement building per call). The partial
-# index ix_code_unassigned (campaign_id, id) WHERE recipient IS NULL finds the next free code.
-_TAKE = """
+# What "free" means (promise 9: every code handed out is live): never assigned, never used (no
+# use now and no redemption ever, rolled back or not: someone outside knows a code that was on an
+# order), not voided, not expired, and not held by a checkout. The partial index
+# ix_code_unassigned (campaign_id, id) WHERE recipient IS NULL AND uses = 0 AND status = 'active'
+# serves the scan in id order; expiry, holds and past redemptions depend on the moment or on
+# other tables, so they are checked per candidate (one probe of an indexed column each).
+_FREE_WHERE = """campaign_id = ? AND recipient IS NULL AND uses = 0 AND status = 'active' AND shop_id = ? AND {partner}
+              AND (expires_at IS NULL OR expires_at > ?)
+              AND NOT EXISTS (SELECT 1 FROM reservation r
+                              WHERE r.code_id = code.id AND r.released_at IS NULL AND r.expires_at > ?)
+              AND NOT EXISTS (SELECT 1 FROM redemption d WHERE d.code_id = code.id)"""
+# The hot write of a first claim, as plain SQL (no statement building per call).
+_TAKE = f"""
 UPDATE code SET recipient = ?, assigned_at = ?
-WHERE id = (SELECT id FROM code
-            WHERE campaign_id = ? AND recipient IS NULL AND status = 'active' AND shop_id = ? AND {partner}
-            ORDER BY id LIMIT 1{lock})
-  AND recipient IS NULL
+WHERE id = (SELECT id FROM code WHERE {_FREE_WHERE} ORDER BY id LIMIT 1{{lock}})
+  AND recipient IS NULL AND uses = 0
 RETURNING id, code, campaign_id, batch_id, partner_id, recipient, status, created_at, assigned_at, expires_at
 """
-_FREE = """
-SELECT count(*) FROM (SELECT 1 FROM code
-                      WHERE campaign_id = ? AND recipient IS NULL AND status = 'active' AND shop_id = ? AND {partner}
-                      LIMIT ?) AS free
+_FREE = f"""
+SELECT count(*) FROM (SELECT 1 FROM code WHERE {_FREE_WHERE} LIMIT ?) AS free
 """
+_PICK = f"SELECT id FROM code WHERE {_FREE_WHERE} ORDER BY id LIMIT ?"
 
 
 @contextmanager
@@ -185,11 +185,11 @@ def _raw(conn: Connection) -> Iterator[Reader]:
         cursor.close()
 
 
-def _partner_sql(partner_id: int | None, params: list[Any]) -> str:
+def _free_params(shop_id: int, campaign_id: int, partner_id: int | None, now: Any) -> tuple[str, list[Any]]:
+    """The partner condition and the parameters of `_FREE_WHERE`, in placeholder order."""
     if partner_id is None:
-        return "partner_id IS NULL"
-    params.append(partner_id)
-    return "partner_id = ?"
+        return "partner_id IS NULL", [campaign_id, shop_id, now, now]
+    return "partner_id = ?", [campaign_id, shop_id, partner_id, now, now]
 
 
 def take_free_code(
@@ -200,8 +200,10 @@ def take_free_code(
     Runs in a savepoint; raises IntegrityError when the recipient got a code meanwhile."""
     pg = conn.dialect.name == "postgresql"
     with _raw(conn) as raw:
-        params: list[Any] = [recipient, raw.instant(now), campaign_id, shop_id]
-        sql = _TAKE.format(partner=_partner_sql(partner_id, params), lock=" FOR UPDATE SKIP LOCKED" if pg else "")
+        at = raw.instant(now)
+        partner, params = _free_params(shop_id, campaign_id, partner_id, at)
+        params = [recipient, at, *params]
+        sql = _TAKE.format(partner=partner, lock=" FOR UPDATE SKIP LOCKED" if pg else "")
         dbapi_error = conn.dialect.loaded_dbapi.IntegrityError
         try:
             with conn.begin_nested():
@@ -220,40 +222,26 @@ def set_expiry(conn: Connection, *, code_id: int, expires_at: datetime) -> None:
     conn.execute(update(_code).where(_code.c.id == code_id).values(expires_at=expires_at))
 
 
-def free_codes(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int | None, upto: int) -> int:
+def free_codes(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int | None, upto: int, now: datetime) -> int:
     """How many codes are still free, counted only up to `upto` (cheap on a large pool)."""
     with _raw(conn) as raw:
-        params: list[Any] = [campaign_id, shop_id]
-        sql = _FREE.format(partner=_partner_sql(partner_id, params))
-        return int(raw.rows(sql, [*params, upto])[0][0])
+        partner, params = _free_params(shop_id, campaign_id, partner_id, raw.instant(now))
+        return int(raw.rows(_FREE.format(partner=partner), [*params, upto])[0][0])
 
 
-def allocate(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int, count: int) -> int:
+def allocate(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: int, count: int, now: datetime) -> int:
     """Move up to `count` free codes without a partner into the partner's block; how many moved."""
-    pick = (
-        select(_code.c.id)
-        .where(
-            _code.c.campaign_id == campaign_id,
-            _code.c.recipient.is_(None),
-            _code.c.status == "active",
-            _code.c.shop_id == shop_id,
-            _code.c.partner_id.is_(None),
+    pg = conn.dialect.name == "postgresql"
+    with _raw(conn) as raw:
+        partner, params = _free_params(shop_id, campaign_id, None, raw.instant(now))
+        pick = _PICK.format(partner=partner) + (" FOR UPDATE SKIP LOCKED" if pg else "")
+        # A CTE runs once; PostgreSQL may re-run an `IN (subquery)` per row, and a locking
+        # subquery with LIMIT then hands out more rows than asked for.
+        sql = (
+            f"WITH chosen AS ({pick}) UPDATE code SET partner_id = ? "
+            "WHERE id IN (SELECT id FROM chosen) AND partner_id IS NULL RETURNING id"
         )
-        .order_by(_code.c.id)
-        .limit(count)
-    )
-    if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    # A CTE runs once; PostgreSQL may re-run an `IN (subquery)` per row, and a locking
-    # subquery with LIMIT then hands out more rows than asked for.
-    chosen = pick.cte("chosen")
-    stmt = (
-        update(_code)
-        .where(_code.c.id.in_(select(chosen.c.id)), _code.c.partner_id.is_(None))
-        .values(partner_id=partner_id)
-        .returning(_code.c.id)
-    )
-    return len(conn.execute(stmt).all())
+        return len(raw.rows(sql, [*params, count, partner_id]))
 
 
 def raise_alert(conn: Connection, values: dict[str, Any], now: datetime) -> None:

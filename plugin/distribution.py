@@ -346,7 +346,7 @@ def pool_status(session: Session, *, shop_id: int, campaign_id: int, partner_id:
         stmt = stmt.where(col(Code.partner_id) == partner_id)
     total, assigned = session.exec(stmt).one()
     free = claimstore.free_codes(
-        session.connection(), shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, upto=int(total) + 1
+        session.connection(), shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, upto=int(total) + 1, now=utcnow()
     )
     return PoolStatus(campaign_id=campaign_id, partner_id=partner_id, total=int(total), assigned=int(assigned), free=free)
 

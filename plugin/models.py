@@ -99,6 +99,9 @@ class Batch(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
+FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active'"
+
+
 class Code(SQLModel, table=True):
     """One unique code, stored normalised; unique per shop."""
 
@@ -146,12 +149,13 @@ class Code(SQLModel, table=True):
             sqlite_where=text("recipient IS NOT NULL"),
         ),
         # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
+        # A code leaves it when it is assigned, used or voided (plugin.claimstore: what "free" is).
         Index(
             "ix_code_unassigned",
             "campaign_id",
             "id",
-            postgresql_where=text("recipient IS NULL"),
-            sqlite_where=text("recipient IS NULL"),
+            postgresql_where=text(FREE_CODE_PREDICATE),
+            sqlite_where=text(FREE_CODE_PREDICATE),
         ),
     )
 

@@ -58,7 +58,8 @@ def allocate(session: Session, *, shop_id: int, campaign_id: int, partner_id: in
         raise InvalidInput("count must be at least 1", reason="invalid_count")
     get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
     get_partner(session, shop_id=shop_id, partner_id=partner_id)
-    return claimstore.allocate(session.connection(), shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, count=count)
+    conn = session.connection()
+    return claimstore.allocate(conn, shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, count=count, now=utcnow())
 
 
 @dataclass(frozen=True)

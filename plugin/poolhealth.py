@@ -78,7 +78,7 @@ def after_claim(session: Session, *, shop_id: int, campaign_id: int, name: str, 
     if watch <= 0:
         return
     conn = session.connection()
-    free = claimstore.free_codes(conn, shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, upto=watch)
+    free = claimstore.free_codes(conn, shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, upto=watch, now=now)
     if topup_below is not None and free < topup_below:
         queue_topup(session, shop_id=shop_id, campaign_id=campaign_id, count=policy.topup_count)
     if free < policy.alert_below:
@@ -119,7 +119,7 @@ def _topup(engine: Engine, shop_id: int, campaign_id: int, count: int) -> None:
         if policy.topup_below is None:
             return
         free = claimstore.free_codes(session.connection(), shop_id=shop_id, campaign_id=campaign_id, partner_id=None,
-                                     upto=policy.topup_below)  # fmt: skip
+                                     upto=policy.topup_below, now=utcnow())  # fmt: skip
     if free >= policy.topup_below:
         return
     issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign_id, count=count)

@@ -19,7 +19,7 @@ from plugin import caches, claimlinks, distribution
 from plugin.db import session_scope
 from plugin.distribution import PoolExhausted, normalise_recipient
 from plugin.errors import InvalidInput
-from plugin.models import Alert, Code, utcnow
+from plugin.models import Alert, Code, Redemption, Reservation, utcnow
 from tests.web.conftest import make_campaign, rules
 
 SECRET = "test-secret-key-0123456789"
@@ -99,6 +99,60 @@ def test_an_exhausted_pool_answers_clearly_and_alerts(engine: Engine, shop_id: i
     assert low.count == 2  # raised once, seen again: one open alert, counted
     # a recipient who already holds a code still gets it from an empty pool
     assert claim(engine, shop_id, campaign_id, "a@example.com").created is False
+
+
+def _spoil_all_but_three(engine: Engine, shop_id: int, campaign_id: int) -> set[str]:
+    """Leave 3 of the campaign's 8 codes free (one of them was held, but the hold lapsed): the
+    others were used, are held, voided, expired, or were on an order later cancelled."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        codes = session.exec(select(Code).where(col(Code.campaign_id) == campaign_id).order_by(col(Code.id))).all()
+        used, held, voided, expired, rolled_back, lapsed_hold, free, also_free = codes
+        used.uses = 1
+        voided.status = "voided"
+        expired.expires_at = now - timedelta(minutes=1)
+        session.add_all([used, voided, expired])
+        session.add(Reservation(shop_id=shop_id, code_id=held.id or 0, checkout_id="c1", expires_at=now + timedelta(minutes=10)))
+        session.add(
+            Reservation(shop_id=shop_id, code_id=lapsed_hold.id or 0, checkout_id="c2", expires_at=now - timedelta(seconds=1))
+        )
+        session.add(
+            Redemption(
+                shop_id=shop_id,
+                code=rolled_back.code,
+                order_id="1001",
+                code_id=rolled_back.id,
+                campaign_id=campaign_id,
+                status="rolled_back",
+                rolled_back_at=now,
+            )
+        )
+        return {lapsed_hold.code, free.code, also_free.code}
+
+
+def test_only_live_codes_are_handed_out(engine: Engine, shop_id: int) -> None:
+    """Promise 9: claims (and so pulls and pushes) hand out only codes nobody else can use."""
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=8)
+    live = _spoil_all_but_three(engine, shop_id, campaign_id)
+    with Session(engine) as session:
+        assert distribution.pool_status(session, shop_id=shop_id, campaign_id=campaign_id).free == 3
+    handed = {claim(engine, shop_id, campaign_id, f"r{i}@example.com").code for i in range(3)}
+    assert handed == live
+    with pytest.raises(PoolExhausted):
+        distribution.claim_or_alert(engine, shop_id=shop_id, campaign_id=campaign_id, recipient="late@example.com")
+
+
+def test_partners_are_allocated_only_live_codes(engine: Engine, shop_id: int) -> None:
+    from plugin import partners
+
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=8)
+    live = _spoil_all_but_three(engine, shop_id, campaign_id)
+    with session_scope(engine) as session:
+        partner_id = partners.create_partner(session, shop_id=shop_id, name="Blog").id or 0
+        assert partners.allocate(session, shop_id=shop_id, campaign_id=campaign_id, partner_id=partner_id, count=8) == 3
+    with Session(engine) as session:
+        block = session.exec(select(Code.code).where(col(Code.partner_id) == partner_id)).all()
+    assert set(block) == live
 
 
 def test_relative_expiry_starts_at_assignment(engine: Engine, shop_id: int) -> None:
