@@ -124,10 +124,12 @@ def change_status(session: Session, *, shop_id: int, campaign_id: int, action: s
     session.flush()
     if target == "ended" and campaign.platform_discount_id is not None:
         # the platform's checkout must stop taking the codes too: queued in this transaction
+        # (unless the app was uninstalled: nothing of ours can reach that platform any more)
         from plugin import sync  # sync builds on campaigns; imported here to keep that direction
 
         assert campaign.id is not None
-        sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign.id)
+        if sync.is_installed(session, shop_id):
+            sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign.id)
     return campaign
 
 

@@ -125,7 +125,7 @@ def _topup(engine: Engine, shop_id: int, campaign_id: int, count: int) -> None:
     issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign_id, count=count)
     with session_scope(engine) as session:
         campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
-        if campaign.platform_discount_id:
+        if campaign.platform_discount_id and sync.is_installed(session, shop_id):
             sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
         conn, now = session.connection(), utcnow()
         for kind in ("pool_low", "pool_empty"):

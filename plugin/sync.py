@@ -23,7 +23,7 @@ from plugin import codes, outbox
 from plugin.campaigns import campaign_format, get_campaign
 from plugin.connections import shop_connector
 from plugin.db import run, session_scope
-from plugin.errors import InvalidInput
+from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
 from plugin.models import Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
@@ -38,10 +38,27 @@ DEACTIVATE = "sync.deactivate"
 # --- services (in the caller's transaction) ---------------------------------------------------
 
 
+class ShopUninstalled(Conflict):
+    reason = "shop_uninstalled"
+
+
+def is_installed(session: Session, shop_id: int) -> bool:
+    shop = session.get(Shop, shop_id)
+    return shop is not None and shop.uninstalled_at is None
+
+
+def _require_installed(session: Session, shop_id: int) -> None:
+    # Refused here rather than queued: a job for a shop that revoked our access can only die.
+    if not is_installed(session, shop_id):
+        raise ShopUninstalled("the app is uninstalled from this shop: install it again before syncing codes to its platform")
+
+
 def enqueue_push(session: Session, *, shop_id: int, campaign_id: int) -> int | None:
     """Queue a push of the campaign's pending codes (one queued push per campaign covers all);
-    refuses a campaign the platform can't hold (NotSyncable), before any work."""
+    refuses a campaign the platform can't hold (NotSyncable) or a shop that uninstalled the
+    app (ShopUninstalled), before any work."""
     discount_spec(get_campaign(session, shop_id=shop_id, campaign_id=campaign_id))
+    _require_installed(session, shop_id)
     return outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
 
 
@@ -67,6 +84,7 @@ def resync(session: Session, *, shop_id: int, campaign_id: int, failed_only: boo
 def enqueue_deactivate(session: Session, *, shop_id: int, campaign_id: int) -> int | None:
     """Queue the removal from the platform of the campaign's voided and expired codes."""
     get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    _require_installed(session, shop_id)
     return outbox.enqueue(session, DEACTIVATE, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{DEACTIVATE}:{campaign_id}")
 
 

@@ -257,3 +257,25 @@ async def test_ending_a_campaign_removes_all_its_codes_from_the_platform(
         await drain(worker)
     assert {c.sync_status for c in campaign_codes(engine, campaign_id)} == {"deactivated"}
     assert not any(c.active for c in platform_codes(engine).values())
+
+
+def test_an_uninstalled_shop_refuses_syncs_instead_of_queueing_doomed_jobs(engine: Engine, shop_id: int) -> None:
+    from plugin import campaigns
+    from plugin.errors import Conflict
+    from plugin.models import Shop
+
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        shop = session.get_one(Shop, shop_id)
+        shop.uninstalled_at = utcnow()
+        session.add(shop)
+        session.get_one(Campaign, campaign_id).platform_discount_id = "gid://discount/1"
+    for queue in (sync.enqueue_push, sync.enqueue_deactivate, sync.resync):
+        with pytest.raises(Conflict) as refused, session_scope(engine) as session:
+            queue(session, shop_id=shop_id, campaign_id=campaign_id)
+        assert refused.value.reason == "shop_uninstalled" and "install it again" in refused.value.message
+    with session_scope(engine) as session:  # ending still works: it only can't reach the platform
+        assert campaigns.change_status(session, shop_id=shop_id, campaign_id=campaign_id, action="end").status == "ended"
+    with session_scope(engine) as session:
+        assert session.exec(select(func.count()).select_from(Job)).one() == 0
+        assert {c.sync_status for c in session.exec(select(Code)).all()} == {"pending"}  # resync's marks rolled back
