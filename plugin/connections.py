@@ -82,7 +82,8 @@ def normalise_store_url(url: str) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         return None
-    host = parts.hostname.lower() + (f":{port}" if port else "")
+    host = parts.hostname.lower()
+    host = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")  # an IPv6 literal keeps its brackets
     return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
 

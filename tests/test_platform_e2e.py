@@ -8,7 +8,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -26,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from connectors.bigcommerce import BigCommerceConnector
+from connectors.egress import AddressPolicy
 from connectors.errors import BadSignature
 from plugin import sync, tokens
 from plugin.db import session_scope
@@ -47,6 +50,13 @@ pytestmark = pytest.mark.anyio
 PUBLIC = "https://app.test"
 SHOPIFY = {"client_id": "api-key", "client_secret": "hush"}
 BIGCOMMERCE = {"client_id": "bc-client-id", "client_secret": "bc-client-secret-0123456789abcdef0123"}
+
+
+async def _public_dns(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
+PUBLIC_DNS = AddressPolicy(resolve=_public_dns)
 
 
 @pytest.fixture
@@ -76,6 +86,7 @@ async def platform_app(settings: Settings, engine: Engine) -> AsyncIterator[tupl
     """The app with its lifespan (its outbound client is the one respx intercepts), a browser-like
     client that reaches it in-process, and a worker on the app's client."""
     app = create_app(settings, engine=engine)
+    app.state.store_policy = PUBLIC_DNS  # no DNS here: every store name is a public address
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
@@ -317,8 +328,9 @@ async def test_shopify_uninstall_and_privacy_webhooks(engine: Engine, app_settin
 
 async def install_woocommerce(client: httpx.AsyncClient, fake: FakeWooCommerce) -> httpx.Response:
     started = await client.get("/install/woocommerce", params={"store_url": "shop.example/"})
-    assert started.status_code == 302, started.text
-    target = urlsplit(started.headers["location"])
+    assert started.status_code == 200, started.text  # a page naming the store, not a redirect
+    assert started.headers["x-frame-options"] == "DENY" and f"<strong>{fake.host}</strong>" in started.text
+    target = urlsplit(html.unescape(re.search(r'<a href="([^"]+)"', started.text)[1]))  # type: ignore[index]
     assert f"{target.scheme}://{target.netloc}{target.path}" == f"{fake.store_url}/wc-auth/v1/authorize"
     query = parse_qs(target.query)
     assert query["callback_url"] == [f"{PUBLIC}/install/woocommerce/callback"] and query["scope"] == ["read_write"]
@@ -335,6 +347,7 @@ async def install_woocommerce(client: httpx.AsyncClient, fake: FakeWooCommerce) 
 async def test_woocommerce_end_to_end(engine: Engine, app_settings: Settings, router: respx.MockRouter) -> None:
     fake = FakeWooCommerce()
     fake.install(router)
+    fake.install(router, "index")
     async with platform_app(app_settings, engine) as (_, client, worker):
         done = await install_woocommerce(client, fake)
         assert done.status_code == 200, done.text

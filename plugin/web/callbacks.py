@@ -20,7 +20,7 @@ from plugin.settings import Settings
 from plugin.shops import get_shop
 from plugin.web.problems import problem
 
-MAX_ID_DIGITS = 19  # a signed 64-bit id
+MAX_ID_DIGITS = 10  # shop.id is a 32-bit integer column
 
 
 async def twilio_status(request: Request) -> Response:
@@ -51,13 +51,13 @@ async def twilio_status(request: Request) -> Response:
 
 
 def _shop_id(raw: str) -> int | None:
-    """Our shop id from the path: ASCII digits that fit a bigint. The route takes a string so
+    """Our shop id from the path: ASCII digits that fit the column (PostgreSQL's INTEGER). The route takes a string so
     that a 100 KB run of digits is a 404 here instead of a 500 in Starlette's int convertor
     (Python refuses to parse integers of more than 4300 digits)."""
     if not (0 < len(raw) <= MAX_ID_DIGITS and raw.isascii() and raw.isdigit()):
         return None
     value = int(raw)
-    return value if value < 2**63 else None
+    return value if value < 2**31 else None
 
 
 def _shop(engine: Engine, shop_id: int) -> Shop:
