@@ -27,10 +27,11 @@ from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from connectors.base import Credentials
 from connectors.bigcommerce import BigCommerceConnector
 from connectors.egress import AddressPolicy
 from connectors.errors import BadSignature
-from plugin import sync, tokens
+from plugin import installs, sync, tokens
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Code, Job, Redemption, Shop, WebhookEvent
 from plugin.settings import Settings
@@ -321,6 +322,43 @@ async def test_shopify_uninstall_and_privacy_webhooks(engine: Engine, app_settin
             assert session.exec(select(Redemption).where(col(Redemption.shop_id) == shop.id)).all() == []
             events = session.exec(select(WebhookEvent).where(col(WebhookEvent.shop_id) == shop.id)).all()
             assert [(e.delivery_id, e.payload) for e in events] == [("w-5", "")]
+
+
+def bind_to_jon(engine: Engine, shop_id: int) -> int:
+    """A code of this shop handed to jon@example.com; its id."""
+    (code, *_) = campaign_codes(engine, make_campaign(engine, shop_id, count=1))
+    with session_scope(engine) as session:
+        bound = session.get_one(Code, code.id)
+        bound.email, bound.recipient = "jon@example.com", "jon@example.com"
+        session.add(bound)
+    assert code.id is not None
+    return code.id
+
+
+async def test_a_privacy_webhook_acts_on_the_shop_its_signed_body_names(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """The header names shop B, the signed body shop A: only A's customer data goes."""
+    shopify_fakes.shopify_fake(router).mock_token()
+    async with platform_app(app_settings, engine) as (_, client, _worker):
+        assert (await install_shopify(client)).status_code == 302
+        shop_a = the_shop(engine, "shopify")
+        other = Credentials(shop_domain="victim-shop.myshopify.com", access_token="shpat_b", scopes=("write_discounts",))
+        with session_scope(engine) as session:
+            shop_b = installs.save_install(session, app_settings, platform="shopify", credentials=other).id
+        assert shop_a.id is not None and shop_b is not None
+        code_a, code_b = bind_to_jon(engine, shop_a.id), bind_to_jon(engine, shop_b)
+
+        redact = shopify_fakes.fixture("customers_redact.json") | {"shop_domain": shopify_fakes.SHOP}
+        redact["customer"]["email"] = "jon@example.com"
+        headers, body = shopify_webhook("customers/redact", redact, webhook_id="w-redact")
+        headers["X-Shopify-Shop-Domain"] = "victim-shop.myshopify.com"  # not covered by the HMAC
+        assert (await deliver(client, engine, "/webhooks/shopify", body, headers)) == 200
+        with session_scope(engine) as session:
+            assert session.get_one(Code, code_a).email is None
+            assert session.get_one(Code, code_b).email == "jon@example.com"
+            event = session.exec(select(WebhookEvent).where(col(WebhookEvent.delivery_id) == "w-redact")).one()
+            assert event.shop_id == shop_a.id
 
 
 # --- WooCommerce -----------------------------------------------------------------------------
