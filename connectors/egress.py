@@ -9,6 +9,10 @@ at 169.254.169.254, a host on the private network). Two checks, both with one ru
                                       clear error before we redirect anyone or fetch anything
     public_client(policy)             an httpx client whose connections resolve the host once,
                                       check every address, and connect to a checked address
+    shared_client(policy)             the app's and worker's one client: requests a connector
+                                      marks `extensions={THIRD_PARTY: True}` (WooCommerce: the
+                                      merchant names the host) go through the same guard, the
+                                      rest (platform APIs, the sandbox on loopback) as before
 
 The second closes the gap a DNS answer leaves between check and connect (rebinding): httpcore
 hands the hostname to its network backend, ours resolves it, checks the addresses and opens the
@@ -44,6 +48,7 @@ import httpx
 from connectors.errors import ConnectorError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+THIRD_PARTY = "couponry.third_party_host"  # request extension: the host was named by a stranger
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: an IPv4 address inside
@@ -192,3 +197,25 @@ def public_client(policy: AddressPolicy, *, timeout: httpx.Timeout | None = None
         trust_env=False,
         follow_redirects=False,
     )
+
+
+class ThirdPartyRouter(httpx.AsyncBaseTransport):
+    """Requests marked THIRD_PARTY through `PublicOnlyTransport`, the others through a plain
+    transport. Proxies from the environment (trust_env) take precedence over any transport in
+    httpx: behind an egress proxy, filtering private addresses is the proxy's job."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._plain = httpx.AsyncHTTPTransport()
+        self._guarded = PublicOnlyTransport(policy)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._guarded if request.extensions.get(THIRD_PARTY) else self._plain
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._plain.aclose()
+        await self._guarded.aclose()
+
+
+def shared_client(policy: AddressPolicy, *, timeout: httpx.Timeout | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=ThirdPartyRouter(policy), timeout=timeout or httpx.Timeout(30.0, connect=10.0))

@@ -62,6 +62,7 @@ from connectors.base import (
     PushResult,
     ShippingAddress,
 )
+from connectors.egress import THIRD_PARTY
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
 from connectors.headers import header
 from connectors.http import NotSent, raise_for_status, retrying, send, wait_retry_after
@@ -85,6 +86,9 @@ CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
 DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
+# the store's host is whatever the merchant typed: a client built by connectors.egress sends
+# these requests to public addresses only (checked when connecting)
+THIRD_PARTY_HOST: Final = {THIRD_PARTY: True}
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,12 @@ class WooCommerceConnector:
         url = f"{self._store_root(store_url)}/wp-json/"
         try:
             async with self._client.stream(
-                "GET", url, params={"_fields": "namespaces"}, timeout=self.TIMEOUT, follow_redirects=False
+                "GET",
+                url,
+                params={"_fields": "namespaces"},
+                timeout=self.TIMEOUT,
+                follow_redirects=False,
+                extensions=THIRD_PARTY_HOST,
             ) as response:
                 body = await _read_capped(response, self.STORE_INDEX_LIMIT)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -529,7 +538,9 @@ class WooCommerceConnector:
         url, auth = self._api_root() + path, self._auth()
 
         async def attempt() -> httpx.Response:
-            response = await send(self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
+            response = await send(
+                self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT, extensions=THIRD_PARTY_HOST
+            )
             return raise_for_status(response, message=_woo_error)
 
         return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)

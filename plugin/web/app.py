@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from connectors.egress import AddressPolicy, public_client
+from connectors.egress import AddressPolicy, public_client, shared_client
 from plugin import __version__
 from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
@@ -44,7 +43,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         install.warn_insecure_public_url(settings)
         async with (
-            httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as client,
+            shared_client(app.state.store_policy) as client,  # WooCommerce calls marked: public addresses only
             public_client(app.state.store_policy) as store_client,  # hosts strangers name (install flows)
         ):
             app.state.http = client

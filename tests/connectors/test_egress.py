@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
-from connectors.egress import AddressPolicy, ForbiddenAddress, is_public_address, public_client
+from connectors.base import ConnectorConfig, Credentials
+from connectors.egress import THIRD_PARTY, AddressPolicy, ForbiddenAddress, is_public_address, public_client, shared_client
+from connectors.woocommerce import WooCommerceConnector
+from plugin.worker import make_http_client
 
 pytestmark = pytest.mark.anyio
 
@@ -147,4 +151,31 @@ async def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch
     async with public_client(policy) as client:
         with pytest.raises(ForbiddenAddress):
             await client.get("http://internal.example/")
+    assert server.connections == 0
+
+
+async def test_the_shared_client_guards_only_the_requests_marked_third_party(server: Server) -> None:
+    """The app's and worker's client: a WooCommerce call to a loopback store is refused before
+    connecting; other traffic (the sandbox on loopback, platform APIs) goes as before."""
+    async with shared_client(AddressPolicy()) as client:
+        with pytest.raises(ForbiddenAddress):
+            await client.get(f"http://127.0.0.1:{server.port}/", extensions={THIRD_PARTY: True})
+        assert server.connections == 0
+        assert (await client.get(f"http://127.0.0.1:{server.port}/")).text == "ok"
+
+
+async def test_woocommerce_calls_after_the_install_are_checked_when_connecting(server: Server) -> None:
+    """A store that passed at install and now resolves to loopback (the worker pushing codes)."""
+    policy, _ = dns(["127.0.0.1"])
+    credentials = Credentials(
+        shop_domain=f"https://store.example:{server.port}", access_token="cs_x", extra={"consumer_key": "ck_x"}
+    )
+    async with shared_client(policy) as client:
+        with pytest.raises(ForbiddenAddress):
+            await WooCommerceConnector(client, ConnectorConfig(), credentials).verify_credentials()
+    async with make_http_client() as client:  # the worker's own
+        with pytest.raises(ForbiddenAddress):
+            await WooCommerceConnector(
+                client, ConnectorConfig(), replace(credentials, shop_domain=f"https://127.0.0.1:{server.port}")
+            ).verify_credentials()
     assert server.connections == 0
