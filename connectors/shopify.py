@@ -252,6 +252,13 @@ _TOPIC_KINDS: dict[str, DeliveryKind] = {
     "customers/data_request": "customers_data_request",
     "shop/redact": "shop_redact",
 }
+# topics whose (signed) payload names the shop, and the field that does
+_SHOP_IN_BODY: dict[str, str] = {
+    "customers/data_request": "shop_domain",
+    "customers/redact": "shop_domain",
+    "shop/redact": "shop_domain",
+    "app/uninstalled": "myshopify_domain",
+}
 _ORDER_TOPICS: dict[str, OrderEventKind] = {
     "orders/create": "created",
     "orders/paid": "paid",
@@ -592,7 +599,7 @@ class ShopifyConnector:
 
     def identify_webhook(self, headers: Mapping[str, str], body: bytes) -> Delivery:
         topic, shop, delivery_id = _head(headers, body)
-        if not shop:  # only its payload names the shop
+        if not shop or topic in _SHOP_IN_BODY:  # its signed payload names the shop
             return self.parse_webhook(headers, body)
         kind = "order" if topic in _ORDER_TOPICS else _TOPIC_KINDS.get(topic, "other")
         return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind=kind)
@@ -605,7 +612,11 @@ class ShopifyConnector:
             raise Rejected("Shopify webhook body is not JSON") from None
         if not isinstance(payload, dict):
             raise Rejected("Shopify webhook body is not a JSON object")
-        shop = shop or str(payload.get("shop_domain") or "")
+        # The HMAC covers the body, not the headers: where the payload names the shop (privacy
+        # topics' shop_domain, app/uninstalled's Shop object), it wins over X-Shopify-Shop-Domain,
+        # so a header naming another shop cannot move a redaction or an uninstall onto it.
+        signed_shop = payload.get(_SHOP_IN_BODY.get(topic, "shop_domain"))
+        shop = str(signed_shop).strip().lower() if isinstance(signed_shop, str) and signed_shop.strip() else shop
         if topic in _ORDER_TOPICS:
             event = self._order_event(_ORDER_TOPICS[topic], payload, shop, delivery_id)
             return Delivery(delivery_id=delivery_id, topic=topic, shop=shop, kind="order", events=(event,))

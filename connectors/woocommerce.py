@@ -62,9 +62,10 @@ from connectors.base import (
     PushResult,
     ShippingAddress,
 )
+from connectors.egress import THIRD_PARTY
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
 from connectors.headers import header
-from connectors.http import raise_for_status, retrying, send, wait_retry_after
+from connectors.http import NotSent, raise_for_status, retrying, send, wait_retry_after
 from connectors.money import from_minor, to_minor
 
 # Order status -> neutral kind. Usage is counted on processing/completed; WooCommerce itself gives
@@ -85,6 +86,9 @@ CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
 DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
+# the store's host is whatever the merchant typed: a client built by connectors.egress sends
+# these requests to public addresses only (checked when connecting)
+THIRD_PARTY_HOST: Final = {THIRD_PARTY: True}
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class WooCommerceConnector:
     PAGE_SIZE: ClassVar[int] = 100  # per_page maximum
     LOOKUP_CONCURRENCY: ClassVar[int] = 5
     TIMEOUT: ClassVar[float] = 30.0
+    STORE_INDEX_LIMIT: ClassVar[int] = 1_000_000  # bytes of /wp-json/ read when checking a store
 
     def __init__(
         self,
@@ -190,6 +195,40 @@ class WooCommerceConnector:
         if webhook_secret:
             extra["webhook_secret"] = webhook_secret
         return Credentials(shop_domain=store_url, access_token=keys.consumer_secret, scopes=(keys.key_permissions,), extra=extra)
+
+    async def verify_store(self, store_url: str) -> None:
+        """Check that `store_url` is a WooCommerce store before we send a merchant there: the
+        WordPress REST index (`GET /wp-json/`, public, no keys needed) lists the `wc/v3` namespace
+        when WooCommerce's REST API is on, which the connector needs anyway. `_fields=namespaces`
+        keeps the answer to a few hundred bytes; more than `STORE_INDEX_LIMIT` is refused unread.
+
+        Raises Rejected when the answer is not a WooCommerce index, UpstreamError (NotSent) when
+        the store cannot be reached. The messages never quote the store's answer."""
+        url = f"{self._store_root(store_url)}/wp-json/"
+        try:
+            async with self._client.stream(
+                "GET",
+                url,
+                params={"_fields": "namespaces"},
+                timeout=self.TIMEOUT,
+                follow_redirects=False,
+                extensions=THIRD_PARTY_HOST,
+            ) as response:
+                body = await _read_capped(response, self.STORE_INDEX_LIMIT)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise NotSent(f"could not reach {httpx.URL(url).host}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{httpx.URL(url).host} did not answer properly") from exc
+        if body is None:
+            raise Rejected(f"the store's REST index is larger than {self.STORE_INDEX_LIMIT} bytes")
+        if response.status_code != 200:
+            raise Rejected(f"the store answered HTTP {response.status_code} at /wp-json/, not its REST index")
+        try:
+            namespaces = json.loads(body).get("namespaces")
+        except (ValueError, AttributeError) as exc:
+            raise Rejected("the store's /wp-json/ is not a WordPress REST index") from exc
+        if not isinstance(namespaces, list) or "wc/v3" not in namespaces:
+            raise Rejected("the store's REST index has no wc/v3 namespace (is WooCommerce active?)")
 
     async def verify_credentials(self) -> None:
         """One cheap authenticated read; raises AuthError when the keys are wrong or lack rights."""
@@ -499,7 +538,9 @@ class WooCommerceConnector:
         url, auth = self._api_root() + path, self._auth()
 
         async def attempt() -> httpx.Response:
-            response = await send(self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT)
+            response = await send(
+                self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT, extensions=THIRD_PARTY_HOST
+            )
             return raise_for_status(response, message=_woo_error)
 
         return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)
@@ -549,11 +590,23 @@ def _woo_error(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return f"WooCommerce answered HTTP {response.status_code}: {response.text[:200]}".rstrip(": ")
+        return f"WooCommerce answered HTTP {response.status_code} (not JSON)"  # its body is never quoted
     if isinstance(body, dict) and body.get("message"):
         code = f" [{body['code']}]" if body.get("code") else ""
         return f"{body['message']}{code}"
     return f"WooCommerce answered HTTP {response.status_code}"
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _item_error(item: Any) -> str | None:

@@ -69,14 +69,21 @@ def webhook_shop_hint(platform: str, headers: Mapping[str, str], body: bytes) ->
 
 def normalise_store_url(url: str) -> str | None:
     """A WooCommerce store's URL as a shop domain: scheme and lower-case host (and path), no
-    trailing slash; https unless given otherwise. None when it is not a URL."""
+    trailing slash; https unless given otherwise. None when it is not a URL (an unbalanced
+    IPv6 bracket or a port out of range included: such a value comes from outside, e.g. the
+    unsigned `X-WC-Webhook-Source` header, and must not raise)."""
     value = url.strip()
     if "://" not in value:
         value = "https://" + value
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         return None
-    host = parts.hostname.lower() + (f":{parts.port}" if parts.port else "")
+    host = parts.hostname.lower()
+    host = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")  # an IPv6 literal keeps its brackets
     return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
 

@@ -11,21 +11,26 @@ the privacy requests platforms send on the merchant's and customers' behalf.
     redact_shop           shop/redact (48 h after an uninstall): every row of the shop goes
     customer_data         customers/data_request: what we hold about a customer, kept as an
                           audit record for the merchant to hand over
+    spend_nonce           an install flow's one-time value (OAuth `state`, WooCommerce
+                          `user_id`) is spent once: a replay is refused, on every process
 """
 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, String, cast, delete, func, literal, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
 from connectors.base import Credentials, Delivery
 from plugin import outbox, tokens, webhooks
 from plugin.connections import shop_connector, shop_credentials
 from plugin.db import run, session_scope
-from plugin.errors import InvalidInput
+from plugin.errors import Conflict, InvalidInput
 from plugin.models import (
     AuditEvent,
     Code,
@@ -35,6 +40,7 @@ from plugin.models import (
     Referral,
     ReferrerAddress,
     Shop,
+    UsedNonce,
     WebhookEvent,
     utcnow,
 )
@@ -58,6 +64,26 @@ def new_webhook_secret() -> str:
 
 def webhook_url(settings: Settings, platform: str) -> str:
     return f"{settings.public_url}/webhooks/{platform}"
+
+
+def spend_nonce(session: Session, purpose: str, nonce: str, *, expires_at: datetime) -> None:
+    """Record `nonce` as spent, or raise Conflict (`state_used`) if it already was.
+
+    One INSERT ... ON CONFLICT DO NOTHING RETURNING on the primary key: of two callbacks carrying the same
+    state, on any processes, exactly one inserts the row. Rows whose signed value has expired
+    (it could not verify any more) are pruned first; installs are rare, so this costs nothing."""
+    now = utcnow()
+    session.execute(delete(UsedNonce).where(col(UsedNonce.expires_at) < now))
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = UsedNonce.__table__  # type: ignore[attr-defined]
+    inserted = session.execute(
+        dialect_insert(table)
+        .values(key=f"{purpose}:{nonce}"[:160], expires_at=max(expires_at, now))
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(table.c.key)  # psycopg reports no rowcount for this statement
+    ).first()
+    if inserted is None:
+        raise Conflict("this install link was already used; start the install again", reason="state_used")
 
 
 def find_shop(session: Session, platform: str, domain: str) -> Shop | None:

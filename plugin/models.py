@@ -402,3 +402,15 @@ class ReferrerAddress(SQLModel, table=True):
 
 # The sandbox store's tables share the metadata, so create_all and migrations include them.
 from plugin.sandbox import models as _sandbox_models  # noqa: E402, F401
+
+
+class UsedNonce(SQLModel, table=True):
+    """An install flow's one-time value (a Shopify OAuth `state`, a WooCommerce `user_id`),
+    recorded when it is spent: the primary key makes a replay fail atomically on every process
+    and database; rows past `expires_at` (when the signed value could no longer verify anyway)
+    are pruned."""
+
+    __tablename__ = "used_nonce"
+
+    key: str = Field(primary_key=True, max_length=160)  # "<purpose>:<nonce>"
+    expires_at: datetime = Field(sa_type=UtcDateTime, index=True)

@@ -52,6 +52,10 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
+    # --- install flows (issue 12 §4) ---
+    # let WooCommerce installs reach stores on loopback/private addresses (a store on the
+    # developer's machine, tests); never link-local (the cloud metadata service). Off in production.
+    allow_private_stores: bool = False
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -113,6 +117,7 @@ class Settings:
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
+            allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),  # issue 12 §4
         )
 
 

@@ -226,13 +226,17 @@ def _classify(exc: BaseException) -> tuple[bool, float | None]:
     return True, None  # unknown: a database or network hiccup is worth another try
 
 
-def make_http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
+def make_http_client(settings: Settings | None = None) -> httpx.AsyncClient:
+    """The worker's client: WooCommerce stores (hosts merchants name) reach public addresses
+    only, loopback and private ones too with the COUPONRY_ALLOW_PRIVATE_STORES opt-in."""
+    from connectors.egress import AddressPolicy, shared_client
+
+    return shared_client(AddressPolicy(allow_private=settings is not None and settings.allow_private_stores))
 
 
 async def serve_worker(settings: Settings, engine: Engine, *, poll_interval: float = 1.0) -> None:
     """Run a worker until SIGTERM or SIGINT."""
-    async with make_http_client() as http:
+    async with make_http_client(settings) as http:
         worker = Worker(JobContext(engine=engine, settings=settings, http=http), poll_interval=poll_interval)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

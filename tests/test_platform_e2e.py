@@ -8,7 +8,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,9 +27,11 @@ from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from connectors.base import Credentials
 from connectors.bigcommerce import BigCommerceConnector
+from connectors.egress import AddressPolicy
 from connectors.errors import BadSignature
-from plugin import sync, tokens
+from plugin import installs, sync, tokens
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Code, Job, Redemption, Shop, WebhookEvent
 from plugin.settings import Settings
@@ -47,6 +51,13 @@ pytestmark = pytest.mark.anyio
 PUBLIC = "https://app.test"
 SHOPIFY = {"client_id": "api-key", "client_secret": "hush"}
 BIGCOMMERCE = {"client_id": "bc-client-id", "client_secret": "bc-client-secret-0123456789abcdef0123"}
+
+
+async def _public_dns(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
+PUBLIC_DNS = AddressPolicy(resolve=_public_dns)
 
 
 @pytest.fixture
@@ -76,6 +87,7 @@ async def platform_app(settings: Settings, engine: Engine) -> AsyncIterator[tupl
     """The app with its lifespan (its outbound client is the one respx intercepts), a browser-like
     client that reaches it in-process, and a worker on the app's client."""
     app = create_app(settings, engine=engine)
+    app.state.store_policy = PUBLIC_DNS  # no DNS here: every store name is a public address
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
@@ -312,13 +324,51 @@ async def test_shopify_uninstall_and_privacy_webhooks(engine: Engine, app_settin
             assert [(e.delivery_id, e.payload) for e in events] == [("w-5", "")]
 
 
+def bind_to_jon(engine: Engine, shop_id: int) -> int:
+    """A code of this shop handed to jon@example.com; its id."""
+    (code, *_) = campaign_codes(engine, make_campaign(engine, shop_id, count=1))
+    with session_scope(engine) as session:
+        bound = session.get_one(Code, code.id)
+        bound.email, bound.recipient = "jon@example.com", "jon@example.com"
+        session.add(bound)
+    assert code.id is not None
+    return code.id
+
+
+async def test_a_privacy_webhook_acts_on_the_shop_its_signed_body_names(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """The header names shop B, the signed body shop A: only A's customer data goes."""
+    shopify_fakes.shopify_fake(router).mock_token()
+    async with platform_app(app_settings, engine) as (_, client, _worker):
+        assert (await install_shopify(client)).status_code == 302
+        shop_a = the_shop(engine, "shopify")
+        other = Credentials(shop_domain="victim-shop.myshopify.com", access_token="shpat_b", scopes=("write_discounts",))
+        with session_scope(engine) as session:
+            shop_b = installs.save_install(session, app_settings, platform="shopify", credentials=other).id
+        assert shop_a.id is not None and shop_b is not None
+        code_a, code_b = bind_to_jon(engine, shop_a.id), bind_to_jon(engine, shop_b)
+
+        redact = shopify_fakes.fixture("customers_redact.json") | {"shop_domain": shopify_fakes.SHOP}
+        redact["customer"]["email"] = "jon@example.com"
+        headers, body = shopify_webhook("customers/redact", redact, webhook_id="w-redact")
+        headers["X-Shopify-Shop-Domain"] = "victim-shop.myshopify.com"  # not covered by the HMAC
+        assert (await deliver(client, engine, "/webhooks/shopify", body, headers)) == 200
+        with session_scope(engine) as session:
+            assert session.get_one(Code, code_a).email is None
+            assert session.get_one(Code, code_b).email == "jon@example.com"
+            event = session.exec(select(WebhookEvent).where(col(WebhookEvent.delivery_id) == "w-redact")).one()
+            assert event.shop_id == shop_a.id
+
+
 # --- WooCommerce -----------------------------------------------------------------------------
 
 
 async def install_woocommerce(client: httpx.AsyncClient, fake: FakeWooCommerce) -> httpx.Response:
     started = await client.get("/install/woocommerce", params={"store_url": "shop.example/"})
-    assert started.status_code == 302, started.text
-    target = urlsplit(started.headers["location"])
+    assert started.status_code == 200, started.text  # a page naming the store, not a redirect
+    assert started.headers["x-frame-options"] == "DENY" and f"<strong>{fake.host}</strong>" in started.text
+    target = urlsplit(html.unescape(re.search(r'<a href="([^"]+)"', started.text)[1]))  # type: ignore[index]
     assert f"{target.scheme}://{target.netloc}{target.path}" == f"{fake.store_url}/wc-auth/v1/authorize"
     query = parse_qs(target.query)
     assert query["callback_url"] == [f"{PUBLIC}/install/woocommerce/callback"] and query["scope"] == ["read_write"]
@@ -335,6 +385,7 @@ async def install_woocommerce(client: httpx.AsyncClient, fake: FakeWooCommerce) 
 async def test_woocommerce_end_to_end(engine: Engine, app_settings: Settings, router: respx.MockRouter) -> None:
     fake = FakeWooCommerce()
     fake.install(router)
+    fake.install(router, "index")
     async with platform_app(app_settings, engine) as (_, client, worker):
         done = await install_woocommerce(client, fake)
         assert done.status_code == 200, done.text

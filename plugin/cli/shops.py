@@ -6,8 +6,8 @@ import asyncio
 import json
 
 import click
-import httpx
 
+from connectors.egress import AddressPolicy, public_client
 from connectors.errors import ConnectorError
 from connectors.woocommerce import WooAuthKeys, WooCommerceConnector
 from plugin import installs
@@ -44,7 +44,7 @@ def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consume
     config = connector_config(ctx.settings, "woocommerce")
 
     async def verify() -> None:
-        async with httpx.AsyncClient() as http:
+        async with public_client(AddressPolicy(allow_private=ctx.settings.allow_private_stores)) as http:
             await WooCommerceConnector(http, config, credentials).verify_credentials()
 
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -14,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from connectors.egress import AddressPolicy, public_client, shared_client
 from plugin import __version__
 from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
@@ -41,8 +41,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
+        install.warn_insecure_public_url(settings)
+        async with (
+            shared_client(app.state.store_policy) as client,  # WooCommerce calls marked: public addresses only
+            public_client(app.state.store_policy) as store_client,  # hosts strangers name (install flows)
+        ):
             app.state.http = client
+            app.state.store_http = store_client
             async with background.running(client):
                 yield
 
@@ -68,6 +73,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)
+    app.state.store_policy = AddressPolicy(allow_private=settings.allow_private_stores)
     app.state.background = background
     app.state.processor = background.processor
     app.state.webhook_shops = {}  # (platform, shop domain) -> shop id, for webhook routing

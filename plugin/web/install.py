@@ -6,8 +6,11 @@ Shopify (authorization code grant, shared/research/shopify.md §5.1):
     GET /install/shopify/callback   verify HMAC, shop and state (cookie == query, signed, fresh),
                                     exchange the code, check the scopes, store; redirect to /admin
 WooCommerce (/wc-auth/v1/authorize, platforms.md §1.1):
-    GET  /install/woocommerce?store_url=   redirect to the store's key approval with a signed user_id
-    POST /install/woocommerce/callback     the keys, as JSON: user_id verified, keys tried, stored
+    GET  /install/woocommerce?store_url=   check the store (https, public address, a WooCommerce
+                                           REST index), then a page naming it with the link to
+                                           its key approval (a signed user_id inside)
+    POST /install/woocommerce/callback     the keys, as JSON: user_id verified and spent once,
+                                           keys tried, stored
     GET  /install/woocommerce/return       where the merchant's browser lands afterwards
 BigCommerce (app callbacks, platforms.md §2.1):
     GET /install/bigcommerce/callback      exchange the code (before answering the browser)
@@ -15,7 +18,16 @@ BigCommerce (app callbacks, platforms.md §2.1):
     GET /install/bigcommerce/uninstall     signed_payload_jwt verified; the shop is uninstalled
     GET /install/bigcommerce/remove_user   signed_payload_jwt verified; recorded
 
-Every signed value has its own itsdangerous salt and a `max_age`.
+Every signed value has its own itsdangerous salt and a `max_age`; the one-time ones (Shopify's
+`state`, WooCommerce's `user_id`) carry a nonce spent in the database (`installs.spend_nonce`),
+so a replayed callback is refused on every web process.
+
+The WooCommerce store is the one host here a stranger chooses, so it is only ever reached
+through `app.state.store_http` (connectors.egress: public addresses, checked again at connect
+time), and our errors name the problem, never quote what the store answered.
+
+The platforms call us back over HTTPS only: with an http COUPONRY_PUBLIC_URL an install is a
+409 naming that setting (and start-up logs it once, `warn_insecure_public_url`).
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ import html
 import logging
 import secrets
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import httpx
 from itsdangerous import BadSignature as BadItsdangerousSignature
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Engine
@@ -35,13 +49,15 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from connectors.bigcommerce import BigCommerceConnector
-from connectors.errors import AuthError, BadSignature, ConnectorError
+from connectors.egress import AddressPolicy, ForbiddenAddress
+from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected
 from connectors.shopify import SessionToken, ShopifyConnector
 from connectors.woocommerce import WooCommerceConnector
 from plugin import installs
 from plugin.connections import connector_config, normalise_store_url
 from plugin.db import run, session_scope
-from plugin.models import AuditEvent, Shop
+from plugin.errors import Conflict
+from plugin.models import AuditEvent, Shop, utcnow
 from plugin.settings import Settings
 from plugin.web.problems import problem
 
@@ -70,6 +86,56 @@ def _settings(request: Request) -> Settings:
 def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+# platforms whose install flows call us back over HTTPS only (Shopify's redirect URLs,
+# BigCommerce's auth callback, WooCommerce's callback_url)
+HTTPS_CALLBACK_PLATFORMS = ("shopify", "bigcommerce", "woocommerce")
+
+
+def insecure_public_url(settings: Settings) -> str | None:
+    """Why installs cannot work with these settings, or None."""
+    if settings.public_url.startswith("https://"):
+        return None
+    return (
+        f"COUPONRY_PUBLIC_URL is {settings.public_url}: platforms send install callbacks to HTTPS "
+        "addresses only; set COUPONRY_PUBLIC_URL to this app's https:// address"
+    )
+
+
+def warn_insecure_public_url(settings: Settings) -> str | None:
+    """At start-up: one log line when a platform needing HTTPS callbacks is configured and the
+    public URL is not HTTPS. Start-up goes on: the API, the sandbox (the embedded default runs
+    on http://127.0.0.1 with no platform configured) and webhooks work; only installs refuse,
+    each with a 409 naming the setting."""
+    configured = [name for name in HTTPS_CALLBACK_PLATFORMS if name in settings.connector_config]
+    why = insecure_public_url(settings) if configured else None
+    if why:
+        log.warning("%s installs will be refused: %s", ", ".join(configured), why)
+    return why
+
+
+def _insecure_callback(settings: Settings) -> Response | None:
+    why = insecure_public_url(settings)
+    return problem(409, "insecure_callback", why, details={"setting": "COUPONRY_PUBLIC_URL"}) if why else None
+
+
+async def _spend(request: Request, purpose: str, nonce: object, max_age: int) -> Response | None:
+    """Spend a one-time value; a 401 problem when it is missing, a 409 when already spent."""
+    if not isinstance(nonce, str) or not nonce:
+        return problem(401, "bad_state", "the install state carries no nonce; start the install again")
+    engine = _engine(request)
+    expires_at = utcnow() + timedelta(seconds=max_age)
+
+    def work() -> None:
+        with session_scope(engine) as session:
+            installs.spend_nonce(session, purpose, nonce, expires_at=expires_at)
+
+    try:
+        await run(engine, work)
+    except Conflict as exc:
+        return problem(exc.status, exc.reason, exc.message)
+    return None
 
 
 def _admin_url(settings: Settings, shop: Shop) -> str:
@@ -103,6 +169,9 @@ def shopify(request: Request) -> ShopifyConnector:
 
 async def shopify_install(request: Request) -> Response:
     settings = _settings(request)
+    insecure = _insecure_callback(settings)
+    if insecure is not None:
+        return insecure
     connector = shopify(request)
     try:
         shop = connector.verify_oauth_query(request.query_params.multi_items())
@@ -136,10 +205,15 @@ async def shopify_callback(request: Request) -> Response:
         return problem(401, "bad_state", "the install state is invalid or expired; start the install again")
     if not isinstance(state, dict) or state.get("shop") != shop:
         return problem(401, "bad_state", "the install state was issued for another shop")
+    replayed = await _spend(request, "shopify-state", state.get("nonce"), STATE_MAX_AGE)
+    if replayed is not None:  # before the code is exchanged: of two identical callbacks, one goes on
+        return replayed
     try:
         credentials = await connector.exchange_code(shop, code)
+    except AuthError as exc:
+        return problem(403, "token_exchange_failed", f"Shopify refused the code (HTTP {exc.status or 403})")
     except ConnectorError as exc:
-        return problem(502, "token_exchange_failed", f"Shopify refused the code: {exc.message}")
+        return problem(502, "token_exchange_failed", f"Shopify did not exchange the code (HTTP {exc.status or 'none'})")
     missing = connector.missing_scopes(credentials)
     if missing:
         return problem(403, "missing_scopes", f"the app needs these scopes: {', '.join(missing)}", details={"missing": missing})
@@ -163,26 +237,74 @@ def verify_shopify_session(request: Request) -> SessionToken:
 
 
 def woocommerce(request: Request, credentials: Any = None) -> WooCommerceConnector:
-    return WooCommerceConnector(request.app.state.http, connector_config(_settings(request), "woocommerce"), credentials)
+    """The connector on the client for third-party hosts (public addresses only)."""
+    http: httpx.AsyncClient = request.app.state.store_http
+    return WooCommerceConnector(http, connector_config(_settings(request), "woocommerce"), credentials)
+
+
+def store_policy(request: Request) -> AddressPolicy:
+    policy: AddressPolicy = request.app.state.store_policy
+    return policy
 
 
 async def woocommerce_install(request: Request) -> Response:
+    """Check the store, then show a page naming it, with the link to its key approval.
+
+    Not a redirect: this URL is a GET anyone can link to, and a redirect would let a third party
+    bounce a merchant from our domain to any site that answers like a WooCommerce store (anyone
+    can run one). The page says which host the merchant is about to trust; they follow the link
+    themselves. Before that, the store must be https, resolve to public addresses only (checked
+    again when we connect: connectors.egress) and serve a WordPress REST index with WooCommerce's
+    `wc/v3` namespace; what it answered is never shown."""
     settings = _settings(request)
     store_url = normalise_store_url(request.query_params.get("store_url", ""))
     if store_url is None:
         return problem(422, "invalid_store_url", "store_url must be the store's address, e.g. https://shop.example")
-    user_id = _signer(settings, "woocommerce-user").dumps({"store_url": store_url})
+    if not store_url.startswith("https://"):
+        return problem(422, "insecure_store_url", "store_url must be an https:// address: the keys travel only over HTTPS")
+    insecure = _insecure_callback(settings)
+    if insecure is not None:
+        return insecure
+    parts = urlsplit(store_url)
+    host = parts.hostname or ""
     try:
-        target = woocommerce(request).authorize_url(
-            store_url,
-            app_name="Couponry",
-            user_id=user_id,
-            return_url=f"{settings.public_url}/install/woocommerce/return",
-            callback_url=f"{settings.public_url}/install/woocommerce/callback",
-        )
-    except ValueError as exc:  # WooCommerce posts keys only to HTTPS
-        return problem(500, "insecure_callback", str(exc))
-    return RedirectResponse(target, status_code=302)
+        await store_policy(request).check(host, parts.port or 443)
+        await woocommerce(request).verify_store(store_url)
+    except ForbiddenAddress as exc:
+        private = exc.reason == "private_address"
+        return problem(422, exc.reason, f"{host} is not a public address we may connect to" if private else exc.message)
+    except Rejected as exc:
+        return problem(422, "not_woocommerce", f"{host} does not answer as a WooCommerce store: {exc.message}")
+    except ConnectorError:
+        return problem(502, "store_unreachable", f"could not reach {host}; check the address and try again")
+    user_id = _signer(settings, "woocommerce-user").dumps({"store_url": store_url, "nonce": secrets.token_urlsafe(16)})
+    target = woocommerce(request).authorize_url(
+        store_url,
+        app_name="Couponry",
+        user_id=user_id,
+        return_url=f"{settings.public_url}/install/woocommerce/return",
+        callback_url=f"{settings.public_url}/install/woocommerce/callback",
+    )
+    return _continue_page(host, store_url, target)
+
+
+def _continue_page(host: str, store_url: str, target: str) -> HTMLResponse:
+    """The interstitial: the host in plain words, a link the merchant chooses to follow; never framed."""
+    body = (
+        "<!doctype html><meta charset=utf-8><title>Connect Couponry to your store</title>"
+        "<h1>Connect Couponry to your WooCommerce store</h1>"
+        f"<p>You are about to go to <strong>{html.escape(host)}</strong> ({html.escape(store_url)}) "
+        "to let Couponry create and manage coupons there.</p>"
+        "<p>Continue only if this is your store. If you did not start this, close this page.</p>"
+        f'<p><a href="{html.escape(target, quote=True)}" rel="noreferrer">Continue to {html.escape(host)}</a></p>'
+    )
+    headers = {
+        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+    return HTMLResponse(body, headers=headers)
 
 
 async def woocommerce_callback(request: Request) -> Response:
@@ -202,8 +324,17 @@ async def woocommerce_callback(request: Request) -> Response:
     credentials = WooCommerceConnector.credentials(store_url, keys, webhook_secret=installs.new_webhook_secret())
     try:
         await woocommerce(request, credentials).verify_credentials()
+    except ForbiddenAddress as exc:
+        return problem(422, exc.reason, "the store's address is no longer a public address we may connect to")
+    except AuthError as exc:
+        return problem(403, "credentials_refused", f"the store refused the keys (HTTP {exc.status or 401})")
     except ConnectorError as exc:
-        return problem(502, "credentials_refused", f"the store refused the keys: {exc.message}")
+        return problem(502, "credentials_refused", f"the store did not answer the key check (HTTP {exc.status or 'none'})")
+    # spent once the keys proved good: a forged callback with garbage keys cannot burn the
+    # merchant's reference, and a replay of a good one is refused
+    replayed = await _spend(request, "woocommerce-user", state.get("nonce"), WOO_USER_MAX_AGE)
+    if replayed is not None:
+        return replayed
     await _save(request, "woocommerce", credentials)
     return JSONResponse({"ok": True})
 

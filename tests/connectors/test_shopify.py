@@ -988,3 +988,21 @@ async def test_fetch_missing_order(connector: ShopifyConnector, fake: ShopifyFak
     with pytest.raises(NotFound):
         await connector.fetch_order("404")
     assert fake.route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "name"),
+    [
+        ("customers/data_request", "customers_data_request.json"),
+        ("customers/redact", "customers_redact.json"),
+        ("shop/redact", "shop_redact.json"),
+        ("app/uninstalled", "app_uninstalled.json"),  # the Shop object: its myshopify_domain
+    ],
+)
+def test_the_signed_body_names_the_shop_not_the_unsigned_header(topic: str, name: str) -> None:
+    """The HMAC covers the body only: a header naming another shop must not move the delivery
+    (a redaction, an uninstall) onto that shop."""
+    body = json.dumps(fixture(name)).encode()
+    headers = signed(body, topic) | {"X-Shopify-Shop-Domain": "victim-shop.myshopify.com"}
+    assert webhook_connector().identify_webhook(headers, body).shop == SHOP
+    assert webhook_connector().parse_webhook(headers, body).shop == SHOP

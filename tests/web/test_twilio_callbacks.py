@@ -79,3 +79,12 @@ def test_forged_or_unsigned_callbacks_change_nothing(engine: Engine, shop_id: in
         assert _post(client, settings, shop_id, params, signature=other_url_sig).status_code == 401
         assert client.post(f"/callbacks/twilio/{shop_id + 999}", data=params).status_code == 404
     assert _status(engine) == ("sent", None)
+
+
+def test_an_absurd_shop_id_is_a_404_not_a_500(engine: Engine, shop_id: int, settings: Settings) -> None:
+    settings = _settings(settings)
+    with TestClient(make_app(settings, engine), raise_server_exceptions=False) as client:
+        for bad in ("9" * 60_000, "2147483648", "١٢"):  # 60 KB of digits (httpx caps URLs at 64 KB), past the column, non-ASCII
+            answer = client.post(f"/callbacks/twilio/{bad}", data={"MessageSid": "SM" + "1" * 32})
+            assert answer.status_code == 404, answer.text[:200]
+            assert answer.json()["reason"] == "not_found"  # as for any unknown shop

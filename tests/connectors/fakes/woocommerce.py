@@ -97,7 +97,11 @@ class FakeWooCommerce:
             "webhook_create": ("POST", f"{API_PATH}/webhooks", self._create_webhook),
             "webhook_update": ("PUT", rf"{API_PATH}/webhooks/(?P<hook_id>\d+)", self._update_webhook),
         }
-        for name in routes or self.ROUTES:
+        if "index" in routes:  # the public REST index (no keys): what an install checks first
+            self.routes["index"] = router.route(method="GET", host=self.host, path="/wp-json/", name="woocommerce.index").mock(
+                side_effect=self._index
+            )
+        for name in [r for r in routes if r != "index"] or ([] if routes else self.ROUTES):
             method, path, handler = handlers[name]
             route = router.route(method=method, host=self.host, path__regex=f"^{path}$", name=f"woocommerce.{name}")
             self.routes[name] = route.mock(side_effect=self._wrap(name, handler))
@@ -155,6 +159,16 @@ class FakeWooCommerce:
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
+
+    NAMESPACES = ("oembed/1.0", "wc/store/v1", "wc/v1", "wc/v2", "wc/v3", "wc-admin", "wp/v2")
+
+    def _index(self, request: httpx.Request) -> httpx.Response:
+        """WordPress's REST index (`GET /wp-json/`); `_fields=namespaces` keeps only that field."""
+        self.requests.append(request)
+        index = {"name": "Shop", "url": self.store_url, "namespaces": list(self.NAMESPACES), "routes": {}}
+        if request.url.params.get("_fields") == "namespaces":
+            index = {"namespaces": index["namespaces"]}
+        return httpx.Response(200, json=index)
 
     def _wrap(self, route: str, handler: Any) -> Any:
         def side_effect(request: httpx.Request, **kwargs: Any) -> httpx.Response:
