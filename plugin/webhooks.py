@@ -367,7 +367,7 @@ def redact_customer(
 # --- deliveries refused for their size ---------------------------------------------------------
 
 TOO_LARGE = "webhook_too_large"
-_RECENT_REFUSALS = 20  # kept in the alert: it never grows with the refusals
+RECENT_REFUSALS = 20  # kept in the alert: it never grows with the refusals
 
 
 def record_refused(
@@ -375,32 +375,29 @@ def record_refused(
     shop_id: int,
     *,
     platform: str,
-    topic: str,
-    delivery_id: str,
-    size: int,
-    declared: bool,
+    refusals: Sequence[dict[str, Any]],
+    count: int,
     limit: int,
     fetched_later: bool,
 ) -> None:
-    """A delivery refused for its size (its body never read, nothing of it stored): one open
-    alert per shop and platform counts them and keeps the last few (topic, delivery id, size,
-    from the unsigned headers), however many arrive, so a flood of them cannot grow a table."""
+    """Deliveries refused for their size (their bodies never read, nothing of them stored):
+    one open alert per shop and platform counts them (`count` more) and keeps the last few
+    (`refusals`, newest first: topic, delivery id, size, as their unsigned headers say), however
+    many arrive, so a flood of them cannot grow a table."""
     key = f"{TOO_LARGE}:{shop_id}:{platform}"
-    now = utcnow()
     conn = session.connection()
-    alert = _alert_table
-    previous = conn.execute(select(alert.c.details).where(alert.c.open_key == key)).scalar_one_or_none() or {}
-    refusal = {"topic": topic, "delivery_id": delivery_id, "size": size, "declared": declared, "at": now.isoformat()}
-    recent = [refusal, *previous.get("recent", [])][:_RECENT_REFUSALS]
-    what = f"{'a body of ' if declared else 'a body over '}{size} bytes"
+    previous = conn.execute(select(_alert_table.c.details).where(_alert_table.c.open_key == key)).scalar_one_or_none() or {}
+    recent = [*refusals, *previous.get("recent", [])][:RECENT_REFUSALS]
+    last = recent[0]
     then = (
         "the orders are fetched by the next reconciliation"
         if fetched_later
         else f"{platform} orders are not polled: raise COUPONRY_WEBHOOK_BODY_LIMIT so the retries get through"
     )
     message = (
-        f"{platform} webhook deliveries refused: larger than the {limit}-byte limit"
-        f" (last: {topic or 'topic unknown'}, delivery {delivery_id or 'unknown'}, {what}); {then}"
+        f"{platform} webhook deliveries refused: larger than the {limit}-byte limit (last:"
+        f" {last['topic'] or 'topic unknown'}, delivery {last['delivery_id'] or 'unknown'},"
+        f" {'' if last['declared'] else 'over '}{last['size']} bytes); {then}"
     )
     values = {
         "shop_id": shop_id,
@@ -411,7 +408,7 @@ def record_refused(
         "details": {"platform": platform, "limit": limit, "recent": recent},
         "open_key": key,
     }
-    claimstore.raise_alert(conn, values, now)
+    claimstore.raise_alert(conn, values, utcnow(), sightings=count)
 
 
 # --- retention ---------------------------------------------------------------------------------

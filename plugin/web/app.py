@@ -45,7 +45,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
             app.state.http = client
             async with background.running(client):
-                yield
+                try:
+                    yield
+                finally:
+                    await app.state.webhook_refusals.drain()  # refusals for size not yet recorded
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -73,4 +76,5 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.state.background = background
     app.state.processor = background.processor
     app.state.webhook_shops = {}  # (platform, shop domain) -> shop id, for webhook routing
+    app.state.webhook_refusals = hooks.Refusals()  # deliveries refused for size, waiting to be recorded
     return app

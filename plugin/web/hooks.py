@@ -26,9 +26,13 @@ platforms that can be polled (WooCommerce, BigCommerce).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -46,6 +50,7 @@ from plugin.connections import shop_connector, webhook_headline, webhook_shop_hi
 from plugin.db import run, session_scope
 from plugin.errors import PluginError
 from plugin.ingest import Ingest
+from plugin.models import utcnow
 from plugin.orders import Processor
 from plugin.shops import shop_on_platform
 from plugin.web.limits import declared_length
@@ -154,11 +159,56 @@ async def receive(request: Request) -> Response:
     )
 
 
+@dataclass
+class _Waiting:
+    count: int = 0
+    recent: list[dict[str, Any]] = field(default_factory=list)  # newest first
+
+
+class Refusals:
+    """Refusals for size waiting to be recorded, per (shop id, platform): written together
+    `linger` seconds after the first of them, so a flood costs at most one write per shop and
+    platform per `linger` (on SQLite a write holds the event loop). `drain` writes them now."""
+
+    linger = 1.0
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[int, str], _Waiting] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._now = asyncio.Event()
+
+    def add(self, key: tuple[int, str], refusal: dict[str, Any], write: Callable[[_Waiting], Awaitable[None]]) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting()
+            task = asyncio.create_task(self._write(key, write))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        waiting.count += 1
+        waiting.recent = [refusal, *waiting.recent][: webhooks.RECENT_REFUSALS]
+
+    async def _write(self, key: tuple[int, str], write: Callable[[_Waiting], Awaitable[None]]) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._now.wait(), self.linger)
+        batch = self._waiting.pop(key)
+        try:
+            await write(batch)
+        except Exception:  # each refusal was logged when it came
+            log.exception("recording %s refused %s webhook deliveries failed", batch.count, key[1])
+
+    async def drain(self) -> None:
+        self._now.set()
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+        self._now.clear()
+
+
 async def refused(scope: Scope, size: int, limit: int) -> None:
     """A delivery refused for its size (`limits.BodyLimits.on_refused`): logged, and for a known
     shop, recorded in its alert. Only its headers are read, and none of it is stored but them."""
     platform = scope["path"][len(PREFIX) :]
-    processor: Processor = scope["app"].state.processor
+    state = scope["app"].state
+    processor: Processor = state.processor
     try:
         connector = processor.connector(platform)
     except UnknownConnector:
@@ -172,20 +222,27 @@ async def refused(scope: Scope, size: int, limit: int) -> None:
     if shop is None:
         return
     engine = processor.engine
-    cache: dict[tuple[str, str], int] = scope["app"].state.webhook_shops
-    shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, shop))
+    cache: dict[tuple[str, str], int] = state.webhook_shops
+    shop_id = cache.get((platform, shop))
+    if shop_id is None:
+        shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, shop))
     if shop_id is None:
         return
     polled = hasattr(connector, "list_recent_orders") and processor.settings.reconcile_interval_hours > 0
+    refusal = {"topic": topic, "delivery_id": delivery_id, "size": size, "declared": declared, "at": utcnow().isoformat()}
 
-    def record() -> None:
+    def record(batch: _Waiting) -> None:
         with session_scope(engine) as session:
             webhooks.record_refused(
-                session, shop_id, platform=platform, topic=topic, delivery_id=delivery_id, size=size,
-                declared=declared, limit=limit, fetched_later=polled,
+                session, shop_id, platform=platform, refusals=batch.recent, count=batch.count, limit=limit,
+                fetched_later=polled,
             )  # fmt: skip
 
-    await run(engine, record)
+    async def write(batch: _Waiting) -> None:
+        await run(engine, lambda: record(batch))
+
+    refusals: Refusals = state.webhook_refusals
+    refusals.add((shop_id, platform), refusal, write)
 
 
 routes = [Route("/webhooks/{platform}", receive, methods=["POST"])]

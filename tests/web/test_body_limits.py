@@ -6,6 +6,7 @@ for its size leaves a record and an alert; WooCommerce's unsigned ping stores no
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
+from plugin import webhooks
 from plugin.db import session_scope
 from plugin.models import Alert, WebhookEvent
 from plugin.settings import Settings
@@ -254,6 +256,32 @@ async def test_a_refused_webhook_of_a_known_shop_leaves_one_coalesced_alert(
     assert "d-3" in alert.message and "5242880" in alert.message
     assert count(engine, WebhookEvent) == 0  # nothing unsigned stored
     assert "refused a sandbox webhook" in caplog.text
+
+
+async def test_a_flood_of_refusals_is_counted_in_few_writes(
+    engine: Engine, shop_id: int, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    record = webhooks.record_refused
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        writes.append(kwargs["count"])
+        record(*args, **kwargs)
+
+    monkeypatch.setattr(webhooks, "record_refused", counted)
+    monkeypatch.setattr(hooks.Refusals, "linger", 60.0)  # written when the app stops (it drains them)
+    async with running(sandbox_settings(settings), engine) as app:
+        answers = await asyncio.gather(
+            *[
+                call(app, "POST", "/webhooks/sandbox", [], {"X-Sandbox-Shop-Domain": SHOP, "X-Sandbox-Delivery-Id": f"d-{n}"},
+                     declared=6 * MB)
+                for n in range(100)
+            ]
+        )  # fmt: skip
+    assert {a.status for a in answers} == {413}
+    (alert,) = alerts(engine)
+    assert alert.count == 100 and writes == [100]  # one write for the lot
+    assert len(alert.details["recent"]) == webhooks.RECENT_REFUSALS
 
 
 async def test_a_refused_webhook_of_an_unknown_shop_is_only_logged(
