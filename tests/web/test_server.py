@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from plugin.settings import Settings
-from plugin.web.server import REDACTED, RedactTokens, redact, server_options
+from plugin.web.server import REDACTED, RedactTokens, deadline_protocol, redact, server_options
 
 
 async def plain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -38,8 +40,8 @@ async def plain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextmanager
-def serving(settings: Settings, app: Any = plain_app) -> Iterator[int]:
-    config = uvicorn.Config(app, **{**server_options(replace(settings, port=0)), "lifespan": "off"})
+def serving(settings: Settings, app: Any = plain_app, **options: Any) -> Iterator[int]:
+    config = uvicorn.Config(app, **{**server_options(replace(settings, port=0)), "lifespan": "off", **options})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -82,8 +84,9 @@ def fast(settings: Settings) -> Settings:
     return replace(settings, request_timeout=1.0)
 
 
-def test_a_trickling_connection_is_closed_within_the_deadline(fast: Settings) -> None:
-    with serving(fast) as port:
+@pytest.mark.parametrize("base", [HttpToolsProtocol, H11Protocol], ids=["httptools", "h11"])
+def test_a_trickling_connection_is_closed_within_the_deadline(fast: Settings, base: type[asyncio.Protocol]) -> None:
+    with serving(fast, http=deadline_protocol(fast.request_timeout, base)) as port:
         closed_after = trickle(port, every=0.2, for_at_most=6)
     assert closed_after is not None and closed_after < 3  # 1 s deadline, and slack for a busy machine
 
