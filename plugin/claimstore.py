@@ -244,14 +244,14 @@ def allocate(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: in
         return len(raw.rows(sql, [*params, count, partner_id]))
 
 
-def raise_alert(conn: Connection, values: dict[str, Any], now: datetime) -> None:
-    """Open the alert, or count one more sighting of the open alert with the same `open_key`."""
+def raise_alert(conn: Connection, values: dict[str, Any], now: datetime, *, sightings: int = 1) -> None:
+    """Open the alert, or count more sightings of the open alert with the same `open_key`."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(_alert).values(**values, count=1, created_at=now, last_seen_at=now)
+    stmt = dialect_insert(_alert).values(**values, count=sightings, created_at=now, last_seen_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=["open_key"],
         set_={
-            "count": _alert.c.count + 1,
+            "count": _alert.c.count + sightings,
             "last_seen_at": now,
             "message": stmt.excluded.message,
             "details": stmt.excluded.details,

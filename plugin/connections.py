@@ -67,6 +67,31 @@ def webhook_shop_hint(platform: str, headers: Mapping[str, str], body: bytes) ->
     return None
 
 
+# (shop, topic, delivery id) headers of each platform's webhooks, for a delivery refused unread
+_DELIVERY_HEADERS = {
+    "shopify": ("x-shopify-shop-domain", "x-shopify-topic", "x-shopify-webhook-id"),
+    "woocommerce": ("x-wc-webhook-source", "x-wc-webhook-topic", "x-wc-webhook-delivery-id"),
+    "bigcommerce": ("", "", "webhook-id"),  # its shop and scope are only in the body
+    "sandbox": ("x-sandbox-shop-domain", "x-sandbox-topic", "x-sandbox-delivery-id"),
+}
+
+
+def webhook_headline(platform: str, headers: Mapping[str, str]) -> tuple[str | None, str, str]:
+    """What a delivery's headers alone say it is: (shop domain or None, topic, delivery id),
+    unverified, for one refused before its body was read. `headers`: names in lower case."""
+    shop_name, topic_name, id_name = _DELIVERY_HEADERS.get(platform, ("", "", ""))
+    shop = headers.get(shop_name, "").strip() if shop_name else ""
+    if platform == "woocommerce" and shop:
+        try:
+            shop = normalise_store_url(shop) or ""
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            shop = ""
+    elif shop:
+        shop = shop.lower()
+    topic = headers.get(topic_name, "").strip()[:128] if topic_name else ""
+    return shop or None, topic, headers.get(id_name, "").strip()[:255]
+
+
 def normalise_store_url(url: str) -> str | None:
     """A WooCommerce store's URL as a shop domain: scheme and lower-case host (and path), no
     trailing slash; https unless given otherwise. None when it is not a URL (an unbalanced

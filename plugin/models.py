@@ -338,7 +338,7 @@ class Alert(SQLModel, table=True):
     shop_id: int = Field(foreign_key="shop.id", index=True)
     campaign_id: int | None = Field(default=None)
     partner_id: int | None = Field(default=None)
-    kind: str = Field(max_length=32)  # pool_low | pool_empty
+    kind: str = Field(max_length=32)  # pool_low | pool_empty | webhook_too_large
     message: str = Field(default="", max_length=500)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     count: int = Field(default=1)

@@ -52,10 +52,17 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
-    # --- install flows (issue 12 §4) ---
+    # --- install flows ---
     # let WooCommerce installs reach stores on loopback/private addresses (a store on the
     # developer's machine, tests); never link-local (the cloud metadata service). Off in production.
     allow_private_stores: bool = False
+    # --- request bodies and connections ---
+    webhook_body_limit: int = 5 * 1024 * 1024  # bytes; Shopify orders with many lines are large
+    callback_body_limit: int = 64 * 1024  # install and provider callbacks
+    api_body_limit: int = 1024 * 1024  # API calls, unless a route documents more (plugin.web.limits)
+    request_timeout: float = 20.0  # seconds a connection has to send a complete request
+    concurrency_limit: int = 1000  # connections + requests `serve` takes before answering 503; 0 = none
+    webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after; 0 = kept
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -117,7 +124,14 @@ class Settings:
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
-            allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),  # issue 12 §4
+            allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),
+            # request bodies and connections
+            webhook_body_limit=int(get("WEBHOOK_BODY_LIMIT") or cls.webhook_body_limit),
+            callback_body_limit=int(get("CALLBACK_BODY_LIMIT") or cls.callback_body_limit),
+            api_body_limit=int(get("API_BODY_LIMIT") or cls.api_body_limit),
+            request_timeout=float(get("REQUEST_TIMEOUT") or cls.request_timeout),
+            concurrency_limit=int(get("CONCURRENCY_LIMIT") or cls.concurrency_limit),
+            webhook_retention_days=float(get("WEBHOOK_RETENTION_DAYS") or cls.webhook_retention_days),
         )
 
 

@@ -1,4 +1,5 @@
-"""Webhook deliveries: store each verified one once, list them for review, remove their PII.
+"""Webhook deliveries: store each verified one once, list them for review, remove their PII;
+keep a record of those refused for their size; delete old ignored and failed ones.
 
 A delivery is stored before the platform gets its 2xx (promise 3, at least once) and
 deduplicated by (platform, delivery id) with an insert that ignores a conflict, so retries and
@@ -8,23 +9,30 @@ duplicates of one delivery all land on the same row (at most once).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import func, or_, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from plugin.db import Reader, chunked, repeated
+from plugin import claimstore
+from plugin.db import Reader, chunked, repeated, run, session_scope
 from plugin.errors import InvalidInput, NotFound
-from plugin.models import AuditEvent, Redemption, WebhookEvent, utcnow
+from plugin.models import Alert, AuditEvent, Redemption, WebhookEvent, utcnow
+
+if TYPE_CHECKING:
+    from plugin.worker import JobContext
 
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]
+_alert_table = Alert.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("received", "processed", "deferred", "failed", "ignored")
 _SECRET_HEADER = re.compile("hmac|signature|authorization|cookie|token|secret")
@@ -354,3 +362,95 @@ def redact_customer(
         select(WebhookEvent.id).where(col(WebhookEvent.shop_id) == shop_id, col(WebhookEvent.redacted_at).is_(None), or_(*match))
     ).all()
     return _redact(session, shop_id, [i for i in ids if i is not None], actor, "customer redaction")
+
+
+# --- deliveries refused for their size ---------------------------------------------------------
+
+TOO_LARGE = "webhook_too_large"
+RECENT_REFUSALS = 20  # kept in the alert: it never grows with the refusals
+
+
+def record_refused(
+    session: Session,
+    shop_id: int,
+    *,
+    platform: str,
+    refusals: Sequence[dict[str, Any]],
+    count: int,
+    limit: int,
+    fetched_later: bool,
+) -> None:
+    """Deliveries refused for their size (their bodies never read, nothing of them stored):
+    one open alert per shop and platform counts them (`count` more) and keeps the last few
+    (`refusals`, newest first: topic, delivery id, size, as their unsigned headers say), however
+    many arrive, so a flood of them cannot grow a table."""
+    key = f"{TOO_LARGE}:{shop_id}:{platform}"
+    conn = session.connection()
+    previous = conn.execute(select(_alert_table.c.details).where(_alert_table.c.open_key == key)).scalar_one_or_none() or {}
+    recent = [*refusals, *previous.get("recent", [])][:RECENT_REFUSALS]
+    last = recent[0]
+    then = (
+        "the orders are fetched by the next reconciliation"
+        if fetched_later
+        else f"{platform} orders are not polled: raise COUPONRY_WEBHOOK_BODY_LIMIT so the retries get through"
+    )
+    message = (
+        f"{platform} webhook deliveries refused: larger than the {limit}-byte limit (last:"
+        f" {last['topic'] or 'topic unknown'}, delivery {last['delivery_id'] or 'unknown'},"
+        f" {'' if last['declared'] else 'over '}{last['size']} bytes); {then}"
+    )
+    values = {
+        "shop_id": shop_id,
+        "campaign_id": None,
+        "partner_id": None,
+        "kind": TOO_LARGE,
+        "message": message[:500],
+        "details": {"platform": platform, "limit": limit, "recent": recent},
+        "open_key": key,
+    }
+    claimstore.raise_alert(conn, values, utcnow(), sightings=count)
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+UNUSED = ("ignored", "failed")  # deliveries nothing acts on: for an unknown shop, or unreadable
+_PURGE_BATCH = 1000
+
+
+def purge_unused(engine: Engine, *, older_than: timedelta, batch: int = _PURGE_BATCH) -> int:
+    """Delete ignored and failed deliveries received more than `older_than` ago, a batch per
+    short transaction (the write lock is never held long); how many were deleted."""
+    cutoff = utcnow() - older_than
+    deleted = 0
+    while True:
+        with session_scope(engine) as session:
+            ids = session.exec(
+                select(WebhookEvent.id)
+                .where(col(WebhookEvent.status).in_(UNUSED), col(WebhookEvent.received_at) < cutoff)
+                .order_by(col(WebhookEvent.received_at))
+                .limit(batch)
+            ).all()
+            if ids:
+                session.execute(delete(WebhookEvent).where(col(WebhookEvent.id).in_(ids)))
+        deleted += len(ids)
+        if len(ids) < batch:
+            return deleted
+
+
+class RetentionSweep:
+    """The worker's sweep deleting unused deliveries older than
+    `settings.webhook_retention_days` (COUPONRY_WEBHOOK_RETENTION_DAYS, 0 = kept): at most
+    once an hour per worker, as the sweeps run every few seconds when idle."""
+
+    every = 3600.0
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    async def __call__(self, ctx: JobContext) -> int:
+        days = ctx.settings.webhook_retention_days
+        if days <= 0 or time.monotonic() < self._next:
+            return 0
+        self._next = time.monotonic() + self.every
+        engine = ctx.engine
+        return await run(engine, lambda: purge_unused(engine, older_than=timedelta(days=days)))

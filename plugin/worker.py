@@ -65,9 +65,9 @@ def default_handlers() -> dict[str, Handler]:
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import orders, reconcile
+    from plugin import orders, reconcile, webhooks
 
-    return [orders.sweep_unprocessed, reconcile.schedule]
+    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep()]
 
 
 @dataclass

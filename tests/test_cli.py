@@ -182,4 +182,8 @@ def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pyt
     _ok(cli, "serve", "--port", "8767")
     [(app, kwargs)] = calls
     assert isinstance(app, App) and kwargs["loop"] == "asyncio" and kwargs["port"] == 8767
+    # a deadline for each request, a concurrency limit, tokens kept out of the access log
+    assert isinstance(kwargs["http"], type) and kwargs["http"].request_timeout == 20  # type: ignore[attr-defined]
+    assert kwargs["limit_concurrency"] == 1000
+    assert kwargs["log_config"]["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]  # type: ignore[index]
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # settle_heap ran

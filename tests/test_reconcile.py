@@ -137,6 +137,40 @@ async def test_the_woocommerce_poll_records_missed_orders_once(
         assert session.exec(select(Redemption.status).where(col(Redemption.shop_id) == shop_id)).all() == ["rolled_back"]
 
 
+async def test_an_order_whose_webhook_was_refused_for_size_is_recorded_by_the_poll(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    from plugin.models import Alert
+    from tests.web.test_body_limits import call, running
+
+    fake = FakeWooCommerce()
+    fake.install(router)
+    shop_id = installed(engine, app_settings, "woocommerce", fake.credentials(webhook_secret="s3cret"))
+    campaign_id = make_campaign(engine, shop_id, count=1)
+    code = campaign_codes(engine, campaign_id)[0].code
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    order = fake.add_order(coupon_lines=[{"id": 1, "code": code.lower(), "discount": "2.00"}], date_modified_gmt=now.isoformat())
+    headers = {
+        "X-WC-Webhook-Source": fake.store_url + "/",
+        "X-WC-Webhook-Topic": "order.updated",
+        "X-WC-Webhook-Delivery-ID": "hash-1",
+    }
+    async with running(app_settings, engine) as app:  # a large order: refused unread
+        answer = await call(app, "POST", "/webhooks/woocommerce", [], headers, declared=6 * 1024 * 1024)
+    assert answer.status == 413
+    with session_scope(engine) as session:
+        (alert,) = session.exec(select(Alert)).all()
+        assert (alert.shop_id, alert.kind, alert.details["recent"][0]["delivery_id"]) == (shop_id, "webhook_too_large", "hash-1")
+        assert "fetched by the next reconciliation" in alert.message
+        assert session.exec(select(func.count()).select_from(WebhookEvent)).one() == 0
+    async with worker_for(app_settings, engine) as worker:
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    with session_scope(engine) as session:
+        (redemption,) = session.exec(select(Redemption).where(col(Redemption.shop_id) == shop_id)).all()
+        assert redemption.order_id == str(order["id"])
+
+
 async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
     engine: Engine, app_settings: Settings, shop_id: int
 ) -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from plugin import webhooks
 from plugin.db import session_scope
-from plugin.models import WebhookEvent
+from plugin.jobstore import aware
+from plugin.models import WebhookEvent, utcnow
 from plugin.sandbox import keys
 from plugin.sandbox.deliverer import sign
 from plugin.settings import Settings
+from plugin.worker import default_sweeps
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +189,46 @@ async def test_a_repeated_header_is_read_as_its_first_value(engine: Engine, shop
     assert response.status_code == 200
     with session_scope(engine) as session:
         assert session.exec(select(WebhookEvent.delivery_id)).one() == "d-1"
+
+
+# --- retention of the deliveries nothing acts on --------------------------------------------------
+
+
+def _remaining(engine: Engine) -> list[tuple[str, bool]]:
+    cutoff = utcnow() - timedelta(days=30)
+    with session_scope(engine) as session:
+        rows = session.exec(select(WebhookEvent.status, WebhookEvent.received_at).order_by(col(WebhookEvent.id))).all()
+        return [(status, aware(received) < cutoff) for status, received in rows]
+
+
+def test_old_ignored_and_failed_deliveries_are_deleted_in_batches(engine: Engine, shop_id: int) -> None:
+    old = utcnow() - timedelta(days=31)
+    _store(engine, shop_id, 3, status="ignored", received_at=old)
+    _store(engine, shop_id, 2, status="failed", received_at=old)
+    _store(engine, shop_id, 1, status="processed", received_at=old)  # kept: it recorded something
+    _store(engine, shop_id, 1, status="received", received_at=old)  # kept: not processed yet
+    _store(engine, shop_id, 1, status="ignored")  # kept: recent
+    assert webhooks.purge_unused(engine, older_than=timedelta(days=30), batch=2) == 5
+    assert _remaining(engine) == [("processed", True), ("received", True), ("ignored", False)]
+    assert webhooks.purge_unused(engine, older_than=timedelta(days=30)) == 0
+
+
+async def test_the_worker_sweep_applies_the_retention_setting_at_most_hourly(
+    engine: Engine, shop_id: int, settings: Settings
+) -> None:
+    import httpx
+
+    from plugin.worker import JobContext
+
+    old = utcnow() - timedelta(days=8)
+    _store(engine, shop_id, 2, status="failed", received_at=old)
+    async with httpx.AsyncClient() as http:
+        off = webhooks.RetentionSweep()
+        assert await off(JobContext(engine, replace(settings, webhook_retention_days=0), http)) == 0
+        sweep = webhooks.RetentionSweep()
+        week = JobContext(engine, replace(settings, webhook_retention_days=7), http)
+        assert await sweep(week) == 2
+        _store(engine, shop_id, 1, status="failed", received_at=old)
+        assert await sweep(week) == 0  # not again within the hour
+    assert len(_remaining(engine)) == 1
+    assert any(isinstance(s, webhooks.RetentionSweep) for s in default_sweeps())

@@ -103,15 +103,15 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
     from plugin.runtime import settle_heap
     from plugin.web.app import create_app
+    from plugin.web.server import server_options
 
     settings = serve_settings(ctx.settings, host, port, os.environ)
     engine = ctx.engine
     _ = ctx.shop_id  # the local shop exists before the first request
     app = create_app(settings, engine=engine)
     settle_heap()
-    # The asyncio loop, not uvloop: as fast for this app, and fair between connections under
-    # load (bench/loadgen.py: p99 ~30 ms against ~180-360 ms with uvloop at 50 connections).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, loop="asyncio")
+    # the asyncio loop, a concurrency limit, a deadline for each request, tokens kept out of the log
+    uvicorn.run(app, **server_options(settings))
 
 
 # Command groups register themselves on `main` when imported.

@@ -42,6 +42,9 @@ MAX_IDS = {
     "partner_id": 2**31 - 1,
 }
 Handler = Callable[["Call"], Awaitable[Response]]
+# Campaign rules may list up to 10,000 ids per set (products, variants, SKUs, collections) in
+# several selectors: more than the 1 MB other calls may send (plugin/web/limits.py).
+RULES_BODY_LIMIT = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Endpoint:
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     storefront: bool = False  # also open to `storefront` keys (which get a reduced answer)
     query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema (+ "required")
+    body_limit: int | None = None  # bytes, when the route takes more than `Settings.api_body_limit`
 
 
 @dataclass
@@ -533,11 +537,11 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/campaigns", "listCampaigns", "List campaigns with counts", "admin", list_campaigns,
              responses={200: schemas.CampaignList}),
     Endpoint("POST", "/campaigns", "createCampaign", "Create a campaign", "admin", create_campaign,
-             schemas.CampaignCreate, {201: schemas.CampaignOut}),
+             schemas.CampaignCreate, {201: schemas.CampaignOut}, body_limit=RULES_BODY_LIMIT),
     Endpoint("GET", "/campaigns/{campaign_id:int}", "getCampaign", "Read a campaign", "admin", get_campaign,
              responses={200: schemas.CampaignOut, 404: schemas.Problem}),
     Endpoint("PATCH", "/campaigns/{campaign_id:int}", "updateCampaign", "Rename or change rules", "admin", update_campaign,
-             schemas.CampaignUpdate, {200: schemas.CampaignOut, 404: schemas.Problem}),
+             schemas.CampaignUpdate, {200: schemas.CampaignOut, 404: schemas.Problem}, body_limit=RULES_BODY_LIMIT),
     *[
         Endpoint("POST", f"/campaigns/{{campaign_id:int}}/{action}", f"{action}Campaign", f"{action.capitalize()} a campaign",
                  "admin", _status_action(action), None, {200: schemas.CampaignOut, 404: schemas.Problem, 409: schemas.Problem})
@@ -641,6 +645,12 @@ def _route(endpoint: Endpoint) -> Route:
 # The checkout calls and the pull endpoint are most of the traffic: the app answers them before
 # Starlette's routing (`plugin.web.hotpaths`), and the router also tries them first.
 _HOT = ("validateCode", "createRedemption", "createReservation", "pullCode")
+
+
+def larger_bodies(prefix: str) -> list[tuple[str, str, int]]:
+    """(method, path under `prefix`, limit) of the routes documenting a larger body, for
+    `limits.BodyLimits`."""
+    return [(e.method, prefix + e.path, e.body_limit) for e in ENDPOINTS if e.body_limit is not None]
 
 
 def hot_routes(prefix: str) -> list[Route]:

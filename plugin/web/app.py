@@ -23,6 +23,7 @@ from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
 from plugin.web.hotpaths import App
+from plugin.web.limits import BodyLimits
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
 
@@ -49,7 +50,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
             app.state.http = client
             app.state.store_http = store_client
             async with background.running(client):
-                yield
+                try:
+                    yield
+                finally:
+                    await app.state.webhook_refusals.drain()  # refusals for size not yet recorded
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -70,6 +74,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         },
     )
     app.add_hot_routes([*api.hot_routes(api.PREFIX), *hooks.routes])  # platforms' order webhooks too
+    app.body_limits = BodyLimits.from_settings(settings, api.larger_bodies(api.PREFIX), on_refused={hooks.PREFIX: hooks.refused})
     app.state.settings = settings
     app.state.engine = engine
     app.state.limiter = FailureLimiter(settings.redis_url)
@@ -77,4 +82,5 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.state.background = background
     app.state.processor = background.processor
     app.state.webhook_shops = {}  # (platform, shop domain) -> shop id, for webhook routing
+    app.state.webhook_refusals = hooks.Refusals()  # deliveries refused for size, waiting to be recorded
     return app

@@ -8,12 +8,16 @@ route matching (a third of the framework's cost per request). They answer exactl
 the router: the same endpoint function, matched by the same `Route` (path converters
 included), the same problem+json for the app's errors; anything unexpected is logged and
 answered 500. Every other request (and the lifespan) goes through Starlette unchanged.
+
+Body limits (plugin/web/limits.py) are applied here, before either path, so hot and routed
+requests are held to the same ones.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +29,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from plugin.errors import PluginError
+from plugin.web.limits import BodyLimits, BodyTooLarge, Guard, declared_length, refuse
 from plugin.web.problems import http_error_handler, plugin_error_handler, problem, validation_problem
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ class App(Starlette):
         # taken whole, as the str convertor takes it, found without a regular expression
         self.hot_tails: dict[tuple[str, str], tuple[Endpoint, str]] = {}
         self.hot_templates: list[Route] = []  # other paths with parameters, matched in order
+        self.body_limits = BodyLimits()
 
     def add_hot_routes(self, routes: list[Route]) -> None:
         for route in routes:
@@ -55,14 +61,44 @@ class App(Starlette):
                 self.hot_templates.append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._hot(scope) if scope["type"] == "http" else None
-        if endpoint is None:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self  # what `request.app` reads
+        limit = self.body_limits.limit(scope)
+        declared = declared_length(scope)
+        if declared is not None:  # the server delivers no more than it declares
+            if declared > limit:
+                await self._refused(scope, declared, limit)
+                await refuse(send, limit)
+            else:
+                await self._dispatch(scope, receive, send)
+            return
+        guard = Guard(receive, send, limit)  # chunked: counted while it streams
+        with suppress(BodyTooLarge):  # answered below
+            await self._dispatch(scope, guard.receive, guard.send)
+        if guard.exceeded:
+            await guard.refuse()
+            await self._refused(scope, guard.seen, limit)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._hot(scope)
+        if endpoint is None:
+            await super().__call__(scope, receive, send)
+            return
         request = Request(scope, receive)
         response = await _answer(endpoint, request)
         await response(scope, receive, send)
+
+    async def _refused(self, scope: Scope, size: int, limit: int) -> None:
+        """Tell whoever keeps a record of refusals on this path (e.g. the webhook route)."""
+        scope["app"] = self  # a mounted app may have put itself there
+        for prefix, hear in self.body_limits.on_refused.items():
+            if scope["path"].startswith(prefix):
+                try:
+                    await hear(scope, size, limit)
+                except Exception:  # the refusal is answered whatever happens to its record
+                    log.exception("recording a refused request to %s failed", scope["path"])
 
     def _hot(self, scope: Scope) -> Endpoint | None:
         endpoint = self.hot_paths.get((scope["method"], scope["path"]))
@@ -85,6 +121,8 @@ class App(Starlette):
 async def _answer(endpoint: Endpoint, request: Request) -> Response:
     try:
         return await endpoint(request)
+    except BodyTooLarge:
+        raise  # answered 413 by `App.__call__`
     except PluginError as exc:
         return await plugin_error_handler(request, exc)
     except ValidationError as exc:

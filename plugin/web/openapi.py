@@ -16,6 +16,7 @@ from plugin.web.schemas import Problem
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 _COMMON_ERRORS = {401: "Missing or invalid API key", 403: "The key lacks the scope", 422: "Invalid input"}
+_TOO_LARGE = "The request body is larger than the route takes (1 MB unless the route says more)"
 
 
 def _models() -> list[type[BaseModel]]:
@@ -76,10 +77,17 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
             "required": True,
             "content": {"application/json": {"schema": {"$ref": refs[endpoint.request]}}},
         }
+        if endpoint.body_limit is not None:  # other calls take 1 MB (COUPONRY_API_BODY_LIMIT)
+            operation["requestBody"]["description"] = f"At most {endpoint.body_limit} bytes; a larger body is refused 413."
+            operation["requestBody"]["x-body-limit"] = endpoint.body_limit
     responses = {**dict.fromkeys(_COMMON_ERRORS, Problem), **endpoint.responses}
+    descriptions = dict(_COMMON_ERRORS)
+    if endpoint.request is not None:
+        responses[413] = Problem
+        descriptions[413] = _TOO_LARGE
     for status, model in sorted(responses.items()):
         media = "application/problem+json" if model is Problem else "application/json"
-        entry: dict[str, Any] = {"description": _COMMON_ERRORS.get(status, "OK" if status < 300 else "Refused")}
+        entry: dict[str, Any] = {"description": descriptions.get(status, "OK" if status < 300 else "Refused")}
         if model is not None:
             entry["content"] = {media: {"schema": {"$ref": refs[model]}}}
         operation["responses"][str(status)] = entry
