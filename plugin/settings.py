@@ -52,6 +52,9 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
+    # issue 13, refunds: how long a refund of an order we have not seen yet waits for it (Shopify's
+    # refunds carry no codes, so such a refund is kept, then ignored once this has passed)
+    early_refund_days: float = 7.0
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -113,6 +116,7 @@ class Settings:
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
+            early_refund_days=float(get("EARLY_REFUND_DAYS", "7") or "7"),  # issue 13, refunds
         )
 
 
