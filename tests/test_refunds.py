@@ -9,6 +9,7 @@ two halves of orders_create.json's refund)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -28,7 +29,7 @@ from sqlmodel import col, select
 from connectors.base import CodeUse, ConnectorConfig, Delivery, OrderEvent, Refund
 from connectors.bigcommerce import BigCommerceConnector
 from connectors.woocommerce import WooCommerceConnector
-from plugin import ingest, partners
+from plugin import ingest, partners, webhooks
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Code, OrderRefund, Redemption, Shop, WebhookEvent, utcnow
 from plugin.orders import Outcome, Processor, apply_order_event, polled_delivery, polled_payload
@@ -85,16 +86,19 @@ def refund(base: dict[str, Any], order_id: int, **changes: Any) -> dict[str, Any
     return copy.deepcopy(base) | {"order_id": order_id, **changes}
 
 
-async def post(client: httpx.AsyncClient, topic: str, payload: dict[str, Any], webhook_id: str) -> None:
-    body = json.dumps(payload).encode()
-    headers = {
+def signed(topic: str, body: bytes, webhook_id: str) -> dict[str, str]:
+    return {
         "Content-Type": "application/json",
         "X-Shopify-Topic": topic,
         "X-Shopify-Shop-Domain": shopify_fakes.SHOP,
         "X-Shopify-Webhook-Id": webhook_id,
         "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode(),
     }
-    answer = await client.post("/webhooks/shopify", content=body, headers=headers)
+
+
+async def post(client: httpx.AsyncClient, topic: str, payload: dict[str, Any], webhook_id: str) -> None:
+    body = json.dumps(payload).encode()
+    answer = await client.post("/webhooks/shopify", content=body, headers=signed(topic, body, webhook_id))
     assert answer.status_code == 200, answer.text
 
 
@@ -275,6 +279,39 @@ async def test_the_same_deliveries_in_any_order_end_in_the_same_state(
             assert "deferred" not in statuses and "failed" not in statuses, (permutation, statuses)
             finals.add((status, refunded, used))
     assert finals == {expected}
+
+
+async def test_two_refunds_of_one_order_processed_side_by_side_both_count(engine: Engine, shopify: tuple[int, Settings]) -> None:
+    """On PostgreSQL each runs in its own thread and transaction: the order's rows are locked
+    while a refund is written and settled, so neither settles without the other."""
+    shop_id, settings = shopify
+    campaign_id = make_campaign(engine, shop_id, count=5)
+    codes = campaign_codes(engine, campaign_id)
+    async with running_app(settings, engine) as (_, client):
+        for n, code in enumerate(codes):
+            await post(client, "orders/create", order(800 + n, code.code), f"create-{n}")
+    ids: list[tuple[int, int]] = []
+    with session_scope(engine) as session:
+        for n in range(len(codes)):
+            pair = []
+            for half, name in ((PARTIAL, "a"), (REST, "b")):
+                body = json.dumps(refund(half, 800 + n)).encode()
+                event_id, _ = webhooks.store_delivery(
+                    session,
+                    platform="shopify",
+                    delivery_id=f"race-{n}-{name}",
+                    topic="refunds/create",
+                    shop_id=shop_id,
+                    payload=body.decode(),
+                    headers={k.lower(): v for k, v in signed("refunds/create", body, f"race-{n}-{name}").items()},
+                )
+                pair.append(event_id)
+            ids.append((pair[0], pair[1]))
+    async with httpx.AsyncClient() as http:
+        processor = Processor(engine, settings, http)
+        for first, second in ids:
+            assert await asyncio.gather(processor.process(first), processor.process(second)) == ["processed", "processed"]
+    assert {the_redemption(engine, 800 + n).status for n in range(len(codes))} == {"rolled_back"}
 
 
 # --- a refund before its order --------------------------------------------------------------------
