@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
 
-OrderEventKind = Literal["created", "paid", "cancelled", "refunded", "failed", "updated"]
+# "refunded": the platform says the whole order is refunded. "refund": money returned on the order
+# (Shopify's refunds/create), whole or partial: Couponry's refund ledger decides (plugin.refunds).
+OrderEventKind = Literal["created", "paid", "cancelled", "refunded", "refund", "failed", "updated"]
 DeliveryKind = Literal["order", "app_uninstalled", "customers_redact", "shop_redact", "customers_data_request", "ping", "other"]
 
 
@@ -125,6 +127,20 @@ class ShippingAddress:
 
 
 @dataclass(frozen=True)
+class Refund:
+    """One refund of an order, as the platform reports it.
+
+    `refund_id` is the platform's own id of the refund, so that the same refund delivered twice
+    (a refunds/create and the order's `refunds[]`, a retried webhook) counts once. `amount` is
+    the money this refund returned, minor units of the order's currency; `items` the units of
+    the order's lines it refunded (0 when the platform does not say)."""
+
+    refund_id: str
+    amount: int = 0
+    items: int = 0
+
+
+@dataclass(frozen=True)
 class OrderEvent:
     """A platform order event in neutral form.
 
@@ -149,6 +165,20 @@ class OrderEvent:
     shipping_address: ShippingAddress | None = None  # None: no shipping (digital, pickup) or not given
     # thin webhooks (BigCommerce) carry only ids: the service fetches the order to fill them in
     needs_fetch: bool = False
+    # What the event says of refunds, in neutral form. `refunds`: the refunds it reports, each
+    # with its own id (Shopify's refunds/create: one; an order's `refunds[]`: all so far).
+    # `refunded_total`: the money refunded on the order so far, when the platform states only
+    # that sum (BigCommerce's `refunded_amount`); None when it does not. `items`: the units of
+    # the order's lines (the sum of their quantities; 0 when unknown), so that "every line
+    # refunded" can be told from the refunds' `items`.
+    refunds: tuple[Refund, ...] = ()
+    refunded_total: int | None = None
+    items: int = 0
+
+    @property
+    def reports_refunds(self) -> bool:
+        """Whether this event says anything of refunds (the refund ledger must look at it)."""
+        return bool(self.refunds) or bool(self.refunded_total) or self.kind == "refund"
 
 
 @dataclass(frozen=True)

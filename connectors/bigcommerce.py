@@ -75,9 +75,10 @@ from connectors.money import from_minor, to_minor
 
 # Order status_id -> neutral kind (the table in orders.v2.oas2.yml /order_statuses). The research
 # counts a redemption on 2, 3 and 7-11 and reverses it on 4/5/6. A partial refund (14) and a
-# dispute (13) leave the order paid. "Incomplete" (0) is a checkout abandoned at the payment page,
-# and store/order/created fires for it too. It maps to "failed" so that it never holds a code. A
-# later payment arrives as statusUpdated (for example 0 -> 11) and maps to "paid".
+# dispute (13) leave the order paid; its `refunded_amount` goes to the refund ledger. "Incomplete"
+# (0) is a checkout abandoned at the payment page, and store/order/created fires for it too. It
+# maps to "failed" so that it never holds a code. A later payment arrives as statusUpdated (for
+# example 0 -> 11) and maps to "paid".
 ORDER_STATUS_KINDS: Final[Mapping[int, OrderEventKind]] = {
     0: "failed",  # Incomplete
     1: "created",  # Pending
@@ -597,6 +598,8 @@ class BigCommerceConnector:
             channel=None if channel is None else str(channel),
             occurred_at=occurred_at,
             shipping_address=shipping_address,
+            # the order's refunded sum so far: a partial refund (status 14) leaves it "paid"
+            refunded_total=to_minor(order.get("refunded_amount") or 0, currency) or None,
         )
 
     # --- internals: webhooks --------------------------------------------------------------

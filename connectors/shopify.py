@@ -57,6 +57,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    Refund,
     ShippingAddress,
     retry_after_seconds,
 )
@@ -193,6 +194,7 @@ query CouponryOrder($id: ID!) {
     shippingAddress { address1 address2 zip countryCodeV2 }
     subtotalPriceSet { shopMoney { amount currencyCode } }
     totalPriceSet { shopMoney { amount currencyCode } }
+    totalRefundedSet { shopMoney { amount } }
     lineItems(first: 100) {
       nodes {
         discountAllocations {
@@ -265,7 +267,7 @@ _ORDER_TOPICS: dict[str, OrderEventKind] = {
     "orders/cancelled": "cancelled",
     "orders/updated": "updated",
     "orders/edited": "updated",
-    "refunds/create": "refunded",
+    "refunds/create": "refund",  # one refund, whole or partial: Couponry's refund ledger decides
 }
 
 
@@ -634,7 +636,7 @@ class ShopifyConnector:
         )
 
     def _order_event(self, kind: OrderEventKind, payload: Json, shop: str, delivery_id: str) -> OrderEvent:
-        if kind == "refunded":  # a Refund, not an Order
+        if kind == "refund":  # a Refund, not an Order: no codes, only its order's id
             return OrderEvent(
                 platform=self.name,
                 shop=shop,
@@ -642,8 +644,11 @@ class ShopifyConnector:
                 order_id=str(payload.get("order_id", "")),
                 occurred_at=_datetime(payload.get("processed_at") or payload.get("created_at")),
                 delivery_id=delivery_id,
+                refunds=tuple(r for r in (_refund(payload, None),) if r is not None),
             )
         currency = str(payload.get("currency") or "USD").upper()
+        if kind == "updated" and payload.get("financial_status") == "refunded":
+            kind = "refunded"  # the platform says the whole order is refunded
         customer = _dict(payload.get("customer"))
         codes = tuple(
             CodeUse(code=str(d["code"]), amount=_to_minor(d.get("amount"), currency))
@@ -668,6 +673,8 @@ class ShopifyConnector:
             shipping_address=ShippingAddress.from_fields(
                 payload.get("shipping_address"), "address1", "address2", "zip", "country_code"
             ),
+            refunds=tuple(r for r in (_refund(_dict(x), currency) for x in payload.get("refunds") or []) if r is not None),
+            items=sum(_int(line.get("quantity")) for line in payload.get("line_items") or [] if isinstance(line, dict)),
         )
 
     async def register_webhooks(self, callback_url: str) -> dict[str, str]:
@@ -942,6 +949,9 @@ class ShopifyConnector:
             currency=currency,
             channel=_str_or_none(order.get("sourceName")),
             occurred_at=_datetime(order.get("cancelledAt") or order.get("processedAt")),
+            # the order's refunded sum so far (a partial refund leaves it PARTIALLY_REFUNDED, "paid")
+            refunded_total=_to_minor(((order.get("totalRefundedSet") or {}).get("shopMoney") or {}).get("amount"), currency)
+            or None,
             shipping_address=ShippingAddress.from_fields(
                 order.get("shippingAddress"), "address1", "address2", "zip", "countryCodeV2"
             ),
@@ -1193,6 +1203,27 @@ def _legacy_id(gid: str) -> str:
 
 def _dict(value: Any) -> Json:
     return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _refund(refund: Json, currency: str | None) -> Refund | None:
+    """A REST Refund (refunds/create, an order's `refunds[]`) in neutral form: the money its
+    successful `refund` transactions returned (each in its own `currency`, else the order's) and
+    the units its `refund_line_items` refunded. None without an id."""
+    if refund.get("id") is None:
+        return None
+    amount = 0
+    for tx in refund.get("transactions") or []:
+        if isinstance(tx, dict) and tx.get("kind") == "refund" and tx.get("status") == "success":
+            amount += _to_minor(tx.get("amount"), str(tx.get("currency") or currency or "USD").upper())
+    items = sum(_int(line.get("quantity")) for line in refund.get("refund_line_items") or [] if isinstance(line, dict))
+    return Refund(refund_id=str(refund["id"]), amount=amount, items=items)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -60,6 +60,7 @@ from connectors.base import (
     OrderEvent,
     OrderEventKind,
     PushResult,
+    Refund,
     ShippingAddress,
 )
 from connectors.egress import THIRD_PARTY
@@ -498,6 +499,13 @@ class WooCommerceConnector:
             occurred_at=_parse_gmt(order.get("date_modified_gmt")),
             delivery_id=delivery_id,
             shipping_address=ShippingAddress.from_fields(order.get("shipping"), "address_1", "address_2", "postcode", "country"),
+            # Refunds come as order.updated (woocommerce_order_refunded): the order lists each as
+            # {id, reason, total}, total negative ("-10.00"); status "refunded" only when whole.
+            refunds=tuple(
+                Refund(refund_id=str(refund["id"]), amount=abs(to_minor(refund.get("total") or "0", currency)))
+                for refund in order.get("refunds") or ()
+                if isinstance(refund, Mapping) and refund.get("id") is not None
+            ),
         )
 
     # --- internals: HTTP ------------------------------------------------------------------

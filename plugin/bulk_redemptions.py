@@ -78,6 +78,8 @@ class Use(NamedTuple):
     email: str | None = None
     channel: str | None = None
     address_key: str | None = None  # the order's shipping-address fingerprint (plugin.addresses)
+    total: int = 0  # the order's total and units, for the refund ledger (plugin.refunds)
+    items: int = 0
 
 
 class Recorded(NamedTuple):
@@ -134,10 +136,10 @@ _OVERRIDES = "SELECT id, CAST(rules_override AS TEXT) FROM batch WHERE id IN ({i
 _INSERT = (
     "INSERT INTO redemption (shop_id, code, order_id, code_id, campaign_id, batch_id, partner_id, recipient,"
     " customer_id, email, channel, currency, subtotal, amount, flagged_reason, address_key, created_at,"
-    " source, status, rolled_back_at) VALUES {items}"
+    " order_total, order_items, source, status, rolled_back_at, refunded) VALUES {items}"
     " ON CONFLICT (shop_id, order_id, code) DO NOTHING RETURNING id, shop_id, order_id, code"
 )
-_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'webhook', 'active', NULL)"
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'webhook', 'active', NULL, 0)"
 _CAMPAIGN, _AMOUNT, _FLAG = 4, 13, 14  # where these are in a row's bound values
 _BUMP_CODES = "UPDATE code SET uses = uses + 1 WHERE id IN ({items}) RETURNING id, uses"
 _BUMP_CUSTOMERS = (
@@ -221,6 +223,8 @@ def record_prepared(session: Session, prepared: Prepared, only: set[int] | None 
                 source="webhook",
                 enforce=False,
                 address_key=use.address_key,
+                order_total=use.total,
+                order_items=use.items,
             )
         except UnknownCode:  # pragma: no cover - the code was read just before; codes are never deleted
             continue
@@ -375,6 +379,8 @@ def _new_redemptions(
                 refusal.reason.value if refusal else None,
                 use.address_key,
                 created_at,
+                use.total,
+                use.items,
             ]
         )
     return values

@@ -335,10 +335,13 @@ def _waiting(engine: Engine, limit: int) -> list[tuple[int, str, dict[str, str],
 
 
 def _batchable(delivery: Delivery) -> bool:
+    """Only deliveries that redeem and nothing else: an order state that reports refunds (a
+    WooCommerce order with `refunds[]`, a Shopify order after a refund) goes to the processor,
+    which records its redemptions and then its refunds (plugin.refunds)."""
     return (
         delivery.kind == "order"
         and bool(delivery.events)
-        and all(e.kind in REDEEM_KINDS and not e.needs_fetch for e in delivery.events)
+        and all(e.kind in REDEEM_KINDS and not e.needs_fetch and not e.reports_refunds for e in delivery.events)
     )
 
 
@@ -483,6 +486,8 @@ def _uses(processor: Processor, received: Received) -> list[tuple[Use, str]]:
                 email=event.email,
                 channel=event.channel,
                 address_key=address_key,
+                total=event.total,
+                items=event.items,
             )
             out.append((redeemed, use.code))
     return out

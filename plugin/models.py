@@ -207,6 +207,12 @@ class Redemption(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     subtotal: int = Field(default=0, sa_type=BigInteger)  # order revenue before the discount
     amount: int = Field(default=0, sa_type=BigInteger)  # discount given
+    # The order's total and units (sum of its lines' quantities; 0 unknown), what the refund
+    # ledger compares refunds with (plugin.refunds); `refunded`: the part of `subtotal` partial
+    # refunds took back (attributed revenue is subtotal - refunded).
+    order_total: int = Field(default=0, sa_type=BigInteger)
+    order_items: int = Field(default=0)
+    refunded: int = Field(default=0, sa_type=BigInteger)
     source: str = Field(default="api", max_length=16)  # api | webhook
     status: str = Field(default="active", max_length=16)  # active | rolled_back
     flagged_reason: str | None = Field(default=None, max_length=64)
@@ -228,6 +234,25 @@ class Redemption(SQLModel, table=True):
             sqlite_where=text("address_key IS NOT NULL"),
         ),
     )
+
+
+class OrderRefund(SQLModel, table=True):
+    """The refund ledger: one row per refund of an order of ours, unique by the platform's refund
+    id, so a refund delivered twice counts once (plugin.refunds). A platform that states only the
+    order's refunded sum (BigCommerce) has one row, `refund_id` "total", holding the largest sum
+    seen; a platform's word that the whole order is refunded is a row with `whole`."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    order_id: str = Field(max_length=255)
+    refund_id: str = Field(max_length=255)
+    amount: int = Field(default=0, sa_type=BigInteger)  # money returned, minor units
+    items: int = Field(default=0)  # units of the order's lines refunded
+    cumulative: bool = Field(default=False)  # `amount` is the order's refunded sum so far
+    whole: bool = Field(default=False)  # the platform says the whole order is refunded
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "order_id", "refund_id", name="uq_orderrefund_refund"),)
 
 
 class CustomerUsage(SQLModel, table=True):

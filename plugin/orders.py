@@ -11,6 +11,11 @@ another delivery id (orders/create then orders/paid) changes nothing either.
 - cancelled / refunded / failed: roll the order's redemptions back under the campaign's
   `on_cancel` policy (restore, reissue, keep), with an audit event. One that arrives before
   its order is kept as `deferred` and applied when the order comes.
+- refunds (a Shopify refunds/create, an order state that lists refunds or states a refunded
+  sum) go to the refund ledger (plugin.refunds), which rolls the redemptions back only when the
+  whole order is refunded and otherwise reduces their attributed revenue. A refund of an order
+  we have not seen is kept `deferred` (Shopify's carry no codes, so whether the order is ours is
+  unknown until it comes) for `Settings.early_refund_days`, then `ignored` with the reason.
 - codes the shop doesn't have (its generic codes) are counted on the delivery, not errors.
 
 The final status of a delivery: processed, deferred, ignored (nothing of ours in it) or
@@ -31,9 +36,9 @@ import httpx
 from sqlalchemy import Engine, exists, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CodeUse, Delivery, OrderEvent, ShippingAddress, ShopConnector
+from connectors.base import CodeUse, Delivery, OrderEvent, Refund, ShippingAddress, ShopConnector
 from connectors.errors import ConnectorError
-from plugin import addresses, codes, installs, referrals, tokens, webhooks
+from plugin import addresses, codes, installs, referrals, refunds, tokens, webhooks
 from plugin.connections import platform_connector, shop_connector
 from plugin.db import is_sqlite, run, session_scope
 from plugin.errors import Conflict
@@ -64,9 +69,24 @@ class Outcome:
     order_id: str | None = None
     deferred: bool = False
     applied_deferred: list[int] = field(default_factory=list)
+    refunds: int = 0  # refund ledger rows this delivery added (or grew)
+    refund_adjusted: int = 0  # redemptions whose refunded part changed
+    early_refund: bool = False  # deferred: a refund whose order we have not seen
+
+    @property
+    def busy(self) -> bool:
+        """Whether the delivery did (or found done) anything of ours."""
+        return bool(
+            self.redeemed or self.duplicates or self.rolled_back or self.unknown_codes or self.refunds or self.refund_adjusted
+        )
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"redeemed": self.redeemed, "duplicates": self.duplicates, "rolled_back": self.rolled_back}
+        if self.refunds or self.refund_adjusted:
+            data["refunds"] = self.refunds
+            data["refund_adjusted"] = self.refund_adjusted
+        if self.early_refund:
+            data["early_refund"] = True
         if self.unknown_codes:
             data["unknown_codes"] = self.unknown_codes
         if self.flagged:
@@ -191,9 +211,7 @@ class Processor:
             return "deferred", outcome
         if any(e.kind in REDEEM_KINDS for e in delivery.events) and outcome.order_id is not None:
             outcome.applied_deferred = self._apply_deferred(session, shop_id, outcome.order_id, now)
-        if not (
-            outcome.redeemed or outcome.duplicates or outcome.rolled_back or outcome.unknown_codes or outcome.applied_deferred
-        ):
+        if not (outcome.busy or outcome.applied_deferred):
             return "ignored", outcome
         return "processed", outcome
 
@@ -209,9 +227,13 @@ class Processor:
             .order_by(col(WebhookEvent.id))
         ).all()
         applied = []
+        expired_before = now - self.early_refund_window
         for event in waiting:
             assert event.id is not None
             if not _claim(session, event.id, ("deferred",)):
+                continue
+            if event.outcome.get("early_refund") and event.received_at < expired_before:
+                _expire(session, event, self.settings)  # its order came too late
                 continue
             delivery = self.parse_stored(event.platform, event.headers, event.payload)
             outcome = Outcome()
@@ -234,9 +256,14 @@ class Processor:
             if has_order is not None:
                 self._apply_deferred(session, shop_id, outcome.order_id, utcnow())
 
+    @property
+    def early_refund_window(self) -> timedelta:
+        return timedelta(days=self.settings.early_refund_days)
+
     async def sweep(self, *, older_than: timedelta = SWEEP_AFTER, limit: int = 500) -> int:
-        """Process deliveries left `received` (their process died after answering) and
-        deferred cancellations whose order has arrived meanwhile."""
+        """Process deliveries left `received` (their process died after answering), deferred
+        cancellations and refunds whose order has arrived meanwhile, and give up on refunds
+        whose order has not come within `early_refund_days`."""
         engine = self.engine
         ids = await run(engine, lambda: _stale(engine, utcnow() - older_than, limit))
         done = 0
@@ -247,6 +274,8 @@ class Processor:
         for shop_id, order_id in pairs:
             await run(engine, partial(self._after_commit, shop_id, Outcome(order_id=order_id)))
             done += 1
+        cutoff = utcnow() - self.early_refund_window
+        done += await run(engine, lambda: _expire_early_refunds(engine, self.settings, cutoff, limit))
         return done
 
 
@@ -264,6 +293,9 @@ def apply_order_event(
     order's shipping address, is kept on each redemption (self-referral by address)."""
     outcome.order_id = event.order_id
     keys = [codes.normalise_generic(use.code) for use in event.codes]
+    if event.kind == "refund":
+        _refund(session, shop_id, event, outcome, now=now, actor=actor)
+        return
     if event.kind in ROLLBACK_KINDS:
         _roll_back(session, shop_id, event, keys, outcome, now=now, actor=actor)
         return
@@ -286,6 +318,8 @@ def apply_order_event(
                 source="webhook",
                 enforce=False,
                 address_key=address_key,
+                order_total=event.total,
+                order_items=event.items,
             )
         except UnknownCode:
             outcome.unknown_codes.append(use.code)
@@ -299,14 +333,48 @@ def apply_order_event(
         referrals.on_redemption(session, redemption, now=now)  # a friend's order rewards its referrer
         if redemption.flagged_reason:
             outcome.flagged.append({"code": key, "reason": redemption.flagged_reason})
+    if event.reports_refunds:  # an order state that lists its refunds (WooCommerce, Shopify) or their sum
+        redemptions = refunds.lock_order(session, shop_id, event.order_id)
+        if redemptions:
+            _settle_refunds(session, shop_id, event, redemptions, outcome, now=now, actor=actor)
+
+
+def _refund(session: Session, shop_id: int, event: OrderEvent, outcome: Outcome, *, now: datetime, actor: str) -> None:
+    """One refund of an order (Shopify's refunds/create): to the ledger, then the order settled.
+    The refund names no code: if the order is not here yet, it waits for it."""
+    redemptions = refunds.lock_order(session, shop_id, event.order_id)
+    if not redemptions:
+        outcome.deferred = outcome.early_refund = True
+        return
+    new = _settle_refunds(session, shop_id, event, redemptions, outcome, now=now, actor=actor)
+    if not new:
+        outcome.duplicates += 1  # this refund was counted before
+
+
+def _settle_refunds(
+    session: Session,
+    shop_id: int,
+    event: OrderEvent,
+    redemptions: Sequence[Redemption],
+    outcome: Outcome,
+    *,
+    now: datetime,
+    actor: str,
+) -> int:
+    """Write the event's refunds to the ledger and settle the order; the ledger rows new or grown."""
+    new, _known = refunds.record_refunds(session, shop_id, event, now=now)
+    settled = refunds.settle(session, shop_id, redemptions, now=now, actor=actor)
+    outcome.campaign_id = outcome.campaign_id or redemptions[0].campaign_id
+    outcome.refunds += new
+    outcome.rolled_back += settled.rolled_back
+    outcome.refund_adjusted += settled.adjusted
+    return new
 
 
 def _roll_back(
     session: Session, shop_id: int, event: OrderEvent, keys: Sequence[str], outcome: Outcome, *, now: datetime, actor: str
 ) -> None:
-    redemptions = session.exec(
-        select(Redemption).where(col(Redemption.shop_id) == shop_id, col(Redemption.order_id) == event.order_id)
-    ).all()
+    redemptions = refunds.lock_order(session, shop_id, event.order_id)
     if not redemptions:
         ours = keys and session.exec(select(Code.id).where(col(Code.shop_id) == shop_id, col(Code.code).in_(keys))).first()
         if ours:
@@ -324,6 +392,8 @@ def _roll_back(
             session, shop_id=shop_id, redemption_id=redemption.id, now=now, actor=actor, reason=f"order {event.kind}"
         )
         outcome.rolled_back += 1
+    if event.kind == "refunded" or event.reports_refunds:  # the ledger keeps the refunded revenue too
+        _settle_refunds(session, shop_id, event, redemptions, outcome, now=now, actor=actor)
 
 
 # --- orders found by the reconciliation poll (platforms that never retry a webhook) ----------
@@ -348,6 +418,7 @@ def polled_payload(event: OrderEvent) -> str:
 def polled_delivery(platform: str, payload: str) -> Delivery:
     data = json.loads(payload)
     data["codes"] = tuple(CodeUse(**c) for c in data.get("codes") or ())
+    data["refunds"] = tuple(Refund(**r) for r in data.get("refunds") or ())
     data["occurred_at"] = datetime.fromisoformat(data["occurred_at"]) if data.get("occurred_at") else None
     address = data.get("shipping_address")
     data["shipping_address"] = ShippingAddress(**address) if isinstance(address, dict) else None
@@ -415,6 +486,34 @@ def _stale(engine: Engine, before: datetime, limit: int) -> list[int]:
             .limit(limit)
         ).all()
     return [i for i in ids if i is not None]
+
+
+def _expire(session: Session, event: WebhookEvent, settings: Settings) -> None:
+    """A deferred refund whose order did not come in time: ignored, with the reason."""
+    event.status = "ignored"
+    event.error = f"refund of an order not seen within {settings.early_refund_days:g} days (COUPONRY_EARLY_REFUND_DAYS)"
+    event.outcome = {**event.outcome, "ignored": "order_not_seen"}
+    event.processed_at = utcnow()
+    session.add(event)
+    session.flush()
+
+
+def _expire_early_refunds(engine: Engine, settings: Settings, before: datetime, limit: int) -> int:
+    """Give up on deferred refunds received before `before` whose order never came."""
+    with session_scope(engine) as session:
+        waiting = session.exec(
+            select(WebhookEvent)
+            .where(col(WebhookEvent.status) == "deferred", col(WebhookEvent.received_at) < before)
+            .order_by(col(WebhookEvent.id))
+            .limit(limit)
+        ).all()
+        expired = 0
+        for event in waiting:
+            assert event.id is not None
+            if event.outcome.get("early_refund") and _claim(session, event.id, ("deferred",)):
+                _expire(session, event, settings)
+                expired += 1
+        return expired
 
 
 def _ready_deferred(engine: Engine, limit: int) -> list[tuple[int, str]]:

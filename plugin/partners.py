@@ -79,7 +79,10 @@ def results(session: Session, *, shop_id: int, campaign_id: int, partner_id: int
         col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id, col(Code.recipient).is_not(None)
     )
     used = select(
-        func.count(), func.coalesce(func.sum(Redemption.subtotal), 0), func.coalesce(func.sum(Redemption.amount), 0)
+        func.count(),
+        # attributed revenue: what partial refunds took back is not revenue (plugin.refunds)
+        func.coalesce(func.sum(col(Redemption.subtotal) - col(Redemption.refunded)), 0),
+        func.coalesce(func.sum(Redemption.amount), 0),
     ).where(col(Redemption.shop_id) == shop_id, col(Redemption.campaign_id) == campaign_id, col(Redemption.status) == "active")
     if partner_id is not None:
         codes = codes.where(col(Code.partner_id) == partner_id)

@@ -297,6 +297,8 @@ def record_redemption(
     customer: Customer | None = None,
     checkout_id: str | None = None,
     address_key: str | None = None,
+    order_total: int = 0,
+    order_items: int = 0,
 ) -> RedeemOutcome:
     """Record one use of `code` (stored form) on `order_id`, exactly once; `address_key` is the
     order's shipping-address fingerprint (plugin.addresses), kept for self-referral checks.
@@ -347,6 +349,8 @@ def record_redemption(
         source=source,
         flagged_reason=flagged.reason.value if flagged else None,
         address_key=address_key,
+        order_total=order_total,
+        order_items=order_items,
         created_at=now,
     )
     # The row first (the (shop, order, code) unique index makes a repeat insert nothing), then

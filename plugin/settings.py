@@ -63,6 +63,9 @@ class Settings:
     request_timeout: float = 20.0  # seconds a connection has to send a complete request
     concurrency_limit: int = 1000  # connections + requests `serve` takes before answering 503; 0 = none
     webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after; 0 = kept
+    # --- refunds: how long a refund of an order we have not seen yet waits for it (Shopify's
+    # refunds carry no codes, so such a refund is kept, then ignored once this has passed)
+    early_refund_days: float = 7.0
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -132,6 +135,7 @@ class Settings:
             request_timeout=float(get("REQUEST_TIMEOUT") or cls.request_timeout),
             concurrency_limit=int(get("CONCURRENCY_LIMIT") or cls.concurrency_limit),
             webhook_retention_days=float(get("WEBHOOK_RETENTION_DAYS") or cls.webhook_retention_days),
+            early_refund_days=float(get("EARLY_REFUND_DAYS", "7") or "7"),
         )
 
 

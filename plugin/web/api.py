@@ -378,6 +378,7 @@ def _redemption_out(redemption: Redemption, duplicate: bool = False) -> schemas.
         amount=redemption.amount,
         currency=redemption.currency,
         subtotal=redemption.subtotal,
+        refunded=redemption.refunded,
         customer_id=redemption.customer_id,
         email=redemption.email,
         channel=redemption.channel,

@@ -157,6 +157,7 @@ class RedemptionOut(BaseModel):
     amount: int
     currency: str
     subtotal: int
+    refunded: int = Field(default=0, description="The part of `subtotal` partial refunds took back, minor units.")
     customer_id: str | None
     email: str | None
     channel: str | None
@@ -263,7 +264,7 @@ class ResultsOut(BaseModel):
     partner_id: int | None
     assigned: int
     redemptions: int
-    revenue: int = Field(description="Order subtotals, minor units.")
+    revenue: int = Field(description="Order subtotals less what partial refunds took back, minor units.")
     discount: int = Field(description="Discount given, minor units.")
 
 

@@ -481,6 +481,23 @@ async def test_thin_webhook_then_fetch_order_gives_the_codes(
     assert fake.routes["order_shipping_addresses"].call_count == 1
 
 
+async def test_a_partially_refunded_order_states_its_refunded_sum(
+    client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter
+) -> None:
+    """Status 14 (Partially Refunded) leaves the order paid; its `refunded_amount` goes to the ledger."""
+    fake.install(router, "order", "order_coupons", "order_shipping_addresses")
+    refunded = fixture("order_partially_refunded.json")
+    order = fake.add_order(**{k: refunded[k] for k in ("status_id", "status", "refunded_amount", "date_modified")})
+    event = await connect(client, fake).fetch_order(str(order["id"]))
+    assert (event.kind, event.total, event.refunded_total) == ("paid", 6984, 2000)
+    assert event.refunds == () and event.reports_refunds
+    whole = fake.add_order(status_id=4, refunded_amount="69.8400")
+    event = await connect(client, fake).fetch_order(str(whole["id"]))
+    assert (event.kind, event.refunded_total) == ("refunded", 6984)
+    untouched = await connect(client, fake).fetch_order(str(fake.add_order()["id"]))
+    assert untouched.refunded_total is None and not untouched.reports_refunds
+
+
 async def test_order_without_coupons(client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter) -> None:
     fake.install(router, "order", "order_coupons")
     order = fake.add_order(coupons=[])  # /coupons answers 204 No Content

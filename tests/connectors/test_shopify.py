@@ -269,8 +269,37 @@ def test_refund_points_at_its_order() -> None:
     body = json.dumps(fixture("refunds_create.json")).encode()
     delivery = webhook_connector().parse_webhook(signed(body, "refunds/create"), body)
     (event,) = delivery.events
-    assert (delivery.kind, event.kind, event.order_id) == ("order", "refunded", "820982911946154508")
+    # one refund, whole or partial: the refund ledger decides (plugin.refunds)
+    assert (delivery.kind, event.kind, event.order_id) == ("order", "refund", "820982911946154508")
     assert event.codes == () and event.occurred_at == datetime(2025, 3, 20, 12, 15, tzinfo=UTC)
+    assert [(r.refund_id, r.amount, r.items) for r in event.refunds] == [("890088186047892319", 0, 0)]
+
+
+def test_a_partial_refund_says_what_it_returned() -> None:
+    """The money of its successful refund transactions and the units of its refund lines."""
+    body = json.dumps(fixture("refunds_create_partial.json")).encode()
+    (event,) = webhook_connector().parse_webhook(signed(body, "refunds/create"), body).events
+    assert (event.kind, event.order_id) == ("refund", "820982911946154508")
+    assert [(r.refund_id, r.amount, r.items) for r in event.refunds] == [("890088186047892320", 10238, 1)]
+    failed = fixture("refunds_create_partial.json")
+    failed["transactions"][0]["status"] = "failure"  # money that did not go back is not refunded
+    body = json.dumps(failed).encode()
+    (event,) = webhook_connector().parse_webhook(signed(body, "refunds/create"), body).events
+    assert [(r.amount, r.items) for r in event.refunds] == [(0, 1)]
+
+
+def test_an_order_lists_its_refunds_and_units() -> None:
+    order = fixture("orders_create.json")
+    order["refunds"] = [fixture("refunds_create_partial.json")]
+    order["financial_status"] = "partially_refunded"
+    body = json.dumps(order).encode()
+    (event,) = webhook_connector().parse_webhook(signed(body, "orders/updated"), body).events
+    assert (event.kind, event.items, event.total) == ("updated", 2, 20375)
+    assert [(r.refund_id, r.amount, r.items) for r in event.refunds] == [("890088186047892320", 10238, 1)]
+    order["financial_status"] = "refunded"  # the platform says the whole order is refunded
+    body = json.dumps(order).encode()
+    (event,) = webhook_connector().parse_webhook(signed(body, "orders/updated"), body).events
+    assert event.kind == "refunded"
 
 
 @pytest.mark.parametrize(
@@ -982,6 +1011,17 @@ async def test_fetch_order_kind(
     )
     event = await connector.fetch_order("gid://shopify/Order/1")
     assert event.kind == kind and event.codes[0].amount == 1000
+
+
+async def test_fetch_order_states_its_refunded_sum(connector: ShopifyConnector, fake: ShopifyFake) -> None:
+    """A partially refunded order stays "paid"; the money refunded so far goes to the ledger."""
+    fake.orders["gid://shopify/Order/2"] = order_node(
+        2, codes={"A": ["10.00"]}, total="203.75", refunded="102.38", status="PARTIALLY_REFUNDED"
+    )
+    event = await connector.fetch_order("2")
+    assert (event.kind, event.total, event.refunded_total) == ("paid", 20375, 10238)
+    fake.orders["gid://shopify/Order/3"] = order_node(3, codes={"A": ["10.00"]}, total="203.75")
+    assert (await connector.fetch_order("3")).refunded_total is None
 
 
 async def test_fetch_missing_order(connector: ShopifyConnector, fake: ShopifyFake) -> None:

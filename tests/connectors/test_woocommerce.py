@@ -147,6 +147,19 @@ def test_order_webhook_becomes_an_order_event(client: httpx.AsyncClient, fake: F
     assert event.shipping_address == ShippingAddress("969 Market", "", "94103", "US")
 
 
+def test_an_order_lists_its_refunds(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
+    """A refund arrives as order.updated: the order's `refunds[]` ({id, reason, total}, total
+    negative); a partial one leaves the status as it was."""
+    headers, body = fake.delivery(fixture("order_partially_refunded.json"), SECRET)
+    delivery = connect(client, fake).parse_webhook(headers, body)
+    (event,) = delivery.events
+    assert (event.kind, event.total) == ("paid", 2735)
+    assert [(r.refund_id, r.amount, r.items) for r in event.refunds] == [("731", 1000, 0)]
+    assert delivery.delivery_id == "order:727:2017-03-23T10:02:44:processing"  # a new state of the order
+    headers, body = fake.delivery(fixture("order.json"), SECRET)
+    assert connect(client, fake).parse_webhook(headers, body).events[0].refunds == ()
+
+
 def test_a_virtual_order_ships_nowhere(client: httpx.AsyncClient, fake: FakeWooCommerce) -> None:
     blank = dict.fromkeys(fixture("order.json")["shipping"], "")
     headers, body = fake.delivery(fixture("order.json") | {"shipping": blank}, SECRET)

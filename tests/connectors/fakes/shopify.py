@@ -361,6 +361,7 @@ def order_node(
     currency: str = "USD",
     subtotal: str = "0.00",
     total: str = "0.00",
+    refunded: str = "0.00",
     status: str = "PAID",
     cancelled_at: str | None = None,
     customer_id: int | None = 207119551,
@@ -395,6 +396,7 @@ def order_node(
         "shippingAddress": {"__typename": "MailingAddress", **shipping_address} if shipping_address else None,
         "subtotalPriceSet": money(subtotal),
         "totalPriceSet": money(total),
+        "totalRefundedSet": money(refunded),
         "lineItems": lambda args: _connection([{"discountAllocations": [*allocations[:-1], manual]}], args),
         "shippingLines": lambda args: _connection([{"discountAllocations": allocations[-1:]}], args),
     }
