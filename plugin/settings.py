@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plugin.errors import ConfigError
+
 
 class Secret(str):
     """A string that never shows its value in repr or logs."""
@@ -22,6 +24,53 @@ def _normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+# --- section 6: configuration mistakes are one line (ConfigError), checked before anything runs
+SUPPORTED_DATABASES = (
+    "couponry supports SQLite file URLs (sqlite:///path/to/couponry.db) "
+    "and PostgreSQL (postgresql://user:password@host:5432/name)"
+)
+
+
+def _check_database_url(url: str, variable: str) -> None:
+    """Refuse a URL couponry can't use, in one line naming `variable` and never echoing the URL
+    (it may hold a password). A SQLite file must be in a directory that exists: SQLite creates
+    the file, never its directory, and the embedded default writes its key beside the file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{variable} is not a database URL; {SUPPORTED_DATABASES}") from None
+    except ValueError:  # SQLAlchemy converts one part: the port
+        raise ConfigError(f"{variable} can't be read: its port is not a number; {SUPPORTED_DATABASES}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgresql" and driver != "psycopg":
+        raise ConfigError(
+            f"{variable} asks for the {driver} driver, but couponry talks to PostgreSQL through psycopg 3: "
+            f"write postgresql://...; {SUPPORTED_DATABASES}"
+        )
+    if backend not in ("sqlite", "postgresql") or (backend == "sqlite" and driver not in ("", "pysqlite")):
+        raise ConfigError(f"{variable} names a {parsed.drivername} database; {SUPPORTED_DATABASES}")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        directory = Path(parsed.database).absolute().parent
+        if not directory.is_dir():
+            missing = "is not a directory" if directory.exists() else "does not exist"
+            raise ConfigError(
+                f"{variable} puts the SQLite database in {directory}, but the directory {directory} {missing}: "
+                f"create it (mkdir -p {directory}) or point {variable} at a file in an existing directory"
+            )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> float:
+    value = env.get(name) or default
+    try:
+        return kind(value)
+    except ValueError:
+        whole = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {whole} (it is {value!r})") from None
 
 
 def _bool(value: str) -> bool:
@@ -53,7 +102,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.webhook_processing not in WEBHOOK_PROCESSING:
-            raise ValueError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
+            raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
 
     @property
     def is_sqlite(self) -> bool:
@@ -73,13 +122,15 @@ class Settings:
         def get(name: str, default: str | None = None) -> str | None:
             return env.get(f"COUPONRY_{name}", default)
 
-        port = int(env.get("PORT") or get("PORT") or 8000)
+        port = int(_number(env, "PORT" if env.get("PORT") else "COUPONRY_PORT", "8000", int))
         host = get("HOST", "127.0.0.1") or "127.0.0.1"
         database_url = _normalise_database_url(env.get("DATABASE_URL") or get("DATABASE_URL") or "sqlite:///couponry.db")
+        url_variable = "COUPONRY_DATABASE_URL" if get("DATABASE_URL") and not env.get("DATABASE_URL") else "DATABASE_URL"
+        _check_database_url(database_url, url_variable)
         secret = get("SECRET_KEY")
         if secret is None:
             if not database_url.startswith("sqlite"):
-                raise RuntimeError("COUPONRY_SECRET_KEY must be set when running on a shared database")
+                raise ConfigError("COUPONRY_SECRET_KEY must be set when running on a shared database (e.g. openssl rand -hex 32)")
             secret = _embedded_secret(database_url)
         # Per-connector settings: COUPONRY_SHOPIFY_CLIENT_ID -> {"shopify": {"client_id": ...}}
         connector_config: dict[str, dict[str, str]] = {}
@@ -104,7 +155,7 @@ class Settings:
             log_level=get("LOG_LEVEL", "info") or "info",
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
-            reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
+            reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),
         )
 
 
