@@ -192,7 +192,7 @@ def decode_import(data: bytes, encoding: str | None = None) -> DecodedImport:
             return DecodedImport(_decode(data, name), name, "byte-order mark")
     if b"\x00" in data:
         raise InvalidInput(
-            "the file holds NUL bytes, as UTF-16 or UTF-32 without a byte-order mark does: name its encoding (e.g. utf-16-le)",
+            "the file holds NUL bytes, as UTF-16 or UTF-32 without a byte-order mark does",
             reason="import_encoding",
         )
     try:

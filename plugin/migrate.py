@@ -51,7 +51,7 @@ def require_current(engine: Engine) -> None:
         return
     where = _where(engine)
     if not current:
-        raise ConfigError(f"the database {where} is not migrated (it has no couponry tables yet): run `couponry migrate` first")
+        raise ConfigError(f"the database {where} is not migrated yet: run `couponry migrate` first, with the same DATABASE_URL")
     known = {rev.revision for rev in script.walk_revisions()}
     unknown = sorted(current - known)
     if unknown:
@@ -59,7 +59,7 @@ def require_current(engine: Engine) -> None:
             f"the database {where} was migrated by a newer couponry (revision {', '.join(unknown)}, unknown to this one): "
             "upgrade couponry, or point DATABASE_URL at this version's database"
         )
-    raise ConfigError(f"the database {where} is not migrated to this version of couponry: run `couponry migrate` first")
+    raise ConfigError(f"the database {where} is behind this couponry: run `couponry migrate` first, with the same DATABASE_URL")
 
 
 def _where(engine: Engine) -> str:

@@ -49,8 +49,7 @@ def _check_database_url(url: str, variable: str) -> None:
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "postgresql" and driver != "psycopg":
         raise ConfigError(
-            f"{variable} asks for the {driver} driver, but couponry talks to PostgreSQL through psycopg 3: "
-            f"write postgresql://...; {SUPPORTED_DATABASES}"
+            f"{variable} asks for the {driver} driver; {SUPPORTED_DATABASES} through psycopg 3 (drop the +{driver})"
         )
     if backend not in ("sqlite", "postgresql") or (backend == "sqlite" and driver not in ("", "pysqlite")):
         raise ConfigError(f"{variable} names a {parsed.drivername} database; {SUPPORTED_DATABASES}")

@@ -169,6 +169,10 @@ def test_an_unmigrated_postgresql_says_to_run_migrate(monkeypatch: pytest.Monkey
 def test_a_postgresql_behind_or_ahead_of_this_version_says_so(monkeypatch: pytest.MonkeyPatch, empty_schema: str) -> None:
     engine = make_engine(empty_schema)
     migrate.upgrade(engine)
+    with monkeypatch.context() as patched:  # as if this version shipped a newer revision
+        patched.setattr(migrate.ScriptDirectory, "get_heads", lambda _self: ["a1b2c3d4e5f6"])
+        line = one_line_error(run_cli(monkeypatch, empty_schema, "campaigns", "list"))
+    assert "is behind this couponry" in line and "couponry migrate" in line, line
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedcafe'"))
     engine.dispose()

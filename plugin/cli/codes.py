@@ -145,7 +145,9 @@ def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[
     try:
         decoded = decode_import(file.read(), encoding)
     except PluginError as exc:
-        raise click.ClickException(f"{file.name}: {exc.message}; choose the encoding with --encoding") from exc
+        raise click.ClickException(
+            f"{file.name}: {exc.message}; name its encoding with --encoding (e.g. utf-8, cp1252, utf-16-le)"
+        ) from exc
     if decoded.detected_by == "fallback":
         click.echo(f"{file.name}: not UTF-8, read as {decoded.encoding} (pass --encoding if that is wrong)", err=True)
     with clear_errors():
