@@ -13,13 +13,19 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Engine, Table, create_engine, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Engine, Table, create_engine, event, make_url, text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
+from plugin.errors import ConfigError
+
 T = TypeVar("T")
 _READ_ONLY = "couponry_read_only"
+# a PostgreSQL that doesn't answer fails a command in seconds, not after the system's TCP
+# timeout (minutes); a `connect_timeout` in DATABASE_URL wins
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -37,7 +43,38 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+
+
+@contextmanager
+def connected(engine: Engine) -> Iterator[Connection]:
+    """A connection; or, when the database can't be reached, a ConfigError whose one line says
+    where it tried, why it failed (as the driver puts it, without the password) and what to check."""
+    try:
+        conn = engine.connect()
+    except OperationalError as exc:
+        raise ConfigError(_unreachable(engine.url, exc)) from None
+    with conn:
+        yield conn
+
+
+def _unreachable(url: URL, exc: OperationalError) -> str:
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    # psycopg: 'connection failed: connection to server at "h", port 1 failed: Connection refused'
+    reason = reason.rpartition(" failed: ")[2].removeprefix("FATAL:").strip()
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    if url.get_backend_name() == "sqlite":
+        return (
+            f"could not open the SQLite database {url.database} ({reason}): "
+            "check that its directory exists and this user may write there"
+        )
+    where = f"{url.host}:{url.port or 5432}" if url.host else "its local socket"
+    return (
+        f"could not connect to PostgreSQL at {where} ({reason}): check that the server is running and "
+        "reachable from here, and the host, port, user, password and database name in DATABASE_URL"
+    )
 
 
 def _create_private_file(path: str | None) -> None:

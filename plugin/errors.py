@@ -5,6 +5,8 @@ PluginError                 base; carries a stable `reason` key and an HTTP stat
 ├── NotFound                no such object in this shop (404)
 ├── Conflict                the object's state forbids the change (409)
 └── CapacityError           a code format cannot safely hold the requested codes (422)
+
+ConfigError                 the installation is misconfigured (the CLI prints its one line and exits 1)
 """
 
 from __future__ import annotations
@@ -45,3 +47,9 @@ class Conflict(PluginError):
 class CapacityError(PluginError):
     status = 422
     reason = "format_capacity_exceeded"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake found at start-up: an unusable DATABASE_URL, an unreachable or
+    unmigrated database, a port in use. Its message is one line for the operator, saying what
+    is wrong and how to fix it, and never holds a secret; the CLI's entry point prints it."""

@@ -7,6 +7,7 @@ chunk short and the shortfall is generated again.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Callable, Iterable, Iterator
@@ -157,19 +158,118 @@ class ImportRejected(InvalidInput):
         self.errors = errors
 
 
-def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
-    """(line number, raw code) from a CSV with a `code` column, or a single headerless column."""
-    reader = csv.reader(lines)
+@dataclass(frozen=True)
+class DecodedImport:
+    text: str
+    encoding: str  # a Python codec name
+    detected_by: str  # "named" (the caller's), "byte-order mark", "utf-8", or "fallback" (not UTF-8)
+
+
+# a byte-order mark names its encoding; UTF-32's is tried first, it begins with UTF-16's
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def decode_import(data: bytes, encoding: str | None = None) -> DecodedImport:
+    """The text of an uploaded CSV: in `encoding` when named; else as its byte-order mark says;
+    else UTF-8; else cp1252 (what Excel on Windows writes), and Latin-1 for the few bytes cp1252
+    leaves undefined. A wrong guess can't import a mangled code: every encoding guessed here reads
+    ASCII as ASCII, and a code's letters are ASCII (anything else fails its row). UTF-16 without
+    a byte-order mark is the one thing a guess would misread, so its NUL bytes are refused."""
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise InvalidInput(f"unknown encoding {encoding!r}", reason="import_encoding") from None
+        return DecodedImport(_decode(data, encoding), encoding, "named")
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return DecodedImport(_decode(data, name), name, "byte-order mark")
+    if b"\x00" in data:
+        raise InvalidInput(
+            "the file holds NUL bytes, as UTF-16 or UTF-32 without a byte-order mark does",
+            reason="import_encoding",
+        )
+    try:
+        return DecodedImport(data.decode("utf-8"), "utf-8", "utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return DecodedImport(data.decode("cp1252"), "cp1252", "fallback")
+    except UnicodeDecodeError:
+        return DecodedImport(data.decode("latin-1"), "latin-1", "fallback")  # decodes any bytes
+
+
+def _decode(data: bytes, encoding: str) -> str:
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start].decode(encoding, errors="replace")
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        raise InvalidInput(f"the file is not valid {encoding} (line {line}, column {column})", reason="import_encoding") from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark read as plain UTF-8
+
+
+def import_lines(text: str) -> Iterator[str]:
+    """The lines of decoded CSV text, as the csv module wants them (newlines kept, untranslated)."""
+    return iter(io.StringIO(text, newline=""))
+
+
+def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, raw code, None) from a CSV with a `code` column, or a single headerless
+    column; (line number, the line, why) for a row that is not a code: a quote never closed or
+    closed mid-value, or a quoted value over several lines. Parsed strictly: leniently, a stray
+    quote swallows the lines after it, and those would land as one code."""
+    read: list[str] = []  # the lines of the row being parsed, for messages
+
+    def feed() -> Iterator[str]:
+        for line in lines:
+            read.append(line)
+            yield line
+
+    reader = csv.reader(feed(), strict=True)
     code_index = 0
-    for number, row in enumerate(reader, start=1):
-        if number == 1:
+    end = 0  # the last line of the previous row
+    while True:
+        read.clear()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader goes on at the next line
+            start, end = end + 1, reader.line_num
+            yield start, _first_line(read), _csv_problem(exc)
+            continue
+        start, end = end + 1, reader.line_num
+        if end > start:
+            yield start, _first_line(read), f"a quoted value runs over lines {start}-{end} (a code is one line)"
+            continue
+        if start == 1:
             lowered = [cell.strip().lower() for cell in row]
             if "code" in lowered or "coupon" in lowered or "coupon code" in lowered:
                 code_index = next(i for i, c in enumerate(lowered) if c in ("code", "coupon", "coupon code"))
                 continue
         if not row or all(not cell.strip() for cell in row):
             continue
-        yield number, row[code_index] if code_index < len(row) else ""
+        yield start, row[code_index] if code_index < len(row) else "", None
+
+
+def _first_line(read: list[str]) -> str:
+    return read[0].rstrip("\r\n")[:80] if read else ""
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    message = str(exc)
+    if "end of data" in message:
+        return "a quote opened on this line is never closed"
+    if "expected after" in message:
+        return "text follows a closing quote (quote the whole value, or not at all)"
+    return f"not valid CSV ({message})"
 
 
 def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str | None]:
@@ -192,14 +292,15 @@ def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str 
 
 
 def import_codes(engine: Engine, *, shop_id: int, campaign_id: int, lines: Iterable[str]) -> Batch:
-    """Import codes from CSV lines: all rows land, or none do and every bad row is reported."""
+    """Import codes from CSV lines (`import_lines` of `decode_import`'s text): all rows land, or
+    none do and every bad row is reported by its line number."""
     with session_scope(engine) as session:
         campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
         fmt = campaign_format(campaign)
     errors: list[RowError] = []
     first_row: dict[str, int] = {}
-    for number, raw in _read_import_rows(lines):
-        stored, problem = _normalise_import(fmt, raw)
+    for number, raw, not_csv in _read_import_rows(lines):
+        stored, problem = (None, not_csv) if not_csv else _normalise_import(fmt, raw)
         if stored is None:
             errors.append(RowError(number, raw, problem or "invalid"))
         elif stored in first_row:

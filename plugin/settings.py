@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plugin.errors import ConfigError
+
 
 class Secret(str):
     """A string that never shows its value in repr or logs."""
@@ -23,6 +25,52 @@ def _normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+# --- section 6: configuration mistakes are one line (ConfigError), checked before anything runs
+SUPPORTED_DATABASES = (
+    "couponry supports SQLite file URLs (sqlite:///path/to/couponry.db) "
+    "and PostgreSQL (postgresql://user:password@host:5432/name)"
+)
+
+
+def _check_database_url(url: str, variable: str) -> None:
+    """Refuse a URL couponry can't use, in one line naming `variable` and never echoing the URL
+    (it may hold a password). A SQLite file must be in a directory that exists: SQLite creates
+    the file, never its directory, and the embedded default writes its key beside the file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{variable} is not a database URL; {SUPPORTED_DATABASES}") from None
+    except ValueError:  # SQLAlchemy converts one part: the port
+        raise ConfigError(f"{variable} can't be read: its port is not a number; {SUPPORTED_DATABASES}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgresql" and driver != "psycopg":
+        raise ConfigError(
+            f"{variable} asks for the {driver} driver; {SUPPORTED_DATABASES} through psycopg 3 (drop the +{driver})"
+        )
+    if backend not in ("sqlite", "postgresql") or (backend == "sqlite" and driver not in ("", "pysqlite")):
+        raise ConfigError(f"{variable} names a {parsed.drivername} database; {SUPPORTED_DATABASES}")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        directory = Path(parsed.database).absolute().parent
+        if not directory.is_dir():
+            missing = "is not a directory" if directory.exists() else "does not exist"
+            raise ConfigError(
+                f"{variable} puts the SQLite database in {directory}, but the directory {directory} {missing}: "
+                f"create it (mkdir -p {directory}) or point {variable} at a file in an existing directory"
+            )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> float:
+    value = env.get(name) or default
+    try:
+        return kind(value)
+    except ValueError:
+        whole = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {whole} (it is {value!r})") from None
 
 
 def _bool(value: str) -> bool:
@@ -75,7 +123,7 @@ class Settings:
                 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
         if self.webhook_processing not in WEBHOOK_PROCESSING:
-            raise ValueError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
+            raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,13 +143,15 @@ class Settings:
         def get(name: str, default: str | None = None) -> str | None:
             return env.get(f"COUPONRY_{name}", default)
 
-        port = int(env.get("PORT") or get("PORT") or 8000)
+        port = int(_number(env, "PORT" if env.get("PORT") else "COUPONRY_PORT", "8000", int))
         host = get("HOST", "127.0.0.1") or "127.0.0.1"
         database_url = _normalise_database_url(env.get("DATABASE_URL") or get("DATABASE_URL") or "sqlite:///couponry.db")
+        url_variable = "COUPONRY_DATABASE_URL" if get("DATABASE_URL") and not env.get("DATABASE_URL") else "DATABASE_URL"
+        _check_database_url(database_url, url_variable)
         secret = get("SECRET_KEY")
         if secret is None:
             if not database_url.startswith("sqlite"):
-                raise RuntimeError("COUPONRY_SECRET_KEY must be set when running on a shared database")
+                raise ConfigError("COUPONRY_SECRET_KEY must be set when running on a shared database (e.g. openssl rand -hex 32)")
             secret = _embedded_secret(database_url)
         # Per-connector settings: COUPONRY_SHOPIFY_CLIENT_ID -> {"shopify": {"client_id": ...}}
         connector_config: dict[str, dict[str, str]] = {}
@@ -126,16 +176,16 @@ class Settings:
             log_level=get("LOG_LEVEL", "info") or "info",
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
-            reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
+            reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),
             allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),
             # request bodies and connections
-            webhook_body_limit=int(get("WEBHOOK_BODY_LIMIT") or cls.webhook_body_limit),
-            callback_body_limit=int(get("CALLBACK_BODY_LIMIT") or cls.callback_body_limit),
-            api_body_limit=int(get("API_BODY_LIMIT") or cls.api_body_limit),
-            request_timeout=float(get("REQUEST_TIMEOUT") or cls.request_timeout),
-            concurrency_limit=int(get("CONCURRENCY_LIMIT") or cls.concurrency_limit),
-            webhook_retention_days=float(get("WEBHOOK_RETENTION_DAYS") or cls.webhook_retention_days),
-            early_refund_days=float(get("EARLY_REFUND_DAYS", "7") or "7"),
+            webhook_body_limit=int(_number(env, "COUPONRY_WEBHOOK_BODY_LIMIT", str(cls.webhook_body_limit), int)),
+            callback_body_limit=int(_number(env, "COUPONRY_CALLBACK_BODY_LIMIT", str(cls.callback_body_limit), int)),
+            api_body_limit=int(_number(env, "COUPONRY_API_BODY_LIMIT", str(cls.api_body_limit), int)),
+            request_timeout=_number(env, "COUPONRY_REQUEST_TIMEOUT", str(cls.request_timeout), float),
+            concurrency_limit=int(_number(env, "COUPONRY_CONCURRENCY_LIMIT", str(cls.concurrency_limit), int)),
+            webhook_retention_days=_number(env, "COUPONRY_WEBHOOK_RETENTION_DAYS", str(cls.webhook_retention_days), float),
+            early_refund_days=_number(env, "COUPONRY_EARLY_REFUND_DAYS", "7", float),
         )
 
 

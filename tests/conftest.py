@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import SQLModel
 
 import plugin.models  # noqa: F401  (registers tables)
+from plugin import migrate
 from plugin.db import make_engine, session_scope
 from plugin.settings import Secret, Settings, _normalise_database_url
 from plugin.shops import ensure_local_shop
@@ -43,6 +44,7 @@ def postgres_engine() -> Iterator[Engine | None]:
         conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     SQLModel.metadata.create_all(engine)
+    migrate.stamp(engine)  # the commands refuse a PostgreSQL database that is not at the head
     yield engine
     engine.dispose()
 

@@ -6,6 +6,7 @@ import csv
 import gc
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -177,13 +178,22 @@ def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pyt
 
     from plugin.web.hotpaths import App
 
-    calls: list[tuple[object, dict[str, object]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    _ok(cli, "serve", "--port", "8767")
-    [(app, kwargs)] = calls
-    assert isinstance(app, App) and kwargs["loop"] == "asyncio" and kwargs["port"] == 8767
+    calls: list[tuple[uvicorn.Config, list[object]]] = []
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        calls.append((server.config, [s.getsockname() for s in sockets or []]))
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _ok(cli, "serve", "--port", str(port))
+    [(config, [address])] = calls
+    assert isinstance(config.app, App) and config.loop == "asyncio"
+    assert address == ("127.0.0.1", port)  # served on the socket `serve` bound first
     # a deadline for each request, a concurrency limit, tokens kept out of the access log
-    assert isinstance(kwargs["http"], type) and kwargs["http"].request_timeout == 20  # type: ignore[attr-defined]
-    assert kwargs["limit_concurrency"] == 1000
-    assert kwargs["log_config"]["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]  # type: ignore[index]
+    assert isinstance(config.http, type) and config.http.request_timeout == 20  # type: ignore[attr-defined]
+    assert config.limit_concurrency == 1000
+    assert config.log_config["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]  # type: ignore[index]
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # settle_heap ran

@@ -199,3 +199,59 @@ def test_capacity_counts_the_live_codes_of_every_campaign_of_the_shop_sharing_th
             code.status = "voided"
             session.add(code)
     assert issuing.generate_codes(engine, shop_id=shop_id, campaign_id=second, count=600).created == 600
+
+
+# --- CSV text: encodings and quotes (issue 12, section 6) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        ("code,note\nCAFE10,café\n".encode(), "utf-8"),
+        ("code,note\nCAFE10,café\n".encode("utf-8-sig"), "utf-8-sig"),
+        ("code,note\nCAFE10,café\n".encode("utf-16"), "utf-16"),  # with its byte-order mark
+        ("code,note\nCAFE10,café\n".encode("utf-32"), "utf-32"),
+        ("code,note\nCAFE10,café 5€\n".encode("cp1252"), "cp1252"),  # Excel on Windows
+        ("code,note\nCAFE10,caf\xe9 \x81\n".encode("latin-1"), "latin-1"),  # not even cp1252
+    ],
+)
+def test_import_text_is_decoded_by_its_bom_or_as_utf8_then_cp1252(data: bytes, encoding: str) -> None:
+    decoded = issuing.decode_import(data)
+    assert decoded.encoding == encoding
+    assert decoded.text.startswith("code,note\n") and "CAFE10,caf" in decoded.text
+
+
+def test_import_text_in_a_named_encoding_or_a_clear_refusal() -> None:
+    latin = "code,note\nCAFE10,café\n".encode("latin-1")
+    assert issuing.decode_import(latin, "latin-1").text.endswith("café\n")
+    with pytest.raises(InvalidInput, match=r"not valid utf-8 \(line 2, column 11\)"):
+        issuing.decode_import(latin, "utf-8")
+    with pytest.raises(InvalidInput, match="unknown encoding 'klingon'"):
+        issuing.decode_import(latin, "klingon")
+    # UTF-16 without its byte-order mark is all NULs between ASCII letters: never read as codes
+    with pytest.raises(InvalidInput, match=r"NUL bytes, as UTF-16 or UTF-32 without a byte-order mark"):
+        issuing.decode_import("code\nCAFE10\n".encode("utf-16-le"))
+
+
+def test_an_unterminated_quote_is_an_error_naming_its_line_not_a_code(engine: Engine, shop_id: int) -> None:
+    campaign_id = _campaign(engine, shop_id)
+    text = 'code\nGOOD1\n"BROKEN2\nGOOD3\nGOOD4\n'
+    with pytest.raises(issuing.ImportRejected) as rejected:
+        issuing.import_codes(engine, shop_id=shop_id, campaign_id=campaign_id, lines=io.StringIO(text, newline=""))
+    (error,) = rejected.value.errors
+    assert (error.row, error.value) == (3, '"BROKEN2')
+    assert "quote" in error.reason and "never closed" in error.reason
+    assert "row 3:" in rejected.value.message
+    assert _stored(engine, campaign_id) == []
+
+
+def test_a_quoted_value_over_several_lines_or_with_text_after_its_quote_is_refused(engine: Engine, shop_id: int) -> None:
+    campaign_id = _campaign(engine, shop_id)
+    text = 'code\n"AB\nCD"\nGOOD5\n"EF"GH\nGOOD6\n'
+    with pytest.raises(issuing.ImportRejected) as rejected:
+        issuing.import_codes(engine, shop_id=shop_id, campaign_id=campaign_id, lines=io.StringIO(text, newline=""))
+    by_row = {e.row: e.reason for e in rejected.value.errors}
+    assert set(by_row) == {2, 5}, by_row  # line numbers in the file, counted past the two-line value
+    assert "lines 2-3" in by_row[2]
+    assert "quote" in by_row[5]
+    assert _stored(engine, campaign_id) == []

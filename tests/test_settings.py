@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from plugin.errors import ConfigError
 from plugin.settings import Settings
 
 
@@ -41,7 +42,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
 
 
 def test_a_shared_database_needs_a_secret_key() -> None:
-    with pytest.raises(RuntimeError, match="COUPONRY_SECRET_KEY"):
+    with pytest.raises(ConfigError, match="COUPONRY_SECRET_KEY"):
         Settings.from_env({"DATABASE_URL": "postgresql://db/couponry"})
 
 

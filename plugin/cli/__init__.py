@@ -4,18 +4,21 @@ Each area adds its commands in a module of this package, imported at the bottom.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import click
 from sqlalchemy import Engine
 
 from plugin import migrate
 from plugin.db import make_engine, session_scope
-from plugin.errors import PluginError
+from plugin.errors import ConfigError, PluginError
 from plugin.settings import Settings
 from plugin.shops import ensure_local_shop, find_shop
 
@@ -28,8 +31,14 @@ class Context:
     @cached_property
     def engine(self) -> Engine:
         engine = make_engine(self.settings.database_url)
-        if self.settings.is_sqlite:
-            migrate.upgrade(engine)  # the embedded default keeps itself migrated
+        try:
+            if self.settings.is_sqlite:
+                migrate.upgrade(engine)  # the embedded default keeps itself migrated
+            else:
+                migrate.require_current(engine)  # reachable, and migrated by `couponry migrate`
+        except BaseException:
+            engine.dispose()  # not cached, so `close` won't
+            raise
         return engine
 
     def close(self) -> None:
@@ -62,7 +71,18 @@ def clear_errors() -> Iterator[None]:
         raise click.ClickException(exc.message) from exc
 
 
-@click.group()
+class Main(click.Group):
+    """The root group. A configuration mistake (`ConfigError`), whichever command meets it,
+    ends the command with its one line on stderr and exit status 1, as click's own errors do."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=Main)
 @click.option("--shop", "shop_domain", default=None, help="Shop domain (default: the embedded local shop).")
 @click.pass_context
 def main(ctx: click.Context, shop_domain: str | None) -> None:
@@ -76,7 +96,10 @@ def main(ctx: click.Context, shop_domain: str | None) -> None:
 def migrate_cmd(ctx: Context) -> None:
     """Apply database migrations."""
     engine = make_engine(ctx.settings.database_url)
-    migrate.upgrade(engine)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
     click.echo(f"database migrated ({engine.dialect.name})")
 
 
@@ -106,12 +129,48 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     from plugin.web.server import server_options
 
     settings = serve_settings(ctx.settings, host, port, os.environ)
-    engine = ctx.engine
-    _ = ctx.shop_id  # the local shop exists before the first request
-    app = create_app(settings, engine=engine)
-    settle_heap()
-    # the asyncio loop, a concurrency limit, a deadline for each request, tokens kept out of the log
-    uvicorn.run(app, **server_options(settings))
+    # The port first: uvicorn binds only after the app's lifespan has started the in-process
+    # worker, which could take a job before a port in use ended the process.
+    with listening_socket(settings.host, settings.port) as sock:
+        engine = ctx.engine
+        _ = ctx.shop_id  # the local shop exists before the first request
+        app = create_app(settings, engine=engine)
+        settle_heap()
+        # the asyncio loop, a concurrency limit, a deadline for each request, tokens kept out of the log
+        config = uvicorn.Config(app, **server_options(settings))
+        server = uvicorn.Server(config)
+        click.echo(f"couponry listening on http://{settings.host}:{settings.port}", err=True)
+        with suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(3)  # the app could not start (uvicorn's own status for that)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening, or a ConfigError saying why it can't be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # ours alone from here (uvicorn's backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(_bind_problem(host, port, exc)) from None
+    return sock
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where} is already in use (another couponry, or another program, listens there): "
+            "stop it, or serve on another port with --port or PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on {where} (ports below 1024 need privileges): serve on another port with --port or PORT"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"{host} is not an address of this machine: choose one with --host or COUPONRY_HOST (0.0.0.0 for all)"
+    return f"can't listen on {where} ({exc.strerror or exc}): choose another with --host/--port"
 
 
 # Command groups register themselves on `main` when imported.

@@ -12,7 +12,8 @@ from plugin import codes
 from plugin.campaigns import campaign_summaries, create_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
-from plugin.issuing import export_codes, import_codes, run_batch, start_batch
+from plugin.errors import PluginError
+from plugin.issuing import decode_import, export_codes, import_codes, import_lines, run_batch, start_batch
 
 # --- campaigns ------------------------------------------------------------------------------
 
@@ -132,10 +133,23 @@ def codes_export(ctx: Context, campaign_id: int, output: IO[str]) -> None:
 
 @codes_group.command("import")
 @click.option("--campaign", "campaign_id", type=int, required=True, help="Campaign id.")
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option(
+    "--encoding",
+    default=None,
+    help="The file's text encoding, e.g. utf-8, cp1252, utf-16 (default: its byte-order mark, else UTF-8, else cp1252).",
+)
+@click.argument("file", type=click.File("rb"))
 @pass_context
-def codes_import(ctx: Context, campaign_id: int, file: IO[str]) -> None:
+def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[bytes]) -> None:
     """Import codes from a CSV FILE (a `code` column, or one code per line)."""
+    try:
+        decoded = decode_import(file.read(), encoding)
+    except PluginError as exc:
+        raise click.ClickException(
+            f"{file.name}: {exc.message}; name its encoding with --encoding (e.g. utf-8, cp1252, utf-16-le)"
+        ) from exc
+    if decoded.detected_by == "fallback":
+        click.echo(f"{file.name}: not UTF-8, read as {decoded.encoding} (pass --encoding if that is wrong)", err=True)
     with clear_errors():
-        batch = import_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=file)
-    click.echo(json.dumps({"batch_id": batch.id, "imported": batch.created}))
+        batch = import_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=import_lines(decoded.text))
+    click.echo(json.dumps({"batch_id": batch.id, "imported": batch.created, "encoding": decoded.encoding}))
