@@ -214,8 +214,14 @@ class TwilioConnector:
             params = {**(params or {}), "From": self._sender["From"]}
         url, query = self._url, params
         for _ in range(self.LOOKUP_PAGES):
-            page = await retrying(  # a GET is safe to repeat: 429s, 5xx and timeouts are retried
-                partial(self._request, "GET", url, params=query), attempts=self._attempts, wait=self._pause, sleep=self._sleep
+            # A 429 queues again behind the account's limit; any other failure leaves the outcome
+            # unknown until the job's next run (the outbox's backoff).
+            page = await retrying(
+                partial(self._request, "GET", url, params=query),
+                attempts=self._attempts,
+                wait=self._pause,
+                retry_on=(RateLimited,),
+                sleep=self._sleep,
             )
             document: Any = page.json()
             older = False

@@ -34,6 +34,8 @@ from urllib.parse import parse_qs, urlencode
 import httpx
 import respx
 
+from tests.contracts import body_errors, load_contract, openapi, validate_request, validate_response
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "twilio"
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 
@@ -64,6 +66,7 @@ class FakeTwilio:
         self.messages: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.invalid: set[str] = set()  # numbers refused with 21211, as a number that can't get SMS
         self.fault: Callable[[str, str, int], Scripted | None] | None = None
         self.faults: Counter[str] = Counter()  # served faults by kind, e.g. "POST lost"
         self._requests: Counter[tuple[str, str]] = Counter()
@@ -142,7 +145,7 @@ class FakeTwilio:
                 return scripted
             if not self._authorised(request, account_sid):
                 return error("error_20003.json")
-            if not E164.match(form.get("To", "")):
+            if not E164.match(form.get("To", "")) or form.get("To") in self.invalid:
                 return error("error_21211.json")
             if bool(form.get("From")) == bool(form.get("MessagingServiceSid")) or not form.get("Body"):
                 return httpx.Response(
@@ -204,3 +207,30 @@ class FakeTwilio:
             )
         finally:
             self.in_flight -= 1
+
+
+SPEC = "twilio/twilio_api_v2010.json.gz"
+MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+
+
+def check_against_the_contract(fake: FakeTwilio) -> None:
+    """Every request the fake served matches the operation of Twilio's spec, and every list page it
+    answered is a documented answer. Call it while the router runs (it forgets calls when it stops)."""
+    api, spec = openapi(SPEC), load_contract(SPEC)
+    form_schema = spec["paths"][MESSAGES]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    form_schema = form_schema["properties"]
+    for call in fake.router["list"].calls:  # every lookup, and the fake's answers to it
+        validate_request(api, call.request)
+        assert "DateSent" not in str(call.request.url)  # a date, and queued messages have none
+        if call.has_response and call.response.status_code == 200:
+            validate_response(api, call.request, call.response)
+    for call in fake.router["messages"].calls:  # every message we sent, whatever the test did
+        validate_request(api, call.request)
+        sent: dict[str, Any] = {k: v[0] for k, v in parse_qs(call.request.content.decode()).items()}
+        for name, schema in form_schema.items():  # a form carries text only: read numbers as the spec types them
+            if name in sent and schema.get("type") == "integer":
+                sent[name] = int(sent[name])
+        assert body_errors(spec, MESSAGES, "post", sent, "application/x-www-form-urlencoded") == []
+        # rules the spec states in prose only
+        assert ("From" in sent) != ("MessagingServiceSid" in sent)
+        assert sent.get("Body")
