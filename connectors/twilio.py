@@ -51,7 +51,7 @@ import hmac
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, ClassVar, NamedTuple
@@ -307,9 +307,10 @@ def _rfc2822(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return parsedate_to_datetime(value)
+        parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # "-0000": GMT, read as naive
 
 
 def _render(template: str, fields: Mapping[str, str]) -> str:

@@ -172,6 +172,19 @@ async def test_a_lost_answer_is_found_and_not_resent(fake: FakeTwilio, lost: Scr
     assert dict(lookup) == {"To": person.key, "From": "+14155552345", "PageSize": "50"}
 
 
+async def test_a_messaging_service_sender_is_looked_up_by_its_sid(fake: FakeTwilio) -> None:
+    service = "MG" + "a" * 32
+    twilio = connector(**{"from": "", "messaging_service_sid": service})
+    person, first = recipient(1), datetime.now(UTC)
+    fake.add_message(person.key, "Your code: SAVE-1", first)["messaging_service_sid"] = "MG" + "b" * 32  # another service
+    fake.script(LOST)
+    await twilio.push_recipients([person])
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert dict(fake.router["list"].calls.last.request.url.params) == {"To": person.key, "PageSize": "50"}  # no From
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (1, 1)
+    assert result.ok and result.provider_id == fake.created_for(person.key)[-1]["sid"]
+
+
 @pytest.mark.parametrize(
     "fault", [error("error_20500.json"), httpx.ReadTimeout("read timed out"), httpx.RemoteProtocolError("dropped")]
 )
