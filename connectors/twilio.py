@@ -16,6 +16,7 @@ ConnectorConfig.extra):
                            "Your code: {coupon_display}", plus " {claim_url}" when there is one
     concurrency            requests in flight at once for the account, shared by every sender of
                            it in the process and lowered on a 429 (default 5; connectors/limits.py)
+    redis_url              optional: hold that limit in Redis, shared by every worker process
 
 Merge fields: the body template reads coupon_code, coupon_display (falls back to coupon_code),
 coupon_expires_at and claim_url; the recipient's phone (or a key starting with "+") is `To`.
@@ -122,7 +123,9 @@ class TwilioConnector:
         self._validity_period = settings.get("validity_period")
         self._body = settings.get("body")
         # one limit for every sender of this account in the process (Twilio limits concurrency)
-        self._limit = account_limit(f"{self._base} {self._account_sid}", max(1, int(settings.get("concurrency") or 5)))
+        self._limit = account_limit(
+            f"{self._base} {self._account_sid}", max(1, int(settings.get("concurrency") or 5)), settings.get("redis_url")
+        )
         self._client = client
         self._attempts = attempts
         self._wait: wait_base | Wait = retry_wait or wait_exponential_jitter(initial=1, max=30)
@@ -254,9 +257,9 @@ class TwilioConnector:
             try:
                 raise_for_status(response, message=_message)
             except RateLimited as exc:
-                self._limit.throttled(started_round, exc.retry_after)
+                await self._limit.throttled(started_round, exc.retry_after)
                 raise
-            self._limit.answered()
+            await self._limit.answered()
             return response
 
     def _pause(self, state: RetryCallState) -> float:

@@ -116,6 +116,8 @@ def messaging_connector(settings: Settings, http: httpx.AsyncClient, provider: s
     options = dict(settings.connector_config.get(provider, {}))
     if provider == "twilio" and shop.id is not None:
         options.setdefault("status_callback", twilio_callback_url(settings, shop.id))
+        if settings.redis_url:  # the account's concurrency limit, shared by every worker process
+            options.setdefault("redis_url", settings.redis_url)
     config = ConnectorConfig(base_url=options.get("base_url"), extra=options)
     token = options.get("api_key") or options.get("access_token") or ""
     credentials = Credentials(shop_domain=shop.domain, access_token=token, extra=options)

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
@@ -22,7 +23,7 @@ from tenacity import wait_none
 
 from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient
 from connectors.errors import AuthError, BadSignature, ConnectorError
-from connectors.limits import account_limit, reset_account_limits
+from connectors.limits import SharedConcurrencyLimit, account_limit, reset_account_limits
 from connectors.twilio import TwilioConnector, compute_signature
 from tests.connectors.fakes.twilio import LOST, LOST_500, FakeTwilio, Scripted, check_against_the_contract, error, fixture
 from tests.contracts import load_contract
@@ -303,6 +304,48 @@ async def test_a_429_lowers_the_limit_for_every_sender(fake: FakeTwilio) -> None
     await connector(concurrency="4").push_recipients([recipient(n) for n in range(10, 22)])  # another sender
     assert fake.max_in_flight == 2  # queued behind the lowered limit, not four at once
     assert fake.router["messages"].call_count == 5 + 12
+
+
+REDIS_URL = os.environ.get("COUPONRY_TEST_REDIS_URL")
+ACCOUNT = f"{FakeTwilio.BASE_URL} {FakeTwilio.ACCOUNT_SID}"
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[SharedConcurrencyLimit]]:
+    """Worker processes' views of the account's limit in Redis, each with its own client."""
+    if not REDIS_URL:
+        pytest.skip("shared limit: set COUPONRY_TEST_REDIS_URL (as .ci/run does on its PostgreSQL pass)")
+    held: list[SharedConcurrencyLimit] = []
+    yield held
+    await held[0].forget()
+    for limit in held:
+        await limit.aclose()
+
+
+def in_another_process(held: list[SharedConcurrencyLimit], **extra: str) -> TwilioConnector:
+    reset_account_limits()  # a new process: nothing held in memory, only Redis is shared
+    twilio = connector(redis_url=REDIS_URL or "", **extra)
+    limit = account_limit(ACCOUNT, 4, REDIS_URL)
+    assert isinstance(limit, SharedConcurrencyLimit)
+    held.append(limit)
+    return twilio
+
+
+async def test_worker_processes_share_the_account_limit_in_redis(
+    fake: FakeTwilio, processes: list[SharedConcurrencyLimit]
+) -> None:
+    senders = [in_another_process(processes, concurrency="4") for _ in range(2)]
+    await processes[0].forget()
+    pushes = [s.push_recipients([recipient(100 * i + n) for n in range(8)]) for i, s in enumerate(senders)]
+    await asyncio.gather(*pushes)
+    assert fake.max_in_flight == 4  # not 4 per process
+    fake.script(error("error_20429.json"))
+    await senders[0].push_recipients([recipient(1000)])  # one process meets a 429 ...
+    assert await processes[1].limit() == 2
+    fake.max_in_flight = 0
+    await senders[1].push_recipients([recipient(n) for n in range(2000, 2010)])  # ... the other queues behind it
+    assert fake.max_in_flight == 2
+    assert fake.router["messages"].call_count == 16 + 2 + 10
 
 
 def test_settings_are_checked() -> None:
