@@ -122,7 +122,7 @@ class TwilioConnector:
         self._status_callback = settings.get("status_callback")
         self._validity_period = settings.get("validity_period")
         self._body = settings.get("body")
-        # one limit for every sender of this account in the process (Twilio limits concurrency)
+        # one limit for every sender of this account: in the process, or in Redis for all of them
         self._limit = account_limit(
             f"{self._base} {self._account_sid}", max(1, int(settings.get("concurrency") or 5)), settings.get("redis_url")
         )
@@ -202,8 +202,9 @@ class TwilioConnector:
         it provably does not exist; raises (UpstreamError) when the lookup cannot tell.
 
         Lists the messages to `phone` from our sender, newest first (DateSent can't narrow it:
-        it is a date, and a queued message has none), and matches the body's code and a creation
-        time after the first attempt, within LOOKUP_PAGES pages of LOOKUP_PAGE_SIZE."""
+        it is a date, and a queued message has none), and matches the body's whole code and a
+        creation time after the first attempt (less CLOCK_SKEW). A page with nothing that recent,
+        or the last page, ends the search; LOOKUP_PAGES pages of LOOKUP_PAGE_SIZE bound it."""
         codes = [
             re.compile(rf"(?<![0-9A-Za-z]){re.escape(code)}(?![0-9A-Za-z])")  # the whole code, not a part of a longer one
             for code in {recipient.fields.get("coupon_code"), recipient.fields.get("coupon_display")}
@@ -227,18 +228,16 @@ class TwilioConnector:
                 sleep=self._sleep,
             )
             document: Any = page.json()
-            older = False
+            recent = False
             for message in document.get("messages") or []:
                 created = _rfc2822(message.get("date_created"))
-                if created is None:
-                    continue
-                if created < cutoff:
-                    older = True  # newest first: every later message is older still
-                    break
+                if created is not None and created < cutoff:
+                    continue  # older than our first attempt: not ours to find
+                recent = True
                 if self._ours(message, phone) and any(code.search(message.get("body") or "") for code in codes):
                     return _found(recipient, message)
             next_page = document.get("next_page_uri")
-            if older or not next_page:
+            if not next_page or not recent:  # newest first: a page with nothing recent ends the search
                 return None
             url, query = self._base + next_page, None  # the next page's URI carries the filters
         raise UpstreamError(f"the earlier message was not found in the {self.LOOKUP_PAGES} newest pages; not resent")

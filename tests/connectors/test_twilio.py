@@ -233,12 +233,21 @@ async def test_the_lookup_reads_a_bounded_number_of_pages(fake: FakeTwilio, monk
     assert (result.ok, result.pending) == (False, "unknown") and "3 newest pages" in (result.error or "")
     assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (2 + 3, 0)
 
-    # older messages end the search early: one page
+    # the list's order is Twilio's (a queued message has no date_sent): an older message listed
+    # before ours does not end the search on its page
+    queued = recipient(3)
+    ours = fake.add_message(queued.key, "Your code: SAVE-3", first)
+    fake.add_message(queued.key, "Your code: OTHER", first - timedelta(days=1))
+    [result] = await twilio.push_recipients([again(queued, first)])
+    assert (result.ok, result.provider_id) == (True, ours["sid"])
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (5 + 1, 0)
+
+    # a page of older messages ends the search
     old = recipient(2)
     for n in range(5):
         fake.add_message(old.key, f"Your code: OTHER-{n}", first - timedelta(hours=1))
     [result] = await twilio.push_recipients([again(old, first)])
-    assert result.ok and (fake.router["list"].call_count, fake.router["messages"].call_count) == (5 + 1, 1)
+    assert result.ok and (fake.router["list"].call_count, fake.router["messages"].call_count) == (6 + 1, 1)
 
 
 async def test_a_failed_lookup_leaves_it_unknown(fake: FakeTwilio) -> None:
