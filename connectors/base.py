@@ -246,6 +246,9 @@ class Recipient:
     phone: str | None = None
     external_id: str | None = None
     fields: Mapping[str, str] = field(default_factory=dict)  # e.g. coupon_code, coupon_expires_at, claim_url
+    # When an earlier attempt began whose outcome is unknown (it may have reached the provider): a
+    # provider whose sends are not idempotent (Twilio) looks for that message before sending again.
+    attempted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,10 @@ class RecipientResult:
     ok: bool
     provider_id: str | None = None
     error: str | None = None
+    # Not settled yet (ok is False): "unsent" = provably nothing reached the provider, try again
+    # later; "unknown" = the provider may have it, so look before trying again. None = final.
+    pending: Literal["unsent", "unknown"] | None = None
+    retry_after: float | None = None  # seconds the provider asked us to wait before trying again
 
 
 @runtime_checkable

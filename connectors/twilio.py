@@ -14,18 +14,27 @@ ConnectorConfig.extra):
     validity_period        optional seconds a message may wait in Twilio's queue (ValidityPeriod)
     body                   optional template, str.format fields from Recipient.fields; default
                            "Your code: {coupon_display}", plus " {claim_url}" when there is one
-    concurrency            messages sent at once (default 5)
+    concurrency            requests in flight at once for the account, shared by every sender of
+                           it in the process and lowered on a 429 (default 5; connectors/limits.py)
+    redis_url              optional: hold that limit in Redis, shared by every worker process
 
 Merge fields: the body template reads coupon_code, coupon_display (falls back to coupon_code),
 coupon_expires_at and claim_url; the recipient's phone (or a key starting with "+") is `To`.
 
 push_recipients: one POST /2010-04-01/Accounts/{AccountSid}/Messages.json (form-encoded) per
 recipient; provider_id = the message SID. Errors are `{"code", "message", "more_info", "status"}`.
-A 429 (error 20429, too many concurrent requests) was never processed and is retried, as is a
-request that never left; a 5xx or a timeout may have sent the message, so it is *not* retried
-automatically (a second SMS with the same code is worse than a reported failure) and that
-recipient fails with a note saying so. A 4xx fails that recipient alone (e.g. 21211 invalid
-number, 21611 sender queue full); 401/403 raise.
+Each recipient's outcome is one of:
+  sent       201: ok, with the SID
+  failed     a definite refusal (4xx, e.g. 21211 invalid number, 21611 sender queue full), at once
+  unsent     (pending) nothing was created: a 429 (error 20429: too many concurrent requests, never
+             processed) or a request that never left, still so after `attempts` tries
+  unknown    (pending) a 5xx, a timeout or a connection broken after the request left: Twilio may
+             have created the message. Never resent blindly: the caller tries again later with
+             Recipient.attempted_at, and this connector first lists Messages.json filtered by To and
+             From, newest first, and matches the body's code and a creation time after that
+             attempt. Found: sent with that SID; provably absent: sent now; can't tell: unknown.
+401/403 raise. A 429 lowers the account's shared concurrency limit (connectors/limits.py), so
+every sender of the account queues for a slot instead of each request pausing alone.
 
 verify_signature / parse_status_callback handle the status callbacks (MessageSid,
 MessageStatus, ErrorCode): X-Twilio-Signature is base64(HMAC-SHA1(auth token, URL + each POST
@@ -43,15 +52,20 @@ import hmac
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from tenacity import RetryCallState, wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from connectors.base import ConnectorConfig, Credentials, Recipient, RecipientResult
 from connectors.errors import AuthError, BadSignature, ConnectorError, RateLimited, Rejected, UpstreamError
 from connectors.http import NotSent, Sleep, Wait, identifiers, raise_for_status, retrying, send
+from connectors.limits import account_limit
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 
@@ -69,6 +83,11 @@ class TwilioConnector:
     BATCH_SIZE: ClassVar[int] = 20  # one message per request; a call sends up to `concurrency` at once
     SIGNATURE_HEADER: ClassVar[str] = "X-Twilio-Signature"
     DEFAULT_BODY: ClassVar[str] = "Your code: {coupon_display}"
+    # Looking up an earlier attempt's message: newest pages of the messages to one number from our
+    # sender; creation times are Twilio's clock, to the second, so ours is trusted within a minute.
+    LOOKUP_PAGE_SIZE: ClassVar[int] = 50
+    LOOKUP_PAGES: ClassVar[int] = 3
+    CLOCK_SKEW: ClassVar[timedelta] = timedelta(seconds=60)
 
     def __init__(
         self,
@@ -98,26 +117,22 @@ class TwilioConnector:
             if key_sid and key_secret
             else httpx.BasicAuth(self._account_sid, self._auth_token)
         )
-        self._url = (
-            f"{(config.base_url or self.API_BASE).rstrip('/')}/{self.API_VERSION}/Accounts/{self._account_sid}/Messages.json"
-        )
+        self._base = (config.base_url or self.API_BASE).rstrip("/")
+        self._url = f"{self._base}/{self.API_VERSION}/Accounts/{self._account_sid}/Messages.json"
         self._status_callback = settings.get("status_callback")
         self._validity_period = settings.get("validity_period")
         self._body = settings.get("body")
-        self._concurrency = max(1, int(settings.get("concurrency") or 5))
+        # one limit for every sender of this account: in the process, or in Redis for all of them
+        self._limit = account_limit(
+            f"{self._base} {self._account_sid}", max(1, int(settings.get("concurrency") or 5)), settings.get("redis_url")
+        )
         self._client = client
         self._attempts = attempts
-        self._wait = retry_wait
+        self._wait: wait_base | Wait = retry_wait or wait_exponential_jitter(initial=1, max=30)
         self._sleep = sleep
 
     async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(recipient: Recipient) -> RecipientResult:
-            async with gate:
-                return await self._send(recipient)
-
-        outcomes = await asyncio.gather(*(one(r) for r in recipients), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._deliver(r) for r in recipients), return_exceptions=True)
         auth = next((o for o in outcomes if isinstance(o, AuthError)), None)
         if auth is not None:
             raise auth
@@ -132,7 +147,7 @@ class TwilioConnector:
         template = self._body or (self.DEFAULT_BODY + (" {claim_url}" if fields.get("claim_url") else ""))
         return _render(template, fields)
 
-    async def _send(self, recipient: Recipient) -> RecipientResult:
+    async def _deliver(self, recipient: Recipient) -> RecipientResult:
         phone = identifiers(recipient)[1]
         if not phone:
             return RecipientResult(recipient.key, ok=False, error="no phone number")
@@ -140,29 +155,119 @@ class TwilioConnector:
             body = self.message_body(recipient)
         except (KeyError, IndexError, ValueError) as exc:
             return RecipientResult(recipient.key, ok=False, error=f"message template: {exc!r}")
+        if recipient.attempted_at is not None:
+            # An earlier attempt may have created the message: send again only if it provably did not.
+            try:
+                found = await self._find_sent(recipient, phone, recipient.attempted_at)
+            except AuthError:
+                raise
+            except ConnectorError as exc:
+                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+                return _unknown(recipient, f"could not look for the earlier message: {exc}", retry_after)
+            if found is not None:
+                return found
         form = {"To": phone, **self._sender, "Body": body}
         if self._status_callback:
             form["StatusCallback"] = self._status_callback
         if self._validity_period:
             form["ValidityPeriod"] = str(self._validity_period)
+        return await self._create(recipient, form)
 
+    async def _create(self, recipient: Recipient, form: dict[str, str]) -> RecipientResult:
         async def attempt() -> httpx.Response:
-            response = await send(self._client, "POST", self._url, data=form, auth=self._auth)
-            return raise_for_status(response, message=_message)
+            return await self._request("POST", self._url, data=form)
 
         try:
-            # Only what Twilio never processed is retried: a 429 (20429) or a request that never left.
+            # Only what Twilio never processed is retried here: a 429 (queued again behind the
+            # account's lowered limit) or a request that never left.
             response = await retrying(
-                attempt, attempts=self._attempts, wait=self._wait, retry_on=(RateLimited, NotSent), sleep=self._sleep
+                attempt, attempts=self._attempts, wait=self._pause, retry_on=(RateLimited, NotSent), sleep=self._sleep
             )
         except AuthError:
             raise
-        except (NotSent, RateLimited, Rejected) as exc:
+        except RateLimited as exc:
+            return RecipientResult(recipient.key, ok=False, error=str(exc), pending="unsent", retry_after=exc.retry_after)
+        except NotSent as exc:
+            return RecipientResult(recipient.key, ok=False, error=str(exc), pending="unsent")
+        except Rejected as exc:
             return RecipientResult(recipient.key, ok=False, error=str(exc))
         except UpstreamError as exc:
-            note = "the message may have been sent; not retried, to avoid a duplicate SMS"
-            return RecipientResult(recipient.key, ok=False, error=f"{exc} ({note})")
+            # A 5xx, a timeout or a broken connection after the request left: Twilio may have
+            # created the message. The next attempt looks for it before sending again.
+            return _unknown(recipient, f"{exc} (the message may have been sent; looked up before any resend)")
         return RecipientResult(recipient.key, ok=True, provider_id=str(response.json().get("sid")))
+
+    async def _find_sent(self, recipient: Recipient, phone: str, since: datetime) -> RecipientResult | None:
+        """The message an earlier attempt created for this recipient, as a final result; None when
+        it provably does not exist; raises (UpstreamError) when the lookup cannot tell.
+
+        Lists the messages to `phone` from our sender, newest first (DateSent can't narrow it:
+        it is a date, and a queued message has none), and matches the body's whole code and a
+        creation time after the first attempt (less CLOCK_SKEW). A page with nothing that recent,
+        or the last page, ends the search; LOOKUP_PAGES pages of LOOKUP_PAGE_SIZE bound it."""
+        codes = [
+            re.compile(rf"(?<![0-9A-Za-z]){re.escape(code)}(?![0-9A-Za-z])")  # the whole code, not a part of a longer one
+            for code in {recipient.fields.get("coupon_code"), recipient.fields.get("coupon_display")}
+            if code
+        ]
+        if not codes:
+            raise UpstreamError("no code to recognise the earlier message by")
+        cutoff = since - self.CLOCK_SKEW
+        params: dict[str, str] | None = {"To": phone, "PageSize": str(self.LOOKUP_PAGE_SIZE)}
+        if "From" in self._sender:
+            params = {**(params or {}), "From": self._sender["From"]}
+        url, query = self._url, params
+        for _ in range(self.LOOKUP_PAGES):
+            # A 429 queues again behind the account's limit; any other failure leaves the outcome
+            # unknown until the job's next run (the outbox's backoff).
+            page = await retrying(
+                partial(self._request, "GET", url, params=query),
+                attempts=self._attempts,
+                wait=self._pause,
+                retry_on=(RateLimited,),
+                sleep=self._sleep,
+            )
+            document: Any = page.json()
+            recent = False
+            for message in document.get("messages") or []:
+                created = _rfc2822(message.get("date_created"))
+                if created is not None and created < cutoff:
+                    continue  # older than our first attempt: not ours to find
+                recent = True
+                if self._ours(message, phone) and any(code.search(message.get("body") or "") for code in codes):
+                    return _found(recipient, message)
+            next_page = document.get("next_page_uri")
+            if not next_page or not recent:  # newest first: a page with nothing recent ends the search
+                return None
+            url, query = self._base + next_page, None  # the next page's URI carries the filters
+        raise UpstreamError(f"the earlier message was not found in the {self.LOOKUP_PAGES} newest pages; not resent")
+
+    def _ours(self, message: Mapping[str, Any], phone: str) -> bool:
+        if message.get("to") != phone or not str(message.get("direction") or "").startswith("outbound"):
+            return False
+        if "MessagingServiceSid" in self._sender:
+            return bool(message.get("messaging_service_sid") == self._sender["MessagingServiceSid"])
+        return bool(message.get("from") == self._sender["From"])
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request inside the account's concurrency limit; a 429 lowers it for every sender."""
+        async with self._limit.slot(self._sleep) as started_round:
+            response = await send(self._client, method, url, auth=self._auth, **kwargs)
+            try:
+                raise_for_status(response, message=_message)
+            except RateLimited as exc:
+                await self._limit.throttled(started_round, exc.retry_after)
+                raise
+            await self._limit.answered()
+            return response
+
+    def _pause(self, state: RetryCallState) -> float:
+        """Between retries: none after a 429, whose retry queues behind the lowered account limit
+        (which holds everyone when Twilio said how long); backoff for a connection never made."""
+        outcome = state.outcome
+        if outcome is not None and isinstance(outcome.exception(), RateLimited):
+            return 0.0
+        return float(self._wait(state))
 
     # --- status callbacks ----------------------------------------------------------------------
 
@@ -184,6 +289,30 @@ class TwilioConnector:
         if not sid or not status:
             raise ConnectorError("status callback without MessageSid or MessageStatus")
         return StatusCallback(sid, status, params.get("ErrorCode") or None)
+
+
+def _unknown(recipient: Recipient, error: str, retry_after: float | None = None) -> RecipientResult:
+    return RecipientResult(recipient.key, ok=False, error=error, pending="unknown", retry_after=retry_after)
+
+
+def _found(recipient: Recipient, message: Mapping[str, Any]) -> RecipientResult:
+    """The earlier attempt's message, found: sent with its SID (or failed, if Twilio failed it)."""
+    sid = str(message.get("sid"))
+    if message.get("status") in ("failed", "undelivered", "canceled"):
+        error = f"Twilio {message.get('status')} it (error {message.get('error_code')})"
+        return RecipientResult(recipient.key, ok=False, provider_id=sid, error=error)
+    return RecipientResult(recipient.key, ok=True, provider_id=sid)
+
+
+def _rfc2822(value: Any) -> datetime | None:
+    """Twilio's dates: "Fri, 24 May 2019 17:44:46 +0000"."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # "-0000": GMT, read as naive
 
 
 def _render(template: str, fields: Mapping[str, str]) -> str:

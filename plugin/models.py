@@ -347,7 +347,8 @@ class RecipientDelivery(SQLModel, table=True):
     code_id: int = Field(sa_type=BigInteger)
     recipient: str = Field(max_length=320)
     provider: str = Field(max_length=32)
-    status: str = Field(default="queued", max_length=16)  # queued | sent | accepted | delivered | failed
+    # queued | sending (tried, outcome unknown; updated_at = first attempt) | sent | accepted | delivered | failed
+    status: str = Field(default="queued", max_length=16)
     provider_id: str | None = Field(default=None, max_length=255)
     error: str | None = Field(default=None, max_length=1000)
     attempts: int = Field(default=0)

@@ -7,8 +7,12 @@
                    MessagingConnector (connectors/, which keeps inside the provider's rate
                    limits); each batch's results are written as soon as they come back
 
-A re-run after a crash sends only what is still queued. A rate limit or outage raises out of the
-connector: the job is retried with backoff (honouring Retry-After) and the rows stay queued.
+A re-run after a crash sends only what is not settled. A delivery becomes `sending` (with the
+time) before its first attempt leaves; an attempt whose answer was lost (5xx, timeout, broken
+connection, crash) leaves it `sending`, and the next run has the connector look for that message
+before sending again (Twilio), so a code is sent once. What provably never reached the provider
+(429, no connection) goes back to `queued`. Either way the job is retried with backoff (honouring
+Retry-After); a rate limit or outage that raises out of the connector does the same.
 A recipient the provider refused is `failed` with its message; `sent` means a synchronous provider
 (Twilio, Mailchimp, Braze) took it. An asynchronous provider (Klaviyo, SendGrid) answers with an
 import job: the recipient is `accepted` (`provider_id` holds the job id) until the follow-up job
@@ -31,7 +35,8 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from connectors import MESSAGING_CONNECTORS, messaging_connector_class
-from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient
+from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient, RecipientResult
+from connectors.errors import RateLimited, UpstreamError
 from plugin import distribution, outbox
 from plugin.campaigns import get_campaign
 from plugin.db import read_cursor, run, session_scope
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 PUSH = "distribution.push"
 _delivery = RecipientDelivery.__table__  # type: ignore[attr-defined]
 _code = Code.__table__  # type: ignore[attr-defined]
+# queued: not tried yet, or provably not sent; sending: tried, outcome unknown until looked up
+UNSETTLED = ("queued", "sending")
 
 
 def check_provider(provider: str) -> str:
@@ -109,6 +116,8 @@ def messaging_connector(settings: Settings, http: httpx.AsyncClient, provider: s
     options = dict(settings.connector_config.get(provider, {}))
     if provider == "twilio" and shop.id is not None:
         options.setdefault("status_callback", twilio_callback_url(settings, shop.id))
+        if settings.redis_url:  # the account's concurrency limit, shared by every worker process
+            options.setdefault("redis_url", settings.redis_url)
     config = ConnectorConfig(base_url=options.get("base_url"), extra=options)
     token = options.get("api_key") or options.get("access_token") or ""
     credentials = Credentials(shop_domain=shop.domain, access_token=token, extra=options)
@@ -117,23 +126,26 @@ def messaging_connector(settings: Settings, http: httpx.AsyncClient, provider: s
 
 
 def _next_batch(
-    engine: Engine, settings: Settings, shop_id: int, campaign_id: int, provider: str, size: int
+    engine: Engine, settings: Settings, shop_id: int, campaign_id: int, provider: str, size: int, after: int
 ) -> list[tuple[int, Recipient]]:
-    """(delivery id, Recipient with merge fields) for the next queued deliveries."""
+    """(delivery id, Recipient with merge fields) for the next unsettled deliveries after id
+    `after`. Those still queued become `sending` before anything leaves, with the time, so an
+    attempt whose outcome is lost (an ambiguous answer, a crash) is looked up, not repeated blindly."""
     with session_scope(engine) as session:
         rows = session.execute(
-            core_select(_delivery.c.id, _delivery.c.recipient, _delivery.c.code_id)
+            core_select(_delivery.c.id, _delivery.c.recipient, _delivery.c.status, _delivery.c.updated_at)
             .where(
                 _delivery.c.shop_id == shop_id,
                 _delivery.c.campaign_id == campaign_id,
                 _delivery.c.provider == provider,
-                _delivery.c.status == "queued",
+                _delivery.c.status.in_(UNSETTLED),
+                _delivery.c.id > after,
             )
             .order_by(_delivery.c.id)
             .limit(size)
         ).all()
     batch: list[tuple[int, Recipient]] = []
-    for delivery_id, key, _code_id in rows:
+    for delivery_id, key, status, updated_at in rows:
         held = distribution.find_claim(engine, shop_id=shop_id, campaign_id=campaign_id, recipient=key)
         if held is None:  # the code was reissued meanwhile: the new code gets its own delivery
             _finish(engine, [(delivery_id, "failed", None, "the recipient no longer holds this code")])
@@ -146,9 +158,23 @@ def _next_batch(
             "claim_url": distribution.claim_url(settings.public_url, settings.secret_key, shop_id=shop_id, claim_=held),
         }
         recipient = Recipient(
-            key=key, email=parts["email"], phone=parts["phone"], external_id=parts["customer_id"], fields=fields
+            key=key,
+            email=parts["email"],
+            phone=parts["phone"],
+            external_id=parts["customer_id"],
+            fields=fields,
+            attempted_at=updated_at if status == "sending" else None,  # while sending: the first attempt's time
         )
         batch.append((delivery_id, recipient))
+    queued = {delivery_id for delivery_id, _, status, _ in rows if status == "queued"}
+    fresh = [delivery_id for delivery_id, _ in batch if delivery_id in queued]
+    if fresh:
+        with session_scope(engine) as session:
+            session.execute(
+                update(_delivery)
+                .where(_delivery.c.id.in_(fresh), _delivery.c.status == "queued")
+                .values(status="sending", updated_at=utcnow())
+            )
     return batch
 
 
@@ -165,17 +191,15 @@ def _finish(
     with session_scope(engine) as session:
         conn = session.connection()
         for delivery_id, status, provider_id, error in outcomes:
-            conn.execute(
-                update(_delivery)
-                .where(_delivery.c.id == delivery_id)
-                .values(
-                    status=status,
-                    provider_id=provider_id,
-                    error=error[:1000] if error else None,
-                    attempts=_delivery.c.attempts + 1,
-                    updated_at=now,
-                )
-            )
+            values: dict[str, Any] = {
+                "status": status,
+                "provider_id": provider_id,
+                "error": error[:1000] if error else None,
+                "attempts": _delivery.c.attempts + 1,
+            }
+            if status != "sending":  # a delivery still sending keeps the time of its first attempt
+                values["updated_at"] = now
+            conn.execute(update(_delivery).where(_delivery.c.id == delivery_id).values(**values))
         if watch is not None:
             shop_id, campaign_id, provider, job_ids = watch
             for job_id in job_ids:
@@ -197,19 +221,38 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     shop = await run(engine, lambda: _shop(engine, shop_id))
     connector = messaging_connector(ctx.settings, ctx.http, provider, shop)
     asynchronous = callable(getattr(connector, "job_results", None))  # Klaviyo, SendGrid: import jobs
+    after, unsettled = 0, []
     while True:
-        batch = await run(engine, lambda: _next_batch(engine, ctx.settings, shop_id, campaign_id, provider, connector.BATCH_SIZE))
+        batch = await run(
+            engine, partial(_next_batch, engine, ctx.settings, shop_id, campaign_id, provider, connector.BATCH_SIZE, after)
+        )
         if not batch:
-            return
+            break
+        after = batch[-1][0]
         results = await connector.push_recipients([r for _, r in batch])
         accepted = "accepted" if asynchronous else "sent"
         outcomes = [
-            (delivery_id, accepted if result.ok else "failed", result.provider_id, result.error)
+            (delivery_id, _status(result, accepted), result.provider_id, result.error)
             for (delivery_id, _), result in zip(batch, results, strict=True)
         ]
+        unsettled += [r for r in results if r.pending]
         jobs = sorted({r.provider_id for r in results if r.ok and r.provider_id}) if asynchronous else []
         watch = (shop_id, campaign_id, provider, jobs) if jobs else None
         await run(engine, partial(_finish, engine, outcomes, watch=watch))
+    if unsettled:
+        # The job is retried with backoff (at least what the provider asked): the unknown ones are
+        # looked up first, the unsent ones sent.
+        message = f"{len(unsettled)} recipient(s) not settled yet, e.g. {unsettled[0].error}"
+        waits = [r.retry_after for r in unsettled if r.retry_after is not None]
+        if waits:
+            raise RateLimited(message, retry_after=max(waits))
+        raise UpstreamError(message)
+
+
+def _status(result: RecipientResult, accepted: str) -> str:
+    if result.ok:
+        return accepted
+    return {"unknown": "sending", "unsent": "queued", None: "failed"}[result.pending]
 
 
 class ImportRunning(Exception):

@@ -119,7 +119,7 @@ def push(ctx: Context, /, campaign_id: int, provider: str) -> None:
 
 @distribution_group.command("deliveries")
 @click.option("--campaign", "campaign_id", type=int, required=True)
-@click.option("--status", default=None, type=click.Choice(["queued", "sent", "accepted", "delivered", "failed"]))
+@click.option("--status", default=None, type=click.Choice(["queued", "sending", "sent", "accepted", "delivered", "failed"]))
 @pass_context
 def deliveries(ctx: Context, /, campaign_id: int, status: str | None) -> None:
     """Per-recipient push status."""

@@ -346,7 +346,7 @@ async def list_deliveries(call: Call) -> Response:
     return _json(await call.db(work))
 
 
-DELIVERY_STATUSES = frozenset({"queued", "sent", "accepted", "delivered", "failed"})
+DELIVERY_STATUSES = frozenset({"queued", "sending", "sent", "accepted", "delivered", "failed"})
 
 
 async def set_pool_policy(call: Call) -> Response:

@@ -296,7 +296,10 @@ class PushOut(BaseModel):
 class DeliveryOut(BaseModel):
     recipient: str
     provider: str
-    status: str = Field(description="queued, sent, accepted (in a provider import job), delivered (the job took it) or failed")
+    status: str = Field(
+        description="queued, sending (tried, answer lost: looked up before any resend), sent, "
+        "accepted (in a provider import job), delivered (the job took it) or failed"
+    )
     provider_id: str | None
     error: str | None
     attempts: int

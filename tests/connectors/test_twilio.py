@@ -1,15 +1,20 @@
-"""Twilio: form-encoded message creation checked against Twilio's published spec
-(tests/contracts/twilio), what is retried and what is not, concurrency, and the status-callback
-signature against Twilio's own test vectors."""
+"""Twilio: form-encoded message creation and the message list checked against Twilio's published
+spec (tests/contracts/twilio); what is retried, what is looked up before any resend and what fails
+at once; the account's shared concurrency limit; and the status-callback signature against
+Twilio's own test vectors."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import httpx
@@ -18,9 +23,10 @@ from tenacity import wait_none
 
 from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient
 from connectors.errors import AuthError, BadSignature, ConnectorError
+from connectors.limits import SharedConcurrencyLimit, account_limit, reset_account_limits
 from connectors.twilio import TwilioConnector, compute_signature
-from tests.connectors.fakes.twilio import FakeTwilio, error, fixture
-from tests.contracts import body_errors, load_contract, openapi, validate_request
+from tests.connectors.fakes.twilio import LOST, LOST_500, FakeTwilio, Scripted, check_against_the_contract, error, fixture
+from tests.contracts import load_contract
 
 SPEC = "twilio/twilio_api_v2010.json.gz"
 MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
@@ -37,19 +43,18 @@ def form(request: httpx.Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
 
 
+@pytest.fixture(autouse=True)
+def fresh_limits() -> None:
+    """Each test starts with the account's full concurrency (limits live for the process)."""
+    reset_account_limits()
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeTwilio]:
     fake = FakeTwilio()
     with fake.router:
         yield fake
-    api, spec = openapi(SPEC), load_contract(SPEC)
-    for call in fake.router["messages"].calls:  # every message we sent, whatever the test did
-        validate_request(api, call.request)
-        sent = form(call.request)
-        assert body_errors(spec, MESSAGES, "post", sent, "application/x-www-form-urlencoded") == []
-        # rules the spec states in prose only
-        assert ("From" in sent) != ("MessagingServiceSid" in sent)
-        assert sent.get("Body")
+        check_against_the_contract(fake)  # inside: the router forgets its calls when it stops
 
 
 def connector(**extra: str) -> TwilioConnector:
@@ -135,28 +140,141 @@ async def test_connection_never_made_is_retried(fake: FakeTwilio) -> None:
     assert results[0].ok
 
 
-async def test_5xx_and_read_timeout_are_not_retried(fake: FakeTwilio) -> None:
-    fake.script(error("error_20500.json"), httpx.ReadTimeout("read timed out"))
-    results = await connector(concurrency="1").push_recipients([recipient(1), recipient(2)])
-    assert fake.router["messages"].call_count == 2
-    assert [r.ok for r in results] == [False, False]
+async def test_ambiguous_answers_are_neither_failed_nor_resent(fake: FakeTwilio) -> None:
+    """A 5xx, a timeout after the request left, a dropped connection: Twilio may have the message,
+    so the recipient is not failed and nothing is sent again in this call."""
+    fake.script(error("error_20500.json"), httpx.ReadTimeout("read timed out"), httpx.RemoteProtocolError("dropped"))
+    results = await connector(concurrency="1").push_recipients([recipient(1), recipient(2), recipient(3)])
+    assert fake.router["messages"].call_count == 3
+    assert fake.router["list"].call_count == 0
+    assert [(r.ok, r.pending) for r in results] == [(False, "unknown")] * 3
     assert results[0].error == (
-        "20500: Internal Server Error (HTTP 500) (the message may have been sent; not retried, to avoid a duplicate SMS)"
+        "20500: Internal Server Error (HTTP 500) (the message may have been sent; looked up before any resend)"
     )
-    assert "may have been sent" in (results[1].error or "")
+    assert "timed out" in (results[1].error or "") and "broke the connection" in (results[2].error or "")
 
 
-async def test_exhausted_429s_fail_that_recipient(fake: FakeTwilio) -> None:
+def again(person: Recipient, attempted_at: datetime) -> Recipient:
+    return dataclasses.replace(person, attempted_at=attempted_at)
+
+
+@pytest.mark.parametrize("lost", [LOST, LOST_500])
+async def test_a_lost_answer_is_found_and_not_resent(fake: FakeTwilio, lost: Scripted) -> None:
+    twilio, person, first = connector(), recipient(1), datetime.now(UTC)
+    fake.script(lost)  # Twilio commits the message, then the answer is lost
+    [result] = await twilio.push_recipients([person])
+    assert result.pending == "unknown" and len(fake.created_for(person.key)) == 1
+
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert fake.router["list"].call_count == 1
+    assert fake.router["messages"].call_count == 1  # not sent a second time
+    assert (result.ok, result.provider_id, result.pending) == (True, fake.messages[0]["sid"], None)
+    lookup = fake.router["list"].calls.last.request.url.params
+    assert dict(lookup) == {"To": person.key, "From": "+14155552345", "PageSize": "50"}
+
+
+async def test_a_messaging_service_sender_is_looked_up_by_its_sid(fake: FakeTwilio) -> None:
+    service = "MG" + "a" * 32
+    twilio = connector(**{"from": "", "messaging_service_sid": service})
+    person, first = recipient(1), datetime.now(UTC)
+    fake.add_message(person.key, "Your code: SAVE-1", first)["messaging_service_sid"] = "MG" + "b" * 32  # another service
+    fake.script(LOST)
+    await twilio.push_recipients([person])
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert dict(fake.router["list"].calls.last.request.url.params) == {"To": person.key, "PageSize": "50"}  # no From
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (1, 1)
+    assert result.ok and result.provider_id == fake.created_for(person.key)[-1]["sid"]
+
+
+@pytest.mark.parametrize(
+    "fault", [error("error_20500.json"), httpx.ReadTimeout("read timed out"), httpx.RemoteProtocolError("dropped")]
+)
+async def test_what_provably_was_not_created_is_resent(fake: FakeTwilio, fault: Scripted) -> None:
+    twilio, person, first = connector(), recipient(1), datetime.now(UTC)
+    fake.script(fault)  # answered before anything was created
+    await twilio.push_recipients([person])
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (1, 2)
+    assert result.ok and result.provider_id == fake.messages[0]["sid"]
+    assert len(fake.created_for(person.key)) == 1
+
+
+async def test_the_lookup_matches_the_code_and_a_creation_after_the_first_attempt(fake: FakeTwilio) -> None:
+    twilio, person, first = connector(), recipient(7), datetime.now(UTC)
+    fake.add_message(person.key, "Your code: SAVE-7", first - timedelta(days=2))  # before our attempt
+    fake.add_message(person.key, "Your code: SAVE-77", first)  # another code that contains ours
+    fake.add_message(person.key, "Your code: SAVE-8", first)  # another code
+    fake.add_message(person.key, "Your code: SAVE-7", first, sender="+14155550000")  # another sender
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (1, 1)  # none matched: sent
+    assert result.ok and result.provider_id == fake.messages[-1]["sid"]
+    # a message Twilio already failed is found as such and not resent
+    failed = recipient(9)
+    fake.add_message(failed.key, "Your code: SAVE-9", datetime.now(UTC)).update(status="undelivered", error_code=30003)
+    [result] = await twilio.push_recipients([again(failed, first)])
+    assert fake.router["messages"].call_count == 1
+    assert (result.ok, result.pending, result.error) == (False, None, "Twilio undelivered it (error 30003)")
+
+
+async def test_the_lookup_reads_a_bounded_number_of_pages(fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TwilioConnector, "LOOKUP_PAGE_SIZE", 2)
+    twilio, person, first = connector(), recipient(1), datetime.now(UTC)
+    fake.add_message(person.key, "Your code: SAVE-1", first)
+    for n in range(3):  # newer messages push ours to the second page
+        fake.add_message(person.key, f"Your code: OTHER-{n}", first)
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert result.ok and result.provider_id == fake.messages[0]["sid"]
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (2, 0)
+    assert "PageToken" in fake.router["list"].calls.last.request.url.params
+
+    for n in range(3, 7):  # now it is beyond the third page: can't tell, so not resent
+        fake.add_message(person.key, f"Your code: OTHER-{n}", first)
+    [result] = await twilio.push_recipients([again(person, first)])
+    assert (result.ok, result.pending) == (False, "unknown") and "3 newest pages" in (result.error or "")
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (2 + 3, 0)
+
+    # the list's order is Twilio's (a queued message has no date_sent): an older message listed
+    # before ours does not end the search on its page
+    queued = recipient(3)
+    ours = fake.add_message(queued.key, "Your code: SAVE-3", first)
+    fake.add_message(queued.key, "Your code: OTHER", first - timedelta(days=1))
+    [result] = await twilio.push_recipients([again(queued, first)])
+    assert (result.ok, result.provider_id) == (True, ours["sid"])
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (5 + 1, 0)
+
+    # a page of older messages ends the search
+    old = recipient(2)
+    for n in range(5):
+        fake.add_message(old.key, f"Your code: OTHER-{n}", first - timedelta(hours=1))
+    [result] = await twilio.push_recipients([again(old, first)])
+    assert result.ok and (fake.router["list"].call_count, fake.router["messages"].call_count) == (6 + 1, 1)
+
+
+async def test_a_failed_lookup_leaves_it_unknown(fake: FakeTwilio) -> None:
+    fake.script_list(error("error_20429.json"))  # never processed: queued again behind the account's limit
+    [result] = await connector().push_recipients([again(recipient(1), datetime.now(UTC))])
+    assert result.ok and (fake.router["list"].call_count, fake.router["messages"].call_count) == (2, 1)
+
+    for fault in (error("error_20500.json"), httpx.ReadTimeout("read timed out")):  # left to the job's next run
+        fake.script_list(fault)
+        [result] = await connector().push_recipients([again(recipient(2), datetime.now(UTC))])
+        assert (result.ok, result.pending) == (False, "unknown") and "could not look" in (result.error or "")
+    assert (fake.router["list"].call_count, fake.router["messages"].call_count) == (4, 1)
+
+
+async def test_exhausted_429s_leave_the_recipient_unsent(fake: FakeTwilio) -> None:
     fake.script(*[error("error_20429.json")] * 3)
     results = await connector().push_recipients([recipient(1)])
     assert fake.router["messages"].call_count == 3
+    assert (results[0].ok, results[0].pending) == (False, "unsent")
     assert results[0].error == "20429: Too Many Requests (HTTP 429)"
+    assert fake.messages == []
 
 
 async def test_invalid_number_fails_alone_and_bad_credentials_raise(fake: FakeTwilio) -> None:
     people = [recipient(1), Recipient(key="+1555", fields={"coupon_code": "X"}), Recipient(key="cust-3")]
     results = await connector().push_recipients(people)
-    assert [r.ok for r in results] == [True, False, False]
+    assert [(r.ok, r.pending) for r in results] == [(True, None), (False, None), (False, None)]
     assert results[1].error == "21211: Invalid 'To' Phone Number: +1555 (HTTP 400)"
     assert results[2].error == "no phone number"
     assert fake.router["messages"].call_count == 2
@@ -174,6 +292,69 @@ async def test_sends_concurrently_within_the_limit(fake: FakeTwilio) -> None:
     await connector(concurrency="4").push_recipients([recipient(n) for n in range(TwilioConnector.BATCH_SIZE)])
     assert fake.max_in_flight == 4
     assert fake.router["messages"].call_count == TwilioConnector.BATCH_SIZE
+
+
+async def test_senders_of_one_account_share_its_limit(fake: FakeTwilio) -> None:
+    """Three senders (three jobs) of one account at once: together never more than its limit."""
+    senders = [connector(concurrency="4") for _ in range(3)]
+    pushes = [s.push_recipients([recipient(100 * i + n) for n in range(10)]) for i, s in enumerate(senders)]
+    results = await asyncio.gather(*pushes)
+    assert fake.max_in_flight == 4
+    assert all(r.ok for rs in results for r in rs) and len(fake.messages) == fake.router["messages"].call_count == 30
+
+
+async def test_a_429_lowers_the_limit_for_every_sender(fake: FakeTwilio) -> None:
+    fake.script(error("error_20429.json"))
+    results = await connector(concurrency="4").push_recipients([recipient(n) for n in range(4)])
+    assert all(r.ok for r in results) and fake.router["messages"].call_count == 5  # the 429 was sent again
+    limit = account_limit(f"{FakeTwilio.BASE_URL} {FakeTwilio.ACCOUNT_SID}", 4)
+    assert limit.limit == 2
+    fake.max_in_flight = 0
+    await connector(concurrency="4").push_recipients([recipient(n) for n in range(10, 22)])  # another sender
+    assert fake.max_in_flight == 2  # queued behind the lowered limit, not four at once
+    assert fake.router["messages"].call_count == 5 + 12
+
+
+REDIS_URL = os.environ.get("COUPONRY_TEST_REDIS_URL")
+ACCOUNT = f"{FakeTwilio.BASE_URL} {FakeTwilio.ACCOUNT_SID}"
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[SharedConcurrencyLimit]]:
+    """Worker processes' views of the account's limit in Redis, each with its own client."""
+    if not REDIS_URL:
+        pytest.skip("shared limit: set COUPONRY_TEST_REDIS_URL (as .ci/run does on its PostgreSQL pass)")
+    held: list[SharedConcurrencyLimit] = []
+    yield held
+    await held[0].forget()
+    for limit in held:
+        await limit.aclose()
+
+
+def in_another_process(held: list[SharedConcurrencyLimit], **extra: str) -> TwilioConnector:
+    reset_account_limits()  # a new process: nothing held in memory, only Redis is shared
+    twilio = connector(redis_url=REDIS_URL or "", **extra)
+    limit = account_limit(ACCOUNT, 4, REDIS_URL)
+    assert isinstance(limit, SharedConcurrencyLimit)
+    held.append(limit)
+    return twilio
+
+
+async def test_worker_processes_share_the_account_limit_in_redis(
+    fake: FakeTwilio, processes: list[SharedConcurrencyLimit]
+) -> None:
+    senders = [in_another_process(processes, concurrency="4") for _ in range(2)]
+    await processes[0].forget()
+    pushes = [s.push_recipients([recipient(100 * i + n) for n in range(8)]) for i, s in enumerate(senders)]
+    await asyncio.gather(*pushes)
+    assert fake.max_in_flight == 4  # not 4 per process
+    fake.script(error("error_20429.json"))
+    await senders[0].push_recipients([recipient(1000)])  # one process meets a 429 ...
+    assert await processes[1].limit() == 2
+    fake.max_in_flight = 0
+    await senders[1].push_recipients([recipient(n) for n in range(2000, 2010)])  # ... the other queues behind it
+    assert fake.max_in_flight == 2
+    assert fake.router["messages"].call_count == 16 + 2 + 10
 
 
 def test_settings_are_checked() -> None:
