@@ -50,10 +50,16 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
+    # --- guessing and lock-outs (issue 12 §5): failed-guess limits, the shop-wide alert, proxies
+    failed_code_limit: str = "20/minute"  # per shopper (address or customer)
+    failed_code_limit_unnamed: str = "600/minute"  # per server key, for calls that name no shopper
+    guessing_alert: str = "500/hour"  # failures across one shop that raise the merchant's alert
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For we believe
 
     def __post_init__(self) -> None:
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ValueError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
+        _check_guess_settings(self)
 
     @property
     def is_sqlite(self) -> bool:
@@ -105,7 +111,28 @@ class Settings:
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
+            failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
+            failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "600/minute",
+            guessing_alert=get("GUESSING_ALERT") or "500/hour",
+            trusted_proxies=tuple(p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()),
         )
+
+
+def _check_guess_settings(settings: Settings) -> None:
+    from limits import parse
+
+    from plugin.web.clientaddr import parse_networks
+
+    for name, value in (
+        ("FAILED_CODE_LIMIT", settings.failed_code_limit),
+        ("FAILED_CODE_LIMIT_UNNAMED", settings.failed_code_limit_unnamed),
+        ("GUESSING_ALERT", settings.guessing_alert),
+    ):
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"COUPONRY_{name} must be a rate such as 20/minute, not {value!r}") from None
+    parse_networks(settings.trusted_proxies)
 
 
 def _embedded_secret(database_url: str) -> str:

@@ -111,7 +111,8 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     settle_heap()
     # The asyncio loop, not uvloop: as fast for this app, and fair between connections under
     # load (bench/loadgen.py: p99 ~30 ms against ~180-360 ms with uvloop at 50 connections).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, loop="asyncio")
+    # proxy_headers=False: the app trusts X-Forwarded-For only from COUPONRY_TRUSTED_PROXIES (not uvicorn's loopback default)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, loop="asyncio", proxy_headers=False)
 
 
 # Command groups register themselves on `main` when imported.

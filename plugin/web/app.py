@@ -17,11 +17,12 @@ from starlette.routing import Mount, Route
 from plugin import __version__
 from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
-from plugin.ratelimit import FailureLimiter
+from plugin.ratelimit import GuessLimits
 from plugin.settings import Settings
 from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
+from plugin.web.clientaddr import TrustedProxies, parse_networks
 from plugin.web.hotpaths import App
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         *background.routes(),
     ]
     app = App(
+        trusted_proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -67,7 +69,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.add_hot_routes([*api.hot_routes(api.PREFIX), *hooks.routes])  # platforms' order webhooks too
     app.state.settings = settings
     app.state.engine = engine
-    app.state.limiter = FailureLimiter(settings.redis_url)
+    app.state.limiter = GuessLimits(
+        settings.redis_url,
+        per_shopper=settings.failed_code_limit,
+        per_unnamed_key=settings.failed_code_limit_unnamed,
+        shop_alarm=settings.guessing_alert,
+    )
     app.state.background = background
     app.state.processor = background.processor
     app.state.webhook_shops = {}  # (platform, shop domain) -> shop id, for webhook routing

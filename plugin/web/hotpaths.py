@@ -8,6 +8,10 @@ route matching (a third of the framework's cost per request). They answer exactl
 the router: the same endpoint function, matched by the same `Route` (path converters
 included), the same problem+json for the app's errors; anything unexpected is logged and
 answered 500. Every other request (and the lifespan) goes through Starlette unchanged.
+
+Before either, the client address is resolved once for every request: behind a proxy the
+operator trusts (`COUPONRY_TRUSTED_PROXIES`) it is the address the proxy forwarded; otherwise
+the connection's own, whatever `X-Forwarded-For` says (`plugin.web.clientaddr`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from plugin.errors import PluginError
+from plugin.web.clientaddr import TrustedProxies
 from plugin.web.problems import http_error_handler, plugin_error_handler, problem, validation_problem
 
 log = logging.getLogger(__name__)
@@ -34,8 +39,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class App(Starlette):
     """The Starlette app, answering its hot routes (`add_hot_routes`) directly."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, trusted_proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.trusted_proxies = trusted_proxies or TrustedProxies(())
         self.hot_paths: dict[tuple[str, str], Endpoint] = {}  # (method, path) without parameters
         # (method, "/prefix/") -> (endpoint, name) for paths "/prefix/{name}": a last segment
         # taken whole, as the str convertor takes it, found without a regular expression
@@ -55,6 +61,8 @@ class App(Starlette):
                 self.hot_templates.append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.trusted_proxies and scope["type"] in ("http", "websocket"):
+            self.trusted_proxies.resolve(scope)
         endpoint = self._hot(scope) if scope["type"] == "http" else None
         if endpoint is None:
             await super().__call__(scope, receive, send)

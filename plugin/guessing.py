@@ -1,0 +1,94 @@
+"""Guessing: which refusals are guesses, the odds an attacker has at our limits, and the
+merchant's alert when failures across a shop pass the threshold (a guessing attack).
+
+The limits themselves are `plugin.ratelimit.GuessLimits`; the web layer decides whom a call's
+failures count against (`plugin.web.api`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from plugin import claimstore, codes
+from plugin.db import session_scope
+from plugin.ratelimit import GuessLimits
+from plugin.refusals import Reason
+
+ALERT_KIND = "guessing"
+
+
+# The refusals that spend a shopper's failure budget (decided per reason):
+GUESSES: frozenset[Reason] = frozenset(
+    {
+        # What guessing produces.
+        Reason.UNKNOWN_CODE,
+        Reason.MISTYPED_CODE,
+        # A code that exists and is, or may become, usable by someone: finding one is what a
+        # guesser is after, and the generic view answers them exactly like `unknown_code`, so
+        # they must cost the same or the 429 would tell them apart.
+        Reason.HELD_BY_OTHER_CHECKOUT,  # live, held by another checkout for a few minutes
+        Reason.CAMPAIGN_DRAFT,  # becomes live when the campaign starts
+        Reason.CAMPAIGN_PAUSED,
+        Reason.NOT_YET_VALID,
+        Reason.BOUND_TO_OTHER_CUSTOMER,  # live for its owner, whose email a guesser might know
+        Reason.CUSTOMER_REQUIRED,  # the same, answered to every guest: one honest retry at most
+    }
+)
+# Never counted:
+# - dead codes: voided, already_redeemed, usage_limit_reached, expired, campaign_ended,
+#   budget_exhausted. There is nothing left to find in them, so telling them from unknown
+#   costs nothing; but honest shoppers meet them in crowds (a used-up code shared on social
+#   media, a race for the last of a limited drop), often through one merchant server.
+# - a live code refused for this basket, channel, currency or the shopper's own history
+#   (the nudges: "spend £12 more"): the shopper is filling a basket, not guessing, and a
+#   guesser who got this far has already found a live code; counting only locks out buyers.
+
+
+def counts_as_guess(reason: Reason) -> bool:
+    """Whether a refusal spends the shopper's failure budget (`GUESSES`, reasons above)."""
+    return reason in GUESSES
+
+
+@dataclass(frozen=True)
+class Odds:
+    """Chances that guessing finds one of a format's live codes within a year (`codes.guess_probability`:
+    ``1 - (1 - L/S)^A`` for ``L`` live codes of ``S`` possible, ``A`` guesses a year)."""
+
+    per_shopper: float  # one attacker identity (an address or customer) at the per-shopper limit
+    below_alarm: float  # any number of identities together, staying just under the shop-wide alert
+    per_unnamed_key: float  # through a server key whose calls name no shopper, at its ceiling
+
+
+def odds(fmt: codes.CodeFormat, live_codes: int, limits: GuessLimits) -> Odds:
+    live = max(live_codes, 1)
+    return Odds(
+        per_shopper=codes.guess_probability(fmt, live, limits.attempts_per_shopper()),
+        below_alarm=codes.guess_probability(fmt, live, limits.attempts_below_alarm()),
+        per_unnamed_key=codes.guess_probability(fmt, live, limits.attempts_per_unnamed_key()),
+    )
+
+
+def raise_alert(engine: Engine, *, shop_id: int, failures: int, limits: GuessLimits, now: datetime) -> None:
+    """Open the shop's `guessing` alert, or count one more sighting of the open one (called
+    only when a failure crosses the threshold: once per window, not on every failure)."""
+    window = limits.alarm.get_expiry()
+    values = {
+        "shop_id": shop_id,
+        "kind": ALERT_KIND,
+        "message": f"{failures} wrong codes tried within {_duration(window)} across the shop: someone may be guessing codes",
+        "details": {"failures": failures, "threshold": limits.alarm.amount, "window_seconds": window},
+        "open_key": f"{ALERT_KIND}:{shop_id}",
+    }
+    with session_scope(engine) as session:
+        claimstore.raise_alert(session.connection(), values, now)
+
+
+def _duration(seconds: int) -> str:
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+    return f"{seconds} seconds"

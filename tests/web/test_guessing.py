@@ -1,0 +1,324 @@
+"""Guessing and lock-outs (issue 12, section 5), through the hot routes.
+
+One shopper's failures never refuse another shopper: a `storefront` key's shopper is the
+connection's address; a server key (`checkout`, `admin`) names the shopper in the request
+(`shopper.ip`, and the `customer` it identifies), and calls that name nobody share a high
+per-key ceiling. Only guesses count: unknown, mistyped or dead codes, never a live code refused
+for its basket. Failures across the shop raise one `guessing` alert. `/reservations` and
+`/redemptions` are limited alike.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+from starlette.applications import Starlette
+
+from plugin.codes import CodeFormat, guess_probability
+from plugin.guessing import counts_as_guess
+from plugin.models import Alert
+from plugin.ratelimit import GuessLimits
+from plugin.refusals import CATALOGUE, Reason
+from plugin.settings import Settings
+from tests.web.conftest import (
+    REDIS_URL,
+    Api,
+    TestClient,
+    basket,
+    make_app,
+    make_campaign,
+    make_key,
+    rules,
+    set_code,
+    set_preferences,
+)
+
+LIMIT = 5  # failures per shopper per minute
+CEILING = 12  # failures per server key per minute when its calls name no shopper
+ALARM = 8  # failures across the shop per hour before the merchant is alerted
+
+
+@pytest.fixture(params=["memory", "redis"])
+def guarded_app(request: pytest.FixtureRequest, settings: Settings, engine: Engine) -> Starlette:
+    if request.param == "redis":
+        if not REDIS_URL:
+            pytest.skip("Redis rate-limit storage: set COUPONRY_TEST_REDIS_URL (as .ci/run does on its PostgreSQL pass)")
+        settings = replace(settings, redis_url=REDIS_URL)
+    return make_app(settings, engine, limit=f"{LIMIT}/minute", unnamed=f"{CEILING}/minute", alarm=f"{ALARM}/hour")
+
+
+def random_ip() -> str:
+    """A fresh address per test, so counters left in a shared Redis never interfere."""
+    return "10." + ".".join(str(b) for b in secrets.token_bytes(3))
+
+
+@pytest.fixture
+def client_from(guarded_app: Starlette) -> Iterator[Callable[[str], TestClient]]:
+    with TestClient(guarded_app):
+        yield lambda ip: TestClient(guarded_app, client=(ip, 40000))
+
+
+@pytest.fixture
+def fresh_key(engine: Engine, shop_id: int) -> str:
+    """A `checkout` key of its own per test: Redis counters per key never carry over."""
+    return make_key(engine, shop_id, ("checkout",))
+
+
+def shopper(ip: str | None = None) -> dict[str, Any]:
+    return {"shopper": {"ip": ip or random_ip()}}
+
+
+# --- 1. the limit is per shopper, never per merchant server -------------------------------------
+
+
+def test_one_shopper_over_the_limit_never_refuses_another_shopper_of_the_server(  # the issue's invariant
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    server = Api(client_from("192.0.2.10"), fresh_key)  # the merchant's server: one address for every shopper
+    typist, other = shopper(), shopper()
+    for _ in range(LIMIT):
+        assert server.validate("WRONG-CODE", **typist).json()["valid"] is False
+    blocked = server.validate("WRONG-CODE", **typist)
+    assert blocked.status_code == 429 and blocked.json()["reason"] == "too_many_attempts"
+    assert server.validate(stored[0], **typist).status_code == 429  # the typist waits, even with a good code
+    answer = server.validate(stored[0], **other)  # same key, same connection address, another shopper
+    assert answer.status_code == 200 and answer.json()["valid"] is True
+
+
+def test_a_server_key_naming_the_customer_limits_that_customer_across_addresses(
+    client_from: Callable[[str], TestClient], fresh_key: str
+) -> None:
+    server = Api(client_from(random_ip()), fresh_key)
+    customer = {"email": f"{secrets.token_hex(6)}@example.com"}
+    for _ in range(LIMIT):  # a botnet behind the merchant's checkout, one signed-in account
+        assert server.validate("WRONG-CODE", customer=customer, **shopper()).status_code == 200
+    assert server.validate("WRONG-CODE", customer=customer, **shopper()).status_code == 429
+    assert server.validate("WRONG-CODE", customer={"id": secrets.token_hex(6)}, **shopper()).status_code == 200
+
+
+def test_calls_naming_no_shopper_share_a_high_per_key_ceiling(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    server = Api(client_from(random_ip()), fresh_key)
+    for _ in range(LIMIT * 2):  # one careless shopper, well past the per-shopper limit: nobody is locked out
+        assert server.validate("WRONG-CODE").status_code == 200
+    assert server.validate(stored[0]).json()["valid"] is True
+    for _ in range(CEILING - LIMIT * 2):
+        server.validate("WRONG-CODE")
+    assert server.validate("WRONG-CODE").status_code == 429  # a guesser through a server that names nobody
+    assert server.validate(stored[0], **shopper()).json()["valid"] is True  # named shoppers are counted apart
+    other_key = Api(client_from(random_ip()), make_key(engine, shop_id, ("checkout",)))
+    assert other_key.validate("WRONG-CODE").status_code == 200
+
+
+def test_a_storefront_shopper_is_its_connection_address(
+    client_from: Callable[[str], TestClient], engine: Engine, shop_id: int
+) -> None:
+    key = make_key(engine, shop_id, ("storefront",))
+    ip = random_ip()
+    guesser = Api(client_from(ip), key)
+    victim = {"email": f"{secrets.token_hex(6)}@example.com"}
+    for _ in range(LIMIT):  # naming someone else's email only spends the guesser's own budget
+        assert guesser.validate("WRONG-CODE", customer=victim).status_code == 200
+    assert guesser.validate("WRONG-CODE").status_code == 429
+    assert Api(client_from(random_ip()), key).validate("WRONG-CODE", customer=victim).status_code == 200
+
+
+def test_a_storefront_key_can_not_name_the_shopper(
+    client_from: Callable[[str], TestClient], engine: Engine, shop_id: int
+) -> None:
+    storefront = Api(client_from(random_ip()), make_key(engine, shop_id, ("storefront",)))
+    refused = storefront.validate("WRONG-CODE", **shopper())
+    assert refused.status_code == 403 and refused.json()["reason"] == "shopper_not_allowed"
+
+
+@pytest.mark.parametrize("ip", ["not-an-ip", "10.0.0.1/8", "", "1" * 100])
+def test_a_named_shopper_address_is_validated(client: TestClient, key: str, ip: str) -> None:
+    refused = Api(client, key).validate("WRONG-CODE", shopper={"ip": ip})
+    assert refused.status_code == 422 and refused.json()["reason"] == "invalid_input"
+    assert refused.json()["details"]["errors"][0]["field"].startswith("shopper")
+
+
+def test_the_document_describes_the_shopper(client: TestClient) -> None:
+    schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    for name in ("ValidateRequest", "ReservationRequest", "RedemptionRequest"):
+        assert "shopper" in schemas[name]["properties"], name
+    shopper_schema = schemas["Shopper"]
+    assert shopper_schema["properties"]["ip"]["format"] in ("ipvanyaddress", "ip")
+    assert "storefront" in shopper_schema["description"]
+
+
+# --- 2. only guesses count ---------------------------------------------------------------------
+
+
+def test_a_live_code_refused_for_its_basket_never_counts(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(basket={"minimum_subtotal": 10000}), codes=1)
+    server, who = Api(client_from(random_ip()), fresh_key), shopper()
+    for _ in range(LIMIT * 3):  # "spend £50 more", again and again while the shopper fills the basket
+        nudge = server.validate(stored[0], **who).json()
+        assert nudge["reason"] == "minimum_subtotal_not_met"
+    assert server.validate(stored[0], basket(("p1", 4, 2500)), **who).json()["valid"] is True
+    assert server.validate(stored[0], basket(("p1", 1, 100), currency="EUR"), **who).json()["reason"] == "currency_mismatch"
+    assert server.validate("WRONG-CODE", **who).status_code == 200  # the budget is untouched
+
+
+def test_mistyped_and_not_yet_live_codes_count_as_guesses_dead_codes_do_not(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, live = make_campaign(engine, shop_id, rules(), codes=3)
+    _, paused = make_campaign(engine, shop_id, rules(), codes=1, status="paused")
+    set_code(engine, shop_id, live[0], status="voided")
+    set_code(engine, shop_id, live[1], uses=1)
+    mistyped = live[2][:-1] + ("A" if live[2][-1] != "A" else "B")
+    server, who = Api(client_from(random_ip()), fresh_key), shopper()
+    for _ in range(LIMIT * 2):  # dead codes: nothing left to find, and crowds of honest shoppers meet them
+        assert server.validate(live[0], **who).json()["reason"] == "voided"
+        assert server.validate(live[1], **who).json()["reason"] == "already_redeemed"
+    assert server.validate(mistyped, **who).json()["reason"] == "mistyped_code"
+    assert server.validate(paused[0], **who).json()["reason"] == "campaign_paused"  # may become live: a find
+    for _ in range(LIMIT - 3):
+        assert server.validate("WRONG-CODE", **who).json()["reason"] == "unknown_code"
+    assert server.validate("WRONG-CODE", **who).status_code == 200
+    assert server.validate("WRONG-CODE", **who).status_code == 429
+
+
+# --- 3. the merchant hears of a guessing attack --------------------------------------------------
+
+
+def guessing_alerts(engine: Engine, shop_id: int) -> list[Alert]:
+    with Session(engine) as session:
+        return list(session.exec(select(Alert).where(col(Alert.shop_id) == shop_id, col(Alert.kind) == "guessing")).all())
+
+
+def test_failures_across_the_shop_raise_one_guessing_alert(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    server = Api(client_from(random_ip()), fresh_key)
+    for _ in range(ALARM - 1):  # a botnet: every address under its own limit
+        server.validate("WRONG-CODE", **shopper())
+    assert guessing_alerts(engine, shop_id) == []
+    server.validate("WRONG-CODE", **shopper())
+    (alert,) = guessing_alerts(engine, shop_id)
+    assert alert.count == 1 and alert.open_key == f"guessing:{shop_id}" and alert.resolved_at is None
+    assert alert.details["threshold"] == ALARM and "guess" in alert.message
+    for _ in range(ALARM):  # the same window: nothing more is written
+        server.validate("WRONG-CODE", **shopper())
+    (again,) = guessing_alerts(engine, shop_id)
+    assert again.count == 1
+
+
+# --- 5. reservations and redemptions are limited alike ------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["reserve", "redeem"])
+def test_reservations_and_redemptions_are_limited_per_shopper(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int, route: str
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    server, typist, other = Api(client_from(random_ip()), fresh_key), shopper(), shopper()
+
+    def attempt(code: str, who: dict[str, Any], n: int) -> Any:
+        if route == "reserve":
+            return server.reserve(code, f"chk-{n}", **who)
+        return server.redeem(code, f"order-{n}", **who)
+
+    for n in range(LIMIT):
+        assert attempt("WRONG-CODE", typist, n).status_code == 404
+    blocked = attempt(stored[0], typist, 99)
+    assert blocked.status_code == 429 and blocked.json()["reason"] == "too_many_attempts"
+    assert int(blocked.headers["retry-after"]) >= 1
+    assert attempt(stored[0], other, 100).status_code in (200, 201)
+
+
+def test_a_redemption_refused_for_its_basket_never_counts(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(basket={"minimum_subtotal": 10000}), codes=1)
+    server, who = Api(client_from(random_ip()), fresh_key), shopper()
+    for n in range(LIMIT + 1):
+        refused = server.redeem(stored[0], f"order-{n}", **who)
+        assert refused.status_code == 409 and refused.json()["reason"] == "minimum_subtotal_not_met"
+    assert server.redeem(stored[0], "order-ok", basket(("p1", 4, 2500)), **who).status_code == 201
+
+
+# --- 7. storefront answers are generic unless the shop opts in ----------------------------------
+
+
+def test_storefront_answers_are_generic_by_default(
+    client_from: Callable[[str], TestClient], engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(currency="GBP", basket={"minimum_subtotal": 10000}), codes=3)
+    set_code(engine, shop_id, stored[1], status="voided")
+    storefront = Api(client_from(random_ip()), make_key(engine, shop_id, ("storefront",)))
+    unknown = storefront.validate("NO-SUCH-CODE").json()
+    voided = storefront.validate(stored[1]).json()
+    assert voided == unknown and unknown["shopper"]["reason"] == "unknown_code"
+    assert "voided" not in str(voided)
+    nudge = storefront.validate(stored[0]).json()  # a live code's basket condition: the nudge stays
+    assert nudge["shopper"]["reason"] == "minimum_subtotal_not_met" and nudge["shopper"]["details"]["missing_amount"]
+    # the merchant's server still gets the exact reason, and a detailed shopper view
+    server = Api(client_from(random_ip()), make_key(engine, shop_id, ("checkout",))).validate(stored[1]).json()
+    assert server["reason"] == "voided" and server["shopper"]["reason"] == "voided"
+
+
+def test_a_shop_may_opt_in_to_detailed_storefront_answers(
+    client_from: Callable[[str], TestClient], engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    set_code(engine, shop_id, stored[0], status="voided")
+    set_preferences(engine, shop_id, detailed_refusals=True)
+    storefront = Api(client_from(random_ip()), make_key(engine, shop_id, ("storefront",)))
+    assert storefront.validate(stored[0]).json()["shopper"]["reason"] == "voided"
+
+
+# --- 4. the odds are stated per attacker identity and at the shop-wide alert ---------------------
+
+
+def test_campaigns_state_the_guess_odds_at_the_configured_limits(settings: Settings, engine: Engine, shop_id: int) -> None:
+    app = make_app(settings, engine, limit="20/minute", unnamed="600/minute", alarm="500/hour")
+    with TestClient(app) as client:
+        api = Api(client, make_key(engine, shop_id))
+        campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=100)
+        out = api.get(f"/campaigns/{campaign_id}").json()
+    fmt = CodeFormat.from_dict(out["code_format"])
+    year = 365 * 24 * 3600
+    assert out["guess_probability"] == pytest.approx(guess_probability(fmt, 100, 20 * year // 60))
+    assert out["guess_probability_below_alarm"] == pytest.approx(guess_probability(fmt, 100, 500 * year // 3600))
+    assert out["guess_probability"] > out["guess_probability_below_alarm"] > 0  # 20/minute is more than 500/hour
+
+
+def test_the_limits_are_settings(settings: Settings) -> None:
+    env = {"COUPONRY_FAILED_CODE_LIMIT": "5/minute", "COUPONRY_FAILED_CODE_LIMIT_UNNAMED": "100/minute",
+           "COUPONRY_GUESSING_ALERT": "50/hour", "COUPONRY_DATABASE_URL": "sqlite://"}  # fmt: skip
+    configured = Settings.from_env(env)
+    assert (configured.failed_code_limit, configured.failed_code_limit_unnamed, configured.guessing_alert) == (
+        "5/minute", "100/minute", "50/hour",
+    )  # fmt: skip
+    defaults = Settings.from_env({"COUPONRY_DATABASE_URL": "sqlite://"})
+    assert (defaults.failed_code_limit, defaults.failed_code_limit_unnamed, defaults.guessing_alert) == (
+        "20/minute", "600/minute", "500/hour",
+    )  # fmt: skip
+    assert defaults.trusted_proxies == ()
+    with pytest.raises(ValueError, match="COUPONRY_GUESSING_ALERT"):
+        Settings.from_env({**env, "COUPONRY_GUESSING_ALERT": "lots"})
+    limits = GuessLimits(per_shopper="5/minute", per_unnamed_key="100/minute", shop_alarm="50/hour")
+    assert limits.attempts_per_shopper() == 5 * 60 * 24 * 365
+
+
+def test_no_nudge_of_a_live_code_counts_as_a_guess() -> None:
+    """Every reason a shopper can act on (basket, channel, currency, their own history) is free."""
+    for reason in Reason:
+        if reason not in (Reason.UNKNOWN_CODE, Reason.MISTYPED_CODE) and not CATALOGUE[reason].confirms_live_code:
+            assert not counts_as_guess(reason), reason
+    assert counts_as_guess(Reason.UNKNOWN_CODE) and counts_as_guess(Reason.MISTYPED_CODE)
+    assert not counts_as_guess(Reason.MINIMUM_SUBTOTAL_NOT_MET) and not counts_as_guess(Reason.ALREADY_REDEEMED)
