@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 
 from plugin import claimstore, codes
 from plugin.db import session_scope
-from plugin.ratelimit import GuessLimits
+from plugin.ratelimit import GuessLimits, attempts_per_year
 from plugin.refusals import Reason
+from plugin.settings import Settings
 
 ALERT_KIND = "guessing"
 
@@ -62,13 +63,48 @@ class Odds:
     per_unnamed_key: float  # through a server key whose calls name no shopper, at its ceiling
 
 
-def odds(fmt: codes.CodeFormat, live_codes: int, limits: GuessLimits) -> Odds:
+@dataclass(frozen=True)
+class Budgets:
+    """Guesses a year an attacker gets at our limits."""
+
+    per_shopper: int
+    below_alarm: int
+    per_unnamed_key: int
+
+    @classmethod
+    def of(cls, limits: GuessLimits) -> Budgets:
+        return cls(limits.attempts_per_shopper(), limits.attempts_below_alarm(), limits.attempts_per_unnamed_key())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        return cls(
+            attempts_per_year(settings.failed_code_limit),
+            attempts_per_year(settings.guessing_alert),
+            attempts_per_year(settings.failed_code_limit_unnamed),
+        )
+
+
+def odds(fmt: codes.CodeFormat, live_codes: int, budgets: Budgets) -> Odds:
     live = max(live_codes, 1)
     return Odds(
-        per_shopper=codes.guess_probability(fmt, live, limits.attempts_per_shopper()),
-        below_alarm=codes.guess_probability(fmt, live, limits.attempts_below_alarm()),
-        per_unnamed_key=codes.guess_probability(fmt, live, limits.attempts_per_unnamed_key()),
+        per_shopper=codes.guess_probability(fmt, live, budgets.per_shopper),
+        below_alarm=codes.guess_probability(fmt, live, budgets.below_alarm),
+        per_unnamed_key=codes.guess_probability(fmt, live, budgets.per_unnamed_key),
     )
+
+
+def describe(odds: Odds, settings: Settings) -> str:
+    """The odds in a sentence, for the CLI."""
+    return (
+        f"chance a guesser finds a live code within a year: {_percent(odds.per_shopper)} per shopper at "
+        f"{settings.failed_code_limit}; {_percent(odds.below_alarm)} for many shoppers together staying under "
+        f"the shop-wide alert ({settings.guessing_alert}); {_percent(odds.per_unnamed_key)} through a server key "
+        f"that names no shopper ({settings.failed_code_limit_unnamed})"
+    )
+
+
+def _percent(p: float) -> str:
+    return f"{p * 100:.3g}%"
 
 
 def raise_alert(engine: Engine, *, shop_id: int, failures: int, limits: GuessLimits, now: datetime) -> None:

@@ -41,3 +41,17 @@ def find_shop(session: Session, domain: str) -> Shop:
 def shop_on_platform(session: Session, platform: str, domain: str) -> Shop | None:
     """The shop a platform calls by this domain (webhooks name their shop that way)."""
     return session.exec(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).first()
+
+
+def set_detailed_refusals(session: Session, shop_id: int, detailed: bool | None) -> Shop:
+    """The shop's choice of refusals shown to shoppers: detailed (True, storefront keys
+    included), generic (False, merchant servers' shopper view included), or None: the default,
+    detailed for merchant servers and generic for storefront keys (`checkout.Decision.as_json`)."""
+    shop = get_shop(session, shop_id)
+    preferences = {k: v for k, v in shop.preferences.items() if k != "detailed_refusals"}
+    if detailed is not None:
+        preferences["detailed_refusals"] = detailed
+    shop.preferences = preferences  # a new dict, so the JSON column is written
+    session.add(shop)
+    session.flush()
+    return shop

@@ -55,3 +55,26 @@ def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consume
         shop = installs.save_install(session, ctx.settings, platform="woocommerce", credentials=credentials, actor="cli")
         shop_id = shop.id
     click.echo(json.dumps({"shop_id": shop_id, "platform": "woocommerce", "domain": url, "webhooks": "queued"}))
+
+
+_REFUSAL_MODES = {"detailed": True, "generic": False, "default": None}
+
+
+@shops_group.command("refusals")
+@click.argument("mode", required=False, type=click.Choice(sorted(_REFUSAL_MODES)))
+@pass_context
+def shop_refusals(ctx: Context, mode: str | None) -> None:
+    """Show or set what shoppers are told when a code is refused: `detailed` (storefront keys
+    too: "already used", "belongs to another customer"), `generic` (masked everywhere) or
+    `default` (detailed to your servers, generic to storefront keys, where a guesser sits)."""
+    from plugin.shops import get_shop, set_detailed_refusals
+
+    with clear_errors(), session_scope(ctx.engine) as session:
+        if mode is None:
+            raw = get_shop(session, ctx.shop_id).preferences.get("detailed_refusals")
+            chosen = None if raw is None else bool(raw)
+        else:
+            chosen = _REFUSAL_MODES[mode]
+            set_detailed_refusals(session, ctx.shop_id, chosen)
+    shown = next(name for name, value in _REFUSAL_MODES.items() if value == chosen)
+    click.echo(json.dumps({"shop_id": ctx.shop_id, "refusals": shown}))

@@ -126,7 +126,7 @@ def _campaign_out(session: Session, campaign: Campaign, limits: GuessLimits) -> 
     count = campaigns.code_count(session, campaign_id=campaign.id or 0)
     now = utcnow()
     exposure = campaigns.campaign_exposure(session, campaign, now=now)
-    odds = guessing.odds(fmt, count, limits)
+    odds = guessing.odds(fmt, count, guessing.Budgets.of(limits))
     return schemas.CampaignOut(
         id=campaign.id or 0,
         name=campaign.name,
@@ -613,12 +613,13 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/validate", "validateCode", "Decide whether a code applies to a basket (no side effects)", "checkout",
              validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}, storefront=True),
     Endpoint("POST", "/reservations", "createReservation", "Hold a code for one checkout", "checkout", create_reservation,
-             schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem}),
+             schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem,
+                                          429: schemas.Problem}),
     Endpoint("DELETE", "/reservations/{reservation_id:int}", "deleteReservation", "Release a hold", "checkout",
              delete_reservation, None, {200: schemas.ReservationOut, 404: schemas.Problem}),
     Endpoint("POST", "/redemptions", "createRedemption", "Redeem a code on an order", "checkout", create_redemption,
              schemas.RedemptionRequest, {200: schemas.RedemptionOut, 201: schemas.RedemptionOut, 404: schemas.Problem,
-                                         409: schemas.Problem}),
+                                         409: schemas.Problem, 429: schemas.Problem}),
     Endpoint("POST", "/redemptions/{redemption_id:int}/rollback", "rollbackRedemption", "Give a redemption back",
              "checkout", rollback_redemption, schemas.RollbackRequest, {200: schemas.RedemptionOut, 404: schemas.Problem}),
     Endpoint("GET", "/redemptions", "listRedemptions", "Redemptions, newest first, filtered; paged by cursor", "admin",

@@ -26,6 +26,7 @@ from plugin.models import Alert
 from plugin.ratelimit import GuessLimits
 from plugin.refusals import CATALOGUE, Reason
 from plugin.settings import Settings
+from plugin.web.clientaddr import TrustedProxies, address_key, parse_networks
 from tests.web.conftest import (
     REDIS_URL,
     Api,
@@ -322,3 +323,76 @@ def test_no_nudge_of_a_live_code_counts_as_a_guess() -> None:
             assert not counts_as_guess(reason), reason
     assert counts_as_guess(Reason.UNKNOWN_CODE) and counts_as_guess(Reason.MISTYPED_CODE)
     assert not counts_as_guess(Reason.MINIMUM_SUBTOTAL_NOT_MET) and not counts_as_guess(Reason.ALREADY_REDEEMED)
+
+
+# --- 6. X-Forwarded-For only from proxies the operator trusts ------------------------------------
+
+
+class Forwarded(Api):
+    """A storefront client whose every call says who it forwards for."""
+
+    def via(self, forwarded_for: str) -> Any:
+        body = {"code": "WRONG-CODE", "basket": basket(("p1", 2, 2500))}
+        return self.client.post("/api/v1/validate", json=body, headers={**self.headers, "X-Forwarded-For": forwarded_for})
+
+
+def _storefront_from(app: Starlette, engine: Engine, shop_id: int, peer: str) -> Forwarded:
+    return Forwarded(TestClient(app, client=(peer, 40000)), make_key(engine, shop_id, ("storefront",)))
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(settings: Settings, engine: Engine, shop_id: int) -> None:
+    app = make_app(settings, engine, limit=f"{LIMIT}/minute")  # default: no trusted proxies
+    with TestClient(app):
+        local = _storefront_from(app, engine, shop_id, "127.0.0.1")
+        for _ in range(LIMIT):  # a guesser on loopback inventing a new address for every guess
+            local.via(random_ip())
+        assert local.via(random_ip()).status_code == 429
+
+
+def test_a_trusted_proxy_names_the_shopper(settings: Settings, engine: Engine, shop_id: int) -> None:
+    app = make_app(replace(settings, trusted_proxies=("127.0.0.1", "10.9.0.0/16")), engine, limit=f"{LIMIT}/minute")
+    with TestClient(app):
+        proxy = _storefront_from(app, engine, shop_id, "127.0.0.1")
+        typist = "203.0.113.9"
+        for _ in range(LIMIT):  # a shopper's own header is kept left of what our proxies add: it can't pose as another
+            proxy.via(f"{random_ip()}, {typist}, 10.9.1.1")
+        assert proxy.via(f"{typist}, 10.9.0.7").status_code == 429
+        assert proxy.via("203.0.113.10").status_code == 200
+        # an untrusted peer's header is ignored: it is the shopper
+        stranger = _storefront_from(app, engine, shop_id, "198.51.100.1")
+        assert stranger.via(typist).status_code == 200
+
+
+def test_trusted_proxies_walk_and_address_keys() -> None:
+    trusted = TrustedProxies(parse_networks(["127.0.0.1", "10.0.0.0/8", "::1"]))
+    assert trusted.client("127.0.0.1", "1.2.3.4, 10.0.0.5") == "1.2.3.4"
+    assert trusted.client("127.0.0.1", "6.6.6.6, 1.2.3.4") == "1.2.3.4"  # the spoofed left entry is not believed
+    assert trusted.client("8.8.8.8", "1.2.3.4") == "8.8.8.8"
+    assert trusted.client("::1", None) == "::1"
+    assert not TrustedProxies(()).trusts("127.0.0.1")
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1" and address_key("192.0.2.1") == "192.0.2.1"
+    with pytest.raises(ValueError, match="COUPONRY_TRUSTED_PROXIES"):
+        Settings.from_env({"COUPONRY_DATABASE_URL": "sqlite://", "COUPONRY_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"})
+    assert Settings.from_env(
+        {"COUPONRY_DATABASE_URL": "sqlite://", "COUPONRY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}
+    ).trusted_proxies == (
+        "10.0.0.0/8",
+        "::1",
+    )
+
+
+def test_ipv6_shoppers_count_per_64(client_from: Callable[[str], TestClient], fresh_key: str) -> None:
+    server = Api(client_from(random_ip()), fresh_key)
+    prefix = f"2001:db8:{secrets.randbelow(65536):x}:{secrets.randbelow(65536):x}:"
+    for n in range(LIMIT):  # a fresh address of one /64 for every guess
+        server.validate("WRONG-CODE", shopper={"ip": f"{prefix}{n}::1"})
+    assert server.validate("WRONG-CODE", shopper={"ip": f"{prefix}ffff::1"}).status_code == 429
+
+
+def test_the_document_states_the_limits(client: TestClient) -> None:
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    for path in ("/api/v1/validate", "/api/v1/reservations", "/api/v1/redemptions"):
+        operation = paths[path]["post"]
+        assert "429" in operation["responses"] and "too_many_attempts" in operation["description"], path
+    assert "shopper_not_allowed" in paths["/api/v1/validate"]["post"]["description"]
