@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from plugin.errors import NotFound
+from plugin.errors import InvalidInput, NotFound
 from plugin.models import Shop
 
 LOCAL_PLATFORM = "sandbox"
@@ -43,14 +43,25 @@ def shop_on_platform(session: Session, platform: str, domain: str) -> Shop | Non
     return session.exec(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).first()
 
 
-def set_detailed_refusals(session: Session, shop_id: int, detailed: bool | None) -> Shop:
-    """The shop's choice of refusals shown to shoppers: detailed (True, storefront keys
-    included), generic (False, merchant servers' shopper view included), or None: the default,
-    detailed for merchant servers and generic for storefront keys (`checkout.Decision.as_json`)."""
+# What shoppers are told when a code is refused (`checkout.Decision.as_json`): `detailed`
+# everywhere (storefront keys too), `generic` everywhere (merchant servers still get the exact
+# reason beside the shopper view), or `default`: detailed to merchant servers, generic to
+# storefront keys (a guesser's own browser). Stored as the `detailed_refusals` preference.
+REFUSAL_MODES: dict[str, bool | None] = {"default": None, "detailed": True, "generic": False}
+
+
+def refusal_mode(shop: Shop) -> str:
+    chosen = shop.preferences.get("detailed_refusals")
+    return "default" if chosen is None else "detailed" if chosen else "generic"
+
+
+def set_refusal_mode(session: Session, shop_id: int, mode: str) -> Shop:
+    if mode not in REFUSAL_MODES:
+        raise InvalidInput(f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode")
     shop = get_shop(session, shop_id)
     preferences = {k: v for k, v in shop.preferences.items() if k != "detailed_refusals"}
-    if detailed is not None:
-        preferences["detailed_refusals"] = detailed
+    if REFUSAL_MODES[mode] is not None:
+        preferences["detailed_refusals"] = REFUSAL_MODES[mode]
     shop.preferences = preferences  # a new dict, so the JSON column is written
     session.add(shop)
     session.flush()

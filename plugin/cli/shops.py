@@ -57,24 +57,16 @@ def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consume
     click.echo(json.dumps({"shop_id": shop_id, "platform": "woocommerce", "domain": url, "webhooks": "queued"}))
 
 
-_REFUSAL_MODES = {"detailed": True, "generic": False, "default": None}
-
-
 @shops_group.command("refusals")
-@click.argument("mode", required=False, type=click.Choice(sorted(_REFUSAL_MODES)))
+@click.argument("mode", required=False, type=click.Choice(["default", "detailed", "generic"]))
 @pass_context
 def shop_refusals(ctx: Context, mode: str | None) -> None:
     """Show or set what shoppers are told when a code is refused: `detailed` (storefront keys
     too: "already used", "belongs to another customer"), `generic` (masked everywhere) or
     `default` (detailed to your servers, generic to storefront keys, where a guesser sits)."""
-    from plugin.shops import get_shop, set_detailed_refusals
+    from plugin.shops import get_shop, refusal_mode, set_refusal_mode
 
     with clear_errors(), session_scope(ctx.engine) as session:
-        if mode is None:
-            raw = get_shop(session, ctx.shop_id).preferences.get("detailed_refusals")
-            chosen = None if raw is None else bool(raw)
-        else:
-            chosen = _REFUSAL_MODES[mode]
-            set_detailed_refusals(session, ctx.shop_id, chosen)
-    shown = next(name for name, value in _REFUSAL_MODES.items() if value == chosen)
+        shop = get_shop(session, ctx.shop_id) if mode is None else set_refusal_mode(session, ctx.shop_id, mode)
+        shown = refusal_mode(shop)
     click.echo(json.dumps({"shop_id": ctx.shop_id, "refusals": shown}))

@@ -6,6 +6,7 @@ and the OpenAPI document are both built from that table.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, redemptions, webhooks
+from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, redemptions, shops, webhooks
 from plugin.db import read_session, run, session_scope
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.models import Batch, Campaign, Code, Redemption, Reservation, utcnow
@@ -34,6 +35,7 @@ from plugin.web import schemas
 from plugin.web.clientaddr import address_key
 from plugin.web.problems import problem, validation_problem
 
+log = logging.getLogger(__name__)
 PREFIX = "/api/v1"  # where the app mounts this API
 M = TypeVar("M", bound=BaseModel)
 # The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
@@ -331,9 +333,13 @@ async def _failed(call: Call, guesser: Guesser, reason: Reason) -> None:
     if not guessing.counts_as_guess(reason):
         return
     crossed = call.limits.record_failure(guesser)
-    if crossed is not None:
-        engine, limits, shop_id = call.engine, call.limits, guesser.shop_id
+    if crossed is None:
+        return
+    engine, limits, shop_id = call.engine, call.limits, guesser.shop_id
+    try:
         await run(engine, lambda: guessing.raise_alert(engine, shop_id=shop_id, failures=crossed, limits=limits, now=utcnow()))
+    except Exception:  # the shopper still gets their answer; the next window alerts again
+        log.exception("could not raise the guessing alert of shop %s", shop_id)
 
 
 async def _guarded(call: Call, guesser: Guesser, work: Callable[[Session], M]) -> M:
@@ -504,6 +510,25 @@ async def list_redemptions(call: Call) -> Response:
     return _json(await call.read(work))
 
 
+# --- the shop's preferences -----------------------------------------------------------------
+
+
+async def get_refusal_mode(call: Call) -> Response:
+    def work(session: Session) -> schemas.RefusalMode:
+        return schemas.RefusalMode(mode=shops.refusal_mode(shops.get_shop(session, call.shop_id)))
+
+    return _json(await call.read(work))
+
+
+async def set_refusal_mode(call: Call) -> Response:
+    body = await call.body(schemas.RefusalMode)
+
+    def work(session: Session) -> schemas.RefusalMode:
+        return schemas.RefusalMode(mode=shops.refusal_mode(shops.set_refusal_mode(session, call.shop_id, body.mode)))
+
+    return _json(await call.db(work))
+
+
 # --- webhook deliveries ---------------------------------------------------------------------
 
 
@@ -624,6 +649,11 @@ ENDPOINTS: list[Endpoint] = [
              "checkout", rollback_redemption, schemas.RollbackRequest, {200: schemas.RedemptionOut, 404: schemas.Problem}),
     Endpoint("GET", "/redemptions", "listRedemptions", "Redemptions, newest first, filtered; paged by cursor", "admin",
              list_redemptions, None, {200: schemas.RedemptionList}, query=REDEMPTION_QUERY),
+    Endpoint("GET", "/shop/refusals", "getRefusalMode", "What shoppers are told when a code is refused", "admin",
+             get_refusal_mode, None, {200: schemas.RefusalMode}),
+    Endpoint("PUT", "/shop/refusals", "setRefusalMode",
+             "Choose detailed, generic or default (generic to storefront keys) refusals for shoppers", "admin",
+             set_refusal_mode, schemas.RefusalMode, {200: schemas.RefusalMode}),
     Endpoint("GET", "/webhooks", "listWebhookDeliveries", "Webhook deliveries, newest first, filtered; paged by cursor", "admin",
              list_webhook_deliveries, None, {200: schemas.WebhookDeliveryList}, query=DELIVERY_QUERY),
     # distribution: claims, the pull endpoint, exports, partners, alerts (plugin.web.distribution)

@@ -104,6 +104,15 @@ class ValidateRequest(_In):
     shopper: NamedShopper = None
 
 
+class RefusalMode(_In):
+    """What shoppers are told when a code is refused: `detailed` everywhere (storefront keys
+    too), `generic` everywhere (a voided, used, held or bound code answers like an unknown one;
+    basket nudges stay), or `default`: detailed to your servers, generic to storefront keys.
+    Your servers always get the exact reason, message and details beside the shopper view."""
+
+    mode: Literal["default", "detailed", "generic"]
+
+
 class ShopperView(BaseModel):
     reason: str
     message: str

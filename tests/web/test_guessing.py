@@ -216,6 +216,10 @@ def test_failures_across_the_shop_raise_one_guessing_alert(
         server.validate("WRONG-CODE", **shopper())
     (again,) = guessing_alerts(engine, shop_id)
     assert again.count == 1
+    listed = server.get("/alerts")
+    assert listed.status_code == 403  # a checkout key: the merchant reads alerts with an admin key
+    admin = Api(server.client, make_key(engine, shop_id, ("admin",)))
+    assert [a["kind"] for a in admin.get("/alerts").json()["data"]] == ["guessing"]
 
 
 # --- 5. reservations and redemptions are limited alike ------------------------------------------
@@ -396,3 +400,24 @@ def test_the_document_states_the_limits(client: TestClient) -> None:
         operation = paths[path]["post"]
         assert "429" in operation["responses"] and "too_many_attempts" in operation["description"], path
     assert "shopper_not_allowed" in paths["/api/v1/validate"]["post"]["description"]
+
+
+def test_the_admin_api_sets_the_refusal_mode(client: TestClient, engine: Engine, shop_id: int) -> None:
+    admin = Api(client, make_key(engine, shop_id, ("admin",)))
+    storefront = Api(client, make_key(engine, shop_id, ("storefront",)))
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    set_code(engine, shop_id, stored[0], status="voided")
+    assert admin.get("/shop/refusals").json() == {"mode": "default"}
+    assert storefront.validate(stored[0]).json()["shopper"]["reason"] == "unknown_code"
+    assert admin.client.put("/api/v1/shop/refusals", json={"mode": "detailed"}, headers=admin.headers).json() == {
+        "mode": "detailed"
+    }
+    assert storefront.validate(stored[0]).json()["shopper"]["reason"] == "voided"
+    generic = admin.client.put("/api/v1/shop/refusals", json={"mode": "generic"}, headers=admin.headers)
+    assert generic.json() == {"mode": "generic"} and admin.get("/shop/refusals").json() == {"mode": "generic"}
+    server = Api(client, make_key(engine, shop_id, ("checkout",))).validate(stored[0]).json()
+    assert server["reason"] == "voided" and server["shopper"]["reason"] == "unknown_code"  # the exact reason stays
+    wrong = admin.client.put("/api/v1/shop/refusals", json={"mode": "chatty"}, headers=admin.headers)
+    assert wrong.status_code == 422 and wrong.json()["reason"] == "invalid_input"
+    refused = storefront.client.put("/api/v1/shop/refusals", json={"mode": "detailed"}, headers=storefront.headers)
+    assert refused.status_code == 403
