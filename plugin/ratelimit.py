@@ -5,9 +5,11 @@ Three counters, all of failed *guesses* (see `plugin.guessing.counts_as_guess`):
 - per shopper (`per_shopper`, 20 a minute): the shopper is the connection's address for a
   `storefront` key, and what a server key (`checkout`, `admin`) names in the request: the
   shopper's address and/or the customer. One shopper over the limit is refused; nobody else is.
-- per server key whose calls name no shopper (`per_unnamed_key`, 600 a minute): every shopper
+- per server key whose calls name no shopper (`per_unnamed_key`, 120 a minute): every shopper
   of that server shares it, so it sits far above what honest typing reaches (one careless
-  shopper can't lock the others out) yet still bounds a guesser behind such a server.
+  shopper can't lock the others out; only guesses count, and even a shop
+  taking 50,000 orders an hour with 2% typos makes ~17 a minute) yet still bounds a guesser
+  behind such a server.
 - per shop (`shop_alarm`, 500 an hour): never refuses anyone (that would be the shop-wide
   lock-out this design avoids); crossing it raises the merchant's `guessing` alert, once per
   window. A fixed-window counter: its one increment per failure tells exactly when it crosses.
@@ -26,7 +28,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 FAILED_VALIDATIONS = "20/minute"  # per shopper
-UNNAMED_SHOPPERS = "600/minute"  # per server key, for its calls that name no shopper
+UNNAMED_SHOPPERS = "120/minute"  # per server key, for its calls that name no shopper
 GUESSING_ALERT = "500/hour"  # failures across one shop before the merchant is alerted
 
 

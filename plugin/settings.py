@@ -52,7 +52,7 @@ class Settings:
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
     # --- guessing and lock-outs (issue 12 §5): failed-guess limits, the shop-wide alert, proxies
     failed_code_limit: str = "20/minute"  # per shopper (address or customer)
-    failed_code_limit_unnamed: str = "600/minute"  # per server key, for calls that name no shopper
+    failed_code_limit_unnamed: str = "120/minute"  # per server key, for calls that name no shopper
     guessing_alert: str = "500/hour"  # failures across one shop that raise the merchant's alert
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For we believe
 
@@ -112,7 +112,7 @@ class Settings:
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=float(get("RECONCILE_HOURS", "6") or "6"),
             failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
-            failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "600/minute",
+            failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
             guessing_alert=get("GUESSING_ALERT") or "500/hour",
             trusted_proxies=tuple(p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()),
         )

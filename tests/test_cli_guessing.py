@@ -35,7 +35,7 @@ def test_generating_codes_states_the_guess_odds(cli: CliRunner, monkeypatch: pyt
     out, err = _run(cli, "codes", "generate", "--campaign", campaign_id, "--count", "1000")
     assert json.loads(out)["created"] == 1000
     assert "1,000 codes" in err and "per shopper at 20/minute" in err
-    assert "shop-wide alert (300/hour)" in err and "names no shopper (600/minute)" in err
+    assert "shop-wide alert (300/hour)" in err and "names no shopper (120/minute)" in err
 
 
 def test_serve_leaves_forwarded_addresses_to_the_app(cli: CliRunner, monkeypatch: pytest.MonkeyPatch, gc_state: None) -> None:  # noqa: F811

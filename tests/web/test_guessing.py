@@ -290,7 +290,7 @@ def test_a_shop_may_opt_in_to_detailed_storefront_answers(
 
 
 def test_campaigns_state_the_guess_odds_at_the_configured_limits(settings: Settings, engine: Engine, shop_id: int) -> None:
-    app = make_app(settings, engine, limit="20/minute", unnamed="600/minute", alarm="500/hour")
+    app = make_app(settings, engine, limit="20/minute", unnamed="120/minute", alarm="500/hour")
     with TestClient(app) as client:
         api = Api(client, make_key(engine, shop_id))
         campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=100)
@@ -311,7 +311,7 @@ def test_the_limits_are_settings(settings: Settings) -> None:
     )  # fmt: skip
     defaults = Settings.from_env({"COUPONRY_DATABASE_URL": "sqlite://"})
     assert (defaults.failed_code_limit, defaults.failed_code_limit_unnamed, defaults.guessing_alert) == (
-        "20/minute", "600/minute", "500/hour",
+        "20/minute", "120/minute", "500/hour",
     )  # fmt: skip
     assert defaults.trusted_proxies == ()
     with pytest.raises(ValueError, match="COUPONRY_GUESSING_ALERT"):
