@@ -21,31 +21,23 @@ from plugin.settings import Settings
 ALERT_KIND = "guessing"
 
 
-# The refusals that spend a shopper's failure budget (decided per reason):
-GUESSES: frozenset[Reason] = frozenset(
-    {
-        # What guessing produces.
-        Reason.UNKNOWN_CODE,
-        Reason.MISTYPED_CODE,
-        # A code that exists and is, or may become, usable by someone: finding one is what a
-        # guesser is after, and the generic view answers them exactly like `unknown_code`, so
-        # they must cost the same or the 429 would tell them apart.
-        Reason.HELD_BY_OTHER_CHECKOUT,  # live, held by another checkout for a few minutes
-        Reason.CAMPAIGN_DRAFT,  # becomes live when the campaign starts
-        Reason.CAMPAIGN_PAUSED,
-        Reason.NOT_YET_VALID,
-        Reason.BOUND_TO_OTHER_CUSTOMER,  # live for its owner, whose email a guesser might know
-        Reason.CUSTOMER_REQUIRED,  # the same, answered to every guest: one honest retry at most
-    }
-)
-# Never counted:
-# - dead codes: voided, already_redeemed, usage_limit_reached, expired, campaign_ended,
-#   budget_exhausted. There is nothing left to find in them, so telling them from unknown
-#   costs nothing; but honest shoppers meet them in crowds (a used-up code shared on social
-#   media, a race for the last of a limited drop), often through one merchant server.
-# - a live code refused for this basket, channel, currency or the shopper's own history
-#   (the nudges: "spend £12 more"): the shopper is filling a basket, not guessing, and a
-#   guesser who got this far has already found a live code; counting only locks out buyers.
+# The refusals that spend a shopper's failure budget: only misses, the codes that do not exist.
+GUESSES: frozenset[Reason] = frozenset({Reason.UNKNOWN_CODE, Reason.MISTYPED_CODE})
+# Decided per reason; every other refusal is of a code that exists, and never counts:
+# - a live code refused for this basket, channel, currency or the shopper's own history (the
+#   nudges: "spend £12 more", customer_limit_reached, first_order_only): the shopper is filling
+#   a basket, not guessing; counting only locks out buyers.
+# - dead codes (voided, already_redeemed, usage_limit_reached, expired, campaign_ended,
+#   budget_exhausted): nothing left to find, and honest crowds meet them (a used-up code shared
+#   on social media), often through one merchant server.
+# - codes live for someone, now or later (held_by_other_checkout, bound_to_other_customer,
+#   customer_required, campaign_draft, campaign_paused, not_yet_valid): a race for the last
+#   codes of a drop answers `held_by_other_checkout` to every checkout but one, all through the
+#   merchant's server; a guest meets `customer_required` once before signing in.
+# The guess-probability bound needs only the misses counted: an attempt that hits any existing
+# code is the very event the bound measures, so hits (like successes) are free. The generic
+# view still answers the masked ones exactly like `unknown_code`; only the pace of the 429s
+# could hint that one of a guesser's attempts hit some code, and only after that rare hit.
 
 
 def counts_as_guess(reason: Reason) -> bool:

@@ -344,8 +344,8 @@ async def _failed(call: Call, guesser: Guesser, reason: Reason) -> None:
 
 async def _guarded(call: Call, guesser: Guesser, work: Callable[[Session], M]) -> M:
     """Write work on a code the shopper typed (reserve, redeem): a refusal that is a guess
-    (`guessing.counts_as_guess`: unknown, mistyped, not yet usable) counts; one for the basket
-    or for a used-up code does not."""
+    (`guessing.counts_as_guess`: an unknown or mistyped code) counts; a refusal of a code that
+    exists (its basket, used up, held) does not."""
     try:
         result: M = await call.db(work)
     except (UnknownCode, RedemptionRefused) as exc:

@@ -62,8 +62,8 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
             )
         if 429 in endpoint.responses:
             operation["description"] += (
-                " Failed guesses (unknown, mistyped or not-yet-usable codes; never a live code refused for"
-                " its basket) are limited per shopper: name yours in `shopper` (and `customer`), or calls"
+                " Failed guesses (unknown or mistyped codes; never a code that exists, e.g. a live code"
+                " refused for its basket) are limited per shopper: name yours in `shopper` (and `customer`), or calls"
                 " share the key's higher ceiling. Over it: 429 `too_many_attempts` with `Retry-After`."
             )
     params = [

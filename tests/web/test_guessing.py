@@ -21,10 +21,10 @@ from sqlmodel import Session, col, select
 from starlette.applications import Starlette
 
 from plugin.codes import CodeFormat, guess_probability
-from plugin.guessing import counts_as_guess
+from plugin.guessing import GUESSES, counts_as_guess
 from plugin.models import Alert
 from plugin.ratelimit import GuessLimits
-from plugin.refusals import CATALOGUE, Reason
+from plugin.refusals import CATALOGUE, Reason, Stage
 from plugin.settings import Settings
 from plugin.web.clientaddr import TrustedProxies, address_key, parse_networks
 from tests.web.conftest import (
@@ -173,7 +173,7 @@ def test_a_live_code_refused_for_its_basket_never_counts(
     assert server.validate("WRONG-CODE", **who).status_code == 200  # the budget is untouched
 
 
-def test_mistyped_and_not_yet_live_codes_count_as_guesses_dead_codes_do_not(
+def test_only_unknown_and_mistyped_codes_count(
     client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
 ) -> None:
     _, live = make_campaign(engine, shop_id, rules(), codes=3)
@@ -182,15 +182,26 @@ def test_mistyped_and_not_yet_live_codes_count_as_guesses_dead_codes_do_not(
     set_code(engine, shop_id, live[1], uses=1)
     mistyped = live[2][:-1] + ("A" if live[2][-1] != "A" else "B")
     server, who = Api(client_from(random_ip()), fresh_key), shopper()
-    for _ in range(LIMIT * 2):  # dead codes: nothing left to find, and crowds of honest shoppers meet them
+    for _ in range(LIMIT * 2):  # codes that exist: nothing to guess, and crowds of honest shoppers meet them
         assert server.validate(live[0], **who).json()["reason"] == "voided"
         assert server.validate(live[1], **who).json()["reason"] == "already_redeemed"
+        assert server.validate(paused[0], **who).json()["reason"] == "campaign_paused"
     assert server.validate(mistyped, **who).json()["reason"] == "mistyped_code"
-    assert server.validate(paused[0], **who).json()["reason"] == "campaign_paused"  # may become live: a find
-    for _ in range(LIMIT - 3):
+    for _ in range(LIMIT - 2):
         assert server.validate("WRONG-CODE", **who).json()["reason"] == "unknown_code"
     assert server.validate("WRONG-CODE", **who).status_code == 200
     assert server.validate("WRONG-CODE", **who).status_code == 429
+
+
+def test_a_race_for_held_codes_locks_nobody_out(
+    client_from: Callable[[str], TestClient], fresh_key: str, engine: Engine, shop_id: int
+) -> None:
+    _, stored = make_campaign(engine, shop_id, rules(), codes=1)
+    server = Api(client_from(random_ip()), fresh_key)  # a server naming no shopper: the shared ceiling
+    assert server.reserve(stored[0], "chk-winner").status_code == 201
+    for n in range(CEILING + 1):  # every other checkout of the drop
+        assert server.reserve(stored[0], f"chk-{n}").json()["reason"] == "held_by_other_checkout"
+    assert server.validate("WRONG-CODE").status_code == 200
 
 
 # --- 3. the merchant hears of a guessing attack --------------------------------------------------
@@ -320,13 +331,10 @@ def test_the_limits_are_settings(settings: Settings) -> None:
     assert limits.attempts_per_shopper() == 5 * 60 * 24 * 365
 
 
-def test_no_nudge_of_a_live_code_counts_as_a_guess() -> None:
-    """Every reason a shopper can act on (basket, channel, currency, their own history) is free."""
-    for reason in Reason:
-        if reason not in (Reason.UNKNOWN_CODE, Reason.MISTYPED_CODE) and not CATALOGUE[reason].confirms_live_code:
-            assert not counts_as_guess(reason), reason
-    assert counts_as_guess(Reason.UNKNOWN_CODE) and counts_as_guess(Reason.MISTYPED_CODE)
-    assert not counts_as_guess(Reason.MINIMUM_SUBTOTAL_NOT_MET) and not counts_as_guess(Reason.ALREADY_REDEEMED)
+def test_no_refusal_of_an_existing_code_counts_as_a_guess() -> None:
+    """A nudge, a dead code, a held or bound one: the code exists, so the attempt is not a miss."""
+    assert {reason for reason in Reason if counts_as_guess(reason)} == {Reason.UNKNOWN_CODE, Reason.MISTYPED_CODE}
+    assert all(CATALOGUE[reason].stage is Stage.LOOKUP for reason in GUESSES)
 
 
 # --- 6. X-Forwarded-For only from proxies the operator trusts ------------------------------------
