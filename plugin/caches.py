@@ -133,10 +133,12 @@ def code_format(format_text: str) -> codes.CodeFormat:
 
 
 @lru_cache(maxsize=256)
-def detailed_refusals(preferences_text: str | None) -> bool:
-    """The shop's choice of detailed (default) or generic refusals for shoppers."""
+def detailed_refusals(preferences_text: str | None) -> bool | None:
+    """The shop's choice of detailed (True) or generic (False) refusals for shoppers; None when
+    it made none (`checkout.Decision.as_json` then decides per kind of caller)."""
     prefs = json.loads(preferences_text) if preferences_text else {}
-    return bool(prefs.get("detailed_refusals", True)) if isinstance(prefs, dict) else True
+    chosen = prefs.get("detailed_refusals") if isinstance(prefs, dict) else None
+    return None if chosen is None else bool(chosen)
 
 
 # --- in-process invalidation ------------------------------------------------------------------

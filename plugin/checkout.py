@@ -43,7 +43,10 @@ MAX_RESERVATION_SECONDS = 24 * 3600
 class Decision:
     """A validation answer: the discount, or the refusal (and a typo suggestion, if any).
 
-    `shopper_detailed` is the shop's choice of detailed (True) or generic shopper messages.
+    `shopper_detailed` is the shop's choice of detailed (True) or generic (False) shopper
+    messages, None when it made none: then the merchant's servers get the detailed shopper
+    view (they show it behind their own checkout, which names the shopper to our limits) and
+    `storefront` keys the generic one (see `as_json`).
     """
 
     typed: str
@@ -51,7 +54,7 @@ class Decision:
     discount: DiscountResult | None
     refusal: Refusal | None
     campaign_id: int | None = None
-    shopper_detailed: bool = True
+    shopper_detailed: bool | None = None
 
     @property
     def valid(self) -> bool:
@@ -73,8 +76,15 @@ class Decision:
     def as_json(self, *, detailed_for_shopper: bool | None = None, storefront: bool = False) -> dict[str, Any]:
         """The API answer. Merchant servers (`checkout`/`admin` keys) get the exact reason,
         message and details beside the shopper view; a `storefront` key (calls from the
-        shopper's browser) gets only `valid`, `discount` and `shopper`."""
+        shopper's browser) gets only `valid`, `discount` and `shopper`, generic unless the shop
+        opted in to detailed refusals: the browser is the guesser's own, and telling a voided,
+        used or bound code from an unknown one confirms it exists. Basket nudges of a live code
+        ("spend £12 more") stay in the generic view (`refusals.shopper_view`): they do reveal
+        that the code exists, but only to a shopper who could use it, which a successful
+        validation would reveal as well; hiding them would only cost honest sales."""
         detailed = self.shopper_detailed if detailed_for_shopper is None else detailed_for_shopper
+        if detailed is None:
+            detailed = not storefront
         discount = self.discount.model_dump(mode="json") if self.discount is not None else None
         if storefront:
             return {"valid": self.valid, "discount": discount, "shopper": self.shopper(detailed)}
@@ -89,8 +99,10 @@ class Decision:
         return body
 
 
-def shop_prefers_detail(shop: Shop) -> bool:
-    return bool(shop.preferences.get("detailed_refusals", True))
+def shop_prefers_detail(shop: Shop) -> bool | None:
+    """The shop's choice of detailed refusals for shoppers, None when it made none."""
+    chosen = shop.preferences.get("detailed_refusals")
+    return None if chosen is None else bool(chosen)
 
 
 @dataclass(frozen=True)

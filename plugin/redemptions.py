@@ -111,7 +111,7 @@ class CodeContext:
     state: CodeState
     customer_key: str | None  # whose uses `customer_uses` counts
     customer_uses: int
-    detailed_refusals: bool  # the shop's choice for shopper messages
+    detailed_refusals: bool | None  # the shop's choice for shopper messages (None: none made)
 
 
 def customer_key(customer_id: str | None, email: str | None) -> str | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,16 +115,22 @@ class Settings:
     # --- refunds: how long a refund of an order we have not seen yet waits for it (Shopify's
     # refunds carry no codes, so such a refund is kept, then ignored once this has passed)
     early_refund_days: float = 7.0
+    # --- guessing and lock-outs: failed-guess limits, the shop-wide alert, proxies
+    failed_code_limit: str = "20/minute"  # per shopper (address or customer)
+    failed_code_limit_unnamed: str = "120/minute"  # per server key, for calls that name no shopper
+    guessing_alert: str = "500/hour"  # failures across one shop that raise the merchant's alert
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For we believe
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
             # an empty or short key lets anyone forge claim links, pull URLs and sessions
-            raise ValueError(
+            raise ConfigError(
                 f"COUPONRY_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters (it is {len(self.secret_key)}); "
                 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
+        _check_guess_settings(self)
 
     @property
     def is_sqlite(self) -> bool:
@@ -186,7 +193,41 @@ class Settings:
             concurrency_limit=int(_number(env, "COUPONRY_CONCURRENCY_LIMIT", str(cls.concurrency_limit), int)),
             webhook_retention_days=_number(env, "COUPONRY_WEBHOOK_RETENTION_DAYS", str(cls.webhook_retention_days), float),
             early_refund_days=_number(env, "COUPONRY_EARLY_REFUND_DAYS", "7", float),
+            failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
+            failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
+            guessing_alert=get("GUESSING_ALERT") or "500/hour",
+            trusted_proxies=tuple(p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()),
         )
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks (`10.0.0.0/8`, `::1`) of COUPONRY_TRUSTED_PROXIES; a
+    ConfigError names a bad one."""
+    networks: list[Network] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"COUPONRY_TRUSTED_PROXIES: {entry.strip()!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _check_guess_settings(settings: Settings) -> None:
+    from limits import parse
+
+    for name, value in (
+        ("FAILED_CODE_LIMIT", settings.failed_code_limit),
+        ("FAILED_CODE_LIMIT_UNNAMED", settings.failed_code_limit_unnamed),
+        ("GUESSING_ALERT", settings.guessing_alert),
+    ):
+        try:
+            parse(value)
+        except ValueError:
+            raise ConfigError(f"COUPONRY_{name} must be a rate such as 20/minute, not {value!r}") from None
+    parse_networks(settings.trusted_proxies)
 
 
 def _embedded_secret(database_url: str) -> str:
@@ -220,7 +261,7 @@ def _embedded_secret(database_url: str) -> str:
 def _read_key_file(key_file: Path) -> str:
     key = key_file.read_text().strip()
     if len(key) < MIN_SECRET_LENGTH:
-        raise ValueError(
+        raise ConfigError(
             f"{key_file} holds a key of {len(key)} characters (at least {MIN_SECRET_LENGTH} are needed): "
             "delete the file to have a new key generated (links signed with the old one stop working)"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from plugin.errors import NotFound
+from plugin.errors import InvalidInput, NotFound
 from plugin.models import Shop
 
 LOCAL_PLATFORM = "sandbox"
@@ -41,3 +41,28 @@ def find_shop(session: Session, domain: str) -> Shop:
 def shop_on_platform(session: Session, platform: str, domain: str) -> Shop | None:
     """The shop a platform calls by this domain (webhooks name their shop that way)."""
     return session.exec(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).first()
+
+
+# What shoppers are told when a code is refused (`checkout.Decision.as_json`): `detailed`
+# everywhere (storefront keys too), `generic` everywhere (merchant servers still get the exact
+# reason beside the shopper view), or `default`: detailed to merchant servers, generic to
+# storefront keys (a guesser's own browser). Stored as the `detailed_refusals` preference.
+REFUSAL_MODES: dict[str, bool | None] = {"default": None, "detailed": True, "generic": False}
+
+
+def refusal_mode(shop: Shop) -> str:
+    chosen = shop.preferences.get("detailed_refusals")
+    return "default" if chosen is None else "detailed" if chosen else "generic"
+
+
+def set_refusal_mode(session: Session, shop_id: int, mode: str) -> Shop:
+    if mode not in REFUSAL_MODES:
+        raise InvalidInput(f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode")
+    shop = get_shop(session, shop_id)
+    preferences = {k: v for k, v in shop.preferences.items() if k != "detailed_refusals"}
+    if REFUSAL_MODES[mode] is not None:
+        preferences["detailed_refusals"] = REFUSAL_MODES[mode]
+    shop.preferences = preferences  # a new dict, so the JSON column is written
+    session.add(shop)
+    session.flush()
+    return shop

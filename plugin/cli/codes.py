@@ -8,8 +8,8 @@ from typing import IO, Any
 
 import click
 
-from plugin import codes
-from plugin.campaigns import campaign_summaries, create_campaign
+from plugin import codes, guessing
+from plugin.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
 from plugin.errors import PluginError
@@ -117,7 +117,12 @@ def codes_generate(ctx: Context, campaign_id: int, count: int) -> None:
                 done = created
 
             batch = run_batch(ctx.engine, shop_id=ctx.shop_id, batch_id=batch.id, on_progress=progress)
+        with session_scope(ctx.engine) as session:
+            campaign = get_campaign(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
+            fmt, live = campaign_format(campaign), code_count(session, campaign_id=campaign_id)
     click.echo(json.dumps({"batch_id": batch.id, "created": batch.created}))
+    odds = guessing.odds(fmt, live, guessing.Budgets.from_settings(ctx.settings))
+    click.echo(f"{live:,} codes, {codes.entropy_bits(fmt):.1f} bits each; {guessing.describe(odds, ctx.settings)}", err=True)
 
 
 @codes_group.command("export")

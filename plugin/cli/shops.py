@@ -55,3 +55,18 @@ def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consume
         shop = installs.save_install(session, ctx.settings, platform="woocommerce", credentials=credentials, actor="cli")
         shop_id = shop.id
     click.echo(json.dumps({"shop_id": shop_id, "platform": "woocommerce", "domain": url, "webhooks": "queued"}))
+
+
+@shops_group.command("refusals")
+@click.argument("mode", required=False, type=click.Choice(["default", "detailed", "generic"]))
+@pass_context
+def shop_refusals(ctx: Context, mode: str | None) -> None:
+    """Show or set what shoppers are told when a code is refused: `detailed` (storefront keys
+    too: "already used", "belongs to another customer"), `generic` (masked everywhere) or
+    `default` (detailed to your servers, generic to storefront keys, where a guesser sits)."""
+    from plugin.shops import get_shop, refusal_mode, set_refusal_mode
+
+    with clear_errors(), session_scope(ctx.engine) as session:
+        shop = get_shop(session, ctx.shop_id) if mode is None else set_refusal_mode(session, ctx.shop_id, mode)
+        shown = refusal_mode(shop)
+    click.echo(json.dumps({"shop_id": ctx.shop_id, "refusals": shown}))

@@ -6,6 +6,7 @@ and the OpenAPI document are both built from that table.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,15 +22,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, issuing, redemptions, webhooks
+from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, redemptions, shops, webhooks
 from plugin.db import read_session, run, session_scope
-from plugin.errors import InvalidInput, NotFound
+from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.models import Batch, Campaign, Code, Redemption, Reservation, utcnow
-from plugin.ratelimit import FailureLimiter, attempts_per_year
+from plugin.ratelimit import Guesser, GuessLimits
+from plugin.redemptions import RedemptionRefused, UnknownCode
+from plugin.refusals import Reason
+from plugin.rules import Customer
 from plugin.web import distribution as dist
 from plugin.web import schemas
+from plugin.web.clientaddr import address_key
 from plugin.web.problems import problem, validation_problem
 
+log = logging.getLogger(__name__)
 PREFIX = "/api/v1"  # where the app mounts this API
 M = TypeVar("M", bound=BaseModel)
 # The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
@@ -79,6 +85,11 @@ class Call:
         """A key used from shoppers' browsers: it only ever gets the shopper's view."""
         return "storefront" in self.key.scopes
 
+    @property
+    def limits(self) -> GuessLimits:
+        limits: GuessLimits = self.request.app.state.limiter
+        return limits
+
     def path_int(self, name: str) -> int:
         value = self.request.path_params[name]
         assert isinstance(value, int)
@@ -116,12 +127,12 @@ def _json(model: BaseModel, status: int = 200) -> JSONResponse:
 # --- campaigns ------------------------------------------------------------------------------
 
 
-def _campaign_out(session: Session, campaign: Campaign) -> schemas.CampaignOut:
+def _campaign_out(session: Session, campaign: Campaign, limits: GuessLimits) -> schemas.CampaignOut:
     fmt = campaigns.campaign_format(campaign)
     count = campaigns.code_count(session, campaign_id=campaign.id or 0)
     now = utcnow()
     exposure = campaigns.campaign_exposure(session, campaign, now=now)
-    attempts = attempts_per_year()
+    odds = guessing.odds(fmt, count, guessing.Budgets.of(limits))
     return schemas.CampaignOut(
         id=campaign.id or 0,
         name=campaign.name,
@@ -133,7 +144,8 @@ def _campaign_out(session: Session, campaign: Campaign) -> schemas.CampaignOut:
         redemptions=campaign.redemption_count,
         discount_total=campaign.discount_total,
         entropy_bits=round(codes.entropy_bits(fmt), 2),
-        guess_probability=codes.guess_probability(fmt, max(count, 1), attempts),
+        guess_probability=odds.per_shopper,
+        guess_probability_below_alarm=odds.below_alarm,
         exposure=exposure.model_dump(mode="json") if exposure else None,
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
@@ -146,7 +158,7 @@ async def list_campaigns(call: Call) -> Response:
 
     def work(session: Session) -> schemas.CampaignList:
         rows, total = campaigns.list_campaigns(session, shop_id=call.shop_id, limit=limit, offset=offset)
-        return schemas.CampaignList(data=[_campaign_out(session, c) for c in rows], count=total)
+        return schemas.CampaignList(data=[_campaign_out(session, c, call.limits) for c in rows], count=total)
 
     return _json(await call.db(work))
 
@@ -177,7 +189,7 @@ async def create_campaign(call: Call) -> Response:
             rules=body.rules,
             status=body.status if body.rules is not None else "draft",
         )
-        return _campaign_out(session, campaign)
+        return _campaign_out(session, campaign, call.limits)
 
     return _json(await call.db(work), 201)
 
@@ -186,7 +198,8 @@ async def get_campaign(call: Call) -> Response:
     campaign_id = call.path_int("campaign_id")
 
     def work(session: Session) -> schemas.CampaignOut:
-        return _campaign_out(session, campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id))
+        campaign = campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+        return _campaign_out(session, campaign, call.limits)
 
     return _json(await call.db(work))
 
@@ -199,7 +212,7 @@ async def update_campaign(call: Call) -> Response:
         campaign = campaigns.update_campaign(
             session, shop_id=call.shop_id, campaign_id=campaign_id, name=body.name, rules=body.rules
         )
-        return _campaign_out(session, campaign)
+        return _campaign_out(session, campaign, call.limits)
 
     return _json(await call.db(work))
 
@@ -210,7 +223,7 @@ def _status_action(action: str) -> Handler:
 
         def work(session: Session) -> schemas.CampaignOut:
             campaign = campaigns.change_status(session, shop_id=call.shop_id, campaign_id=campaign_id, action=action)
-            return _campaign_out(session, campaign)
+            return _campaign_out(session, campaign, call.limits)
 
         return _json(await call.db(work))
 
@@ -278,31 +291,80 @@ async def get_batch(call: Call) -> Response:
 # --- checkout -------------------------------------------------------------------------------
 
 
-def _limiter(request: Request) -> FailureLimiter:
-    limiter: FailureLimiter = request.app.state.limiter
-    return limiter
+def _guesser(call: Call, shopper: schemas.Shopper | None, customer: Customer | None) -> Guesser:
+    """Whom this call's failed guesses count against (see `plugin.ratelimit`).
 
-
-def _client_keys(call: Call, customer: Any) -> list[str]:
-    host = call.request.client.host if call.request.client else "unknown"
-    keys = [f"shop:{call.shop_id}:ip:{host}"]
+    A `storefront` key is the shopper's own browser: its shopper is the connection's address,
+    and the body can't change that (a claimed customer would let a guesser spend someone
+    else's budget and lock them out). A server key calls for many shoppers from one address:
+    it names the shopper (`shopper.ip`, and an identified `customer`, whom the merchant's
+    server vouches for as it does for bound codes); naming nobody counts against the key's
+    ceiling, so one careless shopper never locks out the others.
+    """
+    if call.storefront:
+        if shopper is not None:
+            raise ShopperNotAllowed("A storefront key can't name the shopper: it is the connection's address.")
+        host = call.request.client.host if call.request.client else "unknown"
+        return Guesser(call.shop_id, (f"ip:{address_key(host)}",), call.key.prefix)
+    keys: list[str] = []
+    if shopper is not None:
+        keys.append(f"ip:{address_key(str(shopper.ip))}")
     if customer is not None and customer.is_identified:
-        keys.append(f"shop:{call.shop_id}:customer:{customer.id or customer.email}")
-    return keys
+        keys.append(f"customer:{customer.id or customer.email}")
+    return Guesser(call.shop_id, tuple(keys), call.key.prefix)
+
+
+class ShopperNotAllowed(PluginError):
+    status = 403
+    reason = "shopper_not_allowed"
+
+
+def _too_many(call: Call, guesser: Guesser) -> Response | None:
+    verdict = call.limits.check(guesser)
+    if verdict.allowed:
+        return None
+    return problem(
+        429,
+        "too_many_attempts",
+        "Too many codes tried; wait before trying again.",
+        headers={"Retry-After": str(verdict.retry_after)},
+    )
+
+
+async def _failed(call: Call, guesser: Guesser, reason: Reason) -> None:
+    """Count a refusal that is a guess; the failure that crosses the shop-wide threshold
+    alerts the merchant (one write per window, not one per failure)."""
+    if not guessing.counts_as_guess(reason):
+        return
+    crossed = call.limits.record_failure(guesser)
+    if crossed is None:
+        return
+    engine, limits, shop_id = call.engine, call.limits, guesser.shop_id
+    try:
+        await run(engine, lambda: guessing.raise_alert(engine, shop_id=shop_id, failures=crossed, limits=limits, now=utcnow()))
+    except Exception:  # the shopper still gets their answer; the next window alerts again
+        log.exception("could not raise the guessing alert of shop %s", shop_id)
+
+
+async def _guarded(call: Call, guesser: Guesser, work: Callable[[Session], M]) -> M:
+    """Write work on a code the shopper typed (reserve, redeem): a refusal that is a guess
+    (`guessing.counts_as_guess`: an unknown or mistyped code) counts; a refusal of a code that
+    exists (its basket, used up, held) does not."""
+    try:
+        result: M = await call.db(work)
+    except (UnknownCode, RedemptionRefused) as exc:
+        reason = exc.refusal.reason if isinstance(exc, RedemptionRefused) else Reason.UNKNOWN_CODE
+        await _failed(call, guesser, reason)
+        raise
+    return result
 
 
 async def validate(call: Call) -> Response:
     body = await call.body(schemas.ValidateRequest)
-    keys = _client_keys(call, body.customer)
-    limiter = _limiter(call.request)
-    verdict = limiter.check(*keys)
-    if not verdict.allowed:
-        return problem(
-            429,
-            "too_many_attempts",
-            "Too many codes tried; wait before trying again.",
-            headers={"Retry-After": str(verdict.retry_after)},
-        )
+    guesser = _guesser(call, body.shopper, body.customer)
+    refused = _too_many(call, guesser)
+    if refused is not None:
+        return refused
 
     engine = call.engine
 
@@ -319,8 +381,8 @@ async def validate(call: Call) -> Response:
         )
 
     decision = await run(engine, work)
-    if not decision.valid:
-        limiter.record_failure(*keys)
+    if decision.refusal is not None:
+        await _failed(call, guesser, decision.refusal.reason)
     # pydantic-core's encoder: the same compact UTF-8 JSON as JSONResponse, several times faster
     return Response(to_json(decision.as_json(storefront=call.storefront)), media_type="application/json")
 
@@ -339,6 +401,10 @@ def _reservation_out(reservation: Reservation, code: str) -> schemas.Reservation
 
 async def create_reservation(call: Call) -> Response:
     body = await call.body(schemas.ReservationRequest)
+    guesser = _guesser(call, body.shopper, body.customer)  # server keys only: storefront keys can't reserve
+    refused = _too_many(call, guesser)
+    if refused is not None:
+        return refused
 
     def work(session: Session) -> schemas.ReservationOut:
         reservation = checkout.reserve(
@@ -355,7 +421,7 @@ async def create_reservation(call: Call) -> Response:
         code = session.get_one(Code, reservation.code_id).code
         return _reservation_out(reservation, code)
 
-    return _json(await call.db(work), 201)
+    return _json(await _guarded(call, guesser, work), 201)
 
 
 async def delete_reservation(call: Call) -> Response:
@@ -392,6 +458,10 @@ def _redemption_out(redemption: Redemption, duplicate: bool = False) -> schemas.
 
 async def create_redemption(call: Call) -> Response:
     body = await call.body(schemas.RedemptionRequest)
+    guesser = _guesser(call, body.shopper, body.customer)  # server keys only: storefront keys can't redeem
+    refused = _too_many(call, guesser)
+    if refused is not None:
+        return refused
 
     def work(session: Session) -> schemas.RedemptionOut:
         outcome = checkout.redeem(
@@ -408,7 +478,7 @@ async def create_redemption(call: Call) -> Response:
         )
         return _redemption_out(outcome.redemption, outcome.duplicate)
 
-    out: schemas.RedemptionOut = await call.db(work)
+    out = await _guarded(call, guesser, work)
     return _json(out, 200 if out.duplicate else 201)
 
 
@@ -444,6 +514,25 @@ async def list_redemptions(call: Call) -> Response:
         return schemas.RedemptionList(data=[_redemption_out(r) for r in page.items], next_cursor=page.next_cursor)
 
     return _json(await call.read(work))
+
+
+# --- the shop's preferences -----------------------------------------------------------------
+
+
+async def get_refusal_mode(call: Call) -> Response:
+    def work(session: Session) -> schemas.RefusalMode:
+        return schemas.RefusalMode(mode=shops.refusal_mode(shops.get_shop(session, call.shop_id)))
+
+    return _json(await call.read(work))
+
+
+async def set_refusal_mode(call: Call) -> Response:
+    body = await call.body(schemas.RefusalMode)
+
+    def work(session: Session) -> schemas.RefusalMode:
+        return schemas.RefusalMode(mode=shops.refusal_mode(shops.set_refusal_mode(session, call.shop_id, body.mode)))
+
+    return _json(await call.db(work))
 
 
 # --- webhook deliveries ---------------------------------------------------------------------
@@ -555,16 +644,22 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/validate", "validateCode", "Decide whether a code applies to a basket (no side effects)", "checkout",
              validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}, storefront=True),
     Endpoint("POST", "/reservations", "createReservation", "Hold a code for one checkout", "checkout", create_reservation,
-             schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem}),
+             schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem,
+                                          429: schemas.Problem}),
     Endpoint("DELETE", "/reservations/{reservation_id:int}", "deleteReservation", "Release a hold", "checkout",
              delete_reservation, None, {200: schemas.ReservationOut, 404: schemas.Problem}),
     Endpoint("POST", "/redemptions", "createRedemption", "Redeem a code on an order", "checkout", create_redemption,
              schemas.RedemptionRequest, {200: schemas.RedemptionOut, 201: schemas.RedemptionOut, 404: schemas.Problem,
-                                         409: schemas.Problem}),
+                                         409: schemas.Problem, 429: schemas.Problem}),
     Endpoint("POST", "/redemptions/{redemption_id:int}/rollback", "rollbackRedemption", "Give a redemption back",
              "checkout", rollback_redemption, schemas.RollbackRequest, {200: schemas.RedemptionOut, 404: schemas.Problem}),
     Endpoint("GET", "/redemptions", "listRedemptions", "Redemptions, newest first, filtered; paged by cursor", "admin",
              list_redemptions, None, {200: schemas.RedemptionList}, query=REDEMPTION_QUERY),
+    Endpoint("GET", "/shop/refusals", "getRefusalMode", "What shoppers are told when a code is refused", "admin",
+             get_refusal_mode, None, {200: schemas.RefusalMode}),
+    Endpoint("PUT", "/shop/refusals", "setRefusalMode",
+             "Choose detailed, generic or default (generic to storefront keys) refusals for shoppers", "admin",
+             set_refusal_mode, schemas.RefusalMode, {200: schemas.RefusalMode}),
     Endpoint("GET", "/webhooks", "listWebhookDeliveries", "Webhook deliveries, newest first, filtered; paged by cursor", "admin",
              list_webhook_deliveries, None, {200: schemas.WebhookDeliveryList}, query=DELIVERY_QUERY),
     # distribution: claims, the pull endpoint, exports, partners, alerts (plugin.web.distribution)

@@ -17,11 +17,12 @@ from connectors.egress import AddressPolicy, public_client, shared_client
 from plugin import __version__
 from plugin.db import make_engine, ping, run
 from plugin.errors import PluginError
-from plugin.ratelimit import FailureLimiter
+from plugin.ratelimit import GuessLimits
 from plugin.settings import Settings
 from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
+from plugin.web.clientaddr import TrustedProxies, parse_networks
 from plugin.web.hotpaths import App
 from plugin.web.limits import BodyLimits
 from plugin.web.openapi import openapi_json
@@ -65,6 +66,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         *background.routes(),
     ]
     app = App(
+        trusted_proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -77,7 +79,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.body_limits = BodyLimits.from_settings(settings, api.larger_bodies(api.PREFIX), on_refused={hooks.PREFIX: hooks.refused})
     app.state.settings = settings
     app.state.engine = engine
-    app.state.limiter = FailureLimiter(settings.redis_url)
+    app.state.limiter = GuessLimits(
+        settings.redis_url,
+        per_shopper=settings.failed_code_limit,
+        per_unnamed_key=settings.failed_code_limit_unnamed,
+        shop_alarm=settings.guessing_alert,
+    )
     app.state.store_policy = AddressPolicy(allow_private=settings.allow_private_stores)
     app.state.background = background
     app.state.processor = background.processor

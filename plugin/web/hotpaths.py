@@ -11,6 +11,10 @@ answered 500. Every other request (and the lifespan) goes through Starlette unch
 
 Body limits (plugin/web/limits.py) are applied here, before either path, so hot and routed
 requests are held to the same ones.
+
+Before either, the client address is resolved once for every request: behind a proxy the
+operator trusts (`COUPONRY_TRUSTED_PROXIES`) it is the address the proxy forwarded; otherwise
+the connection's own, whatever `X-Forwarded-For` says (`plugin.web.clientaddr`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from plugin.errors import PluginError
+from plugin.web.clientaddr import TrustedProxies
 from plugin.web.limits import BodyLimits, BodyTooLarge, Guard, declared_length, refuse
 from plugin.web.problems import http_error_handler, plugin_error_handler, problem, validation_problem
 
@@ -39,8 +44,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class App(Starlette):
     """The Starlette app, answering its hot routes (`add_hot_routes`) directly."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, trusted_proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.trusted_proxies = trusted_proxies or TrustedProxies(())
         self.hot_paths: dict[tuple[str, str], Endpoint] = {}  # (method, path) without parameters
         # (method, "/prefix/") -> (endpoint, name) for paths "/prefix/{name}": a last segment
         # taken whole, as the str convertor takes it, found without a regular expression
@@ -61,6 +67,8 @@ class App(Starlette):
                 self.hot_templates.append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.trusted_proxies and scope["type"] in ("http", "websocket"):
+            self.trusted_proxies.resolve(scope)
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return

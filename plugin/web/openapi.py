@@ -56,7 +56,16 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
         if endpoint.storefront:
             operation["description"] += (
                 " A `storefront` key (for calls from shoppers' browsers) may call it too, and gets only"
-                " `valid`, `discount` and `shopper`: never the exact reason, message or details."
+                " `valid`, `discount` and `shopper`: never the exact reason, message or details. Its `shopper`"
+                " view is generic (a voided, used, held or bound code answers like an unknown one; a live"
+                " code's basket nudges stay) unless the shop opted in to detailed refusals, and it can't"
+                " send `shopper` (403 `shopper_not_allowed`): its shopper is the connection's address."
+            )
+        if 429 in endpoint.responses:
+            operation["description"] += (
+                " Failed guesses (unknown or mistyped codes; never a code that exists, e.g. a live code"
+                " refused for its basket) are limited per shopper: name yours in `shopper` (and `customer`), or calls"
+                " share the key's higher ceiling. Over it: 429 `too_many_attempts` with `Retry-After`."
             )
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}}

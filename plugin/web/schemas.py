@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
 
 from plugin.codes import CodeFormat
 from plugin.rules import Basket, CampaignRules, Customer, DiscountResult, RulesOverride
@@ -43,7 +43,14 @@ class CampaignOut(BaseModel):
     redemptions: int
     discount_total: int
     entropy_bits: float
-    guess_probability: float = Field(description="Chance an attacker at our rate limit finds a live code within a year.")
+    guess_probability: float = Field(
+        description="Chance that one attacker identity (an address or customer) at the per-shopper limit "
+        "finds a live code of this format within a year."
+    )
+    guess_probability_below_alarm: float = Field(
+        description="Chance that guessers spread over any number of identities, staying just under the "
+        "shop-wide guessing alert, find a live code of this format within a year."
+    )
     exposure: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
@@ -72,12 +79,38 @@ class BatchOut(BaseModel):
     finished_at: datetime | None
 
 
+class Shopper(_In):
+    """The shopper a merchant's server calls for, so that failed guesses are counted per shopper
+    (their address, and the `customer` when one is given), not against the server's own address
+    shared by every shopper of the shop. Only server keys (`checkout`, `admin`) may send it; a
+    `storefront` key's shopper is always the address of the connection (403 `shopper_not_allowed`).
+    A call that names no shopper (neither `shopper` nor an identified `customer`) is counted
+    against the API key itself, under a much higher ceiling shared by all such calls."""
+
+    ip: IPvAnyAddress = Field(description="The shopper's IP address as your server saw it (IPv6 is counted per /64).")
+
+
+NamedShopper = Annotated[
+    Shopper | None, Field(description="Who is checking out, for the failed-guess limits (server keys only).")
+]
+
+
 class ValidateRequest(_In):
     code: TypedCode
     basket: Basket
     customer: Customer | None = None
     channel: Channel | None = None
     checkout_id: Text | None = None
+    shopper: NamedShopper = None
+
+
+class RefusalMode(_In):
+    """What shoppers are told when a code is refused: `detailed` everywhere (storefront keys
+    too), `generic` everywhere (a voided, used, held or bound code answers like an unknown one;
+    basket nudges stay), or `default`: detailed to your servers, generic to storefront keys.
+    Your servers always get the exact reason, message and details beside the shopper view."""
+
+    mode: Literal["default", "detailed", "generic"]
 
 
 class ShopperView(BaseModel):
@@ -108,6 +141,7 @@ class ReservationRequest(_In):
     basket: Basket | None = None
     customer: Customer | None = None
     channel: Channel | None = None
+    shopper: NamedShopper = None
 
 
 class ReservationOut(BaseModel):
@@ -142,6 +176,7 @@ class RedemptionRequest(_In):
     channel: Channel | None = None
     checkout_id: Text | None = None
     shipping_address: ShippingAddress | None = None
+    shopper: NamedShopper = None
 
 
 class RollbackRequest(_In):

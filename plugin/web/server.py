@@ -124,4 +124,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": deadline_protocol(settings.request_timeout),
         # beyond this many connections and requests in progress, new requests are answered 503
         "limit_concurrency": settings.concurrency_limit or None,
+        # X-Forwarded-For is believed only from COUPONRY_TRUSTED_PROXIES, which the app applies
+        # itself (plugin.web.clientaddr); uvicorn's own default would trust loopback
+        "proxy_headers": False,
     }

@@ -4,6 +4,7 @@ that set up campaigns and codes through the services (fast) so each test drives 
 from __future__ import annotations
 
 import os
+import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from plugin import apikeys, campaigns, issuing
 from plugin.db import session_scope
 from plugin.models import Code, Shop, utcnow
-from plugin.ratelimit import FailureLimiter
+from plugin.ratelimit import GuessLimits
 from plugin.settings import Settings
 from plugin.shops import ensure_local_shop
 
@@ -110,13 +111,27 @@ def other_key(engine: Engine, other_shop_id: int) -> str:
     return make_key(engine, other_shop_id)
 
 
-def make_app(settings: Settings, engine: Engine, *, limit: str = "10000/minute") -> Starlette:
-    """The app on the test database; failed validations are allowed generously unless the
-    rate-limit tests ask for the real limit."""
+def make_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    limit: str = "10000/minute",
+    unnamed: str = "10000/minute",
+    alarm: str = "1000000/hour",
+) -> Starlette:
+    """The app on the test database; failed guesses are allowed generously unless the
+    rate-limit tests ask for real limits. Its counters get a namespace of their own, so runs
+    sharing a Redis never see each other's failures."""
     from plugin.web.app import create_app
 
     app = create_app(settings, engine=engine)
-    app.state.limiter = FailureLimiter(settings.redis_url, limit=limit)
+    app.state.limiter = GuessLimits(
+        settings.redis_url,
+        per_shopper=limit,
+        per_unnamed_key=unnamed,
+        shop_alarm=alarm,
+        namespace=f"test-{secrets.token_hex(6)}",
+    )
     return app
 
 

@@ -1,5 +1,7 @@
-"""Brute force: failed validations are limited per shop and client (IP, and customer when
-given), in memory by default and in Redis when configured; a 429 says when to come back."""
+"""Brute force: failed validations are limited per shop and shopper (a storefront key's
+connection address; for server keys the address and customer they name), in memory by default
+and in Redis when configured; a 429 says when to come back. tests/web/test_guessing.py covers
+whom failures count against and which refusals count."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from plugin.settings import Settings
-from tests.web.conftest import REDIS_URL, Api, TestClient, make_app, make_campaign, rules
+from tests.web.conftest import REDIS_URL, Api, TestClient, make_app, make_campaign, make_key, rules
 
 LIMIT = 5
 
@@ -23,7 +25,7 @@ def limited_app(request: pytest.FixtureRequest, settings: Settings, engine: Engi
             pytest.skip("Redis rate-limit storage: set COUPONRY_TEST_REDIS_URL (as .ci/run does on its PostgreSQL pass)")
         settings = replace(settings, redis_url=REDIS_URL)
     app = make_app(settings, engine, limit=f"{LIMIT}/minute")
-    storage = type(app.state.limiter.limiter.storage).__name__
+    storage = type(app.state.limiter.storage).__name__
     assert storage == ("RedisStorage" if request.param == "redis" else "MemoryStorage")
     return app
 
@@ -41,7 +43,10 @@ def client_from(limited_app) -> Iterator:  # type: ignore[no-untyped-def]
         yield lambda ip: TestClient(limited_app, client=(ip, 40000))
 
 
-def test_failed_validations_per_ip_get_429_with_retry_after(client_from, key: str, other_key: str) -> None:  # type: ignore[no-untyped-def]
+def test_failed_validations_per_ip_get_429_with_retry_after(
+    client_from, engine: Engine, shop_id: int, other_shop_id: int
+) -> None:  # type: ignore[no-untyped-def]
+    key, other_key = make_key(engine, shop_id, ("storefront",)), make_key(engine, other_shop_id, ("storefront",))
     ip = random_ip()
     api = Api(client_from(ip), key)
     for _ in range(LIMIT):
@@ -58,9 +63,9 @@ def test_failed_validations_per_ip_get_429_with_retry_after(client_from, key: st
     assert Api(client_from(ip), other_key).validate("WRONG-CODE").status_code == 200
 
 
-def test_successes_do_not_count(client_from, key: str, engine: Engine, shop_id: int) -> None:  # type: ignore[no-untyped-def]
+def test_successes_do_not_count(client_from, engine: Engine, shop_id: int) -> None:  # type: ignore[no-untyped-def]
     _, codes = make_campaign(engine, shop_id, rules(), codes=1)
-    api = Api(client_from(random_ip()), key)
+    api = Api(client_from(random_ip()), make_key(engine, shop_id, ("storefront",)))
     for _ in range(LIMIT * 3):
         assert api.validate(codes[0]).json()["valid"] is True
     for _ in range(LIMIT):
@@ -75,6 +80,6 @@ def test_failed_validations_per_customer_across_addresses(client_from, key: str)
     fresh = Api(client_from(random_ip()), key)
     blocked = fresh.validate("WRONG-CODE", customer=customer)
     assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
-    # the fresh address itself is not blocked for another customer, or without one
+    # another customer, or a call naming no shopper (the key's own ceiling), is not blocked
     assert fresh.validate("WRONG-CODE", customer={"id": secrets.token_hex(6)}).status_code == 200
     assert fresh.validate("WRONG-CODE").status_code == 200
