@@ -195,5 +195,6 @@ def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pyt
     # a deadline for each request, a concurrency limit, tokens kept out of the access log
     assert isinstance(config.http, type) and config.http.request_timeout == 20  # type: ignore[attr-defined]
     assert config.limit_concurrency == 1000
+    assert config.proxy_headers is False  # X-Forwarded-For is believed only from COUPONRY_TRUSTED_PROXIES, by the app
     assert config.log_config["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]  # type: ignore[index]
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # settle_heap ran

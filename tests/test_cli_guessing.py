@@ -4,7 +4,6 @@ codes, and `serve` leaving X-Forwarded-For to the app (COUPONRY_TRUSTED_PROXIES)
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from click.testing import CliRunner
@@ -37,23 +36,3 @@ def test_generating_codes_states_the_guess_odds(cli: CliRunner, monkeypatch: pyt
     assert json.loads(out)["created"] == 1000
     assert "1,000 codes" in err and "per shopper at 20/minute" in err
     assert "shop-wide alert (300/hour)" in err and "names no shopper (120/minute)" in err
-
-
-def test_serve_leaves_forwarded_addresses_to_the_app(cli: CliRunner, monkeypatch: pytest.MonkeyPatch, gc_state: None) -> None:  # noqa: F811
-    """uvicorn trusts X-Forwarded-For from loopback by default; the app applies
-    COUPONRY_TRUSTED_PROXIES itself, so serve turns uvicorn's handling off."""
-    import uvicorn
-
-    configs: list[uvicorn.Config] = []
-
-    def run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
-        configs.append(server.config)
-        server.started = True
-
-    monkeypatch.setattr(uvicorn.Server, "run", run)
-    with socket.socket() as probe:  # a free port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    _run(cli, "serve", "--port", str(port))
-    [config] = configs
-    assert config.proxy_headers is False
