@@ -1,5 +1,5 @@
-"""The CLI side of guessing and lock-outs: a shop's refusal mode, the odds after generating
-codes, and `serve` leaving X-Forwarded-For to the app (COUPONRY_TRUSTED_PROXIES)."""
+"""The CLI side of guessing and lock-outs: a shop's refusal mode and the odds after generating
+codes (`serve` leaving X-Forwarded-For to the app: tests/test_cli.py)."""
 
 from __future__ import annotations
 
