@@ -43,7 +43,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, retry_if_exception_type, stop_after_attempt
 
 from connectors import json_body
 from connectors.base import (
@@ -58,6 +58,7 @@ from connectors.base import (
     OrderEventKind,
     PushResult,
     ShippingAddress,
+    discount_marker,
     retry_after_seconds,
 )
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
@@ -680,24 +681,59 @@ class ShopifyConnector:
     # --- discounts and codes -----------------------------------------------------------------
 
     async def ensure_discount(self, spec: DiscountSpec) -> str:
-        free_shipping = spec.kind == "free_shipping"
-        variables: Json = {"discount": self._discount_input(spec, create=spec.platform_discount_id is None)}
         if spec.platform_discount_id is None:
-            document, field = (
-                (DISCOUNT_FREE_SHIPPING_CREATE, "discountCodeFreeShippingCreate")
-                if free_shipping
-                else (DISCOUNT_BASIC_CREATE, "discountCodeBasicCreate")
-            )
-        else:
-            variables["id"] = _gid("DiscountCodeNode", spec.platform_discount_id)
-            document, field = (
-                (DISCOUNT_FREE_SHIPPING_UPDATE, "discountCodeFreeShippingUpdate")
-                if free_shipping
-                else (DISCOUNT_BASIC_UPDATE, "discountCodeBasicUpdate")
-            )
-        # A create that timed out may have happened: retrying could leave a second discount behind.
-        data = await self._graphql(document, variables, idempotent=spec.platform_discount_id is not None)
-        payload = data[field]
+            return await self._create_discount(spec)
+        variables: Json = {"discount": self._discount_input(spec, create=False)}
+        variables["id"] = _gid("DiscountCodeNode", spec.platform_discount_id)
+        document, field = (
+            (DISCOUNT_FREE_SHIPPING_UPDATE, "discountCodeFreeShippingUpdate")
+            if spec.kind == "free_shipping"
+            else (DISCOUNT_BASIC_UPDATE, "discountCodeBasicUpdate")
+        )
+        data = await self._graphql(document, variables)
+        return self._discount_id(data[field], field)
+
+    async def _create_discount(self, spec: DiscountSpec) -> str:
+        """Create the discount with `spec.marker` as its first code, once.
+
+        A create whose answer is lost (5xx, timeout, connection dropped, HTTP 429) may have
+        committed. Before trying again we ask Shopify which discount holds the marker
+        (codeDiscountNodeByCode) and adopt it; we create again only when none does. Codes are
+        unique per shop, so a create racing one that did commit is refused as taken, and a
+        create refused so (an earlier run committed) adopts the marker's discount too.
+        """
+        marker = spec.marker or discount_marker()
+        document, field = (
+            (DISCOUNT_FREE_SHIPPING_CREATE, "discountCodeFreeShippingCreate")
+            if spec.kind == "free_shipping"
+            else (DISCOUNT_BASIC_CREATE, "discountCodeBasicCreate")
+        )
+        variables: Json = {"discount": {**self._discount_input(spec, create=True), "code": marker}}
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            retry=retry_if_exception_type((UpstreamError, RateLimited)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and (found := await self._discount_holding(marker)):
+                    return found
+                data = await self._graphql(document, variables, idempotent=False)
+                payload = data[field]
+                taken = {e.get("code") for e in payload.get("userErrors") or []} & _DUPLICATE_ERRORS
+                if taken and (found := await self._discount_holding(marker)):
+                    return found
+                return self._discount_id(payload, field)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _discount_holding(self, code: str) -> str | None:
+        data = await self._graphql(CODE_OWNER, {"code": code})
+        return _str_or_none((data.get("codeDiscountNodeByCode") or {}).get("id"))
+
+    @staticmethod
+    def _discount_id(payload: Json, field: str) -> str:
         if payload.get("userErrors"):
             raise Rejected(_messages(payload["userErrors"]))
         node = payload.get("codeDiscountNode") or {}
@@ -708,9 +744,7 @@ class ShopifyConnector:
     def _discount_input(self, spec: DiscountSpec, *, create: bool) -> Json:
         combines = spec.combines_with_codes or spec.combines_with_automatic
         d: Json = {"title": spec.title, "appliesOncePerCustomer": spec.once_per_customer, "usageLimit": spec.uses_per_code}
-        if create:
-            # Shopify wants a first code on the discount; make it one nobody can guess.
-            d["code"] = "CPNRY" + secrets.token_hex(10).upper()
+        if create:  # (the first code Shopify wants on a discount is the caller's marker)
             d["customerSelection"] = {"all": True}
             d["startsAt"] = _iso(spec.starts_at or datetime.now(UTC))
         elif spec.starts_at is not None:
@@ -819,8 +853,7 @@ class ShopifyConnector:
             after = page.get("endCursor")
 
     async def _owned_by(self, code: str, discount_gid: str) -> bool:
-        data = await self._graphql(CODE_OWNER, {"code": code})
-        return str((data.get("codeDiscountNodeByCode") or {}).get("id")) == discount_gid
+        return await self._discount_holding(code) == discount_gid
 
     async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
         """Delete redeem codes (by code, or by DiscountRedeemCode gid); an absent code counts as done."""
@@ -1000,8 +1033,10 @@ class ShopifyConnector:
 
     async def _graphql(self, document: str, variables: Mapping[str, Any], *, idempotent: bool = True) -> Json:
         def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, RateLimited | _NotSent):
+            if isinstance(exc, _NotSent):
                 return True
+            if isinstance(exc, RateLimited):  # THROTTLED ran nothing; an HTTP 429 may have come late
+                return idempotent or exc.status != 429
             return idempotent and isinstance(exc, UpstreamError)
 
         retrying = AsyncRetrying(
