@@ -216,7 +216,7 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     engine = ctx.engine
     campaign_id = int(job.payload["campaign_id"])
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
-    connector = shop_connector(ctx.settings, ctx.http, shop)
+    connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     discount_id = campaign.platform_discount_id
     if discount_id is None:
         marker = campaign.platform_discount_marker or await run(engine, lambda: _stored_marker(engine, campaign_id))
@@ -267,7 +267,7 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
     if campaign.platform_discount_id is None:
         return  # nothing was ever pushed
-    connector = shop_connector(ctx.settings, ctx.http, shop)
+    connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     fmt = campaign_format(campaign)
     after_id = 0
     while True:

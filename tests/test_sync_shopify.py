@@ -4,10 +4,13 @@ on Shopify instead of leaving a second, orphan discount behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -18,7 +21,7 @@ from tenacity import wait_none
 
 from connectors.base import Credentials
 from connectors.shopify import ShopifyConnector
-from plugin import codes, installs, sync
+from plugin import codes, installs, outbox, ratestate, sync
 from plugin.campaigns import campaign_format
 from plugin.db import session_scope
 from plugin.models import Campaign, Job
@@ -148,3 +151,30 @@ async def test_the_marker_is_stored_before_the_first_create(engine: Engine, app_
     ((sent, stored_then),) = seen
     assert sent == stored_then == campaign(engine, campaign_id).platform_discount_marker
     assert_one_discount_holding_every_code(engine, fake, campaign_id)
+
+
+@pytest.mark.parametrize("bucket", ["per job (before)", "one per shop"])
+async def test_two_concurrent_push_jobs_of_a_shop_share_its_cost_bucket(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch, bucket: str
+) -> None:
+    monkeypatch.setattr(ShopifyConnector, "RETRY_WAIT", wait_none())
+    monkeypatch.setattr(ShopifyConnector, "POLL_INTERVAL", 0.0)
+    if bucket == "per job (before)":  # each job's connector builds its own bucket, as before
+        monkeypatch.setattr(ratestate, "shopify_bucket", lambda *args: None)
+    # Shopify's bucket in real time: 25 points, 40 a second (each job needs 10 + 3 x (10 + 1))
+    fake = shopify_fakes.shopify_fake(router, maximum=25, restore_rate=40, clock=time.time)
+    first = await shopify_campaign(engine, app_settings, fake)
+    with session_scope(engine) as session:
+        second = make_campaign(engine, campaign(engine, first).shop_id, count=CODES, name="Second")
+        sync.enqueue_push(session, shop_id=campaign(engine, first).shop_id, campaign_id=second)
+    jobs = outbox.claim(engine, "test-worker", timedelta(minutes=5), limit=2)
+    assert len(jobs) == 2
+    async with httpx.AsyncClient() as http:
+        ctx = JobContext(engine, app_settings, http)
+        outcomes = await asyncio.gather(*(sync.handle_push(ctx, job) for job in jobs), return_exceptions=True)
+    if bucket == "per job (before)":  # each job spends points the other already spent
+        assert fake.throttled > 0
+        return
+    assert outcomes == [None, None] and fake.throttled == 0
+    assert len(fake.discounts) == 2
+    assert all(r.sync_status == "synced" for c in (first, second) for r in campaign_codes(engine, c))

@@ -960,7 +960,7 @@ async def test_bucket_lets_one_probe_out_until_shopify_answers(clock: FakeClock)
     for _ in range(3):
         await asyncio.sleep(0)
     assert not waiting.done()
-    bucket.settle(
+    await bucket.settle(
         10,
         {
             "requestedQueryCost": 10,
@@ -969,11 +969,11 @@ async def test_bucket_lets_one_probe_out_until_shopify_answers(clock: FakeClock)
         },
     )
     await waiting
-    assert bucket.available() == pytest.approx(84)
+    assert await bucket.available() == pytest.approx(84)
     await bucket.acquire(90)  # more than it holds: waits (90 - 84) / 5 s
     assert clock.sleeps == [pytest.approx(1.2)]
-    bucket.settle(90, None, charged=False)  # never sent: the points come back
-    assert bucket.available() == pytest.approx(90)
+    await bucket.settle(90, None, charged=False)  # never sent: the points come back
+    assert await bucket.available() == pytest.approx(90)
 
 
 # --- deactivating, listing, counting -----------------------------------------------------------------
