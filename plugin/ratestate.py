@@ -6,7 +6,7 @@ one `CostBucket` per shop (`shopify_bucket`), whose state lives where every work
 
     RedisBucketStore      REDIS_URL set: one key per shop, changed in WATCH/MULTI transactions
     DatabaseBucketStore   else: one `rate_limit_state` row per shop, changed under its row lock
-                          (SQLite: the write lock every writer transaction takes)
+                          (SQLite: the write lock, after a writer turn: plugin.db)
 
 Shared states use wall-clock time, the same in every process. A process without an engine
 (none given) keeps its buckets in memory: shared by its jobs, not with other processes.
@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
 from connectors.costbucket import BucketState, BucketStore, CostBucket, MemoryBucketStore
-from plugin.db import is_sqlite, run
+from plugin.db import is_sqlite, run, writer_turn_on_loop
 from plugin.models import RateLimitState, utcnow
 from plugin.settings import Settings
 
@@ -75,6 +75,9 @@ class DatabaseBucketStore:
         self._insert = sqlite_insert if is_sqlite(engine) else postgresql_insert
 
     async def change(self, key: str, apply: Callable[[BucketState], T]) -> T:
+        if is_sqlite(self.engine):  # wait for the write lock beside the loop, not in SQLite's busy handler
+            async with writer_turn_on_loop(self.engine):
+                return self._change(key, apply)
         return await run(self.engine, partial(self._change, key, apply))
 
     def _change(self, key: str, apply: Callable[[BucketState], T]) -> T:
