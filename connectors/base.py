@@ -11,6 +11,7 @@ Every connector takes an injected `httpx.AsyncClient` and a `ConnectorConfig` wh
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +73,10 @@ class DiscountSpec:
     combines_with_codes: bool = False
     combines_with_automatic: bool = False
     platform_discount_id: str | None = None  # set when updating an existing platform discount
+    # the discount's first code, chosen and stored by the caller before the first create
+    # (`discount_marker`): the same on every retry, so a create whose answer was lost is found
+    # again by it instead of being made twice (platforms whose discounts need no code ignore it)
+    marker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,11 @@ class MessagingConnector(Protocol):
 
     async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
         """Store each recipient's fields with the provider; one result per recipient, in order."""
+
+
+def discount_marker() -> str:
+    """A first code for a platform discount that nobody can guess (25 letters and digits)."""
+    return "CPNRY" + secrets.token_hex(10).upper()
 
 
 def retry_after_seconds(headers: Mapping[str, str], default: float | None = None) -> float | None:

@@ -2,7 +2,8 @@
 
 Everything goes through the Admin GraphQL API of the pinned `API_VERSION`:
 
-    ensure_discount   discountCodeBasicCreate / discountCodeFreeShippingCreate (…Update with an id)
+    ensure_discount   discountCodeBasicCreate / discountCodeFreeShippingCreate (…Update with an id);
+                      a create whose answer was lost is found by its marker (codeDiscountNodeByCode)
     push_codes        discountRedeemCodeBulkAdd, then poll discountRedeemCodeBulkCreation until done
     deactivate_codes  discountCodeRedeemCodeBulkDelete (by redeem-code id), then poll the job
     list_codes        codeDiscountNode.codeDiscount.codes, cursor by cursor
@@ -15,10 +16,12 @@ data in order payloads only with Shopify's protected-customer-data approval (res
 without the address fields the order simply has no address and nothing is matched by it.
 
 Shopify rate-limits GraphQL with a leaky bucket of cost points per app and shop. `CostBucket`
-mirrors it from `extensions.cost.throttleStatus` and makes each call wait until the bucket holds
-its expected cost, so we do not get throttled on purpose. A throttle that happens anyway
-(`THROTTLED`, often with HTTP 200, or HTTP 429) becomes `RateLimited`; 5xx and timeouts become
-`UpstreamError`. Both are retried here a bounded number of times, then raised for the outbox.
+(connectors.costbucket) mirrors it from `extensions.cost.throttleStatus` and makes each call wait
+until the bucket holds its expected cost, so we do not get throttled on purpose; every connector
+of a shop must draw on the same one (plugin.ratestate shares it between jobs and workers). A
+throttle that happens anyway (`THROTTLED`, often with HTTP 200, or HTTP 429) becomes
+`RateLimited`; 5xx and timeouts become `UpstreamError`. Both are retried here a bounded number of
+times, then raised for the outbox (a create, which is not idempotent, as `_create_discount` says).
 
 Install (OAuth authorization-code grant, token exchange, session tokens) and webhook checks are
 methods too; the app owns the signed `state`, the routes and the secrets.
@@ -43,7 +46,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, retry_if_exception_type, stop_after_attempt
 
 from connectors import json_body
 from connectors.base import (
@@ -59,8 +62,10 @@ from connectors.base import (
     PushResult,
     Refund,
     ShippingAddress,
+    discount_marker,
     retry_after_seconds,
 )
+from connectors.costbucket import CostBucket
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
 from connectors.headers import header
 from connectors.money import from_minor as _from_minor
@@ -280,101 +285,6 @@ class ShopifyAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["X-Shopify-Access-Token"] = self._token
         yield request
-
-
-class CostBucket:
-    """Our replica of Shopify's leaky bucket for one app and shop.
-
-    `acquire(cost)` waits until the bucket holds `cost` points and reserves them; `settle` applies
-    Shopify's answer (refund of requested minus actual cost, then the reported level, less what
-    is still in flight). Before the first answer the size is unknown: one request probes while
-    the others wait for it. Share one bucket between the connectors of a shop in a process.
-    """
-
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self.maximum: float | None = None
-        self.restore_rate: float | None = None
-        self._level = 0.0
-        self._stamp = 0.0
-        self._in_flight = 0.0
-        self._blocked_until = 0.0
-        self._lock = asyncio.Lock()
-        self._answered = asyncio.Event()
-        self.waited = 0.0  # seconds spent waiting for the bucket, for reports
-
-    def available(self, now: float | None = None) -> float | None:
-        """Points we believe the bucket holds now (None before Shopify told us its size)."""
-        if self.maximum is None or self.restore_rate is None:
-            return None
-        now = self._clock() if now is None else now
-        return min(self.maximum, self._level + self.restore_rate * max(0.0, now - self._stamp))
-
-    async def acquire(self, cost: float) -> None:
-        async with self._lock:
-            while True:
-                now = self._clock()
-                if now < self._blocked_until:
-                    await self._pause(self._blocked_until - now)
-                    continue
-                level = self.available(now)
-                if level is None or self.restore_rate is None or self.maximum is None:
-                    if self._in_flight > 0:  # someone is probing; wait for the answer
-                        self._answered.clear()
-                        await self._answered.wait()
-                        continue
-                    self._in_flight += cost
-                    return
-                need = min(cost, self.maximum)
-                if level < need:  # (at least 1 ms: a float sliver short must still move the clock)
-                    await self._pause(max((need - level) / self.restore_rate, 0.001))
-                    continue
-                self._level, self._stamp = level - need, now
-                self._in_flight += need
-                return
-
-    def settle(self, reserved: float, cost: Mapping[str, Any] | None, *, charged: bool = True) -> None:
-        """Record Shopify's answer to a request for which `reserved` points were acquired.
-
-        Without an answer (`cost` None) we keep the points spent, unless the request never left
-        (`charged=False`).
-        """
-        now = self._clock()
-        self._in_flight = max(0.0, self._in_flight - reserved)
-        if not charged and self.maximum is not None:
-            self._level, self._stamp = min(self.maximum, (self.available(now) or 0.0) + reserved), now
-        status = cost.get("throttleStatus") if cost else None
-        if cost and isinstance(status, Mapping):
-            try:
-                maximum = float(status["maximumAvailable"])
-                current = float(status["currentlyAvailable"])
-                rate = float(status["restoreRate"])
-            except (KeyError, TypeError, ValueError):
-                status = None
-            else:
-                known = self.maximum is not None
-                self.maximum, self.restore_rate = maximum, rate
-                if not known or self._in_flight <= 0:
-                    self._level = current
-                else:
-                    actual = cost.get("actualQueryCost")
-                    refund = reserved - float(actual) if isinstance(actual, int | float) else reserved
-                    level = (self.available(now) or 0.0) + refund
-                    self._level = min(level, current - self._in_flight)
-                self._level = min(self._level, maximum)
-                self._stamp = now
-        self._answered.set()
-
-    def block(self, seconds: float) -> None:
-        """Hold every caller back for `seconds` (a 429 with Retry-After)."""
-        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
-
-    async def _pause(self, seconds: float) -> None:
-        self.waited += seconds
-        await self._sleep(seconds)
 
 
 @dataclass(frozen=True)
@@ -698,24 +608,59 @@ class ShopifyConnector:
     # --- discounts and codes -----------------------------------------------------------------
 
     async def ensure_discount(self, spec: DiscountSpec) -> str:
-        free_shipping = spec.kind == "free_shipping"
-        variables: Json = {"discount": self._discount_input(spec, create=spec.platform_discount_id is None)}
         if spec.platform_discount_id is None:
-            document, field = (
-                (DISCOUNT_FREE_SHIPPING_CREATE, "discountCodeFreeShippingCreate")
-                if free_shipping
-                else (DISCOUNT_BASIC_CREATE, "discountCodeBasicCreate")
-            )
-        else:
-            variables["id"] = _gid("DiscountCodeNode", spec.platform_discount_id)
-            document, field = (
-                (DISCOUNT_FREE_SHIPPING_UPDATE, "discountCodeFreeShippingUpdate")
-                if free_shipping
-                else (DISCOUNT_BASIC_UPDATE, "discountCodeBasicUpdate")
-            )
-        # A create that timed out may have happened: retrying could leave a second discount behind.
-        data = await self._graphql(document, variables, idempotent=spec.platform_discount_id is not None)
-        payload = data[field]
+            return await self._create_discount(spec)
+        variables: Json = {"discount": self._discount_input(spec, create=False)}
+        variables["id"] = _gid("DiscountCodeNode", spec.platform_discount_id)
+        document, field = (
+            (DISCOUNT_FREE_SHIPPING_UPDATE, "discountCodeFreeShippingUpdate")
+            if spec.kind == "free_shipping"
+            else (DISCOUNT_BASIC_UPDATE, "discountCodeBasicUpdate")
+        )
+        data = await self._graphql(document, variables)
+        return self._discount_id(data[field], field)
+
+    async def _create_discount(self, spec: DiscountSpec) -> str:
+        """Create the discount with `spec.marker` as its first code, once.
+
+        A create whose answer is lost (5xx, timeout, connection dropped, HTTP 429) may have
+        committed. Before trying again we ask Shopify which discount holds the marker
+        (codeDiscountNodeByCode) and adopt it; we create again only when none does. Codes are
+        unique per shop, so a create racing one that did commit is refused as taken, and a
+        create refused so (an earlier run committed) adopts the marker's discount too.
+        """
+        marker = spec.marker or discount_marker()
+        document, field = (
+            (DISCOUNT_FREE_SHIPPING_CREATE, "discountCodeFreeShippingCreate")
+            if spec.kind == "free_shipping"
+            else (DISCOUNT_BASIC_CREATE, "discountCodeBasicCreate")
+        )
+        variables: Json = {"discount": {**self._discount_input(spec, create=True), "code": marker}}
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            retry=retry_if_exception_type((UpstreamError, RateLimited)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and (found := await self._discount_holding(marker)):
+                    return found
+                data = await self._graphql(document, variables, idempotent=False)
+                payload = data[field]
+                taken = {e.get("code") for e in payload.get("userErrors") or []} & _DUPLICATE_ERRORS
+                if taken and (found := await self._discount_holding(marker)):
+                    return found
+                return self._discount_id(payload, field)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _discount_holding(self, code: str) -> str | None:
+        data = await self._graphql(CODE_OWNER, {"code": code})
+        return _str_or_none((data.get("codeDiscountNodeByCode") or {}).get("id"))
+
+    @staticmethod
+    def _discount_id(payload: Json, field: str) -> str:
         if payload.get("userErrors"):
             raise Rejected(_messages(payload["userErrors"]))
         node = payload.get("codeDiscountNode") or {}
@@ -726,9 +671,7 @@ class ShopifyConnector:
     def _discount_input(self, spec: DiscountSpec, *, create: bool) -> Json:
         combines = spec.combines_with_codes or spec.combines_with_automatic
         d: Json = {"title": spec.title, "appliesOncePerCustomer": spec.once_per_customer, "usageLimit": spec.uses_per_code}
-        if create:
-            # Shopify wants a first code on the discount; make it one nobody can guess.
-            d["code"] = "CPNRY" + secrets.token_hex(10).upper()
+        if create:  # (the first code Shopify wants on a discount is the caller's marker)
             d["customerSelection"] = {"all": True}
             d["startsAt"] = _iso(spec.starts_at or datetime.now(UTC))
         elif spec.starts_at is not None:
@@ -837,8 +780,7 @@ class ShopifyConnector:
             after = page.get("endCursor")
 
     async def _owned_by(self, code: str, discount_gid: str) -> bool:
-        data = await self._graphql(CODE_OWNER, {"code": code})
-        return str((data.get("codeDiscountNodeByCode") or {}).get("id")) == discount_gid
+        return await self._discount_holding(code) == discount_gid
 
     async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
         """Delete redeem codes (by code, or by DiscountRedeemCode gid); an absent code counts as done."""
@@ -1021,8 +963,10 @@ class ShopifyConnector:
 
     async def _graphql(self, document: str, variables: Mapping[str, Any], *, idempotent: bool = True) -> Json:
         def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, RateLimited | _NotSent):
+            if isinstance(exc, _NotSent):
                 return True
+            if isinstance(exc, RateLimited):  # THROTTLED ran nothing; an HTTP 429 may have come late
+                return idempotent or exc.status != 429
             return idempotent and isinstance(exc, UpstreamError)
 
         retrying = AsyncRetrying(
@@ -1048,16 +992,16 @@ class ShopifyConnector:
             raise AuthError("no Shopify access token")
         url = self.graphql_url
         cost = self._expected_cost(document)
-        await self.bucket.acquire(cost)
+        ticket = await self.bucket.acquire(cost)
         try:
             response = await self._client.post(
                 url, json={"query": document, "variables": dict(variables)}, auth=self._auth, timeout=self.TIMEOUT
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            self.bucket.settle(cost, None, charged=False)
+            await self.bucket.settle(cost, None, charged=False, ticket=ticket)
             raise _NotSent(f"could not reach Shopify: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            self.bucket.settle(cost, None)
+            await self.bucket.settle(cost, None, ticket=ticket)
             raise UpstreamError(f"Shopify did not answer: {type(exc).__name__}") from None
         try:
             body: Any = response.json()
@@ -1065,12 +1009,12 @@ class ShopifyConnector:
             body = None
         extensions = body.get("extensions") if isinstance(body, dict) else None
         cost_info = extensions.get("cost") if isinstance(extensions, dict) else None
-        self.bucket.settle(cost, cost_info if isinstance(cost_info, Mapping) else None)
+        await self.bucket.settle(cost, cost_info if isinstance(cost_info, Mapping) else None, ticket=ticket)
         if isinstance(cost_info, Mapping) and isinstance(cost_info.get("requestedQueryCost"), int | float):
             self._learned_cost[document] = float(cost_info["requestedQueryCost"])
         if response.status_code == 429:
             retry_after = retry_after_seconds(response.headers, 1.0) or 1.0
-            self.bucket.block(retry_after)
+            await self.bucket.block(retry_after)
             raise RateLimited("Shopify asked us to slow down", retry_after=retry_after, status=429)
         _raise_for_status(response)
         if not isinstance(body, dict):

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import Engine
 
 from connectors import shop_connector_class
 from connectors.base import ConnectorConfig, Credentials, ShopConnector
@@ -118,7 +119,15 @@ def platform_connector(settings: Settings, http: httpx.AsyncClient, platform: st
     return connector
 
 
-def shop_connector(settings: Settings, http: httpx.AsyncClient, shop: Shop, **kwargs: Any) -> ShopConnector:
+def shop_connector(
+    settings: Settings, http: httpx.AsyncClient, shop: Shop, *, engine: Engine | None = None, **kwargs: Any
+) -> ShopConnector:
+    """The shop's connector with its credentials. A Shopify connector draws on the shop's one cost
+    bucket in this process, kept in Redis or (given the engine) the database for every worker."""
     cls = shop_connector_class(shop.platform)
+    if shop.platform == "shopify" and "bucket" not in kwargs:
+        from plugin import ratestate
+
+        kwargs["bucket"] = ratestate.shopify_bucket(settings, engine, shop.domain)
     connector: ShopConnector = cls(http, connector_config(settings, shop.platform), shop_credentials(settings, shop), **kwargs)
     return connector

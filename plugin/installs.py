@@ -445,7 +445,7 @@ async def handle_register_webhooks(ctx: JobContext, job: outbox.ClaimedJob) -> N
     shop = await run(engine, lambda: _shop(engine, job.shop_id))
     if shop.platform == "sandbox" or shop.uninstalled_at is not None:
         return
-    connector: Any = shop_connector(ctx.settings, ctx.http, shop)
+    connector: Any = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     url = webhook_url(ctx.settings, shop.platform)
     if shop.platform == "shopify":
         registered = await connector.register_webhooks(url)

@@ -76,6 +76,9 @@ class Campaign(SQLModel, table=True):
     rules: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # the platform discount that holds this campaign's codes, once synced
     platform_discount_id: str | None = Field(default=None, max_length=255)
+    # the platform discount's first code, chosen and stored before the discount is first created:
+    # every retry sends the same one, and a create whose answer was lost is found again by it
+    platform_discount_marker: str | None = Field(default=None, max_length=64)
     # running totals, updated atomically by redemptions and rollbacks (budgets)
     redemption_count: int = Field(default=0)
     discount_total: int = Field(default=0, sa_type=BigInteger)
@@ -325,6 +328,17 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(default="system", max_length=128)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class RateLimitState(SQLModel, table=True):
+    """A platform rate limiter's state shared by the worker processes when there is no Redis,
+    e.g. key "shopify:cost:{shop domain}" for Shopify's cost bucket (connectors.costbucket)."""
+
+    __tablename__ = "rate_limit_state"
+
+    key: str = Field(primary_key=True, max_length=255)
+    state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
 class Partner(SQLModel, table=True):

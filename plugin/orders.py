@@ -158,7 +158,7 @@ class Processor:
         if shop_id is None or not any(e.needs_fetch for e in delivery.events):
             return delivery
         shop = await run(self.engine, lambda: _shop(self.engine, shop_id))
-        connector = shop_connector(self.settings, self.http, shop)
+        connector = shop_connector(self.settings, self.http, shop, engine=self.engine)
         events = []
         for event in delivery.events:
             if event.needs_fetch:

@@ -207,7 +207,7 @@ async def handle_reconcile(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     if shop.uninstalled_at is not None:
         return
     assert shop.id is not None
-    connector: Any = shop_connector(ctx.settings, ctx.http, shop)
+    connector: Any = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     now = utcnow()
     report: dict[str, Any] = {"campaigns": {}}
     platform_total = 0

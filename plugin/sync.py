@@ -5,12 +5,15 @@ the worker. A push is idempotent: it only takes codes still `pending`, and each 
 results are written as soon as the platform answers, so a re-run after a crash pushes only
 what was not confirmed; a code the platform already holds counts as synced (connectors answer
 it as ok). The platform discount is created once per campaign and its id stored on the
-campaign before any code is pushed.
+campaign before any code is pushed. Its first code (the marker) is chosen and stored before the
+first create, so every attempt sends the same one and a create whose answer was lost is found
+again by it on the platform instead of being made twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CodeSpec, DiscountSpec, PushResult
+from connectors.base import CodeSpec, DiscountSpec, PushResult, discount_marker
 from plugin import codes, outbox
 from plugin.campaigns import campaign_format, get_campaign
 from plugin.connections import shop_connector
@@ -160,6 +163,17 @@ def _load(engine: Engine, shop_id: int | None, campaign_id: int) -> tuple[Shop, 
         return shop, get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
 
 
+def _stored_marker(engine: Engine, campaign_id: int) -> str:
+    """The campaign's discount marker: drawn and stored now unless a run before us stored one."""
+    with session_scope(engine) as session:
+        session.execute(
+            update(Campaign)
+            .where(col(Campaign.id) == campaign_id, col(Campaign.platform_discount_marker).is_(None))
+            .values(platform_discount_marker=discount_marker())
+        )
+        return session.exec(select(Campaign.platform_discount_marker).where(col(Campaign.id) == campaign_id)).one() or ""
+
+
 def _save_discount_id(engine: Engine, campaign_id: int, discount_id: str) -> None:
     with session_scope(engine) as session:
         session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(platform_discount_id=discount_id))
@@ -220,10 +234,11 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     engine = ctx.engine
     campaign_id = int(job.payload["campaign_id"])
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
-    connector = shop_connector(ctx.settings, ctx.http, shop)
+    connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     discount_id = campaign.platform_discount_id
     if discount_id is None:
-        discount_id = await connector.ensure_discount(discount_spec(campaign))
+        marker = campaign.platform_discount_marker or await run(engine, lambda: _stored_marker(engine, campaign_id))
+        discount_id = await connector.ensure_discount(replace(discount_spec(campaign), marker=marker))
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
     fmt = campaign_format(campaign)
     after_id = 0
@@ -270,7 +285,7 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
     if campaign.platform_discount_id is None:
         return  # nothing was ever pushed
-    connector = shop_connector(ctx.settings, ctx.http, shop)
+    connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     fmt = campaign_format(campaign)
     after_id = 0
     while True:

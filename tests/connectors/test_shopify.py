@@ -684,11 +684,83 @@ async def test_update_of_a_missing_discount_is_rejected(connector: ShopifyConnec
     assert fake.route.call_count == 1
 
 
-async def test_discount_create_is_not_repeated_after_an_upstream_failure(connector: ShopifyConnector, fake: ShopifyFake) -> None:
-    fake.script(httpx.Response(502, text="Bad Gateway"))
+MARKER = "CPNRY0123456789ABCDEF0123"
+LOST_ANSWERS = [
+    pytest.param(httpx.Response(502, text="Bad Gateway"), id="502"),
+    pytest.param(httpx.Response(503, text="Service Unavailable"), id="503"),
+    pytest.param(httpx.ReadTimeout, id="timeout"),
+    pytest.param(httpx.RemoteProtocolError, id="connection-lost"),
+    pytest.param(httpx.Response(429, headers={"Retry-After": "1"}, json={"errors": "Throttled"}), id="429"),
+]
+
+
+@pytest.mark.parametrize("kind", ["percentage", "free_shipping"])
+@pytest.mark.parametrize("lost", LOST_ANSWERS)
+async def test_a_create_whose_answer_was_lost_is_found_by_its_marker_not_made_twice(
+    connector: ShopifyConnector, fake: ShopifyFake, lost: httpx.Response | type[httpx.TransportError], kind: str
+) -> None:
+    fake.lose_answer(lost)  # Shopify commits the discount; we never hear of it
+    spec = DiscountSpec(campaign_id=1, title="x", kind=kind, value=5, marker=MARKER)  # type: ignore[arg-type]
+    discount = await connector.ensure_discount(spec)
+    (only,) = fake.discounts
+    assert discount == only and MARKER.casefold() in fake.discounts[only].codes
+    create = "discountCodeFreeShippingCreate" if kind == "free_shipping" else "discountCodeBasicCreate"
+    assert [c.operation for c in fake.calls] == [create, "codeDiscountNodeByCode"]
+    assert fake.calls[0].variables["discount"]["code"] == MARKER and fake.calls[1].variables == {"code": MARKER}
+
+
+@pytest.mark.parametrize("lost", LOST_ANSWERS)
+async def test_a_create_that_did_not_happen_is_made_once_the_marker_is_provably_free(
+    connector: ShopifyConnector, fake: ShopifyFake, lost: httpx.Response | type[httpx.TransportError]
+) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:  # refused before Shopify did anything
+        if isinstance(lost, httpx.Response):
+            return lost
+        raise lost("no answer", request=request)
+
+    fake.script(fail)
+    discount = await connector.ensure_discount(DiscountSpec(campaign_id=1, title="x", kind="percentage", value=5, marker=MARKER))
+    assert list(fake.discounts) == [discount] and set(fake.discounts[discount].codes) == {MARKER.casefold()}
+    assert [c.operation for c in fake.calls] == ["discountCodeBasicCreate", "codeDiscountNodeByCode", "discountCodeBasicCreate"]
+    assert fake.calls[2].variables["discount"]["code"] == MARKER  # the same marker, never a new one
+
+
+async def test_every_attempt_of_a_create_uses_the_same_marker_and_each_retry_looks_first(
+    connector: ShopifyConnector, fake: ShopifyFake
+) -> None:
+    nobody = {"data": {"codeDiscountNodeByCode": None}}  # each lookup: the marker is still free
+    for _ in range(ShopifyConnector.MAX_ATTEMPTS - 1):
+        fake.script(httpx.Response(502, text="Bad Gateway"), httpx.Response(200, json=nobody))
+    fake.lose_answer(httpx.Response(502, text="Bad Gateway"))  # the last create commits, unheard
+    spec = DiscountSpec(campaign_id=1, title="x", kind="percentage", value=5, marker=MARKER)
     with pytest.raises(UpstreamError):
-        await connector.ensure_discount(DiscountSpec(campaign_id=1, title="x", kind="percentage", value=5))
-    assert fake.route.call_count == 1 and not fake.discounts
+        await connector.ensure_discount(spec)
+    creates = [c for c in fake.calls if c.operation == "discountCodeBasicCreate"]
+    lookups = [c for c in fake.calls if c.operation == "codeDiscountNodeByCode"]
+    assert len(creates) == ShopifyConnector.MAX_ATTEMPTS and len(lookups) == ShopifyConnector.MAX_ATTEMPTS - 1
+    assert {c.variables["discount"]["code"] for c in creates} == {MARKER}
+    (committed,) = fake.discounts
+    # the next run (the outbox retries the job) with the stored marker adopts it
+    assert await connector.ensure_discount(spec) == committed
+    assert [c.operation for c in fake.calls[-2:]] == ["discountCodeBasicCreate", "codeDiscountNodeByCode"]
+    assert len(fake.discounts) == 1
+
+
+async def test_a_create_refused_because_the_marker_is_taken_adopts_its_discount(
+    connector: ShopifyConnector, fake: ShopifyFake
+) -> None:
+    earlier = fake.add_discount([MARKER])  # an earlier run committed it and died before storing the id
+    spec = DiscountSpec(campaign_id=1, title="x", kind="percentage", value=5, marker=MARKER)
+    assert await connector.ensure_discount(spec) == earlier
+    assert [c.operation for c in fake.calls] == ["discountCodeBasicCreate", "codeDiscountNodeByCode"]
+    assert len(fake.discounts) == 1
+
+
+async def test_without_a_marker_each_create_draws_one(connector: ShopifyConnector, fake: ShopifyFake) -> None:
+    await connector.ensure_discount(DiscountSpec(campaign_id=1, title="x", kind="percentage", value=5))
+    await connector.ensure_discount(DiscountSpec(campaign_id=2, title="y", kind="percentage", value=5))
+    first, second = (c.variables["discount"]["code"] for c in fake.calls)
+    assert first != second and first.startswith("CPNRY") and len(first) == 25
 
 
 async def test_discount_create_is_retried_when_the_request_never_left(connector: ShopifyConnector, fake: ShopifyFake) -> None:
@@ -917,7 +989,7 @@ async def test_bucket_lets_one_probe_out_until_shopify_answers(clock: FakeClock)
     for _ in range(3):
         await asyncio.sleep(0)
     assert not waiting.done()
-    bucket.settle(
+    await bucket.settle(
         10,
         {
             "requestedQueryCost": 10,
@@ -926,11 +998,11 @@ async def test_bucket_lets_one_probe_out_until_shopify_answers(clock: FakeClock)
         },
     )
     await waiting
-    assert bucket.available() == pytest.approx(84)
+    assert await bucket.available() == pytest.approx(84)
     await bucket.acquire(90)  # more than it holds: waits (90 - 84) / 5 s
     assert clock.sleeps == [pytest.approx(1.2)]
-    bucket.settle(90, None, charged=False)  # never sent: the points come back
-    assert bucket.available() == pytest.approx(90)
+    await bucket.settle(90, None, charged=False)  # never sent: the points come back
+    assert await bucket.available() == pytest.approx(90)
 
 
 # --- deactivating, listing, counting -----------------------------------------------------------------

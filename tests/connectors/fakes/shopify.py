@@ -3,6 +3,8 @@
     fake = shopify_fake(router)          # POST https://{shop}/admin/api/2025-01/graphql.json
     fake.throttle()                      # next answer: THROTTLED with HTTP 200 (documented body)
     fake.script(httpx.Response(429, headers={"Retry-After": "2"}))
+    fake.lose_answer(httpx.Response(502))  # next request is carried out, then its answer is lost
+    fake.lose_answer(httpx.ReadTimeout)    # ... or the client times out / the connection drops
     fake.calls[-1].operation             # root field(s) of each request, with its variables
     shopify_fake(router, clock=clock)    # also enforce the leaky bucket against that clock
 
@@ -120,6 +122,7 @@ class ShopifyFake:
         self.fail_codes: dict[str, tuple[str, str]] = {}  # code (any case) -> (error code, message)
         self.calls: list[Call] = []
         self._scripted: deque[httpx.Response | Callable[[httpx.Request], httpx.Response]] = deque()
+        self._lost: deque[httpx.Response | type[httpx.TransportError]] = deque()
         self._ids = itertools.count(1001)
         self.route = router.post(self.url, name="shopify_graphql").mock(side_effect=self._handle)
 
@@ -128,6 +131,11 @@ class ShopifyFake:
     def script(self, *responses: httpx.Response | Callable[[httpx.Request], httpx.Response]) -> None:
         """Answer the next requests with these, before any normal handling."""
         self._scripted.extend(responses)
+
+    def lose_answer(self, *instead: httpx.Response | type[httpx.TransportError]) -> None:
+        """Carry out the next requests (Shopify commits), then lose each answer: the client gets
+        `instead` (a 502, say) or that transport error (a timeout, a dropped connection)."""
+        self._lost.extend(instead)
 
     def throttle(self, times: int = 1, *, requested: float = 70, available: float = 66, restore_rate: float = 50) -> None:
         """The next `times` answers are THROTTLED with HTTP 200 (the documented body)."""
@@ -167,6 +175,15 @@ class ShopifyFake:
     # --- HTTP --------------------------------------------------------------------------------
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
+        if self._scripted or not self._lost:
+            return self._answer(request)
+        answer = self._answer(request)
+        lost = self._lost.popleft()
+        if isinstance(lost, httpx.Response):
+            return lost
+        raise lost(f"answer lost after Shopify answered {answer.status_code}", request=request)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         document, variables = body["query"], body.get("variables") or {}
         try:
