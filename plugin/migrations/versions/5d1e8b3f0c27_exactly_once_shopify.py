@@ -1,7 +1,7 @@
 """Discount creation marker on campaigns; rate limiter state shared by workers without Redis.
 
 Revision ID: 5d1e8b3f0c27
-Revises: 7c2f4e9a1b30
+Revises: b4e1d7a9c2f5
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "5d1e8b3f0c27"
-down_revision: str | None = "7c2f4e9a1b30"
+down_revision: str | None = "b4e1d7a9c2f5"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
