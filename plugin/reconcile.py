@@ -11,8 +11,9 @@ has a platform discount it lists the platform's codes and compares them with our
                  Shopify's placeholder first code): counted, left alone
 
 Shopify: the codes our discounts hold are counted against the per-store cap and reported.
-WooCommerce never retries a failed delivery and BigCommerce gives up after 48 h, so for the
-platforms with `list_recent_orders` the job also polls the orders modified since the last
+WooCommerce never retries a failed delivery, BigCommerce and Shopify give up after 48 h, and a
+webhook may be refused for its size, so for the platforms with `list_recent_orders` (all but
+the sandbox) the job also polls the orders modified since the last
 interval (plus an overlap) and feeds them through the webhook ingestion path as deliveries
 deduplicated by order id, modification time and state.
 

@@ -171,6 +171,44 @@ async def test_an_order_whose_webhook_was_refused_for_size_is_recorded_by_the_po
         assert redemption.order_id == str(order["id"])
 
 
+async def test_a_shopify_order_whose_webhook_was_refused_for_size_is_recorded_by_the_poll(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """Shopify's order webhooks carry no order id in their headers: the poll finds the order by
+    its update time, and only orders with a code are fetched whole."""
+    from plugin.models import Alert
+    from tests.web.test_body_limits import call, running
+
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=1)
+    code = campaign_codes(engine, campaign_id)[0].code
+    updated = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fake.orders["gid://shopify/Order/5001"] = shopify_fakes.order_node(5001, codes={code: ["2.00"]}, updated_at=updated)
+    fake.orders["gid://shopify/Order/5002"] = shopify_fakes.order_node(5002, codes={}, updated_at=updated)
+    headers = {
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Shop-Domain": shopify_fakes.SHOP,
+        "X-Shopify-Webhook-Id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+    }
+    async with running(app_settings, engine) as app:  # an order with many lines: refused unread
+        answer = await call(app, "POST", "/webhooks/shopify", [], headers, declared=6 * 1024 * 1024)
+    assert answer.status == 413
+    with session_scope(engine) as session:
+        (alert,) = session.exec(select(Alert)).all()
+        assert (alert.shop_id, alert.kind) == (shop_id, "webhook_too_large")
+        assert "fetched by the next reconciliation" in alert.message
+    async with worker_for(app_settings, engine) as worker:
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    with session_scope(engine) as session:
+        (redemption,) = session.exec(select(Redemption).where(col(Redemption.shop_id) == shop_id)).all()
+        assert (redemption.order_id, redemption.code) == ("5001", code)
+    assert last_report(engine, shop_id).details["orders"] == {"orders_with_codes": 1, "new": 1}
+    assert [c.operation for c in fake.calls].count("order") == 1  # the order without a code was not fetched
+
+
 async def test_the_sweep_queues_one_reconcile_per_installed_shop_per_interval(
     engine: Engine, app_settings: Settings, shop_id: int
 ) -> None:

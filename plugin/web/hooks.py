@@ -21,7 +21,7 @@ Nothing unsigned is stored: WooCommerce's creation ping (`webhook_id=…`, unsig
 (`COUPONRY_WEBHOOK_BODY_LIMIT`, plugin/web/limits.py) is refused 413 unread, but never silently
 lost: `refused` logs it, and for a known shop raises one alert per shop and platform naming it
 (topic, delivery id, size: from its headers); reconciliation then polls the order, on the
-platforms that can be polled (WooCommerce, BigCommerce).
+platforms that can be polled (all of them but the sandbox).
 """
 
 from __future__ import annotations

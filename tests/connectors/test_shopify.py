@@ -1096,6 +1096,29 @@ async def test_fetch_order_states_its_refunded_sum(connector: ShopifyConnector, 
     assert (await connector.fetch_order("3")).refunded_total is None
 
 
+async def test_recent_orders_are_listed_by_update_and_those_with_codes_fetched(
+    connector: ShopifyConnector, fake: ShopifyFake
+) -> None:
+    """The gap-filling poll: 150 orders updated since the cut (two pages of the cheap listing),
+    three of them with a code; older orders and orders without codes are never fetched whole."""
+    for n in range(1, 201):
+        updated = "2025-03-09T12:00:00Z" if n <= 50 else f"2025-03-11T{n // 60:02d}:{n % 60:02d}:00Z"
+        codes = {f"CODE-{n}": ["1.00"]} if n in (10, 60, 120, 160) else {}
+        fake.orders[f"gid://shopify/Order/{n}"] = order_node(n, codes=codes, updated_at=updated)
+    since = datetime(2025, 3, 10, 23, 59, 59, tzinfo=UTC)
+    polled = [event async for event in connector.list_recent_orders(since)]
+    assert [(e.order_id, [c.code for c in e.codes]) for e in polled] == [
+        ("60", ["CODE-60"]),
+        ("120", ["CODE-120"]),
+        ("160", ["CODE-160"]),
+    ]
+    # stamped with the update time: a later change of the same order is a new polled state
+    assert polled[0].occurred_at == datetime(2025, 3, 11, 1, 0, tzinfo=UTC)
+    operations = [c.operation for c in fake.calls]
+    assert operations.count("orders") == 2 and operations.count("order") == 3
+    assert {c.variables["query"] for c in fake.calls if c.operation == "orders"} == {"updated_at:>'2025-03-10T23:59:59Z'"}
+
+
 async def test_fetch_missing_order(connector: ShopifyConnector, fake: ShopifyFake) -> None:
     with pytest.raises(NotFound):
         await connector.fetch_order("404")

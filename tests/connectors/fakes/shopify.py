@@ -21,9 +21,11 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -351,6 +353,16 @@ class ShopifyFake:
     def _order(self, id: str) -> dict[str, Any] | None:
         return self.orders.get(id)
 
+    def _orders(self, first: int, query: str, sortKey: str, after: str | None = None) -> dict[str, Any]:
+        """The orders search, for the one filter the connector sends: `updated_at:>'<instant>'`
+        (the search syntax the 2025-01 schema documents for `orders(query:)`)."""
+        match = re.fullmatch(r"updated_at:>'(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)'", query)
+        assert match and sortKey == "UPDATED_AT", (query, sortKey)
+        since = datetime.fromisoformat(match[1])
+        found = [o for o in self.orders.values() if datetime.fromisoformat(o["updatedAt"]) > since]
+        found.sort(key=lambda o: o["updatedAt"])
+        return _connection(found, {"first": first, "after": after})
+
     def _webhookSubscriptionCreate(self, topic: str, webhookSubscription: dict[str, Any]) -> dict[str, Any]:
         key = (topic, webhookSubscription["callbackUrl"])
         if key in self.webhooks:
@@ -381,6 +393,7 @@ def order_node(
     refunded: str = "0.00",
     status: str = "PAID",
     cancelled_at: str | None = None,
+    updated_at: str = "2025-03-14T13:26:53Z",
     customer_id: int | None = 207119551,
     shipping_address: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -405,6 +418,7 @@ def order_node(
         "email": "jon@example.com",
         "sourceName": "web",
         "processedAt": "2025-03-14T13:26:53Z",
+        "updatedAt": updated_at,
         "cancelledAt": cancelled_at,
         "displayFinancialStatus": status,
         "currencyCode": currency,
