@@ -155,6 +155,7 @@ async def test_every_document_is_sent_with_variables_the_schema_accepts(
     assert await connector.count_codes(discount) >= 1
     fake.orders["gid://shopify/Order/1"] = order_node(1, codes={"GOOD-1": ["1.00"]})
     await connector.fetch_order("1")
+    assert [e.order_id async for e in connector.list_recent_orders(datetime(2025, 1, 1, tzinfo=UTC))] == ["1"]
     await connector.register_webhooks("https://app.example/webhooks/shopify")
     await connector.fetch_shop()
     sent = {call.document for call in fake.calls}
