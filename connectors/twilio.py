@@ -15,7 +15,7 @@ ConnectorConfig.extra):
     body                   optional template, str.format fields from Recipient.fields; default
                            "Your code: {coupon_display}", plus " {claim_url}" when there is one
     concurrency            requests in flight at once for the account, shared by every sender of
-                           it in the process and lowered on a 429 (default 5; connectors/limits.py)
+                           it in the process and lowered on a 429 (default 5; connectors/concurrency.py)
     redis_url              optional: hold that limit in Redis, shared by every worker process
 
 Merge fields: the body template reads coupon_code, coupon_display (falls back to coupon_code),
@@ -33,7 +33,7 @@ Each recipient's outcome is one of:
              Recipient.attempted_at, and this connector first lists Messages.json filtered by To and
              From, newest first, and matches the body's code and a creation time after that
              attempt. Found: sent with that SID; provably absent: sent now; can't tell: unknown.
-401/403 raise. A 429 lowers the account's shared concurrency limit (connectors/limits.py), so
+401/403 raise. A 429 lowers the account's shared concurrency limit (connectors/concurrency.py), so
 every sender of the account queues for a slot instead of each request pausing alone.
 
 verify_signature / parse_status_callback handle the status callbacks (MessageSid,
@@ -63,9 +63,9 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from connectors.base import ConnectorConfig, Credentials, Recipient, RecipientResult
+from connectors.concurrency import account_limit
 from connectors.errors import AuthError, BadSignature, ConnectorError, RateLimited, Rejected, UpstreamError
 from connectors.http import NotSent, Sleep, Wait, identifiers, raise_for_status, retrying, send
-from connectors.limits import account_limit
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 

@@ -18,7 +18,7 @@ import respx
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from connectors.limits import reset_account_limits
+from connectors.concurrency import reset_account_limits
 from plugin import caches, distribution, pushes
 from plugin.db import session_scope
 from plugin.errors import InvalidInput

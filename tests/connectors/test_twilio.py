@@ -22,8 +22,8 @@ import pytest
 from tenacity import wait_none
 
 from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient
+from connectors.concurrency import SharedConcurrencyLimit, account_limit, reset_account_limits
 from connectors.errors import AuthError, BadSignature, ConnectorError
-from connectors.limits import SharedConcurrencyLimit, account_limit, reset_account_limits
 from connectors.twilio import TwilioConnector, compute_signature
 from tests.connectors.fakes.twilio import LOST, LOST_500, FakeTwilio, Scripted, check_against_the_contract, error, fixture
 from tests.contracts import load_contract

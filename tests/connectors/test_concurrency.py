@@ -1,4 +1,4 @@
-"""The concurrency limit one account's senders share (connectors/limits.py): in a process, and
+"""The concurrency limit one account's senders share (connectors/concurrency.py): in a process, and
 across processes in Redis (set COUPONRY_TEST_REDIS_URL, as .ci/run does on its PostgreSQL pass)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from connectors.limits import ConcurrencyLimit, SharedConcurrencyLimit, account_limit, reset_account_limits
+from connectors.concurrency import ConcurrencyLimit, SharedConcurrencyLimit, account_limit, reset_account_limits
 
 REDIS_URL = os.environ.get("COUPONRY_TEST_REDIS_URL")
 
