@@ -7,7 +7,8 @@ the privacy requests platforms send on the merchant's and customers' behalf.
                           the shop's queued jobs stop
     redact_customer       customers/redact: that customer's PII leaves redemptions, codes,
                           usage counters, referrals, address fingerprints, referral audit
-                          notes and stored deliveries; counts and amounts stay
+                          notes, earlier data-request reports and stored deliveries (the
+                          request's own too); counts and amounts stay
     redact_shop           shop/redact (48 h after an uninstall): every row of the shop goes
     customer_data         customers/data_request: what we hold about a customer, kept as an
                           audit record for the merchant to hand over
@@ -44,6 +45,7 @@ from plugin.models import (
     WebhookEvent,
     utcnow,
 )
+from plugin.redemptions import customer_key
 from plugin.referrals import REWARD_MARK
 from plugin.settings import Settings
 
@@ -54,6 +56,7 @@ REGISTER_WEBHOOKS = "install.webhooks"
 LIFECYCLE_KINDS = frozenset({"app_uninstalled", "customers_redact", "shop_redact", "customers_data_request"})
 # what a data request says of an address: we hold keyed fingerprints (HMACs), never the address
 ADDRESS_HELD = "address fingerprint held"
+DATA_REQUEST = "customer.data_request"  # the audit action holding a data request's report
 
 
 def new_webhook_secret() -> str:
@@ -253,7 +256,8 @@ def redact_customer(
         if code_match
         else None
     )
-    usage_keys = [k for k in (email, customer_id) if k]
+    # per-customer limits count them as `id:<customer id>` or `email:<email>` (redemptions.customer_key)
+    usage_keys = [k for k in (customer_key(customer_id, None), customer_key(None, email)) if k]
     usage = (
         session.execute(
             delete(CustomerUsage).where(col(CustomerUsage.shop_id) == shop_id, col(CustomerUsage.customer_key).in_(usage_keys))
@@ -282,6 +286,7 @@ def redact_customer(
     for event in noted:
         event.details = {**event.details, "referrer": "redacted"}  # a new dict: the JSON column sees the change
         session.add(event)
+    reports = _forget_data_requests(session, shop_id, email, customer_id, order_ids, actor=actor)
     counts = {
         "deliveries": deliveries,
         "redemptions": int(redemptions.rowcount),  # type: ignore[attr-defined]
@@ -290,10 +295,46 @@ def redact_customer(
         "referrals": referrals,
         "referrer_addresses": int(addresses.rowcount) if addresses is not None else 0,  # type: ignore[attr-defined]
         "audit_events": len(noted),
+        "data_requests": reports,
     }
     session.add(AuditEvent(shop_id=shop_id, action="customer.redacted", subject="customer", actor=actor, details=counts))
     session.flush()
     return counts
+
+
+def _names_person(report: dict[str, Any], email: str | None, customer_id: str | None, order_ids: tuple[str, ...]) -> bool:
+    """Whether a data-request report (customer_data's shape) is about this person: asked for by
+    their email or id, or listing their redemptions, bound codes or orders (a request may have
+    named them by email only and the redaction by id only)."""
+    entries = [report.get("customer") or {}, *report.get("redemptions", []), *report.get("codes", [])]
+    for entry in entries:
+        if email and (entry.get("email") or "").lower() == email:
+            return True
+        if customer_id and entry.get("customer_id") == customer_id:
+            return True
+    return any(r.get("order_id") in order_ids for r in report.get("redemptions", []))
+
+
+def _forget_data_requests(
+    session: Session, shop_id: int, email: str | None, customer_id: str | None, order_ids: tuple[str, ...], *, actor: str
+) -> int:
+    """Earlier `customer.data_request` reports about the person hold everything we held about
+    them: each keeps only its counts, and the delivery that asked for it (its subject,
+    `webhook:<id>`) loses its payload, which names them too. Data requests are rare: the shop's
+    reports are read and matched here rather than by dialect-specific JSON queries."""
+    reports = session.exec(
+        select(AuditEvent).where(col(AuditEvent.shop_id) == shop_id, col(AuditEvent.action) == DATA_REQUEST)
+    ).all()
+    forgotten = [r for r in reports if "customer" in r.details and _names_person(r.details, email, customer_id, order_ids)]
+    deliveries: list[int] = []
+    for report in forgotten:
+        report.details = {"redacted": True, **{k: len(v) for k, v in report.details.items() if isinstance(v, list)}}
+        session.add(report)
+        kind, _, event_id = report.subject.partition(":")
+        if kind == "webhook" and event_id.isdigit():
+            deliveries.append(int(event_id))
+    webhooks.redact_deliveries(session, shop_id, deliveries, actor=actor, why="customer redaction")
+    return len(forgotten)
 
 
 def customer_data(
@@ -405,13 +446,13 @@ def apply_lifecycle(session: Session, shop_id: int, event: WebhookEvent, deliver
         redact_customer(
             session, shop_id, email=delivery.email, customer_id=delivery.customer_id, order_ids=delivery.order_ids, actor=actor
         )
+        event.payload = ""  # the request names the customer too
+        event.redacted_at = event.redacted_at or utcnow()
     elif delivery.kind == "customers_data_request":
         data = customer_data(
             session, shop_id, email=delivery.email, customer_id=delivery.customer_id, order_ids=delivery.order_ids
         )
-        session.add(
-            AuditEvent(shop_id=shop_id, action="customer.data_request", subject=f"webhook:{event.id}", actor=actor, details=data)
-        )
+        session.add(AuditEvent(shop_id=shop_id, action=DATA_REQUEST, subject=f"webhook:{event.id}", actor=actor, details=data))
     elif delivery.kind == "shop_redact":
         shop = session.get_one(Shop, shop_id)
         if shop.uninstalled_at is None:

@@ -321,6 +321,17 @@ def _redact(session: Session, shop_id: int, ids: Iterable[int], actor: str, why:
     return len(ids)
 
 
+def redact_deliveries(session: Session, shop_id: int, ids: Iterable[int], *, actor: str, why: str) -> int:
+    """Remove the payloads of these deliveries of the shop not yet redacted; how many lost theirs."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return 0
+    stmt = select(WebhookEvent.id).where(
+        col(WebhookEvent.shop_id) == shop_id, col(WebhookEvent.id).in_(wanted), col(WebhookEvent.redacted_at).is_(None)
+    )
+    return _redact(session, shop_id, [i for i in session.exec(stmt).all() if i is not None], actor, why)
+
+
 def redact_delivery(session: Session, shop_id: int, event_id: int, *, actor: str) -> WebhookEvent:
     """Remove one delivery's payload (the PII it holds); its outcome and status stay."""
     event = get_delivery(session, shop_id, event_id)
