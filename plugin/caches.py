@@ -91,6 +91,7 @@ class EngineCaches:
 
     api_keys: TTLCache[str, Any] = field(default_factory=lambda: TTLCache(1024))
     shop_formats: TTLCache[int, Any] = field(default_factory=lambda: TTLCache(1024))
+    shop_origins: TTLCache[int, frozenset[str]] = field(default_factory=lambda: TTLCache(1024))  # CORS
 
 
 _per_engine: weakref.WeakKeyDictionary[Engine, EngineCaches] = weakref.WeakKeyDictionary()

@@ -70,3 +70,21 @@ def shop_refusals(ctx: Context, mode: str | None) -> None:
         shop = get_shop(session, ctx.shop_id) if mode is None else set_refusal_mode(session, ctx.shop_id, mode)
         shown = refusal_mode(shop)
     click.echo(json.dumps({"shop_id": ctx.shop_id, "refusals": shown}))
+
+
+@shops_group.command("origins")
+@click.argument("origins", nargs=-1)
+@click.option("--clear", is_flag=True, help="Allow no page at all.")
+@pass_context
+def shop_origins(ctx: Context, origins: tuple[str, ...], clear: bool) -> None:
+    """Show or set (replacing the list) the pages the shop's storefront keys may be used from
+    (CORS): exact origins such as https://shop.example or https://shop.example:8443."""
+    from plugin.shops import allowed_origins, get_shop, set_allowed_origins
+
+    if clear and origins:
+        raise click.UsageError("give origins or --clear, not both")
+    with clear_errors(), session_scope(ctx.engine) as session:
+        changing = clear or bool(origins)
+        shop = set_allowed_origins(session, ctx.shop_id, origins) if changing else get_shop(session, ctx.shop_id)
+        shown = allowed_origins(shop)
+    click.echo(json.dumps({"shop_id": ctx.shop_id, "origins": shown}))

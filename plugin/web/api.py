@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,10 +30,10 @@ from plugin.ratelimit import Guesser, GuessLimits
 from plugin.redemptions import RedemptionRefused, UnknownCode
 from plugin.refusals import Reason
 from plugin.rules import Customer
+from plugin.web import cors, schemas
 from plugin.web import distribution as dist
-from plugin.web import schemas
 from plugin.web.clientaddr import address_key
-from plugin.web.problems import problem, validation_problem
+from plugin.web.problems import plugin_error_handler, problem, validation_problem
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"  # where the app mounts this API
@@ -535,6 +535,24 @@ async def set_refusal_mode(call: Call) -> Response:
     return _json(await call.db(work))
 
 
+async def get_allowed_origins(call: Call) -> Response:
+    def work(session: Session) -> schemas.AllowedOrigins:
+        return schemas.AllowedOrigins(origins=shops.allowed_origins(shops.get_shop(session, call.shop_id)))
+
+    return _json(await call.read(work))
+
+
+async def set_allowed_origins(call: Call) -> Response:
+    body = await call.body(schemas.AllowedOrigins)
+
+    def work(session: Session) -> schemas.AllowedOrigins:
+        return schemas.AllowedOrigins(
+            origins=shops.allowed_origins(shops.set_allowed_origins(session, call.shop_id, body.origins))
+        )
+
+    return _json(await call.db(work))
+
+
 # --- webhook deliveries ---------------------------------------------------------------------
 
 
@@ -660,6 +678,11 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("PUT", "/shop/refusals", "setRefusalMode",
              "Choose detailed, generic or default (generic to storefront keys) refusals for shoppers", "admin",
              set_refusal_mode, schemas.RefusalMode, {200: schemas.RefusalMode}),
+    Endpoint("GET", "/shop/origins", "getAllowedOrigins", "The pages (origins) storefront keys may be used from", "admin",
+             get_allowed_origins, None, {200: schemas.AllowedOrigins}),
+    Endpoint("PUT", "/shop/origins", "setAllowedOrigins",
+             "Set the origins (https://host[:port], no wildcards) storefront keys may be used from (CORS)", "admin",
+             set_allowed_origins, schemas.AllowedOrigins, {200: schemas.AllowedOrigins, 422: schemas.Problem}),
     Endpoint("GET", "/webhooks", "listWebhookDeliveries", "Webhook deliveries, newest first, filtered; paged by cursor", "admin",
              list_webhook_deliveries, None, {200: schemas.WebhookDeliveryList}, query=DELIVERY_QUERY),
     # distribution: claims, the pull endpoint, exports, partners, alerts (plugin.web.distribution)
@@ -726,12 +749,36 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         if not _allowed(endpoint, key.scopes):
             return problem(403, "insufficient_scope", f"This API key lacks the {endpoint.scope!r} scope.")
+        origin = request.headers.get("origin") if endpoint.storefront and "storefront" in key.scopes else None
+        if origin is None:
+            return await _handle(endpoint, Call(request, key, engine))
+        # a storefront key used from a page (plugin.web.cors): only from the shop's own
+        allowed = await run(engine, lambda: shops.allowed_origins_cached(engine, key.shop_id))
+        if origin not in allowed:
+            return cors.refused(origin)
         try:
-            return await endpoint.handler(Call(request, key, engine))
-        except ValidationError as exc:
-            return validation_problem(exc)
+            response = await _handle(endpoint, Call(request, key, engine))
+        except PluginError as exc:  # answered here, so the page can read the refusal's reason
+            response = await plugin_error_handler(request, exc)
+        return cors.allow(response, origin)
 
     return asgi_endpoint
+
+
+async def _handle(endpoint: Endpoint, call: Call) -> Response:
+    try:
+        return await endpoint.handler(call)
+    except ValidationError as exc:
+        return validation_problem(exc)
+
+
+def _preflights(prefix: str, names: Sequence[str] | None = None) -> list[Route]:
+    """The CORS preflight (`OPTIONS`) of each endpoint open to storefront keys (plugin.web.cors)."""
+    return [
+        Route(prefix + e.path, cors.preflight(e.method), methods=["OPTIONS"], name=f"{e.name}Preflight", include_in_schema=False)
+        for e in ENDPOINTS
+        if e.storefront and (names is None or e.name in names)
+    ]
 
 
 def _route(endpoint: Endpoint) -> Route:
@@ -751,12 +798,13 @@ def larger_bodies(prefix: str) -> list[tuple[str, str, int]]:
 
 def hot_routes(prefix: str) -> list[Route]:
     """The hot endpoints as routes under `prefix`, for `hotpaths.App.add_hot_routes`."""
-    return [Route(prefix + e.path, _endpoint_app(e), methods=[e.method], name=e.name) for e in ENDPOINTS if e.name in _HOT]
+    hot = [Route(prefix + e.path, _endpoint_app(e), methods=[e.method], name=e.name) for e in ENDPOINTS if e.name in _HOT]
+    return [*hot, *_preflights(prefix, _HOT)]
 
 
 def routes() -> list[Route]:
     ordered = sorted(ENDPOINTS, key=lambda e: (e.name not in _HOT, _HOT.index(e.name) if e.name in _HOT else 0))
-    table = [_route(e) for e in ordered]
+    table = [*(_route(e) for e in ordered), *_preflights("")]
 
     async def unmatched(request: Request) -> Response:
         # Anything else under /api/v1 still answers problem+json: 405 for a known path with

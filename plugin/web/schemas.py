@@ -113,6 +113,14 @@ class RefusalMode(_In):
     mode: Literal["default", "detailed", "generic"]
 
 
+class AllowedOrigins(_In):
+    """The pages your `storefront` keys may be used from: exact origins, `https://host` or
+    `https://host:port` (no wildcards, no paths). A browser request from any other origin is
+    refused (`origin_not_allowed`); an empty list allows none. The list is replaced whole."""
+
+    origins: list[str] = Field(max_length=50)
+
+
 class ShopperView(BaseModel):
     reason: str
     message: str

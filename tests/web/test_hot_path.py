@@ -157,6 +157,7 @@ def test_the_checkout_calls_answer_like_the_router(api: Api, engine: Engine, sho
     app = api.client.app
     assert isinstance(app, App) and set(app.hot_paths) == {
         ("POST", "/api/v1/validate"), ("POST", "/api/v1/redemptions"), ("POST", "/api/v1/reservations"),
+        ("OPTIONS", "/api/v1/validate"),  # the CORS preflight of storefront keys (plugin.web.cors)
     }  # fmt: skip
     assert [r.path for r in app.hot_templates] == ["/api/v1/campaigns/{campaign_id:int}/pull"]
     assert list(app.hot_tails) == [("POST", "/webhooks/")]  # /webhooks/{platform}, without a regular expression
