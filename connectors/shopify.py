@@ -52,6 +52,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, retry_if
 
 from connectors import json_body
 from connectors.base import (
+    REMOVAL_UNCONFIRMED,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -266,8 +267,7 @@ MUTATION_COST = 10
 _SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.myshopify\.com$")
 _PLAIN_CODE = re.compile(r"^[A-Za-z0-9_]+$")
 _DUPLICATE_ERRORS = frozenset({"TAKEN", "DUPLICATE", "IMPLICIT_DUPLICATE"})
-# deactivate_codes' error for a code its search did not find: not known to be gone
-UNCONFIRMED = "not found by Shopify's code search: removal unconfirmed, the code is left as it was"
+UNCONFIRMED = REMOVAL_UNCONFIRMED  # deactivate_codes' error for a code its search did not find
 
 _TOPIC_KINDS: dict[str, DeliveryKind] = {
     "app/uninstalled": "app_uninstalled",
