@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -511,3 +512,49 @@ async def test_shopify_capacity_past_the_threshold_opens_an_alert_resolved_when_
     with session_scope(engine) as session:
         (resolved,) = session.exec(select(Alert).where(col(Alert.kind) == "platform_capacity")).all()
         assert resolved.resolved_at is not None
+
+
+async def test_woocommerce_drift_is_repaired_both_ways_in_one_run(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """A coupon deleted in the WordPress admin is created again, a voided code still there is
+    deleted; the second run finds nothing to repair."""
+    fake = FakeWooCommerce()
+    fake.install(router)
+    shop_id = installed(engine, app_settings, "woocommerce", fake.credentials(webhook_secret="s3cret"))
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        lost, kept, leaked = campaign_codes(engine, campaign_id)
+        coupon = fake.coupon_by_code(lost.code)
+        assert coupon is not None
+        del fake.coupons[coupon["id"]]
+        with session_scope(engine) as session:
+            row = session.get_one(Code, leaked.id)
+            row.status = "voided"
+            session.add(row)
+        reports = []
+        for _ in range(2):
+            run_reconcile(engine, shop_id)
+            await drain(worker)
+            reports.append(last_report(engine, shop_id).details["campaigns"][str(campaign_id)])
+    assert fake.coupon_by_code(lost.code) is not None and fake.coupon_by_code(kept.code) is not None
+    assert fake.coupon_by_code(leaked.code) is None
+    assert reports[0]["repaired"] == {"pushed": 1, "push_failed": 0, "deactivated": 1, "unconfirmed": 0}
+    assert (reports[1]["missing"], reports[1]["extra"], reports[1]["gone"]) == (0, 0, 0)
+    assert open_alerts(engine, shop_id) == {}
+
+
+def test_the_capacity_threshold_is_read_from_the_environment_and_0_turns_the_alert_off(
+    engine: Engine, shop_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).platform_capacity_alert == 0.8
+    assert Settings.from_env({"COUPONRY_PLATFORM_CAPACITY_ALERT": "0.5"}).platform_capacity_alert == 0.5
+    full = {"campaigns": {}, "capacity": {"codes_on_platform": 20_000_000, "store_limit": 20_000_000, "used": 1.0}}
+    reconcile._alerts(engine, shop_id, full, 0, utcnow())
+    assert open_alerts(engine, shop_id) == {}
+    reconcile._alerts(engine, shop_id, full, 0.8, utcnow())
+    assert set(open_alerts(engine, shop_id)) == {"platform_capacity"}
