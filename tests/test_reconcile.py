@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from connectors.base import Credentials
 from plugin import installs, reconcile, sync
 from plugin.db import session_scope
-from plugin.models import Alert, AuditEvent, Code, Job, Redemption, WebhookEvent, utcnow
+from plugin.models import Alert, AuditEvent, Campaign, Code, Job, Redemption, WebhookEvent, utcnow
 from plugin.sandbox import store
 from plugin.sandbox.models import SandboxCode
 from plugin.settings import Settings
@@ -558,3 +558,27 @@ def test_the_capacity_threshold_is_read_from_the_environment_and_0_turns_the_ale
     assert open_alerts(engine, shop_id) == {}
     reconcile._alerts(engine, shop_id, full, 0.8, utcnow())
     assert set(open_alerts(engine, shop_id)) == {"platform_capacity"}
+
+
+async def test_a_discount_deleted_on_shopify_is_alerted_and_the_other_campaigns_still_reconciled(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    deleted, other = make_campaign(engine, shop_id, count=1), make_campaign(engine, shop_id, count=1, name="Other")
+    with session_scope(engine) as session:
+        for campaign_id in (deleted, other):
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        with session_scope(engine) as session:
+            gid = session.get_one(Campaign, deleted).platform_discount_id
+        del fake.discounts[str(gid)]  # the merchant deleted the whole discount
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    report = last_report(engine, shop_id).details["campaigns"]
+    assert "listing the platform's codes" in report[str(deleted)]["repaired"]["error"]
+    assert report[str(other)]["missing"] == 0
+    alert = open_alerts(engine, shop_id)["reconcile_failed"]
+    assert list(alert.details["campaigns"]) == [str(deleted)]
