@@ -233,7 +233,8 @@ class ShopConnector(Protocol):
         """Create up to BATCH_SIZE codes under the discount; one result per code, in order."""
 
     async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
-        """Remove or disable codes so the platform's checkout refuses them."""
+        """Remove or disable codes so the platform's checkout refuses them; `ok` only when the
+        platform confirmed it (a code a lookup did not find fails with REMOVAL_UNCONFIRMED)."""
 
     async def fetch_order(self, order_id: str) -> OrderEvent:
         """Fetch an order whose webhook was thin, or for reconciliation."""
@@ -281,6 +282,12 @@ class MessagingConnector(Protocol):
 
     async def push_recipients(self, recipients: Sequence[Recipient]) -> list[RecipientResult]:
         """Store each recipient's fields with the provider; one result per recipient, in order."""
+
+
+# deactivate_codes' error for a code the platform's lookup did not find: a lookup that misses is
+# no proof that the code is gone (a search can be fuzzy, lag the writes, or skip some states),
+# so the code is left as it was; reconciliation's full listing is what confirms a removal
+REMOVAL_UNCONFIRMED = "not found by the platform's lookup: removal unconfirmed, the code is left as it was"
 
 
 def discount_marker() -> str:

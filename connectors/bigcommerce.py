@@ -55,6 +55,7 @@ from tenacity.wait import wait_base
 
 from connectors import json_body
 from connectors.base import (
+    REMOVAL_UNCONFIRMED,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -341,8 +342,8 @@ class BigCommerceConnector:
         results: dict[int, PushResult] = {}
         to_delete: list[tuple[int, str]] = []
         for index, (code, item) in enumerate(zip(codes, found, strict=True)):
-            if item is None:
-                results[index] = PushResult(code=code, ok=True)  # already gone
+            if item is None:  # a lookup that misses proves nothing: the listing decides
+                results[index] = PushResult(code=code, ok=False, error=REMOVAL_UNCONFIRMED)
             else:
                 to_delete.append((index, str(item["id"])))
         for start in range(0, len(to_delete), self.DELETE_BATCH):

@@ -6,7 +6,7 @@ Its API is documented in `plugin/sandbox/README.md`. What is particular to it:
 - **Base URL.** `ConnectorConfig.base_url`, by default `{public_url}/sandbox/api` of the app.
 - **Batches.** At most 250 codes per `POST /discounts/{id}/codes`; each code gets its own
   result inside a 200. A code the discount already holds comes back `ok` (`existing: true`),
-  so a push repeated after a crash is harmless.
+  so a push repeated after a crash is harmless; a deactivated one is made active again.
 - **Limits.** A leaky bucket (40 requests/s by default) answers 429 with `Retry-After`.
 - **Money.** Orders carry decimal strings ("80.00"); we turn them into minor units.
 - **Addresses.** An order's `shipping_address` (`address1`, `address2`, `zip`, `country_code`, as

@@ -52,6 +52,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, retry_if
 
 from connectors import json_body
 from connectors.base import (
+    REMOVAL_UNCONFIRMED,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -266,6 +267,7 @@ MUTATION_COST = 10
 _SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.myshopify\.com$")
 _PLAIN_CODE = re.compile(r"^[A-Za-z0-9_]+$")
 _DUPLICATE_ERRORS = frozenset({"TAKEN", "DUPLICATE", "IMPLICIT_DUPLICATE"})
+UNCONFIRMED = REMOVAL_UNCONFIRMED  # deactivate_codes' error for a code its search did not find
 
 _TOPIC_KINDS: dict[str, DeliveryKind] = {
     "app/uninstalled": "app_uninstalled",
@@ -797,7 +799,8 @@ class ShopifyConnector:
         return await self._discount_holding(code) == discount_gid
 
     async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
-        """Delete redeem codes (by code, or by DiscountRedeemCode gid); an absent code counts as done."""
+        """Delete redeem codes (by code, or by DiscountRedeemCode gid). Only Shopify's answer to
+        the delete counts as done: a code the search does not find fails with `UNCONFIRMED`."""
         discount_gid = _gid("DiscountCodeNode", discount_id)
         ids: dict[int, str] = {}
         results: dict[int, PushResult] = {}
@@ -807,7 +810,9 @@ class ShopifyConnector:
             elif (found := await self._find_redeem_code(discount_gid, code)) is not None:
                 ids[i] = found
             else:
-                results[i] = PushResult(code=code, ok=True)
+                # the codes(query:) search is no proof that a code is gone (it is fuzzy and
+                # lags the writes): left as it was, for a later attempt or the full listing
+                results[i] = PushResult(code=code, ok=False, error=UNCONFIRMED)
         order = list(ids)
         for start in range(0, len(order), self.BATCH_SIZE):
             chunk = order[start : start + self.BATCH_SIZE]

@@ -51,6 +51,7 @@ from tenacity.wait import wait_base
 
 from connectors import json_body
 from connectors.base import (
+    REMOVAL_UNCONFIRMED,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -279,16 +280,17 @@ class WooCommerceConnector:
     async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
         """Delete our coupons (batch delete is forced: they leave the trash too).
 
-        `codes` are the strings that were pushed (display forms). A code WooCommerce no longer has
-        is reported ok; one that is not tagged with this campaign is left alone and reported failed.
+        `codes` are the strings that were pushed (display forms). A code the lookup does not find
+        is reported unconfirmed (never done); one that is not tagged with this campaign is left
+        alone and reported failed.
         """
         template = _Template.decode(discount_id)
         found = await self._lookup_many([self._woo_code(code) for code in codes])
         results: dict[int, PushResult] = {}
         to_delete: list[tuple[int, int]] = []  # (index in codes, coupon id)
         for index, (code, coupon) in enumerate(zip(codes, found, strict=True)):
-            if coupon is None:
-                results[index] = PushResult(code=code, ok=True)
+            if coupon is None:  # not found is not gone (e.g. a trashed coupon): the listing decides
+                results[index] = PushResult(code=code, ok=False, error=REMOVAL_UNCONFIRMED)
             elif _campaign_of(coupon) != str(template.campaign_id):
                 results[index] = PushResult(
                     code=code, ok=False, platform_id=str(coupon["id"]), error="coupon is not part of this campaign; left alone"

@@ -4,13 +4,22 @@ An outbox job `reconcile` per shop, enqueued by the worker's idle sweep once eve
 `settings.reconcile_interval_hours` (COUPONRY_RECONCILE_HOURS, 0 = off). For each campaign that
 has a platform discount it lists the platform's codes and compares them with ours:
 
-    missing      ours, active and unexpired, but not on the platform (lost, or deactivated
-                 by hand): marked pending and pushed again
-    extra        on the platform, but voided or expired with us: deactivated (again)
+    missing      ours, active and unexpired, but not live on the platform (deleted, or
+                 deactivated by hand): pushed again, which re-adds or reactivates it
+    extra        live on the platform, but voided or expired with us (every code once the
+                 campaign has ended): deactivated (again)
+    gone         not live with us, believed still on the platform, and absent from its full
+                 listing: the listing confirms the removal, so it is marked deactivated
     unknown      on the platform under our discount, but not a code of this campaign (e.g.
                  Shopify's placeholder first code): counted, left alone
 
-Shopify: the codes our discounts hold are counted against the per-store cap and reported.
+The repairs run in the job itself, so its report says what they did (`repaired`: codes re-added
+or reactivated, deactivated, failed or unconfirmed). A repair that fails (a code refused, a
+removal the platform did not confirm, the platform unreachable: then the push and deactivate
+jobs are queued to retry) opens the shop's `reconcile_failed` alert; a run whose repairs all
+succeed resolves it. Shopify: the codes our discounts hold are counted against the per-store cap
+and reported; past `settings.platform_capacity_alert` of it, the `platform_capacity` alert opens
+(resolved once under it again).
 WooCommerce never retries a failed delivery, BigCommerce and Shopify give up after 48 h, and a
 webhook may be refused for its size, so for the platforms with `list_recent_orders` (all but
 the sandbox) the job also polls the orders modified since the last
@@ -30,7 +39,8 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from connectors.base import OrderEvent
-from plugin import codes, installs, outbox, sync, webhooks
+from connectors.errors import ConnectorError
+from plugin import claimstore, codes, installs, outbox, sync, webhooks
 from plugin.connections import shop_connector
 from plugin.db import Reader, read_cursor, run, session_scope
 from plugin.errors import InvalidInput
@@ -41,6 +51,8 @@ if TYPE_CHECKING:
     from plugin.worker import Handler, JobContext
 
 RECONCILE = "reconcile"
+RECONCILE_FAILED = "reconcile_failed"  # alert kinds
+PLATFORM_CAPACITY = "platform_capacity"
 POLL_OVERLAP = timedelta(hours=1)
 _CHUNK = 500
 _PAGE = 20_000  # our codes compared per read
@@ -107,16 +119,20 @@ def _load(engine: Engine, shop_id: int | None) -> tuple[Shop, list[Campaign]]:
 
 
 def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str], now: datetime) -> dict[str, int]:
-    """Compare the campaign's codes with the platform's (normalised) and queue the repairs.
+    """Compare the campaign's codes with the platform's (normalised) and mark what to repair:
+    missing codes pending (for a push), extra ones synced (for a deactivation), gone ones
+    deactivated. The caller runs the push and the deactivation.
 
     Our codes are read page by page (keyset on the id) in read transactions, and each page's
-    repairs are written in a short transaction of their own: a campaign of millions of codes
+    marks are written in a short transaction of their own: a campaign of millions of codes
     neither sits in memory nor holds SQLite's write lock (which every checkout and webhook
     needs) for the whole comparison."""
-    figures = {"ours": 0, "on_platform": len(on_platform), "missing": 0, "extra": 0}
-    pending = 0  # live codes waiting for a push anyway: a push job is due
+    # pending: live codes waiting for their first push anyway (not a repair)
+    figures = {"ours": 0, "on_platform": len(on_platform), "missing": 0, "extra": 0, "gone": 0, "pending": 0}
     matched = 0  # our codes found on the platform (codes are unique per shop: each counts once)
     after_id = 0
+    with session_scope(engine) as session:
+        ended = session.get_one(Campaign, campaign_id).status == "ended"
     while True:
         with read_cursor(engine) as reader:
             page = reader.rows(
@@ -129,35 +145,32 @@ def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str
         after_id = int(page[-1][0])
         missing: list[int] = []
         extra: list[int] = []
+        gone: list[int] = []
         for code_id, code, status, expires_at, sync_status in page:
             expiry = Reader.as_instant(expires_at)
-            live = status == "active" and (expiry is None or expiry > now)
+            live = not ended and status == "active" and (expiry is None or expiry > now)
             present = code in on_platform
             matched += present
             if live and not present and sync_status in ("synced", "deactivated"):
                 missing.append(int(code_id))
             elif not live and present:
                 extra.append(int(code_id))
+            elif not live and not present and sync_status == "synced":
+                gone.append(int(code_id))
             elif live and sync_status == "pending":
-                pending += 1
+                figures["pending"] += 1
         figures["ours"] += len(page)
         figures["missing"] += len(missing)
         figures["extra"] += len(extra)
-        if missing or extra:
-            with session_scope(engine) as session:  # the marks and their job commit together
-                _mark(session, missing, extra)
-                if missing:
-                    sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
-                if extra:
-                    sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign_id)
-    if pending and not figures["missing"]:
-        with session_scope(engine) as session:
-            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+        figures["gone"] += len(gone)
+        if missing or extra or gone:
+            with session_scope(engine) as session:
+                _mark(session, missing, extra, gone)
     figures["unknown"] = len(on_platform) - matched
     return figures
 
 
-def _mark(session: Session, missing: list[int], extra: list[int]) -> None:
+def _mark(session: Session, missing: list[int], extra: list[int], gone: list[int]) -> None:
     for start in range(0, len(missing), _CHUNK):
         session.execute(
             update(Code)
@@ -168,6 +181,13 @@ def _mark(session: Session, missing: list[int], extra: list[int]) -> None:
     for start in range(0, len(extra), _CHUNK):
         # the deactivate job takes synced codes that are voided or expired
         session.execute(update(Code).where(col(Code.id).in_(extra[start : start + _CHUNK])).values(sync_status="synced"))
+    for start in range(0, len(gone), _CHUNK):
+        # the full listing is the platform's answer that these are gone (a search is not)
+        session.execute(
+            update(Code)
+            .where(col(Code.id).in_(gone[start : start + _CHUNK]), col(Code.sync_status) == "synced")
+            .values(sync_status="deactivated", sync_error=None)
+        )
 
 
 async def _poll_orders(ctx: JobContext, shop: Shop, connector: Any, since: datetime) -> dict[str, int]:
@@ -202,21 +222,102 @@ async def _poll_orders(ctx: JobContext, shop: Shop, connector: Any, since: datet
     return {"orders_with_codes": seen, "new": stored}
 
 
+async def _apply(engine: Engine, shop_id: int, connector: Any, campaign: Campaign, figures: dict[str, int]) -> dict[str, Any]:
+    """Run the campaign's repairs now (and any push that was due anyway); what they did. When
+    the platform cannot be reached the push and deactivate jobs are queued to retry them."""
+    assert campaign.id is not None and campaign.platform_discount_id is not None
+    repaired: dict[str, Any] = {"pushed": 0, "push_failed": 0, "deactivated": 0, "unconfirmed": 0}
+    campaign_id = campaign.id
+    try:
+        if figures["missing"]:
+            repaired["pushed"], repaired["push_failed"] = await sync.push_pending(
+                engine, connector, campaign, campaign.platform_discount_id
+            )
+        elif figures["pending"]:  # a first push under way or due: its own job does it
+            await run(engine, partial(_enqueue, engine, shop_id, campaign_id, push=True, deactivate=False))
+        if figures["extra"] or campaign.status == "ended":
+            repaired["deactivated"], repaired["unconfirmed"] = await sync.deactivate_lapsed(engine, connector, campaign)
+    except ConnectorError as exc:
+        repaired["error"] = str(exc)[:300]
+        await run(engine, partial(_enqueue, engine, shop_id, campaign_id, push=campaign.status != "ended", deactivate=True))
+    return repaired
+
+
+def _enqueue(engine: Engine, shop_id: int, campaign_id: int, *, push: bool, deactivate: bool) -> None:
+    with session_scope(engine) as session:
+        if push:
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+        if deactivate:
+            sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign_id)
+
+
+def _failures(report: dict[str, Any]) -> dict[str, Any]:
+    """The campaigns whose repairs did not all succeed, and how."""
+    failed: dict[str, Any] = {}
+    for campaign_id, figures in report["campaigns"].items():
+        repaired = figures.get("repaired") or {}
+        if repaired.get("error") or repaired.get("push_failed") or repaired.get("unconfirmed"):
+            failed[campaign_id] = repaired
+    return failed
+
+
+def _alerts(engine: Engine, shop_id: int, report: dict[str, Any], threshold: float, now: datetime) -> None:
+    """Open or resolve the shop's `reconcile_failed` and `platform_capacity` alerts (one open
+    alert each per shop: raising it again counts a sighting)."""
+    failed = _failures(report)
+    capacity = report.get("capacity")
+    with session_scope(engine) as session:
+        conn = session.connection()
+        key = f"{RECONCILE_FAILED}:{shop_id}"
+        if failed:
+            values = {
+                "shop_id": shop_id,
+                "kind": RECONCILE_FAILED,
+                "message": f"reconciliation could not repair every code of {len(failed)} campaign(s): see details, retried",
+                "details": {"campaigns": failed},
+                "open_key": key,
+            }
+            claimstore.raise_alert(conn, values, now)
+        else:
+            claimstore.resolve_alert(conn, open_key=key, now=now)
+        key = f"{PLATFORM_CAPACITY}:{shop_id}"
+        if capacity and threshold > 0 and capacity["used"] >= threshold:
+            values = {
+                "shop_id": shop_id,
+                "kind": PLATFORM_CAPACITY,
+                "message": (
+                    f"the store holds {capacity['codes_on_platform']:,} of the platform's "
+                    f"{capacity['store_limit']:,} codes ({capacity['used']:.0%}): end or clean up campaigns"
+                ),
+                "details": capacity,
+                "open_key": key,
+            }
+            claimstore.raise_alert(conn, values, now)
+        else:
+            claimstore.resolve_alert(conn, open_key=key, now=now)
+
+
 async def handle_reconcile(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     engine = ctx.engine
     shop, campaigns = await run(engine, lambda: _load(engine, job.shop_id))
     if shop.uninstalled_at is not None:
         return
     assert shop.id is not None
+    shop_id = shop.id
     connector: Any = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
     now = utcnow()
     report: dict[str, Any] = {"campaigns": {}}
     platform_total = 0
     for campaign in campaigns:
         assert campaign.id is not None and campaign.platform_discount_id is not None
-        on_platform = {codes.normalise_generic(c) async for c in connector.list_codes(campaign.platform_discount_id)}
+        try:
+            on_platform = {codes.normalise_generic(c) async for c in connector.list_codes(campaign.platform_discount_id)}
+        except ConnectorError as exc:  # e.g. the discount deleted on the platform: alerted, the others go on
+            report["campaigns"][str(campaign.id)] = {"repaired": {"error": f"listing the platform's codes: {exc}"[:300]}}
+            continue
         platform_total += len(on_platform)
-        figures = await run(engine, partial(_repair, engine, shop.id, campaign.id, on_platform, now))
+        figures: dict[str, Any] = await run(engine, partial(_repair, engine, shop_id, campaign.id, on_platform, now))
+        figures["repaired"] = await _apply(engine, shop_id, connector, campaign, figures)
         report["campaigns"][str(campaign.id)] = figures
     store_limit = getattr(connector, "MAX_CODES_PER_STORE", None)
     if store_limit:
@@ -232,7 +333,8 @@ async def handle_reconcile(ctx: JobContext, job: outbox.ClaimedJob) -> None:
 
     def record() -> None:
         with session_scope(engine) as session:
-            session.add(AuditEvent(shop_id=shop.id or 0, action="reconcile.report", subject=f"shop:{shop.id}", details=report))
+            session.add(AuditEvent(shop_id=shop_id, action="reconcile.report", subject=f"shop:{shop_id}", details=report))
+        _alerts(engine, shop_id, report, ctx.settings.platform_capacity_alert, utcnow())
 
     await run(engine, record)
 

@@ -101,6 +101,9 @@ class Settings:
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
+    # --- reconciliation repairs (#13) ---
+    # share of a platform's per-store code cap (Shopify: 20 M) that opens the platform_capacity alert; 0 = never
+    platform_capacity_alert: float = 0.8
     # --- install flows ---
     # let WooCommerce installs reach stores on loopback/private addresses (a store on the
     # developer's machine, tests); never link-local (the cloud metadata service). Off in production.
@@ -184,6 +187,8 @@ class Settings:
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),
+            # reconciliation repairs (#13)
+            platform_capacity_alert=_number(env, "COUPONRY_PLATFORM_CAPACITY_ALERT", "0.8", float),
             allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),
             # request bodies and connections
             webhook_body_limit=int(_number(env, "COUPONRY_WEBHOOK_BODY_LIMIT", str(cls.webhook_body_limit), int)),

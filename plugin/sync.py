@@ -7,7 +7,8 @@ what was not confirmed; a code the platform already holds counts as synced (conn
 it as ok). The platform discount is created once per campaign and its id stored on the
 campaign before any code is pushed. Its first code (the marker) is chosen and stored before the
 first create, so every attempt sends the same one and a create whose answer was lost is found
-again by it on the platform instead of being made twice.
+again by it on the platform instead of being made twice. A code is marked deactivated only
+when the platform confirms its removal; an unconfirmed one stays synced and the job is retried.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from connectors.base import CodeSpec, DiscountSpec, PushResult, discount_marker
+from connectors.errors import ConnectorError
 from plugin import codes, outbox
 from plugin.campaigns import campaign_format, get_campaign
 from plugin.connections import shop_connector
@@ -240,18 +242,28 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
         marker = campaign.platform_discount_marker or await run(engine, lambda: _stored_marker(engine, campaign_id))
         discount_id = await connector.ensure_discount(replace(discount_spec(campaign), marker=marker))
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
+    await push_pending(engine, connector, campaign, str(discount_id))
+
+
+async def push_pending(engine: Engine, connector: Any, campaign: Campaign, discount_id: str) -> tuple[int, int]:
+    """Push the campaign's pending active codes into its platform discount, chunk by chunk,
+    each chunk's answers written at once; return (synced, failed)."""
+    assert campaign.id is not None
+    campaign_id = campaign.id
     fmt = campaign_format(campaign)
-    after_id = 0
+    after_id = synced = failed = 0
     while True:
         rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
         if not rows:
-            return
+            return synced, failed
         specs = [
             CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=aware(r.expires_at) if r.expires_at else None)
             for r in rows
         ]
         results = await connector.push_codes(discount_id, specs)
         await run(engine, partial(_write_results, engine, rows, results, ok_status="synced", fail_status="failed", now=utcnow()))
+        ok = sum(1 for r in results if r.ok)
+        synced, failed = synced + ok, failed + len(rows) - ok
         after_id = rows[-1].id or after_id
 
 
@@ -279,6 +291,13 @@ def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, 
         )
 
 
+class Unconfirmed(ConnectorError):
+    """Some codes' removal is not confirmed by the platform (e.g. Shopify's search did not find
+    them): they stay synced, and the job is tried again."""
+
+    retryable = True
+
+
 async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     engine = ctx.engine
     campaign_id = int(job.payload["campaign_id"])
@@ -286,15 +305,25 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     if campaign.platform_discount_id is None:
         return  # nothing was ever pushed
     connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
+    _, unconfirmed = await deactivate_lapsed(engine, connector, campaign)
+    if unconfirmed:
+        raise Unconfirmed(f"{unconfirmed} code(s) not confirmed removed by the platform; left synced, tried again")
+
+
+async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) -> tuple[int, int]:
+    """Take the campaign's voided or expired synced codes (all of them once it has ended) off
+    the platform; return (deactivated, unconfirmed). Only the platform's confirmation marks a
+    code deactivated: any other answer leaves it synced, with the platform's message."""
+    assert campaign.id is not None and campaign.platform_discount_id is not None
     fmt = campaign_format(campaign)
-    after_id = 0
+    after_id = deactivated = unconfirmed = 0
     while True:
         rows = await run(
             engine,
             partial(
                 _to_deactivate,
                 engine,
-                campaign_id,
+                campaign.id,
                 after_id,
                 connector.BATCH_SIZE,
                 utcnow(),
@@ -302,7 +331,7 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
             ),
         )
         if not rows:
-            return
+            return deactivated, unconfirmed
         displays = [_display(fmt, r.code) for r in rows]
         answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
         # connectors answer with the string they were given; map back to the stored form
@@ -310,6 +339,8 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
         results = [PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers]
         done = partial(_write_results, engine, rows, results, ok_status="deactivated", fail_status="synced", now=utcnow())
         await run(engine, done)
+        ok = sum(1 for r in results if r.ok)
+        deactivated, unconfirmed = deactivated + ok, unconfirmed + len(rows) - ok
         after_id = rows[-1].id or after_id
 
 

@@ -7,23 +7,26 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import respx
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
 from connectors.base import Credentials
 from plugin import installs, reconcile, sync
 from plugin.db import session_scope
-from plugin.models import AuditEvent, Code, Job, Redemption, WebhookEvent, utcnow
+from plugin.models import Alert, AuditEvent, Campaign, Code, Job, Redemption, WebhookEvent, utcnow
+from plugin.sandbox import store
+from plugin.sandbox.models import SandboxCode
 from plugin.settings import Settings
 from plugin.worker import JobContext, Worker
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes.woocommerce import FakeWooCommerce
-from tests.ingest import campaign_codes, make_campaign
-from tests.test_sync import drain
+from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
+from tests.test_sync import drain, platform_codes
 
 pytestmark = pytest.mark.anyio
 
@@ -271,12 +274,311 @@ def test_the_comparison_pages_through_our_codes_with_the_same_result(
     lost = {rows[n].code for n in (5, 6, 7)}  # live, synced, gone from the platform: missing
     on_platform = {r.code for r in rows if r.code not in lost} | {"PLACEHOLDER", "SOMEONE-ELSES"}
 
+    with session_scope(engine) as session:  # voided, believed on the platform, absent from its listing
+        gone = session.get_one(Code, rows[8].id)
+        gone.status = "voided"
+        session.add(gone)
+    on_platform.discard(rows[8].code)
+
     figures = reconcile._repair(engine, shop_id, campaign_id, on_platform, now)
 
-    assert figures == {"ours": 10, "on_platform": 9, "missing": 3, "extra": 3, "unknown": 2}
+    assert figures == {"ours": 10, "on_platform": 8, "missing": 3, "extra": 3, "gone": 1, "pending": 1, "unknown": 2}
     statuses = {c.code: c.sync_status for c in campaign_codes(engine, campaign_id)}
     assert {c for c, s in statuses.items() if s == "pending"} == lost | {rows[4].code}
+    assert statuses[rows[8].code] == "deactivated"  # the full listing confirms it is gone
     assert [(c.id, c.sync_status) for c in campaign_codes(engine, other_campaign)] == untouched
+
+
+# --- repairs in both directions, recorded, alerted ---------------------------------------------
+
+
+def open_alerts(engine: Engine, shop_id: int) -> dict[str, Alert]:
     with session_scope(engine) as session:
-        kinds = sorted(j.kind for j in session.exec(select(Job).where(col(Job.shop_id) == shop_id)).all())
-    assert kinds == sorted([sync.DEACTIVATE, sync.PUSH])
+        alerts = session.exec(select(Alert).where(col(Alert.shop_id) == shop_id, col(Alert.open_key).is_not(None))).all()
+        for alert in alerts:
+            session.expunge(alert)
+        return {a.kind: a for a in alerts}
+
+
+async def test_a_code_deactivated_on_the_sandbox_behind_our_back_is_live_again_after_one_run(
+    engine: Engine, shop_id: int, settings: Settings
+) -> None:
+    """The bug: the push answered `existing` for the deactivated code, which was marked synced
+    but stayed inactive, and every run reported it missing again. Now the first run makes it
+    live at the sandbox's checkout, and the second finds nothing to repair."""
+    settings = sandbox_settings(settings)
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    lost, kept, leaked = campaign_codes(engine, campaign_id)
+    async with running_app(settings, engine) as (_, client):
+        worker = Worker(JobContext(engine, settings, client), sweeps=())
+        await drain(worker)
+        with session_scope(engine) as session:  # the merchant deactivates one in the sandbox admin
+            session.execute(update(SandboxCode).where(col(SandboxCode.code_key) == lost.code).values(active=False))
+            row = session.get_one(Code, leaked.id)  # and we voided one whose removal never ran
+            row.status = "voided"
+            session.add(row)
+        for _ in range(2):
+            run_reconcile(engine, shop_id)
+            await drain(worker)
+            if _ == 0:
+                first = last_report(engine, shop_id).details["campaigns"][str(campaign_id)]
+        second = last_report(engine, shop_id).details["campaigns"][str(campaign_id)]
+    assert (first["missing"], first["extra"]) == (1, 1)
+    assert first["repaired"] == {"pushed": 1, "push_failed": 0, "deactivated": 1, "unconfirmed": 0}
+    assert (second["missing"], second["extra"], second["gone"]) == (0, 0, 0)
+    held = platform_codes(engine)
+    assert held[lost.code].active and held[kept.code].active and not held[leaked.code].active
+    with session_scope(engine) as session:  # the sandbox's checkout takes it again
+        store.place_order(session, SHOP, codes=[lost.code], subtotal=5000)
+        with pytest.raises(store.SandboxError):
+            store.place_order(session, SHOP, codes=[leaked.code], subtotal=5000)
+    statuses = {c.id: c.sync_status for c in campaign_codes(engine, campaign_id)}
+    assert (statuses[lost.id], statuses[leaked.id]) == ("synced", "deactivated")
+    assert open_alerts(engine, shop_id) == {}
+
+
+async def test_a_code_deleted_on_shopify_behind_our_back_is_added_again_and_not_missing_twice(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        lost = campaign_codes(engine, campaign_id)[0]
+        (discount,) = fake.discounts.values()
+        del discount.codes[lost.code.casefold()]
+        reports = []
+        for _ in range(2):
+            run_reconcile(engine, shop_id)
+            await drain(worker)
+            reports.append(last_report(engine, shop_id).details["campaigns"][str(campaign_id)])
+    assert lost.code.casefold() in discount.codes
+    assert (reports[0]["missing"], reports[0]["repaired"]["pushed"]) == (1, 1)
+    assert (reports[1]["missing"], reports[1]["extra"]) == (0, 0)
+
+
+async def test_a_removal_shopify_does_not_confirm_is_left_synced_alerted_and_retried(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """Voided with us, still listed on Shopify, but its search finds nothing: never marked
+    deactivated; the run reports it unconfirmed and opens `reconcile_failed`; once Shopify
+    confirms the removal, the next run resolves the alert."""
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=2)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        leaked = campaign_codes(engine, campaign_id)[0]
+        with session_scope(engine) as session:
+            row = session.get_one(Code, leaked.id)
+            row.status, row.sync_status = "voided", "deactivated"  # believed gone: it is not
+            session.add(row)
+        fake.search_blind = True
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+        report = last_report(engine, shop_id).details["campaigns"][str(campaign_id)]
+        assert report["repaired"]["unconfirmed"] == 1 and report["repaired"]["deactivated"] == 0
+        (discount,) = fake.discounts.values()
+        assert leaked.code.casefold() in discount.codes
+        (row,) = [c for c in campaign_codes(engine, campaign_id) if c.id == leaked.id]
+        assert row.sync_status == "synced" and "unconfirmed" in (row.sync_error or "")
+        alert = open_alerts(engine, shop_id)["reconcile_failed"]
+        assert alert.details["campaigns"][str(campaign_id)]["unconfirmed"] == 1
+        run_reconcile(engine, shop_id)  # still blind: the same alert counts a second sighting
+        await drain(worker)
+        assert open_alerts(engine, shop_id)["reconcile_failed"].count == 2
+
+        fake.search_blind = False
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    assert leaked.code.casefold() not in discount.codes
+    assert [c.sync_status for c in campaign_codes(engine, campaign_id) if c.id == leaked.id] == ["deactivated"]
+    assert "reconcile_failed" not in open_alerts(engine, shop_id)
+
+
+async def test_the_deactivate_job_retries_codes_whose_removal_is_unconfirmed(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=2)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        leaked = campaign_codes(engine, campaign_id)[0]
+        fake.search_blind = True
+        with session_scope(engine) as session:
+            row = session.get_one(Code, leaked.id)
+            row.status = "voided"
+            session.add(row)
+            job_id = sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign_id)
+        assert await worker.run_once()
+        with session_scope(engine) as session:
+            job = session.get_one(Job, job_id)
+            assert job.status == "queued" and "not confirmed" in (job.last_error or "")
+            assert session.get_one(Code, leaked.id).sync_status == "synced"
+        fake.search_blind = False
+        await drain(worker)
+    assert [c.sync_status for c in campaign_codes(engine, campaign_id) if c.id == leaked.id] == ["deactivated"]
+
+
+async def test_a_platform_that_cannot_be_reached_leaves_the_repairs_queued_and_alerted(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """The listing works, the re-add answers 5xx on every attempt: the report says so, the
+    `reconcile_failed` alert opens, and the push job is queued to retry the repair."""
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=2)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        lost = campaign_codes(engine, campaign_id)[0]
+        (discount,) = fake.discounts.values()
+        del discount.codes[lost.code.casefold()]
+        real = fake.route.side_effect
+
+        def down_for_adds(request: httpx.Request) -> httpx.Response:
+            if b"discountRedeemCodeBulkAdd" in request.content:
+                return httpx.Response(503, json={"errors": "Service unavailable"})
+            return real(request)  # type: ignore[misc,operator,no-any-return]
+
+        fake.route.side_effect = down_for_adds
+        with session_scope(engine) as session:
+            assert reconcile.enqueue(session, shop_id) is not None
+        job_ids = []
+        while await worker.run_once():  # the reconcile job only: what it queued stays queued
+            with session_scope(engine) as session:
+                job_ids = list(session.exec(select(Job.kind).where(col(Job.status) == "queued")).all())
+            if sync.PUSH in job_ids:
+                break
+        report = last_report(engine, shop_id).details["campaigns"][str(campaign_id)]
+        assert "Service unavailable" in report["repaired"]["error"] or "503" in report["repaired"]["error"]
+        assert "reconcile_failed" in open_alerts(engine, shop_id)
+        assert sync.PUSH in job_ids
+        fake.route.side_effect = real
+        await drain(worker)  # the queued push repairs it; the next run resolves the alert
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    assert lost.code.casefold() in discount.codes
+    assert open_alerts(engine, shop_id) == {}
+
+
+async def test_shopify_capacity_past_the_threshold_opens_an_alert_resolved_when_under_it(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.shopify import ShopifyConnector
+
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    monkeypatch.setattr(ShopifyConnector, "MAX_CODES_PER_STORE", 5)  # 4 codes held (3 + the marker): 80 %
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+        alert = open_alerts(engine, shop_id)["platform_capacity"]
+        assert (alert.details["codes_on_platform"], alert.details["store_limit"]) == (4, 5)
+        assert "4 of the platform's 5 codes (80%)" in alert.message
+        assert last_report(engine, shop_id).details["capacity"]["used"] == 0.8  # the audit row too
+        (discount,) = fake.discounts.values()
+        for code in campaign_codes(engine, campaign_id)[:2]:  # ended with us, removed by the next run
+            with session_scope(engine) as session:
+                row = session.get_one(Code, code.id)
+                row.status = "voided"
+                session.add(row)
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+        run_reconcile(engine, shop_id)  # 2 of 5 now
+        await drain(worker)
+    assert len(discount.codes) == 2
+    assert "platform_capacity" not in open_alerts(engine, shop_id)
+    with session_scope(engine) as session:
+        (resolved,) = session.exec(select(Alert).where(col(Alert.kind) == "platform_capacity")).all()
+        assert resolved.resolved_at is not None
+
+
+async def test_woocommerce_drift_is_repaired_both_ways_in_one_run(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """A coupon deleted in the WordPress admin is created again, a voided code still there is
+    deleted; the second run finds nothing to repair."""
+    fake = FakeWooCommerce()
+    fake.install(router)
+    shop_id = installed(engine, app_settings, "woocommerce", fake.credentials(webhook_secret="s3cret"))
+    campaign_id = make_campaign(engine, shop_id, count=3)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        lost, kept, leaked = campaign_codes(engine, campaign_id)
+        coupon = fake.coupon_by_code(lost.code)
+        assert coupon is not None
+        del fake.coupons[coupon["id"]]
+        with session_scope(engine) as session:
+            row = session.get_one(Code, leaked.id)
+            row.status = "voided"
+            session.add(row)
+        reports = []
+        for _ in range(2):
+            run_reconcile(engine, shop_id)
+            await drain(worker)
+            reports.append(last_report(engine, shop_id).details["campaigns"][str(campaign_id)])
+    assert fake.coupon_by_code(lost.code) is not None and fake.coupon_by_code(kept.code) is not None
+    assert fake.coupon_by_code(leaked.code) is None
+    assert reports[0]["repaired"] == {"pushed": 1, "push_failed": 0, "deactivated": 1, "unconfirmed": 0}
+    assert (reports[1]["missing"], reports[1]["extra"], reports[1]["gone"]) == (0, 0, 0)
+    assert open_alerts(engine, shop_id) == {}
+
+
+def test_the_capacity_threshold_is_read_from_the_environment_and_0_turns_the_alert_off(
+    engine: Engine, shop_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).platform_capacity_alert == 0.8
+    assert Settings.from_env({"COUPONRY_PLATFORM_CAPACITY_ALERT": "0.5"}).platform_capacity_alert == 0.5
+    full = {"campaigns": {}, "capacity": {"codes_on_platform": 20_000_000, "store_limit": 20_000_000, "used": 1.0}}
+    reconcile._alerts(engine, shop_id, full, 0, utcnow())
+    assert open_alerts(engine, shop_id) == {}
+    reconcile._alerts(engine, shop_id, full, 0.8, utcnow())
+    assert set(open_alerts(engine, shop_id)) == {"platform_capacity"}
+
+
+async def test_a_discount_deleted_on_shopify_is_alerted_and_the_other_campaigns_still_reconciled(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    shop_id = installed(engine, app_settings, "shopify", credentials)
+    deleted, other = make_campaign(engine, shop_id, count=1), make_campaign(engine, shop_id, count=1, name="Other")
+    with session_scope(engine) as session:
+        for campaign_id in (deleted, other):
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+        with session_scope(engine) as session:
+            gid = session.get_one(Campaign, deleted).platform_discount_id
+        del fake.discounts[str(gid)]  # the merchant deleted the whole discount
+        run_reconcile(engine, shop_id)
+        await drain(worker)
+    report = last_report(engine, shop_id).details["campaigns"]
+    assert "listing the platform's codes" in report[str(deleted)]["repaired"]["error"]
+    assert report[str(other)]["missing"] == 0
+    alert = open_alerts(engine, shop_id)["reconcile_failed"]
+    assert list(alert.details["campaigns"]) == [str(deleted)]

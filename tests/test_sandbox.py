@@ -49,7 +49,13 @@ async def test_batch_limit_and_existing_codes(engine: Engine, settings: Settings
         listed = await client.get(url, headers=auth(settings))
     assert too_many.status_code == 422
     assert first.json()["results"][0]["existing"] is False
-    assert repeat.json()["results"][0] == {"code": "ab-1", "ok": True, "id": first.json()["results"][0]["id"], "existing": True}
+    assert repeat.json()["results"][0] == {
+        "code": "ab-1",
+        "ok": True,
+        "id": first.json()["results"][0]["id"],
+        "existing": True,
+        "reactivated": False,
+    }
     assert [c["code"] for c in listed.json()["codes"]] == ["AB-1"]
 
 

@@ -155,7 +155,8 @@ def get_discount(session: Session, shop: str, discount_id: int) -> SandboxDiscou
 
 def add_codes(session: Session, shop: str, discount_id: int, items: Sequence[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Create codes under a discount; one result each. A code the discount already holds is
-    `ok` with `existing: true`; one held by another discount is refused."""
+    `ok` with `existing: true` (and active again, `reactivated: true`, if it was deactivated);
+    one held by another discount is refused."""
     if len(items) > limit:
         raise SandboxError(422, f"at most {limit} codes per request, got {len(items)}")
     get_discount(session, shop, discount_id)
@@ -184,7 +185,9 @@ def add_codes(session: Session, shop: str, discount_id: int, items: Sequence[dic
                 results.append({"code": code, "ok": False, "error": "code already used by another discount"})
                 continue
             row.pushes += 1
-            results.append({"code": code, "ok": True, "id": row.id, "existing": True})
+            # a push means "accept this code": one deactivated on the platform is live again
+            reactivated, row.active = not row.active, True
+            results.append({"code": code, "ok": True, "id": row.id, "existing": True, "reactivated": reactivated})
             continue
         row = SandboxCode(
             shop=shop,

@@ -25,7 +25,7 @@ import connectors.shopify as shopify
 from connectors import shop_connector_class
 from connectors.base import CodeSpec, ConnectorConfig, Credentials, DiscountSpec, ShippingAddress, ShopConnector
 from connectors.errors import AuthError, BadSignature, NotFound, RateLimited, Rejected, UpstreamError
-from connectors.shopify import CostBucket, ShopifyConnector
+from connectors.shopify import UNCONFIRMED, CostBucket, ShopifyConnector
 from tests.connectors.fakes.shopify import SHOP, TAKEN, ShopifyFake, fixture, order_node, shopify_fake
 from tests.contracts import shopify_schema
 
@@ -1013,7 +1013,9 @@ async def test_deactivate_codes_finds_and_deletes_them(connector: ShopifyConnect
     discount = fake.add_discount(["GONE-0001", "GONE-0002", "KEEP-0003", "GONE-00011"])
     by_id = fake.discounts[discount].codes["gone-0002"]["id"]
     results = await connector.deactivate_codes(discount, ["gone-0001", by_id, "NEVER-PUSHED"])
-    assert [(r.code, r.ok) for r in results] == [("gone-0001", True), (by_id, True), ("NEVER-PUSHED", True)]
+    # a code the search does not find is not known to be gone: never reported done
+    assert [(r.code, r.ok) for r in results] == [("gone-0001", True), (by_id, True), ("NEVER-PUSHED", False)]
+    assert results[2].error == UNCONFIRMED
     assert set(fake.discounts[discount].codes) == {"keep-0003", "gone-00011"}  # the fuzzy search hit is spared
     assert [c.operation for c in fake.calls] == [
         "codeDiscountNode",
@@ -1022,6 +1024,22 @@ async def test_deactivate_codes_finds_and_deletes_them(connector: ShopifyConnect
         "job",
     ]
     assert fake.calls[2].variables["ids"] == [results[0].platform_id, by_id]
+
+
+async def test_a_code_the_search_does_not_find_is_never_reported_deactivated(
+    connector: ShopifyConnector, fake: ShopifyFake
+) -> None:
+    """Shopify's codes(query:) search answers nothing (its index lags, or the match is fuzzy):
+    the code stays on the platform and the answer says so, so nobody marks it deactivated."""
+    discount = fake.add_discount(["LEAKED-0001", "KEEP-0002"])
+    fake.search_blind = True
+    (result,) = await connector.deactivate_codes(discount, ["LEAKED-0001"])
+    assert (result.ok, result.error) == (False, UNCONFIRMED)
+    assert "leaked-0001" in fake.discounts[discount].codes
+    assert "discountCodeRedeemCodeBulkDelete" not in [c.operation for c in fake.calls]
+    fake.search_blind = False  # found by a later attempt: deleted, and only then done
+    (result,) = await connector.deactivate_codes(discount, ["LEAKED-0001"])
+    assert result.ok and "leaked-0001" not in fake.discounts[discount].codes
 
 
 async def test_list_codes_follows_the_cursor(connector: ShopifyConnector, fake: ShopifyFake) -> None:

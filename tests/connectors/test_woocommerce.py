@@ -16,7 +16,7 @@ import pytest
 import respx
 from tenacity import wait_none
 
-from connectors.base import CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShippingAddress, ShopConnector
+from connectors.base import REMOVAL_UNCONFIRMED, CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShippingAddress, ShopConnector
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
 from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector
 from tests.connectors.fakes.woocommerce import FakeWooCommerce, fixture, sign
@@ -450,7 +450,9 @@ async def test_deactivate_deletes_only_our_coupons(
     results = await connector.deactivate_codes(
         await connector.ensure_discount(campaign()), ["OURS-0001", "THEIRS-01", "GONE-0001"]
     )
-    assert [(r.code, r.ok) for r in results] == [("OURS-0001", True), ("THEIRS-01", False), ("GONE-0001", True)]
+    # a code the lookup does not find is not known to be gone: unconfirmed, never done
+    assert [(r.code, r.ok) for r in results] == [("OURS-0001", True), ("THEIRS-01", False), ("GONE-0001", False)]
+    assert results[2].error == REMOVAL_UNCONFIRMED
     assert sent_batches(fake) == [{"delete": [ours["id"]]}]
     assert fake.coupon_by_code("ours-0001") is None and fake.coupon_by_code("theirs-01") is not None
     assert fake.routes["coupons"].call_count == 3

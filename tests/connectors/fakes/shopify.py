@@ -122,6 +122,7 @@ class ShopifyFake:
         self.orders: dict[str, dict[str, Any]] = {}
         self.webhooks: dict[tuple[str, str], str] = {}
         self.fail_codes: dict[str, tuple[str, str]] = {}  # code (any case) -> (error code, message)
+        self.search_blind = False  # True: codes(query:) finds nothing (its index lags the writes)
         self.calls: list[Call] = []
         self._scripted: deque[httpx.Response | Callable[[httpx.Request], httpx.Response]] = deque()
         self._lost: deque[httpx.Response | type[httpx.TransportError]] = deque()
@@ -318,7 +319,7 @@ class ShopifyFake:
             nodes = list(discount.codes.values())
             if args.get("query"):
                 term = str(args["query"]).strip('"').casefold()
-                nodes = [n for n in nodes if term in n["code"].casefold()]
+                nodes = [] if self.search_blind else [n for n in nodes if term in n["code"].casefold()]
             return _connection(nodes, args)
 
         code_discount = {
