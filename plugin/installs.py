@@ -37,6 +37,7 @@ from plugin.models import (
     Code,
     CustomerUsage,
     Job,
+    RecipientDelivery,
     Redemption,
     Referral,
     ReferrerAddress,
@@ -184,16 +185,22 @@ def _code_match(email: str | None, customer_id: str | None) -> list[Any]:
     referral rewards assigned to `<referrer>#referral:<id>` (plugin.referrals, which cuts the
     referrer to 290 characters). A prefix by substr, not LIKE: exact and case-sensitive on both
     dialects (SQLite's LIKE ignores case), and an email's `_` needs no escaping."""
-    match: list[Any] = []
+    match = _recipient_match(col(Code.recipient), email, customer_id)
     if email:
-        lowered = func.lower(col(Code.recipient))
-        reward = f"{email[:290]}{REWARD_MARK}"
-        match += [func.lower(col(Code.email)) == email, lowered == email, func.substr(lowered, 1, len(reward)) == reward]
+        match.append(func.lower(col(Code.email)) == email)
     if customer_id:
-        key = f"id:{customer_id}"
-        reward = f"{key[:290]}{REWARD_MARK}"
-        recipient = col(Code.recipient)
-        match += [col(Code.customer_id) == customer_id, recipient == key, func.substr(recipient, 1, len(reward)) == reward]
+        match.append(col(Code.customer_id) == customer_id)
+    return match
+
+
+def _recipient_match(recipient: Any, email: str | None, customer_id: str | None) -> list[Any]:
+    """A recipient column naming the person (see `_code_match`): their email, `id:<customer id>`,
+    or a referral reward of theirs (`<key>#referral:<id>`)."""
+    match: list[Any] = []
+    for key, column in ((email, func.lower(recipient)), (f"id:{customer_id}" if customer_id else None, recipient)):
+        if key:
+            reward = f"{key[:290]}{REWARD_MARK}"
+            match += [column == key, func.substr(column, 1, len(reward)) == reward]
     return match
 
 
@@ -286,6 +293,19 @@ def redact_customer(
     for event in noted:
         event.details = {**event.details, "referrer": "redacted"}  # a new dict: the JSON column sees the change
         session.add(event)
+    # pushes to providers name them as the recipient (plugin.pushes); a queued one then finds no
+    # holder for its code and fails, so nothing is sent to someone who asked to be forgotten
+    pushed = _recipient_match(col(RecipientDelivery.recipient), email, customer_id)
+    pushes = (
+        session.execute(
+            update(RecipientDelivery)
+            .where(col(RecipientDelivery.shop_id) == shop_id, or_(*pushed))
+            .values(recipient=literal("redacted:") + cast(col(RecipientDelivery.id), String))
+            .execution_options(synchronize_session=False)
+        )
+        if pushed
+        else None
+    )
     reports = _forget_data_requests(session, shop_id, email, customer_id, order_ids, actor=actor)
     counts = {
         "deliveries": deliveries,
@@ -295,6 +315,7 @@ def redact_customer(
         "referrals": referrals,
         "referrer_addresses": int(addresses.rowcount) if addresses is not None else 0,  # type: ignore[attr-defined]
         "audit_events": len(noted),
+        "pushes": int(pushes.rowcount) if pushes is not None else 0,  # type: ignore[attr-defined]
         "data_requests": reports,
     }
     session.add(AuditEvent(shop_id=shop_id, action="customer.redacted", subject="customer", actor=actor, details=counts))

@@ -13,7 +13,7 @@ from sqlmodel import Session, SQLModel
 from connectors.base import Delivery, DeliveryKind
 from plugin import installs, webhooks
 from plugin.db import session_scope
-from plugin.models import AuditEvent, Code, Shop, WebhookEvent
+from plugin.models import AuditEvent, Code, RecipientDelivery, Shop, WebhookEvent
 from plugin.settings import Settings
 from tests.ingest import campaign_codes, make_campaign, running_app, sandbox_settings
 from tests.test_referrals import body, send
@@ -70,7 +70,12 @@ async def test_a_redaction_leaves_nothing_naming_the_customer_not_even_their_dat
         bound = session.exec(select(Code).where(Code.code == c)).scalar_one()
         bound.email, bound.customer_id, bound.recipient = ANN, ANN_ID, ANN
         other = Shop(platform="shopify", domain="other.myshopify.com", name="Other")
-        session.add_all([bound, other])
+        # her code was pushed to an email provider, and a reward of hers waits for its push
+        pushed = RecipientDelivery(shop_id=shop_id, campaign_id=bound.campaign_id, code_id=bound.id or 0, recipient=ANN,
+                                   provider="klaviyo", status="sent")  # fmt: skip
+        reward = RecipientDelivery(shop_id=shop_id, campaign_id=bound.campaign_id, code_id=-1,
+                                   recipient=f"id:{ANN_ID}#referral:4", provider="twilio")  # fmt: skip
+        session.add_all([bound, other, pushed, reward])
         session.flush()
         assert other.id is not None
         other_id = other.id
@@ -106,6 +111,7 @@ async def test_a_redaction_leaves_nothing_naming_the_customer_not_even_their_dat
     assert reports[f"webhook:{ids['dr-bob']}"]["customer"] == {"email": BOB, "customer_id": BOB_ID}
     assert reports[f"webhook:{ids['dr-ann-other']}"]["customer"] == {"email": ANN, "customer_id": ANN_ID}
     assert redacted["data_requests"] == 1 and redacted["redemptions"] == 1 and redacted["codes"] == 1
+    assert redacted["pushes"] == 2
 
 
 async def test_a_data_request_by_email_is_found_by_a_redaction_by_customer_id(
