@@ -59,6 +59,13 @@ class AssignedCode:
     created_at: datetime
     assigned_at: datetime
     expires_at: datetime | None
+    # the binding: who alone may use the code (a claim under the `claim` policy, or an import)
+    email: str | None = None
+    customer_id: str | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.email is not None or self.customer_id is not None
 
 
 def _assigned(row: Any) -> AssignedCode:
@@ -100,7 +107,7 @@ def campaign_info(reader: Reader, *, shop_id: int, campaign_id: int) -> Campaign
 _LOOKUP = """
 SELECT c.id, c.code, c.campaign_id, c.batch_id, c.partner_id, c.recipient, c.status, c.created_at, c.assigned_at,
        c.expires_at, k.id, k.shop_id, k.name, k.status, CAST(k.rules AS TEXT), CAST(k.code_format AS TEXT),
-       CAST(b.rules_override AS TEXT)
+       CAST(b.rules_override AS TEXT), c.email, c.customer_id
 FROM code c
 JOIN campaign k ON k.id = c.campaign_id
 LEFT JOIN batch b ON b.id = c.batch_id
@@ -119,7 +126,7 @@ def lookup_assigned(
     at = Reader.as_instant
     created, assigned = at(r[7]), at(r[8])
     assert created is not None and assigned is not None
-    code = AssignedCode(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6], created, assigned, at(r[9]))
+    code = AssignedCode(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6], created, assigned, at(r[9]), r[17], r[18])
     return code, CampaignInfo(*r[10:16]), r[16]
 
 
@@ -216,6 +223,11 @@ def take_free_code(
     created, assigned = Reader.as_instant(r[7]), Reader.as_instant(r[8])
     assert created is not None and assigned is not None
     return AssignedCode(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6], created, assigned, Reader.as_instant(r[9]))
+
+
+def bind(conn: Connection, *, code_id: int, email: str | None, customer_id: str | None) -> None:
+    """Bind the code to its recipient: only that email or customer id may use it from now on."""
+    conn.execute(update(_code).where(_code.c.id == code_id).values(email=email, customer_id=customer_id))
 
 
 def set_expiry(conn: Connection, *, code_id: int, expires_at: datetime) -> None:

@@ -25,7 +25,7 @@ from functools import cached_property
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlmodel import Session, col, func, select
 
 from plugin import caches, claimstore, codes, poolhealth
@@ -34,7 +34,7 @@ from plugin.claimlinks import DEFAULT_LINK_AGE, ClaimLink, claim_token
 from plugin.claimstore import AssignedCode, CampaignInfo
 from plugin.db import read_cursor, session_reader, session_scope
 from plugin.errors import Conflict, InvalidInput, NotFound, PluginError
-from plugin.models import Code, utcnow
+from plugin.models import Code, ReferralProgram, utcnow
 from plugin.rules import code_expires_at
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -144,6 +144,10 @@ class Claim:
     expires_at: datetime | None
     partner_id: int | None
     created: bool
+    # The campaign's policy ("claim" or "shareable") and whether the code is in fact bound to
+    # one person (a phone recipient binds nothing a checkout can check): the claim page says so.
+    binding: str = "shareable"
+    bound: bool = False
 
     @cached_property
     def body(self) -> bytes:
@@ -178,6 +182,8 @@ def _claim_of(campaign: CampaignInfo, row: AssignedCode, override_text: str | No
         expires_at=expires,
         partner_id=row.partner_id,
         created=created,
+        binding=rules.distribution.binding if rules else "shareable",
+        bound=row.bound,
     )
 
 
@@ -231,13 +237,21 @@ def find_claim(engine: Engine, *, shop_id: int, campaign_id: int, recipient: str
 
 
 def claim(
-    session: Session, *, shop_id: int, campaign_id: int, recipient: str, partner_id: int | None = None, now: datetime
+    session: Session,
+    *,
+    shop_id: int,
+    campaign_id: int,
+    recipient: str,
+    partner_id: int | None = None,
+    now: datetime,
 ) -> Claim:
     """The recipient's code of the campaign: the one they already hold, else the next free one.
 
     `recipient` is a normalised key (normalise_recipient). With `partner_id`, only that partner's
-    block is drawn from. Raises PoolExhausted when no free code is left, RecipientTaken when the
-    recipient holds a code of the campaign outside that block."""
+    block is drawn from. Under the campaign's `distribution.binding: "claim"` a new claim binds
+    the code to the recipient (never a referral program's: a referrer's code is made to be
+    passed on). Raises PoolExhausted when no free code is left, RecipientTaken when the recipient holds a
+    code of the campaign outside that block."""
     conn = session.connection()
     for _ in range(3):
         with session_reader(session) as reader:
@@ -270,11 +284,23 @@ def claim(
             if row.expires_at is None or expires < row.expires_at:
                 claimstore.set_expiry(conn, code_id=row.id, expires_at=expires)
                 row = replace(row, expires_at=expires)
+        if rules is not None and rules.distribution.binding == "claim" and session.get(ReferralProgram, campaign_id) is None:
+            row = _bind(conn, row)
         poolhealth.after_claim(
             session, shop_id=shop_id, campaign_id=campaign_id, name=campaign.name, partner_id=partner_id, now=now
         )
         return _claim_of(campaign, row, override_text, created=True)
     raise Conflict("the claim kept colliding with another claim; try again", reason="claim_conflict")
+
+
+def _bind(conn: Connection, row: AssignedCode) -> AssignedCode:
+    """Bind a newly claimed code to what a checkout can check of its recipient: an email binds
+    the email, `id:<customer>` the customer id; a phone (or a partner's slot) binds nothing."""
+    who = recipient_parts(row.recipient)
+    if who["email"] is None and who["customer_id"] is None:
+        return row
+    claimstore.bind(conn, code_id=row.id, email=who["email"], customer_id=who["customer_id"])
+    return replace(row, email=who["email"], customer_id=who["customer_id"])
 
 
 # --- alerts -----------------------------------------------------------------------------------

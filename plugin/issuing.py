@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, bindparam, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
 from plugin import codes
@@ -220,11 +221,28 @@ def import_lines(text: str) -> Iterator[str]:
     return iter(io.StringIO(text, newline=""))
 
 
-def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, raw code, None) from a CSV with a `code` column, or a single headerless
-    column; (line number, the line, why) for a row that is not a code: a quote never closed or
-    closed mid-value, or a quoted value over several lines. Parsed strictly: leniently, a stray
-    quote swallows the lines after it, and those would land as one code."""
+@dataclass(frozen=True)
+class ImportRow:
+    """One row of an import: its line number, the raw code, why it is not a code (if it is not),
+    and the raw `email` / `customer_id` cells that bind the code (when the header names them)."""
+
+    number: int
+    raw: str
+    problem: str | None = None
+    email: str = ""
+    customer_id: str = ""
+
+
+_CODE_HEADERS = ("code", "coupon", "coupon code")
+_BINDING_HEADERS = ("email", "customer_id")
+
+
+def _read_import_rows(lines: Iterable[str]) -> Iterator[ImportRow]:
+    """The rows of a CSV with a `code` column (and optionally `email` and/or `customer_id`
+    columns, which bind each code), or a single headerless column of codes; a row that is not
+    a code says why: a quote never closed or closed mid-value, or a quoted value over several
+    lines. Parsed strictly: leniently, a stray quote swallows the lines after it, and those
+    would land as one code."""
     read: list[str] = []  # the lines of the row being parsed, for messages
 
     def feed() -> Iterator[str]:
@@ -234,6 +252,7 @@ def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str, str | No
 
     reader = csv.reader(feed(), strict=True)
     code_index = 0
+    binding: dict[str, int] = {}  # header name → column, for the binding columns the header names
     end = 0  # the last line of the previous row
     while True:
         read.clear()
@@ -243,20 +262,28 @@ def _read_import_rows(lines: Iterable[str]) -> Iterator[tuple[int, str, str | No
             return
         except csv.Error as exc:  # the reader goes on at the next line
             start, end = end + 1, reader.line_num
-            yield start, _first_line(read), _csv_problem(exc)
+            yield ImportRow(start, _first_line(read), _csv_problem(exc))
             continue
         start, end = end + 1, reader.line_num
         if end > start:
-            yield start, _first_line(read), f"a quoted value runs over lines {start}-{end} (a code is one line)"
+            yield ImportRow(start, _first_line(read), f"a quoted value runs over lines {start}-{end} (a code is one line)")
             continue
         if start == 1:
             lowered = [cell.strip().lower() for cell in row]
-            if "code" in lowered or "coupon" in lowered or "coupon code" in lowered:
-                code_index = next(i for i, c in enumerate(lowered) if c in ("code", "coupon", "coupon code"))
+            if any(c in _CODE_HEADERS for c in lowered):
+                code_index = next(i for i, c in enumerate(lowered) if c in _CODE_HEADERS)
+                binding = {c: i for i, c in reversed(list(enumerate(lowered))) if c in _BINDING_HEADERS}
                 continue
+            if any(c in _BINDING_HEADERS for c in lowered):
+                raise InvalidInput(
+                    "the header (line 1) names no code column: name it `code` beside `email` / `customer_id`",
+                    reason="import_rejected",
+                )
         if not row or all(not cell.strip() for cell in row):
             continue
-        yield start, row[code_index] if code_index < len(row) else "", None
+        cells = {name: row[i] if i < len(row) else "" for name, i in binding.items()}
+        raw = row[code_index] if code_index < len(row) else ""
+        yield ImportRow(start, raw, None, cells.get("email", ""), cells.get("customer_id", ""))
 
 
 def _first_line(read: list[str]) -> str:
@@ -291,27 +318,76 @@ def _normalise_import(fmt: codes.CodeFormat, raw: str) -> tuple[str | None, str 
     return stored, None
 
 
+@dataclass(frozen=True)
+class _Binding:
+    """Who alone may use an imported code, and the recipient it is assigned to."""
+
+    email: str | None
+    customer_id: str | None
+
+    @property
+    def recipient(self) -> str:
+        # the customer id is the more precise key when both are given (as the checkout decides)
+        return f"id:{self.customer_id}" if self.customer_id is not None else str(self.email)
+
+
+def _import_binding(row: ImportRow) -> tuple[_Binding | None, str | None]:
+    """(the row's binding or None when its cells are empty, None) or (None, why they are bad)."""
+    from plugin.distribution import normalise_recipient  # distribution imports (via poolhealth) this module
+
+    email = customer_id = None
+    try:
+        if row.email.strip():
+            email = normalise_recipient(email=row.email)
+        if row.customer_id.strip():
+            customer_id = normalise_recipient(customer_id=row.customer_id)[3:]
+    except InvalidInput as exc:
+        return None, exc.message
+    if email is None and customer_id is None:
+        return None, None
+    return _Binding(email, customer_id), None
+
+
 def import_codes(engine: Engine, *, shop_id: int, campaign_id: int, lines: Iterable[str]) -> Batch:
     """Import codes from CSV lines (`import_lines` of `decode_import`'s text): all rows land, or
-    none do and every bad row is reported by its line number."""
+    none do and every bad row is reported by its line number.
+
+    A row's `email` and/or `customer_id` (columns the header names) bind its code: only that
+    person may use it, as a claim under the `claim` policy binds, and the code is assigned to
+    them (a later claim by them answers with it; no claim hands it to anyone else). A campaign
+    gives one code per person, so a person named twice, or already holding one, is a bad row."""
     with session_scope(engine) as session:
         campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
         fmt = campaign_format(campaign)
+        rules = CampaignRules.model_validate(campaign.rules) if campaign.rules else None
     errors: list[RowError] = []
     first_row: dict[str, int] = {}
-    for number, raw, not_csv in _read_import_rows(lines):
-        stored, problem = (None, not_csv) if not_csv else _normalise_import(fmt, raw)
+    bindings: dict[str, _Binding] = {}  # stored code → its binding
+    person_row: dict[str, int] = {}  # recipient → its first row
+    for row in _read_import_rows(lines):
+        stored, problem = (None, row.problem) if row.problem else _normalise_import(fmt, row.raw)
+        binding, bad_binding = _import_binding(row) if stored is not None else (None, None)
         if stored is None:
-            errors.append(RowError(number, raw, problem or "invalid"))
+            errors.append(RowError(row.number, row.raw, problem or "invalid"))
         elif stored in first_row:
-            errors.append(RowError(number, raw, f"duplicate of row {first_row[stored]}"))
+            errors.append(RowError(row.number, row.raw, f"duplicate of row {first_row[stored]}"))
+        elif bad_binding is not None:
+            errors.append(RowError(row.number, row.raw, bad_binding))
+        elif binding is not None and binding.recipient in person_row:
+            same = person_row[binding.recipient]
+            errors.append(RowError(row.number, row.raw, f"names the same person as row {same} (one code per person)"))
         else:
-            first_row[stored] = number
+            first_row[stored] = row.number
+            if binding is not None:
+                bindings[stored] = binding
+                person_row[binding.recipient] = row.number
     if not first_row and not errors:
         raise InvalidInput("the file holds no codes", reason="import_empty")
     with engine.connect() as conn:
         taken = existing_codes(conn, shop_id=shop_id, codes=first_row)
+        holders = _holders(conn, campaign_id=campaign_id, recipients=list(person_row))
     errors.extend(RowError(first_row[c], c, "already exists in this shop") for c in taken)
+    errors.extend(RowError(person_row[r], r, "this person already holds a code of this campaign") for r in holders)
     if errors:
         raise ImportRejected(sorted(errors, key=lambda e: e.row))
     with session_scope(engine) as session:
@@ -330,8 +406,41 @@ def import_codes(engine: Engine, *, shop_id: int, campaign_id: int, lines: Itera
         if landed != len(first_row):
             # another import raced us for the same codes: refuse the whole file
             raise InvalidInput("some codes were added by someone else meanwhile; nothing imported", reason="import_conflict")
+        _bind_imported(session, shop_id=shop_id, bindings=bindings, rules=rules)
         batch.created, batch.status, batch.finished_at = landed, "done", utcnow()
         return batch
+
+
+def _holders(conn: Connection, *, campaign_id: int, recipients: list[str]) -> set[str]:
+    """Which of these recipients already hold a code of the campaign."""
+    found: set[str] = set()
+    named = col(Code.recipient).in_(bindparam("r", expanding=True))
+    stmt = select(col(Code.recipient)).where(col(Code.campaign_id) == campaign_id, named)
+    for start in range(0, len(recipients), 500):
+        found.update(r for r in conn.execute(stmt, {"r": recipients[start : start + 500]}).scalars() if r is not None)
+    return found
+
+
+def _bind_imported(session: Session, *, shop_id: int, bindings: dict[str, _Binding], rules: CampaignRules | None) -> None:
+    """Bind and assign the imported codes that name a person (one executemany)."""
+    if not bindings:
+        return
+    now = utcnow()
+    relative = rules.time.relative_expiry if rules else None
+    expires = now + relative.delta() if relative is not None and relative.after == "assignment" else None
+    stmt = (
+        update(Code)
+        .where(col(Code.shop_id) == shop_id, col(Code.code) == bindparam("c"))
+        .values(email=bindparam("e"), customer_id=bindparam("i"), recipient=bindparam("r"), assigned_at=now, expires_at=expires)
+    )
+    params = [{"c": c, "e": b.email, "i": b.customer_id, "r": b.recipient} for c, b in bindings.items()]
+    try:
+        with session.begin_nested():
+            session.connection().execute(stmt, params)
+    except IntegrityError:  # a claim gave one of these people a code meanwhile
+        raise InvalidInput(
+            "a person named in the file got a code of this campaign meanwhile; nothing imported", reason="import_conflict"
+        ) from None
 
 
 # --- CSV export -----------------------------------------------------------------------------

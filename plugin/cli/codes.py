@@ -146,7 +146,8 @@ def codes_export(ctx: Context, campaign_id: int, output: IO[str]) -> None:
 @click.argument("file", type=click.File("rb"))
 @pass_context
 def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[bytes]) -> None:
-    """Import codes from a CSV FILE (a `code` column, or one code per line)."""
+    """Import codes from a CSV FILE (a `code` column, or one code per line); `email` and/or
+    `customer_id` columns bind each code to that person (only they may use it)."""
     try:
         decoded = decode_import(file.read(), encoding)
     except PluginError as exc:

@@ -43,6 +43,7 @@ __all__ = [
     "Channel",
     "Currency",
     "Discount",
+    "DistributionRules",
     "FixedDiscount",
     "FreeShippingDiscount",
     "ItemSelector",
@@ -327,6 +328,18 @@ class Budget(_Frozen):
     max_discount: PositiveAmount | None = None
 
 
+class DistributionRules(_Frozen):
+    """What a claim does to the code it hands out.
+
+    `claim`: the code becomes the recipient's alone — their email or customer id is bound to it,
+    so validation refuses anyone else and a platform order by anyone else is flagged (a phone
+    recipient binds nothing a checkout can check). `shareable` (the default, as before this
+    rule existed): the code is a gift the recipient may pass on; whoever enters it may use it.
+    """
+
+    binding: Literal["claim", "shareable"] = "shareable"
+
+
 def _channels(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -354,6 +367,7 @@ class CampaignRules(_Frozen):
     allowed_channels: Channels = None
     stacking: StackingRules = StackingRules()
     budget: Budget = Budget()
+    distribution: DistributionRules = DistributionRules()
     # what a cancelled, refunded or failed order does to its code: give the use back,
     # give the same recipient a fresh code, or leave the code consumed
     on_cancel: Literal["restore", "reissue", "keep"] = "restore"
