@@ -59,6 +59,21 @@ def test_campaign_generate_export_import_round_trip(cli: CliRunner, tmp_path: Pa
     assert f"{campaign_id}\tBlack Friday\tdraft\t252 codes" in listing
 
 
+def test_codes_import_binds_codes_to_the_people_its_columns_name(cli: CliRunner, tmp_path: Path) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "Loyal").strip()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,email,customer_id\nLOYAL1,ann@example.com,\nLOYAL2,not-an-email,\n")
+    rejected = cli.invoke(main, ["codes", "import", "--campaign", campaign_id, str(bad)])
+    assert rejected.exit_code == 1 and "row 3: 'not-an-email' is not an email address" in rejected.output
+    good = tmp_path / "good.csv"
+    good.write_text("code,email,customer_id\nLOYAL1,ann@example.com,\nLOYAL2,,c-2\n")
+    assert json.loads(_ok(cli, "codes", "import", "--campaign", campaign_id, str(good)))["imported"] == 2
+    out = tmp_path / "assignments.csv"
+    _ok(cli, "distribution", "export", "--campaign", campaign_id, "--output", str(out))
+    rows = {r["code"]: (r["email"], r["customer_id"]) for r in csv.DictReader(io.StringIO(out.read_text()))}
+    assert rows == {"LOYAL1": ("ann@example.com", ""), "LOYAL2": ("", "c-2")}
+
+
 def test_bad_input_exits_non_zero_with_a_clear_message(cli: CliRunner, tmp_path: Path) -> None:
     campaign_id = _ok(cli, "campaigns", "create", "--name", "Digits", "--alphabet", "numeric", "--length", "4").strip()
     refused = cli.invoke(main, ["codes", "generate", "--campaign", campaign_id, "--count", "20000"])
