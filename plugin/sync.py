@@ -381,8 +381,11 @@ async def follow_campaign(engine: Engine, connector: Any, campaign: Campaign) ->
     except NotSyncable as exc:
         outcome["rules"] = f"not updated: {exc}"
     else:
-        await connector.ensure_discount(replace(spec, platform_discount_id=discount_id))
+        updated = str(await connector.ensure_discount(replace(spec, platform_discount_id=discount_id)))
         outcome["rules"] = "updated"
+        if updated != discount_id:  # BigCommerce's id carries the per-code limits its codes get
+            await run(engine, partial(_save_discount_id, engine, campaign.id, updated))
+            discount_id = outcome["discount_id"] = updated
     if whole:
         await connector.set_discount_status(discount_id, state)
         outcome["discount_status"] = state
