@@ -301,6 +301,10 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     if discount_id is None:
         marker = campaign.platform_discount_marker or await run(engine, lambda: _stored_marker(engine, campaign_id))
         discount_id = await connector.ensure_discount(replace(discount_spec(campaign), marker=marker))
+        if campaign.status != "active" and isinstance(connector, DiscountStatusControl):
+            # a paused campaign's new discount (a replacement, a first push) takes no order:
+            # switched off before its id is stored, so a retry that adopts it switches it off too
+            await connector.set_discount_status(str(discount_id), "paused")
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
     await push_pending(engine, connector, campaign, str(discount_id))
 

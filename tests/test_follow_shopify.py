@@ -161,6 +161,21 @@ async def test_a_type_change_replaces_the_discount_without_a_code_live_twice(
     assert {c.sync_status for c in campaign_codes(engine, campaign_id)} == {"synced"}
 
 
+async def test_a_paused_campaigns_replacement_discount_is_created_switched_off(
+    engine: Engine, app_settings: Settings, fake: ShopifyFake
+) -> None:
+    shop_id, campaign_id, old_id = await pushed_campaign(engine, app_settings, fake)
+    act(engine, shop_id, campaign_id, "pause")
+    edit(engine, shop_id, campaign_id, {"discount": {"type": "free_shipping"}})
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+    (new_id,) = fake.discounts
+    assert new_id != old_id and fake.discounts[new_id].status == "EXPIRED"
+    operations = [c.operation for c in fake.calls]
+    create = operations.index("discountCodeFreeShippingCreate")
+    assert operations[create + 1] == "discountCodeDeactivate"  # before any code is added to it
+
+
 @pytest.mark.parametrize(
     "fault",
     [httpx.Response(502, text="Bad Gateway"), httpx.Response(429, headers={"Retry-After": "0"}), httpx.ReadTimeout],
