@@ -243,6 +243,21 @@ class ShopConnector(Protocol):
         """Every code the platform holds under the discount, for reconciliation."""
 
 
+# What a merchant's pause / resume / end makes of the platform discount itself.
+DiscountState = Literal["active", "paused", "deleted"]
+
+
+@runtime_checkable
+class DiscountStatusControl(Protocol):
+    """A platform that switches a whole discount on or off, or deletes it, in one call (Shopify,
+    the sandbox). Connectors without it are followed code by code (an ended campaign's codes are
+    deactivated one by one)."""
+
+    async def set_discount_status(self, discount_id: str, state: DiscountState) -> None:
+        """Put the discount in `state`; a discount already gone counts as deleted. Raises when the
+        platform refused or did not answer (the caller's job is retried)."""
+
+
 @dataclass(frozen=True)
 class Recipient:
     """A person to push a code to, with the merge fields the provider should store."""

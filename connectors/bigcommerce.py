@@ -62,6 +62,7 @@ from connectors.base import (
     Credentials,
     Delivery,
     DiscountSpec,
+    DiscountState,
     OrderEvent,
     OrderEventKind,
     PushResult,
@@ -324,6 +325,14 @@ class BigCommerceConnector:
                 return str(_DiscountRef(str(promotion["id"]), max_uses, per_customer))
         created = _json_object(await self._request("POST", "v3/promotions", json=body))
         return str(_DiscountRef(str(created["data"]["id"]), max_uses, per_customer))
+
+    async def set_discount_status(self, discount_id: str, state: DiscountState) -> None:
+        """The promotion's `status` (`PUT /v3/promotions/{id}` takes a partial promotion): ENABLED,
+        or DISABLED for both a pause and an end. An end keeps the promotion: BigCommerce refuses to
+        delete a promotion that still holds coupon codes, and a disabled one takes none."""
+        ref = _DiscountRef.parse(discount_id)
+        status = "ENABLED" if state == "active" else "DISABLED"
+        await self._request("PUT", f"v3/promotions/{ref.promotion_id}", json={"status": status})
 
     async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
         """One POST per code, `concurrency` at a time.

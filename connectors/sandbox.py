@@ -34,6 +34,7 @@ from connectors.base import (
     Credentials,
     Delivery,
     DiscountSpec,
+    DiscountState,
     OrderEvent,
     OrderEventKind,
     PushResult,
@@ -132,13 +133,17 @@ class SandboxConnector:
             "ends_at": spec.ends_at.isoformat() if spec.ends_at else None,
             # the sandbox answers the same discount for the same reference, so a create that
             # timed out and is tried again never leaves a second discount behind
-            "reference": f"campaign:{spec.campaign_id}",
+            # (a replacement discount, drawn with a new marker, is a new reference)
+            "reference": f"campaign:{spec.campaign_id}" + (f":{spec.marker}" if spec.marker else ""),
         }
         if spec.platform_discount_id:
             data = await self._call("PUT", f"/discounts/{spec.platform_discount_id}", json=body)
         else:
             data = await self._call("POST", "/discounts", json=body)
         return str(data["id"])
+
+    async def set_discount_status(self, discount_id: str, state: DiscountState) -> None:
+        await self._call("PUT", f"/discounts/{discount_id}/status", json={"status": state})
 
     async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
         results: list[PushResult] = []

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -60,6 +60,7 @@ from connectors.base import (
     Delivery,
     DeliveryKind,
     DiscountSpec,
+    DiscountState,
     OrderEvent,
     OrderEventKind,
     PushResult,
@@ -108,6 +109,31 @@ DISCOUNT_FREE_SHIPPING_UPDATE = """
 mutation CouponryDiscountFreeShippingUpdate($id: ID!, $discount: DiscountCodeFreeShippingInput!) {
   discountCodeFreeShippingUpdate(id: $id, freeShippingCodeDiscount: $discount) {
     codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+# a whole discount on, off or gone, in one call by its id (pause / resume / end of a campaign)
+DISCOUNT_ACTIVATE = """
+mutation CouponryDiscountActivate($id: ID!) {
+  discountCodeActivate(id: $id) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+DISCOUNT_DEACTIVATE = """
+mutation CouponryDiscountDeactivate($id: ID!) {
+  discountCodeDeactivate(id: $id) {
+    codeDiscountNode { id }
+    userErrors { code field message extraInfo }
+  }
+}"""
+
+DISCOUNT_DELETE = """
+mutation CouponryDiscountDelete($id: ID!) {
+  discountCodeDelete(id: $id) {
+    deletedCodeDiscountId
     userErrors { code field message extraInfo }
   }
 }"""
@@ -635,6 +661,14 @@ class ShopifyConnector:
         )
         data = await self._graphql(document, variables)
         return self._discount_id(data[field], field)
+
+    async def set_discount_status(self, discount_id: str, state: DiscountState) -> None:
+        """Activate, deactivate or delete the whole discount by its id: one call, every code."""
+        document, field = _STATUS_MUTATIONS[state]
+        data = await self._graphql(document, {"id": _gid("DiscountCodeNode", discount_id)})
+        errors = data[field].get("userErrors") or []
+        if errors and not (state == "deleted" and all(_is_missing(e) for e in errors)):  # deleting twice is done
+            raise Rejected(f"{field}: " + _messages(errors))
 
     async def _create_discount(self, spec: DiscountSpec) -> str:
         """Create the discount with `spec.marker` as its first code, once.
@@ -1172,6 +1206,19 @@ def _code_index(field: Any) -> int | None:
         except (TypeError, ValueError):
             return None
     return None
+
+
+_STATUS_MUTATIONS: Final[dict[DiscountState, tuple[str, str]]] = {
+    "active": (DISCOUNT_ACTIVATE, "discountCodeActivate"),
+    "paused": (DISCOUNT_DEACTIVATE, "discountCodeDeactivate"),
+    "deleted": (DISCOUNT_DELETE, "discountCodeDelete"),
+}
+
+
+def _is_missing(error: Json) -> bool:
+    """A user error saying the discount does not exist (a delete whose first answer was lost)."""
+    message = str(error.get("message", "")).lower()
+    return "does not exist" in message or "not found" in message
 
 
 def _gid(kind: str, value: str) -> str:

@@ -92,11 +92,17 @@ def update_campaign(
     if name is not None:
         campaign.name = _check_name(name)
     parsed = parse_rules(rules)
+    before = campaign.rules
     if parsed is not None:
         campaign.rules = parsed.model_dump(mode="json")
     touch(campaign)
     session.add(campaign)
     session.flush()
+    if parsed is not None and campaign.rules != before:
+        # the platform discount follows the new rules: queued in this transaction
+        from plugin import sync  # sync builds on campaigns; imported here to keep that direction
+
+        sync.follow_rule_edit(session, campaign=campaign, before=before)
     return campaign
 
 
@@ -122,14 +128,10 @@ def change_status(session: Session, *, shop_id: int, campaign_id: int, action: s
     touch(campaign)
     session.add(campaign)
     session.flush()
-    if target == "ended" and campaign.platform_discount_id is not None:
-        # the platform's checkout must stop taking the codes too: queued in this transaction
-        # (unless the app was uninstalled: nothing of ours can reach that platform any more)
-        from plugin import sync  # sync builds on campaigns; imported here to keep that direction
+    # the platform's checkout must follow at once (pause, resume, end): queued in this transaction
+    from plugin import sync  # sync builds on campaigns; imported here to keep that direction
 
-        assert campaign.id is not None
-        if sync.is_installed(session, shop_id):
-            sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=campaign.id)
+    sync.enqueue_follow(session, campaign=campaign)
     return campaign
 
 

@@ -112,7 +112,13 @@ def _load(engine: Engine, shop_id: int | None) -> tuple[Shop, list[Campaign]]:
         shop = session.get_one(Shop, shop_id)
         campaigns = session.exec(
             select(Campaign)
-            .where(col(Campaign.shop_id) == shop_id, col(Campaign.platform_discount_id).is_not(None))
+            .where(
+                col(Campaign.shop_id) == shop_id,
+                col(Campaign.platform_discount_id).is_not(None),
+                # an ended campaign's discount is deleted where the platform deletes a whole one:
+                # nothing of it is left to compare
+                col(Campaign.status) != "ended",
+            )
             .order_by(col(Campaign.id))
         ).all()
         return shop, list(campaigns)

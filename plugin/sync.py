@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CodeSpec, DiscountSpec, PushResult, discount_marker
+from connectors.base import CodeSpec, DiscountSpec, DiscountState, DiscountStatusControl, PushResult, discount_marker
 from connectors.errors import ConnectorError
 from plugin import codes, outbox
 from plugin.campaigns import campaign_format, get_campaign
@@ -30,7 +30,7 @@ from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
-from plugin.models import Campaign, Code, Shop, utcnow
+from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 PUSH = "sync.push"
 DEACTIVATE = "sync.deactivate"
+FOLLOW = "sync.follow"  # the platform discount follows the campaign's status and rules
+# platforms whose discount can't change type in place: a type change there replaces the discount
+REPLACES_ON_TYPE_CHANGE = frozenset({"shopify"})
 
 
 # --- services (in the caller's transaction) ---------------------------------------------------
@@ -91,6 +94,61 @@ def enqueue_deactivate(session: Session, *, shop_id: int, campaign_id: int) -> i
     get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
     _require_installed(session, shop_id)
     return outbox.enqueue(session, DEACTIVATE, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{DEACTIVATE}:{campaign_id}")
+
+
+def enqueue_follow(session: Session, *, campaign: Campaign) -> int | None:
+    """Queue the platform discount's catching up with the campaign's status and rules (pause,
+    resume, end, rule edits), in the caller's transaction. The job reads the campaign when it
+    runs, so one queued job covers every change made before it starts. Nothing to do before the
+    discount exists (the first push creates it from the rules of the day) or once the app is
+    uninstalled (nothing of ours reaches that platform any more)."""
+    if campaign.platform_discount_id is None or not is_installed(session, campaign.shop_id):
+        return None
+    assert campaign.id is not None
+    return outbox.enqueue(session, FOLLOW, {"campaign_id": campaign.id}, campaign.shop_id, dedupe_key=f"{FOLLOW}:{campaign.id}")
+
+
+def enqueue_replace(session: Session, *, campaign: Campaign) -> int | None:
+    """A rule edit changed the discount's type where the platform can't change it in place: the
+    campaign lets go of its discount (a new marker will be drawn), its codes are pending again,
+    and one push job deletes the old discount before it creates the new one and moves the codes
+    there, so no code is ever live in both."""
+    old = campaign.platform_discount_id
+    if old is None or not is_installed(session, campaign.shop_id):
+        return None
+    assert campaign.id is not None
+    campaign.platform_discount_id = None
+    campaign.platform_discount_marker = None
+    session.add(campaign)
+    session.execute(
+        update(Code)
+        .where(
+            col(Code.campaign_id) == campaign.id,
+            col(Code.status) == "active",
+            col(Code.sync_status).in_(["synced", "failed"]),
+        )
+        .values(sync_status="pending", sync_error=None)
+    )
+    # no dedupe: this job carries the discount to retire, which a queued plain push does not
+    return outbox.enqueue(session, PUSH, {"campaign_id": campaign.id, "retire": old}, campaign.shop_id)
+
+
+def follow_rule_edit(session: Session, *, campaign: Campaign, before: dict[str, Any]) -> int | None:
+    """Queue the platform discount's update in place after a rule edit, or its replacement when
+    the edit changed the discount's type (amount off ⇄ free shipping) on a platform that can't
+    change a discount's type in place."""
+    shop = session.get(Shop, campaign.shop_id)
+    changed = before and _discount_family(before) != _discount_family(campaign.rules)
+    if changed and shop is not None and shop.platform in REPLACES_ON_TYPE_CHANGE:
+        return enqueue_replace(session, campaign=campaign)
+    return enqueue_follow(session, campaign=campaign)
+
+
+def _discount_family(rules: dict[str, Any]) -> str:
+    """Percentage and fixed amount are one kind of platform discount; free shipping another."""
+    discount = rules.get("discount")
+    kind = discount.get("type") if isinstance(discount, dict) else None
+    return "free_shipping" if kind == "free_shipping" else "amount"
 
 
 def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str, int]:
@@ -237,12 +295,116 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     campaign_id = int(job.payload["campaign_id"])
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
     connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
+    if retire := job.payload.get("retire"):
+        await _retire(engine, connector, campaign, str(retire))
     discount_id = campaign.platform_discount_id
     if discount_id is None:
         marker = campaign.platform_discount_marker or await run(engine, lambda: _stored_marker(engine, campaign_id))
         discount_id = await connector.ensure_discount(replace(discount_spec(campaign), marker=marker))
+        if campaign.status != "active" and isinstance(connector, DiscountStatusControl):
+            # a paused campaign's new discount (a replacement, a first push) takes no order:
+            # switched off before its id is stored, so a retry that adopts it switches it off too
+            await connector.set_discount_status(str(discount_id), "paused")
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
     await push_pending(engine, connector, campaign, str(discount_id))
+
+
+async def _retire(engine: Engine, connector: Any, campaign: Campaign, old_id: str) -> None:
+    """Delete a replaced discount (its codes with it) before its codes go to the new one. A code
+    a concurrent push tried to add while the old discount still held it failed as taken: it is
+    pending again now that the old one is gone."""
+    assert campaign.id is not None
+    campaign_id = campaign.id
+    if isinstance(connector, DiscountStatusControl):
+        await connector.set_discount_status(old_id, "deleted")
+    else:  # not reached today (only platforms that can delete a discount replace it)
+        raise Conflict("this platform can't delete a discount: a type change can't replace it")
+
+    def after() -> None:
+        with session_scope(engine) as session:
+            session.execute(
+                update(Code)
+                .where(col(Code.campaign_id) == campaign_id, col(Code.status) == "active", col(Code.sync_status) == "failed")
+                .values(sync_status="pending", sync_error=None)
+            )
+            _audit(session, campaign, "campaign.platform_replaced", {"old_discount_id": old_id})
+
+    await run(engine, after)
+
+
+def _audit(session: Session, campaign: Campaign, action: str, details: dict[str, Any]) -> None:
+    session.add(
+        AuditEvent(shop_id=campaign.shop_id, action=action, subject=f"campaign:{campaign.id}", actor="worker", details=details)
+    )
+
+
+async def handle_follow(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    engine = ctx.engine
+    campaign_id = int(job.payload["campaign_id"])
+    shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
+    if campaign.platform_discount_id is None:
+        return  # replaced or never created: the push that creates it uses the rules of the day
+    connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
+    outcome = await follow_campaign(engine, connector, campaign)
+    await run(engine, lambda: _record(engine, campaign, outcome))
+
+
+def _record(engine: Engine, campaign: Campaign, outcome: dict[str, Any]) -> None:
+    with session_scope(engine) as session:
+        _audit(session, campaign, "campaign.platform_followed", outcome)
+
+
+async def follow_campaign(engine: Engine, connector: Any, campaign: Campaign) -> dict[str, Any]:
+    """Make the platform discount say what the campaign says now; return what was done.
+
+    Where the platform switches a whole discount in one call, end deletes it (and its synced codes
+    are recorded deactivated), pause deactivates it and resume activates it; elsewhere an ended
+    campaign's codes are deactivated one by one. The rules are sent as an update in place by the
+    discount's id; on a paused discount the deactivation is sent again after them, as an update
+    (e.g. of its end date) may make it live again."""
+    assert campaign.id is not None and campaign.platform_discount_id is not None
+    discount_id = campaign.platform_discount_id
+    whole = isinstance(connector, DiscountStatusControl)
+    outcome: dict[str, Any] = {"status": campaign.status, "discount_id": discount_id}
+    if campaign.status == "ended":
+        if whole:
+            await connector.set_discount_status(discount_id, "deleted")
+            outcome["deleted"] = True
+            outcome["codes_deactivated"] = await run(engine, partial(_all_deactivated, engine, campaign.id))
+        else:
+            done, unconfirmed = await deactivate_lapsed(engine, connector, campaign)
+            outcome["codes_deactivated"] = done
+            if unconfirmed:
+                raise Unconfirmed(f"{unconfirmed} code(s) not confirmed removed by the platform; left synced, tried again")
+        return outcome
+    state: DiscountState = "active" if campaign.status == "active" else "paused"
+    if whole and state == "paused":
+        await connector.set_discount_status(discount_id, state)  # stop the checkout first
+    try:
+        spec = discount_spec(campaign)
+    except NotSyncable as exc:
+        outcome["rules"] = f"not updated: {exc}"
+    else:
+        updated = str(await connector.ensure_discount(replace(spec, platform_discount_id=discount_id)))
+        outcome["rules"] = "updated"
+        if updated != discount_id:  # BigCommerce's id carries the per-code limits its codes get
+            await run(engine, partial(_save_discount_id, engine, campaign.id, updated))
+            discount_id = outcome["discount_id"] = updated
+    if whole:
+        await connector.set_discount_status(discount_id, state)
+        outcome["discount_status"] = state
+    return outcome
+
+
+def _all_deactivated(engine: Engine, campaign_id: int) -> int:
+    """Record every synced code of a campaign whose discount was deleted as deactivated."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_code)
+            .where(_code.c.campaign_id == campaign_id, _code.c.sync_status == "synced")
+            .values(sync_status="deactivated", sync_error=None, synced_at=utcnow())
+        )
+        return int(result.rowcount)
 
 
 async def push_pending(engine: Engine, connector: Any, campaign: Campaign, discount_id: str) -> tuple[int, int]:
@@ -344,4 +506,4 @@ async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) 
         after_id = rows[-1].id or after_id
 
 
-HANDLERS: dict[str, Handler] = {PUSH: handle_push, DEACTIVATE: handle_deactivate}
+HANDLERS: dict[str, Handler] = {PUSH: handle_push, DEACTIVATE: handle_deactivate, FOLLOW: handle_follow}

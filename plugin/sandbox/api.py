@@ -116,6 +116,13 @@ class SandboxApi:
         discount, _ = await self._tx(lambda s: store.save_discount(s, shop, data, discount_id))
         return JSONResponse(store.discount_json(discount))
 
+    async def set_discount_status(self, request: Request, shop: str) -> Response:
+        data = await self._body(request)
+        discount_id = int(request.path_params["id"])
+        status = str(data.get("status", ""))
+        discount = await self._tx(lambda s: store.set_discount_status(s, shop, discount_id, status))
+        return JSONResponse(store.discount_json(discount))
+
     async def get_discount(self, request: Request, shop: str) -> Response:
         discount_id = int(request.path_params["id"])
         discount = await self._tx(lambda s: store.get_discount(s, shop, discount_id))
@@ -247,6 +254,7 @@ class SandboxApi:
             Route("/api/discounts", e(self.create_discount), methods=["POST"]),
             Route("/api/discounts/{id:int}", e(self.get_discount), methods=["GET"]),
             Route("/api/discounts/{id:int}", e(self.update_discount), methods=["PUT"]),
+            Route("/api/discounts/{id:int}/status", e(self.set_discount_status), methods=["PUT"]),
             Route("/api/discounts/{id:int}/codes", e(self.add_codes), methods=["POST"]),
             Route("/api/discounts/{id:int}/codes", e(self.remove_codes), methods=["DELETE"]),
             Route("/api/discounts/{id:int}/codes", e(self.list_codes), methods=["GET"]),

@@ -23,6 +23,8 @@ class SandboxDiscount(SQLModel, table=True):
     uses_per_code: int | None = Field(default=1)
     ends_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     reference: str | None = Field(default=None, max_length=255)  # the caller's idempotency key
+    # active | paused (its codes are refused at checkout until resumed) | deleted (refused for good)
+    status: str = Field(default="active", max_length=16, sa_column_kwargs={"server_default": "active"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("shop", "reference", name="uq_sandbox_discount_reference"),)

@@ -108,6 +108,7 @@ def discount_json(d: SandboxDiscount) -> dict[str, Any]:
         "uses_per_code": d.uses_per_code,
         "ends_at": d.ends_at.isoformat() if d.ends_at else None,
         "reference": d.reference,
+        "status": d.status,
     }
 
 
@@ -146,6 +147,22 @@ def save_discount(
     return discount, True
 
 
+DISCOUNT_STATUSES = ("active", "paused", "deleted")
+
+
+def set_discount_status(session: Session, shop: str, discount_id: int, status: str) -> SandboxDiscount:
+    """Switch a whole discount on or off, or delete it (its codes are refused for good and may be
+    pushed to another discount). Setting the status it already has is a no-op."""
+    if status not in DISCOUNT_STATUSES:
+        raise SandboxError(422, f"status must be one of {', '.join(DISCOUNT_STATUSES)}")
+    discount = get_discount(session, shop, discount_id)
+    if discount.status == "deleted" and status != "deleted":
+        raise SandboxError(409, f"discount {discount_id} was deleted")
+    discount.status = status
+    session.flush()
+    return discount
+
+
 def get_discount(session: Session, shop: str, discount_id: int) -> SandboxDiscount:
     discount = session.get(SandboxDiscount, discount_id)
     if discount is None or discount.shop != shop:
@@ -180,6 +197,10 @@ def add_codes(session: Session, shop: str, discount_id: int, items: Sequence[dic
             results.append({"code": code, "ok": False, "error": "code must be 1 to 255 characters"})
             continue
         row = existing.get(key)
+        if row is not None and row.discount_id != discount_id and _deleted(session, row.discount_id):
+            row.discount_id, row.active, row.usage_count = discount_id, True, 0  # a deleted discount's code is free
+            results.append({"code": code, "ok": True, "id": row.id, "existing": False})
+            continue
         if row is not None:
             if row.discount_id != discount_id:
                 results.append({"code": code, "ok": False, "error": "code already used by another discount"})
@@ -206,6 +227,11 @@ def add_codes(session: Session, shop: str, discount_id: int, items: Sequence[dic
         if row is not None:
             r["id"] = row.id
     return results
+
+
+def _deleted(session: Session, discount_id: int) -> bool:
+    discount = session.get(SandboxDiscount, discount_id)
+    return discount is not None and discount.status == "deleted"
 
 
 def remove_codes(session: Session, shop: str, discount_id: int, codes: Sequence[str], limit: int) -> list[dict[str, Any]]:
@@ -343,8 +369,10 @@ def place_order(
 
 
 def _code_problem(row: SandboxCode, discount: SandboxDiscount, now: datetime) -> str | None:
-    if not row.active:
+    if not row.active or discount.status == "deleted":
         return "is no longer active"
+    if discount.status == "paused":
+        return "is paused"
     for moment in (row.expires_at, discount.ends_at):
         if moment is not None and _aware(moment) <= now:
             return "has expired"

@@ -158,6 +158,8 @@ async def test_every_document_is_sent_with_variables_the_schema_accepts(
     assert [e.order_id async for e in connector.list_recent_orders(datetime(2025, 1, 1, tzinfo=UTC))] == ["1"]
     await connector.register_webhooks("https://app.example/webhooks/shopify")
     await connector.fetch_shop()
+    for state in ("paused", "active", "deleted"):
+        await connector.set_discount_status(discount, state)
     sent = {call.document for call in fake.calls}
     assert set(DOCUMENTS.values()) == sent, sorted(n for n, d in DOCUMENTS.items() if d not in sent)
 

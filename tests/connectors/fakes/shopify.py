@@ -65,6 +65,7 @@ class Discount:
     kind: str  # DiscountCodeBasic | DiscountCodeFreeShipping
     input: dict[str, Any]
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # casefold -> {"id", "code"}
+    status: str = "ACTIVE"  # DiscountStatus: ACTIVE | EXPIRED (deactivated)
 
 
 @dataclass
@@ -269,6 +270,25 @@ class ShopifyFake:
 
     def _discountCodeFreeShippingUpdate(self, id: str, freeShippingCodeDiscount: dict[str, Any]) -> dict[str, Any]:
         return self._discount_update(id, freeShippingCodeDiscount)
+
+    def _discount_status(self, id: str, status: str) -> dict[str, Any]:
+        if id not in self.discounts:
+            error = {"code": None, "field": ["id"], "message": "Discount does not exist", "extraInfo": None}
+            return {"codeDiscountNode": None, "userErrors": [error]}
+        self.discounts[id].status = status
+        return {"codeDiscountNode": {"__typename": "DiscountCodeNode", "id": id}, "userErrors": []}
+
+    def _discountCodeActivate(self, id: str) -> dict[str, Any]:
+        return self._discount_status(id, "ACTIVE")
+
+    def _discountCodeDeactivate(self, id: str) -> dict[str, Any]:
+        return self._discount_status(id, "EXPIRED")  # Shopify ends a deactivated discount now
+
+    def _discountCodeDelete(self, id: str) -> dict[str, Any]:
+        if self.discounts.pop(id, None) is None:
+            error = {"code": None, "field": ["id"], "message": "Discount does not exist", "extraInfo": None}
+            return {"deletedCodeDiscountId": None, "userErrors": [error]}
+        return {"deletedCodeDiscountId": id, "userErrors": []}
 
     def _discountRedeemCodeBulkAdd(self, discountId: str, codes: list[dict[str, str]]) -> dict[str, Any]:
         if discountId not in self.discounts:
