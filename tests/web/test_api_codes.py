@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
 
+from plugin import installs
 from plugin.db import session_scope
 from plugin.models import AuditEvent, Code, Job, utcnow
 from tests.web.conftest import Api, make_campaign, make_key, rules, set_code
@@ -114,3 +115,15 @@ def test_a_likely_typo_gets_a_suggestion(api: Api, engine: Engine, shop_id: int)
     assert answer.json()["details"]["suggestion"] == code
     shown = api.get(f"/codes/{code[:5].lower()}-{code[5:]}")
     assert shown.status_code == 200 and shown.json()["code"] == code
+
+
+def test_customers_redact_forgets_the_recipients_of_reassigned_codes(api: Api, engine: Engine, shop_id: int) -> None:
+    _, (code, _) = make_campaign(engine, shop_id, rules(), codes=2)
+    assert api.post(f"/codes/{code}/reassign", {"recipient": "ann@example.com"}).status_code == 200
+    assert api.post(f"/codes/{code}/reassign", {"recipient": "id:42"}).status_code == 200
+    with session_scope(engine) as session:
+        installs.redact_customer(session, shop_id, email="ann@example.com", customer_id=None, actor="test")
+    with session_scope(engine) as session:
+        query = select(AuditEvent).where(col(AuditEvent.action) == "code.reassigned").order_by(col(AuditEvent.id))
+        details = [a.details for a in session.exec(query)]
+    assert [(d["recipient"], d["previous"]) for d in details] == [("redacted", None), ("id:42", "redacted")]
