@@ -437,6 +437,7 @@ class WooCommerceConnector:
             else:
                 results.append(PushResult(code=spec.code, ok=False, error=_item_error(item)))
         found = await self._lookup_many([bodies[index]["code"] for index in duplicates])
+        stale: list[tuple[int, dict[str, Any]]] = []
         for index, coupon in zip(duplicates, found, strict=True):
             spec = specs[index]
             if coupon is None:
@@ -450,9 +451,20 @@ class WooCommerceConnector:
                 )
             else:
                 results[index] = PushResult(code=spec.code, ok=True, platform_id=str(coupon["id"]))
+                wanted = bodies[index].get("date_expires_gmt")
+                if (coupon.get("date_expires_gmt") or None) != wanted:
+                    stale.append((index, {"id": coupon["id"], "date_expires_gmt": wanted}))
+        if stale:
+            # a coupon we hold already, pushed again with another end (an extended expiry)
+            answers = await self._batch("update", [change for _, change in stale])
+            for n, (index, change) in enumerate(stale):
+                item = answers[n] if n < len(answers) else None
+                error = _item_error(item)
+                if error is not None:
+                    results[index] = PushResult(code=specs[index].code, ok=False, platform_id=str(change["id"]), error=error)
         return [result for result in results if result is not None]
 
-    async def _batch(self, operation: Literal["create", "delete"], items: list[Any]) -> list[Any]:
+    async def _batch(self, operation: Literal["create", "update", "delete"], items: list[Any]) -> list[Any]:
         response = await self._request("POST", "coupons/batch", json={operation: items})
         answers = _json_object(response).get(operation)
         if not isinstance(answers, list):

@@ -293,6 +293,24 @@ def redact_customer(
     for event in noted:
         event.details = {**event.details, "referrer": "redacted"}  # a new dict: the JSON column sees the change
         session.add(event)
+    # plugin.percode notes a reassigned code's new and previous recipient in its audit events
+    reassigned = (
+        session.exec(
+            select(AuditEvent).where(
+                col(AuditEvent.shop_id) == shop_id,
+                col(AuditEvent.action) == "code.reassigned",
+                or_(
+                    col(AuditEvent.details)["recipient"].as_string().in_(keys),
+                    col(AuditEvent.details)["previous"].as_string().in_(keys),
+                ),
+            )
+        ).all()
+        if keys
+        else []
+    )
+    for event in reassigned:
+        event.details = {**event.details, **{k: "redacted" for k in ("recipient", "previous") if event.details.get(k) in keys}}
+        session.add(event)
     # pushes to providers name them as the recipient (plugin.pushes); a queued one then finds no
     # holder for its code and fails, so nothing is sent to someone who asked to be forgotten
     pushed = _recipient_match(col(RecipientDelivery.recipient), email, customer_id)
@@ -314,7 +332,7 @@ def redact_customer(
         "usage_counters": int(usage.rowcount) if usage is not None else 0,  # type: ignore[attr-defined]
         "referrals": referrals,
         "referrer_addresses": int(addresses.rowcount) if addresses is not None else 0,  # type: ignore[attr-defined]
-        "audit_events": len(noted),
+        "audit_events": len(noted) + len(reassigned),
         "pushes": int(pushes.rowcount) if pushes is not None else 0,  # type: ignore[attr-defined]
         "data_requests": reports,
     }

@@ -213,3 +213,28 @@ def test_serve_runs_the_app_on_the_asyncio_loop(cli: CliRunner, monkeypatch: pyt
     assert config.proxy_headers is False  # X-Forwarded-For is believed only from COUPONRY_TRUSTED_PROXIES, by the app
     assert config.log_config["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]  # type: ignore[index]
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # settle_heap ran
+
+
+def test_one_code_show_void_extend_reassign(cli: CliRunner, tmp_path: Path) -> None:
+    rules = '{"discount": {"type": "percentage", "percent": "10"}}'
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "One", "--pattern", "ON-##########", "--rules", rules).strip()
+    _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "2")
+    out = tmp_path / "codes.csv"
+    _ok(cli, "codes", "export", "--campaign", campaign_id, "--output", str(out))
+    first, second = (r["code"] for r in csv.DictReader(io.StringIO(out.read_text())))
+    shown = _ok(cli, "codes", "show", first.lower().replace("-", " "))
+    assert shown.startswith(f"{first}\tcampaign {campaign_id}\tactive") and "\tissued\t" in shown
+    later = "2099-01-31T23:59:59Z"
+    assert "\textended\t" in _ok(cli, "codes", "extend", first, "--expires-at", later)
+    assert "expires 2099-01-31T23:59:59+00:00" in _ok(cli, "codes", "show", first)
+    moved = _ok(cli, "codes", "reassign", first, "--recipient", "Ann@Example.com")
+    assert "recipient: ann@example.com" in moved and "actor=cli" in moved
+    taken = cli.invoke(main, ["codes", "reassign", second, "--recipient", "ann@example.com"])
+    assert taken.exit_code == 1 and "already holds a code" in taken.output and "Traceback" not in taken.output
+    voided = _ok(cli, "codes", "void", second, "--reason", "leaked")
+    assert "\tvoided\t" in voided
+    assert _ok(cli, "codes", "void", second) == voided  # twice: one void, the same story
+    past = cli.invoke(main, ["codes", "extend", first, "--expires-at", "2001-01-01T00:00:00Z"])
+    assert past.exit_code == 1 and "must be in the future" in past.output
+    unknown = cli.invoke(main, ["codes", "show", "ON-ZZZZZZZZZZ"])
+    assert unknown.exit_code == 1 and "no code" in unknown.output

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import IO, Any
 
 import click
 
-from plugin import codes, guessing
+from plugin import codes, guessing, percode
 from plugin.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
 from plugin.errors import PluginError
 from plugin.issuing import decode_import, export_codes, import_codes, import_lines, run_batch, start_batch
+from plugin.models import Shop, utcnow
 
 # --- campaigns ------------------------------------------------------------------------------
 
@@ -95,7 +97,7 @@ def campaigns_list(ctx: Context) -> None:
 
 @main.group("codes")
 def codes_group() -> None:
-    """Generate, import and export codes."""
+    """Generate, import and export codes; look one up, void, extend or reassign it."""
 
 
 @codes_group.command("generate")
@@ -159,3 +161,64 @@ def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[
     with clear_errors():
         batch = import_codes(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=import_lines(decoded.text))
     click.echo(json.dumps({"batch_id": batch.id, "imported": batch.created, "encoding": decoded.encoding}))
+
+
+# --- one code: look up, void, extend, reassign (plugin.percode) ------------------------------
+
+
+def _show(session: Any, found: percode.Found) -> None:
+    code = found.code
+    shop = session.get(Shop, code.shop_id)
+    expires = code.expires_at.isoformat() if code.expires_at else "never"
+    platform = f"{shop.platform if shop else '?'} {code.sync_status}" + (f" ({code.sync_error})" if code.sync_error else "")
+    click.echo(f"{found.display}\tcampaign {code.campaign_id}\t{code.status}\t{code.uses} use(s)\texpires {expires}")
+    click.echo(f"recipient: {code.recipient or '-'}\tplatform: {platform}")
+    for event in percode.story(session, found):
+        details = " ".join(f"{k}={v}" for k, v in event.details.items() if v is not None)
+        click.echo(f"{event.at.isoformat()}\t{event.event}\t{details}")
+
+
+@codes_group.command("show")
+@click.argument("code")
+@pass_context
+def codes_show(ctx: Context, code: str) -> None:
+    """Look CODE up as a shopper typed it: its state, platform status and story."""
+    with clear_errors(), session_scope(ctx.engine) as session:
+        _show(session, percode.find(session, shop_id=ctx.shop_id, typed=code))
+
+
+@codes_group.command("void")
+@click.argument("code")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@pass_context
+def codes_void(ctx: Context, code: str, reason: str) -> None:
+    """Void CODE: validation refuses it, and the worker takes it off the platform."""
+    with clear_errors(), session_scope(ctx.engine) as session:
+        found = percode.void(session, shop_id=ctx.shop_id, typed=code, actor="cli", now=utcnow(), reason=reason)
+        _show(session, found)
+
+
+@codes_group.command("extend")
+@click.argument("code")
+@click.option("--expires-at", "expires_at", required=True, help="New end, ISO 8601 with a timezone, e.g. 2027-01-31T23:59:59Z.")
+@pass_context
+def codes_extend(ctx: Context, code: str, expires_at: str) -> None:
+    """Give CODE a later end; the worker pushes it to the platform."""
+    try:
+        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {expires_at!r}", param_hint="--expires-at") from exc
+    with clear_errors(), session_scope(ctx.engine) as session:
+        found = percode.extend(session, shop_id=ctx.shop_id, typed=code, expires_at=when, actor="cli", now=utcnow())
+        _show(session, found)
+
+
+@codes_group.command("reassign")
+@click.argument("code")
+@click.option("--recipient", required=True, help="An email, a phone number (+<country><number>) or id:<customer id>.")
+@pass_context
+def codes_reassign(ctx: Context, code: str, recipient: str) -> None:
+    """Give CODE (live and unused) to another recipient."""
+    with clear_errors(), session_scope(ctx.engine) as session:
+        found = percode.reassign(session, shop_id=ctx.shop_id, typed=code, recipient=recipient, actor="cli", now=utcnow())
+        _show(session, found)

@@ -206,8 +206,11 @@ def add_codes(session: Session, shop: str, discount_id: int, items: Sequence[dic
                 results.append({"code": code, "ok": False, "error": "code already used by another discount"})
                 continue
             row.pushes += 1
-            # a push means "accept this code": one deactivated on the platform is live again
+            # a push means "accept this code": one deactivated on the platform is live again,
+            # until the end the push states (a code's extended expiry is pushed again)
             reactivated, row.active = not row.active, True
+            if "expires_at" in item:
+                row.expires_at = _parse_time(item.get("expires_at"))
             results.append({"code": code, "ok": True, "id": row.id, "existing": True, "reactivated": reactivated})
             continue
         row = SandboxCode(

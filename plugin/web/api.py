@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, redemptions, shops, webhooks
+from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, percode, redemptions, shops, webhooks
 from plugin.db import read_session, run, session_scope
 from plugin.errors import InvalidInput, NotFound, PluginError
-from plugin.models import Batch, Campaign, Code, Redemption, Reservation, utcnow
+from plugin.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
 from plugin.ratelimit import Guesser, GuessLimits
 from plugin.redemptions import RedemptionRefused, UnknownCode
 from plugin.refusals import Reason
@@ -632,6 +632,84 @@ def _query_text(request: Request, name: str, pattern: re.Pattern[str]) -> str | 
     return raw
 
 
+# --- per-code operations (plugin.percode) -----------------------------------------------------
+
+
+def code_out(session: Session, found: percode.Found) -> schemas.CodeOut:
+    """A code, where the platform has it, and its story."""
+    code = found.code
+    shop = session.get(Shop, code.shop_id)
+    return schemas.CodeOut(
+        code=code.code,
+        display=found.display,
+        typed=found.typed,
+        campaign_id=code.campaign_id,
+        status=code.status,
+        uses=code.uses,
+        recipient=code.recipient,
+        assigned_at=code.assigned_at,
+        expires_at=code.expires_at,
+        platform=schemas.CodePlatform(
+            platform=shop.platform if shop else None,
+            sync_status=code.sync_status,
+            error=code.sync_error,
+            platform_id=code.platform_id,
+            synced_at=code.synced_at,
+        ),
+        events=[schemas.CodeEvent(at=e.at, event=e.event, details=e.details) for e in percode.story(session, found)],
+    )
+
+
+def _typed(call: Call) -> str:
+    typed = str(call.request.path_params["code"])
+    if not typed.strip() or len(typed) > 100 or "\x00" in typed:
+        raise InvalidInput("a code is 1 to 100 characters", reason="invalid_code")
+    return typed
+
+
+async def get_code(call: Call) -> Response:
+    typed = _typed(call)
+    return _json(await call.read(lambda s: code_out(s, percode.find(s, shop_id=call.shop_id, typed=typed))))
+
+
+async def void_code(call: Call) -> Response:
+    typed, body = _typed(call), await call.body(schemas.CodeVoid)
+
+    def work(session: Session) -> schemas.CodeOut:
+        found = percode.void(session, shop_id=call.shop_id, typed=typed, actor=_actor(call), now=utcnow(), reason=body.reason)
+        return code_out(session, found)
+
+    return _json(await call.db(work))
+
+
+async def extend_code(call: Call) -> Response:
+    typed, body = _typed(call), await call.body(schemas.CodeExtend)
+
+    def work(session: Session) -> schemas.CodeOut:
+        found = percode.extend(
+            session, shop_id=call.shop_id, typed=typed, expires_at=body.expires_at, actor=_actor(call), now=utcnow()
+        )
+        return code_out(session, found)
+
+    return _json(await call.db(work))
+
+
+async def reassign_code(call: Call) -> Response:
+    typed, body = _typed(call), await call.body(schemas.CodeReassign)
+
+    def work(session: Session) -> schemas.CodeOut:
+        found = percode.reassign(
+            session, shop_id=call.shop_id, typed=typed, recipient=body.recipient, actor=_actor(call), now=utcnow()
+        )
+        return code_out(session, found)
+
+    return _json(await call.db(work))
+
+
+def _actor(call: Call) -> str:
+    return f"api-key:{call.key.prefix}"
+
+
 # --- the table ------------------------------------------------------------------------------
 
 _ERRORS: dict[int, type[BaseModel] | None] = {401: schemas.Problem, 403: schemas.Problem, 422: schemas.Problem}
@@ -721,6 +799,16 @@ ENDPOINTS: list[Endpoint] = [
              dist.create_referral_program, schemas.ReferralProgramIn, {201: schemas.ReferralProgramOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/referrals", "listReferrals", "Rewarded referrals, newest first",
              "admin", dist.list_referrals, None, {200: schemas.ReferralList, 404: schemas.Problem}),
+    # per-code operations (plugin.percode): the code as a shopper typed it
+    Endpoint("GET", "/codes/{code}", "getCode",
+             "A code as typed: its state, platform status and story (404 names a likely typo)", "admin", get_code,
+             None, {200: schemas.CodeOut, 404: schemas.Problem}),
+    Endpoint("POST", "/codes/{code}/void", "voidCode", "Void a code: refused at validation, taken off the platform",
+             "admin", void_code, schemas.CodeVoid, {200: schemas.CodeOut, 404: schemas.Problem}),
+    Endpoint("POST", "/codes/{code}/extend", "extendCode", "Give a code a later end (pushed to the platform)",
+             "admin", extend_code, schemas.CodeExtend, {200: schemas.CodeOut, 404: schemas.Problem, 409: schemas.Problem}),
+    Endpoint("POST", "/codes/{code}/reassign", "reassignCode", "Give a live, unused code to another recipient",
+             "admin", reassign_code, schemas.CodeReassign, {200: schemas.CodeOut, 404: schemas.Problem, 409: schemas.Problem}),
 ]  # fmt: skip
 
 

@@ -49,6 +49,13 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+def _path_schema(name: str) -> dict[str, Any]:
+    if name in MAX_IDS:
+        return {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}
+    # a code as a shopper typed it (any case, spacing or separators)
+    return {"type": "string", "minLength": 1, "maxLength": 100}
+
+
 def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": endpoint.name, "summary": endpoint.summary, "responses": {}}
     if endpoint.scope:
@@ -68,8 +75,7 @@ def _operation(endpoint: Endpoint, refs: dict[type[BaseModel], str]) -> dict[str
                 " share the key's higher ceiling. Over it: 429 `too_many_attempts` with `Retry-After`."
             )
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}}
-        for name, _ in _PARAM.findall(endpoint.path)
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(name)} for name, _ in _PARAM.findall(endpoint.path)
     ]
     if endpoint.method == "GET" and endpoint.name == "listCampaigns":
         params += [

@@ -416,3 +416,53 @@ class WebhookDeliveryOut(BaseModel):
 class WebhookDeliveryList(BaseModel):
     data: list[WebhookDeliveryOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")
+
+
+# --- per-code operations (plugin.percode) ---------------------------------------------------------
+
+
+class CodeVoid(_In):
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class CodeExtend(_In):
+    expires_at: datetime = Field(description="The code's new end, in the future, with a timezone (ISO 8601)")
+
+
+class CodeReassign(_In):
+    recipient: Annotated[str, StringConstraints(min_length=1, max_length=320)] = Field(
+        description="An email, a phone number (+<country><number>) or id:<customer id>"
+    )
+
+
+class CodePlatform(BaseModel):
+    """Where the code stands on the shop's platform: `pending` (a push will carry it),
+    `synced`, `failed` (with the platform's message) or `deactivated`."""
+
+    platform: str | None
+    sync_status: str
+    error: str | None
+    platform_id: str | None
+    synced_at: datetime | None
+
+
+class CodeEvent(BaseModel):
+    at: datetime
+    # issued | assigned | synced | deactivated | delivered | reserved | released | redeemed | flagged |
+    # rolled_back | voided | extended
+    event: str
+    details: dict[str, Any]
+
+
+class CodeOut(BaseModel):
+    code: str  # as stored (normalised)
+    display: str  # as shown to shoppers
+    typed: str  # as asked for
+    campaign_id: int
+    status: str  # active | voided
+    uses: int
+    recipient: str | None
+    assigned_at: datetime | None
+    expires_at: datetime | None
+    platform: CodePlatform
+    events: list[CodeEvent]

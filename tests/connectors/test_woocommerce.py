@@ -238,6 +238,27 @@ async def test_batch_with_per_item_errors_inside_a_200(
     assert fake.routes["coupons"].calls.last.request.url.params["code"] == "keep-0002"
 
 
+async def test_a_code_pushed_again_with_a_new_end_updates_its_coupon(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    """An extended expiry (plugin.percode) pushes the code again: WooCommerce holds a per-code
+    end, so the coupon we already hold gets the new `date_expires_gmt` by a batch update."""
+    fake.install(router, "batch", "coupons")
+    connector = connect(client, fake)
+    discount_id = await connector.ensure_discount(campaign())
+    ours = fake.add_coupon("KEEP-0002", campaign_id=7)
+    later = datetime(2030, 1, 31, 23, 59, 59, tzinfo=UTC)
+    extended = [CodeSpec(code="KEEP0002", display="KEEP-0002", expires_at=later)]
+
+    (result,) = await connector.push_codes(discount_id, extended)
+    (again,) = await connector.push_codes(discount_id, extended)
+
+    assert result.ok and again.ok and result.platform_id == str(ours["id"])
+    assert fake.coupons[ours["id"]]["date_expires_gmt"] == "2030-01-31T23:59:59"
+    updates = [b["update"] for b in sent_batches(fake) if "update" in b]
+    assert updates == [[{"id": ours["id"], "date_expires_gmt": "2030-01-31T23:59:59"}]]  # the same end again: no update
+
+
 async def test_existing_coupon_of_someone_else_is_not_taken_as_synced(
     client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
 ) -> None:

@@ -213,6 +213,14 @@ class FakeWooCommerce:
         answer: dict[str, list[Any]] = {}
         for item in body.get("create") or ():
             answer.setdefault("create", []).append(self._create_coupon(item))
+        for change in body.get("update") or ():
+            found = self.coupons.get(int(change.get("id", 0)))
+            if found is None:
+                error = {"code": "woocommerce_rest_shop_coupon_invalid_id", "message": "Invalid ID.", "data": {"status": 404}}
+                answer.setdefault("update", []).append({"id": change.get("id"), "error": error})
+            else:
+                found.update({k: v for k, v in change.items() if k != "id"})
+                answer.setdefault("update", []).append(found)
         for coupon_id in body.get("delete") or ():
             coupon = self.coupons.pop(int(coupon_id), None)
             if coupon is None:
