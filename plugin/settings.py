@@ -28,7 +28,7 @@ def _normalise_database_url(url: str) -> str:
     return url
 
 
-# --- section 6: configuration mistakes are one line (ConfigError), checked before anything runs
+# Configuration mistakes end the process with one line (ConfigError), checked before anything runs.
 SUPPORTED_DATABASES = (
     "couponry supports SQLite file URLs (sqlite:///path/to/couponry.db) "
     "and PostgreSQL (postgresql://user:password@host:5432/name)"
