@@ -35,12 +35,14 @@ from typing import Any
 import httpx
 from sqlmodel import SQLModel
 
-import plugin.models  # noqa: F401  (registers tables)
+import plugin.store.models  # noqa: F401  (registers tables)
 from bench.loadgen import LUA_DONE, LUA_SETUP, header, run_wrk, server, show
-from plugin import apikeys, campaigns, distribution, issuing
-from plugin.db import make_engine, session_scope
-from plugin.models import utcnow
-from plugin.shops import ensure_local_shop
+from plugin.campaigns import campaigns, issuing
+from plugin.distribution import claims as distribution
+from plugin.shops import apikeys
+from plugin.shops.shops import ensure_local_shop
+from plugin.store.db import make_engine, session_scope
+from plugin.store.models import utcnow
 
 CODES = 200_000
 ASSIGNED = 1_000  # recipients who already hold a code, for the repeat calls
@@ -57,8 +59,8 @@ from plugin.web.app import create_app
 
 url, port = sys.argv[1], int(sys.argv[2])
 if sys.argv[3:] == ["nocache"]:
-    import plugin.distribution
-    plugin.distribution.HELD_CACHE_SIZE = 0  # every pull reads the database
+    import plugin.distribution.claims
+    plugin.distribution.claims.HELD_CACHE_SIZE = 0  # every pull reads the database
 app = create_app(Settings(database_url=url, secret_key=Secret("bench-secret-0123456789-abcdefghij"), run_worker_in_process=False))
 
 

@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-import plugin.models  # noqa: F401
+import plugin.store.models  # noqa: F401
 from bench.generate_memory import bench_in_memory
-from plugin import codes, issuing
-from plugin.campaigns import create_campaign
-from plugin.db import make_engine, session_scope
-from plugin.shops import ensure_local_shop
+from plugin.campaigns import issuing
+from plugin.campaigns.campaigns import create_campaign
+from plugin.formats import codes
+from plugin.shops.shops import ensure_local_shop
+from plugin.store.db import make_engine, session_scope
 
 FORMAT = {"length": 12}  # 58 bits: a million codes stay far from guessable
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from plugin.codes import CodeFormat, generate
+from plugin.formats.codes import CodeFormat, generate
 
 FORMATS = {
     "default": CodeFormat(),

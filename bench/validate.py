@@ -29,11 +29,12 @@ from typing import Any
 import httpx
 from sqlmodel import SQLModel
 
-import plugin.models  # noqa: F401  (registers tables)
+import plugin.store.models  # noqa: F401  (registers tables)
 from bench.loadgen import LUA_DONE, LUA_SETUP, header, run_wrk, server, show
-from plugin import apikeys, campaigns, issuing
-from plugin.db import make_engine, session_scope
-from plugin.shops import ensure_local_shop
+from plugin.campaigns import campaigns, issuing
+from plugin.shops import apikeys
+from plugin.shops.shops import ensure_local_shop
+from plugin.store.db import make_engine, session_scope
 
 CODES = 1_000
 

@@ -81,8 +81,8 @@ def serve_app(port: int, db_url: str, sandbox: bool, processing: str = "web") ->
     import uvicorn
 
     from bench.loadgen import LOOP
-    from plugin.db import make_engine
     from plugin.runtime import settle_heap
+    from plugin.store.db import make_engine
     from plugin.web.app import create_app
 
     settings = settings_for(db_url, port, sandbox, processing)
@@ -93,8 +93,8 @@ def serve_app(port: int, db_url: str, sandbox: bool, processing: str = "web") ->
 
 def serve_worker(port: int, db_url: str) -> None:
     """`couponry worker`, as the Procfile's worker runs it beside the web process."""
-    from plugin.db import make_engine
     from plugin.runtime import settle_heap
+    from plugin.store.db import make_engine
     from plugin.worker import serve_worker
 
     engine = make_engine(db_url)
@@ -148,7 +148,7 @@ def wait_for(port: int, timeout: float = 30.0) -> None:
 
 
 def build_requests(settings, codes: list[str], duplicates: float) -> list[bytes]:  # type: ignore[no-untyped-def]
-    from plugin.sandbox import keys
+    from plugin import shared_secrets as keys
     from plugin.sandbox.deliverer import sign
 
     secret = keys.webhook_secret(settings)
@@ -181,10 +181,10 @@ def build_requests(settings, codes: list[str], duplicates: float) -> list[bytes]
 def prepare_db(db_url: str, codes: int) -> tuple[int, int]:
     from sqlmodel import SQLModel
 
-    from plugin.campaigns import create_campaign
-    from plugin.db import make_engine, session_scope
-    from plugin.issuing import generate_codes
-    from plugin.shops import ensure_local_shop
+    from plugin.campaigns.campaigns import create_campaign
+    from plugin.campaigns.issuing import generate_codes
+    from plugin.shops.shops import ensure_local_shop
+    from plugin.store.db import make_engine, session_scope
 
     engine = make_engine(db_url)
     SQLModel.metadata.create_all(engine)
@@ -203,9 +203,9 @@ def bench_webhooks(args: argparse.Namespace, tmp: Path) -> None:
 
     from sqlmodel import Session, col, select
 
-    from plugin.db import make_engine
-    from plugin.models import Code
-    from plugin.sandbox import keys
+    from plugin import shared_secrets as keys
+    from plugin.store.db import make_engine
+    from plugin.store.models import Code
 
     template = tmp / "template.db"
     _, campaign_id = prepare_db(f"sqlite:///{template}", args.orders)
@@ -267,8 +267,8 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
     from sqlalchemy import func
     from sqlmodel import Session, col, select
 
-    from plugin.db import make_engine
-    from plugin.models import Redemption, WebhookEvent
+    from plugin.store.db import make_engine
+    from plugin.store.models import Redemption, WebhookEvent
 
     engine = make_engine(db_url)
     for proc in servers:
@@ -314,8 +314,9 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
 def bench_push(args: argparse.Namespace, tmp: Path) -> None:
     import httpx
 
-    from plugin import outbox, sync
-    from plugin.db import make_engine, session_scope
+    from plugin.platforms import sync
+    from plugin.store import outbox
+    from plugin.store.db import make_engine, session_scope
     from plugin.worker import JobContext, Worker
 
     db_url = f"sqlite:///{tmp / 'push.db'}"

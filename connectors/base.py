@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import httpx
 
 # "refunded": the platform says the whole order is refunded. "refund": money returned on the order
-# (Shopify's refunds/create), whole or partial: Couponry's refund ledger decides (plugin.refunds).
+# (Shopify's refunds/create), whole or partial: Couponry's refund ledger decides (plugin.checkout.refunds).
 OrderEventKind = Literal["created", "paid", "cancelled", "refunded", "refund", "failed", "updated"]
 DeliveryKind = Literal["order", "app_uninstalled", "customers_redact", "shop_redact", "customers_data_request", "ping", "other"]
 
@@ -114,7 +114,7 @@ class ShippingAddress:
     """Where an order ships, only as much as telling two addresses apart needs: the street lines,
     the postcode and the ISO 3166-1 alpha-2 country code, as the platform gave them. Names,
     company, city, phone stay out: Couponry keeps a keyed fingerprint of this, never the address
-    (plugin.addresses)."""
+    (plugin.orders.addresses)."""
 
     line1: str = ""
     line2: str = ""

@@ -7,7 +7,7 @@ spends points another has already spent (THROTTLED):
 
     BucketState        the arithmetic of one bucket (pure: `now` is passed in)
     BucketStore        where states live, changed atomically: `MemoryBucketStore` in one process;
-                       plugin.ratestate keeps them in Redis or the database for every worker
+                       plugin.store.ratestate keeps them in Redis or the database for every worker
     CostBucket         one shop's bucket for the callers of one process: waits until the bucket
                        holds a call's cost, lets one probe out while the size is unknown, settles
                        each answer

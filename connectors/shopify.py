@@ -20,7 +20,7 @@ without the address fields the order simply has no address and nothing is matche
 Shopify rate-limits GraphQL with a leaky bucket of cost points per app and shop. `CostBucket`
 (connectors.costbucket) mirrors it from `extensions.cost.throttleStatus` and makes each call wait
 until the bucket holds its expected cost, so we do not get throttled on purpose; every connector
-of a shop must draw on the same one (plugin.ratestate shares it between jobs and workers). A
+of a shop must draw on the same one (plugin.store.ratestate shares it between jobs and workers). A
 throttle that happens anyway (`THROTTLED`, often with HTTP 200, or HTTP 429) becomes
 `RateLimited`; 5xx and timeouts become `UpstreamError`. Both are retried here a bounded number of
 times, then raised for the outbox (a create, which is not idempotent, as `_create_discount` says).

@@ -8,7 +8,7 @@ after answering) and sleeps until the poll interval passes or someone wakes it.
 
 With `webhook_processing = "worker"` (the Procfile), the worker also runs the webhook intake
 beside its jobs: stored order webhooks turned into redemptions a batch at a time
-(`plugin.ingest.intake`), so a long push never holds them up.
+(`plugin.orders.ingest.intake`), so a long push never holds them up.
 
 SIGTERM and SIGINT stop claiming; the running job finishes, then the worker exits.
 """
@@ -28,12 +28,12 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
-from plugin import outbox
-from plugin.db import make_engine, run
 from plugin.errors import PluginError
-from plugin.outbox import ClaimedJob
 from plugin.runtime import settle_heap
 from plugin.settings import Settings
+from plugin.store import outbox
+from plugin.store.db import make_engine, run
+from plugin.store.outbox import ClaimedJob
 
 log = logging.getLogger("couponry.worker")
 
@@ -52,7 +52,10 @@ Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin import installs, orders, poolhealth, pushes, reconcile, sync
+    from plugin.distribution import poolhealth, pushes
+    from plugin.orders import orders
+    from plugin.platforms import installs, sync
+    from plugin.reconciliation import reconcile
 
     return {
         **sync.HANDLERS,
@@ -65,7 +68,8 @@ def default_handlers() -> dict[str, Handler]:
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import orders, reconcile, webhooks
+    from plugin.orders import orders, webhooks
+    from plugin.reconciliation import reconcile
 
     return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep()]
 
@@ -134,8 +138,8 @@ class Worker:
     async def _intake(self) -> None:
         """Turn stored order webhooks into redemptions, a batch at a time, beside the jobs: a
         long push must not hold up redemptions."""
-        from plugin.ingest import intake
-        from plugin.orders import Processor
+        from plugin.orders.ingest import intake
+        from plugin.orders.orders import Processor
 
         processor = Processor(self.ctx.engine, self.ctx.settings, self.ctx.http)
         while not self.stopping:

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import SQLModel
 
-import plugin.models  # noqa: F401  (registers tables)
-from plugin import migrate
-from plugin.db import make_engine, session_scope
+import plugin.store.models  # noqa: F401  (registers tables)
 from plugin.settings import Secret, Settings, _normalise_database_url
-from plugin.shops import ensure_local_shop
+from plugin.shops.shops import ensure_local_shop
+from plugin.store import migrate
+from plugin.store.db import make_engine, session_scope
 
 POSTGRES_URL = os.environ.get("COUPONRY_TEST_DATABASE_URL")
 

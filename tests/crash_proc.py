@@ -12,8 +12,8 @@ import logging
 import signal
 from datetime import timedelta
 
-from plugin.db import make_engine
 from plugin.settings import Secret, Settings
+from plugin.store.db import make_engine
 
 SECRET = "crash-test-secret-key-0123456789"
 
@@ -63,7 +63,7 @@ async def _worker(args: argparse.Namespace) -> None:
 
 async def _slow_job(ctx: object, job: object) -> None:
     """A job that takes a while and says when it starts and ends (the graceful stop test)."""
-    from plugin.outbox import ClaimedJob
+    from plugin.store.outbox import ClaimedJob
     from plugin.worker import JobContext
 
     assert isinstance(ctx, JobContext) and isinstance(job, ClaimedJob)

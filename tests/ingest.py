@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
-from plugin.campaigns import create_campaign
-from plugin.db import session_scope
-from plugin.issuing import generate_codes
-from plugin.models import Code
+from plugin.campaigns.campaigns import create_campaign
+from plugin.campaigns.issuing import generate_codes
 from plugin.settings import Settings
+from plugin.store.db import session_scope
+from plugin.store.models import Code
 from plugin.web.app import create_app
 
 SHOP = "local.couponry.test"

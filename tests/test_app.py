@@ -19,7 +19,7 @@ def test_healthz_reports_the_database(settings: Settings, engine: Engine) -> Non
 
 
 def test_healthz_says_when_the_database_is_down(settings: Settings, tmp_path: object) -> None:
-    from plugin.db import make_engine
+    from plugin.store.db import make_engine
 
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     with TestClient(create_app(settings, engine=broken)) as client:

@@ -20,13 +20,13 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session
 
-from plugin import migrate, outbox
 from plugin.cli import main
-from plugin.db import connected, make_engine, session_scope
 from plugin.errors import ConfigError
-from plugin.models import Job
 from plugin.settings import Settings
-from plugin.shops import ensure_local_shop
+from plugin.shops.shops import ensure_local_shop
+from plugin.store import migrate, outbox
+from plugin.store.db import connected, make_engine, session_scope
+from plugin.store.models import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "config-test-secret-0123456789abcdef"

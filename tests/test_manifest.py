@@ -12,8 +12,8 @@ from starlette.routing import Match
 
 from connectors import SHOP_CONNECTORS, shop_connector_class
 from plugin import __version__
-from plugin.db import make_engine
 from plugin.settings import Settings
+from plugin.store.db import make_engine
 from plugin.web.app import create_app
 
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "manifest.json").read_text())

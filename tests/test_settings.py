@@ -90,7 +90,7 @@ def test_processes_started_together_share_one_full_key(tmp_path: Path) -> None:
 
 
 def test_a_new_sqlite_database_is_private(tmp_path: Path) -> None:
-    from plugin.db import make_engine
+    from plugin.store.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'shop.db'}")
     with engine.begin() as conn:

@@ -16,11 +16,11 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from plugin import migrate
-from plugin.db import make_engine, session_scope
 from plugin.errors import ConfigError, PluginError
 from plugin.settings import Settings
-from plugin.shops import ensure_local_shop, find_shop
+from plugin.shops.shops import ensure_local_shop, find_shop
+from plugin.store import migrate
+from plugin.store.db import make_engine, session_scope
 
 
 @dataclass

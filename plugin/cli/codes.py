@@ -9,13 +9,15 @@ from typing import IO, Any
 
 import click
 
-from plugin import codes, guessing, percode
-from plugin.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
+from plugin.campaigns.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
+from plugin.campaigns.issuing import decode_import, export_codes, import_codes, import_lines, run_batch, start_batch
+from plugin.checkout import guessing
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
+from plugin.codes import percode
 from plugin.errors import PluginError
-from plugin.issuing import decode_import, export_codes, import_codes, import_lines, run_batch, start_batch
-from plugin.models import Shop, utcnow
+from plugin.formats import codes
+from plugin.store.db import session_scope
+from plugin.store.models import Shop, utcnow
 
 # --- campaigns ------------------------------------------------------------------------------
 
@@ -163,7 +165,7 @@ def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[
     click.echo(json.dumps({"batch_id": batch.id, "imported": batch.created, "encoding": decoded.encoding}))
 
 
-# --- one code: look up, void, extend, reassign (plugin.percode) ------------------------------
+# --- one code: look up, void, extend, reassign (plugin.codes.percode) ------------------------------
 
 
 def _show(session: Any, found: percode.Found) -> None:

@@ -11,11 +11,14 @@ import click
 from sqlmodel import Session
 
 from connectors.base import ShippingAddress
-from plugin import addresses, claimlinks, distribution, partners, poolhealth, pushes, referrals, tokens
-from plugin.apikeys import create_key
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
-from plugin.models import utcnow
+from plugin.distribution import claimlinks, partners, poolhealth, pushes, referrals
+from plugin.distribution import claims as distribution
+from plugin.orders import addresses
+from plugin.shops import tokens
+from plugin.shops.apikeys import create_key
+from plugin.store.db import session_scope
+from plugin.store.models import utcnow
 
 
 @main.group("distribution")

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from plugin import outbox
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
+from plugin.store import outbox
+from plugin.store.db import session_scope
 
 
 @main.command()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from plugin.apikeys import SCOPES, create_key, revoke_key
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
+from plugin.shops.apikeys import SCOPES, create_key, revoke_key
+from plugin.store.db import session_scope
 
 
 @main.group()

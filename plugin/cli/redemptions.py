@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
+from plugin.checkout.redemptions import REDEMPTION_STATUSES, list_redemptions, rollback_redemption
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
-from plugin.models import utcnow
-from plugin.redemptions import REDEMPTION_STATUSES, list_redemptions, rollback_redemption
+from plugin.store.db import session_scope
+from plugin.store.models import utcnow
 
 
 @main.group()

@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from plugin.cli import Context, main, pass_context
-from plugin.db import session_scope
 from plugin.sandbox import store
 from plugin.sandbox.store import SandboxError
+from plugin.store.db import session_scope
 
 
 def _shop(ctx: Context) -> str:

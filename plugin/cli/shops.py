@@ -10,10 +10,10 @@ import click
 from connectors.egress import AddressPolicy, public_client
 from connectors.errors import ConnectorError
 from connectors.woocommerce import WooAuthKeys, WooCommerceConnector
-from plugin import installs
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.connections import connector_config, normalise_store_url
-from plugin.db import session_scope
+from plugin.platforms import installs
+from plugin.platforms.connections import connector_config, normalise_store_url
+from plugin.store.db import session_scope
 
 
 @main.group("shops")
@@ -64,7 +64,7 @@ def shop_refusals(ctx: Context, mode: str | None) -> None:
     """Show or set what shoppers are told when a code is refused: `detailed` (storefront keys
     too: "already used", "belongs to another customer"), `generic` (masked everywhere) or
     `default` (detailed to your servers, generic to storefront keys, where a guesser sits)."""
-    from plugin.shops import get_shop, refusal_mode, set_refusal_mode
+    from plugin.shops.shops import get_shop, refusal_mode, set_refusal_mode
 
     with clear_errors(), session_scope(ctx.engine) as session:
         shop = get_shop(session, ctx.shop_id) if mode is None else set_refusal_mode(session, ctx.shop_id, mode)
@@ -79,7 +79,7 @@ def shop_refusals(ctx: Context, mode: str | None) -> None:
 def shop_origins(ctx: Context, origins: tuple[str, ...], clear: bool) -> None:
     """Show or set (replacing the list) the pages the shop's storefront keys may be used from
     (CORS): exact origins such as https://shop.example or https://shop.example:8443."""
-    from plugin.shops import allowed_origins, get_shop, set_allowed_origins
+    from plugin.shops.shops import allowed_origins, get_shop, set_allowed_origins
 
     if clear and origins:
         raise click.UsageError("give origins or --clear, not both")

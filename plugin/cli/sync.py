@@ -6,10 +6,10 @@ import json
 
 import click
 
-from plugin import sync
 from plugin.cli import Context, clear_errors, pass_context
 from plugin.cli.codes import codes_group
-from plugin.db import session_scope
+from plugin.platforms import sync
+from plugin.store.db import session_scope
 
 
 @codes_group.command("sync")

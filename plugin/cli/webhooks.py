@@ -6,9 +6,9 @@ import json
 
 import click
 
-from plugin import orders, webhooks
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.db import session_scope
+from plugin.orders import orders, webhooks
+from plugin.store.db import session_scope
 
 
 @main.group("webhooks")

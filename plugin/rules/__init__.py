@@ -8,11 +8,10 @@
                 stage checks the redemption path reuses
     exposure    the most a campaign can still cost
 
-Refusal reasons and their shopper messages live in `plugin.refusals`; `Refusal`,
+Refusal reasons and their shopper messages live in `plugin.rules.refusals`; `Refusal`,
 `Reason` and `shopper_view` are re-exported here for convenience.
 """
 
-from plugin.refusals import Reason, Refusal, public_reason, shopper_view
 from plugin.rules.context import Basket, BasketLine, CampaignState, CodeState, Customer, normalise_email
 from plugin.rules.discounts import (
     DiscountResult,
@@ -55,6 +54,7 @@ from plugin.rules.model import (
     UsageRules,
     apply_override,
 )
+from plugin.rules.refusals import Reason, Refusal, public_reason, shopper_view
 
 __all__ = [
     "KNOWN_CHANNELS",

@@ -31,7 +31,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from plugin.refusals import Reason, Refusal, refuse
 from plugin.rules.context import Basket, BasketLine
 from plugin.rules.model import (
     BundleDiscount,
@@ -43,6 +42,7 @@ from plugin.rules.model import (
     PercentageDiscount,
     TieredDiscount,
 )
+from plugin.rules.refusals import Reason, Refusal, refuse
 
 __all__ = [
     "DiscountResult",

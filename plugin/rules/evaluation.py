@@ -27,10 +27,10 @@ discount (`DiscountResult`). Within a stage, checks run in the order listed.
 
 from datetime import datetime
 
-from plugin.refusals import Reason, Refusal, iso_utc, refuse
 from plugin.rules.context import Basket, CampaignState, CodeState, Customer, normalise_email
 from plugin.rules.discounts import DiscountResult, compute_discount
 from plugin.rules.model import CampaignRules, CampaignStatus, apply_override
+from plugin.rules.refusals import Reason, Refusal, iso_utc, refuse
 
 __all__ = [
     "budget_refusal",

@@ -21,12 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugin.db import run, session_scope
-from plugin.sandbox import keys, store
+from plugin import shared_secrets as keys
+from plugin.sandbox import store
 from plugin.sandbox.deliverer import Deliverer
-from plugin.sandbox.models import SandboxDelivery
 from plugin.sandbox.store import Knobs, SandboxError
 from plugin.settings import Settings
+from plugin.store.db import run, session_scope
+from plugin.store.sandbox_models import SandboxDelivery
 
 Endpoint = Callable[[Request, str], Awaitable[Response]]
 

@@ -22,11 +22,12 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
-from plugin.db import run, session_scope
-from plugin.models import utcnow
-from plugin.sandbox import keys, store
+from plugin import shared_secrets as keys
+from plugin.sandbox import store
 from plugin.sandbox.store import DueDelivery, Knobs
 from plugin.settings import Settings
+from plugin.store.db import run, session_scope
+from plugin.store.models import utcnow
 
 log = logging.getLogger("couponry.sandbox")
 

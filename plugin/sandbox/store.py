@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import Engine, and_, update
 from sqlmodel import Session, col, select
 
-from plugin.models import utcnow
-from plugin.refusals import minor_unit_exponent
-from plugin.sandbox.models import SandboxCode, SandboxDelivery, SandboxDiscount, SandboxOrder, SandboxSetting
+from plugin.rules.refusals import minor_unit_exponent
+from plugin.store.models import utcnow
+from plugin.store.sandbox_models import SandboxCode, SandboxDelivery, SandboxDiscount, SandboxOrder, SandboxSetting
 
 
 class SandboxError(Exception):

@@ -22,14 +22,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, percode, redemptions, shops, webhooks
-from plugin.db import read_session, run, session_scope
+from plugin.campaigns import campaigns, issuing
+from plugin.checkout import checkout, guessing, redemptions
+from plugin.checkout.ratelimit import Guesser, GuessLimits
+from plugin.checkout.redemptions import RedemptionRefused, UnknownCode
+from plugin.codes import percode
 from plugin.errors import InvalidInput, NotFound, PluginError
-from plugin.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
-from plugin.ratelimit import Guesser, GuessLimits
-from plugin.redemptions import RedemptionRefused, UnknownCode
-from plugin.refusals import Reason
+from plugin.formats import codes
+from plugin.orders import webhooks
 from plugin.rules import Customer
+from plugin.rules.refusals import Reason
+from plugin.shops import apikeys, shops
+from plugin.store.db import read_session, run, session_scope
+from plugin.store.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
 from plugin.web import cors, schemas
 from plugin.web import distribution as dist
 from plugin.web.clientaddr import address_key
@@ -292,7 +297,7 @@ async def get_batch(call: Call) -> Response:
 
 
 def _guesser(call: Call, shopper: schemas.Shopper | None, customer: Customer | None) -> Guesser:
-    """Whom this call's failed guesses count against (see `plugin.ratelimit`).
+    """Whom this call's failed guesses count against (see `plugin.checkout.ratelimit`).
 
     A `storefront` key is the shopper's own browser: its shopper is the connection's address,
     and the body can't change that (a claimed customer would let a guesser spend someone
@@ -632,7 +637,7 @@ def _query_text(request: Request, name: str, pattern: re.Pattern[str]) -> str | 
     return raw
 
 
-# --- per-code operations (plugin.percode) -----------------------------------------------------
+# --- per-code operations (plugin.codes.percode) -----------------------------------------------------
 
 
 def code_out(session: Session, found: percode.Found) -> schemas.CodeOut:
@@ -799,7 +804,7 @@ ENDPOINTS: list[Endpoint] = [
              dist.create_referral_program, schemas.ReferralProgramIn, {201: schemas.ReferralProgramOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/referrals", "listReferrals", "Rewarded referrals, newest first",
              "admin", dist.list_referrals, None, {200: schemas.ReferralList, 404: schemas.Problem}),
-    # per-code operations (plugin.percode): the code as a shopper typed it
+    # per-code operations (plugin.codes.percode): the code as a shopper typed it
     Endpoint("GET", "/codes/{code}", "getCode",
              "A code as typed: its state, platform status and story (404 names a likely typo)", "admin", get_code,
              None, {200: schemas.CodeOut, 404: schemas.Problem}),

@@ -15,10 +15,10 @@ from starlette.routing import Mount, Route
 
 from connectors.egress import AddressPolicy, public_client, shared_client
 from plugin import __version__
-from plugin.db import make_engine, ping, run
+from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import PluginError
-from plugin.ratelimit import GuessLimits
 from plugin.settings import Settings
+from plugin.store.db import make_engine, ping, run
 from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background

@@ -1,4 +1,4 @@
-"""What runs beside the web app: webhook ingestion (plugin.ingest), the in-process worker (embedded default)
+"""What runs beside the web app: webhook ingestion (plugin.orders.ingest), the in-process worker (embedded default)
 and the sandbox store with its webhook deliverer. `create_app` builds one and enters
 `running(client)` in its lifespan."""
 
@@ -13,8 +13,8 @@ import httpx
 from sqlalchemy import Engine
 from starlette.routing import BaseRoute, Mount
 
-from plugin.ingest import Ingest
-from plugin.orders import Processor
+from plugin.orders.ingest import Ingest
+from plugin.orders.orders import Processor
 from plugin.settings import Settings
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from connectors.errors import BadSignature, ConnectorError
-from plugin import pushes
-from plugin.db import run
-from plugin.models import Shop
+from plugin.distribution import pushes
 from plugin.settings import Settings
-from plugin.shops import get_shop
+from plugin.shops.shops import get_shop
+from plugin.store.db import run
+from plugin.store.models import Shop
 from plugin.web.problems import problem
 
 MAX_ID_DIGITS = 10  # shop.id is a 32-bit integer column

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin.shops import normalise_origin
+from plugin.shops.shops import normalise_origin
 from plugin.web.problems import problem
 
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse the preflight's answer

@@ -23,15 +23,26 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from plugin import addresses, distribution, partners, poolhealth, pushes, referrals, tokens
-from plugin.apikeys import live_key
-from plugin.campaigns import get_campaign
-from plugin.claimlinks import BadLink, ExpiredLink, PullGrant, RevokedLink, pull_token, read_claim_token, read_pull_token
-from plugin.db import run
-from plugin.distribution import Claim, PoolExhausted, claim_or_alert, normalise_recipient
+from plugin.campaigns.campaigns import get_campaign
+from plugin.distribution import claims as distribution
+from plugin.distribution import partners, poolhealth, pushes, referrals
+from plugin.distribution.claimlinks import (
+    BadLink,
+    ExpiredLink,
+    PullGrant,
+    RevokedLink,
+    pull_token,
+    read_claim_token,
+    read_pull_token,
+)
+from plugin.distribution.claims import Claim, PoolExhausted, claim_or_alert, normalise_recipient
 from plugin.errors import InvalidInput, NotFound, PluginError
-from plugin.models import utcnow
+from plugin.orders import addresses
 from plugin.settings import Settings
+from plugin.shops import tokens
+from plugin.shops.apikeys import live_key
+from plugin.store.db import run
+from plugin.store.models import utcnow
 from plugin.web import schemas
 from plugin.web.problems import problem
 
@@ -53,7 +64,7 @@ def _settings(request: Request) -> Settings:
 
 
 def address_key(request: Request, address: schemas.ShippingAddress | None) -> str | None:
-    """The keyed fingerprint of an address given in a request body (plugin.addresses)."""
+    """The keyed fingerprint of an address given in a request body (plugin.orders.addresses)."""
     return addresses.fingerprint(tokens.address_key(_settings(request)), address) if address is not None else None
 
 

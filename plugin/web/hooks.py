@@ -3,14 +3,14 @@
 1. The connector verifies the signature over the raw body, in constant time; a failure is a
    401 problem and nothing is stored.
 2. The delivery is stored, deduplicated by (platform, delivery id), and committed: through
-   `plugin.ingest`, which commits every delivery queued meanwhile in one transaction (group
+   `plugin.orders.ingest`, which commits every delivery queued meanwhile in one transaction (group
    commit), so concurrent requests share one write and one fsync.
 3. We answer 2xx once that commit is done: platforms time out after a few seconds
    (Shopify: 5) and count slow answers as failures.
 4. In this process, an order that only redeems is recorded in the same transaction as its
    batch (so it is processed when answered), and other deliveries by the ingest processor in
    batches; with `webhook_processing = "worker"`, the workers' intake does it all
-   (`plugin.ingest.intake`).
+   (`plugin.orders.ingest.intake`).
    If the process dies between 3 and 4, the delivery stays `received` and the worker's sweep
    processes it a few seconds later: the stored row is its own outbox entry, so the hot path
    costs one write instead of two. Processing is guarded, so the batch and a sweep never
@@ -45,14 +45,14 @@ from starlette.types import Scope
 from connectors import UnknownConnector
 from connectors.base import Delivery, ShopConnector
 from connectors.errors import BadSignature, ConnectorError
-from plugin import webhooks
-from plugin.connections import shop_connector, webhook_headline, webhook_shop_hint
-from plugin.db import run, session_scope
 from plugin.errors import PluginError
-from plugin.ingest import Ingest
-from plugin.models import utcnow
-from plugin.orders import Processor
-from plugin.shops import shop_on_platform
+from plugin.orders import webhooks
+from plugin.orders.ingest import Ingest
+from plugin.orders.orders import Processor
+from plugin.platforms.connections import shop_connector, webhook_headline, webhook_shop_hint
+from plugin.shops.shops import shop_on_platform
+from plugin.store.db import run, session_scope
+from plugin.store.models import utcnow
 from plugin.web.limits import declared_length
 from plugin.web.problems import problem
 

@@ -1,4 +1,4 @@
-"""Install routes, one flow per platform; the shop's credentials are stored by plugin.installs.
+"""Install routes, one flow per platform; the shop's credentials are stored by plugin.platforms.installs.
 
 Shopify (authorization code grant, shared/research/shopify.md §5.1):
     GET /install/shopify            verify the query's HMAC and shop, then redirect to the grant
@@ -53,12 +53,12 @@ from connectors.egress import AddressPolicy, ForbiddenAddress
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected
 from connectors.shopify import SessionToken, ShopifyConnector
 from connectors.woocommerce import WooCommerceConnector
-from plugin import installs
-from plugin.connections import connector_config, normalise_store_url
-from plugin.db import run, session_scope
 from plugin.errors import Conflict
-from plugin.models import AuditEvent, Shop, utcnow
+from plugin.platforms import installs
+from plugin.platforms.connections import connector_config, normalise_store_url
 from plugin.settings import Settings
+from plugin.store.db import run, session_scope
+from plugin.store.models import AuditEvent, Shop, utcnow
 from plugin.web.problems import problem
 
 log = logging.getLogger("couponry.install")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
 
-from plugin.codes import CodeFormat
+from plugin.formats.codes import CodeFormat
 from plugin.rules import Basket, CampaignRules, Customer, DiscountResult, RulesOverride
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -418,7 +418,7 @@ class WebhookDeliveryList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")
 
 
-# --- per-code operations (plugin.percode) ---------------------------------------------------------
+# --- per-code operations (plugin.codes.percode) ---------------------------------------------------------
 
 
 class CodeVoid(_In):

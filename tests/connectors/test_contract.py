@@ -26,11 +26,11 @@ from tenacity import wait_none
 from connectors import SHOP_CONNECTORS, shop_connector_class
 from connectors.base import CodeSpec, ConnectorConfig, Credentials, DiscountSpec, OrderEvent, ShopConnector
 from connectors.errors import BadSignature
-from plugin.codes import normalise_generic
-from plugin.sandbox import keys
+from plugin import shared_secrets as keys
+from plugin.formats.codes import normalise_generic
 from plugin.sandbox.api import create_sandbox_app
-from plugin.sandbox.models import SandboxDelivery
 from plugin.settings import Settings
+from plugin.store.sandbox_models import SandboxDelivery
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes import woocommerce as woo_fakes
 from tests.connectors.fakes.bigcommerce import FakeBigCommerce

@@ -272,7 +272,7 @@ def test_refund_points_at_its_order() -> None:
     body = json.dumps(fixture("refunds_create.json")).encode()
     delivery = webhook_connector().parse_webhook(signed(body, "refunds/create"), body)
     (event,) = delivery.events
-    # one refund, whole or partial: the refund ledger decides (plugin.refunds)
+    # one refund, whole or partial: the refund ledger decides (plugin.checkout.refunds)
     assert (delivery.kind, event.kind, event.order_id) == ("order", "refund", "820982911946154508")
     assert event.codes == () and event.occurred_at == datetime(2025, 3, 20, 12, 15, tzinfo=UTC)
     assert [(r.refund_id, r.amount, r.items) for r in event.refunds] == [("890088186047892319", 0, 0)]

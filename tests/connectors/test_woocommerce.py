@@ -241,7 +241,7 @@ async def test_batch_with_per_item_errors_inside_a_200(
 async def test_a_code_pushed_again_with_a_new_end_updates_its_coupon(
     client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
 ) -> None:
-    """An extended expiry (plugin.percode) pushes the code again: WooCommerce holds a per-code
+    """An extended expiry (plugin.codes.percode) pushes the code again: WooCommerce holds a per-code
     end, so the coupon we already hold gets the new `date_expires_gmt` by a batch update."""
     fake.install(router, "batch", "coupons")
     connector = connect(client, fake)

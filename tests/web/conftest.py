@@ -17,12 +17,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
 
-from plugin import apikeys, campaigns, issuing
-from plugin.db import session_scope
-from plugin.models import Code, Shop, utcnow
-from plugin.ratelimit import GuessLimits
+from plugin.campaigns import campaigns, issuing
+from plugin.checkout.ratelimit import GuessLimits
 from plugin.settings import Settings
-from plugin.shops import ensure_local_shop
+from plugin.shops import apikeys
+from plugin.shops.shops import ensure_local_shop
+from plugin.store.db import session_scope
+from plugin.store.models import Code, Shop, utcnow
 
 with warnings.catch_warnings():
     # Starlette nudges TestClient users towards httpx2; httpx is what the app ships with.

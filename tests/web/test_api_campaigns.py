@@ -8,7 +8,7 @@ import time
 from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
-from plugin.models import Code
+from plugin.store.models import Code
 from tests.web.conftest import Api, rules
 
 BODY = {"name": "Black Friday", "currency": "GBP", "code_format": {"length": 10, "check_chars": 1}, "rules": rules()}

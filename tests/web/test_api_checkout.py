@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from plugin import codes as codes_mod
 from plugin.errors import InvalidInput
-from plugin.models import Campaign, CustomerUsage, Redemption
-from plugin.refusals import CATALOGUE, Reason
+from plugin.formats import codes as codes_mod
+from plugin.rules.refusals import CATALOGUE, Reason
+from plugin.store.models import Campaign, CustomerUsage, Redemption
 from tests.web.conftest import (
     BASKET,
     FORMAT,

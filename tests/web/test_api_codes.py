@@ -7,9 +7,9 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
 
-from plugin import installs
-from plugin.db import session_scope
-from plugin.models import AuditEvent, Code, Job, utcnow
+from plugin.platforms import installs
+from plugin.store.db import session_scope
+from plugin.store.models import AuditEvent, Code, Job, utcnow
 from tests.web.conftest import Api, make_campaign, make_key, rules, set_code
 
 

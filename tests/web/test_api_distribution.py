@@ -13,9 +13,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import apikeys, caches, claimlinks
-from plugin.models import Redemption, utcnow
+from plugin.distribution import claimlinks
 from plugin.settings import Settings
+from plugin.shops import apikeys
+from plugin.store import caches
+from plugin.store.models import Redemption, utcnow
 from tests.web.conftest import Api, TestClient, make_campaign, make_key, rules
 
 
@@ -216,7 +218,7 @@ def test_partners_see_only_their_own_codes_and_results(
 
 
 def test_partner_slot_links(api: Api, client: TestClient, engine: Engine, shop_id: int, settings: Settings) -> None:
-    from plugin import distribution
+    from plugin.distribution import claims as distribution
 
     campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=3)
     partner = api.post("/partners", {"name": "Print shop"}).json()

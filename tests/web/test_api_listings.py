@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from plugin import webhooks
-from plugin.db import session_scope
-from plugin.models import Redemption, WebhookEvent
+from plugin.orders import webhooks
+from plugin.store.db import session_scope
+from plugin.store.models import Redemption, WebhookEvent
 from tests.web.conftest import Api, TestClient, make_campaign, make_key, rules
 
 

@@ -14,12 +14,13 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin import caches, issuing
-from plugin.bulk_redemptions import Use, record_webhook_redemptions
-from plugin.db import session_scope
-from plugin.models import Code, utcnow
-from plugin.redemptions import record_redemption
+from plugin.campaigns import issuing
+from plugin.checkout.redemptions import record_redemption
+from plugin.orders.bulk_redemptions import Use, record_webhook_redemptions
 from plugin.rules import CampaignRules
+from plugin.store import caches
+from plugin.store.db import session_scope
+from plugin.store.models import Code, utcnow
 from tests.web.conftest import Api, TestClient, make_campaign, rules
 
 BOUND = rules(distribution={"binding": "claim"})

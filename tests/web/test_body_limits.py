@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from plugin import webhooks
-from plugin.db import session_scope
-from plugin.models import Alert, WebhookEvent
+from plugin.orders import webhooks
 from plugin.settings import Settings
+from plugin.store.db import session_scope
+from plugin.store.models import Alert, WebhookEvent
 from plugin.web import hooks, schemas
 from plugin.web.app import create_app
 from plugin.web.hotpaths import App

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from plugin.models import Code
+from plugin.store.models import Code
 from tests.web.conftest import make_campaign, make_key, rules
 from tests.web.test_races import Fleet, servers  # noqa: F401  (fixture)
 

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from plugin.cli import main
 from plugin.web.cors import PREFLIGHT_MAX_AGE
-from tests.test_cli import cli, cli_database_url  # noqa: F401  (fixtures)
+from tests.cli.test_cli import cli, cli_database_url  # noqa: F401  (fixtures)
 from tests.web.conftest import BASKET, Api, TestClient, make_campaign, make_key, rules
 
 SHOP_PAGE = "https://shop.example"

@@ -20,12 +20,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
 
-from plugin.codes import CodeFormat, guess_probability
-from plugin.guessing import GUESSES, counts_as_guess
-from plugin.models import Alert
-from plugin.ratelimit import GuessLimits
-from plugin.refusals import CATALOGUE, Reason, Stage
+from plugin.checkout.guessing import GUESSES, counts_as_guess
+from plugin.checkout.ratelimit import GuessLimits
+from plugin.formats.codes import CodeFormat, guess_probability
+from plugin.rules.refusals import CATALOGUE, Reason, Stage
 from plugin.settings import Settings
+from plugin.store.models import Alert
 from plugin.web.clientaddr import TrustedProxies, address_key, parse_networks
 from tests.web.conftest import (
     REDIS_URL,

@@ -11,12 +11,13 @@ import time
 import pytest
 from sqlalchemy import Engine, text
 
-from plugin import caches, checkout
-from plugin.apikeys import revoke_key
-from plugin.campaigns import update_campaign
-from plugin.db import _thread_readers, is_sqlite, make_engine, read_cursor, read_session, session_scope
-from plugin.models import Code
-from plugin.ratelimit import FailureLimiter
+from plugin.campaigns.campaigns import update_campaign
+from plugin.checkout import checkout
+from plugin.checkout.ratelimit import FailureLimiter
+from plugin.shops.apikeys import revoke_key
+from plugin.store import caches
+from plugin.store.db import _thread_readers, is_sqlite, make_engine, read_cursor, read_session, session_scope
+from plugin.store.models import Code
 from plugin.web.hotpaths import App
 from tests.web.conftest import BASKET, Api, make_campaign, rules
 

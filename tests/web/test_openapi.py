@@ -32,7 +32,7 @@ OPERATIONS = [(e.method, "/api/v1" + re.sub(r":\w+\}", "}", e.path)) for e in EN
 @pytest.fixture
 def served_schema(app: Starlette, engine: Engine, shop_id: int, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     # Generated batch sizes go up to the documented 10 million; keep the background work small.
-    monkeypatch.setattr("plugin.issuing.MAX_BATCH", 2_000)
+    monkeypatch.setattr("plugin.campaigns.issuing.MAX_BATCH", 2_000)
     make_campaign(engine, shop_id, rules(), codes=5)  # campaign 1 and its batch 1 exist
     return schemathesis.openapi.from_asgi("/api/v1/openapi.json", app)
 

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from plugin.models import Campaign, Code, CustomerUsage, Redemption, Reservation
+from plugin.store.models import Campaign, Code, CustomerUsage, Redemption, Reservation
 from tests.web.conftest import BASKET, make_campaign, make_key, rules
 
 pytestmark = pytest.mark.slow

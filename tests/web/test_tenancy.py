@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from plugin.db import session_scope
-from plugin.models import Batch, Campaign, Code, Redemption, Reservation
+from plugin.store.db import session_scope
+from plugin.store.models import Batch, Campaign, Code, Redemption, Reservation
 from tests.web.conftest import Api, get_code, make_campaign, rules
 
 

@@ -8,10 +8,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from connectors.twilio import compute_signature
-from plugin import pushes
-from plugin.db import session_scope
-from plugin.models import RecipientDelivery
+from plugin.distribution import pushes
 from plugin.settings import Settings
+from plugin.store.db import session_scope
+from plugin.store.models import RecipientDelivery
 from tests.web.conftest import TestClient, make_app
 
 TOKEN = "auth-token"

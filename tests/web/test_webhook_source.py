@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from plugin.connections import normalise_store_url
+from plugin.platforms.connections import normalise_store_url
 from plugin.settings import Settings
 from tests.web.conftest import TestClient, make_app
 

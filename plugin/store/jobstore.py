@@ -1,0 +1,134 @@
+"""The outbox's atomic operations, per dialect (store layer).
+
+A claim takes due jobs and jobs whose lease expired, marks them running under one worker's
+name until `locked_until`, and counts the attempt, all in one transaction:
+
+- PostgreSQL: `UPDATE job ... WHERE id IN (SELECT id ... FOR UPDATE SKIP LOCKED) RETURNING`,
+  so concurrent workers on any number of machines skip each other's rows instead of waiting.
+- SQLite: the same statement without the lock clause; the transaction began with
+  `BEGIN IMMEDIATE` (plugin.store.db), which already makes claimers take turns.
+
+Every later write on a claimed job is fenced by `locked_by`: a worker whose lease ran out and
+whose job was claimed again can no longer complete or fail it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlmodel import col
+
+from plugin.store.models import Job
+
+_job = Job.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    shop_id: int | None
+    attempts: int  # including this one
+    max_attempts: int
+    locked_until: datetime
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def insert_job(conn: Connection, values: dict[str, Any]) -> int | None:
+    """Insert a job; with a dedupe key already queued, insert nothing and return None."""
+    if values.get("dedupe_key") is None:
+        return int(conn.execute(_job.insert().values(**values).returning(_job.c.id)).scalar_one())
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(_job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_job.c.id)
+    found = conn.execute(stmt).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+def claim_jobs(engine: Engine, *, worker_id: str, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedJob]:
+    with engine.begin() as conn:
+        # A job whose worker died on its last attempt would otherwise stay "running" forever.
+        conn.execute(
+            update(_job)
+            .where(
+                _job.c.status == "running",
+                _job.c.locked_until < now,
+                _job.c.attempts >= _job.c.max_attempts,
+            )
+            .values(status="dead", finished_at=now, locked_by=None, last_error="the worker stopped during the last attempt")
+        )
+        due = or_(
+            and_(_job.c.status == "queued", _job.c.run_after <= now),
+            and_(_job.c.status == "running", _job.c.locked_until < now),
+        )
+        pick = (
+            select(_job.c.id).where(due, _job.c.attempts < _job.c.max_attempts).order_by(_job.c.run_after, _job.c.id).limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        rows = conn.execute(
+            update(_job)
+            .where(_job.c.id.in_(pick.scalar_subquery()))
+            # The dedupe key only coalesces jobs that have not started: once one runs, a new
+            # request for the same effect must queue behind it, or the change it brings is lost.
+            .values(
+                status="running", locked_by=worker_id, locked_until=lease_until, attempts=_job.c.attempts + 1, dedupe_key=None
+            )
+            .returning(_job.c.id, _job.c.kind, _job.c.payload, _job.c.shop_id, _job.c.attempts, _job.c.max_attempts)
+        ).all()
+    claimed = [ClaimedJob(r.id, r.kind, dict(r.payload or {}), r.shop_id, r.attempts, r.max_attempts, lease_until) for r in rows]
+    return sorted(claimed, key=lambda j: j.id)
+
+
+def _mine(job_id: int, worker_id: str) -> Any:
+    return and_(_job.c.id == job_id, _job.c.status == "running", _job.c.locked_by == worker_id)
+
+
+def mark_done(engine: Engine, *, job_id: int, worker_id: str, now: datetime) -> bool:
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_job)
+            .where(_mine(job_id, worker_id))
+            .values(status="done", finished_at=now, locked_until=None, last_error=None)
+        )
+        return bool(result.rowcount)
+
+
+def mark_failed(
+    engine: Engine, *, job_id: int, worker_id: str, now: datetime, error: str, run_after: datetime | None
+) -> str | None:
+    """Queue the job again at `run_after`, or mark it dead when that is None. Returns the new
+    status, or None when the job is no longer ours (its lease ran out and someone took it)."""
+    values: dict[str, Any] = {"last_error": error[:2000], "locked_until": None, "locked_by": None}
+    if run_after is None:
+        values.update(status="dead", finished_at=now)
+    else:
+        values.update(status="queued", run_after=run_after)
+    with engine.begin() as conn:
+        result = conn.execute(update(_job).where(_mine(job_id, worker_id)).values(**values))
+    return str(values["status"]) if result.rowcount else None
+
+
+def extend_lease(engine: Engine, *, job_id: int, worker_id: str, lease_until: datetime) -> bool:
+    with engine.begin() as conn:
+        result = conn.execute(update(_job).where(_mine(job_id, worker_id)).values(locked_until=lease_until))
+        return bool(result.rowcount)
+
+
+def requeue_dead(conn: Connection, *, job_id: int, now: datetime) -> bool:
+    result = conn.execute(
+        update(_job)
+        .where(col(Job.id) == job_id, col(Job.status) == "dead")
+        .values(status="queued", attempts=0, run_after=now, finished_at=None, locked_by=None, locked_until=None)
+    )
+    return bool(result.rowcount)

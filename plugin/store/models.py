@@ -1,0 +1,456 @@
+"""SQLModel tables. Every row that belongs to a merchant carries `shop_id` (promise 5)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlmodel import Field, SQLModel
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every dialect (SQLite would hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Shop(SQLModel, table=True):
+    """A tenant: one merchant's store on one platform."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    domain: str = Field(max_length=255)
+    name: str = Field(default="", max_length=255)
+    access_token_encrypted: str | None = Field(default=None, max_length=2048)
+    scopes: str = Field(default="", max_length=1024)
+    # shop-level preferences, e.g. {"detailed_refusals": true}
+    preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    installed_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    uninstalled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("platform", "domain", name="uq_shop_platform_domain"),)
+
+
+class Campaign(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(max_length=200)
+    status: str = Field(default="active", max_length=16)
+    currency: str = Field(default="USD", max_length=3)
+    code_format: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    rules: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # the platform discount that holds this campaign's codes, once synced
+    platform_discount_id: str | None = Field(default=None, max_length=255)
+    # the platform discount's first code, chosen and stored before the discount is first created:
+    # every retry sends the same one, and a create whose answer was lost is found again by it
+    platform_discount_marker: str | None = Field(default=None, max_length=64)
+    # running totals, updated atomically by redemptions and rollbacks (budgets)
+    redemption_count: int = Field(default=0)
+    discount_total: int = Field(default=0, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Batch(SQLModel, table=True):
+    """One generation or import run into a campaign."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    campaign_id: int = Field(foreign_key="campaign.id", index=True)
+    source: str = Field(default="generated", max_length=16)  # generated | imported
+    requested: int = Field(default=0)
+    created: int = Field(default=0)
+    status: str = Field(default="running", max_length=16)  # queued | running | done | failed
+    error: str | None = Field(default=None, max_length=2000)
+    rules_override: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active'"
+
+
+class Code(SQLModel, table=True):
+    """One unique code, stored normalised; unique per shop."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    # No foreign keys here on purpose: PostgreSQL checks each one per row, which made a
+    # million-code COPY several times slower. Codes are only written by issuing, which takes
+    # these ids from rows it has just read in the same shop.
+    shop_id: int
+    campaign_id: int
+    batch_id: int | None = Field(default=None)
+    code: str = Field(sa_column=Column(String(64).with_variant(String(64, collation="C"), "postgresql"), nullable=False))
+    status: str = Field(default="active", max_length=16)  # active | voided
+    uses: int = Field(default=0)
+    # binding and assignment: who may use it, who it was given to, when it lapses
+    customer_id: str | None = Field(default=None, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    recipient: str | None = Field(default=None, max_length=320)
+    assigned_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    partner_id: int | None = Field(default=None)
+    platform_id: str | None = Field(default=None, max_length=255)
+    sync_status: str = Field(default="pending", max_length=16)  # pending | synced | failed | deactivated
+    sync_error: str | None = Field(default=None, max_length=1000)
+    synced_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("shop_id", "code", name="uq_code_shop_code"),
+        # Few indexes on purpose: each one costs every bulk insert of a million codes.
+        Index("ix_code_campaign_batch", "campaign_id", "batch_id"),
+        # Partial: most codes have no partner and cost this index nothing.
+        Index(
+            "ix_code_partner",
+            "partner_id",
+            postgresql_where=text("partner_id IS NOT NULL"),
+            sqlite_where=text("partner_id IS NOT NULL"),
+        ),
+        # One recipient, one code (promise 2), held by the database; unassigned codes cost nothing.
+        Index(
+            "uq_code_campaign_recipient",
+            "campaign_id",
+            "recipient",
+            unique=True,
+            postgresql_where=text("recipient IS NOT NULL"),
+            sqlite_where=text("recipient IS NOT NULL"),
+        ),
+        # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
+        # A code leaves it when it is assigned, used or voided (plugin.distribution.claimstore: what "free" is).
+        Index(
+            "ix_code_unassigned",
+            "campaign_id",
+            "id",
+            postgresql_where=text(FREE_CODE_PREDICATE),
+            sqlite_where=text(FREE_CODE_PREDICATE),
+        ),
+    )
+
+
+class ApiKey(SQLModel, table=True):
+    """A per-shop API key; only its SHA-256 is stored, looked up by its public prefix."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=32, unique=True)
+    key_hash: str = Field(max_length=64)
+    scopes: str = Field(default="checkout", max_length=200)  # space-separated: admin checkout
+    partner_id: int | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class Reservation(SQLModel, table=True):
+    """A code held for one checkout until it expires, is released, or is redeemed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id")
+    code_id: int = Field(sa_type=BigInteger, foreign_key="code.id", index=True)
+    checkout_id: str = Field(max_length=255)
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+    released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "checkout_id", "code_id", name="uq_reservation_checkout_code"),)
+
+
+class Redemption(SQLModel, table=True):
+    """One use of a code on one order: unique per shop, order and code (promise 3)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    code: str = Field(max_length=64)
+    order_id: str = Field(max_length=255)
+    code_id: int | None = Field(default=None, sa_type=BigInteger, foreign_key="code.id", index=True)
+    campaign_id: int | None = Field(default=None, foreign_key="campaign.id", index=True)
+    batch_id: int | None = Field(default=None)
+    partner_id: int | None = Field(default=None)
+    recipient: str | None = Field(default=None, max_length=320)
+    customer_id: str | None = Field(default=None, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    channel: str | None = Field(default=None, max_length=64)
+    currency: str = Field(default="USD", max_length=3)
+    subtotal: int = Field(default=0, sa_type=BigInteger)  # order revenue before the discount
+    amount: int = Field(default=0, sa_type=BigInteger)  # discount given
+    # The order's total and units (sum of its lines' quantities; 0 unknown), what the refund
+    # ledger compares refunds with (plugin.checkout.refunds); `refunded`: the part of `subtotal` partial
+    # refunds took back (attributed revenue is subtotal - refunded).
+    order_total: int = Field(default=0, sa_type=BigInteger)
+    order_items: int = Field(default=0)
+    refunded: int = Field(default=0, sa_type=BigInteger)
+    source: str = Field(default="api", max_length=16)  # api | webhook
+    status: str = Field(default="active", max_length=16)  # active | rolled_back
+    flagged_reason: str | None = Field(default=None, max_length=64)
+    # the order's shipping address as a keyed fingerprint (plugin.orders.addresses), never the address
+    address_key: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    rolled_back_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
+        Index("ix_redemption_shop_created", "shop_id", "created_at"),
+        # Self-referral by address: a referrer's orders to this address. Partial, so orders
+        # without a shipping address (digital, pickup, API calls without one) cost it nothing.
+        Index(
+            "ix_redemption_shop_address",
+            "shop_id",
+            "address_key",
+            postgresql_where=text("address_key IS NOT NULL"),
+            sqlite_where=text("address_key IS NOT NULL"),
+        ),
+    )
+
+
+class OrderRefund(SQLModel, table=True):
+    """The refund ledger: one row per refund of an order of ours, unique by the platform's refund
+    id, so a refund delivered twice counts once (plugin.checkout.refunds). A platform that states only the
+    order's refunded sum (BigCommerce) has one row, `refund_id` "total", holding the largest sum
+    seen; a platform's word that the whole order is refunded is a row with `whole`."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    order_id: str = Field(max_length=255)
+    refund_id: str = Field(max_length=255)
+    amount: int = Field(default=0, sa_type=BigInteger)  # money returned, minor units
+    items: int = Field(default=0)  # units of the order's lines refunded
+    cumulative: bool = Field(default=False)  # `amount` is the order's refunded sum so far
+    whole: bool = Field(default=False)  # the platform says the whole order is refunded
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "order_id", "refund_id", name="uq_orderrefund_refund"),)
+
+
+class CustomerUsage(SQLModel, table=True):
+    """Redemptions per customer per campaign, bumped atomically to hold per-customer limits."""
+
+    shop_id: int = Field(foreign_key="shop.id", primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    customer_key: str = Field(max_length=320, primary_key=True)
+    uses: int = Field(default=0)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A verified webhook delivery, stored before we answer 2xx; deduplicated by delivery id."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int | None = Field(default=None, foreign_key="shop.id", index=True)
+    platform: str = Field(max_length=32)
+    delivery_id: str = Field(max_length=255)
+    topic: str = Field(default="", max_length=128)
+    payload: str = Field(default="", sa_type=Text)
+    # the platform's own headers (topic, shop, ids; never the signature), needed to re-parse the payload
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="received", max_length=16)  # received | processed | deferred | failed | ignored
+    error: str | None = Field(default=None, max_length=2000)
+    flagged: bool = Field(default=False)
+    campaign_id: int | None = Field(default=None, index=True)
+    order_id: str | None = Field(default=None, max_length=255)
+    # what processing did: {"redeemed": n, "duplicates": n, "rolled_back": n, "unknown_codes": [...], ...}
+    outcome: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    unknown_codes: int = Field(default=0)  # generic codes of the shop: counted, not errors
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    redacted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("platform", "delivery_id", name="uq_webhook_delivery"),
+        Index("ix_webhook_status", "status", "received_at"),
+        Index("ix_webhook_shop_order", "shop_id", "order_id"),
+    )
+
+
+class Job(SQLModel, table=True):
+    """The outbox: an effect to carry out, written in the same transaction as its cause (promise 4)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int | None = Field(default=None, foreign_key="shop.id", index=True)
+    kind: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
+    attempts: int = Field(default=0)
+    max_attempts: int = Field(default=10)
+    run_after: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    locked_by: str | None = Field(default=None, max_length=128)
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_job_claim", "status", "run_after"),)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who changed what and why: rollbacks, reissues, voids, retries by hand."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    action: str = Field(max_length=64)
+    subject: str = Field(max_length=128)  # e.g. "redemption:42", "code:1234"
+    actor: str = Field(default="system", max_length=128)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class RateLimitState(SQLModel, table=True):
+    """A platform rate limiter's state shared by the worker processes when there is no Redis,
+    e.g. key "shopify:cost:{shop domain}" for Shopify's cost bucket (connectors.costbucket)."""
+
+    __tablename__ = "rate_limit_state"
+
+    key: str = Field(primary_key=True, max_length=255)
+    state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Partner(SQLModel, table=True):
+    """A reseller, affiliate or influencer with its own block of codes and its own API keys."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "name", name="uq_partner_shop_name"),)
+
+
+class RecipientDelivery(SQLModel, table=True):
+    """Where one assigned code stands with one messaging provider (per-recipient push status)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(index=True)
+    code_id: int = Field(sa_type=BigInteger)
+    recipient: str = Field(max_length=320)
+    provider: str = Field(max_length=32)
+    # queued | sending (tried, outcome unknown; updated_at = first attempt) | sent | accepted | delivered | failed
+    status: str = Field(default="queued", max_length=16)
+    provider_id: str | None = Field(default=None, max_length=255)
+    error: str | None = Field(default=None, max_length=1000)
+    attempts: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "provider", "code_id", name="uq_delivery_provider_code"),)
+
+
+class Alert(SQLModel, table=True):
+    """Something a merchant should act on, e.g. a pool running low; one open alert per `open_key`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    campaign_id: int | None = Field(default=None)
+    partner_id: int | None = Field(default=None)
+    kind: str = Field(max_length=32)  # pool_low | pool_empty | webhook_too_large
+    message: str = Field(default="", max_length=500)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    count: int = Field(default=1)
+    # set while the alert is open, so raising it again only counts; cleared when resolved
+    open_key: str | None = Field(default=None, max_length=128, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    resolved_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class PoolPolicy(SQLModel, table=True):
+    """A campaign's pool health settings: when to alert, and when and by how much to top up."""
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    alert_below: int = Field(default=100)
+    topup_below: int | None = Field(default=None)  # None: no automatic top-up
+    topup_count: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class ReferralProgram(SQLModel, table=True):
+    """A campaign of shareable referral codes (one per referrer) and the campaign its rewards come from."""
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    reward_campaign_id: int = Field(foreign_key="campaign.id")
+    provider: str | None = Field(default=None, max_length=32)  # messaging provider the reward is pushed through
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Referral(SQLModel, table=True):
+    """A friend's qualifying order with a referrer's code, and the reward it earned (once per friend)."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(index=True)
+    referrer: str = Field(max_length=320)
+    friend: str = Field(max_length=320)
+    order_id: str = Field(max_length=255)
+    redemption_id: int = Field(sa_type=BigInteger)
+    reward_code_id: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "campaign_id", "friend", name="uq_referral_friend"),)
+
+
+class ReferrerAddress(SQLModel, table=True):
+    """A shipping address a referrer gave when claiming their referral code, as a keyed
+    fingerprint (plugin.orders.addresses): a friend's order to it is a self-referral. Per shop, not per
+    program: it is the person's address."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    referrer: str = Field(max_length=320)
+    address_key: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "referrer", "address_key", name="uq_referrer_address"),)
+
+
+# The sandbox store's tables share the metadata, so create_all and migrations include them.
+from plugin.store import sandbox_models as _sandbox_models  # noqa: E402, F401
+
+
+class UsedNonce(SQLModel, table=True):
+    """An install flow's one-time value (a Shopify OAuth `state`, a WooCommerce `user_id`),
+    recorded when it is spent: the primary key makes a replay fail atomically on every process
+    and database; rows past `expires_at` (when the signed value could no longer verify anyway)
+    are pruned."""
+
+    __tablename__ = "used_nonce"
+
+    key: str = Field(primary_key=True, max_length=160)  # "<purpose>:<nonce>"
+    expires_at: datetime = Field(sa_type=UtcDateTime, index=True)

@@ -1,0 +1,315 @@
+"""Install flows as an attacker tries them (issue 12 §4): the WooCommerce store URL cannot make
+us fetch a private address nor bounce a merchant anywhere, our errors never quote what a store
+answered, an http public URL is a clear 4xx naming the setting, and a state is spent once."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from connectors.egress import AddressPolicy
+from plugin.errors import Conflict
+from plugin.platforms import installs
+from plugin.settings import Settings
+from plugin.store.db import session_scope
+from plugin.store.models import Shop, UsedNonce, utcnow
+from plugin.web.app import create_app
+from plugin.web.install import SHOPIFY_STATE_COOKIE, warn_insecure_public_url
+from tests.connectors.fakes import shopify as shopify_fakes
+from tests.connectors.fakes import woocommerce as woo_fakes
+from tests.connectors.fakes.woocommerce import FakeWooCommerce
+from tests.platforms.test_platform_e2e import PUBLIC, SHOPIFY, shopify_query
+
+pytestmark = pytest.mark.anyio
+
+DNS = {
+    "shop.example": ["93.184.216.34"],
+    "evil.example": ["93.184.216.35"],
+    "internal.example": ["10.0.0.7"],
+    "mixed.example": ["93.184.216.36", "169.254.169.254"],
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    return replace(
+        settings, public_url=PUBLIC, sandbox_enabled=False, run_worker_in_process=False, connector_config={"shopify": SHOPIFY}
+    )
+
+
+async def fake_dns(host: str, port: int) -> list[str]:
+    if host not in DNS:
+        raise OSError("Name or service not known")
+    return DNS[host]
+
+
+@asynccontextmanager
+async def app_client(settings: Settings, engine: Engine, policy: AddressPolicy | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan; the store policy resolves names with `fake_dns` (no DNS here)
+    and keeps the settings' opt-in, unless a test brings its own."""
+    app = create_app(settings, engine=engine)
+    app.state.store_policy = policy or AddressPolicy(allow_private=settings.allow_private_stores, resolve=fake_dns)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
+            yield client
+
+
+async def woo_install(client: httpx.AsyncClient, store_url: str) -> httpx.Response:
+    return await client.get("/install/woocommerce", params={"store_url": store_url})
+
+
+def link(page: httpx.Response) -> str:
+    found = re.search(r'<a href="([^"]+)"', page.text)
+    assert found, page.text
+    return html.unescape(found[1])
+
+
+# --- SSRF ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store_url", "reason"),
+    [
+        ("http://127.0.0.1:8080/x", "insecure_store_url"),  # the reproduction: plain http
+        ("https://127.0.0.1:8080/x", "private_address"),
+        ("https://169.254.169.254/latest/meta-data", "private_address"),  # cloud metadata
+        ("https://[::1]:8443/", "private_address"),
+        ("https://[::ffff:10.0.0.1]/", "private_address"),  # IPv4-mapped
+        ("https://[fd00::1]/", "private_address"),  # unique local
+        ("https://100.64.0.1/", "private_address"),  # CGNAT
+        ("https://internal.example/", "private_address"),  # a name for a private address
+        ("https://mixed.example/", "private_address"),  # one bad answer among good ones
+        ("https://nowhere.example/", "unresolvable_host"),
+        ("ftp://shop.example", "invalid_store_url"),
+        ("https://[::1", "invalid_store_url"),
+    ],
+)
+async def test_woocommerce_install_never_fetches_a_private_address(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter, store_url: str, reason: str
+) -> None:
+    anything = router.route().mock(return_value=httpx.Response(200, text="root:x:0:0 internal secret"))
+    async with app_client(app_settings, engine) as client:
+        answer = await woo_install(client, store_url)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["reason"] == reason and "location" not in answer.headers
+    assert "secret" not in answer.text
+    assert anything.call_count == 0  # nothing was fetched
+
+
+async def test_the_check_is_made_again_when_connecting(engine: Engine, app_settings: Settings) -> None:
+    """DNS rebinding: public when the route checks, loopback when the client connects. The
+    client's own network backend refuses (no respx here: real sockets), and a listener on that
+    port never sees a connection."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        return next(answers, ["127.0.0.1"])
+
+    async with server, app_client(app_settings, engine, AddressPolicy(resolve=rebinding)) as client:
+        answer = await woo_install(client, f"https://rebind.example:{port}")
+    assert answer.status_code == 422 and answer.json()["reason"] == "private_address", answer.text
+    assert accepted == []
+
+
+async def test_the_opt_in_lets_a_loopback_store_through(engine: Engine, app_settings: Settings, router: respx.MockRouter) -> None:
+    fake = FakeWooCommerce("https://127.0.0.1:8443")
+    fake.install(router, "index")
+    async with app_client(app_settings, engine) as client:
+        assert (await woo_install(client, fake.store_url)).status_code == 422  # off by default
+    async with app_client(replace(app_settings, allow_private_stores=True), engine) as client:
+        page = await woo_install(client, fake.store_url)
+    assert page.status_code == 200, page.text
+    assert link(page).startswith("https://127.0.0.1:8443/wc-auth/v1/authorize?")
+
+
+# --- never echo a store's answer; no open redirect -------------------------------------------
+
+
+async def test_a_site_that_is_not_a_woocommerce_store_gets_no_link(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """`store_url=https://evil.example/phish` used to redirect there straight away."""
+    router.get("https://evil.example/phish/wp-json/").mock(return_value=httpx.Response(404, text="<h1>internal secret</h1>"))
+    router.get("https://shop.example/wp-json/").mock(return_value=httpx.Response(200, json={"namespaces": ["wp/v2"]}))
+    async with app_client(app_settings, engine) as client:
+        phish = await woo_install(client, "https://evil.example/phish")
+        plain_wordpress = await woo_install(client, "https://shop.example")
+    for answer in (phish, plain_wordpress):
+        assert answer.status_code == 422 and answer.json()["reason"] == "not_woocommerce", answer.text
+        assert "location" not in answer.headers and "secret" not in answer.text
+
+
+async def test_a_woocommerce_store_gets_a_page_naming_it_not_a_redirect(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router, "index")
+    async with app_client(app_settings, engine) as client:
+        page = await woo_install(client, "shop.example")
+    assert page.status_code == 200 and "location" not in page.headers
+    assert "<strong>shop.example</strong>" in page.text
+    assert page.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    target = urlsplit(link(page))
+    assert (target.scheme, target.netloc, target.path) == ("https", "shop.example", "/wc-auth/v1/authorize")
+    assert fake.routes["index"].calls.last.request.url.params["_fields"] == "namespaces"
+
+
+async def test_an_unreachable_or_huge_store_is_refused_without_its_body(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    router.get("https://shop.example/wp-json/").mock(side_effect=httpx.ConnectError("refused"))
+    router.get("https://evil.example/wp-json/").mock(
+        return_value=httpx.Response(200, content=b'{"namespaces": ["wc/v3"], "pad": "' + b"x" * 2_000_000 + b'"}')
+    )
+    async with app_client(app_settings, engine) as client:
+        down = await woo_install(client, "https://shop.example")
+        huge = await woo_install(client, "https://evil.example")
+    assert down.status_code == 502 and down.json()["reason"] == "store_unreachable"
+    assert huge.status_code == 422 and huge.json()["reason"] == "not_woocommerce" and "xxx" not in huge.text
+
+
+async def start_woo_install(client: httpx.AsyncClient, fake: FakeWooCommerce) -> dict[str, Any]:
+    page = await woo_install(client, fake.store_url)
+    assert page.status_code == 200, page.text
+    user_id = parse_qs(urlsplit(link(page)).query)["user_id"][0]
+    return woo_fakes.fixture("auth_callback.json") | {
+        "user_id": user_id,
+        "consumer_key": fake.consumer_key,
+        "consumer_secret": fake.consumer_secret,
+    }
+
+
+async def test_the_key_check_never_quotes_the_store(engine: Engine, app_settings: Settings, router: respx.MockRouter) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router, "index", "coupons")
+    fake.script("coupons", httpx.Response(401, json={"code": "x", "message": "internal secret"}))
+    fake.script("coupons", httpx.Response(400, text="internal secret"))  # not retried, unlike a 5xx
+    async with app_client(app_settings, engine) as client:
+        keys = await start_woo_install(client, fake)
+        refused = await client.post("/install/woocommerce/callback", content=json.dumps(keys))
+        broken = await client.post("/install/woocommerce/callback", content=json.dumps(keys))
+    assert refused.status_code == 403 and refused.json()["reason"] == "credentials_refused"
+    assert broken.status_code == 502 and broken.json()["reason"] == "credentials_refused"
+    assert "secret" not in refused.text + broken.text
+
+
+# --- an http public URL ----------------------------------------------------------------------
+
+
+async def test_an_http_public_url_is_a_409_naming_the_setting(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    """It was a 500 (`insecure_callback`) on every WooCommerce install."""
+    FakeWooCommerce().install(router, "index")
+    settings = replace(app_settings, public_url="http://127.0.0.1:8000")
+    async with app_client(settings, engine) as client:
+        woo = await woo_install(client, "https://shop.example")
+        shopify = await client.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
+    for answer in (woo, shopify):
+        assert answer.status_code == 409, answer.text
+        body = answer.json()
+        assert body["reason"] == "insecure_callback" and "COUPONRY_PUBLIC_URL" in body["detail"]
+        assert body["details"] == {"setting": "COUPONRY_PUBLIC_URL"}
+
+
+async def test_start_up_says_so_once_when_a_platform_is_configured(
+    engine: Engine, app_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    http_settings = replace(app_settings, public_url="http://127.0.0.1:8000")
+    with caplog.at_level(logging.WARNING, logger="couponry.install"):
+        async with app_client(http_settings, engine):
+            pass
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "couponry.install"]
+    assert "COUPONRY_PUBLIC_URL" in line and "shopify" in line
+    # the embedded default (http on loopback, sandbox only) starts quietly; so does https
+    assert warn_insecure_public_url(replace(http_settings, connector_config={})) is None
+    assert warn_insecure_public_url(app_settings) is None
+
+
+# --- single-use states -----------------------------------------------------------------------
+
+
+async def test_a_replayed_shopify_state_is_refused_on_any_process(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    token_route = fake.mock_token()
+    async with app_client(app_settings, engine) as first, app_client(app_settings, engine) as second:
+        started = await first.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
+        state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+        callback = shopify_query(shop=shopify_fakes.SHOP, code="a94a110d86d2452eb3e2af4cfb8a3828", state=state)
+        done = await first.get("/install/shopify/callback", params=callback)
+        assert done.status_code == 302, done.text
+        # the same callback (cookie and query captured) on this process and on another one
+        first.cookies.set(SHOPIFY_STATE_COOKIE, state)
+        second.cookies.set(SHOPIFY_STATE_COOKIE, state)
+        again = await first.get("/install/shopify/callback", params=callback)
+        elsewhere = await second.get("/install/shopify/callback", params=callback)
+    for answer in (again, elsewhere):
+        assert answer.status_code == 409 and answer.json()["reason"] == "state_used", answer.text
+    assert token_route.call_count == 1  # the replays never reached the code exchange
+
+
+async def test_a_replayed_woocommerce_callback_is_refused(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router, "index", "coupons")
+    async with app_client(app_settings, engine) as client:
+        keys = await start_woo_install(client, fake)
+        done = await client.post("/install/woocommerce/callback", content=json.dumps(keys))
+        replayed = await client.post("/install/woocommerce/callback", content=json.dumps(keys))
+    assert done.status_code == 200, done.text
+    assert replayed.status_code == 409 and replayed.json()["reason"] == "state_used"
+    with session_scope(engine) as session:
+        assert len(session.exec(select(Shop).where(col(Shop.platform) == "woocommerce")).all()) == 1
+
+
+def test_spending_a_nonce_is_atomic_and_expired_ones_are_pruned(engine: Engine) -> None:
+    from datetime import timedelta
+
+    with session_scope(engine) as session:
+        installs.spend_nonce(session, "test", "old", expires_at=utcnow() - timedelta(seconds=1))
+        installs.spend_nonce(session, "test", "n1", expires_at=utcnow() + timedelta(minutes=10))
+    with pytest.raises(Conflict) as replay, session_scope(engine) as session:
+        installs.spend_nonce(session, "test", "n1", expires_at=utcnow() + timedelta(minutes=10))
+    assert replay.value.reason == "state_used"
+    with session_scope(engine) as session:
+        installs.spend_nonce(session, "test", "n2", expires_at=utcnow() + timedelta(minutes=10))
+        keys = set(session.exec(select(UsedNonce.key)).all())
+    assert keys == {"test:n1", "test:n2"}  # "old" went with the next spend

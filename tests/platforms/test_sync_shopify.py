@@ -1,0 +1,182 @@
+"""Pushing a campaign to Shopify exactly once under faults: the discount's first code (its
+marker) is stored before the first create, so a create whose answer was lost is found again
+on Shopify instead of leaving a second, orphan discount behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import timedelta
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import Engine
+from sqlmodel import col, select
+from tenacity import wait_none
+
+from connectors.base import Credentials
+from connectors.shopify import ShopifyConnector
+from plugin.campaigns.campaigns import campaign_format
+from plugin.formats import codes
+from plugin.platforms import installs, sync
+from plugin.settings import Settings
+from plugin.store import outbox, ratestate
+from plugin.store.db import session_scope
+from plugin.store.models import Campaign, Job
+from plugin.worker import JobContext, Worker
+from tests.connectors.fakes import shopify as shopify_fakes
+from tests.connectors.fakes.shopify import ShopifyFake
+from tests.ingest import campaign_codes, make_campaign
+from tests.platforms.test_sync import drain
+
+pytestmark = pytest.mark.anyio
+
+CODES = 250  # three pushes of up to 100
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def fake(router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch) -> ShopifyFake:
+    monkeypatch.setattr(ShopifyConnector, "RETRY_WAIT", wait_none())  # no backoff between attempts
+    monkeypatch.setattr(ShopifyConnector, "POLL_INTERVAL", 0.0)
+    return shopify_fakes.shopify_fake(router)
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    config = {"shopify": {"client_id": "api-key", "client_secret": "hush"}}
+    return replace(settings, public_url="https://app.test", sandbox_enabled=False, connector_config=config)
+
+
+@asynccontextmanager
+async def worker_for(settings: Settings, engine: Engine) -> AsyncIterator[Worker]:
+    async with httpx.AsyncClient() as http:
+        yield Worker(JobContext(engine, settings, http), sweeps=())
+
+
+async def shopify_campaign(engine: Engine, settings: Settings, fake: ShopifyFake) -> int:
+    """An installed Shopify shop (its webhook registration done) and a campaign whose push is
+    queued; the fake's calls so far are forgotten."""
+    credentials = Credentials(shop_domain=shopify_fakes.SHOP, access_token="shpat_x", scopes=("write_discounts", "read_orders"))
+    with session_scope(engine) as session:
+        shop = installs.save_install(session, settings, platform="shopify", credentials=credentials)
+        assert shop.id is not None
+        shop_id = shop.id
+    async with worker_for(settings, engine) as worker:
+        await drain(worker)
+    fake.calls.clear()
+    campaign_id = make_campaign(engine, shop_id, count=CODES)
+    with session_scope(engine) as session:
+        sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    return campaign_id
+
+
+def campaign(engine: Engine, campaign_id: int) -> Campaign:
+    with session_scope(engine) as session:
+        return session.get_one(Campaign, campaign_id)
+
+
+def assert_one_discount_holding_every_code(engine: Engine, fake: ShopifyFake, campaign_id: int) -> None:
+    (discount,) = fake.discounts.values()  # exactly one: no orphan
+    stored = campaign(engine, campaign_id)
+    assert stored.platform_discount_id == discount.id
+    assert stored.platform_discount_marker and stored.platform_discount_marker.casefold() in discount.codes
+    fmt = campaign_format(stored)
+    rows = campaign_codes(engine, campaign_id)
+    assert all(r.sync_status == "synced" for r in rows)
+    assert {codes.display(fmt, r.code).casefold() for r in rows} | {stored.platform_discount_marker.casefold()} == set(
+        discount.codes
+    )
+
+
+@pytest.mark.parametrize("lost", [httpx.Response(502, text="Bad Gateway"), httpx.ReadTimeout, httpx.RemoteProtocolError])
+async def test_a_lost_create_answer_leaves_one_discount_holding_every_code(
+    engine: Engine, app_settings: Settings, fake: ShopifyFake, lost: httpx.Response | type[httpx.TransportError]
+) -> None:
+    campaign_id = await shopify_campaign(engine, app_settings, fake)
+    fake.lose_answer(lost)  # Shopify commits discountCodeBasicCreate; its answer never reaches us
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+    assert_one_discount_holding_every_code(engine, fake, campaign_id)
+    operations = [c.operation for c in fake.calls]
+    assert operations[:3] == ["discountCodeBasicCreate", "codeDiscountNodeByCode", "discountRedeemCodeBulkAdd"]
+    assert operations.count("discountCodeBasicCreate") == 1
+
+
+async def test_a_job_that_dies_after_the_create_committed_adopts_it_on_its_next_run(
+    engine: Engine, app_settings: Settings, fake: ShopifyFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await shopify_campaign(engine, app_settings, fake)
+    monkeypatch.setattr(ShopifyConnector, "MAX_ATTEMPTS", 1)  # the connector gives up at once: the job fails
+    fake.lose_answer(httpx.Response(502, text="Bad Gateway"))  # ... after the create committed, unheard
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+    assert_one_discount_holding_every_code(engine, fake, campaign_id)
+    operations = [c.operation for c in fake.calls]
+    # run 1: the create (lost); run 2: the same marker is refused as taken, and its discount adopted
+    assert operations[:3] == ["discountCodeBasicCreate", "discountCodeBasicCreate", "codeDiscountNodeByCode"]
+    marker = campaign(engine, campaign_id).platform_discount_marker
+    assert {c.variables["discount"]["code"] for c in fake.calls[:2]} == {marker}
+    with session_scope(engine) as session:
+        job = session.exec(select(Job).where(col(Job.kind) == sync.PUSH)).one()
+        assert (job.status, job.attempts) == ("done", 2)
+
+
+async def test_the_marker_is_stored_before_the_first_create(engine: Engine, app_settings: Settings, fake: ShopifyFake) -> None:
+    campaign_id = await shopify_campaign(engine, app_settings, fake)
+    assert campaign(engine, campaign_id).platform_discount_marker is None
+    seen: list[tuple[str, str | None]] = []
+
+    def refuse_but_look(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)["variables"]["discount"]["code"]
+        seen.append((sent, campaign(engine, campaign_id).platform_discount_marker))
+        return httpx.Response(503, text="Service Unavailable")
+
+    fake.script(refuse_but_look)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+    ((sent, stored_then),) = seen
+    assert sent == stored_then == campaign(engine, campaign_id).platform_discount_marker
+    assert_one_discount_holding_every_code(engine, fake, campaign_id)
+
+
+@pytest.mark.parametrize("bucket", ["per job (before)", "one per shop"])
+async def test_two_concurrent_push_jobs_of_a_shop_share_its_cost_bucket(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch, bucket: str
+) -> None:
+    monkeypatch.setattr(ShopifyConnector, "RETRY_WAIT", wait_none())
+    monkeypatch.setattr(ShopifyConnector, "POLL_INTERVAL", 0.0)
+    if bucket == "per job (before)":  # each job's connector builds its own bucket, as before
+        monkeypatch.setattr(ratestate, "shopify_bucket", lambda *args: None)
+    # Shopify's bucket in real time: 25 points, 40 a second (each job needs 10 + 3 x (10 + 1))
+    fake = shopify_fakes.shopify_fake(router, maximum=25, restore_rate=40, clock=time.time)
+    first = await shopify_campaign(engine, app_settings, fake)
+    with session_scope(engine) as session:
+        second = make_campaign(engine, campaign(engine, first).shop_id, count=CODES, name="Second")
+        sync.enqueue_push(session, shop_id=campaign(engine, first).shop_id, campaign_id=second)
+    jobs = outbox.claim(engine, "test-worker", timedelta(minutes=5), limit=2)
+    assert len(jobs) == 2
+    async with httpx.AsyncClient() as http:
+        ctx = JobContext(engine, app_settings, http)
+        outcomes = await asyncio.gather(*(sync.handle_push(ctx, job) for job in jobs), return_exceptions=True)
+    if bucket == "per job (before)":  # each job spends points the other already spent
+        assert fake.throttled > 0
+        return
+    assert outcomes == [None, None] and fake.throttled == 0
+    assert len(fake.discounts) == 2
+    assert all(r.sync_status == "synced" for c in (first, second) for r in campaign_codes(engine, c))
