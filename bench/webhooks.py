@@ -93,9 +93,9 @@ def serve_app(port: int, db_url: str, sandbox: bool, processing: str = "web") ->
 
 def serve_worker(port: int, db_url: str) -> None:
     """`couponry worker`, as the Procfile's worker runs it beside the web process."""
+    from plugin.jobs.worker import serve_worker
     from plugin.runtime import settle_heap
     from plugin.store.db import make_engine
-    from plugin.worker import serve_worker
 
     engine = make_engine(db_url)
     settle_heap()  # as `couponry worker` does
@@ -314,10 +314,11 @@ def _run_app(ctx, servers: list, requests: list[bytes], connections: int, db_url
 def bench_push(args: argparse.Namespace, tmp: Path) -> None:
     import httpx
 
+    from plugin.jobs.worker import Worker
     from plugin.platforms import sync
     from plugin.store import outbox
     from plugin.store.db import make_engine, session_scope
-    from plugin.worker import JobContext, Worker
+    from plugin.store.jobcontext import JobContext
 
     db_url = f"sqlite:///{tmp / 'push.db'}"
     shop_id, campaign_id = prepare_db(db_url, args.codes)

@@ -41,7 +41,8 @@ def run_app(args: argparse.Namespace) -> None:
 
 
 async def _worker(args: argparse.Namespace) -> None:
-    from plugin.worker import JobContext, Worker, default_handlers, make_http_client
+    from plugin.jobs.worker import Worker, default_handlers, make_http_client
+    from plugin.store.jobcontext import JobContext
 
     config = settings(args)
     engine = make_engine(config.database_url)
@@ -63,8 +64,8 @@ async def _worker(args: argparse.Namespace) -> None:
 
 async def _slow_job(ctx: object, job: object) -> None:
     """A job that takes a while and says when it starts and ends (the graceful stop test)."""
+    from plugin.store.jobcontext import JobContext
     from plugin.store.outbox import ClaimedJob
-    from plugin.worker import JobContext
 
     assert isinstance(ctx, JobContext) and isinstance(job, ClaimedJob)
     print(f"started {job.id}", flush=True)

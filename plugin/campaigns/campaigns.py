@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, or_, select
 
-from plugin.errors import Conflict, InvalidInput, NotFound
+from plugin.campaigns import platform
+from plugin.campaigns.lookup import get_campaign
+from plugin.errors import Conflict, InvalidInput
 from plugin.formats import codes
 from plugin.rules import CampaignRules, CampaignState, CampaignStatus, Exposure, OpenUses, RulesOverride, apply_override, exposure
 from plugin.store.models import Batch, Campaign, Code, utcnow
@@ -100,9 +102,7 @@ def update_campaign(
     session.flush()
     if parsed is not None and campaign.rules != before:
         # the platform discount follows the new rules: queued in this transaction
-        from plugin.platforms import sync  # sync builds on campaigns; imported here to keep that direction
-
-        sync.follow_rule_edit(session, campaign=campaign, before=before)
+        platform.follow_rule_edit(session, campaign=campaign, before=before)
     return campaign
 
 
@@ -129,9 +129,7 @@ def change_status(session: Session, *, shop_id: int, campaign_id: int, action: s
     session.add(campaign)
     session.flush()
     # the platform's checkout must follow at once (pause, resume, end): queued in this transaction
-    from plugin.platforms import sync  # sync builds on campaigns; imported here to keep that direction
-
-    sync.enqueue_follow(session, campaign=campaign)
+    platform.enqueue_follow(session, campaign=campaign)
     return campaign
 
 
@@ -187,18 +185,6 @@ def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) ->
         discount_given=campaign.discount_total,
     )
     return exposure(state, groups, now=now)
-
-
-def get_campaign(session: Session, *, shop_id: int, campaign_id: int) -> Campaign:
-    """The campaign, only if it belongs to this shop (promise 5)."""
-    campaign = session.exec(select(Campaign).where(Campaign.id == campaign_id, Campaign.shop_id == shop_id)).first()
-    if campaign is None:
-        raise NotFound(f"campaign {campaign_id} does not exist in this shop", reason="campaign_not_found")
-    return campaign
-
-
-def campaign_format(campaign: Campaign) -> codes.CodeFormat:
-    return codes.CodeFormat.from_dict(campaign.code_format)
 
 
 def code_count(session: Session, *, campaign_id: int) -> int:

@@ -19,10 +19,11 @@ from sqlalchemy import Connection, Engine, bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
-from plugin.campaigns.campaigns import campaign_format, get_campaign
+from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.errors import CapacityError, InvalidInput
 from plugin.formats import codes
 from plugin.rules import CampaignRules, RulesOverride, apply_override
+from plugin.rules.recipients import normalise_recipient
 from plugin.store.bulk import existing_codes, insert_codes
 from plugin.store.db import session_scope
 from plugin.store.models import Batch, Campaign, Code, utcnow
@@ -333,8 +334,6 @@ class _Binding:
 
 def _import_binding(row: ImportRow) -> tuple[_Binding | None, str | None]:
     """(the row's binding or None when its cells are empty, None) or (None, why they are bad)."""
-    from plugin.distribution.claims import normalise_recipient  # distribution imports (via poolhealth) this module
-
     email = customer_id = None
     try:
         if row.email.strip():

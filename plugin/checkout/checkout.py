@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
-from plugin.campaigns.campaigns import campaign_format
+from plugin.campaigns.lookup import campaign_format
 from plugin.checkout.redemptions import (
     CodeContext,
     RedeemOutcome,

@@ -9,8 +9,9 @@ from typing import IO, Any
 
 import click
 
-from plugin.campaigns.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
+from plugin.campaigns.campaigns import campaign_summaries, code_count, create_campaign
 from plugin.campaigns.issuing import decode_import, export_codes, import_codes, import_lines, run_batch, start_batch
+from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.checkout import guessing
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.codes import percode

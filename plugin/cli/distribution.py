@@ -15,6 +15,7 @@ from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.distribution import claimlinks, partners, poolhealth, pushes, referrals
 from plugin.distribution import claims as distribution
 from plugin.orders import addresses
+from plugin.rules import recipients
 from plugin.shops import tokens
 from plugin.shops.apikeys import create_key
 from plugin.store.db import session_scope
@@ -28,7 +29,7 @@ def distribution_group() -> None:
 
 def _recipient(value: str) -> str:
     with clear_errors():
-        return distribution.normalise_recipient(value)
+        return recipients.normalise_recipient(value)
 
 
 @distribution_group.command("claim")

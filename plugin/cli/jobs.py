@@ -16,7 +16,7 @@ from plugin.store.db import session_scope
 @pass_context
 def worker(ctx: Context, poll_interval: float) -> None:
     """Run the job worker until SIGTERM or Ctrl-C (the running job finishes first)."""
-    from plugin.worker import run_worker
+    from plugin.jobs.worker import run_worker
 
     run_worker(ctx.settings, ctx.engine, poll_interval=poll_interval)
 

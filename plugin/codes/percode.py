@@ -18,12 +18,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from plugin.campaigns.campaigns import campaign_format
+from plugin.campaigns import platform
+from plugin.campaigns.lookup import campaign_format
 from plugin.checkout.checkout import resolve_code
-from plugin.distribution.claims import normalise_recipient, recipient_parts
 from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.formats import codes
-from plugin.platforms import sync
+from plugin.rules.recipients import normalise_recipient, recipient_parts
 from plugin.store.jobstore import aware
 from plugin.store.models import AuditEvent, Campaign, Code, RecipientDelivery, Redemption, Reservation, Shop
 
@@ -138,7 +138,7 @@ def _audit(session: Session, found: Found, action: str, actor: str, now: datetim
 def _platform_holds(session: Session, found: Found) -> bool:
     """Whether a platform job can act for this code: the campaign has a platform discount and
     the shop still has the app (an uninstalled shop's change stays ours alone)."""
-    return found.campaign.platform_discount_id is not None and sync.is_installed(session, found.code.shop_id)
+    return found.campaign.platform_discount_id is not None and platform.is_installed(session, found.code.shop_id)
 
 
 def void(session: Session, *, shop_id: int, typed: str, actor: str, now: datetime, reason: str = "") -> Found:
@@ -153,7 +153,7 @@ def void(session: Session, *, shop_id: int, typed: str, actor: str, now: datetim
     _audit(session, found, "code.voided", actor, now, reason=reason[:500])
     # queued whatever the code's sync status: a push in flight may mark it synced after us
     if _platform_holds(session, found):
-        sync.enqueue_deactivate(session, shop_id=shop_id, campaign_id=code.campaign_id)
+        platform.enqueue_deactivate(session, shop_id=shop_id, campaign_id=code.campaign_id)
     session.flush()
     return found
 
@@ -177,7 +177,7 @@ def extend(session: Session, *, shop_id: int, typed: str, expires_at: datetime, 
     code.expires_at = expires_at
     if code.sync_status != "pending" and _platform_holds(session, found):
         code.sync_status, code.sync_error = "pending", None
-        sync.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
+        platform.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
     session.add(code)
     _audit(
         session,

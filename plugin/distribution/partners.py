@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from plugin.campaigns.campaigns import get_campaign
+from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claimstore
 from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.shops import apikeys

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from plugin.campaigns import issuing
-from plugin.campaigns.campaigns import get_campaign
+from plugin.campaigns import issuing, platform
+from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claimstore
 from plugin.errors import InvalidInput
 from plugin.store import outbox
@@ -29,7 +29,7 @@ from plugin.store.db import Reader, run, session_reader, session_scope
 from plugin.store.models import Alert, PoolPolicy, utcnow
 
 if TYPE_CHECKING:
-    from plugin.worker import Handler, JobContext
+    from plugin.store.jobcontext import Handler, JobContext
 
 TOPUP = "distribution.topup"
 DEFAULT_ALERT_BELOW = 100
@@ -112,8 +112,6 @@ def wants_topup_when_empty(session: Session, *, campaign_id: int) -> int:
 
 
 def _topup(engine: Engine, shop_id: int, campaign_id: int, count: int) -> None:
-    from plugin.platforms import sync
-
     # A re-run after a crash tops up again only if the pool is still low.
     with session_scope(engine) as session:
         with session_reader(session) as reader:
@@ -127,8 +125,8 @@ def _topup(engine: Engine, shop_id: int, campaign_id: int, count: int) -> None:
     issuing.generate_codes(engine, shop_id=shop_id, campaign_id=campaign_id, count=count)
     with session_scope(engine) as session:
         campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
-        if campaign.platform_discount_id and sync.is_installed(session, shop_id):
-            sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+        if campaign.platform_discount_id and platform.is_installed(session, shop_id):
+            platform.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
         conn, now = session.connection(), utcnow()
         for kind in ("pool_low", "pool_empty"):
             claimstore.resolve_alert(conn, open_key=alert_key(kind, shop_id, campaign_id, None), now=now)

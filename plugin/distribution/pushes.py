@@ -37,17 +37,17 @@ from sqlmodel import Session, col, select
 from connectors import MESSAGING_CONNECTORS, messaging_connector_class
 from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient, RecipientResult
 from connectors.errors import RateLimited, UpstreamError
-from plugin.campaigns.campaigns import get_campaign
+from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
-from plugin.distribution.claims import recipient_parts
 from plugin.errors import InvalidInput
+from plugin.rules.recipients import recipient_parts
 from plugin.settings import Settings
 from plugin.store import outbox
 from plugin.store.db import read_cursor, run, session_scope
 from plugin.store.models import Code, RecipientDelivery, Shop, utcnow
 
 if TYPE_CHECKING:
-    from plugin.worker import Handler, JobContext
+    from plugin.store.jobcontext import Handler, JobContext
 
 PUSH = "distribution.push"
 _delivery = RecipientDelivery.__table__  # type: ignore[attr-defined]

@@ -40,7 +40,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
-from plugin.campaigns.campaigns import get_campaign
+from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
 from plugin.distribution import pushes
 from plugin.errors import Conflict, InvalidInput, PluginError

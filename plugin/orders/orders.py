@@ -43,8 +43,7 @@ from plugin.checkout.redemptions import UnknownCode, record_redemption, rollback
 from plugin.distribution import referrals
 from plugin.errors import Conflict
 from plugin.formats import codes
-from plugin.orders import addresses, webhooks
-from plugin.platforms import installs
+from plugin.orders import addresses, privacy, webhooks
 from plugin.platforms.connections import platform_connector, shop_connector
 from plugin.settings import Settings
 from plugin.shops import tokens
@@ -52,7 +51,7 @@ from plugin.store.db import is_sqlite, run, session_scope
 from plugin.store.models import Code, Redemption, Shop, WebhookEvent, utcnow
 
 if TYPE_CHECKING:
-    from plugin.worker import Handler, JobContext
+    from plugin.store.jobcontext import Handler, JobContext
 
 log = logging.getLogger("couponry.orders")
 
@@ -203,8 +202,8 @@ class Processor:
         if shop_id is None:
             return "ignored", outcome
         now = utcnow()
-        if delivery.kind in installs.LIFECYCLE_KINDS:  # uninstall, privacy requests
-            return installs.apply_lifecycle(session, shop_id, event, delivery), outcome
+        if delivery.kind in privacy.LIFECYCLE_KINDS:  # uninstall, privacy requests
+            return privacy.apply_lifecycle(session, shop_id, event, delivery), outcome
         if delivery.kind != "order" or not delivery.events:
             return "ignored", outcome
         for order_event in delivery.events:

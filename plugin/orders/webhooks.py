@@ -29,7 +29,7 @@ from plugin.store.db import Reader, chunked, repeated, run, session_scope
 from plugin.store.models import Alert, AuditEvent, Redemption, WebhookEvent, utcnow
 
 if TYPE_CHECKING:
-    from plugin.worker import JobContext
+    from plugin.store.jobcontext import JobContext
 
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]
 _alert_table = Alert.__table__  # type: ignore[attr-defined]

@@ -52,7 +52,7 @@ from plugin.store.db import Reader, read_cursor, run, session_scope
 from plugin.store.models import AuditEvent, Campaign, Code, Job, Shop, utcnow
 
 if TYPE_CHECKING:
-    from plugin.worker import Handler, JobContext
+    from plugin.store.jobcontext import Handler, JobContext
 
 RECONCILE = "reconcile"
 RECONCILE_FAILED = "reconcile_failed"  # alert kinds

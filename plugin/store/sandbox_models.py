@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from plugin.store.models import utcnow
+
+def utcnow() -> datetime:  # not models.utcnow: models imports this module to register its tables
+    return datetime.now(UTC)
 
 
 class SandboxDiscount(SQLModel, table=True):

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin.campaigns import campaigns, issuing
+from plugin.campaigns import campaigns, issuing, lookup
 from plugin.checkout import checkout, guessing, redemptions
 from plugin.checkout.ratelimit import Guesser, GuessLimits
 from plugin.checkout.redemptions import RedemptionRefused, UnknownCode
@@ -33,25 +33,17 @@ from plugin.orders import webhooks
 from plugin.rules import Customer
 from plugin.rules.refusals import Reason
 from plugin.shops import apikeys, shops
-from plugin.store.db import read_session, run, session_scope
+from plugin.store.db import run
 from plugin.store.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
 from plugin.web import cors, schemas
 from plugin.web import distribution as dist
+from plugin.web.call import MAX_IDS, Call
 from plugin.web.clientaddr import address_key
 from plugin.web.problems import plugin_error_handler, problem, validation_problem
 
 log = logging.getLogger(__name__)
+M = TypeVar("M")
 PREFIX = "/api/v1"  # where the app mounts this API
-M = TypeVar("M", bound=BaseModel)
-# The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
-# OpenAPI document says so too, and a larger one is simply not found.
-MAX_IDS = {
-    "campaign_id": 2**31 - 1,
-    "batch_id": 2**31 - 1,
-    "reservation_id": 2**31 - 1,
-    "redemption_id": 2**63 - 1,
-    "partner_id": 2**31 - 1,
-}
 Handler = Callable[["Call"], Awaitable[Response]]
 # Campaign rules may list up to 10,000 ids per set (products, variants, SKUs, collections) in
 # several selectors: more than the 1 MB other calls may send (plugin/web/limits.py).
@@ -73,58 +65,6 @@ class Endpoint:
     body_limit: int | None = None  # bytes, when the route takes more than `Settings.api_body_limit`
 
 
-@dataclass
-class Call:
-    """One authenticated API request: its shop, key and parsed parameters."""
-
-    request: Request
-    key: apikeys.KeyInfo
-    engine: Engine
-
-    @property
-    def shop_id(self) -> int:
-        return self.key.shop_id
-
-    @property
-    def storefront(self) -> bool:
-        """A key used from shoppers' browsers: it only ever gets the shopper's view."""
-        return "storefront" in self.key.scopes
-
-    @property
-    def limits(self) -> GuessLimits:
-        limits: GuessLimits = self.request.app.state.limiter
-        return limits
-
-    def path_int(self, name: str) -> int:
-        value = self.request.path_params[name]
-        assert isinstance(value, int)
-        if value > MAX_IDS[name]:  # no row has such an id, and the database can't even compare it
-            raise NotFound(f"no {name.removesuffix('_id')} has the id {value}", reason="not_found")
-        return value
-
-    async def body(self, model: type[M]) -> M:
-        raw = await self.request.body()
-        if b"\\u0000" in raw:  # PostgreSQL text can't hold NUL; refuse it here with a reason
-            raise InvalidInput("text fields must not contain NUL characters", reason="invalid_input")
-        return model.model_validate_json(raw or b"{}")
-
-    async def read(self, fn: Callable[[Session], Any]) -> Any:
-        """Read-only work: no write lock on SQLite (see `db.read_session`)."""
-
-        def work() -> Any:
-            with read_session(self.engine) as session:
-                return fn(session)
-
-        return await run(self.engine, work)
-
-    async def db(self, fn: Callable[[Session], Any]) -> Any:
-        def work() -> Any:
-            with session_scope(self.engine) as session:
-                return fn(session)
-
-        return await run(self.engine, work)
-
-
 def _json(model: BaseModel, status: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
@@ -133,7 +73,7 @@ def _json(model: BaseModel, status: int = 200) -> JSONResponse:
 
 
 def _campaign_out(session: Session, campaign: Campaign, limits: GuessLimits) -> schemas.CampaignOut:
-    fmt = campaigns.campaign_format(campaign)
+    fmt = lookup.campaign_format(campaign)
     count = campaigns.code_count(session, campaign_id=campaign.id or 0)
     now = utcnow()
     exposure = campaigns.campaign_exposure(session, campaign, now=now)
@@ -203,7 +143,7 @@ async def get_campaign(call: Call) -> Response:
     campaign_id = call.path_int("campaign_id")
 
     def work(session: Session) -> schemas.CampaignOut:
-        campaign = campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+        campaign = lookup.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
         return _campaign_out(session, campaign, call.limits)
 
     return _json(await call.db(work))
@@ -260,7 +200,7 @@ async def create_batch(call: Call) -> Response:
     def work(session: Session) -> Batch:
         batch = issuing.start_batch(session, shop_id=call.shop_id, campaign_id=campaign_id, count=body.count)
         if body.rules_override is not None:
-            campaign = campaigns.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
+            campaign = lookup.get_campaign(session, shop_id=call.shop_id, campaign_id=campaign_id)
             issuing.set_override(batch, campaign, body.rules_override)
         return batch
 

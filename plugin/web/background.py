@@ -18,8 +18,8 @@ from plugin.orders.orders import Processor
 from plugin.settings import Settings
 
 if TYPE_CHECKING:
+    from plugin.jobs.worker import Worker
     from plugin.sandbox.deliverer import Deliverer
-    from plugin.worker import Worker
 
 
 class Background:
@@ -56,7 +56,8 @@ class Background:
             self.deliverer.client = client
             tasks.append(asyncio.create_task(self.deliverer.run(stop), name="sandbox-deliverer"))
         if self.settings.run_worker_in_process:
-            from plugin.worker import JobContext, Worker
+            from plugin.jobs.worker import Worker
+            from plugin.store.jobcontext import JobContext
 
             worker = self.worker = Worker(JobContext(engine=self.engine, settings=self.settings, http=client))
             tasks.append(asyncio.create_task(worker.run(), name="worker"))

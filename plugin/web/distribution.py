@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from plugin.campaigns.campaigns import get_campaign
+from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
 from plugin.distribution import partners, poolhealth, pushes, referrals
 from plugin.distribution.claimlinks import (
@@ -35,19 +35,18 @@ from plugin.distribution.claimlinks import (
     read_claim_token,
     read_pull_token,
 )
-from plugin.distribution.claims import Claim, PoolExhausted, claim_or_alert, normalise_recipient
+from plugin.distribution.claims import Claim, PoolExhausted, claim_or_alert
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.orders import addresses
+from plugin.rules.recipients import normalise_recipient
 from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.shops.apikeys import live_key
 from plugin.store.db import run
 from plugin.store.models import utcnow
 from plugin.web import schemas
+from plugin.web.call import Call
 from plugin.web.problems import problem
-
-if TYPE_CHECKING:
-    from plugin.web.api import Call
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")), autoescape=select_autoescape(["html"]), auto_reload=False

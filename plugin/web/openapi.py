@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from plugin import __version__
-from plugin.web.api import ENDPOINTS, MAX_IDS, PREFIX, Endpoint
+from plugin.web.api import ENDPOINTS, PREFIX, Endpoint
+from plugin.web.call import MAX_IDS
 from plugin.web.schemas import Problem
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")

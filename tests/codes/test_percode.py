@@ -13,13 +13,14 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from plugin import shared_secrets as keys
+from plugin.jobs.worker import Worker
 from plugin.platforms import sync
 from plugin.settings import Settings
 from plugin.shops import apikeys
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.jobstore import aware
 from plugin.store.models import AuditEvent, Code, Job, utcnow
-from plugin.worker import JobContext, Worker
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
 from tests.platforms.test_sync import drain, platform_codes
 

@@ -12,7 +12,7 @@ import pytest
 from connectors.base import ConnectorConfig, Credentials
 from connectors.egress import THIRD_PARTY, AddressPolicy, ForbiddenAddress, is_public_address, public_client, shared_client
 from connectors.woocommerce import WooCommerceConnector
-from plugin.worker import make_http_client
+from plugin.jobs.worker import make_http_client
 
 pytestmark = pytest.mark.anyio
 

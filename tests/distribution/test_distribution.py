@@ -17,8 +17,9 @@ from sqlmodel import Session, col, select
 
 from plugin.distribution import claimlinks
 from plugin.distribution import claims as distribution
-from plugin.distribution.claims import PoolExhausted, normalise_recipient
+from plugin.distribution.claims import PoolExhausted
 from plugin.errors import InvalidInput
+from plugin.rules.recipients import normalise_recipient
 from plugin.store import caches
 from plugin.store.db import session_scope
 from plugin.store.models import Alert, Code, Redemption, Reservation, utcnow

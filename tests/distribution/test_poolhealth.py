@@ -11,11 +11,12 @@ from sqlmodel import Session, col, select
 from plugin.distribution import claims as distribution
 from plugin.distribution import poolhealth
 from plugin.errors import InvalidInput
+from plugin.jobs.worker import Worker
 from plugin.settings import Settings
 from plugin.store import caches
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Alert, Job, utcnow
-from plugin.worker import JobContext, Worker
 from tests.platforms.test_sync import drain
 from tests.web.conftest import make_campaign, rules
 

@@ -22,11 +22,12 @@ from connectors.concurrency import reset_account_limits
 from plugin.distribution import claims as distribution
 from plugin.distribution import pushes
 from plugin.errors import InvalidInput
+from plugin.jobs.worker import Worker
 from plugin.settings import Settings
 from plugin.store import caches
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Job, RecipientDelivery, utcnow
-from plugin.worker import JobContext, Worker
 from tests.connectors.fakes.twilio import LOST, LOST_500, FakeTwilio, Scripted, check_against_the_contract
 from tests.connectors.fakes.twilio import error as twilio_error
 from tests.platforms.test_sync import drain

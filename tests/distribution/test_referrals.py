@@ -17,9 +17,8 @@ from sqlmodel import Session, col, select
 from connectors.base import ShippingAddress
 from plugin.distribution import referrals
 from plugin.errors import InvalidInput
-from plugin.orders import addresses, webhooks
+from plugin.orders import addresses, privacy, webhooks
 from plugin.orders.orders import Processor
-from plugin.platforms import installs
 from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.store import caches
@@ -247,7 +246,7 @@ async def test_a_customer_redaction_forgets_their_address_fingerprints(engine: E
     await deliver(engine, settings, shop_id, "single", [(own_order, "create-7001", "orders/create")])
     assert [r.address_key for r in rows(engine, Redemption)] == [fingerprint(settings, HOME)]
     with session_scope(engine) as session:
-        counts = installs.redact_customer(session, shop_id, email=None, customer_id="ref-1", actor="test")
+        counts = privacy.redact_customer(session, shop_id, email=None, customer_id="ref-1", actor="test")
     assert counts["referrer_addresses"] == 1 and rows(engine, ReferrerAddress) == []
     assert [r.address_key for r in rows(engine, Redemption)] == [None]
 
@@ -270,7 +269,7 @@ async def test_a_customer_redaction_leaves_no_key_in_referrals(engine: Engine, s
     settings = sandbox_settings(settings)
     campaign_id, reward_campaign = await referred(engine, shop_id, settings)
     with session_scope(engine) as session:  # (an email the shop never saw: only the id matches)
-        counts = installs.redact_customer(session, shop_id, email="ref@example.com", customer_id="ref-1", actor="test")
+        counts = privacy.redact_customer(session, shop_id, email="ref@example.com", customer_id="ref-1", actor="test")
     assert (counts["referrals"], counts["codes"], counts["audit_events"]) == (1, 2, 1)  # own code and reward; its note
     by_order = {r.order_id: r for r in rows(engine, Referral)}
     mine, theirs = by_order["8001"], by_order["8002"]
@@ -287,14 +286,14 @@ async def test_a_customer_redaction_leaves_no_key_in_referrals(engine: Engine, s
 
     # the friend, by email only (the referral keys them by customer id): found through their order
     with session_scope(engine) as session:
-        counts = installs.redact_customer(session, shop_id, email="friend1@example.com", customer_id=None, actor="test")
+        counts = privacy.redact_customer(session, shop_id, email="friend1@example.com", customer_id=None, actor="test")
     assert (counts["referrals"], counts["redemptions"]) == (1, 1)
     by_order = {r.order_id: r for r in rows(engine, Referral)}
     assert (by_order["8001"].referrer, by_order["8001"].friend) == (f"redacted:{mine.id}", f"redacted:{mine.id}")
     assert by_order["8002"].friend == "id:friend-2"
     # redacting again finds nothing more; placeholders never collide with uq_referral_friend
     with session_scope(engine) as session:
-        again = installs.redact_customer(session, shop_id, email="friend1@example.com", customer_id="ref-1", actor="test")
+        again = privacy.redact_customer(session, shop_id, email="friend1@example.com", customer_id="ref-1", actor="test")
     assert (again["referrals"], again["codes"], again["audit_events"]) == (0, 0, 0)
 
 
@@ -304,8 +303,8 @@ async def test_a_data_request_lists_referrals_and_address_fingerprints(engine: E
     (mine,) = [r for r in rows(engine, Referral) if r.order_id == "8001"]
     reward = next(c.code for c in rows(engine, Code) if c.id == mine.reward_code_id)
     with session_scope(engine) as session:
-        referrer = installs.customer_data(session, shop_id, email=None, customer_id="ref-1")
-        friend = installs.customer_data(session, shop_id, email="friend1@example.com", customer_id=None)
+        referrer = privacy.customer_data(session, shop_id, email=None, customer_id="ref-1")
+        friend = privacy.customer_data(session, shop_id, email="friend1@example.com", customer_id=None)
     assert referrer["referrals"] == [
         {"campaign_id": campaign_id, "created_at": mine.created_at.isoformat(), "role": "referrer", "reward_code": reward}
     ]

@@ -23,14 +23,15 @@ from sqlmodel import col, select
 from connectors.errors import RateLimited, Rejected
 from plugin.cli import main
 from plugin.errors import InvalidInput
+from plugin.jobs.worker import Worker
 from plugin.runtime import YOUNG_THRESHOLD
 from plugin.settings import Settings
 from plugin.shops.shops import ensure_local_shop
 from plugin.store import migrate, outbox
 from plugin.store.db import make_engine, session_scope
+from plugin.store.jobcontext import Handler, JobContext
 from plugin.store.models import AuditEvent, Job, utcnow
 from plugin.store.outbox import ClaimedJob
-from plugin.worker import Handler, JobContext, Worker
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,14 +256,14 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
 def test_the_worker_command_settles_its_heap_before_it_runs(
     engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, gc_state: None
 ) -> None:
-    import plugin.worker
+    import plugin.jobs.worker
 
     seen: list[tuple[int, int]] = []
 
     async def serve(settings: Settings, engine: Engine, *, poll_interval: float = 1.0) -> None:
         seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
 
-    monkeypatch.setattr(plugin.worker, "serve_worker", serve)
-    plugin.worker.run_worker(settings, engine)
+    monkeypatch.setattr(plugin.jobs.worker, "serve_worker", serve)
+    plugin.jobs.worker.run_worker(settings, engine)
     [(threshold, frozen)] = seen
     assert threshold == YOUNG_THRESHOLD and frozen > 0

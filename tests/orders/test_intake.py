@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
+from plugin.jobs.worker import Worker
 from plugin.orders import webhooks
 from plugin.orders.ingest import intake
 from plugin.orders.orders import Processor
 from plugin.settings import Settings
 from plugin.store.db import session_scope, write_cursor
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Redemption, WebhookEvent
-from plugin.worker import JobContext, Worker
 from tests.ingest import campaign_codes, make_campaign, running_app, sandbox_settings
 from tests.orders.test_webhooks import headers, order_body
 

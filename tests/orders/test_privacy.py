@@ -11,8 +11,8 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, SQLModel
 
 from connectors.base import Delivery, DeliveryKind
+from plugin.orders import privacy as requests
 from plugin.orders import webhooks
-from plugin.platforms import installs
 from plugin.settings import Settings
 from plugin.store.db import session_scope
 from plugin.store.models import AuditEvent, Code, RecipientDelivery, Shop, WebhookEvent
@@ -45,7 +45,7 @@ def privacy(engine: Engine, shop_id: int, kind: DeliveryKind, delivery_id: str, 
         )
         event = session.get_one(WebhookEvent, event_id)
         delivery = Delivery(delivery_id, topic, "x.myshopify.com", kind, email=email, customer_id=customer_id)
-        assert installs.apply_lifecycle(session, shop_id, event, delivery) == "processed"
+        assert requests.apply_lifecycle(session, shop_id, event, delivery) == "processed"
 
 
 def held(engine: Engine) -> dict[int | None, str]:
@@ -124,10 +124,10 @@ async def test_a_data_request_by_email_is_found_by_a_redaction_by_customer_id(
     async with running_app(settings, engine) as (_, client):
         await send(client, settings, body(9101, a, customer_id=ANN_ID, email=ANN), "create-9101")
     with session_scope(engine) as session:
-        report = installs.customer_data(session, shop_id, email=ANN, customer_id=None)
+        report = requests.customer_data(session, shop_id, email=ANN, customer_id=None)
         session.add(AuditEvent(shop_id=shop_id, action="customer.data_request", subject="cli", details=report))
     with session_scope(engine) as session:
-        counts = installs.redact_customer(session, shop_id, email=None, customer_id=ANN_ID, actor="test")
+        counts = requests.redact_customer(session, shop_id, email=None, customer_id=ANN_ID, actor="test")
     assert counts["data_requests"] == 1
     with session_scope(engine) as session:
         details = session.execute(select(AuditEvent.details).where(AuditEvent.action == "customer.data_request")).scalar_one()

@@ -11,13 +11,13 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from plugin import shared_secrets as keys
+from plugin.jobs.worker import default_sweeps
 from plugin.orders import webhooks
 from plugin.sandbox.deliverer import sign
 from plugin.settings import Settings
 from plugin.store.db import session_scope
 from plugin.store.jobstore import aware
 from plugin.store.models import WebhookEvent, utcnow
-from plugin.worker import default_sweeps
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
 
 pytestmark = pytest.mark.anyio
@@ -218,7 +218,7 @@ async def test_the_worker_sweep_applies_the_retention_setting_at_most_hourly(
 ) -> None:
     import httpx
 
-    from plugin.worker import JobContext
+    from plugin.store.jobcontext import JobContext
 
     old = utcnow() - timedelta(days=8)
     _store(engine, shop_id, 2, status="failed", received_at=old)

@@ -10,12 +10,13 @@ from sqlmodel import col, select
 
 from plugin import shared_secrets as keys
 from plugin.campaigns.campaigns import change_status, update_campaign
+from plugin.jobs.worker import Worker
 from plugin.platforms import sync
 from plugin.settings import Settings
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import AuditEvent, Campaign, Job
 from plugin.store.sandbox_models import SandboxDiscount
-from plugin.worker import JobContext, Worker
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
 from tests.platforms.test_sync import drain
 

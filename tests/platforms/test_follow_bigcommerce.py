@@ -13,11 +13,12 @@ import respx
 from sqlalchemy import Engine
 
 from plugin.campaigns.campaigns import change_status, update_campaign
+from plugin.jobs.worker import Worker
 from plugin.platforms import installs, sync
 from plugin.settings import Settings
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Campaign
-from plugin.worker import JobContext, Worker
 from tests.connectors.fakes.bigcommerce import FakeBigCommerce
 from tests.ingest import campaign_codes, make_campaign
 from tests.platforms.test_sync import drain

@@ -31,14 +31,15 @@ from connectors.base import Credentials
 from connectors.bigcommerce import BigCommerceConnector
 from connectors.egress import AddressPolicy
 from connectors.errors import BadSignature
+from plugin.jobs.worker import Worker
 from plugin.platforms import installs, sync
 from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import AuditEvent, Code, Job, Redemption, Shop, WebhookEvent
 from plugin.web.app import create_app
 from plugin.web.install import verify_shopify_session
-from plugin.worker import JobContext, Worker
 from tests.connectors.fakes import bigcommerce as bc_fakes
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes import woocommerce as woo_fakes

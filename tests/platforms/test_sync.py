@@ -9,14 +9,15 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 from tenacity import wait_none
 
+from plugin.jobs.worker import Worker
 from plugin.platforms import sync
 from plugin.sandbox import store
 from plugin.settings import Settings
 from plugin.store import outbox
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Campaign, Code, Job, utcnow
 from plugin.store.sandbox_models import SandboxCode, SandboxDiscount
-from plugin.worker import JobContext, Worker
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
 
 pytestmark = pytest.mark.anyio

@@ -21,14 +21,15 @@ from tenacity import wait_none
 
 from connectors.base import Credentials
 from connectors.shopify import ShopifyConnector
-from plugin.campaigns.campaigns import campaign_format
+from plugin.campaigns.lookup import campaign_format
 from plugin.formats import codes
+from plugin.jobs.worker import Worker
 from plugin.platforms import installs, sync
 from plugin.settings import Settings
 from plugin.store import outbox, ratestate
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Campaign, Job
-from plugin.worker import JobContext, Worker
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes.shopify import ShopifyFake
 from tests.ingest import campaign_codes, make_campaign

@@ -16,14 +16,15 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
 from connectors.base import Credentials
+from plugin.jobs.worker import Worker
 from plugin.platforms import installs, sync
 from plugin.reconciliation import reconcile
 from plugin.sandbox import store
 from plugin.settings import Settings
 from plugin.store.db import session_scope
+from plugin.store.jobcontext import JobContext
 from plugin.store.models import Alert, AuditEvent, Campaign, Code, Job, Redemption, WebhookEvent, utcnow
 from plugin.store.sandbox_models import SandboxCode
-from plugin.worker import JobContext, Worker
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes.woocommerce import FakeWooCommerce
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings

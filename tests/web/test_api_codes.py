@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
 
-from plugin.platforms import installs
+from plugin.orders import privacy
 from plugin.store.db import session_scope
 from plugin.store.models import AuditEvent, Code, Job, utcnow
 from tests.web.conftest import Api, make_campaign, make_key, rules, set_code
@@ -122,7 +122,7 @@ def test_customers_redact_forgets_the_recipients_of_reassigned_codes(api: Api, e
     assert api.post(f"/codes/{code}/reassign", {"recipient": "ann@example.com"}).status_code == 200
     assert api.post(f"/codes/{code}/reassign", {"recipient": "id:42"}).status_code == 200
     with session_scope(engine) as session:
-        installs.redact_customer(session, shop_id, email="ann@example.com", customer_id=None, actor="test")
+        privacy.redact_customer(session, shop_id, email="ann@example.com", customer_id=None, actor="test")
     with session_scope(engine) as session:
         query = select(AuditEvent).where(col(AuditEvent.action) == "code.reassigned").order_by(col(AuditEvent.id))
         details = [a.details for a in session.exec(query)]

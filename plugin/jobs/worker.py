@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,22 +33,10 @@ from plugin.runtime import settle_heap
 from plugin.settings import Settings
 from plugin.store import outbox
 from plugin.store.db import make_engine, run
+from plugin.store.jobcontext import Handler, JobContext, Sweep
 from plugin.store.outbox import ClaimedJob
 
 log = logging.getLogger("couponry.worker")
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What handlers get besides their job: the database, the settings, the shared HTTP client."""
-
-    engine: Engine
-    settings: Settings
-    http: httpx.AsyncClient
-
-
-Handler = Callable[[JobContext, ClaimedJob], Awaitable[None]]
-Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
