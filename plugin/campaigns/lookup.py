@@ -1,4 +1,5 @@
-"""Finding a shop's campaign (never another shop's: promise 5) and reading its code format."""
+"""Finding a shop's campaign or batch (never another shop's: promise 5) and reading a campaign's
+code format."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from sqlmodel import Session, select
 
 from plugin.errors import NotFound
 from plugin.formats import codes
-from plugin.store.models import Campaign
+from plugin.store.models import Batch, Campaign
 
 
 def get_campaign(session: Session, *, shop_id: int, campaign_id: int) -> Campaign:
@@ -19,3 +20,11 @@ def get_campaign(session: Session, *, shop_id: int, campaign_id: int) -> Campaig
 
 def campaign_format(campaign: Campaign) -> codes.CodeFormat:
     return codes.CodeFormat.from_dict(campaign.code_format)
+
+
+def get_batch(session: Session, *, shop_id: int, batch_id: int) -> Batch:
+    """The batch, only if it belongs to this shop (promise 5)."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.shop_id != shop_id:
+        raise NotFound(f"batch {batch_id} does not exist in this shop", reason="batch_not_found")
+    return batch

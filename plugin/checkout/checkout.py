@@ -329,6 +329,11 @@ def _lock_code(session: Session, *, shop_id: int, code: str) -> Code:
     return row
 
 
+def reserved_code(session: Session, reservation: Reservation) -> str:
+    """The code a reservation holds (as stored)."""
+    return session.get_one(Code, reservation.code_id).code
+
+
 def release(session: Session, *, shop_id: int, reservation_id: int, now: datetime) -> Reservation:
     reservation = session.exec(
         select(Reservation).where(col(Reservation.id) == reservation_id, col(Reservation.shop_id) == shop_id)

@@ -20,7 +20,7 @@ from plugin.errors import ConfigError, PluginError
 from plugin.settings import Settings
 from plugin.shops.shops import ensure_local_shop, find_shop
 from plugin.store import migrate
-from plugin.store.db import make_engine, session_scope
+from plugin.store.units import open_engine, transaction
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Context:
 
     @cached_property
     def engine(self) -> Engine:
-        engine = make_engine(self.settings.database_url)
+        engine = open_engine(self.settings.database_url)
         try:
             if self.settings.is_sqlite:
                 migrate.upgrade(engine)  # the embedded default keeps itself migrated
@@ -47,7 +47,7 @@ class Context:
 
     @cached_property
     def shop_id(self) -> int:
-        with session_scope(self.engine) as session:
+        with transaction(self.engine) as session:
             if self.shop_domain is None:
                 shop = ensure_local_shop(session, self.settings.default_shop_domain)
             else:
@@ -95,7 +95,7 @@ def main(ctx: click.Context, shop_domain: str | None) -> None:
 @pass_context
 def migrate_cmd(ctx: Context) -> None:
     """Apply database migrations."""
-    engine = make_engine(ctx.settings.database_url)
+    engine = open_engine(ctx.settings.database_url)
     try:
         migrate.upgrade(engine)
     finally:

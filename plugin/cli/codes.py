@@ -17,8 +17,9 @@ from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.codes import percode
 from plugin.errors import PluginError
 from plugin.formats import codes
-from plugin.store.db import session_scope
-from plugin.store.models import Shop, utcnow
+from plugin.shops import shops
+from plugin.store.models import utcnow
+from plugin.store.units import transaction
 
 # --- campaigns ------------------------------------------------------------------------------
 
@@ -58,7 +59,7 @@ def campaigns_create(ctx: Context, /, name: str, currency: str, rules_json: str 
     """Create a campaign and print its id (a draft until it has rules)."""
     code_format = {k: v for k, v in fmt.items() if v is not None}
     rules = _read_json(rules_json) if rules_json else None
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         campaign = create_campaign(
             session, shop_id=ctx.shop_id, name=name, code_format=code_format, currency=currency, rules=rules
         )
@@ -89,7 +90,7 @@ def _read_json(value: str) -> Any:
 @pass_context
 def campaigns_list(ctx: Context) -> None:
     """List this shop's campaigns with their code counts."""
-    with session_scope(ctx.engine) as session:
+    with transaction(ctx.engine) as session:
         rows = campaign_summaries(session, shop_id=ctx.shop_id)
     for campaign_id, name, status, count in rows:
         click.echo(f"{campaign_id}\t{name}\t{status}\t{count} codes")
@@ -110,7 +111,7 @@ def codes_group() -> None:
 def codes_generate(ctx: Context, campaign_id: int, count: int) -> None:
     """Generate COUNT new unique codes into a campaign."""
     with clear_errors():
-        with session_scope(ctx.engine) as session:  # refuses an unsafe request before any work
+        with transaction(ctx.engine) as session:  # refuses an unsafe request before any work
             batch = start_batch(session, shop_id=ctx.shop_id, campaign_id=campaign_id, count=count)
         assert batch.id is not None
         with click.progressbar(length=count, label="generating", file=sys.stderr) as bar:
@@ -122,7 +123,7 @@ def codes_generate(ctx: Context, campaign_id: int, count: int) -> None:
                 done = created
 
             batch = run_batch(ctx.engine, shop_id=ctx.shop_id, batch_id=batch.id, on_progress=progress)
-        with session_scope(ctx.engine) as session:
+        with transaction(ctx.engine) as session:
             campaign = get_campaign(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
             fmt, live = campaign_format(campaign), code_count(session, campaign_id=campaign_id)
     click.echo(json.dumps({"batch_id": batch.id, "created": batch.created}))
@@ -171,7 +172,7 @@ def codes_import(ctx: Context, campaign_id: int, encoding: str | None, file: IO[
 
 def _show(session: Any, found: percode.Found) -> None:
     code = found.code
-    shop = session.get(Shop, code.shop_id)
+    shop = shops.get_shop(session, code.shop_id)
     expires = code.expires_at.isoformat() if code.expires_at else "never"
     platform = f"{shop.platform if shop else '?'} {code.sync_status}" + (f" ({code.sync_error})" if code.sync_error else "")
     click.echo(f"{found.display}\tcampaign {code.campaign_id}\t{code.status}\t{code.uses} use(s)\texpires {expires}")
@@ -186,7 +187,7 @@ def _show(session: Any, found: percode.Found) -> None:
 @pass_context
 def codes_show(ctx: Context, code: str) -> None:
     """Look CODE up as a shopper typed it: its state, platform status and story."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         _show(session, percode.find(session, shop_id=ctx.shop_id, typed=code))
 
 
@@ -196,7 +197,7 @@ def codes_show(ctx: Context, code: str) -> None:
 @pass_context
 def codes_void(ctx: Context, code: str, reason: str) -> None:
     """Void CODE: validation refuses it, and the worker takes it off the platform."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         found = percode.void(session, shop_id=ctx.shop_id, typed=code, actor="cli", now=utcnow(), reason=reason)
         _show(session, found)
 
@@ -211,7 +212,7 @@ def codes_extend(ctx: Context, code: str, expires_at: str) -> None:
         when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO 8601 time: {expires_at!r}", param_hint="--expires-at") from exc
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         found = percode.extend(session, shop_id=ctx.shop_id, typed=code, expires_at=when, actor="cli", now=utcnow())
         _show(session, found)
 
@@ -222,6 +223,6 @@ def codes_extend(ctx: Context, code: str, expires_at: str) -> None:
 @pass_context
 def codes_reassign(ctx: Context, code: str, recipient: str) -> None:
     """Give CODE (live and unused) to another recipient."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         found = percode.reassign(session, shop_id=ctx.shop_id, typed=code, recipient=recipient, actor="cli", now=utcnow())
         _show(session, found)

@@ -18,8 +18,8 @@ from plugin.orders import addresses
 from plugin.rules import recipients
 from plugin.shops import tokens
 from plugin.shops.apikeys import create_key
-from plugin.store.db import session_scope
 from plugin.store.models import utcnow
+from plugin.store.units import transaction
 
 
 @main.group("distribution")
@@ -55,7 +55,7 @@ def pull_url(ctx: Context, /, campaign_id: int, partner_id: int | None, days: in
     """Print a signed pull URL for email platforms (append ?recipient=...).
 
     Each URL gets its own API key (scope `distribution`): `couponry keys revoke PREFIX` revokes it."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         distribution.pool_status(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
         if partner_id is not None:
             partners.get_partner(session, shop_id=ctx.shop_id, partner_id=partner_id)
@@ -88,7 +88,7 @@ def pool(ctx: Context, /, campaign_id: int, partner_id: int | None) -> None:
 @pass_context
 def policy(ctx: Context, /, campaign_id: int, alert_below: int, topup_below: int | None, topup_count: int) -> None:
     """Set the pool's low-stock alert and automatic top-up."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         poolhealth.set_policy(
             session, shop_id=ctx.shop_id, campaign_id=campaign_id, alert_below=alert_below, topup_below=topup_below,
             topup_count=topup_count,
@@ -116,7 +116,7 @@ def export(ctx: Context, /, campaign_id: int, output: IO[str]) -> None:
 @pass_context
 def push(ctx: Context, /, campaign_id: int, provider: str) -> None:
     """Queue the campaign's assigned codes for the provider (the worker sends them)."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         queued = pushes.enqueue_push(session, shop_id=ctx.shop_id, campaign_id=campaign_id, provider=provider.lower())
     click.echo(f"{queued} recipient(s) queued for {provider.lower()}")
 
@@ -158,7 +158,7 @@ def partners_group() -> None:
 @click.argument("name")
 @pass_context
 def partners_create(ctx: Context, /, name: str) -> None:
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         partner = partners.create_partner(session, shop_id=ctx.shop_id, name=name)
     click.echo(str(partner.id))
 
@@ -176,7 +176,7 @@ def partners_list(ctx: Context, /) -> None:
 @pass_context
 def partners_key(ctx: Context, /, partner_id: int) -> None:
     """Create an API key scoped to the partner's codes; shown only this once."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         _key, secret = partners.create_partner_key(session, shop_id=ctx.shop_id, partner_id=partner_id)
     click.echo(secret)
 
@@ -188,7 +188,7 @@ def partners_key(ctx: Context, /, partner_id: int) -> None:
 @pass_context
 def partners_allocate(ctx: Context, /, partner_id: int, campaign_id: int, count: int) -> None:
     """Move COUNT free codes of the campaign into the partner's block."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         moved = partners.allocate(session, shop_id=ctx.shop_id, campaign_id=campaign_id, partner_id=partner_id, count=count)
     click.echo(f"{moved} code(s) allocated")
 
@@ -231,7 +231,7 @@ def referrals_group() -> None:
 @click.option("--provider", default=None, help="Push rewards to referrers through this provider.")
 @pass_context
 def referrals_create(ctx: Context, /, campaign_id: int, reward_campaign_id: int, provider: str | None) -> None:
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         referrals.create_program(
             session, shop_id=ctx.shop_id, campaign_id=campaign_id, reward_campaign_id=reward_campaign_id, provider=provider
         )
@@ -265,7 +265,7 @@ def referrals_code(
         address_key = addresses.fingerprint(tokens.address_key(ctx.settings), address)
         if address_key is None:
             raise click.UsageError("an address needs --address1, --postcode and a two-letter --country")
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         found = referrals.referral_code(
             session, shop_id=ctx.shop_id, campaign_id=campaign_id, referrer=key, now=utcnow(), address_key=address_key
         )

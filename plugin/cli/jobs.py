@@ -8,7 +8,7 @@ import click
 
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.store import outbox
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 @main.command()
@@ -34,7 +34,7 @@ def jobs() -> None:
 @pass_context
 def jobs_list(ctx: Context, status: str | None, kind: str | None, limit: int, as_json: bool) -> None:
     """List this shop's jobs, newest first."""
-    with session_scope(ctx.engine) as session:
+    with transaction(ctx.engine) as session:
         rows = outbox.list_jobs(session, status=status, kind=kind, shop_id=ctx.shop_id, limit=limit)
     for job in rows:
         if as_json:
@@ -49,6 +49,6 @@ def jobs_list(ctx: Context, status: str | None, kind: str | None, limit: int, as
 @pass_context
 def jobs_retry(ctx: Context, job_id: int) -> None:
     """Queue a dead job again with fresh attempts."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         job = outbox.retry_dead(session, job_id, actor="cli", shop_id=ctx.shop_id)
     click.echo(f"job {job.id} queued again")

@@ -6,7 +6,7 @@ import click
 
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.shops.apikeys import SCOPES, create_key, revoke_key
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 @main.group()
@@ -28,7 +28,7 @@ def keys() -> None:
 @pass_context
 def keys_create(ctx: Context, /, name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print it: it is shown only this once."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         _key, secret = create_key(session, shop_id=ctx.shop_id, name=name, scopes=scopes)
     click.echo(secret)
 
@@ -38,7 +38,7 @@ def keys_create(ctx: Context, /, name: str, scopes: tuple[str, ...]) -> None:
 @pass_context
 def keys_revoke(ctx: Context, /, prefix: str) -> None:
     """Revoke the key whose public prefix (the part after cpy_) is PREFIX."""
-    with session_scope(ctx.engine) as session:
+    with transaction(ctx.engine) as session:
         if not revoke_key(session, shop_id=ctx.shop_id, prefix=prefix):
             raise click.ClickException(f"no live key with prefix {prefix!r} in this shop")
     click.echo("revoked")

@@ -6,8 +6,8 @@ import click
 
 from plugin.checkout.redemptions import REDEMPTION_STATUSES, list_redemptions, rollback_redemption
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.store.db import session_scope
 from plugin.store.models import utcnow
+from plugin.store.units import transaction
 
 
 @main.group()
@@ -23,7 +23,7 @@ def redemptions() -> None:
 @pass_context
 def redemptions_list(ctx: Context, /, campaign_id: int | None, flagged: bool | None, status: str | None, limit: int) -> None:
     """Newest first: id, order, code, discount, status, source, flag."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         page = list_redemptions(session, ctx.shop_id, campaign_id=campaign_id, flagged=flagged, status=status, limit=limit)
         for r in page.items:
             click.echo(
@@ -37,7 +37,7 @@ def redemptions_list(ctx: Context, /, campaign_id: int | None, flagged: bool | N
 @pass_context
 def redemptions_rollback(ctx: Context, /, redemption_id: int, reason: str) -> None:
     """Give a redemption back, following its campaign's on_cancel policy (idempotent)."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         redemption = rollback_redemption(
             session, shop_id=ctx.shop_id, redemption_id=redemption_id, now=utcnow(), actor="cli", reason=reason
         )

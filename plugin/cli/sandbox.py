@@ -14,7 +14,7 @@ import click
 from plugin.cli import Context, main, pass_context
 from plugin.sandbox import store
 from plugin.sandbox.store import SandboxError
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 def _shop(ctx: Context) -> str:
@@ -68,7 +68,7 @@ def sandbox_order(
         if address1 or zip_code or country
         else None
     )
-    with _SandboxErrors(), session_scope(ctx.engine) as session:
+    with _SandboxErrors(), transaction(ctx.engine) as session:
         order = store.place_order(
             session,
             _shop(ctx),
@@ -85,7 +85,7 @@ def sandbox_order(
 
 
 def _change(ctx: Context, order_id: int, action: str) -> None:
-    with _SandboxErrors(), session_scope(ctx.engine) as session:
+    with _SandboxErrors(), transaction(ctx.engine) as session:
         order = store.change_order(session, _shop(ctx), order_id, action)
         click.echo(json.dumps(store.order_json(order)))
 
@@ -130,7 +130,7 @@ def sandbox_fail(ctx: Context, order_id: int) -> None:
 def sandbox_knobs(ctx: Context, /, reset: bool, **changes: Any) -> None:
     """Show or set the sandbox shop's test knobs."""
     given = {k: v for k, v in changes.items() if v is not None}
-    with _SandboxErrors(), session_scope(ctx.engine) as session:
+    with _SandboxErrors(), transaction(ctx.engine) as session:
         if reset:
             store.set_knobs(session, _shop(ctx), store.Knobs().__dict__)
         knobs = store.set_knobs(session, _shop(ctx), given) if given else store.get_knobs(session, _shop(ctx))

@@ -13,7 +13,7 @@ from connectors.woocommerce import WooAuthKeys, WooCommerceConnector
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.platforms import installs
 from plugin.platforms.connections import connector_config, normalise_store_url
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 @main.group("shops")
@@ -51,7 +51,7 @@ def connect_woocommerce(ctx: Context, store_url: str, consumer_key: str, consume
         asyncio.run(verify())
     except ConnectorError as exc:
         raise click.ClickException(f"the store refused the keys: {exc}") from exc
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         shop = installs.save_install(session, ctx.settings, platform="woocommerce", credentials=credentials, actor="cli")
         shop_id = shop.id
     click.echo(json.dumps({"shop_id": shop_id, "platform": "woocommerce", "domain": url, "webhooks": "queued"}))
@@ -66,7 +66,7 @@ def shop_refusals(ctx: Context, mode: str | None) -> None:
     `default` (detailed to your servers, generic to storefront keys, where a guesser sits)."""
     from plugin.shops.shops import get_shop, refusal_mode, set_refusal_mode
 
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         shop = get_shop(session, ctx.shop_id) if mode is None else set_refusal_mode(session, ctx.shop_id, mode)
         shown = refusal_mode(shop)
     click.echo(json.dumps({"shop_id": ctx.shop_id, "refusals": shown}))
@@ -83,7 +83,7 @@ def shop_origins(ctx: Context, origins: tuple[str, ...], clear: bool) -> None:
 
     if clear and origins:
         raise click.UsageError("give origins or --clear, not both")
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         changing = clear or bool(origins)
         shop = set_allowed_origins(session, ctx.shop_id, origins) if changing else get_shop(session, ctx.shop_id)
         shown = allowed_origins(shop)

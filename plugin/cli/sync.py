@@ -9,7 +9,7 @@ import click
 from plugin.cli import Context, clear_errors, pass_context
 from plugin.cli.codes import codes_group
 from plugin.platforms import sync
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 @codes_group.command("sync")
@@ -19,7 +19,7 @@ from plugin.store.db import session_scope
 @pass_context
 def codes_sync(ctx: Context, campaign_id: int, retry_failed: bool, everything: bool) -> None:
     """Queue a push of the campaign's pending codes to the shop's platform (the worker runs it)."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         again = 0
         if retry_failed or everything:
             again = sync.resync(session, shop_id=ctx.shop_id, campaign_id=campaign_id, failed_only=not everything)
@@ -34,7 +34,7 @@ def codes_sync(ctx: Context, campaign_id: int, retry_failed: bool, everything: b
 @pass_context
 def codes_deactivate(ctx: Context, campaign_id: int) -> None:
     """Queue the removal of the campaign's voided and expired codes from the platform."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         sync.enqueue_deactivate(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
     click.echo(json.dumps({"queued": True}))
 
@@ -44,6 +44,6 @@ def codes_deactivate(ctx: Context, campaign_id: int) -> None:
 @pass_context
 def codes_sync_status(ctx: Context, campaign_id: int) -> None:
     """Codes per sync status (pending, synced, failed, deactivated)."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         counts = sync.sync_counts(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
     click.echo(json.dumps(counts, sort_keys=True))

@@ -8,7 +8,7 @@ import click
 
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.orders import orders, webhooks
-from plugin.store.db import session_scope
+from plugin.store.units import transaction
 
 
 @main.group("webhooks")
@@ -36,7 +36,7 @@ def webhooks_list(
     as_json: bool,
 ) -> None:
     """List deliveries, newest first."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         page = webhooks.list_deliveries(
             session,
             ctx.shop_id,
@@ -64,7 +64,7 @@ def webhooks_list(
 @pass_context
 def webhooks_show(ctx: Context, event_id: int) -> None:
     """One delivery with its raw payload and outcome."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         view = webhooks.delivery_view(webhooks.get_delivery(session, ctx.shop_id, event_id), with_payload=True)
     click.echo(json.dumps(view, indent=2, sort_keys=True))
 
@@ -74,7 +74,7 @@ def webhooks_show(ctx: Context, event_id: int) -> None:
 @pass_context
 def webhooks_reprocess(ctx: Context, event_id: int) -> None:
     """Put a failed delivery back in line; the worker processes it within seconds."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         orders.reprocess(session, ctx.shop_id, event_id)
     click.echo(f"delivery {event_id} queued for processing")
 
@@ -89,7 +89,7 @@ def webhooks_redact(
     ctx: Context, event_id: int | None, email: str | None, customer_id: str | None, order_ids: tuple[str, ...]
 ) -> None:
     """Remove the payload (and the PII in it) of one delivery, or of every delivery about a customer."""
-    with clear_errors(), session_scope(ctx.engine) as session:
+    with clear_errors(), transaction(ctx.engine) as session:
         if event_id is not None:
             webhooks.redact_delivery(session, ctx.shop_id, event_id, actor="cli")
             count = 1

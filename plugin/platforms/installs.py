@@ -115,6 +115,16 @@ def save_install(
     return shop
 
 
+def note_user_removed(session: Session, platform: str, domain: str, user_id: str, *, actor: str) -> bool:
+    """A platform user lost access to the app (BigCommerce's remove_user): audited; False for a
+    shop we don't know."""
+    shop = find_shop(session, platform, domain)
+    if shop is None or shop.id is None:
+        return False
+    session.add(AuditEvent(shop_id=shop.id, action="shop.user_removed", subject=f"{platform}:user:{user_id}", actor=actor))
+    return True
+
+
 def mark_uninstalled(session: Session, shop_id: int, *, actor: str) -> int:
     """The app was uninstalled: drop the token, stop the shop's queued jobs; return how many stopped."""
     shop = session.get_one(Shop, shop_id)

@@ -27,14 +27,14 @@ from plugin.checkout import checkout, guessing, redemptions
 from plugin.checkout.ratelimit import Guesser, GuessLimits
 from plugin.checkout.redemptions import RedemptionRefused, UnknownCode
 from plugin.codes import percode
-from plugin.errors import InvalidInput, NotFound, PluginError
+from plugin.errors import InvalidInput, PluginError
 from plugin.formats import codes
 from plugin.orders import webhooks
 from plugin.rules import Customer
 from plugin.rules.refusals import Reason
 from plugin.shops import apikeys, shops
-from plugin.store.db import run
-from plugin.store.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
+from plugin.store.models import Batch, Campaign, Redemption, Reservation, utcnow
+from plugin.store.units import in_thread
 from plugin.web import cors, schemas
 from plugin.web import distribution as dist
 from plugin.web.call import MAX_IDS, Call
@@ -225,10 +225,7 @@ async def get_batch(call: Call) -> Response:
     batch_id = call.path_int("batch_id")
 
     def work(session: Session) -> schemas.BatchOut:
-        batch = session.get(Batch, batch_id)
-        if batch is None or batch.shop_id != call.shop_id:
-            raise NotFound(f"batch {batch_id} does not exist in this shop", reason="batch_not_found")
-        return _batch_out(batch)
+        return _batch_out(lookup.get_batch(session, shop_id=call.shop_id, batch_id=batch_id))
 
     return _json(await call.db(work))
 
@@ -286,7 +283,9 @@ async def _failed(call: Call, guesser: Guesser, reason: Reason) -> None:
         return
     engine, limits, shop_id = call.engine, call.limits, guesser.shop_id
     try:
-        await run(engine, lambda: guessing.raise_alert(engine, shop_id=shop_id, failures=crossed, limits=limits, now=utcnow()))
+        await in_thread(
+            engine, lambda: guessing.raise_alert(engine, shop_id=shop_id, failures=crossed, limits=limits, now=utcnow())
+        )
     except Exception:  # the shopper still gets their answer; the next window alerts again
         log.exception("could not raise the guessing alert of shop %s", shop_id)
 
@@ -325,7 +324,7 @@ async def validate(call: Call) -> Response:
             now=utcnow(),
         )
 
-    decision = await run(engine, work)
+    decision = await in_thread(engine, work)
     if decision.refusal is not None:
         await _failed(call, guesser, decision.refusal.reason)
     # pydantic-core's encoder: the same compact UTF-8 JSON as JSONResponse, several times faster
@@ -363,8 +362,7 @@ async def create_reservation(call: Call) -> Response:
             customer=body.customer,
             channel=body.channel,
         )
-        code = session.get_one(Code, reservation.code_id).code
-        return _reservation_out(reservation, code)
+        return _reservation_out(reservation, checkout.reserved_code(session, reservation))
 
     return _json(await _guarded(call, guesser, work), 201)
 
@@ -374,7 +372,7 @@ async def delete_reservation(call: Call) -> Response:
 
     def work(session: Session) -> schemas.ReservationOut:
         reservation = checkout.release(session, shop_id=call.shop_id, reservation_id=reservation_id, now=utcnow())
-        return _reservation_out(reservation, session.get_one(Code, reservation.code_id).code)
+        return _reservation_out(reservation, checkout.reserved_code(session, reservation))
 
     return _json(await call.db(work))
 
@@ -583,7 +581,7 @@ def _query_text(request: Request, name: str, pattern: re.Pattern[str]) -> str | 
 def code_out(session: Session, found: percode.Found) -> schemas.CodeOut:
     """A code, where the platform has it, and its story."""
     code = found.code
-    shop = session.get(Shop, code.shop_id)
+    shop = shops.get_shop(session, code.shop_id)
     return schemas.CodeOut(
         code=code.code,
         display=found.display,
@@ -776,7 +774,7 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
 
     async def asgi_endpoint(request: Request) -> Response:
         engine: Engine = request.app.state.engine
-        key = await run(engine, lambda: _authenticate(request, engine))
+        key = await in_thread(engine, lambda: _authenticate(request, engine))
         if key is None:
             return problem(401, "unauthenticated", "Send a valid API key: Authorization: Bearer <key>.",
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
@@ -786,7 +784,7 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
         if origin is None:
             return await _handle(endpoint, Call(request, key, engine))
         # a storefront key used from a page (plugin.web.cors): only from the shop's own
-        allowed = await run(engine, lambda: shops.allowed_origins_cached(engine, key.shop_id))
+        allowed = await in_thread(engine, lambda: shops.allowed_origins_cached(engine, key.shop_id))
         if origin not in allowed:
             return cors.refused(origin)
         try:

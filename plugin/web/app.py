@@ -18,7 +18,7 @@ from plugin import __version__
 from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import PluginError
 from plugin.settings import Settings
-from plugin.store.db import make_engine, ping, run
+from plugin.store.units import healthy, in_thread, open_engine
 from plugin.web import api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
 from plugin.web.background import Background
@@ -31,14 +31,14 @@ from plugin.web.problems import http_error_handler, plugin_error_handler, valida
 
 async def healthz(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
-    ok = await run(engine, lambda: ping(engine))
+    ok = await in_thread(engine, lambda: healthy(engine))
     body = {"status": "ok" if ok else "degraded", "version": __version__, "database": {"ok": ok, "dialect": engine.dialect.name}}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     """Build the ASGI app. Tests pass their own engine; `serve` lets the app make one."""
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or open_engine(settings.database_url)
     background = Background(settings, engine)  # webhook processing, in-process worker, sandbox store
 
     @asynccontextmanager

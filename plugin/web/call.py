@@ -15,7 +15,7 @@ from starlette.requests import Request
 from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import InvalidInput, NotFound
 from plugin.shops import apikeys
-from plugin.store.db import read_session, run, session_scope
+from plugin.store.units import in_thread, reading, transaction
 
 M = TypeVar("M", bound=BaseModel)
 # The largest id each path parameter's table can hold (INTEGER or BIGINT primary keys); the
@@ -68,14 +68,14 @@ class Call:
         """Read-only work: no write lock on SQLite (see `db.read_session`)."""
 
         def work() -> Any:
-            with read_session(self.engine) as session:
+            with reading(self.engine) as session:
                 return fn(session)
 
-        return await run(self.engine, work)
+        return await in_thread(self.engine, work)
 
     async def db(self, fn: Callable[[Session], Any]) -> Any:
         def work() -> Any:
-            with session_scope(self.engine) as session:
+            with transaction(self.engine) as session:
                 return fn(session)
 
-        return await run(self.engine, work)
+        return await in_thread(self.engine, work)

@@ -16,8 +16,8 @@ from connectors.errors import BadSignature, ConnectorError
 from plugin.distribution import pushes
 from plugin.settings import Settings
 from plugin.shops.shops import get_shop
-from plugin.store.db import run
 from plugin.store.models import Shop
+from plugin.store.units import in_thread
 from plugin.web.problems import problem
 
 MAX_ID_DIGITS = 10  # shop.id is a 32-bit integer column
@@ -29,7 +29,7 @@ async def twilio_status(request: Request) -> Response:
     shop_id = _shop_id(request.path_params["shop_id"])
     if shop_id is None:
         return problem(404, "not_found", "no shop has this id")
-    shop = await run(engine, lambda: _shop(engine, shop_id))  # an unknown shop is a 404 problem
+    shop = await in_thread(engine, lambda: _shop(engine, shop_id))  # an unknown shop is a 404 problem
     form = await request.form()
     params = {key: str(value) for key, value in form.multi_items()}
     try:
@@ -41,7 +41,7 @@ async def twilio_status(request: Request) -> Response:
     except ConnectorError as exc:
         return problem(422, "invalid_callback", str(exc))
     if status is not None:
-        await run(
+        await in_thread(
             engine,
             lambda: pushes.record_provider_status(
                 engine, shop_id=shop_id, provider="twilio", provider_id=sid, status=status, error=error

@@ -42,8 +42,8 @@ from plugin.rules.recipients import normalise_recipient
 from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.shops.apikeys import live_key
-from plugin.store.db import run
 from plugin.store.models import utcnow
+from plugin.store.units import in_thread
 from plugin.web import schemas
 from plugin.web.call import Call
 from plugin.web.problems import problem
@@ -77,7 +77,7 @@ def _recipient_param(request: Request) -> str:
 
 
 async def _claim(engine: Engine, *, shop_id: int, campaign_id: int, recipient: str, partner_id: int | None) -> Claim:
-    return await run(
+    return await in_thread(
         engine,
         lambda: claim_or_alert(engine, shop_id=shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=partner_id),
     )
@@ -143,7 +143,7 @@ async def export(call: Call) -> Response:
         secret=settings.secret_key,
         partner_id=call.key.partner_id,
     )
-    header = await run(call.engine, lambda: next(rows))  # the campaign exists (404 otherwise) before we answer 200
+    header = await in_thread(call.engine, lambda: next(rows))  # the campaign exists (404 otherwise) before we answer 200
     headers = {"Content-Disposition": f'attachment; filename="assignments-{campaign_id}.csv"'}
 
     def body() -> Any:

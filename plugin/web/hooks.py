@@ -51,8 +51,8 @@ from plugin.orders.ingest import Ingest
 from plugin.orders.orders import Processor
 from plugin.platforms.connections import shop_connector, webhook_headline, webhook_shop_hint
 from plugin.shops.shops import shop_on_platform
-from plugin.store.db import run, session_scope
 from plugin.store.models import utcnow
+from plugin.store.units import in_thread, transaction
 from plugin.web.limits import declared_length
 from plugin.web.problems import problem
 
@@ -106,7 +106,7 @@ async def receive(request: Request) -> Response:
     headers = _headers(request.scope["headers"])
     hint = webhook_shop_hint(platform, headers, body)
     if hint is not None:  # signed with that shop's own secret: its connector verifies
-        own = await run(engine, lambda: _shop_connector(processor, platform, hint))
+        own = await in_thread(engine, lambda: _shop_connector(processor, platform, hint))
         connector = own if own is not None else connector
     try:
         connector.verify_webhook(headers, body)
@@ -130,7 +130,7 @@ async def receive(request: Request) -> Response:
     if delivery is not None:
         shop_id = cache.get((platform, delivery.shop))
         if shop_id is None:
-            shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, delivery.shop))
+            shop_id = await in_thread(engine, lambda: _shop_id(engine, cache, platform, delivery.shop))
     status = "received"
     if error is not None:
         status = "failed"
@@ -225,21 +225,21 @@ async def refused(scope: Scope, size: int, limit: int) -> None:
     cache: dict[tuple[str, str], int] = state.webhook_shops
     shop_id = cache.get((platform, shop))
     if shop_id is None:
-        shop_id = await run(engine, lambda: _shop_id(engine, cache, platform, shop))
+        shop_id = await in_thread(engine, lambda: _shop_id(engine, cache, platform, shop))
     if shop_id is None:
         return
     polled = hasattr(connector, "list_recent_orders") and processor.settings.reconcile_interval_hours > 0
     refusal = {"topic": topic, "delivery_id": delivery_id, "size": size, "declared": declared, "at": utcnow().isoformat()}
 
     def record(batch: _Waiting) -> None:
-        with session_scope(engine) as session:
+        with transaction(engine) as session:
             webhooks.record_refused(
                 session, shop_id, platform=platform, refusals=batch.recent, count=batch.count, limit=limit,
                 fetched_later=polled,
             )  # fmt: skip
 
     async def write(batch: _Waiting) -> None:
-        await run(engine, lambda: record(batch))
+        await in_thread(engine, lambda: record(batch))
 
     refusals: Refusals = state.webhook_refusals
     refusals.add((shop_id, platform), refusal, write)

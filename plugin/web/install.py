@@ -57,8 +57,8 @@ from plugin.errors import Conflict
 from plugin.platforms import installs
 from plugin.platforms.connections import connector_config, normalise_store_url
 from plugin.settings import Settings
-from plugin.store.db import run, session_scope
-from plugin.store.models import AuditEvent, Shop, utcnow
+from plugin.store.models import Shop, utcnow
+from plugin.store.units import in_thread, transaction
 from plugin.web.problems import problem
 
 log = logging.getLogger("couponry.install")
@@ -128,11 +128,11 @@ async def _spend(request: Request, purpose: str, nonce: object, max_age: int) ->
     expires_at = utcnow() + timedelta(seconds=max_age)
 
     def work() -> None:
-        with session_scope(engine) as session:
+        with transaction(engine) as session:
             installs.spend_nonce(session, purpose, nonce, expires_at=expires_at)
 
     try:
-        await run(engine, work)
+        await in_thread(engine, work)
     except Conflict as exc:
         return problem(exc.status, exc.reason, exc.message)
     return None
@@ -146,12 +146,12 @@ async def _save(request: Request, platform: str, credentials: Any, *, name: str 
     settings, engine = _settings(request), _engine(request)
 
     def work() -> Shop:
-        with session_scope(engine) as session:
+        with transaction(engine) as session:
             shop = installs.save_install(session, settings, platform=platform, credentials=credentials, name=name)
             session.expunge(shop)
             return shop
 
-    shop = await run(engine, work)
+    shop = await in_thread(engine, work)
     background = getattr(request.app.state, "background", None)
     worker = getattr(background, "worker", None)
     if worker is not None:
@@ -387,13 +387,13 @@ async def bigcommerce_load(request: Request) -> Response:
         return problem(401, "bad_signature", exc.message)
 
     def find() -> Shop | None:
-        with session_scope(engine) as session:
+        with transaction(engine) as session:
             shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
             if shop is not None:
                 session.expunge(shop)
             return shop
 
-    shop = await run(engine, find)
+    shop = await in_thread(engine, find)
     if shop is None or shop.uninstalled_at is not None:
         return _page("Couponry is not installed", "Install the app from the BigCommerce control panel first.", 404)
     return RedirectResponse(_admin_url(settings, shop), status_code=302)
@@ -407,13 +407,13 @@ async def bigcommerce_uninstall(request: Request) -> Response:
         return problem(401, "bad_signature", exc.message)
 
     def work() -> int | None:
-        with session_scope(engine) as session:
+        with transaction(engine) as session:
             shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
             if shop is None or shop.id is None:
                 return None
             return installs.mark_uninstalled(session, shop.id, actor=f"bigcommerce:user:{payload.user_id}")
 
-    stopped = await run(engine, work)
+    stopped = await in_thread(engine, work)
     return JSONResponse({"ok": stopped is not None})
 
 
@@ -425,21 +425,12 @@ async def bigcommerce_remove_user(request: Request) -> Response:
         return problem(401, "bad_signature", exc.message)
 
     def work() -> bool:
-        with session_scope(engine) as session:
-            shop = installs.find_shop(session, "bigcommerce", payload.store_hash)
-            if shop is None or shop.id is None:
-                return False
-            session.add(
-                AuditEvent(
-                    shop_id=shop.id,
-                    action="shop.user_removed",
-                    subject=f"bigcommerce:user:{payload.user_id}",
-                    actor="bigcommerce",
-                )
+        with transaction(engine) as session:
+            return installs.note_user_removed(
+                session, "bigcommerce", payload.store_hash, str(payload.user_id), actor="bigcommerce"
             )
-            return True
 
-    return JSONResponse({"ok": await run(engine, work)})
+    return JSONResponse({"ok": await in_thread(engine, work)})
 
 
 routes = [
