@@ -243,6 +243,35 @@ class ShopConnector(Protocol):
         """Every code the platform holds under the discount, for reconciliation."""
 
 
+@dataclass(frozen=True)
+class CodeEnd:
+    """A code the platform already holds, and the end it must carry from now on (None: no end
+    of its own). `platform_id` is the platform's id of the code, when a push stored one."""
+
+    code: str
+    display: str
+    expires_at: datetime | None
+    platform_id: str | None = None
+
+
+# set_code_ends' error for a code the platform no longer holds (deleted on the platform): the
+# caller pushes it again, which creates it with its end
+CODE_NOT_HELD = "the platform no longer holds this code"
+
+
+@runtime_checkable
+class CodeEndControl(Protocol):
+    """A platform that holds an end per code (WooCommerce's `date_expires` per coupon, the
+    sandbox): a code's end that changes after it was pushed (a claim starting a relative expiry,
+    an extension) is sent to it. Platforms without it (Shopify, BigCommerce: one end per
+    discount) get expired codes taken off by a scheduled sweep instead (plugin.expiry)."""
+
+    async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
+        """Give each code its new end; one result per code, in order. `ok` only when the
+        platform confirmed it; a code it no longer holds fails with CODE_NOT_HELD. Raises when
+        the platform refused or did not answer as a whole (the caller's job is retried)."""
+
+
 # What a merchant's pause / resume / end makes of the platform discount itself.
 DiscountState = Literal["active", "paused", "deleted"]
 

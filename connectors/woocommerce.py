@@ -51,7 +51,9 @@ from tenacity.wait import wait_base
 
 from connectors import json_body
 from connectors.base import (
+    CODE_NOT_HELD,
     REMOVAL_UNCONFIRMED,
+    CodeEnd,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -86,6 +88,7 @@ ORDER_STATUS_KINDS: Final[Mapping[str, OrderEventKind]] = {
 
 CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
 DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
+INVALID_COUPON_ID: Final = "woocommerce_rest_shop_coupon_invalid_id"  # an update or delete of a coupon that is gone
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
 # the store's host is whatever the merchant typed: a client built by connectors.egress sends
@@ -312,6 +315,40 @@ class WooCommerceConnector:
         async for coupon in self._paginate("coupons", {}):
             if _campaign_of(coupon) == campaign:
                 yield str(coupon["code"])
+
+    # --- codes out: per-code ends (plugin.expiry) -------------------------------------------
+
+    async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
+        """Give coupons we hold a new `date_expires_gmt`: one `coupons/batch` update per
+        BATCH_SIZE, by the coupon id the push stored (a code without one is looked up by code
+        first). The end sent is the earlier of the code's and the campaign's, as at push. A
+        coupon WooCommerce no longer has answers CODE_NOT_HELD."""
+        template = _Template.decode(discount_id)
+        ids = await self._coupon_ids_for_ends(template, ends)
+        results: list[PushResult | None] = [None] * len(ends)
+        changes: list[tuple[int, dict[str, Any]]] = []  # (index in ends, update item)
+        for index, (end, coupon_id) in enumerate(zip(ends, ids, strict=True)):
+            if coupon_id is None:
+                results[index] = PushResult(code=end.code, ok=False, error=CODE_NOT_HELD)
+            else:
+                changes.append((index, {"id": coupon_id, "date_expires_gmt": _coupon_end(template, end.expires_at)}))
+        for start in range(0, len(changes), self.BATCH_SIZE):
+            chunk = changes[start : start + self.BATCH_SIZE]
+            answers = await self._batch("update", [change for _, change in chunk])
+            for position, (index, change) in enumerate(chunk):
+                results[index] = _end_result(ends[index].code, change["id"], answers[position] if position < len(answers) else None)
+        return [result for result in results if result is not None]
+
+    async def _coupon_ids_for_ends(self, template: _Template, ends: Sequence[CodeEnd]) -> list[int | None]:
+        """The coupon id of each code: the stored one, else the one a lookup finds tagged with
+        this campaign (None: WooCommerce has no such coupon of ours)."""
+        ids: list[int | None] = [int(e.platform_id) if e.platform_id and e.platform_id.isdigit() else None for e in ends]
+        unknown = [index for index, coupon_id in enumerate(ids) if coupon_id is None]
+        found = await self._lookup_many([self._woo_code(ends[index].display or ends[index].code) for index in unknown])
+        for index, coupon in zip(unknown, found, strict=True):
+            if coupon is not None and _campaign_of(coupon) == str(template.campaign_id):
+                ids[index] = int(coupon["id"])
+        return ids
 
     # --- orders in ------------------------------------------------------------------------
 
@@ -669,6 +706,22 @@ def _int_ids(ids: Sequence[str], what: str) -> list[int]:
         return [int(value) for value in ids]
     except ValueError as exc:
         raise Rejected(f"WooCommerce {what} ids are integers") from exc
+
+
+def _coupon_end(template: _Template, expires_at: datetime | None) -> str | None:
+    """A coupon's `date_expires_gmt`: the earlier of the code's end and the campaign's."""
+    ends = [template.ends_at] if template.ends_at else []
+    if expires_at is not None:
+        ends.append(_woo_datetime(expires_at))
+    return min(ends) if ends else None  # same format, so the strings sort as times
+
+
+def _end_result(code: str, coupon_id: int, item: Any) -> PushResult:
+    """One `coupons/batch` update answer as the outcome of a code's new end."""
+    if isinstance(item, dict) and isinstance(item.get("error"), dict) and item["error"].get("code") == INVALID_COUPON_ID:
+        return PushResult(code=code, ok=False, platform_id=str(coupon_id), error=CODE_NOT_HELD)
+    error = _item_error(item)
+    return PushResult(code=code, ok=error is None, platform_id=str(coupon_id), error=error)
 
 
 def _woo_datetime(moment: datetime) -> str:

@@ -151,6 +151,15 @@ class Code(SQLModel, table=True):
             postgresql_where=text("recipient IS NOT NULL"),
             sqlite_where=text("recipient IS NOT NULL"),
         ),
+        # Codes with an end of their own (a claim's relative expiry, an extension), by that end:
+        # the expiry sweep reads only the ends that passed since its last run (plugin.expiry).
+        # Partial: generated codes have none, so a million-code insert costs it nothing.
+        Index(
+            "ix_code_expiry",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
         # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
         # A code leaves it when it is assigned, used or voided (plugin.claimstore: what "free" is).
         Index(
@@ -161,6 +170,22 @@ class Code(SQLModel, table=True):
             sqlite_where=text(FREE_CODE_PREDICATE),
         ),
     )
+
+
+class CodeEndChange(SQLModel, table=True):
+    """A code whose end changed after it may have reached its platform (a claim starting its
+    relative expiry, an extension), waiting for the `sync.ends` job to carry the new end to a
+    platform that holds one per code (plugin.expiry). One row per code; a later change moves
+    `changed_at`, so a run that read an older one leaves the row for the next run."""
+
+    __tablename__ = "code_end_change"
+
+    code_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    shop_id: int
+    campaign_id: int
+    changed_at: datetime = Field(sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_code_end_change_campaign", "campaign_id", "code_id"),)
 
 
 class ApiKey(SQLModel, table=True):
