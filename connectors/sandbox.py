@@ -178,7 +178,11 @@ class SandboxConnector:
         results: list[PushResult] = []
         for start in range(0, len(ends), self.BATCH_SIZE):
             chunk = ends[start : start + self.BATCH_SIZE]
-            body = {"codes": [{"code": e.display or e.code, "expires_at": e.expires_at.isoformat() if e.expires_at else None} for e in chunk]}
+            body = {
+                "codes": [
+                    {"code": e.display or e.code, "expires_at": e.expires_at.isoformat() if e.expires_at else None} for e in chunk
+                ]
+            }
             data = await self._call("PATCH", f"/discounts/{discount_id}/codes", json=body)
             by_code = {str(r.get("code", "")).upper(): r for r in data.get("results", [])}
             for end in chunk:

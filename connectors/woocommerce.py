@@ -336,7 +336,9 @@ class WooCommerceConnector:
             chunk = changes[start : start + self.BATCH_SIZE]
             answers = await self._batch("update", [change for _, change in chunk])
             for position, (index, change) in enumerate(chunk):
-                results[index] = _end_result(ends[index].code, change["id"], answers[position] if position < len(answers) else None)
+                results[index] = _end_result(
+                    ends[index].code, change["id"], answers[position] if position < len(answers) else None
+                )
         return [result for result in results if result is not None]
 
     async def _coupon_ids_for_ends(self, template: _Template, ends: Sequence[CodeEnd]) -> list[int | None]:

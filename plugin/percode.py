@@ -3,10 +3,10 @@ extend its expiry, give it to someone else.
 
 Each change is one transaction: the code, its AuditEvent (with the actor) and, when the platform
 must follow, the sync job (the outbox, `plugin.sync`). Voiding queues the sync's deactivation (the
-same job that takes voided and expired codes off the platform); an extended expiry marks a code
-the platform holds `pending` again and queues a push, which carries the code's new end to
-platforms that hold a per-code end (the sandbox, WooCommerce) and re-activates a code that was
-taken off when it expired. Each change is idempotent: asking for the state the code is already
+same job that takes voided and expired codes off the platform); an extended expiry is sent by the
+`sync.ends` job to platforms that hold a per-code end (the sandbox, WooCommerce; plugin.expiry),
+and a code that was taken off when it expired is marked `pending` and pushed again with its new
+end. Each change is idempotent: asking for the state the code is already
 in changes and records nothing. The platform outcome per code is its sync status and error.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from plugin import codes, sync
+from plugin import codeends, codes, sync
 from plugin.campaigns import campaign_format
 from plugin.checkout import resolve_code
 from plugin.distribution import normalise_recipient, recipient_parts
@@ -174,9 +174,16 @@ def extend(session: Session, *, shop_id: int, typed: str, expires_at: datetime, 
     if before == expires_at:
         return found
     code.expires_at = expires_at
-    if code.sync_status != "pending" and _platform_holds(session, found):
-        code.sync_status, code.sync_error = "pending", None
-        sync.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
+    if _platform_holds(session, found):
+        if code.sync_status in ("deactivated", "failed"):
+            # taken off when it expired (or never confirmed): pushed again, with its new end
+            code.sync_status, code.sync_error = "pending", None
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
+        else:
+            # held (or being pushed): a platform with an end per code gets the new one; the
+            # others hold none, and the expiry sweep no longer finds it lapsed
+            assert code.id is not None
+            codeends.note_end_change(session, shop_id=shop_id, campaign_id=code.campaign_id, code_id=code.id, now=now)
     session.add(code)
     _audit(
         session,

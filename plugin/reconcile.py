@@ -41,6 +41,7 @@ from sqlmodel import Session, col, select
 from connectors.base import OrderEvent
 from connectors.errors import ConnectorError
 from plugin import claimstore, codes, installs, outbox, sync, webhooks
+from plugin.codeends import CodeEnds
 from plugin.connections import shop_connector
 from plugin.db import Reader, read_cursor, run, session_scope
 from plugin.errors import InvalidInput
@@ -138,11 +139,13 @@ def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str
     matched = 0  # our codes found on the platform (codes are unique per shop: each counts once)
     after_id = 0
     with session_scope(engine) as session:
-        ended = session.get_one(Campaign, campaign_id).status == "ended"
+        campaign = session.get_one(Campaign, campaign_id)
+        ended = campaign.status == "ended"
+        ends = CodeEnds.load(session, campaign)  # an end relative to issue is not stored
     while True:
         with read_cursor(engine) as reader:
             page = reader.rows(
-                "SELECT id, code, status, expires_at, sync_status FROM code"
+                "SELECT id, code, status, expires_at, sync_status, batch_id, created_at, assigned_at FROM code"
                 " WHERE campaign_id = ? AND shop_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (campaign_id, shop_id, after_id, _PAGE),
             )
@@ -152,8 +155,10 @@ def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str
         missing: list[int] = []
         extra: list[int] = []
         gone: list[int] = []
-        for code_id, code, status, expires_at, sync_status in page:
-            expiry = Reader.as_instant(expires_at)
+        for code_id, code, status, expires_at, sync_status, batch_id, created_at, assigned_at in page:
+            issued = Reader.as_instant(created_at)
+            assert issued is not None
+            expiry = ends.end(batch_id, issued, Reader.as_instant(assigned_at), Reader.as_instant(expires_at))
             live = not ended and status == "active" and (expiry is None or expiry > now)
             present = code in on_platform
             matched += present

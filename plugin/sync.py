@@ -19,17 +19,25 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, bindparam, func, or_, update
+from sqlalchemy import ColumnElement, Engine, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CodeSpec, DiscountSpec, DiscountState, DiscountStatusControl, PushResult, discount_marker
+from connectors.base import (
+    CodeEndControl,
+    CodeSpec,
+    DiscountSpec,
+    DiscountState,
+    DiscountStatusControl,
+    PushResult,
+    discount_marker,
+)
 from connectors.errors import ConnectorError
 from plugin import codes, outbox
 from plugin.campaigns import campaign_format, get_campaign
+from plugin.codeends import CodeEnds, ends_waiting, enqueue_ends
 from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
-from plugin.jobstore import aware
 from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
@@ -413,15 +421,19 @@ async def push_pending(engine: Engine, connector: Any, campaign: Campaign, disco
     assert campaign.id is not None
     campaign_id = campaign.id
     fmt = campaign_format(campaign)
+    ends = await run(engine, partial(_code_ends, engine, campaign))
     after_id = synced = failed = 0
+    lapsed = False  # a code pushed with its end already passed
     while True:
         rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
         if not rows:
+            await run(engine, partial(_after_push, engine, campaign, lapsed=lapsed and not isinstance(connector, CodeEndControl)))
             return synced, failed
-        specs = [
-            CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=aware(r.expires_at) if r.expires_at else None)
-            for r in rows
-        ]
+        # each code's effective end (explicit, relative to issue or claim, campaign end): a
+        # platform that holds an end per code holds it; the others ignore it (plugin.expiry)
+        specs = [CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=ends.of(r)) for r in rows]
+        now = utcnow()
+        lapsed = lapsed or any(spec.expires_at is not None and spec.expires_at <= now for spec in specs)
         results = await connector.push_codes(discount_id, specs)
         await run(engine, partial(_write_results, engine, rows, results, ok_status="synced", fail_status="failed", now=utcnow()))
         ok = sum(1 for r in results if r.ok)
@@ -429,15 +441,40 @@ async def push_pending(engine: Engine, connector: Any, campaign: Campaign, disco
         after_id = rows[-1].id or after_id
 
 
+def _after_push(engine: Engine, campaign: Campaign, *, lapsed: bool) -> None:
+    """What a push leaves to other jobs: ends changed while it ran (a claim, an extension) are
+    sent by `sync.ends`; a code already expired when pushed to a platform without per-code ends
+    is taken off again by the deactivation."""
+    assert campaign.id is not None
+    with session_scope(engine) as session:
+        if ends_waiting(session, campaign_id=campaign.id):
+            enqueue_ends(session, shop_id=campaign.shop_id, campaign_id=campaign.id)
+        if lapsed and is_installed(session, campaign.shop_id):
+            enqueue_deactivate(session, shop_id=campaign.shop_id, campaign_id=campaign.id)
+
+
 def _display(fmt: codes.CodeFormat, stored: str) -> str:
     return codes.display(fmt, stored)
 
 
-def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, now: datetime, *, everything: bool) -> list[Code]:
-    """Synced codes the platform must stop accepting: voided or expired ones, or every one once
-    the campaign has ended."""
-    lapsed = col(Code.id) > 0 if everything else or_(col(Code.status) == "voided", col(Code.expires_at) <= now)
+def _code_ends(engine: Engine, campaign: Campaign) -> CodeEnds:
     with Session(engine) as session:
+        return CodeEnds.load(session, campaign)
+
+
+def _to_deactivate(
+    engine: Engine, campaign: Campaign, after_id: int, limit: int, now: datetime, *, everything: bool
+) -> list[Code]:
+    """Synced codes the platform must stop accepting: voided or expired ones (an explicit end,
+    or one relative to issue), or every one once the campaign has ended."""
+    campaign_id = campaign.id
+    with Session(engine) as session:
+        lapsed: ColumnElement[bool]
+        if everything:
+            lapsed = col(Code.id) > 0
+        else:
+            from_issue = CodeEnds.load(session, campaign).issue_lapsed(now)
+            lapsed = or_(col(Code.status) == "voided", col(Code.expires_at) <= now, from_issue)
         return list(
             session.exec(
                 select(Code)
@@ -485,7 +522,7 @@ async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) 
             partial(
                 _to_deactivate,
                 engine,
-                campaign.id,
+                campaign,
                 after_id,
                 connector.BATCH_SIZE,
                 utcnow(),

@@ -52,10 +52,11 @@ Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin import installs, orders, poolhealth, pushes, reconcile, sync
+    from plugin import expiry, installs, orders, poolhealth, pushes, reconcile, sync
 
     return {
         **sync.HANDLERS,
+        **expiry.HANDLERS,
         **orders.HANDLERS,
         **installs.HANDLERS,
         **reconcile.HANDLERS,
@@ -65,9 +66,9 @@ def default_handlers() -> dict[str, Handler]:
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import orders, reconcile, webhooks
+    from plugin import expiry, orders, reconcile, webhooks
 
-    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep()]
+    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep(), expiry.ExpirySweep()]
 
 
 @dataclass
