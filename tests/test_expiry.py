@@ -30,6 +30,7 @@ from plugin.worker import JobContext, Worker
 from tests.connectors.fakes import shopify as shopify_fakes
 from tests.connectors.fakes.woocommerce import FakeWooCommerce
 from tests.ingest import SHOP, campaign_codes, make_campaign, running_app, sandbox_settings
+from tests.test_reconcile import last_report
 from tests.test_sync import drain, platform_codes
 
 pytestmark = pytest.mark.anyio
@@ -287,6 +288,8 @@ async def test_shopify_codes_past_their_end_from_issue_are_deleted_and_stay_off(
         await drain(worker)
     assert not any(c.code.casefold() in discount.codes for c in rows)
     assert {c.sync_status for c in campaign_codes(engine, campaign_id)} == {"deactivated"}
+    report = last_report(engine, shop_id).details["campaigns"][str(campaign_id)]
+    assert (report["missing"], report["repaired"]["pushed"]) == (0, 0)
 
 
 # --- the sandbox: it holds an end per code -----------------------------------------------------
