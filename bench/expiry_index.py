@@ -8,6 +8,12 @@ so none enters the index); a push marking 100k codes synced (sync_status is not 
 PostgreSQL's updates stay HOT-eligible); 2k claims' ends written one statement each; and the
 expiry sweep's query (the ends that passed in the last minute) over 100k codes with ends spread
 over 30 days. PostgreSQL runs in its own schema `bench_expiry`, dropped at the end.
+
+Measured 2026-12-07 on the 2-core machine, 1M codes (without -> with the index):
+SQLite generate 52k -> 60k codes/s, push 76k -> 81k rows/s, claim ends 2.7k -> 2.5k/s, sweep
+334 -> 8 ms; PostgreSQL generate 37k -> 32k codes/s (no generated code enters the index: run to
+run noise on a shared machine), push 7.8k -> 11.1k rows/s, claim ends 126 -> 143/s (commit-bound),
+sweep 194 -> 16.5 ms.
 """
 
 from __future__ import annotations
