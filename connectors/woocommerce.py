@@ -503,7 +503,10 @@ class WooCommerceConnector:
         template's rules, clearing what it no longer sets, and the status; per-item answers."""
         if not ids:
             return {}
-        items = [{"id": coupon_id, **_CLEARED, **self._rules(template, specs[index]), "status": status} for index, coupon_id in ids.items()]
+        items = [
+            {"id": coupon_id, **_CLEARED, **self._rules(template, specs[index]), "status": status}
+            for index, coupon_id in ids.items()
+        ]
         answers = await self._batch("update", items)
         results: dict[int, PushResult] = {}
         for position, (index, coupon_id) in enumerate(ids.items()):
