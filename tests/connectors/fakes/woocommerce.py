@@ -44,6 +44,20 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "woocommerce"
 API_PATH = "/wp-json/wc/v3"
 
 
+# A coupon created without these fields has WC_Coupon's defaults, not the documented example's
+# restrictions (its minimum of 100.00, no sale items)
+CREATED: dict[str, Any] = {
+    "status": "publish",
+    "amount": "0",
+    "minimum_amount": "0.00",
+    "maximum_amount": "0.00",
+    "exclude_sale_items": False,
+    "individual_use": False,
+    "usage_limit": None,
+    "usage_limit_per_user": None,
+}
+
+
 def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
@@ -80,6 +94,7 @@ class FakeWooCommerce:
         self.orders: dict[int, dict[str, Any]] = {}
         self.webhooks: dict[int, dict[str, Any]] = {}
         self.fail_codes: dict[str, tuple[str, str]] = {}
+        self.fail_updates: dict[int, tuple[str, str]] = {}  # coupon id -> (error code, message) for an update item
         self.requests: list[httpx.Request] = []
         self.routes: dict[str, respx.Route] = {}
         self._scripts: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
@@ -263,7 +278,11 @@ class FakeWooCommerce:
             answer.setdefault("create", []).append(self._create_coupon(item))
         for change in body.get("update") or ():
             found = self.coupons.get(int(change.get("id", 0)))
-            if found is None:
+            if found is not None and found["id"] in self.fail_updates:
+                code, message = self.fail_updates[found["id"]]
+                error = {"code": code, "message": message, "data": {"status": 400}}
+                answer.setdefault("update", []).append({"id": found["id"], "error": error})
+            elif found is None:
                 error = {"code": "woocommerce_rest_shop_coupon_invalid_id", "message": "Invalid ID.", "data": {"status": 404}}
                 answer.setdefault("update", []).append({"id": change.get("id"), "error": error})
             else:
@@ -293,7 +312,7 @@ class FakeWooCommerce:
         if self.coupon_by_code(code) is not None:
             return fixture("batch_item_error.json")  # type: ignore[no-any-return]
         meta = [{"id": self._new_id(), **m} for m in item.get("meta_data") or ()]
-        coupon: dict[str, Any] = {"status": "publish"} | fixture("coupon.json") | item
+        coupon: dict[str, Any] = fixture("coupon.json") | CREATED | item
         coupon |= {"id": self._new_id(), "code": code, "meta_data": meta}
         self.coupons[coupon["id"]] = coupon
         return coupon
