@@ -110,6 +110,7 @@ _CLEARED: Final[Mapping[str, Any]] = {
     "date_expires_gmt": None,
 }
 _NOT_OURS: Final = "coupon is not part of this campaign; left alone"
+_NOT_FOUND: Final = "no stored coupon id and not found by its code (a draft can't be): left as it was"
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
 # the store's host is whatever the merchant typed: a client built by connectors.egress sends
@@ -319,7 +320,7 @@ class WooCommerceConnector:
         results: dict[int, PushResult] = {}
         for start in range(0, len(codes), self.BATCH_SIZE):
             chunk = codes[start : start + self.BATCH_SIZE]
-            ids, failed = await self._resolve(template, chunk, offset=start)
+            ids, failed = await self._resolve(template, chunk, offset=start, not_found=_NOT_FOUND)
             results |= failed | await self._update_batch(template, codes, ids, POST_STATUS[state])
         return [results[index] for index in range(len(codes))]
 
@@ -330,7 +331,8 @@ class WooCommerceConnector:
         template = _Template.decode(discount_id)
         results: dict[int, PushResult] = {}
         for start in range(0, len(codes), self.BATCH_SIZE):
-            ids, failed = await self._resolve(template, codes[start : start + self.BATCH_SIZE], offset=start)
+            chunk = codes[start : start + self.BATCH_SIZE]
+            ids, failed = await self._resolve(template, chunk, offset=start, not_found=REMOVAL_UNCONFIRMED)
             results |= failed
             if not ids:
                 continue
@@ -475,7 +477,7 @@ class WooCommerceConnector:
         return coupon
 
     async def _resolve(
-        self, template: _Template, specs: Sequence[CodeSpec], *, offset: int = 0
+        self, template: _Template, specs: Sequence[CodeSpec], *, offset: int, not_found: str
     ) -> tuple[dict[int, int], dict[int, PushResult]]:
         """Each code's coupon id (keyed by its index + offset): the stored one, else looked up by
         code, which finds published coupons only. The codes that can't be resolved, as failures."""
@@ -489,7 +491,7 @@ class WooCommerceConnector:
         for index, coupon in zip(missing, found, strict=True):
             code = specs[index].code
             if coupon is None:  # not found is not gone (a draft or a trashed coupon can't be found by code)
-                failed[offset + index] = PushResult(code=code, ok=False, error=REMOVAL_UNCONFIRMED)
+                failed[offset + index] = PushResult(code=code, ok=False, error=not_found)
             elif _campaign_of(coupon) != str(template.campaign_id):
                 failed[offset + index] = PushResult(code=code, ok=False, platform_id=str(coupon["id"]), error=_NOT_OURS)
             else:
