@@ -29,7 +29,7 @@ import httpx
 
 from connectors import json_body
 from connectors.base import (
-    CODE_NOT_HELD,
+    CODE_GONE,
     CodeEnd,
     CodeSpec,
     CodeUse,
@@ -174,7 +174,7 @@ class SandboxConnector:
 
     async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
         """New ends for codes the discount holds (`PATCH /discounts/{id}/codes`), never a
-        reactivation; a code it does not hold answers CODE_NOT_HELD."""
+        reactivation; a code it does not hold answers CODE_GONE."""
         results: list[PushResult] = []
         for start in range(0, len(ends), self.BATCH_SIZE):
             chunk = ends[start : start + self.BATCH_SIZE]
@@ -190,7 +190,7 @@ class SandboxConnector:
                 if r is None:
                     results.append(PushResult(code=end.code, ok=False, error="the sandbox did not answer for this code"))
                     continue
-                error = CODE_NOT_HELD if r.get("error") == "not_found" else r.get("error")
+                error = CODE_GONE if r.get("error") == "not_found" else r.get("error")
                 results.append(PushResult(code=end.code, ok=bool(r.get("ok")), platform_id=_str(r.get("id")), error=error))
         return results
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, col, select
 
-from connectors.base import CODE_NOT_HELD, CodeEnd, CodeEndControl, PushResult
+from connectors.base import CODE_GONE, CodeEnd, CodeEndControl, PushResult
 from plugin import codes, sync
 from plugin.campaigns import campaign_format
 from plugin.codeends import ENDS, CodeEnds, holds_code_ends
@@ -90,7 +90,7 @@ def _record(engine: Engine, campaign: Campaign, sent: Sequence[tuple[Code, datet
             result = by_code.get(code.code)
             if result is not None and result.ok:
                 values: dict[str, Any] = {"sync_error": None}
-            elif result is not None and result.error == CODE_NOT_HELD:
+            elif result is not None and result.error == CODE_GONE:
                 values, push = {"sync_status": "pending", "sync_error": "gone from the platform: pushed again with its end"}, True
             else:
                 error = result.error if result is not None else "the platform did not answer for this code"

@@ -74,8 +74,9 @@ class Campaign(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     code_format: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     rules: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # the platform discount that holds this campaign's codes, once synced
-    platform_discount_id: str | None = Field(default=None, max_length=255)
+    # the platform discount that holds this campaign's codes, once synced (unbounded: WooCommerce's
+    # is the campaign's coupon template itself, which grows with its title and product lists)
+    platform_discount_id: str | None = Field(default=None, sa_type=Text)
     # the platform discount's first code, chosen and stored before the discount is first created:
     # every retry sends the same one, and a create whose answer was lost is found again by it
     platform_discount_marker: str | None = Field(default=None, max_length=64)

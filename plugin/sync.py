@@ -9,6 +9,11 @@ campaign before any code is pushed. Its first code (the marker) is chosen and st
 first create, so every attempt sends the same one and a create whose answer was lost is found
 again by it on the platform instead of being made twice. A code is marked deactivated only
 when the platform confirms its removal; an unconfirmed one stays synced and the job is retried.
+
+Platforms with no campaign-level discount (WooCommerce: `connectors.base.CodeStatusControl`)
+follow code by code: every synced code is updated in place by its stored platform id (rules and
+state, in batches), a paused campaign's pending codes wait for its resume (a code pushed live
+while paused would take orders), and the outcome is written on each code.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from sqlalchemy import ColumnElement, Engine, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from connectors.base import (
+    CODE_GONE,
     CodeEndControl,
     CodeSpec,
+    CodeState,
+    CodeStatusControl,
     DiscountSpec,
     DiscountState,
     DiscountStatusControl,
@@ -38,6 +46,7 @@ from plugin.codeends import CodeEnds, ends_waiting, enqueue_ends
 from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
+from plugin.jobstore import aware
 from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
@@ -268,17 +277,29 @@ _code = Code.__table__  # type: ignore[attr-defined]
 
 
 def _write_results(
-    engine: Engine, rows: Sequence[Code], results: Sequence[PushResult], *, ok_status: str, fail_status: str, now: datetime
+    engine: Engine,
+    rows: Sequence[Code],
+    results: Sequence[PushResult],
+    *,
+    ok_status: str,
+    fail_status: str,
+    now: datetime,
+    gone_status: str | None = None,
 ) -> None:
+    """Each code's platform outcome; with `gone_status`, a code the platform no longer holds
+    (CODE_GONE) gets that status instead of `fail_status`."""
     by_code = {r.code: r for r in results}
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
+    gone: list[dict[str, Any]] = []
     for row in rows:
         result = by_code.get(row.code)
         if result is None:
             bad.append({"b_id": row.id, "b_error": "the platform did not answer for this code"})
         elif result.ok:
             good.append({"b_id": row.id, "b_platform_id": result.platform_id})
+        elif gone_status and result.error == CODE_GONE:
+            gone.append({"b_id": row.id, "b_error": "missing on the platform: pushed again"})
         else:
             bad.append({"b_id": row.id, "b_error": (result.error or "refused")[:1000]})
     with engine.begin() as conn:
@@ -295,6 +316,13 @@ def _write_results(
                 .where(_code.c.id == bindparam("b_id"))
                 .values(sync_status=fail_status, sync_error=bindparam("b_error")),
                 bad,
+            )
+        if gone:
+            conn.execute(
+                update(_code)
+                .where(_code.c.id == bindparam("b_id"))
+                .values(sync_status=gone_status, sync_error=bindparam("b_error")),
+                gone,
             )
 
 
@@ -374,6 +402,8 @@ async def follow_campaign(engine: Engine, connector: Any, campaign: Campaign) ->
     discount_id = campaign.platform_discount_id
     whole = isinstance(connector, DiscountStatusControl)
     outcome: dict[str, Any] = {"status": campaign.status, "discount_id": discount_id}
+    if campaign.status != "ended" and isinstance(connector, CodeStatusControl):
+        return await follow_codes(engine, connector, campaign)
     if campaign.status == "ended":
         if whole:
             await connector.set_discount_status(discount_id, "deleted")
@@ -404,6 +434,79 @@ async def follow_campaign(engine: Engine, connector: Any, campaign: Campaign) ->
     return outcome
 
 
+async def follow_codes(engine: Engine, connector: Any, campaign: Campaign) -> dict[str, Any]:
+    """A platform without a campaign-level discount: the template takes the campaign's rules (its
+    new id stored), then every synced code is updated in place by its platform id, in batches, to
+    those rules and to its state: active while the campaign is active and the code live with us,
+    else paused (a voided or expired code waiting for its removal never comes back). A code the
+    platform lost is made pending; an active campaign's pending codes (left while it was paused,
+    or lost) are then pushed. A code the platform refused keeps its error, and the job is retried."""
+    assert campaign.id is not None and campaign.platform_discount_id is not None
+    campaign_id = campaign.id
+    discount_id = campaign.platform_discount_id
+    outcome: dict[str, Any] = {"status": campaign.status, "discount_id": discount_id}
+    try:
+        spec = discount_spec(campaign)
+    except NotSyncable as exc:
+        outcome["rules"] = f"not updated: {exc}"
+    else:
+        discount_id = str(await connector.ensure_discount(replace(spec, platform_discount_id=discount_id)))
+        outcome["rules"] = "updated"
+        if discount_id != campaign.platform_discount_id:  # WooCommerce's id is the coupon template
+            await run(engine, partial(_save_discount_id, engine, campaign_id, discount_id))
+            outcome["discount_id"] = discount_id
+    fmt = campaign_format(campaign)
+    ends = await run(engine, partial(_code_ends, engine, campaign))
+    after_id = updated = failed = gone = 0
+    while True:
+        now = utcnow()
+        rows = await run(engine, partial(_synced, engine, campaign_id, after_id, connector.BATCH_SIZE))
+        if not rows:
+            break
+        for state in ("active", "paused"):
+            chosen = [r for r in rows if _code_state(campaign, r, ends, now) == state]
+            if not chosen:
+                continue
+            results = await connector.update_codes(discount_id, [_spec(fmt, r, ends) for r in chosen], state)
+            write = partial(_write_results, engine, chosen, results, ok_status="synced", fail_status="synced", now=now)
+            await run(engine, partial(write, gone_status="pending"))
+            updated += sum(1 for r in results if r.ok)
+            gone += sum(1 for r in results if r.error == CODE_GONE)
+            failed += sum(1 for r in results if not r.ok and r.error != CODE_GONE)
+        after_id = rows[-1].id or after_id
+    outcome |= {"codes_updated": updated, "codes_failed": failed, "codes_lost": gone}
+    if campaign.status == "active":
+        outcome["codes_pushed"], _ = await push_pending(engine, connector, campaign, discount_id)
+    if failed:
+        await run(engine, lambda: _record(engine, campaign, outcome))  # what was done, before the retry
+        raise Unconfirmed(f"{failed} code(s) not updated by the platform (see each code's error); tried again")
+    return outcome
+
+
+def _code_state(campaign: Campaign, row: Code, ends: CodeEnds, now: datetime) -> CodeState:
+    end = ends.of(row)  # its effective end: explicit, relative to issue or claim, the campaign's
+    live = campaign.status == "active" and row.status == "active" and (end is None or end > now)
+    return "active" if live else "paused"
+
+
+def _spec(fmt: codes.CodeFormat, row: Code, ends: CodeEnds | None = None) -> CodeSpec:
+    """The code as sent, with its effective end when `ends` is given (else its explicit one)."""
+    expires_at = ends.of(row) if ends is not None else aware(row.expires_at) if row.expires_at else None
+    return CodeSpec(code=row.code, display=_display(fmt, row.code), expires_at=expires_at, platform_id=row.platform_id)
+
+
+def _synced(engine: Engine, campaign_id: int, after_id: int, limit: int) -> list[Code]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Code)
+                .where(col(Code.campaign_id) == campaign_id, col(Code.sync_status) == "synced", col(Code.id) > after_id)
+                .order_by(col(Code.id))
+                .limit(limit)
+            ).all()
+        )
+
+
 def _all_deactivated(engine: Engine, campaign_id: int) -> int:
     """Record every synced code of a campaign whose discount was deleted as deactivated."""
     with engine.begin() as conn:
@@ -422,16 +525,25 @@ async def push_pending(engine: Engine, connector: Any, campaign: Campaign, disco
     campaign_id = campaign.id
     fmt = campaign_format(campaign)
     ends = await run(engine, partial(_code_ends, engine, campaign))
+    per_code = isinstance(connector, CodeStatusControl)
     after_id = synced = failed = 0
     lapsed = False  # a code pushed with its end already passed
     while True:
+        if per_code:  # each code is live once pushed: only while the campaign is, under its rules of now
+            status, current = await run(engine, partial(_campaign_state, engine, campaign_id))
+            if after_id and (status != "active" or current != discount_id):
+                # paused or edited while our last chunk was out: the follow job brings it along
+                await run(engine, partial(_follow_later, engine, campaign_id))
+            if status != "active" or current is None:
+                return synced, failed
+            discount_id = current
         rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
         if not rows:
             await run(engine, partial(_after_push, engine, campaign, lapsed=lapsed and not isinstance(connector, CodeEndControl)))
             return synced, failed
         # each code's effective end (explicit, relative to issue or claim, campaign end): a
         # platform that holds an end per code holds it; the others ignore it (plugin.expiry)
-        specs = [CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=ends.of(r)) for r in rows]
+        specs = [_spec(fmt, r, ends) for r in rows]
         now = utcnow()
         lapsed = lapsed or any(spec.expires_at is not None and spec.expires_at <= now for spec in specs)
         results = await connector.push_codes(discount_id, specs)
@@ -451,6 +563,19 @@ def _after_push(engine: Engine, campaign: Campaign, *, lapsed: bool) -> None:
             enqueue_ends(session, shop_id=campaign.shop_id, campaign_id=campaign.id)
         if lapsed and is_installed(session, campaign.shop_id):
             enqueue_deactivate(session, shop_id=campaign.shop_id, campaign_id=campaign.id)
+
+
+def _campaign_state(engine: Engine, campaign_id: int) -> tuple[str, str | None]:
+    with Session(engine) as session:
+        status, discount_id = session.exec(
+            select(Campaign.status, Campaign.platform_discount_id).where(col(Campaign.id) == campaign_id)
+        ).one()
+        return status, discount_id
+
+
+def _follow_later(engine: Engine, campaign_id: int) -> None:
+    with session_scope(engine) as session:
+        enqueue_follow(session, campaign=session.get_one(Campaign, campaign_id))
 
 
 def _display(fmt: codes.CodeFormat, stored: str) -> str:
@@ -531,11 +656,16 @@ async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) 
         )
         if not rows:
             return deactivated, unconfirmed
-        displays = [_display(fmt, r.code) for r in rows]
-        answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
-        # connectors answer with the string they were given; map back to the stored form
-        back = {d: r.code for d, r in zip(displays, rows, strict=True)}
-        results = [PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers]
+        if isinstance(connector, CodeStatusControl):  # by the stored ids: a paused code can't be looked up
+            results = await connector.delete_codes(campaign.platform_discount_id, [_spec(fmt, r) for r in rows])
+        else:
+            displays = [_display(fmt, r.code) for r in rows]
+            answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
+            # connectors answer with the string they were given; map back to the stored form
+            back = {d: r.code for d, r in zip(displays, rows, strict=True)}
+            results = [
+                PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers
+            ]
         done = partial(_write_results, engine, rows, results, ok_status="deactivated", fail_status="synced", now=utcnow())
         await run(engine, done)
         ok = sum(1 for r in results if r.ok)

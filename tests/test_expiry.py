@@ -125,7 +125,7 @@ async def test_a_claimed_codes_coupon_gets_the_claim_plus_n_days(
     # one batched update by the coupon id the push stored: no lookup by code
     (row,) = [c for c in campaign_codes(engine, campaign_id) if c.code == code]
     assert batch_bodies(fake) == [
-        {"update": [{"id": int(row.platform_id or 0), "date_expires_gmt": _gmt(now + timedelta(days=DAYS))}]}
+        {"update": [{"id": int(row.platform_id or 0), "date_expires": _gmt(now + timedelta(days=DAYS)) + "Z"}]}
     ]
     assert not [r for r in fake.requests if r.method == "GET"]
     assert (row.sync_status, row.sync_error) == ("synced", None)
