@@ -305,6 +305,8 @@ class Job(SQLModel, table=True):
     kind: str = Field(max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    # jobs with one serial key never run at once, in any worker (plugin.jobstore.claim_jobs)
+    serial_key: str | None = Field(default=None, max_length=255)
     status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
     attempts: int = Field(default=0)
     max_attempts: int = Field(default=10)
