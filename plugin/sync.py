@@ -4,7 +4,9 @@ Enqueuing is a service call inside the caller's transaction (the outbox); the ha
 the worker. A push is idempotent: it only takes codes still `pending`, and each chunk's
 results are written as soon as the platform answers, so a re-run after a crash pushes only
 what was not confirmed; a code the platform already holds counts as synced (connectors answer
-it as ok). The platform discount is created once per campaign and its id stored on the
+it as ok). A push job sends at most `sync_chunk` codes (COUPONRY_SYNC_CHUNK), then queues the
+rest as a new job behind the jobs that came due meanwhile, so a million-code push never holds
+up a small sync of another campaign. The platform discount is created once per campaign and its id stored on the
 campaign before any code is pushed. Its first code (the marker) is chosen and stored before the
 first create, so every attempt sends the same one and a create whose answer was lost is found
 again by it on the platform instead of being made twice. A code is marked deactivated only
@@ -13,7 +15,7 @@ when the platform confirms its removal; an unconfirmed one stays synced and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -260,7 +262,14 @@ _code = Code.__table__  # type: ignore[attr-defined]
 
 
 def _write_results(
-    engine: Engine, rows: Sequence[Code], results: Sequence[PushResult], *, ok_status: str, fail_status: str, now: datetime
+    engine: Engine,
+    rows: Sequence[Code],
+    results: Sequence[PushResult],
+    *,
+    ok_status: str,
+    fail_status: str,
+    now: datetime,
+    then: Callable[[Session], object] | None = None,
 ) -> None:
     by_code = {r.code: r for r in results}
     good: list[dict[str, Any]] = []
@@ -288,6 +297,9 @@ def _write_results(
                 .values(sync_status=fail_status, sync_error=bindparam("b_error")),
                 bad,
             )
+        if then is not None:
+            with Session(bind=conn) as session:
+                then(session)
 
 
 async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
@@ -306,7 +318,15 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
             # switched off before its id is stored, so a retry that adopts it switches it off too
             await connector.set_discount_status(str(discount_id), "paused")
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
-    await push_pending(engine, connector, campaign, str(discount_id))
+    # a chunk per job: the rest is queued again behind the jobs that came due meanwhile, in the
+    # transaction that writes the chunk's last answers, so other campaigns' syncs interleave
+    more = partial(_queue_rest, shop_id=shop.id, campaign_id=campaign_id)
+    await push_pending(engine, connector, campaign, str(discount_id), limit=ctx.settings.sync_chunk, then=more)
+
+
+def _queue_rest(session: Session, *, shop_id: int | None, campaign_id: int) -> None:
+    # a push already queued (dedupe) covers the rest as well
+    outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
 
 
 async def _retire(engine: Engine, connector: Any, campaign: Campaign, old_id: str) -> None:
@@ -407,26 +427,50 @@ def _all_deactivated(engine: Engine, campaign_id: int) -> int:
         return int(result.rowcount)
 
 
-async def push_pending(engine: Engine, connector: Any, campaign: Campaign, discount_id: str) -> tuple[int, int]:
+async def push_pending(
+    engine: Engine,
+    connector: Any,
+    campaign: Campaign,
+    discount_id: str,
+    *,
+    limit: int | None = None,
+    then: Callable[[Session], object] | None = None,
+) -> tuple[int, int]:
     """Push the campaign's pending active codes into its platform discount, chunk by chunk,
-    each chunk's answers written at once; return (synced, failed)."""
+    each chunk's answers written at once; return (synced, failed). With a `limit`, stop after
+    that many codes, running `then` in the transaction that writes the last answers (a pushed
+    code is no longer pending, so a later call carries on where this one stopped)."""
     assert campaign.id is not None
     campaign_id = campaign.id
     fmt = campaign_format(campaign)
     after_id = synced = failed = 0
     while True:
-        rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
+        size = connector.BATCH_SIZE if limit is None else min(connector.BATCH_SIZE, limit - synced - failed)
+        rows = await run(engine, partial(_pending, engine, campaign_id, after_id, size))
         if not rows:
             return synced, failed
+        last = limit is not None and synced + failed + len(rows) >= limit
         specs = [
             CodeSpec(code=r.code, display=_display(fmt, r.code), expires_at=aware(r.expires_at) if r.expires_at else None)
             for r in rows
         ]
         results = await connector.push_codes(discount_id, specs)
-        await run(engine, partial(_write_results, engine, rows, results, ok_status="synced", fail_status="failed", now=utcnow()))
+        write = partial(
+            _write_results,
+            engine,
+            rows,
+            results,
+            ok_status="synced",
+            fail_status="failed",
+            now=utcnow(),
+            then=then if last else None,
+        )
+        await run(engine, write)
         ok = sum(1 for r in results if r.ok)
         synced, failed = synced + ok, failed + len(rows) - ok
         after_id = rows[-1].id or after_id
+        if last:
+            return synced, failed
 
 
 def _display(fmt: codes.CodeFormat, stored: str) -> str:
