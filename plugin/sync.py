@@ -325,8 +325,12 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
 
 
 def _queue_rest(session: Session, *, shop_id: int | None, campaign_id: int) -> None:
-    # a push already queued (dedupe) covers the rest as well
-    outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
+    rest = select(Code.id).where(
+        col(Code.campaign_id) == campaign_id, col(Code.sync_status) == "pending", col(Code.status) == "active"
+    )
+    if session.exec(rest.limit(1)).first() is not None:
+        # a push already queued (dedupe) covers the rest as well
+        outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
 
 
 async def _retire(engine: Engine, connector: Any, campaign: Campaign, old_id: str) -> None:
