@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, bindparam, func, or_, update
+from sqlalchemy import Engine, bindparam, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from connectors.base import CodeSpec, DiscountSpec, DiscountState, DiscountStatusControl, PushResult, discount_marker
@@ -32,7 +32,7 @@ from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
-from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
+from plugin.models import PENDING_CODE_PREDICATE, AuditEvent, Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def _pending(engine: Engine, campaign_id: int, after_id: int, limit: int) -> lis
                 select(Code)
                 .where(
                     col(Code.campaign_id) == campaign_id,
-                    col(Code.sync_status) == "pending",
+                    text(PENDING_CODE_PREDICATE),  # literal: ix_code_pending serves it on SQLite too
                     col(Code.status) == "active",
                     col(Code.id) > after_id,
                 )

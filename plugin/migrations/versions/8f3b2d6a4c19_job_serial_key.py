@@ -1,4 +1,5 @@
-"""job.serial_key: jobs of one (shop, campaign) never run at once, however many run in parallel.
+"""job.serial_key: jobs of one (shop, campaign) never run at once, however many run in parallel;
+ix_code_pending: a chunk of a big push finds its next pending codes without sorting the campaign.
 
 Revision ID: 8f3b2d6a4c19
 Revises: 3e8a5c1f7d42
@@ -22,6 +23,14 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.add_column(sa.Column("serial_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True))
+    op.create_index(
+        "ix_code_pending",
+        "code",
+        ["campaign_id", "id"],
+        unique=False,
+        postgresql_where=sa.text("sync_status = 'pending'"),
+        sqlite_where=sa.text("sync_status = 'pending'"),
+    )
     # jobs not finished yet get the key enqueue gives new ones (plugin.outbox.serial_key_for)
     job = sa.table(
         "job",
@@ -42,5 +51,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_code_pending", table_name="code")
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.drop_column("serial_key")
