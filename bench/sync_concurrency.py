@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.webhooks import SHOP, serve_app, settings_for, wait_for  # noqa: E402
+from bench.webhooks import SHOP, serve_app, settings_for, wait_for
 
 PORT = 8704
 RULES = {"discount": {"type": "percentage", "percent": "10"}}
