@@ -104,6 +104,8 @@ class Batch(SQLModel, table=True):
 
 
 FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active'"
+# codes a sync push has yet to send; written literally in queries, so SQLite can use the index
+PENDING_CODE_PREDICATE = "sync_status = 'pending'"
 
 
 class Code(SQLModel, table=True):
@@ -169,6 +171,15 @@ class Code(SQLModel, table=True):
             "id",
             postgresql_where=text(FREE_CODE_PREDICATE),
             sqlite_where=text(FREE_CODE_PREDICATE),
+        ),
+        # The next codes a campaign's push sends, in id order: a chunk job of a million-code push
+        # finds them at once instead of sorting the campaign. Codes leave it once sent.
+        Index(
+            "ix_code_pending",
+            "campaign_id",
+            "id",
+            postgresql_where=text(PENDING_CODE_PREDICATE),
+            sqlite_where=text(PENDING_CODE_PREDICATE),
         ),
     )
 
@@ -331,6 +342,8 @@ class Job(SQLModel, table=True):
     kind: str = Field(max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    # jobs with one serial key never run at once, in any worker (plugin.jobstore.claim_jobs)
+    serial_key: str | None = Field(default=None, max_length=255)
     status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
     attempts: int = Field(default=0)
     max_attempts: int = Field(default=10)

@@ -4,7 +4,9 @@ Enqueuing is a service call inside the caller's transaction (the outbox); the ha
 the worker. A push is idempotent: it only takes codes still `pending`, and each chunk's
 results are written as soon as the platform answers, so a re-run after a crash pushes only
 what was not confirmed; a code the platform already holds counts as synced (connectors answer
-it as ok). The platform discount is created once per campaign and its id stored on the
+it as ok). A push job sends at most `sync_chunk` codes (COUPONRY_SYNC_CHUNK), then queues the
+rest as a new job behind the jobs that came due meanwhile, so a million-code push never holds
+up a small sync of another campaign. The platform discount is created once per campaign and its id stored on the
 campaign before any code is pushed. Its first code (the marker) is chosen and stored before the
 first create, so every attempt sends the same one and a create whose answer was lost is found
 again by it on the platform instead of being made twice. A code is marked deactivated only
@@ -18,13 +20,13 @@ while paused would take orders), and the outcome is written on each code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, bindparam, func, or_, update
+from sqlalchemy import ColumnElement, Engine, bindparam, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from connectors.base import (
@@ -47,7 +49,7 @@ from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
-from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
+from plugin.models import PENDING_CODE_PREDICATE, AuditEvent, Campaign, Code, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
 if TYPE_CHECKING:
@@ -263,7 +265,7 @@ def _pending(engine: Engine, campaign_id: int, after_id: int, limit: int) -> lis
                 select(Code)
                 .where(
                     col(Code.campaign_id) == campaign_id,
-                    col(Code.sync_status) == "pending",
+                    text(PENDING_CODE_PREDICATE),  # literal: ix_code_pending serves it on SQLite too
                     col(Code.status) == "active",
                     col(Code.id) > after_id,
                 )
@@ -285,6 +287,7 @@ def _write_results(
     fail_status: str,
     now: datetime,
     gone_status: str | None = None,
+    then: Callable[[Session], object] | None = None,
 ) -> None:
     """Each code's platform outcome; with `gone_status`, a code the platform no longer holds
     (CODE_GONE) gets that status instead of `fail_status`."""
@@ -324,6 +327,9 @@ def _write_results(
                 .values(sync_status=gone_status, sync_error=bindparam("b_error")),
                 gone,
             )
+        if then is not None:
+            with Session(bind=conn) as session:
+                then(session)
 
 
 async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
@@ -342,7 +348,19 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
             # switched off before its id is stored, so a retry that adopts it switches it off too
             await connector.set_discount_status(str(discount_id), "paused")
         await run(engine, lambda: _save_discount_id(engine, campaign_id, str(discount_id)))
-    await push_pending(engine, connector, campaign, str(discount_id))
+    # a chunk per job: the rest is queued again behind the jobs that came due meanwhile, in the
+    # transaction that writes the chunk's last answers, so other campaigns' syncs interleave
+    more = partial(_queue_rest, shop_id=shop.id, campaign_id=campaign_id)
+    await push_pending(engine, connector, campaign, str(discount_id), limit=ctx.settings.sync_chunk, then=more)
+
+
+def _queue_rest(session: Session, *, shop_id: int | None, campaign_id: int) -> None:
+    rest = select(Code.id).where(
+        col(Code.campaign_id) == campaign_id, col(Code.sync_status) == "pending", col(Code.status) == "active"
+    )
+    if session.exec(rest.limit(1)).first() is not None:
+        # a push already queued (dedupe) covers the rest as well
+        outbox.enqueue(session, PUSH, {"campaign_id": campaign_id}, shop_id, dedupe_key=f"{PUSH}:{campaign_id}")
 
 
 async def _retire(engine: Engine, connector: Any, campaign: Campaign, old_id: str) -> None:
@@ -518,9 +536,19 @@ def _all_deactivated(engine: Engine, campaign_id: int) -> int:
         return int(result.rowcount)
 
 
-async def push_pending(engine: Engine, connector: Any, campaign: Campaign, discount_id: str) -> tuple[int, int]:
+async def push_pending(
+    engine: Engine,
+    connector: Any,
+    campaign: Campaign,
+    discount_id: str,
+    *,
+    limit: int | None = None,
+    then: Callable[[Session], object] | None = None,
+) -> tuple[int, int]:
     """Push the campaign's pending active codes into its platform discount, chunk by chunk,
-    each chunk's answers written at once; return (synced, failed)."""
+    each chunk's answers written at once; return (synced, failed). With a `limit`, stop after
+    that many codes, running `then` in the transaction that writes the last answers (a pushed
+    code is no longer pending, so a later call carries on where this one stopped)."""
     assert campaign.id is not None
     campaign_id = campaign.id
     fmt = campaign_format(campaign)
@@ -537,7 +565,8 @@ async def push_pending(engine: Engine, connector: Any, campaign: Campaign, disco
             if status != "active" or current is None:
                 return synced, failed
             discount_id = current
-        rows = await run(engine, partial(_pending, engine, campaign_id, after_id, connector.BATCH_SIZE))
+        size = connector.BATCH_SIZE if limit is None else min(connector.BATCH_SIZE, limit - synced - failed)
+        rows = await run(engine, partial(_pending, engine, campaign_id, after_id, size))
         if not rows:
             await run(engine, partial(_after_push, engine, campaign, lapsed=lapsed and not isinstance(connector, CodeEndControl)))
             return synced, failed
@@ -546,11 +575,25 @@ async def push_pending(engine: Engine, connector: Any, campaign: Campaign, disco
         specs = [_spec(fmt, r, ends) for r in rows]
         now = utcnow()
         lapsed = lapsed or any(spec.expires_at is not None and spec.expires_at <= now for spec in specs)
+        last = limit is not None and synced + failed + len(rows) >= limit
         results = await connector.push_codes(discount_id, specs)
-        await run(engine, partial(_write_results, engine, rows, results, ok_status="synced", fail_status="failed", now=utcnow()))
+        write = partial(
+            _write_results,
+            engine,
+            rows,
+            results,
+            ok_status="synced",
+            fail_status="failed",
+            now=utcnow(),
+            then=then if last else None,
+        )
+        await run(engine, write)
         ok = sum(1 for r in results if r.ok)
         synced, failed = synced + ok, failed + len(rows) - ok
         after_id = rows[-1].id or after_id
+        if last:  # the rest is queued as its own job (`then`): other jobs run in between
+            await run(engine, partial(_after_push, engine, campaign, lapsed=lapsed and not isinstance(connector, CodeEndControl)))
+            return synced, failed
 
 
 def _after_push(engine: Engine, campaign: Campaign, *, lapsed: bool) -> None:
