@@ -52,7 +52,7 @@ Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin import installs, orders, poolhealth, pushes, reconcile, sync
+    from plugin import installs, klaviyopools, orders, poolhealth, pushes, reconcile, sync
 
     return {
         **sync.HANDLERS,
@@ -61,13 +61,14 @@ def default_handlers() -> dict[str, Handler]:
         **reconcile.HANDLERS,
         **pushes.HANDLERS,
         **poolhealth.HANDLERS,
+        **klaviyopools.HANDLERS,
     }
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import orders, reconcile, webhooks
+    from plugin import klaviyopools, orders, reconcile, webhooks
 
-    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep()]
+    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep(), klaviyopools.schedule_checks]
 
 
 @dataclass

@@ -43,6 +43,7 @@ class FakeKlaviyo:
         # coupon id → {unique code: status}; what Klaviyo holds once a job has run
         self.coupon_codes: dict[str, dict[str, str]] = defaultdict(dict)
         self.hold_coupon_jobs = False  # True: jobs stay "processing" until run_coupon_jobs()
+        self.reject_codes: set[str] = set()  # unique codes a job refuses (an invalid code)
         self._scripts: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
         self._lost: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
         r = self.router
@@ -98,7 +99,9 @@ class FakeKlaviyo:
             for n, item in enumerate(job["codes"]):
                 coupon = item["relationships"]["coupon"]["data"]["id"]
                 unique = item["attributes"]["unique_code"]
-                if unique in self.coupon_codes[coupon]:
+                if unique in self.reject_codes:
+                    job["errors"].append((n, f"The unique code {unique} is invalid."))
+                elif unique in self.coupon_codes[coupon]:
                     job["errors"].append((n, f"A coupon code with unique code {unique} already exists for coupon {coupon}."))
                 else:
                     self.coupon_codes[coupon][unique] = "UNASSIGNED"
