@@ -22,7 +22,7 @@ from connectors.klaviyo import KlaviyoConnector
 from plugin import bulk_redemptions, caches, checkout, distribution, klaviyopools, partners, percode, redemptions
 from plugin.db import session_scope
 from plugin.errors import Conflict, NotFound
-from plugin.models import Alert, Campaign, Code, Job, PoolUpload, utcnow
+from plugin.models import Alert, Campaign, Code, Job, utcnow
 from plugin.rules import Basket, Customer
 from plugin.settings import Settings
 from plugin.shops import ensure_local_shop
@@ -248,3 +248,95 @@ async def drain_once(w: Worker) -> None:
         session.execute(update(JobRow).where(col(JobRow.status) == "queued").values(run_after=utcnow() - timedelta(days=1)))
     while await w.run_once():
         pass
+
+
+async def test_a_pool_running_low_at_klaviyo_alerts_and_tops_itself_up(
+    engine: Engine, shop_id: int, settings: Settings, fake: FakeKlaviyo
+) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=6)
+    pool_id = make_pool(engine, shop_id, campaign_id, 6, alert_below=4, topup_below=3, topup_count=5)
+    async with httpx.AsyncClient() as client:
+        w = worker(engine, settings, client)
+        await drain(w)  # uploaded, then checked: 6 unassigned, no alert
+        assert alerts(engine) == []
+        for unique in sorted(fake.coupon_codes["SPRING10"])[:4]:  # Klaviyo sent four emails
+            fake.coupon_codes["SPRING10"][unique] = "ASSIGNED_TO_PROFILE"
+        with session_scope(engine) as session:
+            assert await klaviyopools.schedule_checks(w.ctx) == 0  # checked under an hour ago
+            klaviyopools._queue_check(engine, shop_id, pool_id)
+        await drain(w)
+    (low,) = alerts(engine)
+    assert (low.kind, low.details["unassigned"], low.details["threshold"]) == ("klaviyo_pool_low", 2, 4)
+    # 2 left < 3: five more codes, generated (the campaign had none free) and uploaded
+    assert counts(engine, shop_id, pool_id) == {"uploaded": 11}
+    assert len(fake.coupon_codes["SPRING10"]) == 11
+    with Session(engine) as session:
+        pool = klaviyopools.get_pool(session, shop_id=shop_id, pool_id=pool_id)
+        assert pool.checked_at is not None
+    # the next check sees 7 unassigned: the alert is resolved
+    async with httpx.AsyncClient() as client:
+        w = worker(engine, settings, client)
+        klaviyopools._queue_check(engine, shop_id, pool_id)
+        await drain(w)
+    (low,) = alerts(engine)
+    assert low.resolved_at is not None and counts(engine, shop_id, pool_id) == {"uploaded": 11}
+
+
+def alerts(engine: Engine) -> list[Alert]:
+    with Session(engine) as session:
+        return list(session.exec(select(Alert).order_by(col(Alert.id))).all())
+
+
+def test_pool_codes_are_never_bound_and_their_redemptions_are_klaviyos(engine: Engine, shop_id: int) -> None:
+    """Klaviyo picks the recipient: a bound-on-claim campaign's pool codes redeem for whoever
+    Klaviyo sent them to, and the redemption is attributed to channel `klaviyo`."""
+    campaign_id, _ = make_campaign(engine, shop_id, rules(distribution={"binding": "claim"}), codes=4)
+    pool_id = make_pool(engine, shop_id, campaign_id, 3)
+    in_pool = sorted(pool_codes(engine, pool_id))
+    other = distribution.claim_or_alert(engine, shop_id=shop_id, campaign_id=campaign_id, recipient="ann@example.com")
+    assert other.bound and other.code not in in_pool  # the campaign's own claims still bind
+    with Session(engine) as session:
+        rows = session.exec(select(Code).where(col(Code.pool_id) == pool_id)).all()
+        assert all((c.email, c.customer_id, c.recipient) == (None, None, None) for c in rows)
+    basket = Basket.model_validate(BASKET)
+    with session_scope(engine) as session:
+        outcome = checkout.redeem(
+            session, shop_id=shop_id, typed=in_pool[0], order_id="order-1", basket=basket,
+            customer=Customer(email="whoever@example.com"), channel="web", checkout_id=None, now=utcnow(),
+        )  # fmt: skip
+        assert outcome.redemption.channel == "klaviyo" and outcome.redemption.flagged_reason is None
+        plain = checkout.redeem(
+            session, shop_id=shop_id, typed=other.code, order_id="order-2", basket=basket,
+            customer=Customer(email="ann@example.com"), channel="web", checkout_id=None, now=utcnow(),
+        )  # fmt: skip
+        assert plain.redemption.channel == "web"
+        # an order webhook's use of a pool code too, on the bulk path
+        (recorded,) = bulk_redemptions.record_webhook_redemptions(
+            session, [bulk_redemptions.Use(shop_id, in_pool[1], "order-3", channel="pos", email="x@example.com")], now=utcnow()
+        )
+        assert recorded is not None
+        found = session.get(redemptions.Redemption, recorded.redemption_id)
+        assert found is not None and (found.channel, found.flagged_reason) == ("klaviyo", None)
+        # nobody may hand a pool code to a recipient by hand either
+        with pytest.raises(Conflict) as refused:
+            percode.reassign(session, shop_id=shop_id, typed=in_pool[2], recipient="bob@example.com", actor="t", now=utcnow())
+        assert refused.value.reason == "code_in_klaviyo_pool"
+
+
+def test_a_pool_belongs_to_its_shop_and_its_coupon_to_one_campaign(engine: Engine, shop_id: int) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=2)
+    other_campaign, _ = make_campaign(engine, shop_id, rules(), codes=2, name="Other")
+    pool_id = make_pool(engine, shop_id, campaign_id, 1)
+    with session_scope(engine) as session:
+        other_shop = ensure_local_shop(session, domain="other.example").id
+        assert other_shop is not None and other_shop != shop_id
+        with pytest.raises(NotFound):
+            klaviyopools.get_pool(session, shop_id=other_shop, pool_id=pool_id)
+        with pytest.raises(NotFound):
+            klaviyopools.add_codes(session, shop_id=other_shop, pool_id=pool_id, count=1)
+        again = klaviyopools.create_pool(session, shop_id=shop_id, campaign_id=campaign_id, coupon_id="SPRING10")
+        assert again.id == pool_id
+        with pytest.raises(Exception, match="already holds"):
+            klaviyopools.create_pool(session, shop_id=shop_id, campaign_id=other_campaign, coupon_id="SPRING10")
+        with pytest.raises(Exception, match="coupon id"):
+            klaviyopools.create_pool(session, shop_id=shop_id, campaign_id=other_campaign, coupon_id="10 OFF")
