@@ -162,8 +162,9 @@ def batch_override(reader: Reader, batch_id: int | None) -> str | None:
 # use now and no redemption ever, rolled back or not: someone outside knows a code that was on an
 # order), not voided, not expired, not held by a checkout, and not handed to a provider's own pool
 # (Klaviyo gives those out). The partial index ix_code_unassigned (campaign_id, id) WHERE
-# recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL serves the scan in id order; expiry, holds and past redemptions depend on the moment or on
-# other tables, so they are checked per candidate (one probe of an indexed column each).
+# recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL serves the scan in id
+# order; expiry, holds and past redemptions depend on the moment or on other tables, so they are
+# checked per candidate (one probe of an indexed column each).
 _FREE_WHERE = """campaign_id = ? AND recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL
               AND shop_id = ? AND {partner}
               AND (expires_at IS NULL OR expires_at > ?)
