@@ -103,7 +103,8 @@ class Batch(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
-FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active'"
+# pool_id: a code handed to a messaging provider's own pool (plugin.klaviyopools) is the provider's to give out
+FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL"
 # codes a sync push has yet to send; written literally in queries, so SQLite can use the index
 PENDING_CODE_PREDICATE = "sync_status = 'pending'"
 
@@ -128,6 +129,8 @@ class Code(SQLModel, table=True):
     assigned_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     partner_id: int | None = Field(default=None)
+    # the provider pool (CouponPool) the code was handed to: the provider, not we, gives it out
+    pool_id: int | None = Field(default=None)
     platform_id: str | None = Field(default=None, max_length=255)
     sync_status: str = Field(default="pending", max_length=16)  # pending | synced | failed | deactivated
     sync_error: str | None = Field(default=None, max_length=1000)
@@ -437,6 +440,51 @@ class PoolPolicy(SQLModel, table=True):
     topup_below: int | None = Field(default=None)  # None: no automatic top-up
     topup_count: int = Field(default=0)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class CouponPool(SQLModel, table=True):
+    """A messaging provider's own coupon pool fed with a campaign's codes (today Klaviyo's Coupons
+    API): the provider assigns the codes to its recipients at send time, so we never know who
+    holds one. Thresholds as PoolPolicy's, counted on the provider's unassigned codes."""
+
+    __tablename__ = "coupon_pool"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(foreign_key="campaign.id", index=True)
+    provider: str = Field(default="klaviyo", max_length=32)
+    coupon_id: str = Field(max_length=64)  # the provider's coupon (Klaviyo: its external_id)
+    description: str = Field(default="", max_length=500)
+    alert_below: int = Field(default=100)
+    topup_below: int | None = Field(default=None)  # None: no automatic top-up
+    topup_count: int = Field(default=0)
+    unassigned: int | None = Field(default=None)  # the provider's unassigned codes at the last check (counted up to a bound)
+    checked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "provider", "coupon_id", name="uq_coupon_pool_coupon"),)
+
+
+class PoolUpload(SQLModel, table=True):
+    """Where one code stands in its upload to a provider's pool.
+
+    queued → sending (a request left with it; outcome unknown until looked up) → submitted (in
+    the provider's job `job_id`) → uploaded | failed."""
+
+    __tablename__ = "pool_upload"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    pool_id: int = Field(foreign_key="coupon_pool.id")
+    code_id: int = Field(sa_type=BigInteger, unique=True)
+    status: str = Field(default="queued", max_length=16)
+    job_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=1000)
+    attempts: int = Field(default=0)
+    attempted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_pool_upload_pool_status", "pool_id", "status"),)
 
 
 class ReferralProgram(SQLModel, table=True):

@@ -209,6 +209,9 @@ def reassign(session: Session, *, shop_id: int, typed: str, recipient: str, acto
         return found
     if code.status == "voided":
         raise CodeVoided("this code is voided: give the recipient a live code instead")
+    if code.pool_id is not None:
+        raise Conflict("Klaviyo hands this code out from its coupon pool: give the recipient another code",
+                       reason="code_in_klaviyo_pool")  # fmt: skip
     if code.uses > 0:
         raise CodeUsed("this code has been used: it can't be handed to someone else")
     if code.expires_at is not None and aware(code.expires_at) <= now:

@@ -57,7 +57,7 @@ Sweep = Callable[[JobContext], Awaitable[int]]
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin import expiry, installs, orders, poolhealth, pushes, reconcile, sync
+    from plugin import expiry, installs, klaviyopools, orders, poolhealth, pushes, reconcile, sync
 
     return {
         **sync.HANDLERS,
@@ -67,13 +67,20 @@ def default_handlers() -> dict[str, Handler]:
         **reconcile.HANDLERS,
         **pushes.HANDLERS,
         **poolhealth.HANDLERS,
+        **klaviyopools.HANDLERS,
     }
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin import expiry, orders, reconcile, webhooks
+    from plugin import expiry, klaviyopools, orders, reconcile, webhooks
 
-    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep(), expiry.ExpirySweep()]
+    return [
+        orders.sweep_unprocessed,
+        reconcile.schedule,
+        webhooks.RetentionSweep(),
+        expiry.ExpirySweep(),
+        klaviyopools.schedule_checks,
+    ]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, percode, redemptions, shops, webhooks
+from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, klaviyopools, percode, redemptions, shops, webhooks
 from plugin.db import read_session, run, session_scope
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
@@ -46,6 +46,7 @@ MAX_IDS = {
     "reservation_id": 2**31 - 1,
     "redemption_id": 2**63 - 1,
     "partner_id": 2**31 - 1,
+    "pool_id": 2**31 - 1,
 }
 Handler = Callable[["Call"], Awaitable[Response]]
 # Campaign rules may list up to 10,000 ids per set (products, variants, SKUs, collections) in
@@ -795,6 +796,25 @@ ENDPOINTS: list[Endpoint] = [
              query={"status": {"type": "string", "enum": sorted(dist.DELIVERY_STATUSES)}}),
     Endpoint("PUT", "/campaigns/{campaign_id:int}/pool-policy", "setPoolPolicy", "Low-stock alert and top-up thresholds",
              "admin", dist.set_pool_policy, schemas.PoolPolicyIn, {200: schemas.PoolPolicyOut, 404: schemas.Problem}),
+    Endpoint("POST", "/klaviyo-pools", "createKlaviyoPool",
+             "Hand a campaign's codes to a Klaviyo coupon (Klaviyo assigns them at send time; never bound)", "admin",
+             dist.create_klaviyo_pool, schemas.KlaviyoPoolIn, {201: schemas.KlaviyoPoolOut, 400: schemas.Problem,
+                                                               404: schemas.Problem}),
+    Endpoint("GET", "/klaviyo-pools", "listKlaviyoPools", "Klaviyo coupon pools with upload counts", "admin",
+             dist.list_klaviyo_pools, responses={200: schemas.KlaviyoPoolList}),
+    Endpoint("GET", "/klaviyo-pools/{pool_id:int}", "getKlaviyoPool", "A Klaviyo pool, its upload counts and last check",
+             "admin", dist.get_klaviyo_pool, None, {200: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
+    Endpoint("POST", "/klaviyo-pools/{pool_id:int}/codes", "addKlaviyoPoolCodes",
+             "Hand more free codes of the campaign to the pool (uploaded through the outbox)", "admin",
+             dist.add_klaviyo_pool_codes, schemas.KlaviyoPoolCodesIn, {201: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
+    Endpoint("GET", "/klaviyo-pools/{pool_id:int}/codes", "listKlaviyoPoolCodes", "Each code's upload status",
+             "admin", dist.list_klaviyo_pool_codes, None, {200: schemas.KlaviyoUploadList, 404: schemas.Problem},
+             query={"status": {"type": "string", "enum": list(klaviyopools.STATUSES)}}),
+    Endpoint("POST", "/klaviyo-pools/{pool_id:int}/retry", "retryKlaviyoPool", "Upload the pool's failed codes again",
+             "admin", dist.retry_klaviyo_pool, None, {202: schemas.RetryOut, 404: schemas.Problem}),
+    Endpoint("PUT", "/klaviyo-pools/{pool_id:int}/policy", "setKlaviyoPoolPolicy",
+             "Low-stock alert and top-up thresholds, on Klaviyo's unassigned codes", "admin",
+             dist.set_klaviyo_pool_policy, schemas.PoolPolicyIn, {200: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
     Endpoint("POST", "/referral-programs", "createReferralProgram", "Make a campaign a referral program", "admin",
              dist.create_referral_program, schemas.ReferralProgramIn, {201: schemas.ReferralProgramOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/referrals", "listReferrals", "Rewarded referrals, newest first",

@@ -367,6 +367,67 @@ class PoolPolicyOut(BaseModel):
     topup_count: int
 
 
+class KlaviyoPoolIn(_In):
+    campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+    coupon_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")] = Field(
+        description="The Klaviyo coupon's id (its external_id); created at Klaviyo if missing. Templates use "
+        "`{% coupon_code 'COUPON_ID' %}`."
+    )
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    count: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] = Field(
+        0, description="Free codes of the campaign to hand to the pool now (0: none yet)."
+    )
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)] | None = Field(None, description="Only this batch's codes.")
+    alert_below: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 100
+    topup_below: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
+    topup_count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
+
+
+class KlaviyoPoolCodesIn(_In):
+    count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)] | None = None
+
+
+class KlaviyoPoolOut(BaseModel):
+    id: int
+    campaign_id: int
+    coupon_id: str
+    description: str
+    alert_below: int
+    topup_below: int | None
+    topup_count: int
+    unassigned: int | None = Field(description="Klaviyo's unassigned codes at the last check (counted up to the thresholds).")
+    checked_at: datetime | None
+    counts: dict[str, int] = Field(description="Codes per upload status: queued, sending, submitted, uploaded, failed.")
+    added: int = Field(0, description="Codes handed to the pool by this request.")
+    binding: str = Field(
+        "none", description="Always `none`: Klaviyo picks each code's recipient at send time, so no code here is bound."
+    )
+    channel: str = Field("klaviyo", description="The channel redemptions of these codes are attributed to.")
+
+
+class KlaviyoPoolList(BaseModel):
+    data: list[KlaviyoPoolOut]
+
+
+class KlaviyoUploadOut(BaseModel):
+    code: str
+    status: str
+    job_id: str | None
+    error: str | None
+    attempts: int
+    updated_at: datetime
+
+
+class KlaviyoUploadList(BaseModel):
+    data: list[KlaviyoUploadOut]
+    counts: dict[str, int]
+
+
+class RetryOut(BaseModel):
+    requeued: int
+
+
 class ReferralProgramIn(_In):
     campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
     reward_campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
