@@ -262,6 +262,9 @@ _code = Code.__table__  # type: ignore[attr-defined]
 def _write_results(
     engine: Engine, rows: Sequence[Code], results: Sequence[PushResult], *, ok_status: str, fail_status: str, now: datetime
 ) -> None:
+    """A chunk's answers. A push's answer replaces the code's platform id, also with none (an id
+    from a replaced discount must not outlive it); a removal's keeps the stored one when the
+    platform names none."""
     by_code = {r.code: r for r in results}
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
@@ -273,12 +276,15 @@ def _write_results(
             good.append({"b_id": row.id, "b_platform_id": result.platform_id})
         else:
             bad.append({"b_id": row.id, "b_error": (result.error or "refused")[:1000]})
+    platform_id: Any = bindparam("b_platform_id")
+    if ok_status == "deactivated":
+        platform_id = func.coalesce(platform_id, _code.c.platform_id)
     with engine.begin() as conn:
         if good:
             conn.execute(
                 update(_code)
                 .where(_code.c.id == bindparam("b_id"))
-                .values(sync_status=ok_status, platform_id=bindparam("b_platform_id"), sync_error=None, synced_at=now),
+                .values(sync_status=ok_status, platform_id=platform_id, sync_error=None, synced_at=now),
                 good,
             )
         if bad:
@@ -433,6 +439,15 @@ def _display(fmt: codes.CodeFormat, stored: str) -> str:
     return codes.display(fmt, stored)
 
 
+def _reference(connector: Any, fmt: codes.CodeFormat, row: Code) -> str:
+    """What the platform removes a code by: the id it gave the code when it was pushed, where the
+    connector takes ids (Shopify's redeem-code gid: no search); else its display form, which the
+    connector looks up first (a lookup that misses leaves the code synced)."""
+    if row.platform_id and getattr(connector, "DEACTIVATES_BY_ID", False):
+        return row.platform_id
+    return _display(fmt, row.code)
+
+
 def _to_deactivate(engine: Engine, campaign_id: int, after_id: int, limit: int, now: datetime, *, everything: bool) -> list[Code]:
     """Synced codes the platform must stop accepting: voided or expired ones, or every one once
     the campaign has ended."""
@@ -475,7 +490,8 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
 async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) -> tuple[int, int]:
     """Take the campaign's voided or expired synced codes (all of them once it has ended) off
     the platform; return (deactivated, unconfirmed). Only the platform's confirmation marks a
-    code deactivated: any other answer leaves it synced, with the platform's message."""
+    code deactivated: any other answer leaves it synced, with the platform's message. Each code
+    goes by its stored platform id where the connector takes one (`_reference`)."""
     assert campaign.id is not None and campaign.platform_discount_id is not None
     fmt = campaign_format(campaign)
     after_id = deactivated = unconfirmed = 0
@@ -494,10 +510,10 @@ async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) 
         )
         if not rows:
             return deactivated, unconfirmed
-        displays = [_display(fmt, r.code) for r in rows]
-        answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
+        given = [_reference(connector, fmt, r) for r in rows]
+        answers = await connector.deactivate_codes(campaign.platform_discount_id, given)
         # connectors answer with the string they were given; map back to the stored form
-        back = {d: r.code for d, r in zip(displays, rows, strict=True)}
+        back = {d: r.code for d, r in zip(given, rows, strict=True)}
         results = [PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers]
         done = partial(_write_results, engine, rows, results, ok_status="deactivated", fail_status="synced", now=utcnow())
         await run(engine, done)
