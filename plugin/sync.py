@@ -30,7 +30,7 @@ from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
-from plugin.models import AuditEvent, Campaign, Code, Shop, utcnow
+from plugin.models import AuditEvent, Campaign, Code, Job, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
 if TYPE_CHECKING:
@@ -159,6 +159,54 @@ def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str
         .group_by(col(Code.sync_status))
     ).all()
     return {status: int(count) for status, count in rows}
+
+
+SYNC_JOBS = (PUSH, DEACTIVATE, FOLLOW)
+FOLLOW_ACTIONS = ("campaign.platform_followed", "campaign.platform_replaced")
+
+
+def platform_status(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """Where the campaign stands on the shop's platform: its discount's id, its codes per sync
+    status, what the last follow-up of a pause / resume / end / rule edit did (its audit row),
+    and the error of a sync job still being retried or dead-lettered (None once one succeeded)."""
+    assert campaign.id is not None
+    shop = session.get(Shop, campaign.shop_id)
+    followed = session.exec(
+        select(AuditEvent)
+        .where(
+            col(AuditEvent.shop_id) == campaign.shop_id,
+            col(AuditEvent.subject) == f"campaign:{campaign.id}",
+            col(AuditEvent.action).in_(FOLLOW_ACTIONS),
+        )
+        .order_by(col(AuditEvent.id).desc())
+        .limit(1)
+    ).first()
+    return {
+        "platform": shop.platform if shop else None,
+        "discount_id": campaign.platform_discount_id,
+        "codes": sync_counts(session, shop_id=campaign.shop_id, campaign_id=campaign.id),
+        "last_follow": (
+            {"at": aware(followed.created_at), "action": followed.action, "outcome": followed.details} if followed else None
+        ),
+        "last_error": _failing_job(session, campaign),
+    }
+
+
+def _failing_job(session: Session, campaign: Campaign) -> dict[str, Any] | None:
+    """The newest sync job of the campaign, when it is failing (queued for a retry, or dead)."""
+    job = session.exec(
+        select(Job)
+        .where(
+            col(Job.shop_id) == campaign.shop_id,
+            col(Job.kind).in_(SYNC_JOBS),
+            col(Job.payload)["campaign_id"].as_integer() == campaign.id,
+        )
+        .order_by(col(Job.id).desc())
+        .limit(1)
+    ).first()
+    if job is None or job.last_error is None or job.status not in ("queued", "running", "dead"):
+        return None
+    return {"job": job.kind, "status": job.status, "attempts": job.attempts, "error": job.last_error}
 
 
 class NotSyncable(InvalidInput):

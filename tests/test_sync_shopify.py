@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from tenacity import wait_none
 from connectors.base import REMOVAL_UNCONFIRMED, Credentials
 from connectors.shopify import ShopifyConnector
 from plugin import codes, installs, outbox, percode, ratestate, sync
-from plugin.campaigns import campaign_format
+from plugin.campaigns import campaign_format, change_status
 from plugin.db import session_scope
 from plugin.models import Campaign, Code, Job, utcnow
 from plugin.settings import Settings
@@ -287,3 +288,62 @@ async def test_a_delete_whose_answer_was_lost_is_sent_again_and_then_done(
     assert operations.count("discountCodeRedeemCodeBulkDelete") == 2 and "codeDiscountNode" not in operations
     assert [r.sync_status for r in campaign_codes(engine, campaign_id)[:3]] == ["deactivated", "deactivated", "synced"]
     assert not {r.platform_id for r in rows[:2]} & held_ids(fake)
+
+
+# --- the platform outcome, per campaign ------------------------------------------------------------
+
+
+def platform(engine: Engine, campaign_id: int) -> dict[str, Any]:
+    with session_scope(engine) as session:
+        return sync.platform_status(session, session.get_one(Campaign, campaign_id))
+
+
+async def test_a_campaign_shows_its_platform_outcome_a_failing_follow_and_its_success(
+    engine: Engine, app_settings: Settings, fake: ShopifyFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await pushed_campaign(engine, app_settings, fake)
+    (discount,) = fake.discounts.values()
+    assert platform(engine, campaign_id) == {
+        "platform": "shopify",
+        "discount_id": discount.id,
+        "codes": {"synced": CODES},
+        "last_follow": None,
+        "last_error": None,
+    }
+    monkeypatch.setattr(ShopifyConnector, "MAX_ATTEMPTS", 1)  # the connector gives up at once: the outbox retries
+    with session_scope(engine) as session:
+        change_status(session, shop_id=campaign(engine, campaign_id).shop_id, campaign_id=campaign_id, action="pause")
+    fake.script(httpx.Response(503, text="Service Unavailable"))
+    async with worker_for(app_settings, engine) as worker:
+        assert await worker.run_once()
+        failing = platform(engine, campaign_id)
+        assert failing["last_follow"] is None and failing["last_error"] is not None
+        assert {k: failing["last_error"][k] for k in ("job", "status", "attempts")} == {
+            "job": sync.FOLLOW,
+            "status": "queued",  # to be tried again
+            "attempts": 1,
+        }
+        assert "503" in failing["last_error"]["error"] or "Service Unavailable" in failing["last_error"]["error"]
+        await drain(worker)
+    done = platform(engine, campaign_id)
+    assert done["last_error"] is None and discount.status == "EXPIRED"
+    assert done["last_follow"]["action"] == "campaign.platform_followed"
+    assert done["last_follow"]["outcome"] == {
+        "status": "paused",
+        "discount_id": discount.id,
+        "rules": "updated",
+        "discount_status": "paused",
+    }
+
+
+async def test_a_dead_lettered_push_stays_in_sight(
+    engine: Engine, app_settings: Settings, fake: ShopifyFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await shopify_campaign(engine, app_settings, fake)
+    monkeypatch.setattr(ShopifyConnector, "MAX_ATTEMPTS", 1)
+    fake.script(*[httpx.Response(500, json={"errors": "Internal error"})] * outbox.DEFAULT_MAX_ATTEMPTS)
+    async with worker_for(app_settings, engine) as worker:
+        await drain(worker)
+    shown = platform(engine, campaign_id)
+    assert shown["codes"] == {"pending": CODES} and shown["discount_id"] is None
+    assert shown["last_error"]["job"] == sync.PUSH and shown["last_error"]["status"] == "dead"
