@@ -8,6 +8,8 @@ the platform holds `pending` again and queues a push, which carries the code's n
 platforms that hold a per-code end (the sandbox, WooCommerce) and re-activates a code that was
 taken off when it expired. Each change is idempotent: asking for the state the code is already
 in changes and records nothing. The platform outcome per code is its sync status and error.
+A reassigned code that its campaign pushed to a messaging provider is pushed to the new holder
+once, and the old holder's merge fields are blanked (plugin.pushes.reassigned).
 """
 
 from __future__ import annotations

@@ -478,7 +478,7 @@ class CodePlatform(BaseModel):
 class CodeEvent(BaseModel):
     at: datetime
     # issued | assigned | synced | deactivated | delivered | reserved | released | redeemed | flagged |
-    # rolled_back | voided | extended
+    # rolled_back | voided | extended | retracted (an old holder's merge fields blanked)
     event: str
     details: dict[str, Any]
 
