@@ -8,6 +8,8 @@ same job that takes voided and expired codes off the platform); an extended expi
 and a code that was taken off when it expired is marked `pending` and pushed again with its new
 end. Each change is idempotent: asking for the state the code is already
 in changes and records nothing. The platform outcome per code is its sync status and error.
+A reassigned code that its campaign pushed to a messaging provider is pushed to the new holder
+once, and the old holder's merge fields are blanked (plugin.pushes.reassigned).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from plugin import codeends, codes, sync
+from plugin import codeends, codes, pushes, sync
 from plugin.campaigns import campaign_format
 from plugin.checkout import resolve_code
 from plugin.distribution import normalise_recipient, recipient_parts
@@ -121,17 +123,17 @@ def _one_edit(text: str, alphabet: str) -> list[str]:
 # --- changes ------------------------------------------------------------------------------------
 
 
-def _audit(session: Session, found: Found, action: str, actor: str, now: datetime, **details: Any) -> None:
-    session.add(
-        AuditEvent(
-            shop_id=found.code.shop_id,
-            action=action,
-            subject=f"code:{found.code.id}",
-            actor=actor,
-            details={"code": found.code.code, **details},
-            created_at=now,
-        )
+def _audit(session: Session, found: Found, action: str, actor: str, now: datetime, **details: Any) -> AuditEvent:
+    event = AuditEvent(
+        shop_id=found.code.shop_id,
+        action=action,
+        subject=f"code:{found.code.id}",
+        actor=actor,
+        details={"code": found.code.code, **details},
+        created_at=now,
     )
+    session.add(event)
+    return event
 
 
 def _platform_holds(session: Session, found: Found) -> bool:
@@ -236,8 +238,12 @@ def reassign(session: Session, *, shop_id: int, typed: str, recipient: str, acto
         parts = recipient_parts(key)
         code.email, code.customer_id = parts["email"], parts["customer_id"]
     session.add(code)
-    _audit(session, found, "code.reassigned", actor, now, recipient=key, previous=previous)
+    audit = _audit(session, found, "code.reassigned", actor, now, recipient=key, previous=previous)
     session.flush()
+    assert audit.id is not None
+    # each provider the campaign pushes to sends the code to the new recipient once; the old
+    # recipient's merge fields are blanked where they were set (plugin.pushes)
+    pushes.reassigned(session, code=code, previous=previous, audit_id=audit.id, now=now)
     return found
 
 
@@ -313,7 +319,7 @@ def story(session: Session, found: Found) -> list[Event]:
             audit = rollbacks.get(f"redemption:{red.id}")
             extra = {"actor": audit.actor, **audit.details} if audit else {}
             events.append(Event(aware(red.rolled_back_at), "rolled_back", {**about, **extra}))
-    names = {"code.voided": "voided", "code.extended": "extended", "code.reassigned": "assigned"}
+    names = {"code.voided": "voided", "code.extended": "extended", "code.reassigned": "assigned", "code.retracted": "retracted"}
     for a in audits:
         details = {k: v for k, v in a.details.items() if k != "code"}
         events.append(Event(aware(a.created_at), names.get(a.action, a.action), {"actor": a.actor, **details}))

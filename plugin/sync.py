@@ -49,7 +49,7 @@ from plugin.connections import shop_connector
 from plugin.db import run, session_scope
 from plugin.errors import Conflict, InvalidInput
 from plugin.jobstore import aware
-from plugin.models import PENDING_CODE_PREDICATE, AuditEvent, Campaign, Code, Shop, utcnow
+from plugin.models import PENDING_CODE_PREDICATE, AuditEvent, Campaign, Code, Job, Shop, utcnow
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
 
 if TYPE_CHECKING:
@@ -180,6 +180,54 @@ def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str
     return {status: int(count) for status, count in rows}
 
 
+SYNC_JOBS = (PUSH, DEACTIVATE, FOLLOW)
+FOLLOW_ACTIONS = ("campaign.platform_followed", "campaign.platform_replaced")
+
+
+def platform_status(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """Where the campaign stands on the shop's platform: its discount's id, its codes per sync
+    status, what the last follow-up of a pause / resume / end / rule edit did (its audit row),
+    and the error of a sync job still being retried or dead-lettered (None once one succeeded)."""
+    assert campaign.id is not None
+    shop = session.get(Shop, campaign.shop_id)
+    followed = session.exec(
+        select(AuditEvent)
+        .where(
+            col(AuditEvent.shop_id) == campaign.shop_id,
+            col(AuditEvent.subject) == f"campaign:{campaign.id}",
+            col(AuditEvent.action).in_(FOLLOW_ACTIONS),
+        )
+        .order_by(col(AuditEvent.id).desc())
+        .limit(1)
+    ).first()
+    return {
+        "platform": shop.platform if shop else None,
+        "discount_id": campaign.platform_discount_id,
+        "codes": sync_counts(session, shop_id=campaign.shop_id, campaign_id=campaign.id),
+        "last_follow": (
+            {"at": aware(followed.created_at), "action": followed.action, "outcome": followed.details} if followed else None
+        ),
+        "last_error": _failing_job(session, campaign),
+    }
+
+
+def _failing_job(session: Session, campaign: Campaign) -> dict[str, Any] | None:
+    """The newest sync job of the campaign, when it is failing (queued for a retry, or dead)."""
+    job = session.exec(
+        select(Job)
+        .where(
+            col(Job.shop_id) == campaign.shop_id,
+            col(Job.kind).in_(SYNC_JOBS),
+            col(Job.payload)["campaign_id"].as_integer() == campaign.id,
+        )
+        .order_by(col(Job.id).desc())
+        .limit(1)
+    ).first()
+    if job is None or job.last_error is None or job.status not in ("queued", "running", "dead"):
+        return None
+    return {"job": job.kind, "status": job.status, "attempts": job.attempts, "error": job.last_error}
+
+
 class NotSyncable(InvalidInput):
     reason = "not_syncable"
 
@@ -289,8 +337,10 @@ def _write_results(
     gone_status: str | None = None,
     then: Callable[[Session], object] | None = None,
 ) -> None:
-    """Each code's platform outcome; with `gone_status`, a code the platform no longer holds
-    (CODE_GONE) gets that status instead of `fail_status`."""
+    """A chunk's answers. A push's answer replaces the code's platform id, also with none (an id
+    from a replaced discount must not outlive it); a removal's keeps the stored one when the
+    platform names none. With `gone_status`, a code the platform no longer holds (CODE_GONE)
+    gets that status instead of `fail_status`."""
     by_code = {r.code: r for r in results}
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
@@ -305,12 +355,15 @@ def _write_results(
             gone.append({"b_id": row.id, "b_error": "missing on the platform: pushed again"})
         else:
             bad.append({"b_id": row.id, "b_error": (result.error or "refused")[:1000]})
+    platform_id: Any = bindparam("b_platform_id")
+    if ok_status == "deactivated":
+        platform_id = func.coalesce(platform_id, _code.c.platform_id)
     with engine.begin() as conn:
         if good:
             conn.execute(
                 update(_code)
                 .where(_code.c.id == bindparam("b_id"))
-                .values(sync_status=ok_status, platform_id=bindparam("b_platform_id"), sync_error=None, synced_at=now),
+                .values(sync_status=ok_status, platform_id=platform_id, sync_error=None, synced_at=now),
                 good,
             )
         if bad:
@@ -625,6 +678,15 @@ def _display(fmt: codes.CodeFormat, stored: str) -> str:
     return codes.display(fmt, stored)
 
 
+def _reference(connector: Any, fmt: codes.CodeFormat, row: Code) -> str:
+    """What the platform removes a code by: the id it gave the code when it was pushed, where the
+    connector takes ids (Shopify's redeem-code gid: no search); else its display form, which the
+    connector looks up first (a lookup that misses leaves the code synced)."""
+    if row.platform_id and getattr(connector, "DEACTIVATES_BY_ID", False):
+        return row.platform_id
+    return _display(fmt, row.code)
+
+
 def _code_ends(engine: Engine, campaign: Campaign) -> CodeEnds:
     with Session(engine) as session:
         return CodeEnds.load(session, campaign)
@@ -680,7 +742,8 @@ async def handle_deactivate(ctx: JobContext, job: outbox.ClaimedJob) -> None:
 async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) -> tuple[int, int]:
     """Take the campaign's voided or expired synced codes (all of them once it has ended) off
     the platform; return (deactivated, unconfirmed). Only the platform's confirmation marks a
-    code deactivated: any other answer leaves it synced, with the platform's message."""
+    code deactivated: any other answer leaves it synced, with the platform's message. Each code
+    goes by its stored platform id where the connector takes one (`_reference`)."""
     assert campaign.id is not None and campaign.platform_discount_id is not None
     fmt = campaign_format(campaign)
     after_id = deactivated = unconfirmed = 0
@@ -702,10 +765,10 @@ async def deactivate_lapsed(engine: Engine, connector: Any, campaign: Campaign) 
         if isinstance(connector, CodeStatusControl):  # by the stored ids: a paused code can't be looked up
             results = await connector.delete_codes(campaign.platform_discount_id, [_spec(fmt, r) for r in rows])
         else:
-            displays = [_display(fmt, r.code) for r in rows]
-            answers = await connector.deactivate_codes(campaign.platform_discount_id, displays)
+            given = [_reference(connector, fmt, r) for r in rows]
+            answers = await connector.deactivate_codes(campaign.platform_discount_id, given)
             # connectors answer with the string they were given; map back to the stored form
-            back = {d: r.code for d, r in zip(displays, rows, strict=True)}
+            back = {d: r.code for d, r in zip(given, rows, strict=True)}
             results = [
                 PushResult(code=back.get(a.code, a.code), ok=a.ok, platform_id=a.platform_id, error=a.error) for a in answers
             ]

@@ -9,7 +9,7 @@ from typing import IO, Any
 
 import click
 
-from plugin import codes, guessing, percode
+from plugin import codes, guessing, percode, sync
 from plugin.campaigns import campaign_format, campaign_summaries, code_count, create_campaign, get_campaign
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.db import session_scope
@@ -90,6 +90,31 @@ def campaigns_list(ctx: Context) -> None:
         rows = campaign_summaries(session, shop_id=ctx.shop_id)
     for campaign_id, name, status, count in rows:
         click.echo(f"{campaign_id}\t{name}\t{status}\t{count} codes")
+
+
+@campaigns.command("show")
+@click.argument("campaign_id", type=int)
+@pass_context
+def campaigns_show(ctx: Context, campaign_id: int) -> None:
+    """A campaign as JSON, with where it stands on the shop's platform (`platform`: its discount
+    id, its codes per sync status, the last follow-up of a pause/resume/end/rule edit, and the
+    error of a sync job still failing)."""
+    with clear_errors(), session_scope(ctx.engine) as session:
+        campaign = get_campaign(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
+        shown = {
+            "id": campaign.id,
+            "name": campaign.name,
+            "status": campaign.status,
+            "codes": code_count(session, campaign_id=campaign_id),
+            "platform": sync.platform_status(session, campaign),
+        }
+    click.echo(json.dumps(shown, default=_iso, sort_keys=True))
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 # --- codes ----------------------------------------------------------------------------------

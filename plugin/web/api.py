@@ -22,7 +22,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from plugin import apikeys, campaigns, checkout, codes, guessing, issuing, klaviyopools, percode, redemptions, shops, webhooks
+from plugin import (
+    apikeys,
+    campaigns,
+    checkout,
+    codes,
+    guessing,
+    issuing,
+    klaviyopools,
+    percode,
+    redemptions,
+    shops,
+    sync,
+    webhooks,
+)
 from plugin.db import read_session, run, session_scope
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.models import Batch, Campaign, Code, Redemption, Reservation, Shop, utcnow
@@ -148,6 +161,7 @@ def _campaign_out(session: Session, campaign: Campaign, limits: GuessLimits) -> 
         guess_probability=odds.per_shopper,
         guess_probability_below_alarm=odds.below_alarm,
         exposure=exposure.model_dump(mode="json") if exposure else None,
+        platform=schemas.CampaignPlatform.model_validate(sync.platform_status(session, campaign)),
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
     )

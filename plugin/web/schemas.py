@@ -32,6 +32,34 @@ class CampaignUpdate(_In):
     rules: CampaignRules | None = None
 
 
+class PlatformFollow(BaseModel):
+    """The last time the platform discount was made to follow the campaign (pause, resume, end,
+    a rule edit; or a replacement after a type change) and what was done."""
+
+    at: datetime
+    action: str  # campaign.platform_followed | campaign.platform_replaced
+    outcome: dict[str, Any]
+
+
+class PlatformError(BaseModel):
+    """A sync job of the campaign that is failing: queued for a retry, or dead-lettered."""
+
+    job: str  # sync.push | sync.deactivate | sync.follow
+    status: str  # queued | running | dead
+    attempts: int
+    error: str
+
+
+class CampaignPlatform(BaseModel):
+    """Where the campaign stands on the shop's platform."""
+
+    platform: str | None
+    discount_id: str | None = Field(description="The platform discount holding the codes; null before the first push.")
+    codes: dict[str, int] = Field(description="Codes per sync status: pending, synced, failed, deactivated.")
+    last_follow: PlatformFollow | None
+    last_error: PlatformError | None = Field(description="Null when no sync job of the campaign is failing.")
+
+
 class CampaignOut(BaseModel):
     id: int
     name: str
@@ -52,6 +80,7 @@ class CampaignOut(BaseModel):
         "shop-wide guessing alert, find a live code of this format within a year."
     )
     exposure: dict[str, Any] | None = None
+    platform: CampaignPlatform
     created_at: datetime
     updated_at: datetime
 
@@ -510,7 +539,7 @@ class CodePlatform(BaseModel):
 class CodeEvent(BaseModel):
     at: datetime
     # issued | assigned | synced | deactivated | delivered | reserved | released | redeemed | flagged |
-    # rolled_back | voided | extended
+    # rolled_back | voided | extended | retracted (an old holder's merge fields blanked)
     event: str
     details: dict[str, Any]
 
