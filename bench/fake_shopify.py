@@ -4,7 +4,8 @@ It enforces the documented cost bucket in real time (a leaky bucket of `maximumA
 points restoring `restoreRate` points a second; a request whose requested cost exceeds what the
 bucket holds gets THROTTLED with HTTP 200 and nothing is charged), and implements only
 `discountRedeemCodeBulkAdd` (asynchronous: done after a latency) and the
-`discountRedeemCodeBulkCreation` query, with the shapes of shared/research/shopify.md §1-2.
+`discountRedeemCodeBulkCreation` query (its status, and its codes with their redeem-code ids),
+with the shapes of shared/research/shopify.md §1-2.
 
     python -m bench.fake_shopify --port 8765 [--bucket 1000] [--restore-rate 100]
 
@@ -29,6 +30,7 @@ from starlette.routing import Route
 DISCOUNT_ID = "gid://shopify/DiscountCodeNode/1"
 MUTATION_COST = 10  # Shopify: mutations cost 10
 STATUS_COST = 1  # one object, scalar fields
+IDS_COST = STATUS_COST + 2 + 2 * 100  # a page of 100 codes with their discountRedeemCode { id }
 _ROOT = re.compile(r"\b(discountRedeemCodeBulkAdd|discountRedeemCodeBulkCreation)\s*\(")
 _FIRST = re.compile(r"\bcodes\s*\(\s*first:\s*(\$first|\d+)")
 
@@ -140,7 +142,9 @@ def create_app(shop: FakeShop) -> Starlette:
         else:
             paged = _FIRST.search(query)
             size = 0 if paged is None else int(variables.get("first", 0) if paged.group(1) == "$first" else paged.group(1))
-            requested = float(STATUS_COST + (2 + 3 * size if paged else 0))
+            # a code node costs 1, its discountRedeemCode 1 and its errors 1 (when asked for)
+            per_code = 3 if re.search(r"\berrors\b", query) else 2
+            requested = float(STATUS_COST + (2 + per_code * size if paged else 0))
         if not shop.charge(requested):
             shop.stats["throttled"] += 1
             error = {

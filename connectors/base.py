@@ -86,6 +86,9 @@ class CodeSpec:
     code: str
     display: str
     expires_at: datetime | None = None
+    # the platform's id for a code already pushed (stored from its PushResult): per-code work
+    # goes by it, and looks the code up only when it is missing
+    platform_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,34 @@ class ShopConnector(Protocol):
         """Every code the platform holds under the discount, for reconciliation."""
 
 
+@dataclass(frozen=True)
+class CodeEnd:
+    """A code the platform already holds, and the end it must carry from now on (None: no end
+    of its own). `platform_id` is the platform's id of the code, when a push stored one."""
+
+    code: str
+    display: str
+    expires_at: datetime | None
+    platform_id: str | None = None
+
+
+# set_code_ends' error for a code the platform no longer holds (deleted on the platform): the
+# caller pushes it again, which creates it with its end
+
+
+@runtime_checkable
+class CodeEndControl(Protocol):
+    """A platform that holds an end per code (WooCommerce's `date_expires` per coupon, the
+    sandbox): a code's end that changes after it was pushed (a claim starting a relative expiry,
+    an extension) is sent to it. Platforms without it (Shopify, BigCommerce: one end per
+    discount) get expired codes taken off by a scheduled sweep instead (plugin.platforms.expiry)."""
+
+    async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
+        """Give each code its new end; one result per code, in order. `ok` only when the
+        platform confirmed it; a code it no longer holds fails with CODE_GONE. Raises when
+        the platform refused or did not answer as a whole (the caller's job is retried)."""
+
+
 # What a merchant's pause / resume / end makes of the platform discount itself.
 DiscountState = Literal["active", "paused", "deleted"]
 
@@ -256,6 +287,28 @@ class DiscountStatusControl(Protocol):
     async def set_discount_status(self, discount_id: str, state: DiscountState) -> None:
         """Put the discount in `state`; a discount already gone counts as deleted. Raises when the
         platform refused or did not answer (the caller's job is retried)."""
+
+
+# What a code's own platform object is told to be (platforms without a discount-level switch).
+CodeState = Literal["active", "paused"]
+
+
+@runtime_checkable
+class CodeStatusControl(Protocol):
+    """A platform with no campaign-level discount, where every code is its own object carrying the
+    campaign's rules and an on/off state (WooCommerce coupons). It is followed code by code, in
+    batches, by each code's stored platform id (`CodeSpec.platform_id`), looking a code up only
+    when its id is missing. Results come one per code, in order, under the code's stored form."""
+
+    async def update_codes(self, discount_id: str, codes: Sequence[CodeSpec], state: CodeState) -> list[PushResult]:
+        """Rewrite each code's rules from the discount (its own end included) and put it in
+        `state`, in place. A code the platform no longer holds fails with CODE_GONE."""
+
+    async def delete_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Remove the codes; `ok` when the platform removed them or says their id is gone."""
+
+    def list_code_states(self, discount_id: str) -> AsyncIterator[tuple[str, CodeState]]:
+        """Every code the platform holds under the discount, with its state (trashed ones are not held)."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +356,11 @@ class MessagingConnector(Protocol):
 # no proof that the code is gone (a search can be fuzzy, lag the writes, or skip some states),
 # so the code is left as it was; reconciliation's full listing is what confirms a removal
 REMOVAL_UNCONFIRMED = "not found by the platform's lookup: removal unconfirmed, the code is left as it was"
+
+
+# update_codes' error for a code whose stored id the platform no longer knows (deleted behind our
+# back): it is pushed again, not counted as updated
+CODE_GONE = "no longer on the platform (deleted there?): pushed again"
 
 
 def discount_marker() -> str:

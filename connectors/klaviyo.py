@@ -22,6 +22,13 @@ POST /api/coupon-code-bulk-create-jobs with at most 1,000 codes per job (Klaviyo
 100 jobs at once). A code without expires_at gets Klaviyo's default of one year. Klaviyo, not
 us, assigns these codes to profiles when it sends (`{% coupon_code 'Name' %}`).
 
+Exactly once: a coupon code's id is `<coupon id>-<unique code>`, one per coupon, so a code can
+be looked up (coupon_code_exists). submit_coupon_codes retries the POST only when it provably
+was not processed (429, no connection); an ambiguous failure (5xx, timeout, broken connection)
+is raised for the caller to look the codes up before sending them again. coupon_job_outcome
+reads a finished job with the ids of the codes it created (`include=coupon-codes`);
+count_unassigned counts the coupon's codes Klaviyo has not given out yet.
+
 Rate limits are per account and per endpoint, in fixed 1 s and 1 min windows (LIMITS); one
 RatePacer per endpoint keeps us inside them. A 429 carries only Retry-After (no RateLimit-*
 headers): the pacer holds every caller back that long and the request is retried.
@@ -37,14 +44,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from tenacity.wait import wait_base
 
 from connectors.base import CodeSpec, ConnectorConfig, Credentials, PushResult, Recipient, RecipientResult, retry_after_seconds
-from connectors.errors import AuthError, NotFound, Rejected
-from connectors.http import RatePacer, Sleep, Wait, identifiers, raise_for_status, retrying, send, split_encoded
+from connectors.errors import AuthError, NotFound, RateLimited, Rejected
+from connectors.http import (
+    RETRYABLE,
+    NotSent,
+    RatePacer,
+    Sleep,
+    Wait,
+    identifiers,
+    raise_for_status,
+    retrying,
+    send,
+    split_encoded,
+)
 
 JSON_API = "application/vnd.api+json"
 
@@ -89,7 +107,10 @@ class KlaviyoConnector:
         "coupon-read": (75, 750),  # GET /api/coupons/{id}
         "coupon-write": (3, 60),  # POST /api/coupons
         "coupon-code-jobs": (75, 750),  # POST and GET /api/coupon-code-bulk-create-jobs
+        "coupon-code-read": (350, 3500),  # GET /api/coupon-codes/{id}
+        "coupon-code-list": (75, 750),  # GET /api/coupons/{id}/coupon-codes
     }
+    CODES_PER_PAGE: ClassVar[int] = 100  # the most page[size] allows
 
     def __init__(
         self,
@@ -261,24 +282,69 @@ class KlaviyoConnector:
         results: list[PushResult] = []
         for start in range(0, len(codes), self.COUPON_CODES_PER_JOB):
             chunk = codes[start : start + self.COUPON_CODES_PER_JOB]
-            body = {
-                "data": {
-                    "type": "coupon-code-bulk-create-job",
-                    "attributes": {"coupon-codes": {"data": [_coupon_code(coupon_id, spec) for spec in chunk]}},
-                }
-            }
-            response = await self._request("coupon-code-jobs", "POST", "/api/coupon-code-bulk-create-jobs", content=_dump(body))
-            job_id = str(response.json()["data"]["id"])
+            job_id = await self.submit_coupon_codes(coupon_id, chunk)
             results.extend(PushResult(spec.code, ok=True, platform_id=job_id) for spec in chunk)
         return results
 
+    async def submit_coupon_codes(self, coupon_id: str, codes: Sequence[CodeSpec]) -> str:
+        """One bulk create job of at most COUPON_CODES_PER_JOB codes; its job id. Retried here only
+        when Klaviyo provably did not take it (429, no connection): after a 5xx or a timeout the
+        job may exist, and the caller looks its codes up before sending them again."""
+        if not 1 <= len(codes) <= self.COUPON_CODES_PER_JOB:
+            raise ValueError(f"a coupon code job holds 1 to {self.COUPON_CODES_PER_JOB} codes")
+        body = {
+            "data": {
+                "type": "coupon-code-bulk-create-job",
+                "attributes": {"coupon-codes": {"data": [_coupon_code(coupon_id, spec) for spec in codes]}},
+            }
+        }
+        response = await self._request(
+            "coupon-code-jobs", "POST", "/api/coupon-code-bulk-create-jobs", content=_dump(body), retry_on=_NOT_TAKEN
+        )
+        return str(response.json()["data"]["id"])
+
     async def coupon_job(self, job_id: str) -> KlaviyoJob:
-        response = await self._request("coupon-code-jobs", "GET", f"/api/coupon-code-bulk-create-jobs/{quote(job_id, safe='')}")
-        return _job(response.json()["data"])
+        return (await self.coupon_job_outcome(job_id))[0]
+
+    async def coupon_job_outcome(self, job_id: str) -> tuple[KlaviyoJob, frozenset[str]]:
+        """The job as last seen, and the ids (`<coupon>-<unique code>`) of the codes it created."""
+        path = f"/api/coupon-code-bulk-create-jobs/{quote(job_id, safe='')}?include=coupon-codes"
+        data = (await self._request("coupon-code-jobs", "GET", path)).json()["data"]
+        linked = ((data.get("relationships") or {}).get("coupon-codes") or {}).get("data") or []
+        return _job(data), frozenset(str(item["id"]) for item in linked)
+
+    async def coupon_code_exists(self, coupon_id: str, unique_code: str) -> bool:
+        """Whether the coupon holds this code (created by any job, ours or not)."""
+        try:
+            code_id = quote(coupon_code_id(coupon_id, unique_code), safe="")
+            await self._request("coupon-code-read", "GET", f"/api/coupon-codes/{code_id}")
+        except NotFound:
+            return False
+        return True
+
+    async def count_unassigned(self, coupon_id: str, *, upto: int) -> int:
+        """How many of the coupon's codes Klaviyo has not given to a profile yet, counted up to
+        `upto` (a page of 100 per request: a large pool costs no more than the threshold needs)."""
+        query = {"filter": "equals(status,'UNASSIGNED')", "fields[coupon-code]": "status", "page[size]": str(self.CODES_PER_PAGE)}
+        url: str | None = f"{self._base}/api/coupons/{quote(coupon_id, safe='')}/coupon-codes?{urlencode(query)}"
+        count = 0
+        while url and count < upto:
+            document = (await self._request("coupon-code-list", "GET", url)).json()
+            count += len(document.get("data") or [])
+            url = (document.get("links") or {}).get("next")
+        return min(count, upto)
 
     # --- HTTP ----------------------------------------------------------------------------------
 
-    async def _request(self, limit: str, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
+    async def _request(
+        self,
+        limit: str,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        retry_on: tuple[type[Exception], ...] = RETRYABLE,
+    ) -> httpx.Response:
         pacer = self._pacers[limit]
         url = path if path.startswith("http") else self._base + path
         headers = {"revision": self.REVISION, "accept": JSON_API}
@@ -292,7 +358,16 @@ class KlaviyoConnector:
                 pacer.hold(retry_after_seconds(response.headers) or 1.0)
             return raise_for_status(response, message=_message)
 
-        return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
+        return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep, retry_on=retry_on)
+
+
+# What a non-idempotent request may be sent again after: Klaviyo did not process it.
+_NOT_TAKEN: tuple[type[Exception], ...] = (RateLimited, NotSent)
+
+
+def coupon_code_id(coupon_id: str, unique_code: str) -> str:
+    """Klaviyo's id of a coupon code: the coupon's id and the code, joined by a hyphen."""
+    return f"{coupon_id}-{unique_code}"
 
 
 _ENCODER: list[ThreadPoolExecutor] = []

@@ -4,6 +4,7 @@ Its API is documented in `plugin/sandbox/README.md`. What is particular to it:
 
 - **Auth.** `X-Sandbox-Shop` names the shop and `X-Sandbox-Access-Token` carries its token.
 - **Base URL.** `ConnectorConfig.base_url`, by default `{public_url}/sandbox/api` of the app.
+- **Per-code ends.** A code's end changed after its push goes by `PATCH /discounts/{id}/codes`.
 - **Batches.** At most 250 codes per `POST /discounts/{id}/codes`; each code gets its own
   result inside a 200. A code the discount already holds comes back `ok` (`existing: true`),
   so a push repeated after a crash is harmless; a deactivated one is made active again.
@@ -28,6 +29,8 @@ import httpx
 
 from connectors import json_body
 from connectors.base import (
+    CODE_GONE,
+    CodeEnd,
     CodeSpec,
     CodeUse,
     ConnectorConfig,
@@ -167,6 +170,28 @@ class SandboxConnector:
             for code in chunk:
                 r = by_code.get(code.upper(), {})
                 results.append(PushResult(code=code, ok=bool(r.get("ok")), platform_id=_str(r.get("id")), error=r.get("error")))
+        return results
+
+    async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
+        """New ends for codes the discount holds (`PATCH /discounts/{id}/codes`), never a
+        reactivation; a code it does not hold answers CODE_GONE."""
+        results: list[PushResult] = []
+        for start in range(0, len(ends), self.BATCH_SIZE):
+            chunk = ends[start : start + self.BATCH_SIZE]
+            body = {
+                "codes": [
+                    {"code": e.display or e.code, "expires_at": e.expires_at.isoformat() if e.expires_at else None} for e in chunk
+                ]
+            }
+            data = await self._call("PATCH", f"/discounts/{discount_id}/codes", json=body)
+            by_code = {str(r.get("code", "")).upper(): r for r in data.get("results", [])}
+            for end in chunk:
+                r = by_code.get((end.display or end.code).upper())
+                if r is None:
+                    results.append(PushResult(code=end.code, ok=False, error="the sandbox did not answer for this code"))
+                    continue
+                error = CODE_GONE if r.get("error") == "not_found" else r.get("error")
+                results.append(PushResult(code=end.code, ok=bool(r.get("ok")), platform_id=_str(r.get("id")), error=error))
         return results
 
     async def list_codes(self, discount_id: str) -> AsyncIterator[str]:

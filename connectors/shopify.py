@@ -4,8 +4,11 @@ Everything goes through the Admin GraphQL API of the pinned `API_VERSION`:
 
     ensure_discount   discountCodeBasicCreate / discountCodeFreeShippingCreate (…Update with an id);
                       a create whose answer was lost is found by its marker (codeDiscountNodeByCode)
-    push_codes        discountRedeemCodeBulkAdd, then poll discountRedeemCodeBulkCreation until done
-    deactivate_codes  discountCodeRedeemCodeBulkDelete (by redeem-code id), then poll the job
+    push_codes        discountRedeemCodeBulkAdd, then poll discountRedeemCodeBulkCreation until done,
+                      then read its codes: each code's DiscountRedeemCode id (kept as the code's
+                      platform id, so removing it later needs no search) or its errors
+    deactivate_codes  discountCodeRedeemCodeBulkDelete by redeem-code id (the caller's stored id;
+                      a code given without one is searched for first), then poll the job
     list_codes        codeDiscountNode.codeDiscount.codes, cursor by cursor
     fetch_order       order(id), discount allocations summed per code, shipping address
     list_recent_orders  orders(query: "updated_at:>…") by update time; those with a discount code
@@ -161,6 +164,17 @@ query CouponryBulkCreationCodes($id: ID!, $first: Int!, $after: String) {
   }
 }"""
 
+# the redeem codes' ids when every code was imported (no errors to read): 2 points a code
+BULK_CREATION_IDS = """
+query CouponryBulkCreationIds($id: ID!, $first: Int!, $after: String) {
+  discountRedeemCodeBulkCreation(id: $id) {
+    codes(first: $first, after: $after) {
+      nodes { code discountRedeemCode { id } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}"""
+
 CODE_OWNER = """
 query CouponryCodeOwner($code: String!) {
   codeDiscountNodeByCode(code: $code) { id }
@@ -277,7 +291,8 @@ query CouponryShop {
 EXPECTED_COST: dict[str, int] = {
     BULK_ADD: 10,
     BULK_CREATION_STATUS: 1,
-    BULK_CREATION_CODES: 1 + 2 + 100 * 2,
+    BULK_CREATION_CODES: 1 + 2 + 100 * 3,
+    BULK_CREATION_IDS: 1 + 2 + 100 * 2,
     CODE_OWNER: 1,
     FIND_REDEEM_CODES: 2 + 2 + 10,
     JOB_STATUS: 1,
@@ -369,6 +384,9 @@ class ShopifyConnector:
     )
     # Subscribed in the Partner Dashboard / shopify.app.toml only; the Admin API refuses them.
     COMPLIANCE_TOPICS: ClassVar[tuple[str, ...]] = ("customers/data_request", "customers/redact", "shop/redact")
+    # deactivate_codes takes a code's DiscountRedeemCode gid (what push_codes answered as its
+    # platform_id) in place of the code: deleted by it, no search
+    DEACTIVATES_BY_ID: ClassVar[bool] = True
     BATCH_SIZE: ClassVar[int] = 100  # discountRedeemCodeBulkAdd "Maximum: 100 codes" in 2025-01 (250 from 2025-10)
     # Third-party figures, not in Shopify's docs: plan for these, surface EXCEEDED_MAX when hit.
     MAX_CODES_PER_STORE: ClassVar[int] = 20_000_000
@@ -409,6 +427,9 @@ class ShopifyConnector:
         self._poll_timeout = self.POLL_TIMEOUT if poll_timeout is None else poll_timeout
         self._learned_cost: dict[str, float] = {}
         self._auth = ShopifyAuth(credentials.access_token) if credentials else None
+        # COUPONRY_SHOPIFY_REDEEM_CODE_IDS=off: a push skips reading its codes' ids (203 points a
+        # batch of 100 on top of 11: bench/sync.py); removing a code then searches for it first
+        self.keep_ids = config.extra.get("redeem_code_ids", "on").strip().lower() not in ("off", "false", "0", "no")
 
     # --- install -----------------------------------------------------------------------------
 
@@ -788,9 +809,12 @@ class ShopifyConnector:
             creation = await self._poll(
                 lambda: self._bulk_creation_status(creation_id), lambda c: bool(c.get("done")), "bulk code creation"
             )
-        if int(creation.get("failedCount") or 0) == 0 and int(creation.get("importedCount") or 0) >= len(batch) - len(results):
+        clean = int(creation.get("failedCount") or 0) == 0
+        if clean and not self.keep_ids and int(creation.get("importedCount") or 0) >= len(batch) - len(results):
             return [results.get(i) or PushResult(code=c.code, ok=True) for i, c in enumerate(batch)]
-        outcome = await self._bulk_creation_codes(creation_id)
+        # Every code's outcome is read back, also when all were imported: its redeem-code id is
+        # what a later removal deletes by. All imported: the lighter document without errors.
+        outcome = await self._bulk_creation_codes(creation_id, BULK_CREATION_IDS if clean else BULK_CREATION_CODES)
         for i, (spec, text) in enumerate(zip(batch, sent, strict=True)):
             if i in results:
                 continue
@@ -803,7 +827,9 @@ class ShopifyConnector:
             if not errors:
                 results[i] = PushResult(code=spec.code, ok=True, platform_id=_str_or_none(redeem.get("id")))
             elif {e.get("code") for e in errors} & _DUPLICATE_ERRORS and await self._owned_by(text, discount_gid):
-                results[i] = PushResult(code=spec.code, ok=True)  # already ours: an earlier attempt added it
+                # already ours (an earlier attempt added it): its id by search, when the search finds it
+                found = await self._find_redeem_code(discount_gid, text)
+                results[i] = PushResult(code=spec.code, ok=True, platform_id=found)
             else:
                 results[i] = PushResult(code=spec.code, ok=False, error=_messages(errors))
         return [results[i] for i in range(len(batch))]
@@ -815,12 +841,12 @@ class ShopifyConnector:
             raise NotFound(f"bulk creation {creation_id} not found")
         return dict(creation)
 
-    async def _bulk_creation_codes(self, creation_id: str) -> dict[str, Json]:
+    async def _bulk_creation_codes(self, creation_id: str, document: str = BULK_CREATION_CODES) -> dict[str, Json]:
         found: dict[str, Json] = {}
         after: str | None = None
         while True:
             variables = {"id": creation_id, "first": self.BATCH_SIZE, "after": after}
-            data = await self._graphql(BULK_CREATION_CODES, variables)
+            data = await self._graphql(document, variables)
             connection = (data.get("discountRedeemCodeBulkCreation") or {}).get("codes") or {}
             for node in connection.get("nodes") or []:
                 found[str(node.get("code", "")).casefold()] = node

@@ -15,6 +15,14 @@ What is particular to WooCommerce (sources in shared/research/platforms.md, sect
   an HTTP 200, so each item is read on its own. A code that already exists
   (`woocommerce_rest_coupon_code_already_exists`) is looked up with `GET coupons?code=`. It counts
   as synced only if it carries our campaign tag.
+- **Following the campaign.** A coupon's `status` is writable (REST v2/v3 coupon schema: "draft,
+  published, or pending review"), and WooCommerce finds a coupon by code only when it is published
+  (`WC_Coupon_Data_Store_CPT::get_ids_by_code`: `post_status = 'publish'`), at checkout as in
+  `GET coupons?code=` and in the create's duplicate check. So a pause makes our coupons `draft`
+  and a resume `publish` again, with the rules rewritten in the same `update` items
+  (`update_codes`), by each coupon's stored id: a draft can't be looked up by its code, so the
+  lookup is only for a code whose id we lack. A code already pushed is pushed again by an update
+  of its id, never a create (a create would duplicate a draft). A trashed coupon is not held.
 - **Case.** Core lowercases every coupon code (`wc_strtolower`), so we send the display form in
   lower case. A store that removed that filter can set `Credentials.extra["code_case"] = "preserve"`.
   `deactivate_codes` expects the display form too, the same string that was pushed.
@@ -51,8 +59,11 @@ from tenacity.wait import wait_base
 
 from connectors import json_body
 from connectors.base import (
+    CODE_GONE,
     REMOVAL_UNCONFIRMED,
+    CodeEnd,
     CodeSpec,
+    CodeState,
     CodeUse,
     ConnectorConfig,
     Credentials,
@@ -67,7 +78,7 @@ from connectors.base import (
 from connectors.egress import THIRD_PARTY
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected, UpstreamError
 from connectors.headers import header
-from connectors.http import NotSent, raise_for_status, retrying, send, wait_retry_after
+from connectors.http import NotSent, Wait, raise_for_status, retrying, send, wait_retry_after
 from connectors.money import from_minor, to_minor
 
 # Order status -> neutral kind. Usage is counted on processing/completed; WooCommerce itself gives
@@ -86,6 +97,21 @@ ORDER_STATUS_KINDS: Final[Mapping[str, OrderEventKind]] = {
 
 CAMPAIGN_META_KEY: Final = "couponry_campaign_id"
 DUPLICATE_CODE: Final = "woocommerce_rest_coupon_code_already_exists"
+INVALID_ID: Final = "woocommerce_rest_shop_coupon_invalid_id"  # update or delete of an id WooCommerce doesn't hold
+POST_STATUS: Final[Mapping[CodeState, str]] = {"active": "publish", "paused": "draft"}
+# What a rule edit can take away, sent under the template's fields in every update in place, so a
+# removed limit or minimum is cleared rather than left as it was (0 = none for WooCommerce).
+_CLEARED: Final[Mapping[str, Any]] = {
+    "usage_limit": 0,
+    "usage_limit_per_user": 0,
+    "minimum_amount": "0",
+    "product_ids": [],
+    "product_categories": [],
+    "free_shipping": False,
+    "date_expires_gmt": None,
+}
+_NOT_OURS: Final = "coupon is not part of this campaign; left alone"
+_NOT_FOUND: Final = "no stored coupon id and not found by its code (a draft can't be): left as it was"
 _DISCOUNT_PREFIX: Final = "woo1."
 _PING = re.compile(rb"webhook_id=\d+")
 # the store's host is whatever the merchant typed: a client built by connectors.egress sends
@@ -140,6 +166,7 @@ class WooCommerceConnector:
     LOOKUP_CONCURRENCY: ClassVar[int] = 5
     TIMEOUT: ClassVar[float] = 30.0
     STORE_INDEX_LIMIT: ClassVar[int] = 1_000_000  # bytes of /wp-json/ read when checking a store
+    RETRY_WAIT: ClassVar[wait_base | Wait | None] = None  # None: honour Retry-After, else back off
 
     def __init__(
         self,
@@ -153,7 +180,7 @@ class WooCommerceConnector:
         self._client = client
         self._config = config
         self._credentials = credentials
-        self._wait = wait if wait is not None else wait_retry_after()
+        self._wait = wait if wait is not None else (type(self).RETRY_WAIT or wait_retry_after())
         self._max_attempts = max_attempts
 
     # --- install --------------------------------------------------------------------------
@@ -271,47 +298,108 @@ class WooCommerceConnector:
         return _DISCOUNT_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     async def push_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Create the coupons; one pushed before (its id stored) is updated by its id instead,
+        published with the template's rules, and created only when WooCommerce says the id is gone."""
         template = _Template.decode(discount_id)
-        results: list[PushResult] = []
-        for start in range(0, len(codes), self.BATCH_SIZE):
-            results.extend(await self._push_batch(template, codes[start : start + self.BATCH_SIZE]))
-        return results
-
-    async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
-        """Delete our coupons (batch delete is forced: they leave the trash too).
-
-        `codes` are the strings that were pushed (display forms). A code the lookup does not find
-        is reported unconfirmed (never done); one that is not tagged with this campaign is left
-        alone and reported failed.
-        """
-        template = _Template.decode(discount_id)
-        found = await self._lookup_many([self._woo_code(code) for code in codes])
         results: dict[int, PushResult] = {}
-        to_delete: list[tuple[int, int]] = []  # (index in codes, coupon id)
-        for index, (code, coupon) in enumerate(zip(codes, found, strict=True)):
-            if coupon is None:  # not found is not gone (e.g. a trashed coupon): the listing decides
-                results[index] = PushResult(code=code, ok=False, error=REMOVAL_UNCONFIRMED)
-            elif _campaign_of(coupon) != str(template.campaign_id):
-                results[index] = PushResult(
-                    code=code, ok=False, platform_id=str(coupon["id"]), error="coupon is not part of this campaign; left alone"
-                )
-            else:
-                to_delete.append((index, int(coupon["id"])))
-        for start in range(0, len(to_delete), self.BATCH_SIZE):
-            chunk = to_delete[start : start + self.BATCH_SIZE]
-            answers = await self._batch("delete", [coupon_id for _, coupon_id in chunk])
-            for position, (index, coupon_id) in enumerate(chunk):
-                item = answers[position] if position < len(answers) else None
-                error = _item_error(item)
-                results[index] = PushResult(code=codes[index], ok=error is None, platform_id=str(coupon_id), error=error)
+        known = [index for index, spec in enumerate(codes) if spec.platform_id]
+        for start in range(0, len(known), self.BATCH_SIZE):
+            chunk = known[start : start + self.BATCH_SIZE]
+            ids = {index: int(codes[index].platform_id or 0) for index in chunk}
+            results |= await self._update_batch(template, codes, ids, "publish")
+        fresh = [index for index in range(len(codes)) if index not in results or results[index].error == CODE_GONE]
+        for start in range(0, len(fresh), self.BATCH_SIZE):
+            chunk = fresh[start : start + self.BATCH_SIZE]
+            created = await self._push_batch(template, [codes[index] for index in chunk])
+            results |= dict(zip(chunk, created, strict=True))
         return [results[index] for index in range(len(codes))]
 
+    async def update_codes(self, discount_id: str, codes: Sequence[CodeSpec], state: CodeState) -> list[PushResult]:
+        """Rewrite each coupon's rules from the template (its own end included) and set its status
+        (`publish`, or `draft`: then no checkout accepts it), by its stored id, 100 per batch."""
+        template = _Template.decode(discount_id)
+        results: dict[int, PushResult] = {}
+        for start in range(0, len(codes), self.BATCH_SIZE):
+            chunk = codes[start : start + self.BATCH_SIZE]
+            ids, failed = await self._resolve(template, chunk, offset=start, not_found=_NOT_FOUND)
+            results |= failed | await self._update_batch(template, codes, ids, POST_STATUS[state])
+        return [results[index] for index in range(len(codes))]
+
+    async def delete_codes(self, discount_id: str, codes: Sequence[CodeSpec]) -> list[PushResult]:
+        """Delete the coupons by their stored ids (batch delete is forced: they leave the trash
+        too). A code without an id is looked up; not found is not gone (REMOVAL_UNCONFIRMED), a
+        coupon not tagged with this campaign is left alone. An id WooCommerce no longer knows is gone."""
+        template = _Template.decode(discount_id)
+        results: dict[int, PushResult] = {}
+        for start in range(0, len(codes), self.BATCH_SIZE):
+            chunk = codes[start : start + self.BATCH_SIZE]
+            ids, failed = await self._resolve(template, chunk, offset=start, not_found=REMOVAL_UNCONFIRMED)
+            results |= failed
+            if not ids:
+                continue
+            answers = await self._batch("delete", list(ids.values()))
+            for position, (index, coupon_id) in enumerate(ids.items()):
+                item = answers[position] if position < len(answers) else None
+                error = None if _error_code(item) == INVALID_ID else _item_error(item)
+                results[index] = PushResult(code=codes[index].code, ok=error is None, platform_id=str(coupon_id), error=error)
+        return [results[index] for index in range(len(codes))]
+
+    async def deactivate_codes(self, discount_id: str, codes: Sequence[str]) -> list[PushResult]:
+        """Delete our coupons, found by code (the strings that were pushed: display forms); see
+        `delete_codes`, which goes by the stored ids."""
+        return await self.delete_codes(discount_id, [CodeSpec(code=code, display=code) for code in codes])
+
     async def list_codes(self, discount_id: str) -> AsyncIterator[str]:
-        """Every coupon tagged with this campaign, as WooCommerce stores it (lower case)."""
+        """Every live (published) coupon tagged with this campaign, as WooCommerce stores it (lower
+        case): a draft, pending or trashed one takes no order."""
+        async for code, state in self.list_code_states(discount_id):
+            if state == "active":
+                yield code
+
+    async def list_code_states(self, discount_id: str) -> AsyncIterator[tuple[str, CodeState]]:
+        """Every coupon tagged with this campaign with its state: published is active, any other
+        status but trash (draft, pending, private, future) paused; trashed ones are not held."""
         campaign = str(_Template.decode(discount_id).campaign_id)
         async for coupon in self._paginate("coupons", {}):
-            if _campaign_of(coupon) == campaign:
-                yield str(coupon["code"])
+            status = str(coupon.get("status") or "publish")  # stores older than the field publish only
+            if _campaign_of(coupon) == campaign and status != "trash":
+                yield str(coupon["code"]), "active" if status == "publish" else "paused"
+
+    # --- codes out: per-code ends (plugin.platforms.expiry) -------------------------------------------
+
+    async def set_code_ends(self, discount_id: str, ends: Sequence[CodeEnd]) -> list[PushResult]:
+        """Give coupons we hold a new `date_expires_gmt`: one `coupons/batch` update per
+        BATCH_SIZE, by the coupon id the push stored (a code without one is looked up by code
+        first). The end sent is the earlier of the code's and the campaign's, as at push. A
+        coupon WooCommerce no longer has answers CODE_GONE."""
+        template = _Template.decode(discount_id)
+        ids = await self._coupon_ids_for_ends(template, ends)
+        results: list[PushResult | None] = [None] * len(ends)
+        changes: list[tuple[int, dict[str, Any]]] = []  # (index in ends, update item)
+        for index, (end, coupon_id) in enumerate(zip(ends, ids, strict=True)):
+            if coupon_id is None:
+                results[index] = PushResult(code=end.code, ok=False, error=CODE_GONE)
+            else:
+                changes.append((index, {"id": coupon_id, "date_expires_gmt": _coupon_end(template, end.expires_at)}))
+        for start in range(0, len(changes), self.BATCH_SIZE):
+            chunk = changes[start : start + self.BATCH_SIZE]
+            answers = await self._batch("update", [change for _, change in chunk])
+            for position, (index, change) in enumerate(chunk):
+                results[index] = _end_result(
+                    ends[index].code, change["id"], answers[position] if position < len(answers) else None
+                )
+        return [result for result in results if result is not None]
+
+    async def _coupon_ids_for_ends(self, template: _Template, ends: Sequence[CodeEnd]) -> list[int | None]:
+        """The coupon id of each code: the stored one, else the one a lookup finds tagged with
+        this campaign (None: WooCommerce has no such coupon of ours)."""
+        ids: list[int | None] = [int(e.platform_id) if e.platform_id and e.platform_id.isdigit() else None for e in ends]
+        unknown = [index for index, coupon_id in enumerate(ids) if coupon_id is None]
+        found = await self._lookup_many([self._woo_code(ends[index].display or ends[index].code) for index in unknown])
+        for index, coupon in zip(unknown, found, strict=True):
+            if coupon is not None and _campaign_of(coupon) == str(template.campaign_id):
+                ids[index] = int(coupon["id"])
+        return ids
 
     # --- orders in ------------------------------------------------------------------------
 
@@ -409,16 +497,62 @@ class WooCommerceConnector:
         preserve = self._credentials is not None and self._credentials.extra.get("code_case") == "preserve"
         return code if preserve else code.lower()
 
-    def _coupon_body(self, template: _Template, spec: CodeSpec) -> dict[str, Any]:
+    def _rules(self, template: _Template, spec: CodeSpec) -> dict[str, Any]:
+        """The template's coupon fields, with this code's own end when it comes first."""
         coupon = dict(template.coupon)
-        coupon["code"] = self._woo_code(spec.display or spec.code)
         expiries = [template.ends_at] if template.ends_at else []
         if spec.expires_at is not None:
             expiries.append(_woo_datetime(spec.expires_at))
         if expiries:
             coupon["date_expires_gmt"] = min(expiries)  # same format, so the strings sort as times
+        return coupon
+
+    def _coupon_body(self, template: _Template, spec: CodeSpec) -> dict[str, Any]:
+        coupon = self._rules(template, spec)
+        coupon["code"] = self._woo_code(spec.display or spec.code)
         coupon["meta_data"] = [{"key": CAMPAIGN_META_KEY, "value": str(template.campaign_id)}]
         return coupon
+
+    async def _resolve(
+        self, template: _Template, specs: Sequence[CodeSpec], *, offset: int, not_found: str
+    ) -> tuple[dict[int, int], dict[int, PushResult]]:
+        """Each code's coupon id (keyed by its index + offset): the stored one, else looked up by
+        code, which finds published coupons only. The codes that can't be resolved, as failures."""
+        ids: dict[int, int] = {}
+        failed: dict[int, PushResult] = {}
+        missing = [index for index, spec in enumerate(specs) if not spec.platform_id]
+        for index, spec in enumerate(specs):
+            if spec.platform_id:
+                ids[offset + index] = int(spec.platform_id)
+        found = await self._lookup_many([self._woo_code(specs[index].display or specs[index].code) for index in missing])
+        for index, coupon in zip(missing, found, strict=True):
+            code = specs[index].code
+            if coupon is None:  # not found is not gone (a draft or a trashed coupon can't be found by code)
+                failed[offset + index] = PushResult(code=code, ok=False, error=not_found)
+            elif _campaign_of(coupon) != str(template.campaign_id):
+                failed[offset + index] = PushResult(code=code, ok=False, platform_id=str(coupon["id"]), error=_NOT_OURS)
+            else:
+                ids[offset + index] = int(coupon["id"])
+        return dict(sorted(ids.items())), failed
+
+    async def _update_batch(
+        self, template: _Template, specs: Sequence[CodeSpec], ids: Mapping[int, int], status: str
+    ) -> dict[int, PushResult]:
+        """One `update` batch (at most BATCH_SIZE ids, keyed by the index of their spec): the
+        template's rules, clearing what it no longer sets, and the status; per-item answers."""
+        if not ids:
+            return {}
+        items = [
+            {"id": coupon_id, **_CLEARED, **self._rules(template, specs[index]), "status": status}
+            for index, coupon_id in ids.items()
+        ]
+        answers = await self._batch("update", items)
+        results: dict[int, PushResult] = {}
+        for position, (index, coupon_id) in enumerate(ids.items()):
+            item = answers[position] if position < len(answers) else None
+            error = CODE_GONE if _error_code(item) == INVALID_ID else _item_error(item)
+            results[index] = PushResult(code=specs[index].code, ok=error is None, platform_id=str(coupon_id), error=error)
+        return results
 
     async def _push_batch(self, template: _Template, specs: Sequence[CodeSpec]) -> list[PushResult]:
         bodies = [self._coupon_body(template, spec) for spec in specs]
@@ -465,6 +599,8 @@ class WooCommerceConnector:
         return [result for result in results if result is not None]
 
     async def _batch(self, operation: Literal["create", "update", "delete"], items: list[Any]) -> list[Any]:
+        if operation != "delete":
+            items = [_wire_dates(item) for item in items]
         response = await self._request("POST", "coupons/batch", json={operation: items})
         answers = _json_object(response).get(operation)
         if not isinstance(answers, list):
@@ -643,6 +779,11 @@ def _item_error(item: Any) -> str | None:
     return str(error)
 
 
+def _error_code(item: Any) -> str | None:
+    error = item.get("error") if isinstance(item, dict) else None
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+
+
 def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
@@ -669,6 +810,36 @@ def _int_ids(ids: Sequence[str], what: str) -> list[int]:
         return [int(value) for value in ids]
     except ValueError as exc:
         raise Rejected(f"WooCommerce {what} ids are integers") from exc
+
+
+def _coupon_end(template: _Template, expires_at: datetime | None) -> str | None:
+    """A coupon's `date_expires_gmt`: the earlier of the code's end and the campaign's."""
+    ends = [template.ends_at] if template.ends_at else []
+    if expires_at is not None:
+        ends.append(_woo_datetime(expires_at))
+    return min(ends) if ends else None  # same format, so the strings sort as times
+
+
+def _wire_dates(item: dict[str, Any]) -> dict[str, Any]:
+    """Our coupon fields as sent. The end is kept as `date_expires_gmt` (what WooCommerce answers,
+    so compared as read) but written as `date_expires` with an explicit `Z`: the REST controller
+    sets only fields with a `set_*` method on WC_Coupon, which has `set_date_expires` and no
+    `_gmt` setter, and WC_Data::set_date_prop reads an ISO 8601 offset when one is given. An
+    empty string clears the end (a null is skipped by the controller)."""
+    if "date_expires_gmt" not in item:
+        return item
+    wired = {k: v for k, v in item.items() if k != "date_expires_gmt"}
+    end = item["date_expires_gmt"]
+    wired["date_expires"] = f"{end}Z" if end else ""
+    return wired
+
+
+def _end_result(code: str, coupon_id: int, item: Any) -> PushResult:
+    """One `coupons/batch` update answer as the outcome of a code's new end."""
+    if isinstance(item, dict) and isinstance(item.get("error"), dict) and item["error"].get("code") == INVALID_ID:
+        return PushResult(code=code, ok=False, platform_id=str(coupon_id), error=CODE_GONE)
+    error = _item_error(item)
+    return PushResult(code=code, ok=error is None, platform_id=str(coupon_id), error=error)
 
 
 def _woo_datetime(moment: datetime) -> str:

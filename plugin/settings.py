@@ -123,6 +123,11 @@ class Settings:
     failed_code_limit_unnamed: str = "120/minute"  # per server key, for calls that name no shopper
     guessing_alert: str = "500/hour"  # failures across one shop that raise the merchant's alert
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For we believe
+    # --- the worker: jobs run at once per worker process, jobs of one shop running at once
+    # across all workers, codes one sync push job sends before it queues the rest behind others
+    worker_concurrency: int = 4
+    worker_shop_concurrency: int = 2
+    sync_chunk: int = 10_000
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -134,6 +139,13 @@ class Settings:
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
         _check_guess_settings(self)
+        for name, value in (
+            ("WORKER_CONCURRENCY", self.worker_concurrency),
+            ("WORKER_SHOP_CONCURRENCY", self.worker_shop_concurrency),
+            ("SYNC_CHUNK", self.sync_chunk),
+        ):
+            if value < 1:
+                raise ConfigError(f"COUPONRY_{name} must be at least 1 (it is {value})")
 
     @property
     def is_sqlite(self) -> bool:
@@ -202,6 +214,9 @@ class Settings:
             failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
             guessing_alert=get("GUESSING_ALERT") or "500/hour",
             trusted_proxies=tuple(p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()),
+            worker_concurrency=int(_number(env, "COUPONRY_WORKER_CONCURRENCY", str(cls.worker_concurrency), int)),
+            worker_shop_concurrency=int(_number(env, "COUPONRY_WORKER_SHOP_CONCURRENCY", str(cls.worker_shop_concurrency), int)),
+            sync_chunk=int(_number(env, "COUPONRY_SYNC_CHUNK", str(cls.sync_chunk), int)),
         )
 
 

@@ -47,6 +47,7 @@ from plugin.store.db import Reader, session_reader
 from plugin.store.models import AuditEvent, Campaign, Code, CustomerUsage, Redemption, Reservation
 
 CancelPolicy = Literal["restore", "reissue", "keep"]
+POOL_CHANNEL = "klaviyo"  # the channel of a code in a provider's pool; Klaviyo's are the only ones today
 
 
 class UnknownCode(PluginError):
@@ -89,6 +90,7 @@ class CodeRow:
     assigned_at: datetime | None
     expires_at: datetime | None
     created_at: datetime
+    pool_id: int | None = None  # a provider's pool (plugin.distribution.klaviyopools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ SELECT c.id, c.shop_id, c.campaign_id, c.batch_id, c.code, c.status, c.uses, c.c
        CAST(b.rules_override AS TEXT), CAST(s.preferences AS TEXT),
        (SELECT count(*) FROM reservation r
          WHERE r.code_id = c.id AND r.released_at IS NULL AND r.expires_at > ?{other_checkout}),
-       {customer_uses}
+       {customer_uses}, c.pool_id
 FROM code c
 JOIN campaign k ON k.id = c.campaign_id
 JOIN shop s ON s.id = c.shop_id
@@ -181,7 +183,7 @@ def lookup_code(
     at = Reader.as_instant
     code = CodeRow(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-        at(row[11]), at(row[12]), at(row[13]) or now,
+        at(row[11]), at(row[12]), at(row[13]) or now, row[23],
     )  # fmt: skip
     rules = caches.effective_rules(row[17], row[19])
     campaign = CampaignRow(row[2], row[14], row[15], row[16], caches.code_format(row[18]))
@@ -343,7 +345,9 @@ def record_redemption(
         recipient=row.recipient,
         customer_id=customer.id if customer else customer_id,
         email=(customer.email if customer else None) or normalise_email(email),
-        channel=channel,
+        # Klaviyo handed out a code of its pool: the redemption is its channel's (the order's
+        # own channel was still what the rules checked)
+        channel=POOL_CHANNEL if row.pool_id is not None else channel,
         currency=currency.upper(),
         subtotal=subtotal,
         amount=amount or 0,

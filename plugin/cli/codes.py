@@ -17,6 +17,7 @@ from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.codes import percode
 from plugin.errors import PluginError
 from plugin.formats import codes
+from plugin.platforms import sync
 from plugin.shops import shops
 from plugin.store.models import utcnow
 from plugin.store.units import transaction
@@ -94,6 +95,31 @@ def campaigns_list(ctx: Context) -> None:
         rows = campaign_summaries(session, shop_id=ctx.shop_id)
     for campaign_id, name, status, count in rows:
         click.echo(f"{campaign_id}\t{name}\t{status}\t{count} codes")
+
+
+@campaigns.command("show")
+@click.argument("campaign_id", type=int)
+@pass_context
+def campaigns_show(ctx: Context, campaign_id: int) -> None:
+    """A campaign as JSON, with where it stands on the shop's platform (`platform`: its discount
+    id, its codes per sync status, the last follow-up of a pause/resume/end/rule edit, and the
+    error of a sync job still failing)."""
+    with clear_errors(), transaction(ctx.engine) as session:
+        campaign = get_campaign(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
+        shown = {
+            "id": campaign.id,
+            "name": campaign.name,
+            "status": campaign.status,
+            "codes": code_count(session, campaign_id=campaign_id),
+            "platform": sync.platform_status(session, campaign),
+        }
+    click.echo(json.dumps(shown, default=_iso, sort_keys=True))
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 # --- codes ----------------------------------------------------------------------------------

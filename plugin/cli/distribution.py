@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from connectors.base import ShippingAddress
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.distribution import claimlinks, partners, poolhealth, pushes, referrals
+from plugin.distribution import claimlinks, klaviyopools, partners, poolhealth, pushes, referrals
 from plugin.distribution import claims as distribution
 from plugin.orders import addresses
 from plugin.rules import recipients
@@ -279,3 +279,112 @@ def referrals_list(ctx: Context, /, campaign_id: int) -> None:
     with Session(ctx.engine) as session:
         for r, code in referrals.list_referrals(session, shop_id=ctx.shop_id, campaign_id=campaign_id):
             click.echo(f"{r.created_at.isoformat()}\t{r.referrer}\t{r.friend}\torder {r.order_id}\treward {code or '-'}")
+
+
+# --- Klaviyo's own coupon pools -----------------------------------------------------------------
+
+
+@main.group("klaviyo-pool")
+def klaviyo_pool_group() -> None:
+    """Codes handed to a Klaviyo coupon: Klaviyo assigns them at send time (never bound to anyone)."""
+
+
+def _print_counts(ctx: Context, pool_id: int) -> None:
+    with Session(ctx.engine) as session:
+        pool = klaviyopools.get_pool(session, shop_id=ctx.shop_id, pool_id=pool_id)
+        counts = klaviyopools.upload_counts(session, shop_id=ctx.shop_id, pool_id=pool_id)
+    click.echo(
+        f"pool {pool.id}\tcampaign {pool.campaign_id}\tcoupon {pool.coupon_id}\t"
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    if pool.checked_at is not None:
+        click.echo(f"# Klaviyo had {pool.unassigned} unassigned code(s) at {pool.checked_at.isoformat()}")
+
+
+@klaviyo_pool_group.command("create")
+@click.option("--campaign", "campaign_id", type=int, required=True)
+@click.option("--coupon", "coupon_id", required=True, help="The Klaviyo coupon id (created if missing).")
+@click.option("--description", default="", help="The coupon's description at Klaviyo.")
+@click.option("--count", type=click.IntRange(0, klaviyopools.MAX_ADD), default=0, help="Free codes to hand over now.")
+@click.option("--batch", "batch_id", type=int, default=None, help="Only this batch's codes.")
+@pass_context
+def klaviyo_pool_create(
+    ctx: Context, /, campaign_id: int, coupon_id: str, description: str, count: int, batch_id: int | None
+) -> None:
+    """Hand COUNT free codes of the campaign to a Klaviyo coupon (the worker uploads them)."""
+    with clear_errors(), transaction(ctx.engine) as session:
+        pool = klaviyopools.create_pool(
+            session, shop_id=ctx.shop_id, campaign_id=campaign_id, coupon_id=coupon_id, description=description
+        )
+        assert pool.id is not None
+        pool_id = pool.id
+        added = (
+            klaviyopools.add_codes(session, shop_id=ctx.shop_id, pool_id=pool_id, count=count, batch_id=batch_id) if count else 0
+        )
+    click.echo(f"{added} code(s) queued for Klaviyo coupon {coupon_id}; templates use {{% coupon_code '{coupon_id}' %}}")
+    _print_counts(ctx, pool_id)
+
+
+@klaviyo_pool_group.command("add")
+@click.argument("pool_id", type=int)
+@click.option("--count", type=click.IntRange(1, klaviyopools.MAX_ADD), required=True)
+@click.option("--batch", "batch_id", type=int, default=None, help="Only this batch's codes.")
+@pass_context
+def klaviyo_pool_add(ctx: Context, /, pool_id: int, count: int, batch_id: int | None) -> None:
+    """Hand COUNT more free codes of the pool's campaign to it."""
+    with clear_errors(), transaction(ctx.engine) as session:
+        added = klaviyopools.add_codes(session, shop_id=ctx.shop_id, pool_id=pool_id, count=count, batch_id=batch_id)
+    click.echo(f"{added} code(s) queued")
+
+
+@klaviyo_pool_group.command("status")
+@click.argument("pool_id", type=int, required=False)
+@pass_context
+def klaviyo_pool_status(ctx: Context, /, pool_id: int | None) -> None:
+    """Codes per upload status (queued, sending, submitted, uploaded, failed), of one pool or all."""
+    with clear_errors():
+        if pool_id is not None:
+            _print_counts(ctx, pool_id)
+            return
+        with Session(ctx.engine) as session:
+            ids = [p.id for p in klaviyopools.list_pools(session, shop_id=ctx.shop_id) if p.id is not None]
+        for found in ids:
+            _print_counts(ctx, found)
+
+
+@klaviyo_pool_group.command("codes")
+@click.argument("pool_id", type=int)
+@click.option("--status", type=click.Choice(klaviyopools.STATUSES), default=None)
+@pass_context
+def klaviyo_pool_codes(ctx: Context, /, pool_id: int, status: str | None) -> None:
+    """Each code's upload status, with Klaviyo's job and error."""
+    with clear_errors(), Session(ctx.engine) as session:
+        rows = klaviyopools.list_uploads(session, shop_id=ctx.shop_id, pool_id=pool_id, status=status, limit=100_000)
+    for r in rows:
+        click.echo(f"{r.code}\t{r.status}\t{r.job_id or ''}\t{r.error or ''}")
+
+
+@klaviyo_pool_group.command("retry")
+@click.argument("pool_id", type=int)
+@pass_context
+def klaviyo_pool_retry(ctx: Context, /, pool_id: int) -> None:
+    """Upload the pool's failed codes again."""
+    with clear_errors(), transaction(ctx.engine) as session:
+        requeued = klaviyopools.retry_failed(session, shop_id=ctx.shop_id, pool_id=pool_id)
+    click.echo(f"{requeued} code(s) queued again")
+
+
+@klaviyo_pool_group.command("policy")
+@click.argument("pool_id", type=int)
+@click.option("--alert-below", type=int, default=poolhealth.DEFAULT_ALERT_BELOW, show_default=True)
+@click.option("--topup-below", type=int, default=None, help="Hand over more codes when Klaviyo has fewer unassigned.")
+@click.option("--topup-count", type=int, default=0, help="How many codes each top-up hands over.")
+@pass_context
+def klaviyo_pool_policy(ctx: Context, /, pool_id: int, alert_below: int, topup_below: int | None, topup_count: int) -> None:
+    """Alert (and top up) when Klaviyo's unassigned codes of the pool run low."""
+    with clear_errors(), transaction(ctx.engine) as session:
+        klaviyopools.set_policy(
+            session, shop_id=ctx.shop_id, pool_id=pool_id, alert_below=alert_below, topup_below=topup_below,
+            topup_count=topup_count,
+        )  # fmt: skip
+    click.echo("policy saved")

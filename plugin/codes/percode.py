@@ -3,11 +3,13 @@ extend its expiry, give it to someone else.
 
 Each change is one transaction: the code, its AuditEvent (with the actor) and, when the platform
 must follow, the sync job (the outbox, `plugin.platforms.sync`). Voiding queues the sync's deactivation (the
-same job that takes voided and expired codes off the platform); an extended expiry marks a code
-the platform holds `pending` again and queues a push, which carries the code's new end to
-platforms that hold a per-code end (the sandbox, WooCommerce) and re-activates a code that was
-taken off when it expired. Each change is idempotent: asking for the state the code is already
+same job that takes voided and expired codes off the platform); an extended expiry is sent by the
+`sync.ends` job to platforms that hold a per-code end (the sandbox, WooCommerce; plugin.platforms.expiry),
+and a code that was taken off when it expired is marked `pending` and pushed again with its new
+end. Each change is idempotent: asking for the state the code is already
 in changes and records nothing. The platform outcome per code is its sync status and error.
+A reassigned code that its campaign pushed to a messaging provider is pushed to the new holder
+once, and the old holder's merge fields are blanked (plugin.distribution.pushes.reassigned).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from plugin.campaigns import platform
+from plugin.campaigns import codeends, platform
 from plugin.campaigns.lookup import campaign_format
 from plugin.checkout.checkout import resolve_code
+from plugin.distribution import pushes
 from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.formats import codes
+from plugin.platforms import sync
 from plugin.rules.recipients import normalise_recipient, recipient_parts
 from plugin.store.jobstore import aware
 from plugin.store.models import AuditEvent, Campaign, Code, RecipientDelivery, Redemption, Reservation, Shop
@@ -122,17 +126,17 @@ def _one_edit(text: str, alphabet: str) -> list[str]:
 # --- changes ------------------------------------------------------------------------------------
 
 
-def _audit(session: Session, found: Found, action: str, actor: str, now: datetime, **details: Any) -> None:
-    session.add(
-        AuditEvent(
-            shop_id=found.code.shop_id,
-            action=action,
-            subject=f"code:{found.code.id}",
-            actor=actor,
-            details={"code": found.code.code, **details},
-            created_at=now,
-        )
+def _audit(session: Session, found: Found, action: str, actor: str, now: datetime, **details: Any) -> AuditEvent:
+    event = AuditEvent(
+        shop_id=found.code.shop_id,
+        action=action,
+        subject=f"code:{found.code.id}",
+        actor=actor,
+        details={"code": found.code.code, **details},
+        created_at=now,
     )
+    session.add(event)
+    return event
 
 
 def _platform_holds(session: Session, found: Found) -> bool:
@@ -175,9 +179,16 @@ def extend(session: Session, *, shop_id: int, typed: str, expires_at: datetime, 
     if before == expires_at:
         return found
     code.expires_at = expires_at
-    if code.sync_status != "pending" and _platform_holds(session, found):
-        code.sync_status, code.sync_error = "pending", None
-        platform.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
+    if _platform_holds(session, found):
+        if code.sync_status in ("deactivated", "failed"):
+            # taken off when it expired (or never confirmed): pushed again, with its new end
+            code.sync_status, code.sync_error = "pending", None
+            sync.enqueue_push(session, shop_id=shop_id, campaign_id=code.campaign_id)
+        else:
+            # held (or being pushed): a platform with an end per code gets the new one; the
+            # others hold none, and the expiry sweep no longer finds it lapsed
+            assert code.id is not None
+            codeends.note_end_change(session, shop_id=shop_id, campaign_id=code.campaign_id, code_id=code.id, now=now)
     session.add(code)
     _audit(
         session,
@@ -203,6 +214,9 @@ def reassign(session: Session, *, shop_id: int, typed: str, recipient: str, acto
         return found
     if code.status == "voided":
         raise CodeVoided("this code is voided: give the recipient a live code instead")
+    if code.pool_id is not None:
+        raise Conflict("Klaviyo hands this code out from its coupon pool: give the recipient another code",
+                       reason="code_in_klaviyo_pool")  # fmt: skip
     if code.uses > 0:
         raise CodeUsed("this code has been used: it can't be handed to someone else")
     if code.expires_at is not None and aware(code.expires_at) <= now:
@@ -227,8 +241,12 @@ def reassign(session: Session, *, shop_id: int, typed: str, recipient: str, acto
         parts = recipient_parts(key)
         code.email, code.customer_id = parts["email"], parts["customer_id"]
     session.add(code)
-    _audit(session, found, "code.reassigned", actor, now, recipient=key, previous=previous)
+    audit = _audit(session, found, "code.reassigned", actor, now, recipient=key, previous=previous)
     session.flush()
+    assert audit.id is not None
+    # each provider the campaign pushes to sends the code to the new recipient once; the old
+    # recipient's merge fields are blanked where they were set (plugin.distribution.pushes)
+    pushes.reassigned(session, code=code, previous=previous, audit_id=audit.id, now=now)
     return found
 
 
@@ -304,7 +322,7 @@ def story(session: Session, found: Found) -> list[Event]:
             audit = rollbacks.get(f"redemption:{red.id}")
             extra = {"actor": audit.actor, **audit.details} if audit else {}
             events.append(Event(aware(red.rolled_back_at), "rolled_back", {**about, **extra}))
-    names = {"code.voided": "voided", "code.extended": "extended", "code.reassigned": "assigned"}
+    names = {"code.voided": "voided", "code.extended": "extended", "code.reassigned": "assigned", "code.retracted": "retracted"}
     for a in audits:
         details = {k: v for k, v in a.details.items() if k != "code"}
         events.append(Event(aware(a.created_at), names.get(a.action, a.action), {"actor": a.actor, **details}))

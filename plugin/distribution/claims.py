@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlmodel import Session, col, func, select
 
+from plugin.campaigns import codeends
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claimstore, poolhealth
 from plugin.distribution.claimlinks import DEFAULT_LINK_AGE, ClaimLink, claim_token
@@ -213,6 +214,8 @@ def claim(
             if row.expires_at is None or expires < row.expires_at:
                 claimstore.set_expiry(conn, code_id=row.id, expires_at=expires)
                 row = replace(row, expires_at=expires)
+                # a platform holding an end per code gets this one (the code may be there already)
+                codeends.note_end_change(session, shop_id=shop_id, campaign_id=campaign_id, code_id=row.id, now=now)
         if rules is not None and rules.distribution.binding == "claim" and session.get(ReferralProgram, campaign_id) is None:
             row = _bind(conn, row)
         poolhealth.after_claim(

@@ -160,11 +160,13 @@ def batch_override(reader: Reader, batch_id: int | None) -> str | None:
 
 # What "free" means (promise 9: every code handed out is live): never assigned, never used (no
 # use now and no redemption ever, rolled back or not: someone outside knows a code that was on an
-# order), not voided, not expired, and not held by a checkout. The partial index
-# ix_code_unassigned (campaign_id, id) WHERE recipient IS NULL AND uses = 0 AND status = 'active'
-# serves the scan in id order; expiry, holds and past redemptions depend on the moment or on
-# other tables, so they are checked per candidate (one probe of an indexed column each).
-_FREE_WHERE = """campaign_id = ? AND recipient IS NULL AND uses = 0 AND status = 'active' AND shop_id = ? AND {partner}
+# order), not voided, not expired, not held by a checkout, and not handed to a provider's own pool
+# (Klaviyo gives those out). The partial index ix_code_unassigned (campaign_id, id) WHERE
+# recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL serves the scan in id
+# order; expiry, holds and past redemptions depend on the moment or on other tables, so they are
+# checked per candidate (one probe of an indexed column each).
+_FREE_WHERE = """campaign_id = ? AND recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL
+              AND shop_id = ? AND {partner}
               AND (expires_at IS NULL OR expires_at > ?)
               AND NOT EXISTS (SELECT 1 FROM reservation r
                               WHERE r.code_id = code.id AND r.released_at IS NULL AND r.expires_at > ?)
@@ -256,6 +258,28 @@ def allocate(conn: Connection, *, shop_id: int, campaign_id: int, partner_id: in
         return len(raw.rows(sql, [*params, count, partner_id]))
 
 
+def allocate_to_pool(
+    conn: Connection, *, shop_id: int, campaign_id: int, pool_id: int, count: int, batch_id: int | None, now: datetime
+) -> list[int]:
+    """Hand up to `count` free codes of the campaign's own pool (no partner; only `batch_id`'s
+    when given) to the provider pool `pool_id`; the ids of those moved. Never a bound code: the
+    provider picks the recipient, so nothing a checkout checks may name another person."""
+    pg = conn.dialect.name == "postgresql"
+    with _raw(conn) as raw:
+        partner, params = _free_params(shop_id, campaign_id, None, raw.instant(now))
+        if batch_id is not None:
+            partner += " AND batch_id = ?"
+            params.insert(2, batch_id)  # after campaign_id and shop_id, where {partner} stands in _FREE_WHERE
+        partner += " AND email IS NULL AND customer_id IS NULL"
+        pick = _PICK.format(partner=partner) + (" FOR UPDATE SKIP LOCKED" if pg else "")
+        # A CTE runs once (see allocate).
+        sql = (
+            f"WITH chosen AS ({pick}) UPDATE code SET pool_id = ? "
+            "WHERE id IN (SELECT id FROM chosen) AND pool_id IS NULL AND recipient IS NULL RETURNING id"
+        )
+        return sorted(int(r[0]) for r in raw.rows(sql, [*params, count, pool_id]))
+
+
 def raise_alert(conn: Connection, values: dict[str, Any], now: datetime, *, sightings: int = 1) -> None:
     """Open the alert, or count more sightings of the open alert with the same `open_key`."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
@@ -289,6 +313,7 @@ __all__ = [
     "IntegrityError",
     "alert_seen_since",
     "allocate",
+    "allocate_to_pool",
     "assigned_page",
     "batch_override",
     "campaign_info",

@@ -25,12 +25,12 @@ any other COUPONRY_<PROVIDER>_<OPTION> (e.g. COUPONRY_KLAVIYO_LIST_ID, COUPONRY_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httpx
-from sqlalchemy import Engine, insert, literal, update
+from sqlalchemy import Engine, insert, literal, or_, tuple_, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -39,12 +39,13 @@ from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Re
 from connectors.errors import RateLimited, UpstreamError
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
-from plugin.errors import InvalidInput
+from plugin.errors import Conflict, InvalidInput
 from plugin.rules.recipients import recipient_parts
 from plugin.settings import Settings
 from plugin.store import outbox
 from plugin.store.db import read_cursor, run, session_scope
-from plugin.store.models import Code, RecipientDelivery, Shop, utcnow
+from plugin.store.jobstore import aware
+from plugin.store.models import AuditEvent, Code, RecipientDelivery, Shop, utcnow
 
 if TYPE_CHECKING:
     from plugin.store.jobcontext import Handler, JobContext
@@ -168,14 +169,20 @@ def _next_batch(
         )
         batch.append((delivery_id, recipient))
     queued = {delivery_id for delivery_id, _, status, _ in rows if status == "queued"}
-    fresh = [delivery_id for delivery_id, _ in batch if delivery_id in queued]
+    fresh = [(delivery_id, r.key) for delivery_id, r in batch if delivery_id in queued]
     if fresh:
+        # only for the recipient it was read for: a reassign in between gave the delivery to
+        # someone else (queued again for them), and this batch must not send it to the old one
         with session_scope(engine) as session:
-            session.execute(
-                update(_delivery)
-                .where(_delivery.c.id.in_(fresh), _delivery.c.status == "queued")
-                .values(status="sending", updated_at=utcnow())
+            marked = set(
+                session.execute(
+                    update(_delivery)
+                    .where(tuple_(_delivery.c.id, _delivery.c.recipient).in_(fresh), _delivery.c.status == "queued")
+                    .values(status="sending", updated_at=utcnow())
+                    .returning(_delivery.c.id)
+                ).scalars()
             )
+        batch = [(d, r) for d, r in batch if d not in queued or d in marked]
     return batch
 
 
@@ -302,6 +309,131 @@ def _accepted(engine: Engine, shop_id: int, provider: str, job_id: str) -> list[
 FOLLOW = "distribution.push_results"
 FOLLOW_AFTER = timedelta(seconds=10)
 
+# --- a code given to someone else (plugin.codes.percode.reassign) ----------------------------------
+
+RETRACT = "distribution.retract"
+# providers whose push sends a message (nothing stays with the provider that could be cleared)
+SENDS_MESSAGES = frozenset({"twilio"})
+MERGE_FIELDS = ("coupon_code", "coupon_display", "coupon_expires_at", "claim_url")
+REACHED = ("sent", "accepted", "delivered")
+
+
+class CodeBeingSent(Conflict):
+    reason = "code_being_sent"
+
+
+def reassigned(session: Session, *, code: Code, previous: str | None, audit_id: int, now: datetime) -> list[str]:
+    """After `code` went from `previous` to `code.recipient`, in the caller's transaction: each
+    provider the campaign pushes to gets exactly one push of the code for the new recipient
+    (the code's delivery record moves to them, queued); where the old recipient was reached and
+    the provider keeps merge fields, one `distribution.retract` job blanks theirs. Refused while
+    a push of the code is in flight (its outcome unknown): the old recipient may be getting it.
+    Returns the providers queued."""
+    assert code.id is not None and code.recipient is not None
+    rows = session.exec(
+        select(RecipientDelivery)
+        .where(col(RecipientDelivery.shop_id) == code.shop_id, col(RecipientDelivery.code_id) == code.id)
+        .with_for_update()
+    ).all()
+    if busy := [d.provider for d in rows if d.status == "sending"]:
+        raise CodeBeingSent(
+            f"a push of this code to {busy[0]} is in flight: try again once it has settled", details={"provider": busy[0]}
+        )
+    for delivery in rows:
+        if delivery.status in REACHED and previous and delivery.provider not in SENDS_MESSAGES:
+            payload = {
+                "audit_id": audit_id,
+                "code_id": code.id,
+                "provider": delivery.provider,
+                "sent_at": aware(delivery.updated_at).isoformat(),
+            }
+            outbox.enqueue(session, RETRACT, payload, code.shop_id)
+        delivery.recipient, delivery.status, delivery.provider_id, delivery.error = code.recipient, "queued", None, None
+        delivery.attempts, delivery.updated_at = 0, now
+        session.add(delivery)
+        _enqueue_job(session, code.shop_id, code.campaign_id, delivery.provider)
+    session.flush()
+    held = {d.provider for d in rows}
+    others = session.exec(
+        select(RecipientDelivery.provider)
+        .where(col(RecipientDelivery.shop_id) == code.shop_id, col(RecipientDelivery.campaign_id) == code.campaign_id)
+        .distinct()
+    ).all()
+    for provider in sorted(set(others) - held):  # the campaign pushes there: the new recipient too
+        enqueue_push(session, shop_id=code.shop_id, campaign_id=code.campaign_id, provider=provider, code_ids=[code.id])
+    return sorted(held | set(others))
+
+
+def _enqueue_job(session: Session, shop_id: int, campaign_id: int, provider: str) -> None:
+    outbox.enqueue(
+        session,
+        PUSH,
+        {"campaign_id": campaign_id, "provider": provider},
+        shop_id,
+        dedupe_key=f"{PUSH}:{shop_id}:{campaign_id}:{provider}",
+    )
+
+
+async def handle_retract(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    """Blank the merge fields of the person a code was taken from, at one provider. Nothing is
+    sent when our records no longer name them (redacted) or when the provider has had another
+    code for them since (their fields hold that one now, or will). Blanking twice is harmless,
+    so a retry after a lost answer is safe; an unsettled answer retries the job."""
+    engine, shop_id = ctx.engine, job.shop_id
+    assert shop_id is not None
+    provider, code_id = str(job.payload["provider"]), int(job.payload["code_id"])
+    previous = await run(engine, lambda: _retract_target(engine, shop_id, job.payload))
+    if previous is None:
+        return
+    shop = await run(engine, lambda: _shop(engine, shop_id))
+    connector = messaging_connector(ctx.settings, ctx.http, provider, shop)
+    parts = recipient_parts(previous)
+    blank = Recipient(
+        key=previous,
+        email=parts["email"],
+        phone=parts["phone"],
+        external_id=parts["customer_id"],
+        fields=dict.fromkeys(MERGE_FIELDS, ""),
+    )
+    (result,) = await connector.push_recipients([blank])
+    if result.pending:
+        message = f"{provider} did not settle the blanking of a reassigned code's merge fields: {result.error}"
+        if result.retry_after is not None:
+            raise RateLimited(message, retry_after=result.retry_after)
+        raise UpstreamError(message)
+    outcome = {"provider": provider, "ok": result.ok, "error": result.error}
+    await run(engine, lambda: _record_retract(engine, shop_id, code_id, outcome))
+
+
+def _retract_target(engine: Engine, shop_id: int, payload: Mapping[str, Any]) -> str | None:
+    """The recipient whose fields to blank, or None when there is nothing to do."""
+    with session_scope(engine) as session:
+        audit = session.get(AuditEvent, int(payload["audit_id"]))
+        if audit is None or audit.shop_id != shop_id:
+            return None
+        previous = audit.details.get("previous")
+        if not isinstance(previous, str) or not previous or distribution.REISSUED in previous:
+            return None
+        since = datetime.fromisoformat(str(payload["sent_at"]))
+        newer = session.exec(
+            select(RecipientDelivery.id).where(
+                col(RecipientDelivery.shop_id) == shop_id,
+                col(RecipientDelivery.provider) == str(payload["provider"]),
+                col(RecipientDelivery.recipient) == previous,
+                col(RecipientDelivery.code_id) != int(payload["code_id"]),
+                col(RecipientDelivery.status) != "failed",
+                or_(col(RecipientDelivery.status).in_(UNSETTLED), col(RecipientDelivery.updated_at) >= since),
+            )
+        ).first()
+        return None if newer is not None else previous
+
+
+def _record_retract(engine: Engine, shop_id: int, code_id: int, outcome: dict[str, Any]) -> None:
+    with session_scope(engine) as session:
+        session.add(
+            AuditEvent(shop_id=shop_id, action="code.retracted", subject=f"code:{code_id}", actor="worker", details=outcome)
+        )
+
 
 def _shop(engine: Engine, shop_id: int) -> Shop:
     with session_scope(engine) as session:
@@ -344,7 +476,7 @@ def list_deliveries(
     return session.exec(stmt).all()
 
 
-HANDLERS: dict[str, Handler] = {PUSH: handle_push, FOLLOW: handle_follow}
+HANDLERS: dict[str, Handler] = {PUSH: handle_push, FOLLOW: handle_follow, RETRACT: handle_retract}
 
 
 # Twilio's MessageStatus values, as our per-recipient statuses

@@ -1,16 +1,21 @@
-"""The worker: claim a job, run its kind's handler, complete or fail it; repeat.
+"""The worker: claim jobs, run each with its kind's handler, complete or fail it; repeat.
 
-One worker runs one job at a time and renews its lease while the job runs, so a long push
-of a million codes is not taken over by another worker; if the worker dies, the lease runs
-out and another worker claims the job (handlers are idempotent). When idle it runs the
-sweeps (e.g. webhook deliveries stored but not processed because a process died right
-after answering) and sleeps until the poll interval passes or someone wakes it.
+A worker runs up to `concurrency` jobs at once (COUPONRY_WORKER_CONCURRENCY), each in its own
+task with its own lease, renewed while the job runs, so a long push is not taken over by
+another worker; if the worker dies, the leases run out and other workers claim the jobs
+(handlers are idempotent). The claim (plugin.store.jobstore) never hands out two jobs of one serial
+key (one campaign's sync jobs) at once, nor more than COUPONRY_WORKER_SHOP_CONCURRENCY jobs of
+one shop across all workers; the connectors' own rate limits still pace each platform. A big
+push is cut into chunk jobs (plugin.platforms.sync), so a small sync of another campaign runs beside it
+instead of behind it. When no job is due it runs the sweeps (e.g. webhook deliveries stored but
+not processed because a process died right after answering) and sleeps until the poll interval
+passes, a job finishes or someone wakes it.
 
 With `webhook_processing = "worker"` (the Procfile), the worker also runs the webhook intake
 beside its jobs: stored order webhooks turned into redemptions a batch at a time
 (`plugin.orders.ingest.intake`), so a long push never holds them up.
 
-SIGTERM and SIGINT stop claiming; the running job finishes, then the worker exits.
+SIGTERM and SIGINT stop claiming; the running jobs finish, then the worker exits.
 """
 
 from __future__ import annotations
@@ -40,26 +45,36 @@ log = logging.getLogger("couponry.worker")
 
 
 def default_handlers() -> dict[str, Handler]:
-    from plugin.distribution import poolhealth, pushes
+    from plugin.distribution import klaviyopools, poolhealth, pushes
     from plugin.orders import orders
-    from plugin.platforms import installs, sync
+    from plugin.platforms import expiry, installs, sync
     from plugin.reconciliation import reconcile
 
     return {
         **sync.HANDLERS,
+        **expiry.HANDLERS,
         **orders.HANDLERS,
         **installs.HANDLERS,
         **reconcile.HANDLERS,
         **pushes.HANDLERS,
         **poolhealth.HANDLERS,
+        **klaviyopools.HANDLERS,
     }
 
 
 def default_sweeps() -> list[Sweep]:
+    from plugin.distribution import klaviyopools
     from plugin.orders import orders, webhooks
+    from plugin.platforms import expiry
     from plugin.reconciliation import reconcile
 
-    return [orders.sweep_unprocessed, reconcile.schedule, webhooks.RetentionSweep()]
+    return [
+        orders.sweep_unprocessed,
+        reconcile.schedule,
+        webhooks.RetentionSweep(),
+        expiry.ExpirySweep(),
+        klaviyopools.schedule_checks,
+    ]
 
 
 @dataclass
@@ -69,6 +84,9 @@ class Worker:
     sweeps: Sequence[Sweep] = field(default_factory=default_sweeps)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}")
     lease: timedelta = timedelta(seconds=60)
+    # jobs at once in this worker, and of one shop across all workers (None: from the settings)
+    concurrency: int | None = None
+    shop_limit: int | None = None
     poll_interval: float = 1.0
     sweep_interval: float = 10.0
     # with `webhook_processing = "worker"`, how long the intake waits when no delivery waits
@@ -83,9 +101,17 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._next_sweep = 0.0
+        self.concurrency = max(1, self.concurrency or self.ctx.settings.worker_concurrency)
+        self.shop_limit = self.shop_limit or self.ctx.settings.worker_shop_concurrency
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        """Jobs running in this worker now."""
+        return len(self._running)
 
     def stop(self) -> None:
-        """Stop claiming; the running job, if any, finishes first."""
+        """Stop claiming; the running jobs finish first."""
         self._stopping.set()
         self._wake.set()
 
@@ -110,18 +136,52 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _jobs(self) -> None:
-        while not self.stopping:
-            try:
-                ran = await self.run_once()
-                if not ran:
-                    await self._maybe_sweep()
-            except Exception:  # the loop must outlive a database hiccup
-                log.exception("worker loop error")
-                ran = False
-            if not ran and not self.stopping:
+        try:
+            while not self.stopping:
+                # cleared before the claim: a job that ends meanwhile wakes the wait below
                 self._wake.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+                claimed = 0
+                try:
+                    claimed = await self._claim_and_start()
+                    if not claimed:
+                        await self._maybe_sweep()
+                except Exception:  # the loop must outlive a database hiccup
+                    log.exception("worker loop error")
+                if not self.stopping:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+        finally:
+            await self._drain()
+
+    async def _claim_and_start(self) -> int:
+        """Claim as many jobs as there are free slots and start each in its own task."""
+        free = (self.concurrency or 1) - len(self._running)
+        if free <= 0:
+            return 0
+        jobs = await self._claim(free)
+        for job in jobs:
+            task = asyncio.create_task(self.execute(job), name=f"job-{job.id}")
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+        return len(jobs)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("job task %s failed", task.get_name(), exc_info=exc)
+        self._wake.set()  # a slot is free: claim again now
+
+    async def _drain(self) -> None:
+        """Wait for the running jobs (a graceful stop lets them finish)."""
+        if self._running:
+            log.info("worker %s waits for %s running job(s)", self.worker_id, len(self._running))
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
+        engine = self.ctx.engine
+        return await run(
+            engine, lambda: outbox.claim(engine, self.worker_id, self.lease, limit=limit, shop_limit=self.shop_limit)
+        )
 
     async def _intake(self) -> None:
         """Turn stored order webhooks into redemptions, a batch at a time, beside the jobs: a
@@ -141,9 +201,8 @@ class Worker:
                     await asyncio.wait_for(self._stopping.wait(), timeout=self.intake_linger if took else self.intake_interval)
 
     async def run_once(self) -> bool:
-        """Claim and run one job; False when none was due."""
-        engine = self.ctx.engine
-        jobs = await run(engine, lambda: outbox.claim(engine, self.worker_id, self.lease, limit=1))
+        """Claim and run one job, here and now; False when none was due."""
+        jobs = await self._claim(1)
         if not jobs:
             return False
         await self.execute(jobs[0])

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from sqlmodel import Session
 
-from plugin.checkout.redemptions import UnknownCode, customer_key, record_redemption
+from plugin.checkout.redemptions import POOL_CHANNEL, UnknownCode, customer_key, record_redemption
 from plugin.errors import InvalidInput
 from plugin.rules import (
     CampaignRules,
@@ -109,6 +109,7 @@ class _Code(NamedTuple):
     expires_at: Any
     created_at: Any
     holds: int  # live reservations by checkouts
+    pool_id: int | None  # a provider's pool (plugin.distribution.klaviyopools): its redemptions are that provider's channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,8 @@ class _Rules:
 _CODES = """
 SELECT c.id, c.shop_id, c.campaign_id, c.batch_id, c.code, c.status, c.uses, c.customer_id, c.email,
        c.recipient, c.partner_id, c.assigned_at, c.expires_at, c.created_at,
-       (SELECT count(*) FROM reservation r WHERE r.code_id = c.id AND r.released_at IS NULL AND r.expires_at > ?)
+       (SELECT count(*) FROM reservation r WHERE r.code_id = c.id AND r.released_at IS NULL AND r.expires_at > ?),
+       c.pool_id
 FROM code c
 WHERE c.shop_id = ? AND c.code IN ({items})
 """
@@ -372,7 +374,7 @@ def _new_redemptions(
                 row.recipient,
                 customer.id,
                 customer.email or normalise_email(use.email),
-                use.channel,
+                POOL_CHANNEL if row.pool_id is not None else use.channel,
                 use.currency.upper(),
                 use.subtotal,
                 use.amount or 0,

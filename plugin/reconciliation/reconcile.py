@@ -13,6 +13,12 @@ has a platform discount it lists the platform's codes and compares them with our
     unknown      on the platform under our discount, but not a code of this campaign (e.g.
                  Shopify's placeholder first code): counted, left alone
 
+Where each code is its own platform object with an on/off state (WooCommerce coupons,
+`connectors.base.CodeStatusControl`), what counts as held follows the campaign: while it is
+active only a live (published) coupon is held, so a draft one is `missing` and pushed again (by
+its id: published); while it is paused a paused coupon is held as correctly paused, and a live
+one (`live_while_paused`) queues the follow job, which pauses it by its id.
+
 The repairs run in the job itself, so its report says what they did (`repaired`: codes re-added
 or reactivated, deactivated, failed or unconfirmed). A repair that fails (a code refused, a
 removal the platform did not confirm, the platform unreachable: then the push and deactivate
@@ -38,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from connectors.base import OrderEvent
+from connectors.base import CodeStatusControl, OrderEvent
 from connectors.errors import ConnectorError
+from plugin.campaigns.codeends import CodeEnds
 from plugin.distribution import claimstore
 from plugin.errors import InvalidInput
 from plugin.formats import codes
@@ -142,11 +149,13 @@ def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str
     matched = 0  # our codes found on the platform (codes are unique per shop: each counts once)
     after_id = 0
     with session_scope(engine) as session:
-        ended = session.get_one(Campaign, campaign_id).status == "ended"
+        campaign = session.get_one(Campaign, campaign_id)
+        ended = campaign.status == "ended"
+        ends = CodeEnds.load(session, campaign)  # an end relative to issue is not stored
     while True:
         with read_cursor(engine) as reader:
             page = reader.rows(
-                "SELECT id, code, status, expires_at, sync_status FROM code"
+                "SELECT id, code, status, expires_at, sync_status, batch_id, created_at, assigned_at FROM code"
                 " WHERE campaign_id = ? AND shop_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (campaign_id, shop_id, after_id, _PAGE),
             )
@@ -156,8 +165,10 @@ def _repair(engine: Engine, shop_id: int, campaign_id: int, on_platform: set[str
         missing: list[int] = []
         extra: list[int] = []
         gone: list[int] = []
-        for code_id, code, status, expires_at, sync_status in page:
-            expiry = Reader.as_instant(expires_at)
+        for code_id, code, status, expires_at, sync_status, batch_id, created_at, assigned_at in page:
+            issued = Reader.as_instant(created_at)
+            assert issued is not None
+            expiry = ends.end(batch_id, issued, Reader.as_instant(assigned_at), Reader.as_instant(expires_at))
             live = not ended and status == "active" and (expiry is None or expiry > now)
             present = code in on_platform
             matched += present
@@ -245,12 +256,34 @@ async def _apply(engine: Engine, shop_id: int, connector: Any, campaign: Campaig
             )
         elif figures["pending"]:  # a first push under way or due: its own job does it
             await run(engine, partial(_enqueue, engine, shop_id, campaign_id, push=True, deactivate=False))
+        if figures.get("live_while_paused"):  # the follow job pauses every code by its id
+            await run(engine, partial(_follow, engine, campaign_id))
+            repaired["follow_queued"] = True
         if figures["extra"] or campaign.status == "ended":
             repaired["deactivated"], repaired["unconfirmed"] = await sync.deactivate_lapsed(engine, connector, campaign)
     except ConnectorError as exc:
         repaired["error"] = str(exc)[:300]
         await run(engine, partial(_enqueue, engine, shop_id, campaign_id, push=campaign.status != "ended", deactivate=True))
     return repaired
+
+
+def _follow(engine: Engine, campaign_id: int) -> None:
+    with session_scope(engine) as session:
+        sync.enqueue_follow(session, campaign=session.get_one(Campaign, campaign_id))
+
+
+async def _platform_codes(connector: Any, campaign: Campaign) -> tuple[set[str], int]:
+    """The platform's codes held for the campaign (normalised), and how many of them are live while
+    it is paused. Only a platform with per-code states tells a paused code from a live one."""
+    assert campaign.platform_discount_id is not None
+    if not isinstance(connector, CodeStatusControl) or campaign.status == "active":
+        return {codes.normalise_generic(c) async for c in connector.list_codes(campaign.platform_discount_id)}, 0
+    held: set[str] = set()
+    live = 0
+    async for code, state in connector.list_code_states(campaign.platform_discount_id):
+        held.add(codes.normalise_generic(code))
+        live += state == "active"
+    return held, live
 
 
 def _enqueue(engine: Engine, shop_id: int, campaign_id: int, *, push: bool, deactivate: bool) -> None:
@@ -321,12 +354,14 @@ async def handle_reconcile(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     for campaign in campaigns:
         assert campaign.id is not None and campaign.platform_discount_id is not None
         try:
-            on_platform = {codes.normalise_generic(c) async for c in connector.list_codes(campaign.platform_discount_id)}
+            on_platform, live_while_paused = await _platform_codes(connector, campaign)
         except ConnectorError as exc:  # e.g. the discount deleted on the platform: alerted, the others go on
             report["campaigns"][str(campaign.id)] = {"repaired": {"error": f"listing the platform's codes: {exc}"[:300]}}
             continue
         platform_total += len(on_platform)
         figures: dict[str, Any] = await run(engine, partial(_repair, engine, shop_id, campaign.id, on_platform, now))
+        if live_while_paused:
+            figures["live_while_paused"] = live_while_paused
         figures["repaired"] = await _apply(engine, shop_id, connector, campaign, figures)
         report["campaigns"][str(campaign.id)] = figures
     store_limit = getattr(connector, "MAX_CODES_PER_STORE", None)

@@ -149,6 +149,16 @@ class SandboxApi:
         results = await self._tx(lambda s: store.remove_codes(s, shop, discount_id, [str(c) for c in codes], limit))
         return JSONResponse({"results": results})
 
+    async def set_code_ends(self, request: Request, shop: str) -> Response:
+        data = await self._body(request)
+        items = data.get("codes")
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "expires_at" in i for i in items):
+            raise SandboxError(422, "codes must be a list of objects with a code and an expires_at")
+        limit = self.knobs(shop).batch_limit
+        discount_id = int(request.path_params["id"])
+        results = await self._tx(lambda s: store.set_code_ends(s, shop, discount_id, items, limit))
+        return JSONResponse({"results": results})
+
     async def list_codes(self, request: Request, shop: str) -> Response:
         discount_id = int(request.path_params["id"])
         try:
@@ -259,6 +269,7 @@ class SandboxApi:
             Route("/api/discounts/{id:int}/codes", e(self.add_codes), methods=["POST"]),
             Route("/api/discounts/{id:int}/codes", e(self.remove_codes), methods=["DELETE"]),
             Route("/api/discounts/{id:int}/codes", e(self.list_codes), methods=["GET"]),
+            Route("/api/discounts/{id:int}/codes", e(self.set_code_ends), methods=["PATCH"]),
             Route("/api/orders", e(self.place_order), methods=["POST"]),
             Route("/api/orders/{id:int}", e(self.get_order), methods=["GET"]),
             Route("/api/orders/{id:int}/{action:str}", e(self.change_order), methods=["POST"]),

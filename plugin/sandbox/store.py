@@ -261,6 +261,35 @@ def remove_codes(session: Session, shop: str, discount_id: int, codes: Sequence[
     return results
 
 
+def set_code_ends(
+    session: Session, shop: str, discount_id: int, items: Sequence[dict[str, Any]], limit: int
+) -> list[dict[str, Any]]:
+    """Give codes the discount holds a new end (`expires_at`, null for none), active or not: an
+    end is not a reactivation. A code the discount does not hold fails `not_found`."""
+    if len(items) > limit:
+        raise SandboxError(422, f"at most {limit} codes per request, got {len(items)}")
+    get_discount(session, shop, discount_id)
+    keys = [str(i.get("code", "")).strip().upper() for i in items]
+    rows = {
+        c.code_key: c
+        for c in session.exec(
+            select(SandboxCode).where(
+                col(SandboxCode.shop) == shop, col(SandboxCode.discount_id) == discount_id, col(SandboxCode.code_key).in_(keys)
+            )
+        ).all()
+    }
+    results: list[dict[str, Any]] = []
+    for item, key in zip(items, keys, strict=True):
+        row = rows.get(key)
+        if row is None:
+            results.append({"code": item.get("code"), "ok": False, "error": "not_found"})
+            continue
+        row.expires_at = _parse_time(item.get("expires_at"))
+        results.append({"code": item.get("code"), "ok": True, "id": row.id})
+    session.flush()
+    return results
+
+
 def list_codes(
     session: Session, shop: str, discount_id: int, *, after: int = 0, limit: int = 1000
 ) -> tuple[list[SandboxCode], int | None]:

@@ -1,12 +1,21 @@
 """The outbox's atomic operations, per dialect (store layer).
 
 A claim takes due jobs and jobs whose lease expired, marks them running under one worker's
-name until `locked_until`, and counts the attempt, all in one transaction:
+name until `locked_until`, and counts the attempt, all in one transaction. It reads the oldest
+due jobs (`run_after`, then id: a job re-enqueued behind others waits its turn), chooses those
+that may run now, and marks them:
 
-- PostgreSQL: `UPDATE job ... WHERE id IN (SELECT id ... FOR UPDATE SKIP LOCKED) RETURNING`,
-  so concurrent workers on any number of machines skip each other's rows instead of waiting.
-- SQLite: the same statement without the lock clause; the transaction began with
-  `BEGIN IMMEDIATE` (plugin.store.db), which already makes claimers take turns.
+- never a job whose `serial_key` a live lease holds (the job runs somewhere, in any worker
+  process), nor two jobs of one key at once;
+- never more jobs of a shop than `shop_limit` running in all, across worker processes.
+
+A claim reads what runs before it writes, so two claims must not read at once:
+
+- PostgreSQL: claims take turns at a transaction-scoped advisory lock (handlers, renewals and
+  completions never wait for it); the candidates are read `FOR UPDATE SKIP LOCKED`, so a row
+  another transaction is changing is passed over, not waited for.
+- SQLite: the transaction began with `BEGIN IMMEDIATE` (plugin.store.db), which already makes
+  claimers take turns.
 
 Every later write on a claimed job is fenced by `locked_by`: a worker whose lease ran out and
 whose job was claimed again can no longer complete or fail it.
@@ -14,11 +23,12 @@ whose job was claimed again can no longer complete or fail it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -55,8 +65,20 @@ def insert_job(conn: Connection, values: dict[str, Any]) -> int | None:
     return None if found is None else int(found)
 
 
-def claim_jobs(engine: Engine, *, worker_id: str, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedJob]:
+# the advisory lock claims take turns at on PostgreSQL (any constant of our own: "couponry")
+CLAIM_LOCK = 0x636F75706F6E7279
+# due jobs read per claim to choose from, per job wanted: room to pass over jobs of one key or
+# one full shop among the oldest without reading the whole queue
+CANDIDATES_PER_JOB = 8
+
+
+def claim_jobs(
+    engine: Engine, *, worker_id: str, now: datetime, lease_until: datetime, limit: int, shop_limit: int | None = None
+) -> list[ClaimedJob]:
     with engine.begin() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
         # A job whose worker died on its last attempt would otherwise stay "running" forever.
         conn.execute(
             update(_job)
@@ -67,18 +89,33 @@ def claim_jobs(engine: Engine, *, worker_id: str, now: datetime, lease_until: da
             )
             .values(status="dead", finished_at=now, locked_by=None, last_error="the worker stopped during the last attempt")
         )
+        live = and_(_job.c.status == "running", _job.c.locked_until >= now)
         due = or_(
             and_(_job.c.status == "queued", _job.c.run_after <= now),
             and_(_job.c.status == "running", _job.c.locked_until < now),
         )
-        pick = (
-            select(_job.c.id).where(due, _job.c.attempts < _job.c.max_attempts).order_by(_job.c.run_after, _job.c.id).limit(limit)
+        busy_keys = select(_job.c.serial_key).where(live, _job.c.serial_key.is_not(None))
+        pick = select(_job.c.id, _job.c.serial_key, _job.c.shop_id).where(
+            due,
+            _job.c.attempts < _job.c.max_attempts,
+            or_(_job.c.serial_key.is_(None), _job.c.serial_key.not_in(busy_keys)),
         )
-        if conn.dialect.name == "postgresql":
+        running: dict[int, int] = {}
+        if shop_limit is not None:
+            counted = select(_job.c.shop_id, func.count()).where(live, _job.c.shop_id.is_not(None)).group_by(_job.c.shop_id)
+            running = {int(shop): int(n) for shop, n in conn.execute(counted).all()}
+            full = select(_job.c.shop_id).where(live, _job.c.shop_id.is_not(None)).group_by(_job.c.shop_id)
+            full = full.having(func.count() >= shop_limit)
+            pick = pick.where(or_(_job.c.shop_id.is_(None), _job.c.shop_id.not_in(full)))
+        pick = pick.order_by(_job.c.run_after, _job.c.id).limit(max(limit * CANDIDATES_PER_JOB, 64))
+        if postgres:
             pick = pick.with_for_update(skip_locked=True)
+        chosen = choose(conn.execute(pick).all(), limit=limit, shop_limit=shop_limit, running=running)
+        if not chosen:
+            return []
         rows = conn.execute(
             update(_job)
-            .where(_job.c.id.in_(pick.scalar_subquery()))
+            .where(_job.c.id.in_(chosen))
             # The dedupe key only coalesces jobs that have not started: once one runs, a new
             # request for the same effect must queue behind it, or the change it brings is lost.
             .values(
@@ -88,6 +125,27 @@ def claim_jobs(engine: Engine, *, worker_id: str, now: datetime, lease_until: da
         ).all()
     claimed = [ClaimedJob(r.id, r.kind, dict(r.payload or {}), r.shop_id, r.attempts, r.max_attempts, lease_until) for r in rows]
     return sorted(claimed, key=lambda j: j.id)
+
+
+def choose(candidates: Sequence[Any], *, limit: int, shop_limit: int | None, running: Mapping[int, int]) -> list[int]:
+    """Ids of the oldest candidates (id, serial_key, shop_id) that can run together: one per
+    serial key, and a shop's running jobs plus its chosen ones within `shop_limit`."""
+    keys: set[str] = set()
+    per_shop = dict(running)
+    chosen: list[int] = []
+    for job_id, key, shop in candidates:
+        if key is not None and key in keys:
+            continue
+        if shop_limit is not None and shop is not None and per_shop.get(shop, 0) >= shop_limit:
+            continue
+        chosen.append(int(job_id))
+        if key is not None:
+            keys.add(key)
+        if shop is not None:
+            per_shop[shop] = per_shop.get(shop, 0) + 1
+        if len(chosen) == limit:
+            break
+    return chosen
 
 
 def _mine(job_id: int, worker_id: str) -> Any:

@@ -74,8 +74,9 @@ class Campaign(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     code_format: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     rules: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # the platform discount that holds this campaign's codes, once synced
-    platform_discount_id: str | None = Field(default=None, max_length=255)
+    # the platform discount that holds this campaign's codes, once synced (unbounded: WooCommerce's
+    # is the campaign's coupon template itself, which grows with its title and product lists)
+    platform_discount_id: str | None = Field(default=None, sa_type=Text)
     # the platform discount's first code, chosen and stored before the discount is first created:
     # every retry sends the same one, and a create whose answer was lost is found again by it
     platform_discount_marker: str | None = Field(default=None, max_length=64)
@@ -102,7 +103,10 @@ class Batch(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
-FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active'"
+# pool_id: a code handed to a messaging provider's own pool (plugin.distribution.klaviyopools) is the provider's to give out
+FREE_CODE_PREDICATE = "recipient IS NULL AND uses = 0 AND status = 'active' AND pool_id IS NULL"
+# codes a sync push has yet to send; written literally in queries, so SQLite can use the index
+PENDING_CODE_PREDICATE = "sync_status = 'pending'"
 
 
 class Code(SQLModel, table=True):
@@ -125,6 +129,8 @@ class Code(SQLModel, table=True):
     assigned_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     partner_id: int | None = Field(default=None)
+    # the provider pool (CouponPool) the code was handed to: the provider, not we, gives it out
+    pool_id: int | None = Field(default=None)
     platform_id: str | None = Field(default=None, max_length=255)
     sync_status: str = Field(default="pending", max_length=16)  # pending | synced | failed | deactivated
     sync_error: str | None = Field(default=None, max_length=1000)
@@ -151,6 +157,15 @@ class Code(SQLModel, table=True):
             postgresql_where=text("recipient IS NOT NULL"),
             sqlite_where=text("recipient IS NOT NULL"),
         ),
+        # Codes with an end of their own (a claim's relative expiry, an extension), by that end:
+        # the expiry sweep reads only the ends that passed since its last run (plugin.platforms.expiry).
+        # Partial: generated codes have none, so a million-code insert costs it nothing.
+        Index(
+            "ix_code_expiry",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
         # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
         # A code leaves it when it is assigned, used or voided (plugin.distribution.claimstore: what "free" is).
         Index(
@@ -160,7 +175,32 @@ class Code(SQLModel, table=True):
             postgresql_where=text(FREE_CODE_PREDICATE),
             sqlite_where=text(FREE_CODE_PREDICATE),
         ),
+        # The next codes a campaign's push sends, in id order: a chunk job of a million-code push
+        # finds them at once instead of sorting the campaign. Codes leave it once sent.
+        Index(
+            "ix_code_pending",
+            "campaign_id",
+            "id",
+            postgresql_where=text(PENDING_CODE_PREDICATE),
+            sqlite_where=text(PENDING_CODE_PREDICATE),
+        ),
     )
+
+
+class CodeEndChange(SQLModel, table=True):
+    """A code whose end changed after it may have reached its platform (a claim starting its
+    relative expiry, an extension), waiting for the `sync.ends` job to carry the new end to a
+    platform that holds one per code (plugin.platforms.expiry). One row per code; a later change moves
+    `changed_at`, so a run that read an older one leaves the row for the next run."""
+
+    __tablename__ = "code_end_change"
+
+    code_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    shop_id: int
+    campaign_id: int
+    changed_at: datetime = Field(sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_code_end_change_campaign", "campaign_id", "code_id"),)
 
 
 class ApiKey(SQLModel, table=True):
@@ -305,6 +345,8 @@ class Job(SQLModel, table=True):
     kind: str = Field(max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    # jobs with one serial key never run at once, in any worker (plugin.store.jobstore.claim_jobs)
+    serial_key: str | None = Field(default=None, max_length=255)
     status: str = Field(default="queued", max_length=16)  # queued | running | done | dead
     attempts: int = Field(default=0)
     max_attempts: int = Field(default=10)
@@ -398,6 +440,51 @@ class PoolPolicy(SQLModel, table=True):
     topup_below: int | None = Field(default=None)  # None: no automatic top-up
     topup_count: int = Field(default=0)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class CouponPool(SQLModel, table=True):
+    """A messaging provider's own coupon pool fed with a campaign's codes (today Klaviyo's Coupons
+    API): the provider assigns the codes to its recipients at send time, so we never know who
+    holds one. Thresholds as PoolPolicy's, counted on the provider's unassigned codes."""
+
+    __tablename__ = "coupon_pool"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id")
+    campaign_id: int = Field(foreign_key="campaign.id", index=True)
+    provider: str = Field(default="klaviyo", max_length=32)
+    coupon_id: str = Field(max_length=64)  # the provider's coupon (Klaviyo: its external_id)
+    description: str = Field(default="", max_length=500)
+    alert_below: int = Field(default=100)
+    topup_below: int | None = Field(default=None)  # None: no automatic top-up
+    topup_count: int = Field(default=0)
+    unassigned: int | None = Field(default=None)  # the provider's unassigned codes at the last check (counted up to a bound)
+    checked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "provider", "coupon_id", name="uq_coupon_pool_coupon"),)
+
+
+class PoolUpload(SQLModel, table=True):
+    """Where one code stands in its upload to a provider's pool.
+
+    queued → sending (a request left with it; outcome unknown until looked up) → submitted (in
+    the provider's job `job_id`) → uploaded | failed."""
+
+    __tablename__ = "pool_upload"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    pool_id: int = Field(foreign_key="coupon_pool.id")
+    code_id: int = Field(sa_type=BigInteger, unique=True)
+    status: str = Field(default="queued", max_length=16)
+    job_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=1000)
+    attempts: int = Field(default=0)
+    attempted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_pool_upload_pool_status", "pool_id", "status"),)
 
 
 class ReferralProgram(SQLModel, table=True):

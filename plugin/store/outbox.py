@@ -1,12 +1,15 @@
 """The outbox: effects to carry out, written in the same transaction as their cause (promise 4).
 
     enqueue      in the caller's session: the job commits or rolls back with the change
-    claim        take due jobs (and jobs whose worker's lease ran out) for one worker
+    claim        take due jobs (and jobs whose worker's lease ran out) for one worker: oldest
+                 first, never two of one serial key at once, at most `shop_limit` of a shop
     complete     the job is done
     fail         retry later with exponential backoff and full jitter, or dead-letter it
     retry_dead   a merchant or operator tries a dead job again, by hand
 
 A job runs at least once; handlers are idempotent, so "at least once" is "once in effect".
+Jobs of one domain for one campaign (e.g. every `sync.*` job of campaign 12 of shop 3) share a
+serial key: they never run at once, in one worker or many, as they change the same remote things.
 The dialect-specific SQL lives in `plugin.store.jobstore`.
 """
 
@@ -25,7 +28,18 @@ from plugin.store import jobstore
 from plugin.store.jobstore import ClaimedJob
 from plugin.store.models import AuditEvent, Job, utcnow
 
-__all__ = ["ClaimedJob", "backoff_delay", "claim", "complete", "enqueue", "fail", "list_jobs", "renew", "retry_dead"]
+__all__ = [
+    "ClaimedJob",
+    "backoff_delay",
+    "claim",
+    "complete",
+    "enqueue",
+    "fail",
+    "list_jobs",
+    "renew",
+    "retry_dead",
+    "serial_key_for",
+]
 
 DEFAULT_MAX_ATTEMPTS = 10
 BACKOFF_INITIAL = 2.0  # seconds: the first retry waits up to this long
@@ -40,17 +54,19 @@ def enqueue(
     dedupe_key: str | None = None,
     run_after: datetime | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    serial_key: str | None = None,
 ) -> int | None:
     """Add a job in the caller's transaction; return its id.
 
     With a `dedupe_key`, a job with the same key that has not started yet already covers this
-    request: nothing is added and None is returned."""
+    request: nothing is added and None is returned. The serial key is `serial_key_for` unless given."""
     now = utcnow()
     values = {
         "kind": kind,
         "payload": payload,
         "shop_id": shop_id,
         "dedupe_key": dedupe_key,
+        "serial_key": serial_key or serial_key_for(kind, payload, shop_id),
         "status": "queued",
         "attempts": 0,
         "max_attempts": max_attempts,
@@ -60,10 +76,28 @@ def enqueue(
     return jobstore.insert_job(session.connection(), values)
 
 
-def claim(engine: Engine, worker_id: str, lease: timedelta, limit: int = 1, now: datetime | None = None) -> list[ClaimedJob]:
-    """Claim up to `limit` due jobs for `worker_id` until now + lease; each claim counts an attempt."""
+def serial_key_for(kind: str, payload: dict[str, Any], shop_id: int | None) -> str | None:
+    """`sync:3:12` for a job of the `sync.*` kinds about campaign 12 of shop 3; None (runs
+    beside anything) for a job about no campaign."""
+    campaign_id = payload.get("campaign_id")
+    if shop_id is None or campaign_id is None:
+        return None
+    return f"{kind.partition('.')[0]}:{shop_id}:{campaign_id}"
+
+
+def claim(
+    engine: Engine,
+    worker_id: str,
+    lease: timedelta,
+    limit: int = 1,
+    now: datetime | None = None,
+    shop_limit: int | None = None,
+) -> list[ClaimedJob]:
+    """Claim up to `limit` due jobs for `worker_id` until now + lease; each claim counts an attempt.
+    None of them shares a serial key with another or with a job running anywhere; with a
+    `shop_limit`, no shop gets more jobs than that running at once, counting other workers'."""
     now = now or utcnow()
-    return jobstore.claim_jobs(engine, worker_id=worker_id, now=now, lease_until=now + lease, limit=limit)
+    return jobstore.claim_jobs(engine, worker_id=worker_id, now=now, lease_until=now + lease, limit=limit, shop_limit=shop_limit)
 
 
 def renew(engine: Engine, job: ClaimedJob, worker_id: str, lease: timedelta) -> bool:

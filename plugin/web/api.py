@@ -27,9 +27,11 @@ from plugin.checkout import checkout, guessing, redemptions
 from plugin.checkout.ratelimit import Guesser, GuessLimits
 from plugin.checkout.redemptions import RedemptionRefused, UnknownCode
 from plugin.codes import percode
+from plugin.distribution import klaviyopools
 from plugin.errors import InvalidInput, PluginError
 from plugin.formats import codes
 from plugin.orders import webhooks
+from plugin.platforms import sync
 from plugin.rules import Customer
 from plugin.rules.refusals import Reason
 from plugin.shops import apikeys, shops
@@ -92,6 +94,7 @@ def _campaign_out(session: Session, campaign: Campaign, limits: GuessLimits) -> 
         guess_probability=odds.per_shopper,
         guess_probability_below_alarm=odds.below_alarm,
         exposure=exposure.model_dump(mode="json") if exposure else None,
+        platform=schemas.CampaignPlatform.model_validate(sync.platform_status(session, campaign)),
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
     )
@@ -738,6 +741,25 @@ ENDPOINTS: list[Endpoint] = [
              query={"status": {"type": "string", "enum": sorted(dist.DELIVERY_STATUSES)}}),
     Endpoint("PUT", "/campaigns/{campaign_id:int}/pool-policy", "setPoolPolicy", "Low-stock alert and top-up thresholds",
              "admin", dist.set_pool_policy, schemas.PoolPolicyIn, {200: schemas.PoolPolicyOut, 404: schemas.Problem}),
+    Endpoint("POST", "/klaviyo-pools", "createKlaviyoPool",
+             "Hand a campaign's codes to a Klaviyo coupon (Klaviyo assigns them at send time; never bound)", "admin",
+             dist.create_klaviyo_pool, schemas.KlaviyoPoolIn, {201: schemas.KlaviyoPoolOut, 400: schemas.Problem,
+                                                               404: schemas.Problem}),
+    Endpoint("GET", "/klaviyo-pools", "listKlaviyoPools", "Klaviyo coupon pools with upload counts", "admin",
+             dist.list_klaviyo_pools, responses={200: schemas.KlaviyoPoolList}),
+    Endpoint("GET", "/klaviyo-pools/{pool_id:int}", "getKlaviyoPool", "A Klaviyo pool, its upload counts and last check",
+             "admin", dist.get_klaviyo_pool, None, {200: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
+    Endpoint("POST", "/klaviyo-pools/{pool_id:int}/codes", "addKlaviyoPoolCodes",
+             "Hand more free codes of the campaign to the pool (uploaded through the outbox)", "admin",
+             dist.add_klaviyo_pool_codes, schemas.KlaviyoPoolCodesIn, {201: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
+    Endpoint("GET", "/klaviyo-pools/{pool_id:int}/codes", "listKlaviyoPoolCodes", "Each code's upload status",
+             "admin", dist.list_klaviyo_pool_codes, None, {200: schemas.KlaviyoUploadList, 404: schemas.Problem},
+             query={"status": {"type": "string", "enum": list(klaviyopools.STATUSES)}}),
+    Endpoint("POST", "/klaviyo-pools/{pool_id:int}/retry", "retryKlaviyoPool", "Upload the pool's failed codes again",
+             "admin", dist.retry_klaviyo_pool, None, {202: schemas.RetryOut, 404: schemas.Problem}),
+    Endpoint("PUT", "/klaviyo-pools/{pool_id:int}/policy", "setKlaviyoPoolPolicy",
+             "Low-stock alert and top-up thresholds, on Klaviyo's unassigned codes", "admin",
+             dist.set_klaviyo_pool_policy, schemas.PoolPolicyIn, {200: schemas.KlaviyoPoolOut, 404: schemas.Problem}),
     Endpoint("POST", "/referral-programs", "createReferralProgram", "Make a campaign a referral program", "admin",
              dist.create_referral_program, schemas.ReferralProgramIn, {201: schemas.ReferralProgramOut, 404: schemas.Problem}),
     Endpoint("GET", "/campaigns/{campaign_id:int}/referrals", "listReferrals", "Rewarded referrals, newest first",

@@ -26,6 +26,7 @@ MAX_IDS = {
     "reservation_id": 2**31 - 1,
     "redemption_id": 2**63 - 1,
     "partner_id": 2**31 - 1,
+    "pool_id": 2**31 - 1,
 }
 
 

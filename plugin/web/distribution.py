@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
-from plugin.distribution import partners, poolhealth, pushes, referrals
+from plugin.distribution import klaviyopools, partners, poolhealth, pushes, referrals
 from plugin.distribution.claimlinks import (
     BadLink,
     ExpiredLink,
@@ -414,5 +414,109 @@ async def list_referrals(call: Call) -> Response:
                 for r, code in rows
             ]
         )
+
+    return _json(await call.db(work))
+
+
+# --- Klaviyo's own coupon pools -------------------------------------------------------------------
+
+
+def _pool_out(session: Session, pool: Any, added: int = 0) -> schemas.KlaviyoPoolOut:
+    counts = klaviyopools.upload_counts(session, shop_id=pool.shop_id, pool_id=pool.id)
+    return schemas.KlaviyoPoolOut(
+        id=pool.id, campaign_id=pool.campaign_id, coupon_id=pool.coupon_id, description=pool.description,
+        alert_below=pool.alert_below, topup_below=pool.topup_below, topup_count=pool.topup_count,
+        unassigned=pool.unassigned, checked_at=pool.checked_at, counts=counts, added=added,
+    )  # fmt: skip
+
+
+def _wake(call: Call) -> None:
+    worker = call.request.app.state.background.worker
+    if worker is not None:
+        worker.wake()  # the embedded default's in-process worker
+
+
+async def create_klaviyo_pool(call: Call) -> Response:
+    body = await call.body(schemas.KlaviyoPoolIn)
+
+    def work(session: Session) -> schemas.KlaviyoPoolOut:
+        pool = klaviyopools.create_pool(
+            session, shop_id=call.shop_id, campaign_id=body.campaign_id, coupon_id=body.coupon_id,
+            description=body.description, alert_below=body.alert_below, topup_below=body.topup_below,
+            topup_count=body.topup_count,
+        )  # fmt: skip
+        assert pool.id is not None
+        added = 0
+        if body.count:
+            added = klaviyopools.add_codes(
+                session, shop_id=call.shop_id, pool_id=pool.id, count=body.count, batch_id=body.batch_id
+            )
+        return _pool_out(session, pool, added)
+
+    out: schemas.KlaviyoPoolOut = await call.db(work)
+    if out.added:
+        _wake(call)
+    return _json(out, 201)
+
+
+async def list_klaviyo_pools(call: Call) -> Response:
+    def work(session: Session) -> schemas.KlaviyoPoolList:
+        pools = klaviyopools.list_pools(session, shop_id=call.shop_id)
+        return schemas.KlaviyoPoolList(data=[_pool_out(session, p) for p in pools])
+
+    return _json(await call.db(work))
+
+
+async def get_klaviyo_pool(call: Call) -> Response:
+    pool_id = call.path_int("pool_id")
+    return _json(await call.db(lambda s: _pool_out(s, klaviyopools.get_pool(s, shop_id=call.shop_id, pool_id=pool_id))))
+
+
+async def add_klaviyo_pool_codes(call: Call) -> Response:
+    pool_id = call.path_int("pool_id")
+    body = await call.body(schemas.KlaviyoPoolCodesIn)
+
+    def work(session: Session) -> schemas.KlaviyoPoolOut:
+        added = klaviyopools.add_codes(session, shop_id=call.shop_id, pool_id=pool_id, count=body.count, batch_id=body.batch_id)
+        return _pool_out(session, klaviyopools.get_pool(session, shop_id=call.shop_id, pool_id=pool_id), added)
+
+    out: schemas.KlaviyoPoolOut = await call.db(work)
+    if out.added:
+        _wake(call)
+    return _json(out, 201)
+
+
+async def list_klaviyo_pool_codes(call: Call) -> Response:
+    pool_id = call.path_int("pool_id")
+    status = call.request.query_params.get("status")
+    if status is not None and status not in klaviyopools.STATUSES:
+        raise InvalidInput(f"status must be one of {list(klaviyopools.STATUSES)}", reason="invalid_query")
+
+    def work(session: Session) -> schemas.KlaviyoUploadList:
+        rows = klaviyopools.list_uploads(session, shop_id=call.shop_id, pool_id=pool_id, status=status)
+        counts = klaviyopools.upload_counts(session, shop_id=call.shop_id, pool_id=pool_id)
+        return schemas.KlaviyoUploadList(data=[schemas.KlaviyoUploadOut(**r.__dict__) for r in rows], counts=counts)
+
+    return _json(await call.db(work))
+
+
+async def retry_klaviyo_pool(call: Call) -> Response:
+    pool_id = call.path_int("pool_id")
+    out = schemas.RetryOut(requeued=await call.db(lambda s: klaviyopools.retry_failed(s, shop_id=call.shop_id, pool_id=pool_id)))
+    if out.requeued:
+        _wake(call)
+    return _json(out, 202)
+
+
+async def set_klaviyo_pool_policy(call: Call) -> Response:
+    pool_id = call.path_int("pool_id")
+    body = await call.body(schemas.PoolPolicyIn)
+
+    def work(session: Session) -> schemas.KlaviyoPoolOut:
+        pool = klaviyopools.set_policy(
+            session, shop_id=call.shop_id, pool_id=pool_id, alert_below=body.alert_below, topup_below=body.topup_below,
+            topup_count=body.topup_count,
+        )  # fmt: skip
+        return _pool_out(session, pool)
 
     return _json(await call.db(work))

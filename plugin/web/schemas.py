@@ -32,6 +32,34 @@ class CampaignUpdate(_In):
     rules: CampaignRules | None = None
 
 
+class PlatformFollow(BaseModel):
+    """The last time the platform discount was made to follow the campaign (pause, resume, end,
+    a rule edit; or a replacement after a type change) and what was done."""
+
+    at: datetime
+    action: str  # campaign.platform_followed | campaign.platform_replaced
+    outcome: dict[str, Any]
+
+
+class PlatformError(BaseModel):
+    """A sync job of the campaign that is failing: queued for a retry, or dead-lettered."""
+
+    job: str  # sync.push | sync.deactivate | sync.follow
+    status: str  # queued | running | dead
+    attempts: int
+    error: str
+
+
+class CampaignPlatform(BaseModel):
+    """Where the campaign stands on the shop's platform."""
+
+    platform: str | None
+    discount_id: str | None = Field(description="The platform discount holding the codes; null before the first push.")
+    codes: dict[str, int] = Field(description="Codes per sync status: pending, synced, failed, deactivated.")
+    last_follow: PlatformFollow | None
+    last_error: PlatformError | None = Field(description="Null when no sync job of the campaign is failing.")
+
+
 class CampaignOut(BaseModel):
     id: int
     name: str
@@ -52,6 +80,7 @@ class CampaignOut(BaseModel):
         "shop-wide guessing alert, find a live code of this format within a year."
     )
     exposure: dict[str, Any] | None = None
+    platform: CampaignPlatform
     created_at: datetime
     updated_at: datetime
 
@@ -367,6 +396,67 @@ class PoolPolicyOut(BaseModel):
     topup_count: int
 
 
+class KlaviyoPoolIn(_In):
+    campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
+    coupon_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")] = Field(
+        description="The Klaviyo coupon's id (its external_id); created at Klaviyo if missing. Templates use "
+        "`{% coupon_code 'COUPON_ID' %}`."
+    )
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    count: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] = Field(
+        0, description="Free codes of the campaign to hand to the pool now (0: none yet)."
+    )
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)] | None = Field(None, description="Only this batch's codes.")
+    alert_below: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 100
+    topup_below: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
+    topup_count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
+
+
+class KlaviyoPoolCodesIn(_In):
+    count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)] | None = None
+
+
+class KlaviyoPoolOut(BaseModel):
+    id: int
+    campaign_id: int
+    coupon_id: str
+    description: str
+    alert_below: int
+    topup_below: int | None
+    topup_count: int
+    unassigned: int | None = Field(description="Klaviyo's unassigned codes at the last check (counted up to the thresholds).")
+    checked_at: datetime | None
+    counts: dict[str, int] = Field(description="Codes per upload status: queued, sending, submitted, uploaded, failed.")
+    added: int = Field(0, description="Codes handed to the pool by this request.")
+    binding: str = Field(
+        "none", description="Always `none`: Klaviyo picks each code's recipient at send time, so no code here is bound."
+    )
+    channel: str = Field("klaviyo", description="The channel redemptions of these codes are attributed to.")
+
+
+class KlaviyoPoolList(BaseModel):
+    data: list[KlaviyoPoolOut]
+
+
+class KlaviyoUploadOut(BaseModel):
+    code: str
+    status: str
+    job_id: str | None
+    error: str | None
+    attempts: int
+    updated_at: datetime
+
+
+class KlaviyoUploadList(BaseModel):
+    data: list[KlaviyoUploadOut]
+    counts: dict[str, int]
+
+
+class RetryOut(BaseModel):
+    requeued: int
+
+
 class ReferralProgramIn(_In):
     campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
     reward_campaign_id: Annotated[int, Field(strict=True, ge=1, le=2**31 - 1)]
@@ -449,7 +539,7 @@ class CodePlatform(BaseModel):
 class CodeEvent(BaseModel):
     at: datetime
     # issued | assigned | synced | deactivated | delivered | reserved | released | redeemed | flagged |
-    # rolled_back | voided | extended
+    # rolled_back | voided | extended | retracted (an old holder's merge fields blanked)
     event: str
     details: dict[str, Any]
 

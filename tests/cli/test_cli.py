@@ -59,6 +59,22 @@ def test_campaign_generate_export_import_round_trip(cli: CliRunner, tmp_path: Pa
     assert f"{campaign_id}\tBlack Friday\tdraft\t252 codes" in listing
 
 
+def test_campaigns_show_says_where_the_campaign_stands_on_the_platform(cli: CliRunner) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "Spring").strip()
+    _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "3")
+    shown = json.loads(_ok(cli, "campaigns", "show", campaign_id))
+    assert (shown["name"], shown["codes"]) == ("Spring", 3)
+    assert shown["platform"] == {
+        "platform": "sandbox",
+        "discount_id": None,  # nothing pushed yet
+        "codes": {"pending": 3},
+        "last_follow": None,
+        "last_error": None,
+    }
+    missing = cli.invoke(main, ["campaigns", "show", "999999"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
 def test_codes_import_binds_codes_to_the_people_its_columns_name(cli: CliRunner, tmp_path: Path) -> None:
     campaign_id = _ok(cli, "campaigns", "create", "--name", "Loyal").strip()
     bad = tmp_path / "bad.csv"

@@ -89,3 +89,19 @@ def test_a_referrer_can_give_their_address_and_sandbox_orders_can_ship(
     ship = ["--address1", "12 Main Street", "--zip", "SW1A 1AA", "--country", "GB"]
     placed = json.loads(_ok(cli, "sandbox", "order", "--subtotal", "10.00", "--code", code, "--force", *ship))
     assert placed["shipping_address"] == {"address1": "12 Main Street", "address2": "", "zip": "SW1A 1AA", "country_code": "GB"}
+
+
+def test_a_klaviyo_pool_on_the_cli(cli: CliRunner) -> None:  # noqa: F811
+    campaign_id = campaign(cli, "Klaviyo", codes=4)
+    made = _ok(cli, "klaviyo-pool", "create", "--campaign", campaign_id, "--coupon", "SPRING10", "--count", "3")
+    assert "3 code(s) queued for Klaviyo coupon SPRING10" in made and "{% coupon_code 'SPRING10' %}" in made
+    pool_id = made.splitlines()[1].split("\t")[0].removeprefix("pool ")
+    assert "queued 3, sending 0, submitted 0, uploaded 0, failed 0" in _ok(cli, "klaviyo-pool", "status", pool_id)
+    assert _ok(cli, "klaviyo-pool", "add", pool_id, "--count", "5").strip() == "1 code(s) queued"
+    assert len(_ok(cli, "klaviyo-pool", "codes", pool_id, "--status", "queued").splitlines()) == 4
+    assert _ok(cli, "klaviyo-pool", "retry", pool_id).strip() == "0 code(s) queued again"
+    assert _ok(cli, "klaviyo-pool", "policy", pool_id, "--alert-below", "5").strip() == "policy saved"
+    # the campaign has nothing left to claim: the pool's codes are Klaviyo's to hand out
+    assert _ok(cli, "distribution", "pool", "--campaign", campaign_id).strip() == "total 4  assigned 0  free 0"
+    bad = cli.invoke(main, ["klaviyo-pool", "create", "--campaign", campaign_id, "--coupon", "10 OFF"])
+    assert bad.exit_code == 1 and "coupon id" in bad.output

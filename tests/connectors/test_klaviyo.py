@@ -283,6 +283,65 @@ async def test_ensure_coupon_tolerates_a_concurrent_create(fake: FakeKlaviyo, ti
     assert fake.router["coupons"].call_count == 1  # answered 409: already there
 
 
+def spring(n: int) -> list[CodeSpec]:
+    return [CodeSpec(code=f"SPR{i:05d}", display=f"SPR-{i:05d}") for i in range(n)]
+
+
+async def test_a_coupon_code_job_is_not_sent_again_after_an_ambiguous_failure(fake: FakeKlaviyo, time_: FakeTime) -> None:
+    klaviyo = connector(time_)
+    server_error = {"errors": [{"id": "x", "status": 500, "code": "error", "title": "Server error.", "detail": "boom"}]}
+    fake.script("coupon-jobs", httpx.Response(500, json=server_error, headers=JSON_API))
+    with pytest.raises(UpstreamError):
+        await klaviyo.submit_coupon_codes("SPRING10", spring(3))
+    assert fake.router["coupon-jobs"].call_count == 1  # the job may exist: the caller looks its codes up
+    fake.script("coupon-jobs", httpx.ConnectTimeout("slow"))
+    assert await klaviyo.submit_coupon_codes("SPRING10", spring(3))  # never reached Klaviyo: sent again here
+    assert fake.router["coupon-jobs"].call_count == 3
+
+
+async def test_a_throttled_coupon_code_job_waits_retry_after_then_goes(fake: FakeKlaviyo, time_: FakeTime) -> None:
+    klaviyo = connector(time_)
+    fake.script("coupon-jobs", httpx.Response(429, json=fixture("throttled.json"), headers={"Retry-After": "9", **JSON_API}))
+    job_id = await klaviyo.submit_coupon_codes("SPRING10", spring(2))
+    assert fake.router["coupon-jobs"].call_count == 2 and job_id in fake.coupon_jobs
+    assert sum(time_.sleeps) >= 9
+    assert len(fake.coupon_jobs) == 1
+
+
+async def test_a_finished_job_names_the_codes_it_created(fake: FakeKlaviyo, time_: FakeTime) -> None:
+    klaviyo = connector(time_)
+    fake.coupon_codes["SPRING10"]["SPR-00001"] = "UNASSIGNED"  # there already: the job fails it
+    fake.hold_coupon_jobs = True
+    job_id = await klaviyo.submit_coupon_codes("SPRING10", spring(3))
+    job, created = await klaviyo.coupon_job_outcome(job_id)
+    assert not job.done and created == frozenset()
+    fake.run_coupon_jobs()
+    job, created = await klaviyo.coupon_job_outcome(job_id)
+    assert job.done and (job.total, job.failed) == (3, 1) and "already exists" in job.errors[0]
+    assert created == {"SPRING10-SPR-00000", "SPRING10-SPR-00002"}
+    assert await klaviyo.coupon_code_exists("SPRING10", "SPR-00001")
+    assert not await klaviyo.coupon_code_exists("SPRING10", "SPR-09999")
+    api = openapi(SPEC)
+    for name in ("coupon-job", "coupon-code"):
+        for call in fake.router[name].calls:
+            validate_response(api, call.request, call.response)
+
+
+async def test_unassigned_codes_are_counted_up_to_the_bound(fake: FakeKlaviyo, time_: FakeTime) -> None:
+    klaviyo = connector(time_)
+    codes = fake.coupon_codes["SPRING10"]
+    codes.update({f"C{n:04d}": "UNASSIGNED" for n in range(250)})
+    codes.update({f"D{n:04d}": "ASSIGNED_TO_PROFILE" for n in range(40)})
+    assert await klaviyo.count_unassigned("SPRING10", upto=1000) == 250
+    assert fake.router["coupon-codes"].call_count == 3
+    assert await klaviyo.count_unassigned("SPRING10", upto=50) == 50
+    assert fake.router["coupon-codes"].call_count == 4  # one page was enough
+    request = fake.router["coupon-codes"].calls.last.request
+    assert request.url.params["filter"] == "equals(status,'UNASSIGNED')"
+    for call in fake.router["coupon-codes"].calls:
+        validate_response(openapi(SPEC), call.request, call.response)
+
+
 def test_fixtures_are_documented_responses() -> None:
     api = openapi(SPEC)
     base = "https://a.klaviyo.com"

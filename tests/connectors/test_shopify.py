@@ -149,6 +149,7 @@ async def test_every_document_is_sent_with_variables_the_schema_accepts(
         spec = DiscountSpec(campaign_id=1, title=kind, kind=kind, value=5, platform_discount_id=discount)
         assert await connector.ensure_discount(spec) == discount
     fake.add_discount(["TAKEN-1"])
+    await connector.push_codes(discount, codes("GOOD-0"))  # all imported: the ids alone
     await connector.push_codes(discount, codes("GOOD-1", "BAD", "TAKEN-1"))
     await connector.deactivate_codes(discount, ["GOOD-1"])
     assert [c async for c in connector.list_codes(discount)]
@@ -784,18 +785,36 @@ async def test_push_codes_adds_then_polls_the_bulk_creation(
     discount = fake.add_discount()
     results = await connector.push_codes(discount, codes("WELC-7KQ2-XM4P", "WELC-93TD-PL2K"))
     assert [(r.code, r.ok, r.error) for r in results] == [("WELC7KQ2XM4P", True, None), ("WELC93TDPL2K", True, None)]
-    assert [c.operation for c in fake.calls] == ["discountRedeemCodeBulkAdd", "discountRedeemCodeBulkCreation"]
+    held = fake.discounts[discount].codes
+    # each code's redeem-code id comes back, read from the finished bulk creation's codes
+    assert [r.platform_id for r in results] == [held["welc-7kq2-xm4p"]["id"], held["welc-93td-pl2k"]["id"]]
+    assert [c.operation for c in fake.calls] == [
+        "discountRedeemCodeBulkAdd",
+        "discountRedeemCodeBulkCreation",  # the poll: done, nothing failed
+        "discountRedeemCodeBulkCreation",  # the codes' ids
+    ]
+    assert fake.calls[2].document == shopify.BULK_CREATION_IDS  # no errors to read: the lighter document
     assert fake.calls[0].variables == {"discountId": discount, "codes": [{"code": "WELC-7KQ2-XM4P"}, {"code": "WELC-93TD-PL2K"}]}
     assert fake.calls[0].request.headers["X-Shopify-Access-Token"] == "shpat_test_token"
     assert set(fake.discounts[discount].codes) == {"welc-7kq2-xm4p", "welc-93td-pl2k"}  # display form: what shoppers type
     assert clock.sleeps == [0.5]  # one poll interval, no throttling
 
 
+async def test_push_codes_without_keeping_ids_skips_the_read(
+    client: httpx.AsyncClient, fake: ShopifyFake, clock: FakeClock
+) -> None:
+    config = ConnectorConfig(client_id="api-key", client_secret="hush", extra={"redeem_code_ids": "off"})
+    connector = ShopifyConnector(client, config, CREDENTIALS, wait=wait_none(), clock=clock, sleep=clock.sleep)
+    results = await connector.push_codes(fake.add_discount(), codes("A-1", "A-2"))
+    assert [(r.ok, r.platform_id) for r in results] == [(True, None), (True, None)]
+    assert [c.operation for c in fake.calls] == ["discountRedeemCodeBulkAdd", "discountRedeemCodeBulkCreation"]
+
+
 async def test_push_codes_polls_until_done(connector: ShopifyConnector, router: respx.MockRouter, clock: FakeClock) -> None:
     fake = ShopifyFake(router, bulk_polls=3)
     discount = fake.add_discount()
     await connector.push_codes(discount, codes("A-1"))
-    assert [c.operation for c in fake.calls].count("discountRedeemCodeBulkCreation") == 3
+    assert [c.operation for c in fake.calls].count("discountRedeemCodeBulkCreation") == 3 + 1  # polls, then the ids
     assert clock.sleeps == [0.5, 1.0, 2.0]
 
 
@@ -822,10 +841,13 @@ async def test_push_codes_reports_shopify_errors_per_code(connector: ShopifyConn
 async def test_push_codes_again_is_idempotent(connector: ShopifyConnector, fake: ShopifyFake) -> None:
     discount = fake.add_discount()
     batch = codes("RETRY-01", "RETRY-02")
-    await connector.push_codes(discount, batch)
+    first = await connector.push_codes(discount, batch)
     again = await connector.push_codes(discount, batch)  # e.g. the outbox retried after a timeout
     assert [(r.ok, r.error) for r in again] == [(True, None), (True, None)]
-    assert fake.route.call_count == 2 + 3 + 2
+    # the codes already ours keep their ids: found by the search once their owner is confirmed
+    assert [r.platform_id for r in again] == [r.platform_id for r in first] and all(r.platform_id for r in first)
+    # first: add, poll, ids; again: add, poll, per-code results, then owner + search for each code
+    assert fake.route.call_count == 3 + 3 + 2 * 2
 
 
 async def test_push_codes_in_chunks_of_the_batch_size(connector: ShopifyConnector, fake: ShopifyFake) -> None:
@@ -834,7 +856,8 @@ async def test_push_codes_in_chunks_of_the_batch_size(connector: ShopifyConnecto
     assert len(results) == 250 and all(r.ok for r in results)
     adds = [c for c in fake.calls if c.operation == "discountRedeemCodeBulkAdd"]
     assert [len(c.variables["codes"]) for c in adds] == [100, 100, 50]
-    assert fake.route.call_count == 6
+    assert fake.route.call_count == 9  # add, poll and ids per batch
+    assert len({r.platform_id for r in results}) == 250 and None not in {r.platform_id for r in results}
 
 
 async def test_push_codes_resubmits_the_good_codes_of_a_refused_batch(connector: ShopifyConnector, fake: ShopifyFake) -> None:
@@ -887,6 +910,7 @@ async def test_throttled_with_http_200_then_success(connector: ShopifyConnector,
     assert [c.operation for c in fake.calls] == [
         "discountRedeemCodeBulkAdd",
         "discountRedeemCodeBulkAdd",
+        "discountRedeemCodeBulkCreation",
         "discountRedeemCodeBulkCreation",
     ]
     assert clock.sleeps[0] == pytest.approx((10 - 4) / 50)  # the deficit over the restore rate, then the poll
@@ -958,19 +982,19 @@ async def test_no_credentials_is_an_auth_error(client: httpx.AsyncClient) -> Non
 async def test_pacer_keeps_under_the_bucket_without_being_throttled(
     client: httpx.AsyncClient, router: respx.MockRouter, clock: FakeClock
 ) -> None:
-    fake = shopify_fake(router, maximum=25, restore_rate=10, clock=clock)
+    fake = shopify_fake(router, maximum=1000, restore_rate=100, clock=clock)
     connector = ShopifyConnector(client, CONFIG, CREDENTIALS, wait=wait_none(), clock=clock, sleep=clock.sleep, poll_interval=0)
     discount = fake.add_discount()
     start = clock.now
-    results = await connector.push_codes(discount, codes(*(f"P-{i:03d}" for i in range(300))))
+    results = await connector.push_codes(discount, codes(*(f"P-{i:03d}" for i in range(600))))
     assert all(r.ok for r in results)
     assert fake.throttled == 0
-    # 3 adds (10) + 3 polls (1) = 33 points; the bucket starts with 25 and restores 10/s
-    assert clock.now - start == pytest.approx((33 - 25) / 10, abs=0.11)
+    # 6 x (add 10 + poll 1 + ids 203) = 1284 points; the bucket starts with 1000 and restores 100/s
+    assert clock.now - start == pytest.approx((1284 - 1000) / 100, abs=0.11)
 
 
 async def test_concurrent_pushes_share_the_bucket(client: httpx.AsyncClient, router: respx.MockRouter, clock: FakeClock) -> None:
-    fake = shopify_fake(router, maximum=30, restore_rate=10, clock=clock)
+    fake = shopify_fake(router, maximum=1000, restore_rate=100, clock=clock)
     bucket = CostBucket(clock, clock.sleep)
     pushers = [
         ShopifyConnector(

@@ -16,7 +16,17 @@ import pytest
 import respx
 from tenacity import wait_none
 
-from connectors.base import REMOVAL_UNCONFIRMED, CodeSpec, CodeUse, ConnectorConfig, DiscountSpec, ShippingAddress, ShopConnector
+from connectors.base import (
+    CODE_GONE,
+    REMOVAL_UNCONFIRMED,
+    CodeSpec,
+    CodeStatusControl,
+    CodeUse,
+    ConnectorConfig,
+    DiscountSpec,
+    ShippingAddress,
+    ShopConnector,
+)
 from connectors.errors import AuthError, BadSignature, ConnectorError, NotFound, RateLimited, Rejected, UpstreamError
 from connectors.woocommerce import ORDER_STATUS_KINDS, WooAuthKeys, WooCommerceConnector
 from tests.connectors.fakes.woocommerce import FakeWooCommerce, fixture, sign
@@ -242,7 +252,7 @@ async def test_a_code_pushed_again_with_a_new_end_updates_its_coupon(
     client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
 ) -> None:
     """An extended expiry (plugin.codes.percode) pushes the code again: WooCommerce holds a per-code
-    end, so the coupon we already hold gets the new `date_expires_gmt` by a batch update."""
+    end, so the coupon we already hold gets the new end (`date_expires`) by a batch update."""
     fake.install(router, "batch", "coupons")
     connector = connect(client, fake)
     discount_id = await connector.ensure_discount(campaign())
@@ -256,7 +266,7 @@ async def test_a_code_pushed_again_with_a_new_end_updates_its_coupon(
     assert result.ok and again.ok and result.platform_id == str(ours["id"])
     assert fake.coupons[ours["id"]]["date_expires_gmt"] == "2030-01-31T23:59:59"
     updates = [b["update"] for b in sent_batches(fake) if "update" in b]
-    assert updates == [[{"id": ours["id"], "date_expires_gmt": "2030-01-31T23:59:59"}]]  # the same end again: no update
+    assert updates == [[{"id": ours["id"], "date_expires": "2030-01-31T23:59:59Z"}]]  # the same end again: no update
 
 
 async def test_existing_coupon_of_someone_else_is_not_taken_as_synced(
@@ -418,7 +428,7 @@ async def test_campaign_rules_are_carried_onto_each_coupon(
     early = CodeSpec(code="EARLY01", display="EARLY-01", expires_at=datetime(2029, 6, 1, 12, tzinfo=UTC))
     await connector.push_codes(discount_id, [early, *codes("LATE-01")])
     first, second = sent_batches(fake)[0]["create"]
-    assert first | {"code": None, "date_expires_gmt": None} == second | {"code": None, "date_expires_gmt": None}
+    assert first | {"code": None, "date_expires": None} == second | {"code": None, "date_expires": None}
     assert {k: first[k] for k in ("discount_type", "amount", "usage_limit", "usage_limit_per_user", "minimum_amount")} == {
         "discount_type": "fixed_cart",
         "amount": "5.00",
@@ -427,7 +437,7 @@ async def test_campaign_rules_are_carried_onto_each_coupon(
         "minimum_amount": "50.00",
     }
     assert (first["product_ids"], first["product_categories"], first["individual_use"]) == ([93], [12], True)
-    assert (first["date_expires_gmt"], second["date_expires_gmt"]) == ("2029-06-01T12:00:00", "2030-01-31T23:00:00")
+    assert (first["date_expires"], second["date_expires"]) == ("2029-06-01T12:00:00Z", "2030-01-31T23:00:00Z")
 
 
 async def test_percentage_and_free_shipping_templates(
@@ -597,3 +607,82 @@ async def test_verify_credentials(client: httpx.AsyncClient, fake: FakeWooCommer
     with pytest.raises(AuthError):
         await bad.verify_credentials()
     assert fake.routes["coupons"].call_count == 2
+
+
+# --- following the campaign coupon by coupon (CodeStatusControl) ------------------------------
+
+
+def stored(coupon: dict[str, Any], value: str) -> CodeSpec:
+    return CodeSpec(code=value.replace("-", ""), display=value, platform_id=str(coupon["id"]))
+
+
+def test_implements_per_code_status_control(client: httpx.AsyncClient) -> None:
+    assert isinstance(WooCommerceConnector(client, ConnectorConfig()), CodeStatusControl)
+
+
+async def test_update_codes_goes_by_the_stored_ids_and_looks_up_only_a_missing_one(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch", "coupons")
+    connector = connect(client, fake)
+    kept = fake.add_coupon("KEPT-0001", campaign_id=7, minimum_amount="50.00", usage_limit_per_user=1)
+    legacy = fake.add_coupon("LEGACY-01", campaign_id=7)
+    deleted = fake.add_coupon("GONE-0001", campaign_id=7)
+    del fake.coupons[deleted["id"]]
+    specs = [stored(kept, "KEPT-0001"), *codes("LEGACY-01"), stored(deleted, "GONE-0001")]
+
+    results = await connector.update_codes(await connector.ensure_discount(campaign(value=15)), specs, "paused")
+
+    assert [(r.code, r.ok, r.error) for r in results] == [
+        ("KEPT0001", True, None),
+        ("LEGACY01", True, None),
+        ("GONE0001", False, CODE_GONE),  # the store's per-item woocommerce_rest_shop_coupon_invalid_id
+    ]
+    assert results[1].platform_id == str(legacy["id"])
+    (batch,) = sent_batches(fake)
+    assert [item["id"] for item in batch["update"]] == [kept["id"], legacy["id"], deleted["id"]]
+    assert {item["status"] for item in batch["update"]} == {"draft"}
+    assert fake.routes["coupons"].call_count == 1  # the code without a stored id only
+    assert (kept["status"], kept["amount"], kept["minimum_amount"], kept["usage_limit_per_user"]) == ("draft", "15", "0", 0)
+
+
+async def test_a_draft_is_pushed_again_by_its_id_never_created_twice(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    """WooCommerce's duplicate check sees published coupons only: a create would make a second
+    coupon beside a draft. A code with a stored id is updated (published) instead."""
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    draft = fake.add_coupon("DRAFT-001", campaign_id=7, status="draft")
+    (result,) = await connector.push_codes(await connector.ensure_discount(campaign()), [stored(draft, "DRAFT-001")])
+    assert result.ok and result.platform_id == str(draft["id"])
+    assert [c["id"] for c in fake.coupons_with_code("draft-001")] == [draft["id"]] and draft["status"] == "publish"
+    assert ["create" in batch for batch in sent_batches(fake)] == [False]
+
+
+async def test_delete_codes_by_id_counts_an_id_the_store_no_longer_knows_as_gone(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "batch")
+    connector = connect(client, fake)
+    draft = fake.add_coupon("DRAFT-001", campaign_id=7, status="draft")
+    gone = fake.add_coupon("GONE-0001", campaign_id=7)
+    del fake.coupons[gone["id"]]
+    results = await connector.delete_codes(
+        await connector.ensure_discount(campaign()), [stored(draft, "DRAFT-001"), stored(gone, "GONE-0001")]
+    )
+    assert [(r.ok, r.error) for r in results] == [(True, None), (True, None)]
+    assert fake.coupons == {} and sent_batches(fake) == [{"delete": [draft["id"], gone["id"]]}]
+
+
+async def test_listing_tells_live_from_paused_and_leaves_trash_out(
+    client: httpx.AsyncClient, fake: FakeWooCommerce, router: respx.MockRouter
+) -> None:
+    fake.install(router, "coupons")
+    for code, status in (("LIVE-1", "publish"), ("DRAFT-1", "draft"), ("PEND-1", "pending"), ("TRASH-1", "trash")):
+        fake.add_coupon(code, campaign_id=7, status=status)
+    connector = connect(client, fake)
+    discount_id = await connector.ensure_discount(campaign())
+    states = [pair async for pair in connector.list_code_states(discount_id)]
+    assert states == [("live-1", "active"), ("draft-1", "paused"), ("pend-1", "paused")]
+    assert [code async for code in connector.list_codes(discount_id)] == ["live-1"]  # only a published coupon takes orders

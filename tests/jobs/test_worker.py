@@ -9,8 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -267,3 +268,180 @@ def test_the_worker_command_settles_its_heap_before_it_runs(
     plugin.jobs.worker.run_worker(settings, engine)
     [(threshold, frozen)] = seen
     assert threshold == YOUNG_THRESHOLD and frozen > 0
+
+
+# --- jobs at once: the concurrency bound, serial keys, per-shop limits, graceful stop ----------
+
+
+def other_shop(engine: Engine, domain: str = "other.couponry.test") -> int:
+    with session_scope(engine) as session:
+        shop = ensure_local_shop(session, domain)
+        assert shop.id is not None
+        return shop.id
+
+
+async def settled(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Let the worker's tasks run until `condition` holds (the limit only guards against a hang)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Gate:
+    """A handler that records which jobs run at once and holds each until the gate opens."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.running: set[int] = set()
+        self.started: list[int] = []
+        self.most = 0
+
+    async def handle(self, ctx: JobContext, claimed: ClaimedJob) -> None:
+        self.started.append(claimed.id)
+        self.running.add(claimed.id)
+        self.most = max(self.most, len(self.running))
+        try:
+            await self.open.wait()
+        finally:
+            self.running.discard(claimed.id)
+
+
+async def test_a_worker_runs_up_to_its_concurrency_at_once(engine: Engine, shop_id: int, settings: Settings) -> None:
+    gate = Gate()
+    ids = [enqueue(engine, shop_id, "gated", {"n": n}) for n in range(7)]  # no campaign: no serial key
+    async with httpx.AsyncClient() as http:
+        worker = worker_for(engine, settings, http, {"gated": gate.handle}, concurrency=3, shop_limit=10, poll_interval=0.01)
+        task = asyncio.create_task(worker.run())
+        await settled(lambda: len(gate.started) == 3, "three jobs to start")
+        for _ in range(20):  # the loop goes round (polls, wakes) without room for a fourth
+            worker.wake()
+            await asyncio.sleep(0.01)
+        assert (len(gate.started), worker.running) == (3, 3)
+        gate.open.set()
+        await settled(lambda: all(job(engine, i).status == "done" for i in ids), "every job to finish")
+        worker.stop()
+        await task
+    assert gate.most == 3 and sorted(gate.started) == ids
+
+
+async def test_stop_waits_for_every_running_job_and_claims_no_more(engine: Engine, shop_id: int, settings: Settings) -> None:
+    gate = Gate()
+    first, second = (enqueue(engine, shop_id, "gated", {"n": n}) for n in range(2))
+    async with httpx.AsyncClient() as http:
+        worker = worker_for(engine, settings, http, {"gated": gate.handle}, concurrency=2, shop_limit=10, poll_interval=0.01)
+        task = asyncio.create_task(worker.run())
+        await settled(lambda: len(gate.started) == 2, "both jobs to start")
+        late = enqueue(engine, shop_id, "gated")
+        worker.stop()
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        assert not task.done()  # it waits for its running jobs
+        gate.open.set()
+        await asyncio.wait_for(task, 10)
+    assert job(engine, first).status == job(engine, second).status == "done"
+    assert job(engine, late).status == "queued" and late not in gate.started
+
+
+def test_a_campaigns_jobs_of_one_domain_share_a_serial_key() -> None:
+    assert outbox.serial_key_for("sync.push", {"campaign_id": 12}, 3) == "sync:3:12"
+    assert outbox.serial_key_for("sync.deactivate", {"campaign_id": 12}, 3) == "sync:3:12"
+    assert outbox.serial_key_for("sync.push", {"campaign_id": 13}, 3) != "sync:3:12"
+    assert outbox.serial_key_for("distribution.push", {"campaign_id": 12, "provider": "klaviyo"}, 3) == "distribution:3:12"
+    assert outbox.serial_key_for("reconcile", {}, 3) is None
+    assert outbox.serial_key_for("sync.push", {"campaign_id": 12}, None) is None
+
+
+def test_a_claim_never_hands_out_a_key_that_runs_anywhere(engine: Engine, shop_id: int) -> None:
+    lease = timedelta(seconds=30)
+    a1 = enqueue(engine, shop_id, "sync.push", {"campaign_id": 1})
+    a2 = enqueue(engine, shop_id, "sync.deactivate", {"campaign_id": 1})
+    b1 = enqueue(engine, shop_id, "sync.push", {"campaign_id": 2})
+    # one claim: one job per key, the oldest first
+    first = outbox.claim(engine, "w1", lease, limit=10)
+    assert [j.id for j in first] == [a1, b1]
+    # another worker process: campaign 1 runs in w1, so its second job waits
+    assert outbox.claim(engine, "w2", lease, limit=10) == []
+    assert outbox.complete(engine, first[0], "w1")
+    assert [j.id for j in outbox.claim(engine, "w2", lease, limit=10)] == [a2]
+
+
+def test_a_key_whose_lease_ran_out_is_free_and_its_job_is_claimed_again(engine: Engine, shop_id: int) -> None:
+    lease = timedelta(seconds=30)
+    first = enqueue(engine, shop_id, "sync.push", {"campaign_id": 1})
+    second = enqueue(engine, shop_id, "sync.push", {"campaign_id": 1}, run_after=utcnow() + timedelta(seconds=1))
+    (mine,) = outbox.claim(engine, "killed-worker", lease)
+    assert mine.id == first
+    later = utcnow() + lease + timedelta(seconds=5)
+    # the killed worker's job comes back first (oldest), and the key still runs one job at a time
+    assert [j.id for j in outbox.claim(engine, "w2", lease, limit=10, now=later)] == [first]
+    assert outbox.claim(engine, "w3", lease, limit=10, now=later) == []
+    assert job(engine, first).locked_by == "w2" and job(engine, second).status == "queued"
+
+
+def test_a_shop_never_runs_more_than_its_limit_across_workers(engine: Engine, shop_id: int) -> None:
+    lease = timedelta(seconds=30)
+    other = other_shop(engine)
+    mine = [enqueue(engine, shop_id, "sync.push", {"campaign_id": n}) for n in range(1, 5)]
+    theirs = enqueue(engine, other, "sync.push", {"campaign_id": 9})
+    first = outbox.claim(engine, "w1", lease, limit=10, shop_limit=2)
+    # two of this shop (the oldest), and the other shop is not held up behind them
+    assert [j.id for j in first] == [*mine[:2], theirs]
+    assert outbox.claim(engine, "w2", lease, limit=10, shop_limit=2) == []
+    assert outbox.complete(engine, first[0], "w1")
+    assert [j.id for j in outbox.claim(engine, "w2", lease, limit=10, shop_limit=2)] == [mine[2]]
+    assert outbox.claim(engine, "w3", lease, limit=10, shop_limit=2) == []
+
+
+def test_workers_claiming_at_once_never_run_one_key_twice_nor_a_shop_over_its_limit(engine: Engine, shop_id: int) -> None:
+    """Four workers (threads, a connection each) claim and complete 120 jobs of 6 keys over two
+    shops: at no moment do two of them hold one key, nor three hold one shop's jobs."""
+    lease = timedelta(seconds=60)
+    other = other_shop(engine)
+    with session_scope(engine) as session:
+        for i in range(120):
+            shop = shop_id if i % 2 else other
+            outbox.enqueue(session, "sync.push", {"campaign_id": i % 3, "i": i}, shop)
+    lock = threading.Lock()
+    keys: set[str] = set()
+    per_shop: dict[int, int] = {}
+    broken: list[str] = []
+    done: list[int] = []
+    start = threading.Barrier(4)
+
+    def work(name: str) -> None:
+        start.wait()
+        idle = 0
+        while idle < 50:
+            batch = outbox.claim(engine, name, lease, limit=2, shop_limit=2)
+            if not batch:
+                idle += 1
+                time.sleep(0.002)
+                continue
+            idle = 0
+            with lock:
+                for j in batch:
+                    key = f"{j.shop_id}:{j.payload['campaign_id']}"
+                    if key in keys:
+                        broken.append(f"key {key} twice")
+                    keys.add(key)
+                    per_shop[j.shop_id or 0] = per_shop.get(j.shop_id or 0, 0) + 1
+                    if per_shop[j.shop_id or 0] > 2:
+                        broken.append(f"shop {j.shop_id} over its limit")
+            time.sleep(0.001)
+            with lock:  # let go of them before the database does: a stale view is only stricter
+                for j in batch:
+                    keys.discard(f"{j.shop_id}:{j.payload['campaign_id']}")
+                    per_shop[j.shop_id or 0] -= 1
+            for j in batch:
+                assert outbox.complete(engine, j, name)
+                done.append(j.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert broken == []
+    assert len(done) == len(set(done)) == 120

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.anyio
 CONFIG = ConnectorConfig(client_id="api-key", client_secret="hush")
 CREDENTIALS = Credentials(shop_domain=SHOP, access_token="shpat_test_token", scopes=("write_discounts", "read_orders"))
 JOBS = 2
-CODES_PER_JOB = 300  # three bulk adds (10 points) and three polls (1 point) each
+CODES_PER_JOB = 300  # three bulk adds (10 points), three polls (1) and three id reads (203) each
 
 
 @pytest.fixture
@@ -62,8 +62,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def fake(router: respx.MockRouter, clock: FakeClock) -> ShopifyFake:
-    """Shopify enforcing its bucket (30 points, 10 a second) against the test's clock."""
-    return shopify_fake(router, maximum=30, restore_rate=10, clock=clock)
+    """Shopify enforcing its bucket (1000 points, 100 a second, as on a Standard plan) against the
+    test's clock: each batch of 100 codes spends 10 + 1 + 203 (its redeem-code ids)."""
+    return shopify_fake(router, maximum=1000, restore_rate=100, clock=clock)
 
 
 @pytest.fixture(params=["database", "redis"])
@@ -156,7 +157,7 @@ async def test_workers_sharing_the_store_are_never_throttled(
     await push_concurrently(fake, workers)
     assert fake.throttled == 0
     learned = await workers[0].bucket.state()
-    assert (learned.maximum, learned.rate, learned.in_flight) == (30, 10, 0)
+    assert (learned.maximum, learned.rate, learned.in_flight) == (1000, 100, 0)
 
 
 async def test_workers_with_a_store_each_are_throttled(client: httpx.AsyncClient, fake: ShopifyFake, clock: FakeClock) -> None:
@@ -175,7 +176,7 @@ async def test_the_database_keeps_what_shopify_said(
     with session_scope(engine) as session:
         row = session.exec(select(RateLimitState)).one()
     assert row.key == "shopify:cost:" + SHOP
-    assert BucketState.from_dict(row.state).maximum == 30 and BucketState.from_dict(row.state).level == 29
+    assert BucketState.from_dict(row.state).maximum == 1000 and BucketState.from_dict(row.state).level == 999
 
 
 async def test_a_throttled_answer_is_retried_after_the_documented_wait(
@@ -194,10 +195,11 @@ async def test_a_throttled_answer_is_retried_after_the_documented_wait(
         "discountRedeemCodeBulkAdd",  # THROTTLED
         "discountRedeemCodeBulkAdd",
         "discountRedeemCodeBulkCreation",
+        "discountRedeemCodeBulkCreation",  # the code's redeem-code id
     ]
     assert clock.sleeps == [pytest.approx((10 - 4) / 50)]  # (requested - currentlyAvailable) / restoreRate
     # the other worker learnt it too: what the bucket holds is what Shopify last said, less spending
-    assert await two.bucket.available() == pytest.approx(1000 - 1, abs=1)
+    assert await two.bucket.available() == pytest.approx(1000 - 203, abs=1)  # after the ids read
 
 
 async def test_a_429_holds_back_every_worker(

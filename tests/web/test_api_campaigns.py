@@ -8,7 +8,7 @@ import time
 from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
-from plugin.store.models import Code
+from plugin.store.models import AuditEvent, Campaign, Code, Job
 from tests.web.conftest import Api, rules
 
 BODY = {"name": "Black Friday", "currency": "GBP", "code_format": {"length": 10, "check_chars": 1}, "rules": rules()}
@@ -59,6 +59,45 @@ def test_create_read_list_update(api: Api) -> None:
         "unbounded_because": [],
     }
     assert api.get(f"/campaigns/{campaign['id']}").json()["name"] == "Black Friday 2026"
+
+
+def test_a_campaign_shows_where_it_stands_on_the_platform(api: Api, engine: Engine, shop_id: int) -> None:
+    campaign = api.post("/campaigns", BODY).json()
+    assert campaign["platform"] == {
+        "platform": "sandbox",
+        "discount_id": None,  # nothing pushed yet
+        "codes": {},
+        "last_follow": None,
+        "last_error": None,
+    }
+    with Session(engine) as session:  # pushed, paused and followed; then a rule edit's follow-up fails
+        row = session.get_one(Campaign, campaign["id"])
+        row.platform_discount_id = "17"
+        session.add(row)
+        outcome = {"status": "paused", "discount_id": "17", "rules": "updated", "discount_status": "paused"}
+        session.add(
+            AuditEvent(
+                shop_id=shop_id,
+                action="campaign.platform_followed",
+                subject=f"campaign:{campaign['id']}",
+                actor="worker",
+                details=outcome,
+            )
+        )
+        failing = {"campaign_id": campaign["id"]}
+        session.add(Job(shop_id=shop_id, kind="sync.follow", payload=failing, status="dead", attempts=10, last_error="503"))
+        session.add(Job(shop_id=shop_id, kind="sync.follow", payload={"campaign_id": 0}, status="queued", last_error="x"))
+        session.commit()
+    shown = api.get(f"/campaigns/{campaign['id']}").json()["platform"]
+    assert shown["discount_id"] == "17" and shown["last_follow"]["outcome"] == outcome
+    assert shown["last_follow"]["action"] == "campaign.platform_followed"
+    assert shown["last_error"] == {"job": "sync.follow", "status": "dead", "attempts": 10, "error": "503"}
+    (listed,) = api.get("/campaigns").json()["data"]
+    assert listed["platform"] == shown
+    with Session(engine) as session:  # a later follow-up succeeded: nothing failing any more
+        session.add(Job(shop_id=shop_id, kind="sync.follow", payload=failing, status="done", attempts=1))
+        session.commit()
+    assert api.get(f"/campaigns/{campaign['id']}").json()["platform"]["last_error"] is None
 
 
 def test_status_transitions(api: Api) -> None:

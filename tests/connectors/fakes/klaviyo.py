@@ -40,7 +40,12 @@ class FakeKlaviyo:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.coupons: set[str] = set()
         self.coupon_jobs: dict[str, dict[str, Any]] = {}
-        self._scripts: dict[str, deque[httpx.Response]] = defaultdict(deque)
+        # coupon id → {unique code: status}; what Klaviyo holds once a job has run
+        self.coupon_codes: dict[str, dict[str, str]] = defaultdict(dict)
+        self.hold_coupon_jobs = False  # True: jobs stay "processing" until run_coupon_jobs()
+        self.reject_codes: set[str] = set()  # unique codes a job refuses (an invalid code)
+        self._scripts: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
+        self._lost: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
         r = self.router
         r.post("/api/profile-bulk-import-jobs", name="import").mock(side_effect=self._wrap("import", self._create_import))
         r.get(path__regex=r"^/api/profile-bulk-import-jobs/(?P<job_id>[^/]+)/import-errors$", name="import-errors").mock(
@@ -59,10 +64,22 @@ class FakeKlaviyo:
         r.get(path__regex=r"^/api/coupon-code-bulk-create-jobs/(?P<job_id>[^/]+)$", name="coupon-job").mock(
             side_effect=self._wrap("coupon-job", self._coupon_job)
         )
+        r.get(path__regex=r"^/api/coupon-codes/(?P<code_id>[^/]+)$", name="coupon-code").mock(
+            side_effect=self._wrap("coupon-code", self._coupon_code)
+        )
+        r.get(path__regex=r"^/api/coupons/(?P<coupon_id>[^/]+)/coupon-codes$", name="coupon-codes").mock(
+            side_effect=self._wrap("coupon-codes", self._coupon_codes_page)
+        )
 
-    def script(self, route: str, *responses: httpx.Response) -> None:
-        """Serve these responses, in order, before the route answers normally again."""
+    def script(self, route: str, *responses: httpx.Response | Exception) -> None:
+        """Serve these responses, in order, before the route answers normally again; an
+        exception (e.g. httpx.ReadTimeout) is raised instead of answering."""
         self._scripts[route].extend(responses)
+
+    def lose_answer(self, route: str, *answers: httpx.Response | Exception) -> None:
+        """The route's next requests take effect, but the caller gets these instead of the answer
+        (a 5xx or a timeout after the commit)."""
+        self._lost[route].extend(answers)
 
     def finish_jobs(self, failures: dict[str, str] | None = None, status: str = "complete") -> None:
         """Complete every import job; profiles whose email is in `failures` fail with that detail."""
@@ -73,6 +90,23 @@ class FakeKlaviyo:
                 (p, failures[p["attributes"].get("email")]) for p in job["profiles"] if p["attributes"].get("email") in failures
             ]
 
+    def run_coupon_jobs(self) -> None:
+        """Process every coupon code job: each code is created unless its coupon holds it already."""
+        for job in self.coupon_jobs.values():
+            if job["status"] == "complete":
+                continue
+            job["status"] = "complete"
+            for n, item in enumerate(job["codes"]):
+                coupon = item["relationships"]["coupon"]["data"]["id"]
+                unique = item["attributes"]["unique_code"]
+                if unique in self.reject_codes:
+                    job["errors"].append((n, f"The unique code {unique} is invalid."))
+                elif unique in self.coupon_codes[coupon]:
+                    job["errors"].append((n, f"A coupon code with unique code {unique} already exists for coupon {coupon}."))
+                else:
+                    self.coupon_codes[coupon][unique] = "UNASSIGNED"
+                    job["created"].append(f"{coupon}-{unique}")
+
     def imported_profiles(self) -> list[dict[str, Any]]:
         return [profile for job in self.jobs.values() for profile in job["profiles"]]
 
@@ -82,10 +116,19 @@ class FakeKlaviyo:
         def side_effect(request: httpx.Request, **kwargs: Any) -> httpx.Response:
             self.requests.append(request)
             if self._scripts[route]:
-                return self._scripts[route].popleft()
+                scripted = self._scripts[route].popleft()
+                if isinstance(scripted, Exception):
+                    raise scripted
+                return scripted
             if not request.headers.get("authorization", "").startswith("Klaviyo-API-Key "):
                 return httpx.Response(401, json=fixture("unauthorized.json"), headers=JSON_API)
-            return handler(request, **kwargs)  # type: ignore[no-any-return]
+            answer: httpx.Response = handler(request, **kwargs)
+            if self._lost[route]:
+                lost = self._lost[route].popleft()
+                if isinstance(lost, Exception):
+                    raise lost
+                return lost
+            return answer
 
         return side_effect
 
@@ -158,14 +201,63 @@ class FakeKlaviyo:
     def _create_coupon_job(self, request: httpx.Request) -> httpx.Response:
         codes = json.loads(request.content)["data"]["attributes"]["coupon-codes"]["data"]
         job_id = uuid.uuid4().hex.upper()[:26]
-        self.coupon_jobs[job_id] = {"codes": codes}
+        self.coupon_jobs[job_id] = {"codes": codes, "status": "queued", "created": [], "errors": []}
         document = fixture("coupon_code_bulk_create_job.json")
         document["data"]["id"] = job_id
         document["data"]["attributes"]["total_count"] = len(codes)
         return httpx.Response(202, json=document, headers=JSON_API)
 
     def _coupon_job(self, request: httpx.Request, job_id: str) -> httpx.Response:
+        if job_id not in self.coupon_jobs:
+            return httpx.Response(404, json=fixture("not_found.json"), headers=JSON_API)
+        if not self.hold_coupon_jobs:
+            self.run_coupon_jobs()
+        job = self.coupon_jobs[job_id]
         document = fixture("coupon_code_bulk_create_job.json")
-        document["data"]["id"] = job_id
-        document["data"]["attributes"].update(status="complete", total_count=len(self.coupon_jobs[job_id]["codes"]))
+        data = document["data"]
+        data["id"] = job_id
+        data["links"]["self"] = f"{self.BASE_URL}/api/coupon-code-bulk-create-jobs/{job_id}"
+        done = job["status"] == "complete"
+        data["attributes"].update(
+            status=job["status"] if done else "processing",
+            total_count=len(job["codes"]),
+            completed_count=len(job["created"]),
+            failed_count=len(job["errors"]),
+            completed_at="2026-07-20T10:01:00+00:00" if done else None,
+            errors=[
+                {"id": f"e{n}", "code": "invalid", "title": "Invalid input.", "detail": detail,
+                 "source": {"pointer": f"/data/attributes/coupon-codes/data/{n}"}}
+                for n, detail in job["errors"]
+            ],
+        )  # fmt: skip
+        if "coupon-codes" in request.url.params.get("include", ""):
+            data["relationships"] = {"coupon-codes": {"data": [{"type": "coupon-code", "id": i} for i in job["created"]]}}
+            document["included"] = [self._code_resource(i) for i in job["created"]]
         return httpx.Response(200, json=document, headers=JSON_API)
+
+    def _code_resource(self, code_id: str) -> dict[str, Any]:
+        coupon, _, unique = code_id.partition("-")
+        return {
+            "type": "coupon-code",
+            "id": code_id,
+            "attributes": {"unique_code": unique, "expires_at": None, "status": self.coupon_codes[coupon].get(unique)},
+            "links": {"self": f"{self.BASE_URL}/api/coupon-codes/{code_id}"},
+        }
+
+    def _coupon_code(self, request: httpx.Request, code_id: str) -> httpx.Response:
+        coupon, _, unique = code_id.partition("-")
+        if unique not in self.coupon_codes.get(coupon, {}):
+            return httpx.Response(404, json=fixture("not_found.json"), headers=JSON_API)
+        return httpx.Response(200, json={"data": self._code_resource(code_id)}, headers=JSON_API)
+
+    def _coupon_codes_page(self, request: httpx.Request, coupon_id: str) -> httpx.Response:
+        wanted = request.url.params.get("filter", "")
+        codes = sorted(u for u, st in self.coupon_codes.get(coupon_id, {}).items() if f"'{st}'" in wanted or not wanted)
+        size = int(request.url.params.get("page[size]", "100"))
+        start = int(request.url.params.get("page[cursor]", "0"))
+        url = f"{self.BASE_URL}/api/coupons/{coupon_id}/coupon-codes"
+        links = {"self": url}
+        if start + size < len(codes):
+            links["next"] = str(request.url.copy_merge_params({"page[cursor]": str(start + size)}))
+        page = [self._code_resource(f"{coupon_id}-{u}") for u in codes[start : start + size]]
+        return httpx.Response(200, json={"data": page, "links": links}, headers=JSON_API)

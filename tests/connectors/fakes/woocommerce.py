@@ -9,6 +9,13 @@ WC_REST_Controller::batch_items and check_batch_limit).
     fake.routes["batch"].call_count
     fake.script("batch", httpx.Response(503))       # served (or raised) before the route's normal answer
     fake.fail_codes["bad-code"] = ("woocommerce_rest_invalid_coupon", "Invalid coupon.")
+    fake.lose("batch")                              # the next batch is applied, its answer lost
+    fake.checkout("code", "80.00")                  # what a shopper's cart gets for the code
+
+Like WooCommerce core, a coupon has a post `status` (publish unless the request says otherwise),
+and only a published coupon is found by its code (WC_Coupon_Data_Store_CPT::get_ids_by_code): at
+the checkout, by `GET coupons?code=` and by the create's duplicate check, so a code held by a draft
+can be created again. The listing (v3's default `status=all`) shows every status.
 
 Like WooCommerce core, coupon codes are stored lower-cased (wc_strtolower) unless
 `lowercase=False`, a batch takes at most `batch_limit` operations (413 beyond), failures inside a
@@ -23,7 +30,8 @@ import hashlib
 import hmac
 import json
 from collections import defaultdict, deque
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,20 @@ from connectors.base import Credentials
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "woocommerce"
 API_PATH = "/wp-json/wc/v3"
+
+
+# A coupon created without these fields has WC_Coupon's defaults, not the documented example's
+# restrictions (its minimum of 100.00, no sale items)
+CREATED: dict[str, Any] = {
+    "status": "publish",
+    "amount": "0",
+    "minimum_amount": "0.00",
+    "maximum_amount": "0.00",
+    "exclude_sale_items": False,
+    "individual_use": False,
+    "usage_limit": None,
+    "usage_limit_per_user": None,
+}
 
 
 def fixture(name: str) -> Any:
@@ -72,9 +94,11 @@ class FakeWooCommerce:
         self.orders: dict[int, dict[str, Any]] = {}
         self.webhooks: dict[int, dict[str, Any]] = {}
         self.fail_codes: dict[str, tuple[str, str]] = {}
+        self.fail_updates: dict[int, tuple[str, str]] = {}  # coupon id -> (error code, message) for an update item
         self.requests: list[httpx.Request] = []
         self.routes: dict[str, respx.Route] = {}
         self._scripts: dict[str, deque[httpx.Response | Exception]] = defaultdict(deque)
+        self._lost: dict[str, int] = defaultdict(int)
         self._next_id = 1000
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -111,11 +135,40 @@ class FakeWooCommerce:
         route answers normally again."""
         self._scripts[route].extend(responses)
 
+    def lose(self, route: str, times: int = 1) -> None:
+        """The next `times` requests to the route are carried out, then their answer is lost (a
+        read timeout after the store committed)."""
+        self._lost[route] += times
+
+    def checkout(self, code: str, subtotal: str, *, email: str = "shopper@example.com") -> dict[str, Any]:
+        """What WooCommerce's cart does with `code` on a cart of `subtotal` (WC_Discounts'
+        checks, the ones our fields drive): {"ok": True, "discount": "8.00"} or {"ok": False,
+        "reason": ...}. A use is counted when it is accepted."""
+        coupon = self.coupon_by_code(code)
+        if coupon is None:
+            return {"ok": False, "reason": "does_not_exist"}  # drafts included: not found by code
+        expires = coupon.get("date_expires_gmt")
+        if expires and datetime.fromisoformat(expires) <= datetime.now(UTC).replace(tzinfo=None):
+            return {"ok": False, "reason": "expired"}
+        if coupon.get("usage_limit") and coupon.get("usage_count", 0) >= coupon["usage_limit"]:
+            return {"ok": False, "reason": "usage_limit_reached"}
+        if coupon.get("usage_limit_per_user") and coupon.get("used_by", []).count(email) >= coupon["usage_limit_per_user"]:
+            return {"ok": False, "reason": "usage_limit_per_user_reached"}
+        total = Decimal(subtotal)
+        if Decimal(coupon.get("minimum_amount") or "0") > total:
+            return {"ok": False, "reason": "minimum_amount"}
+        amount = Decimal(coupon.get("amount") or "0")
+        discount = total * amount / 100 if coupon.get("discount_type") == "percent" else min(amount, total)
+        coupon["usage_count"] = coupon.get("usage_count", 0) + 1
+        coupon["used_by"] = [*coupon.get("used_by", []), email]
+        return {"ok": True, "discount": f"{discount.quantize(Decimal('0.01'))}"}
+
     def format_code(self, code: str) -> str:
         return code.lower() if self.lowercase else code
 
     def add_coupon(self, code: str, *, campaign_id: int | None = None, **fields: Any) -> dict[str, Any]:
-        coupon: dict[str, Any] = fixture("coupon.json") | fields | {"id": self._new_id(), "code": self.format_code(code)}
+        coupon: dict[str, Any] = {"status": "publish"} | fixture("coupon.json") | fields
+        coupon |= {"id": self._new_id(), "code": self.format_code(code)}
         if campaign_id is not None:
             coupon["meta_data"] = [{"id": self._new_id(), "key": "couponry_campaign_id", "value": str(campaign_id)}]
         self.coupons[coupon["id"]] = coupon
@@ -132,8 +185,14 @@ class FakeWooCommerce:
         return hook
 
     def coupon_by_code(self, code: str) -> dict[str, Any] | None:
+        """The published coupon with this code, as WooCommerce finds one by code."""
         wanted = self.format_code(code)
-        return next((c for c in self.coupons.values() if c["code"] == wanted), None)
+        return next((c for c in self.coupons.values() if c["code"] == wanted and c.get("status") == "publish"), None)
+
+    def coupons_with_code(self, code: str) -> list[dict[str, Any]]:
+        """Every coupon holding the code, whatever its status (duplicates show up here)."""
+        wanted = self.format_code(code)
+        return [c for c in self.coupons.values() if c["code"] == wanted]
 
     def delivery(
         self, payload: Any, secret: str, *, topic: str = "order.updated", delivery_id: str = "d1"
@@ -180,7 +239,11 @@ class FakeWooCommerce:
                 if isinstance(scripted, Exception):
                     raise scripted
                 return scripted
-            return handler(request, **kwargs)  # type: ignore[no-any-return]
+            response: httpx.Response = handler(request, **kwargs)
+            if self._lost[route]:
+                self._lost[route] -= 1
+                raise httpx.ReadTimeout("the answer was lost after the store committed", request=request)
+            return response
 
         return side_effect
 
@@ -215,11 +278,15 @@ class FakeWooCommerce:
             answer.setdefault("create", []).append(self._create_coupon(item))
         for change in body.get("update") or ():
             found = self.coupons.get(int(change.get("id", 0)))
-            if found is None:
+            if found is not None and found["id"] in self.fail_updates:
+                code, message = self.fail_updates[found["id"]]
+                error = {"code": code, "message": message, "data": {"status": 400}}
+                answer.setdefault("update", []).append({"id": found["id"], "error": error})
+            elif found is None:
                 error = {"code": "woocommerce_rest_shop_coupon_invalid_id", "message": "Invalid ID.", "data": {"status": 404}}
                 answer.setdefault("update", []).append({"id": change.get("id"), "error": error})
             else:
-                found.update({k: v for k, v in change.items() if k != "id"})
+                found.update({k: v for k, v in _as_stored(change).items() if k != "id"})
                 answer.setdefault("update", []).append(found)
         for coupon_id in body.get("delete") or ():
             coupon = self.coupons.pop(int(coupon_id), None)
@@ -245,15 +312,19 @@ class FakeWooCommerce:
         if self.coupon_by_code(code) is not None:
             return fixture("batch_item_error.json")  # type: ignore[no-any-return]
         meta = [{"id": self._new_id(), **m} for m in item.get("meta_data") or ()]
-        coupon: dict[str, Any] = fixture("coupon.json") | item | {"id": self._new_id(), "code": code, "meta_data": meta}
+        coupon: dict[str, Any] = fixture("coupon.json") | CREATED | _as_stored(item)
+        coupon |= {"id": self._new_id(), "code": code, "meta_data": meta}
         self.coupons[coupon["id"]] = coupon
         return coupon
 
     def _list_coupons(self, request: httpx.Request) -> httpx.Response:
         items = sorted(self.coupons.values(), key=lambda c: c["id"])
-        if "code" in request.url.params:
-            wanted = self.format_code(request.url.params["code"])
-            items = [c for c in items if c["code"] == wanted]
+        if "code" in request.url.params:  # v3: post__in the id wc_get_coupon_id_by_code finds (published only)
+            found = self.coupon_by_code(request.url.params["code"])
+            items = [found] if found is not None else []
+        status = request.url.params.get("status", "all")
+        if status not in ("all", "any"):
+            items = [c for c in items if c.get("status") == status]
         return self._page(request, items)
 
     def _get_order(self, request: httpx.Request, order_id: str) -> httpx.Response:
@@ -284,3 +355,21 @@ class FakeWooCommerce:
             return _error(404, "woocommerce_rest_webhook_invalid_id", "Invalid ID.")
         hook.update(json.loads(request.content))
         return httpx.Response(200, json={k: v for k, v in hook.items() if k != "secret"})
+
+
+def _as_stored(item: dict[str, Any]) -> dict[str, Any]:
+    """What the REST controller writes of a coupon body: only fields with a WC_Coupon setter, so
+    `date_expires_gmt` is ignored; `date_expires` goes through WC_Data::set_date_prop (an ISO 8601
+    string with `Z` or an offset is read in that zone; "" clears it). The fake's site is on UTC,
+    so both date fields answer the same."""
+    stored = {k: v for k, v in item.items() if k not in ("date_expires", "date_expires_gmt")}
+    if "date_expires" in item:
+        value = item["date_expires"]
+        if value:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC).replace(tzinfo=None)
+            stored["date_expires"] = stored["date_expires_gmt"] = moment.isoformat(timespec="seconds")
+        else:
+            stored["date_expires"] = stored["date_expires_gmt"] = None
+    return stored
