@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -17,9 +17,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlmodel import Field, SQLModel
+
+from plugin.store import counters
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -541,3 +544,52 @@ class UsedNonce(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=160)  # "<purpose>:<nonce>"
     expires_at: datetime = Field(sa_type=UtcDateTime, index=True)
+
+
+def Counter() -> Any:  # noqa: N802 (reads as a column type)
+    """A counter column moved by triggers, which insert rows naming only the counters they move."""
+    return Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")})
+
+
+class CampaignStats(SQLModel, table=True):
+    """What one batch of a campaign's codes adds up to (batch 0: codes without a batch), kept by
+    triggers in the same transaction as each write to `code` and `redemption`
+    (plugin.store.counters, which defines every column); a campaign's figures are the sum of its rows."""
+
+    __tablename__ = "campaign_stats"
+
+    campaign_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    batch_key: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    shop_id: int = Field(index=True)
+    codes: int = Counter()
+    active: int = Counter()
+    active_uses: int = Counter()
+    unused: int = Counter()
+    used: int = Counter()
+    assigned: int = Counter()
+    sync_pending: int = Counter()
+    sync_synced: int = Counter()
+    sync_failed: int = Counter()
+    sync_deactivated: int = Counter()
+    rolled_back: int = Counter()
+    last_redemption_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class ShopDayStats(SQLModel, table=True):
+    """A shop's redemptions still active and the discount they gave, per UTC day of the
+    redemption, kept by triggers (plugin.store.counters)."""
+
+    __tablename__ = "shop_day_stats"
+
+    shop_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    day: date = Field(primary_key=True)
+    redemptions: int = Counter()
+    discount: int = Counter()
+
+
+def _install_counters(target: Any, connection: Any, **kw: Any) -> None:
+    counters.install(connection)
+
+
+# The counters' triggers come with the tables, on both databases (migrations call it too).
+event.listen(SQLModel.metadata, "after_create", _install_counters)

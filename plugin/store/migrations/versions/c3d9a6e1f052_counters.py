@@ -1,0 +1,79 @@
+"""Counters kept with the writes (plugin.store.counters): campaign_stats, shop_day_stats and the
+triggers on code and redemption that move them, filled from the rows already there.
+
+Revision ID: c3d9a6e1f052
+Revises: a4c7e2d9f613
+Create Date: 2026-12-15
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from plugin.store import counters
+
+revision: str = "c3d9a6e1f052"
+down_revision: str | None = "a4c7e2d9f613"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+STAT_COLUMNS = (
+    "codes",
+    "active",
+    "active_uses",
+    "unused",
+    "used",
+    "assigned",
+    "sync_pending",
+    "sync_synced",
+    "sync_failed",
+    "sync_deactivated",
+    "rolled_back",
+)
+
+
+def _counter(name: str) -> sa.Column[int]:
+    return sa.Column(name, sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "campaign_stats",
+        sa.Column("campaign_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("batch_key", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("shop_id", sa.Integer(), nullable=False),
+        *[_counter(name) for name in STAT_COLUMNS],
+        sa.Column("last_redemption_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("campaign_id", "batch_key"),
+    )
+    op.create_index(op.f("ix_campaign_stats_shop_id"), "campaign_stats", ["shop_id"], unique=False)
+    op.create_table(
+        "shop_day_stats",
+        sa.Column("shop_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        _counter("redemptions"),
+        _counter("discount"),
+        sa.PrimaryKeyConstraint("shop_id", "day"),
+    )
+    bind = op.get_bind()
+    counters.install(bind)
+    counters.rebuild(bind)
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        for table in ("code", "redemption"):
+            for event in ("insert", "update", "delete"):
+                op.execute(f"DROP TRIGGER IF EXISTS stats_{table}_{event} ON {table}")
+        op.execute("DROP FUNCTION IF EXISTS couponry_code_stats()")
+        op.execute("DROP FUNCTION IF EXISTS couponry_redemption_stats()")
+    else:
+        for name in ("code_insert", "code_update", "code_move", "code_delete", "redemption_insert", "redemption_update", "redemption_delete"):
+            op.execute(f"DROP TRIGGER IF EXISTS stats_{name}")
+    op.drop_table("shop_day_stats")
+    op.drop_index(op.f("ix_campaign_stats_shop_id"), table_name="campaign_stats")
+    op.drop_table("campaign_stats")
