@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, col, func, select
 
-from plugin.campaigns import platform
+from plugin.campaigns import figures, platform
 from plugin.campaigns.lookup import get_campaign
 from plugin.errors import Conflict, InvalidInput
 from plugin.formats import codes
-from plugin.rules import CampaignRules, CampaignState, CampaignStatus, Exposure, OpenUses, RulesOverride, apply_override, exposure
-from plugin.store.models import Batch, Campaign, Code, utcnow
+from plugin.rules import CampaignRules, Exposure
+from plugin.store.models import Campaign, utcnow
 
 
 def parse_format(data: dict[str, Any] | None) -> codes.CodeFormat:
@@ -143,53 +143,25 @@ def list_campaigns(session: Session, *, shop_id: int, limit: int = 100, offset: 
 def campaign_summaries(session: Session, *, shop_id: int) -> list[tuple[int, str, str, int]]:
     """(id, name, status, code count) of every campaign of the shop, in creation order."""
     rows = session.exec(
-        select(Campaign.id, Campaign.name, Campaign.status, func.count(col(Code.id)))
-        .join(Code, col(Code.campaign_id) == Campaign.id, isouter=True)
-        .where(col(Campaign.shop_id) == shop_id)
-        .group_by(col(Campaign.id))
-        .order_by(col(Campaign.id))
+        select(Campaign.id, Campaign.name, Campaign.status).where(col(Campaign.shop_id) == shop_id).order_by(col(Campaign.id))
     ).all()
-    return [(int(cid or 0), name, status, int(count)) for cid, name, status, count in rows]
+    stats = figures.campaign_stats(session, [int(cid or 0) for cid, _, _ in rows])
+    return [(int(cid or 0), name, status, sum(r.codes for r in stats[int(cid or 0)])) for cid, name, status in rows]
 
 
 def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) -> Exposure | None:
-    """The most the campaign can still cost, from its live codes' open uses per batch.
+    """The most the campaign can still cost, from its live codes' open uses per batch (read from
+    the counters: plugin.campaigns.figures).
 
     A campaign past its `ends_at` (at `now`) or ended costs nothing more. Live codes are those
     not voided and not past their explicit `expires_at`; a relative expiry (from issue or
     assignment) is not stored on the codes, so codes it has lapsed still count here: the figure
     is an upper bound until they are voided."""
-    if not campaign.rules:
-        return None
-    rules = CampaignRules.model_validate(campaign.rules)
-    live = (
-        select(Code.batch_id, func.count(), func.coalesce(func.sum(Code.uses), 0))
-        .where(
-            col(Code.campaign_id) == campaign.id,
-            col(Code.status) == "active",
-            or_(col(Code.expires_at).is_(None), col(Code.expires_at) > now),
-        )
-        .group_by(col(Code.batch_id))
-    )
-    groups: list[OpenUses] = []
-    for batch_id, count, used in session.exec(live).all():
-        batch = session.get(Batch, batch_id) if batch_id is not None else None
-        override = RulesOverride.model_validate(batch.rules_override) if batch and batch.rules_override else None
-        effective = apply_override(rules, override)
-        limit = effective.usage.uses_per_code
-        groups.append(OpenUses(rules=effective, uses=None if limit is None else max(limit * int(count) - int(used), 0)))
-    state = CampaignState(
-        rules=rules,
-        status=CampaignStatus(campaign.status),
-        redemptions=campaign.redemption_count,
-        discount_given=campaign.discount_total,
-    )
-    return exposure(state, groups, now=now)
+    return figures.campaign_exposure(session, campaign, now=now)
 
 
 def code_count(session: Session, *, campaign_id: int) -> int:
-    stmt = select(func.count()).select_from(Code).where(col(Code.campaign_id) == campaign_id)
-    return int(session.exec(stmt).one())
+    return figures.code_count(session, campaign_id=campaign_id)
 
 
 def touch(campaign: Campaign) -> None:

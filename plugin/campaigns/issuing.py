@@ -17,8 +17,9 @@ from datetime import datetime
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, bindparam, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, col, func, select
 
+from plugin.campaigns import figures
 from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.errors import CapacityError, InvalidInput
 from plugin.formats import codes
@@ -47,19 +48,7 @@ def live_codes_of_format(session: Session, *, shop_id: int, fmt: codes.CodeForma
     code format: at checkout any of them answers a guess, so together they fill the format's space."""
     formats = session.exec(select(Campaign.id, Campaign.code_format).where(col(Campaign.shop_id) == shop_id)).all()
     sharing = [cid for cid, data in formats if codes.CodeFormat.from_dict(data) == fmt]
-    if not sharing:
-        return 0
-    stmt = (
-        select(func.count())
-        .select_from(Code)
-        .where(
-            col(Code.shop_id) == shop_id,
-            col(Code.campaign_id).in_(sharing),
-            col(Code.status) == "active",
-            or_(col(Code.expires_at).is_(None), col(Code.expires_at) > now),
-        )
-    )
-    return int(session.exec(stmt).one())
+    return figures.active_codes(session, [int(cid or 0) for cid in sharing], now=now)
 
 
 def start_batch(session: Session, *, shop_id: int, campaign_id: int, count: int, source: str = "generated") -> Batch:

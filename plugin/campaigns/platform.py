@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, update
-from sqlmodel import Session, col, select
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from connectors.base import DiscountSpec
+from plugin.campaigns import figures
 from plugin.campaigns.lookup import get_campaign
 from plugin.errors import Conflict, InvalidInput
 from plugin.rules import CampaignRules, FixedDiscount, FreeShippingDiscount, PercentageDiscount
@@ -133,13 +134,8 @@ def _discount_family(rules: dict[str, Any]) -> str:
 
 
 def sync_counts(session: Session, *, shop_id: int, campaign_id: int) -> dict[str, int]:
-    """Codes per sync status, for progress and the admin."""
-    rows = session.exec(
-        select(Code.sync_status, func.count())
-        .where(col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id)
-        .group_by(col(Code.sync_status))
-    ).all()
-    return {status: int(count) for status, count in rows}
+    """Codes per sync status, for progress and the admin (from the counters)."""
+    return figures.sync_counts(session, shop_id=shop_id, campaign_id=campaign_id)
 
 
 class NotSyncable(InvalidInput):

@@ -43,7 +43,9 @@ SYNC_STATUSES = ("pending", "synced", "failed", "deactivated")
 
 _ADD = ", ".join(f"{c} = campaign_stats.{c} + excluded.{c}" for c in CODE_TERMS)
 _CODE_COLS = ", ".join(CODE_TERMS)
-_DAY_ADD = "redemptions = shop_day_stats.redemptions + excluded.redemptions, discount = shop_day_stats.discount + excluded.discount"
+_DAY_ADD = (
+    "redemptions = shop_day_stats.redemptions + excluded.redemptions, discount = shop_day_stats.discount + excluded.discount"
+)
 
 
 def _terms(row: str, sign: str = "") -> str:
@@ -96,7 +98,8 @@ def _sqlite_redemption_stats(row: str, rolled_back: str, with_last: bool) -> str
         "INSERT INTO campaign_stats (shop_id, campaign_id, batch_key, rolled_back, last_redemption_at) "
         f"SELECT {row}.shop_id, {row}.campaign_id, COALESCE({row}.batch_id, 0), {rolled_back}, {last} "
         f"WHERE {row}.campaign_id IS NOT NULL "
-        f"ON CONFLICT (campaign_id, batch_key) DO UPDATE SET rolled_back = campaign_stats.rolled_back + excluded.rolled_back{set_last};"
+        "ON CONFLICT (campaign_id, batch_key) DO UPDATE SET "
+        f"rolled_back = campaign_stats.rolled_back + excluded.rolled_back{set_last};"
     )
 
 
@@ -142,9 +145,7 @@ def _pg_code_part(table: str, sign: str) -> str:
 
 _PG_UPDATE_PARTS = [
     # only rows whose counted columns changed (a sync push's synced_at, platform_id move nothing)
-    _pg_code_part(
-        "old_rows", "-"
-    ).replace(
+    _pg_code_part("old_rows", "-").replace(
         "FROM old_rows AS r",
         "FROM old_rows AS r JOIN new_rows AS n ON n.id = r.id WHERE "
         + " OR ".join(f"n.{c} IS DISTINCT FROM r.{c}" for c in CODE_COLUMNS),
@@ -259,12 +260,14 @@ def _recount_sql(dialect: str, scoped: bool) -> tuple[str, str, str]:
     sums = ", ".join(f"SUM({t.format(r='c')})" for t in CODE_TERMS.values())
     codes = (
         f"INSERT INTO campaign_stats (shop_id, campaign_id, batch_key, {_CODE_COLS}) "
-        f"SELECT c.shop_id, c.campaign_id, COALESCE(c.batch_id, 0), {sums} FROM code AS c {where.replace('shop_id', 'c.shop_id')} "
+        f"SELECT c.shop_id, c.campaign_id, COALESCE(c.batch_id, 0), {sums} "
+        f"FROM code AS c {where.replace('shop_id', 'c.shop_id')} "
         "GROUP BY c.shop_id, c.campaign_id, COALESCE(c.batch_id, 0)"
     )
     redemptions = (
         "INSERT INTO campaign_stats (shop_id, campaign_id, batch_key, rolled_back, last_redemption_at) "
-        "SELECT shop_id, campaign_id, COALESCE(batch_id, 0), SUM(CASE WHEN status = 'rolled_back' THEN 1 ELSE 0 END), MAX(created_at) "
+        "SELECT shop_id, campaign_id, COALESCE(batch_id, 0), "
+        "SUM(CASE WHEN status = 'rolled_back' THEN 1 ELSE 0 END), MAX(created_at) "
         f"FROM redemption WHERE campaign_id IS NOT NULL {and_shop} GROUP BY shop_id, campaign_id, COALESCE(batch_id, 0) "
         "ON CONFLICT (campaign_id, batch_key) DO UPDATE SET rolled_back = excluded.rolled_back, "
         "last_redemption_at = excluded.last_redemption_at"

@@ -169,6 +169,15 @@ class Code(SQLModel, table=True):
             postgresql_where=text("expires_at IS NOT NULL"),
             sqlite_where=text("expires_at IS NOT NULL"),
         ),
+        # A campaign's codes with an end of their own, by that end: the figures subtract the
+        # ones whose end passed from the counters (plugin.campaigns.figures). Partial, as above.
+        Index(
+            "ix_code_campaign_expiry",
+            "campaign_id",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
         # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
         # A code leaves it when it is assigned, used or voided (plugin.distribution.claimstore: what "free" is).
         Index(
@@ -546,7 +555,7 @@ class UsedNonce(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UtcDateTime, index=True)
 
 
-def Counter() -> Any:  # noqa: N802 (reads as a column type)
+def Counter() -> Any:
     """A counter column moved by triggers, which insert rows naming only the counters they move."""
     return Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")})
 

@@ -1,5 +1,6 @@
 """Counters kept with the writes (plugin.store.counters): campaign_stats, shop_day_stats and the
-triggers on code and redemption that move them, filled from the rows already there.
+triggers on code and redemption that move them, filled from the rows already there; and
+ix_code_campaign_expiry, a campaign's codes with an end of their own (partial).
 
 Revision ID: c3d9a6e1f052
 Revises: a4c7e2d9f613
@@ -58,6 +59,14 @@ def upgrade() -> None:
         _counter("discount"),
         sa.PrimaryKeyConstraint("shop_id", "day"),
     )
+    with op.batch_alter_table("code", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_code_campaign_expiry",
+            ["campaign_id", "expires_at"],
+            unique=False,
+            postgresql_where=sa.text("expires_at IS NOT NULL"),
+            sqlite_where=sa.text("expires_at IS NOT NULL"),
+        )
     bind = op.get_bind()
     counters.install(bind)
     counters.rebuild(bind)
@@ -74,6 +83,8 @@ def downgrade() -> None:
     else:
         for name in ("code_insert", "code_update", "code_move", "code_delete", "redemption_insert", "redemption_update", "redemption_delete"):
             op.execute(f"DROP TRIGGER IF EXISTS stats_{name}")
+    with op.batch_alter_table("code", schema=None) as batch_op:
+        batch_op.drop_index("ix_code_campaign_expiry")
     op.drop_table("shop_day_stats")
     op.drop_index(op.f("ix_campaign_stats_shop_id"), table_name="campaign_stats")
     op.drop_table("campaign_stats")
