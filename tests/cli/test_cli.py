@@ -254,3 +254,10 @@ def test_one_code_show_void_extend_reassign(cli: CliRunner, tmp_path: Path) -> N
     assert past.exit_code == 1 and "must be in the future" in past.output
     unknown = cli.invoke(main, ["codes", "show", "ON-ZZZZZZZZZZ"])
     assert unknown.exit_code == 1 and "no code" in unknown.output
+
+
+def test_admin_recount_finds_nothing_to_repair_after_ordinary_writes(cli: CliRunner) -> None:
+    campaign_id = _ok(cli, "campaigns", "create", "--name", "Figures").strip()
+    _ok(cli, "codes", "generate", "--campaign", campaign_id, "--count", "40")
+    assert json.loads(_ok(cli, "admin", "recount")) == {"repaired": 0, "changed": []}
+    assert f"{campaign_id}\tFigures\tdraft\t40 codes" in _ok(cli, "campaigns", "list")
