@@ -178,6 +178,22 @@ class Code(SQLModel, table=True):
             postgresql_where=text("expires_at IS NOT NULL"),
             sqlite_where=text("expires_at IS NOT NULL"),
         ),
+        # Voided codes and codes whose sync failed, newest first (the admin's code filters and bulk
+        # void): partial, so a generated code (active, pending) costs neither anything.
+        Index(
+            "ix_code_not_active",
+            "campaign_id",
+            "id",
+            postgresql_where=text("status <> 'active'"),
+            sqlite_where=text("status <> 'active'"),
+        ),
+        Index(
+            "ix_code_sync_failed",
+            "campaign_id",
+            "id",
+            postgresql_where=text("sync_status = 'failed'"),
+            sqlite_where=text("sync_status = 'failed'"),
+        ),
         # The next free code of a campaign in id order (claims); ids only grow, so inserts append.
         # A code leaves it when it is assigned, used or voided (plugin.distribution.claimstore: what "free" is).
         Index(
