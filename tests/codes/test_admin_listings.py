@@ -99,7 +99,8 @@ def test_campaign_redemption_and_job_pages(engine: Engine, two_shops: tuple[int,
         mine = next(r for r in first if r.campaign.id == campaign_id)
         assert (mine.redemptions, mine.discount_given, mine.figures.codes, mine.figures.live) == (8, 800, 20, 12)
         assert mine.last_activity >= mine.campaign.updated_at
-        assert len(_walk(lambda c, n: list_redemptions(session, shop_id=shop_id, filter=RedemptionFilter(), cursor=c, limit=n))) == 8
+        every = RedemptionFilter()
+        assert len(_walk(lambda c, n: list_redemptions(session, shop_id=shop_id, filter=every, cursor=c, limit=n))) == 8
         flagged = RedemptionFilter(flagged=True)
         assert _walk(lambda c, n: list_redemptions(session, shop_id=shop_id, filter=flagged, cursor=c, limit=n)) == []
         sync_jobs = _walk(lambda c, n: list_jobs(session, shop_id=shop_id, filter=JobFilter(kind="sync"), cursor=c, limit=n))
