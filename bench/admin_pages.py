@@ -94,8 +94,9 @@ def _build(engine: Engine, n_codes: int, n_redemptions: int) -> tuple[int, int]:
         # webhook deliveries, as many as redemptions
         conn.execute(
             text(
-                "INSERT INTO webhookevent (shop_id, platform, delivery_id, topic, payload, headers, status, flagged, order_id, outcome, "
-                f"unknown_codes, received_at) SELECT shop_id, 'sandbox', {concat.replace('c.id', 'c.id')}, 'orders/create', '{{}}', '{{}}', "
+                "INSERT INTO webhookevent (shop_id, platform, delivery_id, topic, payload, headers, status, flagged, "
+                f"order_id, outcome, unknown_codes, received_at) SELECT shop_id, 'sandbox', {concat}, 'orders/create', "
+                "'{}', '{}', "
                 "CASE WHEN c.id % 40 = 0 THEN 'failed' ELSE 'processed' END, c.id % 97 = 0, "
                 f"{concat}, '{{}}', 0, {days} FROM code AS c WHERE c.campaign_id = :c AND c.id < :hi"
             ),
@@ -119,7 +120,8 @@ def _build(engine: Engine, n_codes: int, n_redemptions: int) -> tuple[int, int]:
             text(
                 "INSERT INTO job (shop_id, kind, payload, status, attempts, max_attempts, run_after, last_error, created_at) "
                 "SELECT shop_id, CASE WHEN id % 3 = 0 THEN 'klaviyo.upload' ELSE 'sync.push' END, '{}', "
-                "CASE WHEN id % 10 = 0 THEN 'dead' ELSE 'done' END, 1, 10, created_at, CASE WHEN id % 10 = 0 THEN 'HTTP 500' END, created_at "
+                "CASE WHEN id % 10 = 0 THEN 'dead' ELSE 'done' END, 1, 10, created_at, "
+                "CASE WHEN id % 10 = 0 THEN 'HTTP 500' END, created_at "
                 "FROM code WHERE campaign_id = :c AND id < :lo3"
             ),
             {"c": big, "lo3": lo + 5000},
@@ -127,7 +129,8 @@ def _build(engine: Engine, n_codes: int, n_redemptions: int) -> tuple[int, int]:
         conn.execute(
             text(
                 "INSERT INTO alert (shop_id, campaign_id, kind, message, details, count, created_at, last_seen_at) "
-                "SELECT shop_id, campaign_id, 'pool_low', 'low', '{}', 1, created_at, created_at FROM code WHERE campaign_id = :c AND id < :lo4"
+                "SELECT shop_id, campaign_id, 'pool_low', 'low', '{}', 1, created_at, created_at "
+                "FROM code WHERE campaign_id = :c AND id < :lo4"
             ),
             {"c": big, "lo4": lo + 200},
         )
@@ -239,7 +242,8 @@ def run(engine: Engine, n_codes: int, n_redemptions: int) -> None:
             print(f"{name:<48}{ms:>12.2f}", flush=True)
         fig = figures.campaign_figures(s, campaign, now=now)
         print(
-            f"figures  : codes {fig.codes:,}, live {fig.live:,}, assigned {fig.assigned:,}, redeemed {fig.redeemed:,}, rolled back {fig.rolled_back:,}"
+            f"figures  : codes {fig.codes:,}, live {fig.live:,}, assigned {fig.assigned:,}, "
+            f"redeemed {fig.redeemed:,}, rolled back {fig.rolled_back:,}"
         )
         print(f"worst    : {worst:.1f} ms (target < {TARGET_MS:.0f} ms): {'met' if worst < TARGET_MS else 'MISSED'}")
 
