@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 
 from plugin.web.admin.context import AdminContext, Refused, admin_context
 from plugin.web.admin.forms import Form, act
@@ -53,4 +53,6 @@ def routes() -> list[BaseRoute]:
     inner: list[BaseRoute] = [Mount("/static", app=CachedStatic(directory=str(STATIC)), name="admin_static")]
     for name in PAGES:
         inner.extend(import_module(f"plugin.web.admin.pages.{name}").routes)
-    return [Mount(PREFIX, routes=inner)]
+    home = next(r for r in inner if isinstance(r, Route) and r.path == "/")
+    # /admin itself (manifest.json's application URL, where installs land) without a redirect to /admin/
+    return [Route(PREFIX, home.endpoint, methods=["GET"]), Mount(PREFIX, routes=inner)]

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-SHOPIFY = {"client_id": "api-key", "client_secret": "hush-hush-secret"}
+SHOPIFY = {"client_id": "api-key", "client_secret": "shopify-app-secret-0123456789abcdef0123"}
 BIGCOMMERCE = {"client_id": "bc-client-id", "client_secret": "bc-client-secret-0123456789abcdef0123"}
 SHOP = "test-shop.myshopify.com"
 OTHER_SHOP = "other-shop.myshopify.com"
@@ -86,5 +86,7 @@ def set_up_owner(client: TestClient, settings: Settings, shop_id: int, email: st
     link = users.setup_link(settings, shop_id).removeprefix(settings.public_url)
     page = client.get(link)
     assert page.status_code == 200, page.text
-    answer = client.post(link, data={"csrf_token": form_token(page.text), "email": email, "password": PASSWORD, "confirm": PASSWORD})
+    answer = client.post(
+        link, data={"csrf_token": form_token(page.text), "email": email, "password": PASSWORD, "confirm": PASSWORD}
+    )
     assert answer.status_code == 303, answer.text

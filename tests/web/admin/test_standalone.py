@@ -39,7 +39,15 @@ def test_setup_link_creates_the_owner_once(web, engine: Engine, admin_settings: 
     web.cookies.clear()
     again = web.get(link)
     assert again.status_code == 400 and "already used" in again.text
-    second = web.post(link, data={"csrf_token": form_token(again.text) if "csrf_token" in again.text else "", "email": "evil@x.example", "password": PASSWORD, "confirm": PASSWORD})
+    second = web.post(
+        link,
+        data={
+            "csrf_token": form_token(again.text) if "csrf_token" in again.text else "",
+            "email": "evil@x.example",
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+        },
+    )
     assert second.status_code in (400, 403)
     with Session(engine) as session:
         owners = session.exec(select(AdminUser).where(col(AdminUser.shop_id) == shop_id)).all()
@@ -53,7 +61,10 @@ def test_forged_or_expired_setup_links_are_refused(web, admin_settings: Settings
     link = users.setup_link(admin_settings, shop_id).removeprefix(admin_settings.public_url)
     forged = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
     assert web.get(forged).status_code == 400
-    other_key = Settings(database_url=admin_settings.database_url, secret_key=admin_settings.secret_key.__class__("another-secret-key-0123456789-abcdef"))
+    other_key = Settings(
+        database_url=admin_settings.database_url,
+        secret_key=admin_settings.secret_key.__class__("another-secret-key-0123456789-abcdef"),
+    )
     foreign = users.setup_link(other_key, shop_id).removeprefix(other_key.public_url)
     assert web.get(foreign).status_code == 400
 
@@ -68,7 +79,9 @@ def test_bad_setup_input_is_shown_next_to_its_field_and_keeps_the_link(web, admi
     assert 'value="owner@shop.example"' in short.text  # what they typed is kept (never the password)
     bad_email = web.post(link, data={"csrf_token": token, "email": "nope", "password": PASSWORD, "confirm": PASSWORD})
     assert bad_email.status_code == 422 and 'id="e-email"' in bad_email.text
-    mismatch = web.post(link, data={"csrf_token": token, "email": "a@shop.example", "password": PASSWORD, "confirm": PASSWORD + "x"})
+    mismatch = web.post(
+        link, data={"csrf_token": token, "email": "a@shop.example", "password": PASSWORD, "confirm": PASSWORD + "x"}
+    )
     assert mismatch.status_code == 422 and 'id="e-confirm"' in mismatch.text
     ok = web.post(link, data={"csrf_token": token, "email": "a@shop.example", "password": PASSWORD, "confirm": PASSWORD})
     assert ok.status_code == 303  # the mistakes did not spend the link
@@ -88,12 +101,18 @@ def test_sign_in_and_out(web, engine: Engine, admin_settings: Settings, shop_id:
     page = web.get("/admin/sign-in?next=/admin/")
     assert page.status_code == 200
     token = form_token(page.text)
-    wrong = web.post("/admin/sign-in", data={"csrf_token": token, "email": "owner@shop.example", "password": "wrong password!", "next": "/admin/"})
+    wrong = web.post(
+        "/admin/sign-in",
+        data={"csrf_token": token, "email": "owner@shop.example", "password": "wrong password!", "next": "/admin/"},
+    )
     assert wrong.status_code == 422 and "wrong email or password" in wrong.text and 'id="e-password"' in wrong.text
     assert "couponry_admin=" not in wrong.headers.get("set-cookie", "")
     nobody = web.post("/admin/sign-in", data={"csrf_token": token, "email": "nobody@shop.example", "password": PASSWORD})
     assert nobody.status_code == 422 and "wrong email or password" in nobody.text  # the same words: no account probing
-    ok = web.post("/admin/sign-in", data={"csrf_token": token, "email": "owner@shop.example", "password": PASSWORD, "next": "https://evil.example/"})
+    ok = web.post(
+        "/admin/sign-in",
+        data={"csrf_token": token, "email": "owner@shop.example", "password": PASSWORD, "next": "https://evil.example/"},
+    )
     assert ok.status_code == 303 and ok.headers["location"] == "/admin/"  # never an open redirect
     stolen = web.cookies.get("couponry_admin")
     home = web.get("/admin/")
@@ -122,7 +141,9 @@ def test_a_forged_session_cookie_is_refused(web, shop_id: int) -> None:
     assert web.get("/admin/").status_code == 303
 
 
-def test_another_shops_owner_sees_only_their_shop(web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int) -> None:
+def test_another_shops_owner_sees_only_their_shop(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
+) -> None:
     from tests.web.conftest import make_campaign, rules
 
     make_campaign(engine, shop_id, rules(), name="Mine", codes=3, status="active")
