@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from plugin.settings import Settings
 from plugin.store.models import AuditEvent
 from plugin.web.admin.context import BC_TOKEN_PREFIX, bigcommerce_token
-from tests.web.admin.conftest import BIGCOMMERCE, OTHER_SHOP, SHOP, SHOPIFY, add_shop, session_token
+from tests.web.admin.conftest import BIGCOMMERCE, OTHER_SHOP, SHOP, add_shop, session_token
 from tests.web.conftest import make_campaign, rules
 
 # --- Shopify ---------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_home_figures_move_with_the_shop(web, engine: Engine, admin_settings: Se
     assert "Create your first campaign" in empty and figure(empty, "redemptions") == "0"
     assert "Sandbox store built in" in empty
 
-    campaign_id, codes = make_campaign(engine, shop_id, rules(), codes=5, status="active")
+    _campaign_id, codes = make_campaign(engine, shop_id, rules(), codes=5, status="active")
     make_campaign(engine, other_shop_id, rules(), codes=7, status="active")  # never counted here
     with Session(engine) as session:
         _, key = apikeys.create_key(session, shop_id=shop_id, name="t", scopes=("admin", "checkout"))
