@@ -15,9 +15,7 @@ import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from connectors.base import Credentials
@@ -25,13 +23,12 @@ from plugin.errors import Conflict, InvalidInput
 from plugin.platforms.connections import shop_connector, shop_credentials
 from plugin.settings import Settings
 from plugin.shops import tokens
-from plugin.store import outbox
+from plugin.store import nonces, outbox
 from plugin.store.db import run, session_scope
 from plugin.store.models import (
     AuditEvent,
     Job,
     Shop,
-    UsedNonce,
     utcnow,
 )
 
@@ -52,23 +49,19 @@ def webhook_url(settings: Settings, platform: str) -> str:
 
 
 def spend_nonce(session: Session, purpose: str, nonce: str, *, expires_at: datetime) -> None:
-    """Record `nonce` as spent, or raise Conflict (`state_used`) if it already was.
-
-    One INSERT ... ON CONFLICT DO NOTHING RETURNING on the primary key: of two callbacks carrying the same
-    state, on any processes, exactly one inserts the row. Rows whose signed value has expired
-    (it could not verify any more) are pruned first; installs are rare, so this costs nothing."""
-    now = utcnow()
-    session.execute(delete(UsedNonce).where(col(UsedNonce.expires_at) < now))
-    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    table = UsedNonce.__table__  # type: ignore[attr-defined]
-    inserted = session.execute(
-        dialect_insert(table)
-        .values(key=f"{purpose}:{nonce}"[:160], expires_at=max(expires_at, now))
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(table.c.key)  # psycopg reports no rowcount for this statement
-    ).first()
-    if inserted is None:
+    """Record `nonce` as spent, or raise Conflict (`state_used`) if it already was (plugin.store.nonces)."""
+    if not nonces.spend(session, purpose, nonce, expires_at=expires_at):
         raise Conflict("this install link was already used; start the install again", reason="state_used")
+
+
+def try_spend_nonce(session: Session, purpose: str, nonce: str, *, expires_at: datetime) -> bool:
+    """Spend a one-time value; False (no error) when it already was."""
+    return nonces.spend(session, purpose, nonce, expires_at=expires_at)
+
+
+def nonce_spent(session: Session, purpose: str, nonce: str) -> bool:
+    """Whether an install flow's one-time value was spent, e.g. by a callback that succeeded."""
+    return nonces.is_spent(session, purpose, nonce)
 
 
 def find_shop(session: Session, platform: str, domain: str) -> Shop | None:

@@ -571,6 +571,26 @@ class UsedNonce(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UtcDateTime, index=True)
 
 
+class AdminUser(SQLModel, table=True):
+    """A person who signs in to a shop's standalone admin (plugin.shops.users): an `owner` or
+    `staff`; the password is stored only as an argon2id hash. `session_epoch` is part of every
+    session cookie: signing out bumps it, so every earlier cookie of the user stops working."""
+
+    __tablename__ = "admin_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    email: str = Field(max_length=320)
+    password_hash: str = Field(max_length=255)
+    role: str = Field(default="staff", max_length=16)  # owner | staff
+    session_epoch: int = Field(default=0)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    last_sign_in_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    disabled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("shop_id", "email", name="uq_admin_user_shop_email"),)
+
+
 def Counter() -> Any:
     """A counter column moved by triggers, which insert rows naming only the counters they move."""
     return Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")})

@@ -57,8 +57,10 @@ from plugin.errors import Conflict
 from plugin.platforms import installs
 from plugin.platforms.connections import connector_config, normalise_store_url
 from plugin.settings import Settings
+from plugin.shops import users
 from plugin.store.models import Shop, utcnow
 from plugin.store.units import in_thread, transaction
+from plugin.web.admin import context as admin_context
 from plugin.web.problems import problem
 
 log = logging.getLogger("couponry.install")
@@ -138,8 +140,18 @@ async def _spend(request: Request, purpose: str, nonce: object, max_age: int) ->
     return None
 
 
-def _admin_url(settings: Settings, shop: Shop) -> str:
-    return f"{settings.public_url}/admin?{urlencode({'platform': shop.platform, 'shop': shop.domain})}"
+def _shopify_admin_url(settings: Settings, shop: Shop) -> str:
+    """Where a Shopify install ends: the app inside the shop's admin, so it opens embedded (App
+    Bridge then loads /admin with an ID token)."""
+    client_id = connector_config(settings, "shopify").client_id
+    return f"https://{shop.domain}/admin/apps/{client_id}"
+
+
+def _bigcommerce_admin_url(settings: Settings, shop: Shop, *, user_id: str, owner: bool) -> str:
+    """The admin inside BigCommerce's control panel iframe: a short-lived signed page token, no cookie."""
+    assert shop.id is not None
+    token = admin_context.bigcommerce_token(settings, shop_id=shop.id, user_id=user_id, owner=owner)
+    return f"{settings.public_url}/admin/?{urlencode({'t': token})}"
 
 
 async def _save(request: Request, platform: str, credentials: Any, *, name: str = "") -> Shop:
@@ -218,7 +230,7 @@ async def shopify_callback(request: Request) -> Response:
     if missing:
         return problem(403, "missing_scopes", f"the app needs these scopes: {', '.join(missing)}", details={"missing": missing})
     saved = await _save(request, "shopify", credentials)
-    response = RedirectResponse(_admin_url(settings, saved), status_code=302)
+    response = RedirectResponse(_shopify_admin_url(settings, saved), status_code=302)
     response.delete_cookie(SHOPIFY_STATE_COOKIE, path="/install/shopify")
     return response
 
@@ -340,9 +352,39 @@ async def woocommerce_callback(request: Request) -> Response:
 
 
 async def woocommerce_return(request: Request) -> Response:
-    settings = _settings(request)
-    success = request.query_params.get("success") == "1"
-    return RedirectResponse(f"{settings.public_url}/admin?{urlencode({'installed': int(success)})}", status_code=302)
+    """Where the merchant's browser lands after approving the keys: `?success=1&user_id=<our signed
+    reference>`. A signed one-time link: it leads to setting up the shop's owner login only if
+    the callback with the same reference stored good keys (so only the person who approved them
+    on the store gets here), and only once; later the merchant signs in."""
+    settings, engine = _settings(request), _engine(request)
+    if request.query_params.get("success") != "1":
+        return _page("Couponry was not connected", "The store did not approve the keys: start the install again.", 400)
+    try:
+        state = _signer(settings, "woocommerce-user").loads(request.query_params.get("user_id", ""), max_age=WOO_USER_MAX_AGE)
+    except BadItsdangerousSignature:
+        return _page("This link is not valid", "It is forged or has expired: start the install again from your store.", 401)
+    nonce, store_url = (state.get("nonce"), state.get("store_url")) if isinstance(state, dict) else (None, None)
+    if not isinstance(nonce, str) or not isinstance(store_url, str):
+        return _page("This link is not valid", "It names no install: start the install again from your store.", 401)
+
+    def work() -> str:
+        with transaction(engine) as session:
+            if not installs.nonce_spent(session, "woocommerce-user", nonce):
+                raise Conflict("the store has not sent the keys for this install yet", reason="not_connected")
+            shop = installs.find_shop(session, "woocommerce", store_url)
+            if shop is None or shop.id is None:
+                raise Conflict("the store has not sent the keys for this install yet", reason="not_connected")
+            expires_at = utcnow() + timedelta(seconds=WOO_USER_MAX_AGE)
+            first = installs.try_spend_nonce(session, "woocommerce-return", nonce, expires_at=expires_at)
+            if not first or users.has_owner(session, shop.id):
+                return f"{settings.public_url}/admin/sign-in?{urlencode({'shop': shop.domain})}"
+            return users.setup_link(settings, shop.id)
+
+    try:
+        target = await in_thread(engine, work)
+    except Conflict as exc:
+        return _page("Still connecting", f"{exc.message}: reload this page in a moment.", 409)
+    return RedirectResponse(target, status_code=303, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
 
 
 # --- BigCommerce -----------------------------------------------------------------------------
@@ -372,7 +414,9 @@ async def bigcommerce_callback(request: Request) -> Response:
         return problem(502, "token_exchange_failed", exc.message)
     extra = {**credentials.extra, "webhook_secret": installs.new_webhook_secret()}
     shop = await _save(request, "bigcommerce", replace(credentials, extra=extra))
-    return RedirectResponse(_admin_url(settings, shop), status_code=302)
+    user_id, owner_id = credentials.extra.get("user_id", ""), credentials.extra.get("owner_id", "")
+    target = _bigcommerce_admin_url(settings, shop, user_id=user_id, owner=bool(user_id) and user_id == owner_id)
+    return RedirectResponse(target, status_code=302)
 
 
 async def _signed_payload(request: Request) -> Any:
@@ -396,7 +440,8 @@ async def bigcommerce_load(request: Request) -> Response:
     shop = await in_thread(engine, find)
     if shop is None or shop.uninstalled_at is not None:
         return _page("Couponry is not installed", "Install the app from the BigCommerce control panel first.", 404)
-    return RedirectResponse(_admin_url(settings, shop), status_code=302)
+    target = _bigcommerce_admin_url(settings, shop, user_id=payload.user_id, owner=payload.is_owner)
+    return RedirectResponse(target, status_code=302)
 
 
 async def bigcommerce_uninstall(request: Request) -> Response:

@@ -81,7 +81,9 @@ def deadline_protocol(timeout: float, base: type[asyncio.Protocol] = _Fastest) -
 
 # `/pull/<token>` and `/claim/<token>`, and query values that name a token or a recipient
 _TOKEN_PATH = re.compile(r"(/(?:pull|claim)/)[^/?#\s]+")
-_SECRET_QUERY = re.compile(r"([?&](?:token|sig|signature|recipient|email|phone|key)=)[^&#\s]*", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"([?&](?:token|id_token|t|signed_payload_jwt|sig|signature|recipient|email|phone|key)=)[^&#\s]*", re.IGNORECASE
+)
 REDACTED = "[redacted]"
 
 

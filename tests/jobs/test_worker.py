@@ -226,7 +226,6 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
     engine: Engine, shop_id: int, database_url: str, tmp_path: Path
 ) -> None:
     running = enqueue(engine, shop_id, "test.slow", {"seconds": 1.5})
-    waiting = enqueue(engine, shop_id, "test.slow", {"seconds": 0.1}, run_after=utcnow() + timedelta(seconds=1))
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -242,6 +241,9 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
             time.sleep(0.02)
         assert f"started {running}" in log.read_text(), log.read_text()
         proc.send_signal(signal.SIGTERM)
+        # due while the stopping worker still runs `running` (1.5 s, longer than its poll
+        # interval) with free slots: a worker that kept claiming would start it
+        waiting = enqueue(engine, shop_id, "test.slow", {"seconds": 0.1})
         assert proc.wait(15) == 0, log.read_text()
     finally:
         if proc.poll() is None:

@@ -313,3 +313,29 @@ def test_spending_a_nonce_is_atomic_and_expired_ones_are_pruned(engine: Engine) 
         installs.spend_nonce(session, "test", "n2", expires_at=utcnow() + timedelta(minutes=10))
         keys = set(session.exec(select(UsedNonce.key)).all())
     assert keys == {"test:n1", "test:n2"}  # "old" went with the next spend
+
+
+# --- WooCommerce: the return link leads to the owner's set-up once ------------------------------
+
+
+async def test_woocommerce_return_is_a_signed_one_time_link_to_the_owner_setup(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = FakeWooCommerce()
+    fake.install(router, "index", "coupons")
+    async with app_client(app_settings, engine) as client:
+        keys = await start_woo_install(client, fake)
+        back = {"success": "1", "user_id": keys["user_id"]}
+        early = await client.get("/install/woocommerce/return", params=back)
+        assert early.status_code == 409  # the keys have not come: nobody may set up an owner yet
+        assert (await client.post("/install/woocommerce/callback", content=json.dumps(keys))).status_code == 200
+        forged = await client.get("/install/woocommerce/return", params={"success": "1", "user_id": keys["user_id"] + "x"})
+        assert forged.status_code == 401
+        first = await client.get("/install/woocommerce/return", params=back)
+        assert first.status_code == 303 and first.headers["location"].startswith(f"{app_settings.public_url}/admin/setup?token=")
+        setup = await client.get(first.headers["location"].removeprefix(app_settings.public_url))
+        assert setup.status_code == 200 and 'name="password"' in setup.text
+        again = await client.get("/install/woocommerce/return", params=back)
+        assert again.status_code == 303 and "/admin/sign-in?shop=" in again.headers["location"]  # once only
+        refused = await client.get("/install/woocommerce/return", params={"success": "0", "user_id": keys["user_id"]})
+        assert refused.status_code == 400

@@ -185,7 +185,8 @@ async def test_shopify_end_to_end(engine: Engine, app_settings: Settings, router
     async with platform_app(app_settings, engine) as (_, client, worker):
         done = await install_shopify(client)
         assert done.status_code == 302, done.text
-        assert done.headers["location"].startswith(f"{PUBLIC}/admin?")
+        # the app opens embedded in the shop's admin (App Bridge then loads /admin with an ID token)
+        assert done.headers["location"] == f"https://{shopify_fakes.SHOP}/admin/apps/{SHOPIFY['client_id']}"
         assert token_route.call_count == 1
         shop = the_shop(engine, "shopify")
         assert shop.id is not None and shop.domain == shopify_fakes.SHOP and shop.uninstalled_at is None
@@ -461,6 +462,9 @@ async def test_bigcommerce_end_to_end(engine: Engine, app_settings: Settings, ro
         params = {"code": "qr6h3thvbvag2ffq", "scope": "store_v2_marketing store_v2_orders_read_only", "context": "stores/abc123"}
         done = await client.get("/install/bigcommerce/callback", params=params)
         assert done.status_code == 302, done.text
+        assert done.headers["location"].startswith(f"{PUBLIC}/admin/?t=cbc_")
+        landed = await client.get(done.headers["location"])  # an install lands on a working home page
+        assert landed.status_code == 200 and "Key figures" in landed.text
         assert fake.routes["token"].call_count == 1
         shop = the_shop(engine, "bigcommerce")
         assert shop.id is not None and shop.domain == "abc123"
@@ -471,7 +475,9 @@ async def test_bigcommerce_end_to_end(engine: Engine, app_settings: Settings, ro
         secret = hooks[0]["headers"][BigCommerceConnector.WEBHOOK_HEADER]
 
         load = await client.get("/install/bigcommerce/load", params={"signed_payload_jwt": signed_payload()})
-        assert load.status_code == 302 and load.headers["location"].startswith(f"{PUBLIC}/admin?")
+        assert load.status_code == 302 and load.headers["location"].startswith(f"{PUBLIC}/admin/?t=cbc_")
+        home = await client.get(load.headers["location"])
+        assert home.status_code == 200 and "Order webhooks registered" in home.text
         assert (await client.get("/install/bigcommerce/load", params={"signed_payload_jwt": "x.y.z"})).status_code == 401
 
         campaign_id, codes = push(engine, shop.id)

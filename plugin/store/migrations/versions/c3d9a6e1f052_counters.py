@@ -4,7 +4,7 @@ ix_code_campaign_expiry, a campaign's codes with an end of their own, and ix_cod
 ix_code_sync_failed for the admin's code filters (all partial: generated codes cost them nothing).
 
 Revision ID: c3d9a6e1f052
-Revises: a4c7e2d9f613
+Revises: c3f9a1e7b254
 Create Date: 2026-12-15
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from plugin.store import counters
 
 revision: str = "c3d9a6e1f052"
-down_revision: str | None = "a4c7e2d9f613"
+down_revision: str | None = "c3f9a1e7b254"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
