@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from plugin.rules.refusals import format_money
 from plugin.web.admin.context import AdminContext, Surface, frame_ancestors
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -30,6 +31,7 @@ def static_url(path: str) -> str:
 
 
 templates.env.globals.update(static_url=static_url, app_bridge_src=APP_BRIDGE)
+templates.env.filters["money"] = format_money  # minor units in a currency: {{ 1250|money('GBP') }}
 
 
 def security_headers(surface: Surface, shop_domain: str = "") -> dict[str, str]:

@@ -1,0 +1,204 @@
+"""Campaigns: the list (keyset pages, figures against budgets), create and edit (plain fields
+for the common rules, a JSON editor for the rest, a live preview of the code format's sample
+codes and guessability), and pause / resume / end with the platform's outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from plugin.campaigns import campaigns as service
+from plugin.campaigns import listing
+from plugin.errors import NotFound, PluginError
+from plugin.overview.campaign import CampaignView, campaign_view, format_preview
+from plugin.store.models import Campaign, utcnow
+from plugin.store.units import in_thread, reading
+from plugin.web.admin.answers import budgets, not_found
+from plugin.web.admin.campaignform import (
+    ALPHABETS,
+    DISCOUNT_TYPES,
+    FormErrors,
+    form_from_rules,
+    format_from_form,
+    rules_from_form,
+)
+from plugin.web.admin.context import AdminContext
+from plugin.web.admin.forms import Form, act
+from plugin.web.admin.render import render
+from plugin.web.admin.routing import page
+
+NAV = "campaigns"
+ACTIONS = ("activate", "pause", "resume", "end")
+PLANNED_DEFAULT = 10_000  # codes the preview assumes a new campaign will hold
+
+
+def _read(request: Request, work: Any) -> Any:
+    engine = request.app.state.engine
+
+    def run() -> Any:
+        with reading(engine) as session:
+            return work(session)
+
+    return in_thread(engine, run)
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+async def index(request: Request, ctx: AdminContext) -> Response:
+    status = request.query_params.get("status") or None
+    cursor = request.query_params.get("after") or None
+    try:
+        found = await _read(
+            request, lambda s: listing.list_campaigns(s, shop_id=ctx.shop_id, now=utcnow(), status=status, cursor=cursor)
+        )
+    except PluginError as exc:
+        return render(request, ctx, "admin/campaigns.html", page=None, error=exc.message, status=status,
+                      statuses=listing.STATUSES, nav=NAV, status_code=422)  # fmt: skip
+    return render(request, ctx, "admin/campaigns.html", page=found, error=None, status=status, statuses=listing.STATUSES, nav=NAV)
+
+
+# --- create -------------------------------------------------------------------------------------
+
+
+def _new_form() -> Form:
+    return Form(values={"currency": "USD", "discount_type": "percentage", "uses_per_code": "1", "alphabet": "safe",
+                        "length": "10", "group_size": "0", "binding": "shareable", "planned": str(PLANNED_DEFAULT)})  # fmt: skip
+
+
+def _editor(request: Request, ctx: AdminContext, form: Form, *, view: CampaignView | None = None,
+            status_code: int = 200) -> Response:  # fmt: skip
+    return render(request, ctx, "admin/campaign_form.html", form=form, view=view, alphabets=ALPHABETS,
+                  discount_types=DISCOUNT_TYPES, nav=NAV, status_code=status_code)  # fmt: skip
+
+
+async def new(request: Request, ctx: AdminContext) -> Response:
+    return _editor(request, ctx, _new_form())
+
+
+async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
+    currency = form.get("currency", "USD").strip().upper()
+    try:
+        fmt = format_from_form(form)
+        rules = rules_from_form(form, currency)
+    except FormErrors:
+        return _editor(request, ctx, form, status_code=422)
+    status = "active" if form.get("start") == "active" else "draft"
+    try:
+        campaign: Campaign = await act(
+            request,
+            ctx,
+            lambda s: service.create_campaign(s, shop_id=ctx.shop_id, name=form.get("name"), code_format=fmt.to_dict(),
+                                              currency=currency, rules=rules, status=status),  # fmt: skip
+            action="campaign.created",
+            subject=lambda c: f"campaign:{c.id}",
+        )
+    except PluginError as exc:
+        if exc.reason == "invalid_name":
+            exc.details.setdefault("field", "name")
+        return _editor(request, ctx, form.fail(exc), status_code=422)
+    return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign.id}"), status_code=303)
+
+
+async def preview(request: Request, ctx: AdminContext) -> Response:
+    """The live preview (htmx, on every change of the format fields)."""
+    form = Form(values=dict(request.query_params))
+    try:
+        fmt = format_from_form(form)
+    except FormErrors:
+        return render(request, ctx, "admin/_format_preview.html", preview=None, form=form)
+    raw = form.get("planned", str(PLANNED_DEFAULT)).strip()
+    planned = int(raw) if raw.isdigit() and len(raw) < 10 else PLANNED_DEFAULT
+    found = await _read(
+        request, lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow())
+    )
+    return render(request, ctx, "admin/_format_preview.html", preview=found, form=form)
+
+
+# --- one campaign -------------------------------------------------------------------------------
+
+
+def _id(request: Request) -> int:
+    return int(request.path_params["campaign_id"])
+
+
+async def _view(request: Request, ctx: AdminContext) -> CampaignView:
+    campaign_id = _id(request)
+    view: CampaignView = await _read(
+        request, lambda s: campaign_view(s, shop_id=ctx.shop_id, campaign_id=campaign_id, budgets=budgets(request), now=utcnow())
+    )
+    return view
+
+
+async def show(request: Request, ctx: AdminContext) -> Response:
+    try:
+        view = await _view(request, ctx)
+    except NotFound as exc:
+        return not_found(request, ctx, exc, nav=NAV)
+    c = view.campaign
+    return _editor(request, ctx, form_from_rules(c.name, c.currency, c.rules), view=view)
+
+
+async def edit(request: Request, ctx: AdminContext, form: Form) -> Response:
+    try:
+        view = await _view(request, ctx)
+    except NotFound as exc:
+        return not_found(request, ctx, exc, nav=NAV)
+    campaign_id, currency = _id(request), view.campaign.currency
+    try:
+        rules = rules_from_form(form, currency)
+    except FormErrors:
+        return _editor(request, ctx, form, view=view, status_code=422)
+    try:
+        await act(
+            request,
+            ctx,
+            lambda s: service.update_campaign(s, shop_id=ctx.shop_id, campaign_id=campaign_id, name=form.get("name"), rules=rules),
+            action="campaign.updated",
+            subject=f"campaign:{campaign_id}",
+        )
+    except PluginError as exc:
+        if exc.reason == "invalid_name":
+            exc.details.setdefault("field", "name")
+        return _editor(request, ctx, form.fail(exc), view=view, status_code=422)
+    return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign_id}", saved=1), status_code=303)
+
+
+async def change_status(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """Pause, resume, end (or activate a draft); the page then shows what the platform did."""
+    campaign_id, action = _id(request), form.get("action")
+    if action not in ACTIONS:
+        form.errors["action"] = "pause, resume, end or activate"
+    else:
+        try:
+            await act(
+                request,
+                ctx,
+                lambda s: service.change_status(s, shop_id=ctx.shop_id, campaign_id=campaign_id, action=action),
+                action=f"campaign.{action}",
+                subject=f"campaign:{campaign_id}",
+            )
+            return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign_id}", changed=action), status_code=303)
+        except NotFound as exc:
+            return not_found(request, ctx, exc, nav=NAV)
+        except PluginError as exc:
+            form.errors["action"] = exc.message
+    try:
+        view = await _view(request, ctx)
+    except NotFound as exc:
+        return not_found(request, ctx, exc, nav=NAV)
+    c = view.campaign
+    edit_form = form_from_rules(c.name, c.currency, c.rules)
+    edit_form.errors["action"] = form.errors["action"]
+    return _editor(request, ctx, edit_form, view=view, status_code=409)
+
+
+routes = [
+    page("/campaigns", index, name="admin_campaigns"),
+    page("/campaigns/new", new, post=create, name="admin_campaign_new"),
+    page("/campaigns/preview", preview, name="admin_campaign_preview"),
+    page("/campaigns/{campaign_id:int}", show, post=edit, name="admin_campaign"),
+    page("/campaigns/{campaign_id:int}/status", post=change_status, name="admin_campaign_status"),
+]
