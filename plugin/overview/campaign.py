@@ -55,9 +55,7 @@ def format_preview(
     )
 
 
-def campaign_view(
-    session: Session, *, shop_id: int, campaign_id: int, budgets: guessing.Budgets, now: datetime
-) -> CampaignView:
+def campaign_view(session: Session, *, shop_id: int, campaign_id: int, budgets: guessing.Budgets, now: datetime) -> CampaignView:
     """The shop's campaign (NotFound for another shop's id) and all its page shows."""
     campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
     view = CampaignView(

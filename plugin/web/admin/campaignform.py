@@ -140,7 +140,7 @@ def _advanced(form: Form) -> dict[str, Any]:
         form.errors["rules_json"] = f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         return {}
     if not isinstance(data, dict):
-        form.errors["rules_json"] = "a JSON object, like {\"allowed_channels\": [\"web\"]}"
+        form.errors["rules_json"] = 'a JSON object, like {"allowed_channels": ["web"]}'
         return {}
     return data
 
@@ -246,7 +246,10 @@ def form_from_rules(name: str, currency: str, rules: dict[str, Any]) -> Form:
         data.pop("discount", None)
     else:
         values["discount_type"] = "advanced"
-    values["starts_at"], values["ends_at"] = _local(data.get("time", {}).get("starts_at")), _local(data.get("time", {}).get("ends_at"))
+    values["starts_at"], values["ends_at"] = (
+        _local(data.get("time", {}).get("starts_at")),
+        _local(data.get("time", {}).get("ends_at")),
+    )
     values["uses_per_code"] = str(parsed.usage.uses_per_code or "")
     values["uses_per_customer"] = str(parsed.usage.uses_per_customer or "")
     values["minimum_subtotal"] = _major(parsed.basket.minimum_subtotal, currency)

@@ -55,8 +55,17 @@ async def index(request: Request, ctx: AdminContext) -> Response:
             request, lambda s: listing.list_campaigns(s, shop_id=ctx.shop_id, now=utcnow(), status=status, cursor=cursor)
         )
     except PluginError as exc:
-        return render(request, ctx, "admin/campaigns.html", page=None, error=exc.message, status=status,
-                      statuses=listing.STATUSES, nav=NAV, status_code=422)  # fmt: skip
+        return render(
+            request,
+            ctx,
+            "admin/campaigns.html",
+            page=None,
+            error=exc.message,
+            status=status,
+            statuses=listing.STATUSES,
+            nav=NAV,
+            status_code=422,
+        )
     return render(request, ctx, "admin/campaigns.html", page=found, error=None, status=status, statuses=listing.STATUSES, nav=NAV)
 
 
@@ -64,14 +73,34 @@ async def index(request: Request, ctx: AdminContext) -> Response:
 
 
 def _new_form() -> Form:
-    return Form(values={"currency": "USD", "discount_type": "percentage", "uses_per_code": "1", "alphabet": "safe",
-                        "length": "10", "group_size": "0", "binding": "shareable", "planned": str(PLANNED_DEFAULT)})  # fmt: skip
+    return Form(
+        values={
+            "currency": "USD",
+            "discount_type": "percentage",
+            "uses_per_code": "1",
+            "alphabet": "safe",
+            "length": "10",
+            "group_size": "0",
+            "binding": "shareable",
+            "planned": str(PLANNED_DEFAULT),
+        }
+    )
 
 
-def _editor(request: Request, ctx: AdminContext, form: Form, *, view: CampaignView | None = None,
-            status_code: int = 200) -> Response:  # fmt: skip
-    return render(request, ctx, "admin/campaign_form.html", form=form, view=view, alphabets=ALPHABETS,
-                  discount_types=DISCOUNT_TYPES, nav=NAV, status_code=status_code)  # fmt: skip
+def _editor(
+    request: Request, ctx: AdminContext, form: Form, *, view: CampaignView | None = None, status_code: int = 200
+) -> Response:
+    return render(
+        request,
+        ctx,
+        "admin/campaign_form.html",
+        form=form,
+        view=view,
+        alphabets=ALPHABETS,
+        discount_types=DISCOUNT_TYPES,
+        nav=NAV,
+        status_code=status_code,
+    )
 
 
 async def new(request: Request, ctx: AdminContext) -> Response:
@@ -90,8 +119,15 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
         campaign: Campaign = await act(
             request,
             ctx,
-            lambda s: service.create_campaign(s, shop_id=ctx.shop_id, name=form.get("name"), code_format=fmt.to_dict(),
-                                              currency=currency, rules=rules, status=status),  # fmt: skip
+            lambda s: service.create_campaign(
+                s,
+                shop_id=ctx.shop_id,
+                name=form.get("name"),
+                code_format=fmt.to_dict(),
+                currency=currency,
+                rules=rules,
+                status=status,
+            ),
             action="campaign.created",
             subject=lambda c: f"campaign:{c.id}",
         )
@@ -112,7 +148,8 @@ async def preview(request: Request, ctx: AdminContext) -> Response:
     raw = form.get("planned", str(PLANNED_DEFAULT)).strip()
     planned = int(raw) if raw.isdigit() and len(raw) < 10 else PLANNED_DEFAULT
     found = await _read(
-        request, lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow())
+        request,
+        lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow()),
     )
     return render(request, ctx, "admin/_format_preview.html", preview=found, form=form)
 
@@ -155,7 +192,9 @@ async def edit(request: Request, ctx: AdminContext, form: Form) -> Response:
         await act(
             request,
             ctx,
-            lambda s: service.update_campaign(s, shop_id=ctx.shop_id, campaign_id=campaign_id, name=form.get("name"), rules=rules),
+            lambda s: service.update_campaign(
+                s, shop_id=ctx.shop_id, campaign_id=campaign_id, name=form.get("name"), rules=rules
+            ),
             action="campaign.updated",
             subject=f"campaign:{campaign_id}",
         )

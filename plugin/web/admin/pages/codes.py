@@ -115,8 +115,19 @@ async def _list(request: Request, ctx: AdminContext, form: Form, **extra: Any) -
             form.fail(exc)
             status_code = 422
     query = {k: form.get(k) for k in FILTER_FIELDS if form.get(k)}
-    return render(request, ctx, "admin/codes.html", form=form, page=found, query=query, statuses=listing.STATUSES,
-                  sync_statuses=listing.SYNC_STATUSES, nav=NAV, status_code=extra.pop("status_code", status_code), **extra)  # fmt: skip
+    return render(
+        request,
+        ctx,
+        "admin/codes.html",
+        form=form,
+        page=found,
+        query=query,
+        statuses=listing.STATUSES,
+        sync_statuses=listing.SYNC_STATUSES,
+        nav=NAV,
+        status_code=extra.pop("status_code", status_code),
+        **extra,
+    )
 
 
 async def index(request: Request, ctx: AdminContext) -> Response:
@@ -126,7 +137,9 @@ async def index(request: Request, ctx: AdminContext) -> Response:
 # --- one code -----------------------------------------------------------------------------------
 
 
-async def _code_page(request: Request, ctx: AdminContext, typed: str, form: Form | None = None, status_code: int = 200) -> Response:
+async def _code_page(
+    request: Request, ctx: AdminContext, typed: str, form: Form | None = None, status_code: int = 200
+) -> Response:
     def work(session: Any) -> tuple[percode.Found, list[percode.Event]]:
         found = percode.find(session, shop_id=ctx.shop_id, typed=typed)
         story = percode.story(session, found)
@@ -140,7 +153,9 @@ async def _code_page(request: Request, ctx: AdminContext, typed: str, form: Form
         search.values["q"] = typed
         search.errors["q"] = exc.message
         return await _list(request, ctx, search, suggestion=exc.details.get("suggestion"), status_code=404)
-    return render(request, ctx, "admin/code.html", found=found, story=story, form=form or Form(), nav=NAV, status_code=status_code)
+    return render(
+        request, ctx, "admin/code.html", found=found, story=story, form=form or Form(), nav=NAV, status_code=status_code
+    )
 
 
 async def find(request: Request, ctx: AdminContext) -> Response:
@@ -163,7 +178,8 @@ async def _change(request: Request, ctx: AdminContext, form: Form, work: Any, do
     except percode.CodeNotFound as exc:
         return not_found(request, ctx, exc, nav=NAV)
     except PluginError as exc:
-        form.errors[exc.details.get("field") if isinstance(exc.details.get("field"), str) else field] = exc.message
+        named = exc.details.get("field")
+        form.errors[named if isinstance(named, str) else field] = exc.message
         return await _code_page(request, ctx, typed, form, status_code=exc.status if exc.status != 400 else 422)
     return _after_change(ctx, found, done)
 
@@ -171,10 +187,13 @@ async def _change(request: Request, ctx: AdminContext, form: Form, work: Any, do
 async def void(request: Request, ctx: AdminContext, form: Form) -> Response:
     typed, reason = form.get("code"), form.get("reason")
     return await _change(
-        request, ctx, form,
+        request,
+        ctx,
+        form,
         lambda s: percode.void(s, shop_id=ctx.shop_id, typed=typed, actor=ctx.actor, now=utcnow(), reason=reason),
-        "voided", "reason",
-    )  # fmt: skip
+        "voided",
+        "reason",
+    )
 
 
 async def extend(request: Request, ctx: AdminContext, form: Form) -> Response:
@@ -186,10 +205,13 @@ async def extend(request: Request, ctx: AdminContext, form: Form) -> Response:
         form.errors["expires_at"] = "a date and time like 2027-01-31T23:59"
         return await _code_page(request, ctx, typed, form, status_code=422)
     return await _change(
-        request, ctx, form,
+        request,
+        ctx,
+        form,
         lambda s: percode.extend(s, shop_id=ctx.shop_id, typed=typed, expires_at=when, actor=ctx.actor, now=utcnow()),
-        "extended", "expires_at",
-    )  # fmt: skip
+        "extended",
+        "expires_at",
+    )
 
 
 async def reassign(request: Request, ctx: AdminContext, form: Form) -> Response:
@@ -230,8 +252,9 @@ async def bulk_void(request: Request, ctx: AdminContext, form: Form) -> Response
     try:
         voided = await _write(
             request,
-            lambda s: bulkvoid.void_by_filter(s, shop_id=ctx.shop_id, token=token, secret=_secret(request),
-                                              actor=ctx.actor, now=utcnow(), reason=reason),  # fmt: skip
+            lambda s: bulkvoid.void_by_filter(
+                s, shop_id=ctx.shop_id, token=token, secret=_secret(request), actor=ctx.actor, now=utcnow(), reason=reason
+            ),
         )
     except PluginError as exc:
         form.errors["bulk"] = exc.message
@@ -261,8 +284,16 @@ async def generate(request: Request, ctx: AdminContext, form: Form) -> Response:
     except NotFound as exc:
         return not_found(request, ctx, exc, nav="campaigns")
     except PluginError as exc:
-        return render(request, ctx, "admin/issue_error.html", campaign_id=campaign_id, what="count", message=exc.message,
-                      nav="campaigns", status_code=422)  # fmt: skip
+        return render(
+            request,
+            ctx,
+            "admin/issue_error.html",
+            campaign_id=campaign_id,
+            what="count",
+            message=exc.message,
+            nav="campaigns",
+            status_code=422,
+        )
     engine, shop_id, batch_id = request.app.state.engine, ctx.shop_id, batch.id or 0
 
     def run() -> None:
@@ -306,8 +337,17 @@ async def import_csv(request: Request, ctx: AdminContext, form: Form) -> Respons
     raw = await _upload(request)
 
     def refuse(message: str, errors: list[issuing.RowError] | None = None) -> Response:
-        return render(request, ctx, "admin/issue_error.html", campaign_id=campaign_id, what="file", message=message,
-                      rows=errors or [], nav="campaigns", status_code=422)  # fmt: skip
+        return render(
+            request,
+            ctx,
+            "admin/issue_error.html",
+            campaign_id=campaign_id,
+            what="file",
+            message=message,
+            rows=errors or [],
+            nav="campaigns",
+            status_code=422,
+        )
 
     if not raw:
         return refuse("choose a CSV file with a code column")
@@ -318,7 +358,9 @@ async def import_csv(request: Request, ctx: AdminContext, form: Form) -> Respons
         decoded = issuing.decode_import(raw)
         done: Batch = await in_thread(
             engine,
-            lambda: issuing.import_codes(engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=issuing.import_lines(decoded.text)),
+            lambda: issuing.import_codes(
+                engine, shop_id=ctx.shop_id, campaign_id=campaign_id, lines=issuing.import_lines(decoded.text)
+            ),
         )
     except NotFound as exc:
         return not_found(request, ctx, exc, nav="campaigns")
@@ -327,8 +369,14 @@ async def import_csv(request: Request, ctx: AdminContext, form: Form) -> Respons
     except PluginError as exc:
         return refuse(exc.message)
     # the import is all-or-nothing in its own transaction; its audit row follows it
-    await act(request, ctx, lambda s: done.id, action="codes.imported", subject=f"batch:{done.id}",
-              details={"campaign_id": campaign_id, "codes": done.created, "encoding": decoded.encoding})  # fmt: skip
+    await act(
+        request,
+        ctx,
+        lambda s: done.id,
+        action="codes.imported",
+        subject=f"batch:{done.id}",
+        details={"campaign_id": campaign_id, "codes": done.created, "encoding": decoded.encoding},
+    )
     return RedirectResponse(ctx.url(f"/admin/batches/{done.id}"), status_code=303)
 
 
@@ -349,8 +397,11 @@ async def export_csv(request: Request, ctx: AdminContext) -> Response:
     return StreamingResponse(
         body(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",
-                 "X-Content-Type-Options": "nosniff"},  # fmt: skip
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
