@@ -39,7 +39,9 @@ def _read(request: Request, work: Any) -> Any:
 
     def run() -> Any:
         with reading(engine) as session:
-            return work(session)
+            result = work(session)
+            session.expunge_all()  # the page renders the rows after the session closes
+            return result
 
     return in_thread(engine, run)
 

@@ -40,7 +40,9 @@ async def _read(request: Request, work: Any) -> Any:
 
     def run() -> Any:
         with reading(engine) as session:
-            return work(session)
+            result = work(session)
+            session.expunge_all()  # the page renders the rows after the session closes
+            return result
 
     return await in_thread(engine, run)
 
