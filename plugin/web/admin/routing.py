@@ -69,10 +69,13 @@ def page(
             return problem(403, "owner_only", "only the shop's owner may do this")
         if request.method == "POST":
             assert post is not None
-            form = await read_form(request)
-            if not csrf_ok(request, ctx.csrf_token, form):
-                return problem(403, "csrf_failed", "this form is out of date: reload the page and send it again")
-            return await post(request, ctx, form)
+            try:
+                form = await read_form(request)
+                if not csrf_ok(request, ctx.csrf_token, form):
+                    return problem(403, "csrf_failed", "this form is out of date: reload the page and send it again")
+                return await post(request, ctx, form)
+            finally:
+                await (await request.form()).close()  # uploaded files' temporary files
         assert endpoint is not None
         return await endpoint(request, ctx)
 

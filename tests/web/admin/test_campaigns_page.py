@@ -116,8 +116,8 @@ def test_edit_keeps_the_rules_it_does_not_show(web, engine: Engine, admin_settin
     assert values["uses_per_code"] == "3" and values["discount_value"] == "10"
     json_text = re.search(r'<textarea id="f-rules_json"[^>]*>([^<]*)</textarea>', page.text)
     assert json_text and "pos" in json_text[1]
-    data = {**values, "csrf_token": form_token(page.text), "discount_type": "percentage", "discount_value": "20", "binding": "shareable",
-            "rules_json": json_text[1].replace("&#34;", '"')}  # fmt: skip
+    data = {**values, "csrf_token": form_token(page.text), "discount_type": "percentage", "discount_value": "20"}
+    data.update(binding="shareable", rules_json=json_text[1].replace("&#34;", '"'))
     answer = web.post(f"/admin/campaigns/{campaign_id}", data=data)
     assert answer.status_code == 303, answer.text
     with Session(engine) as session:
