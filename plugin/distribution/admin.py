@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.distribution import claimlinks, partners
 from plugin.distribution import claims as distribution
-from plugin.distribution.pushes import check_provider
+from plugin.distribution.pushes import MESSAGING_CONNECTORS, check_provider
 from plugin.errors import InvalidInput
 from plugin.formats import codes
 from plugin.rules import recipients
@@ -23,6 +23,7 @@ from plugin.store import keyset
 from plugin.store.keyset import Page
 from plugin.store.models import ApiKey, Code, RecipientDelivery, ReferralProgram
 
+PROVIDERS = tuple(sorted(MESSAGING_CONNECTORS))
 PUSH_STATUSES = ("queued", "sending", "sent", "accepted", "delivered", "failed")
 PULL_DAYS = (1, 400)  # how long a pull URL may work, in days
 

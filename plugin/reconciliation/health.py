@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from plugin.errors import InvalidInput, NotFound
@@ -32,7 +33,8 @@ def list_jobs(session: Session, *, shop_id: int, filter: JobFilter, cursor: str 
     f = filter
     stmt = select(Job).where(col(Job.shop_id) == shop_id)
     if f.kind is not None:
-        stmt = stmt.where(col(Job.kind) == f.kind) if "." in f.kind else stmt.where(col(Job.kind).startswith(f"{f.kind}."))
+        family = or_(col(Job.kind) == f.kind, col(Job.kind).startswith(f"{f.kind}."))  # "reconcile" has no sub-kind
+        stmt = stmt.where(col(Job.kind) == f.kind) if "." in f.kind else stmt.where(family)
     if f.status is not None:
         stmt = stmt.where(col(Job.status) == f.status)
     if f.failing:
