@@ -36,7 +36,9 @@ async def read(request: Request, work: Callable[[Session], T]) -> T:
 
     def run() -> T:
         with reading(engine) as session:
-            return work(session)
+            result = work(session)
+            session.expunge_all()  # rows stay readable in the template once the session is gone
+            return result
 
     return await in_thread(engine, run)
 
