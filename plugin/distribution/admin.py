@@ -14,7 +14,8 @@ from sqlmodel import Session, col, select
 from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.distribution import claimlinks, partners
 from plugin.distribution import claims as distribution
-from plugin.distribution.pushes import MESSAGING_CONNECTORS, check_provider
+from connectors import MESSAGING_CONNECTORS
+from plugin.distribution.pushes import check_provider
 from plugin.errors import InvalidInput
 from plugin.formats import codes
 from plugin.rules import recipients
@@ -46,7 +47,9 @@ def list_claims(
     """The campaign's codes handed to someone, newest first."""
     campaign = get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
     fmt = campaign_format(campaign)
-    stmt = select(Code).where(col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id, col(Code.recipient).is_not(None))
+    stmt = select(Code).where(
+        col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id, col(Code.recipient).is_not(None)
+    )
     limit = keyset.clamp(limit)
     key = keyset.decode(cursor, [int])
     if key is not None:

@@ -29,7 +29,7 @@ def test_the_page_shows_claims_pushes_partners_programs_and_pools(
     web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
 ) -> None:
     set_up_owner(web, admin_settings, shop_id)
-    campaign_id, codes = make_campaign(engine, shop_id, rules(), codes=3, status="active", name="Spring")
+    campaign_id, _codes = make_campaign(engine, shop_id, rules(), codes=3, status="active", name="Spring")
     reward_id, _ = make_campaign(engine, shop_id, rules(), name="Rewards")
     theirs, _ = make_campaign(engine, other_shop_id, rules(), codes=1, status="active", name="Theirs")
     with Session(engine) as session:
@@ -45,7 +45,9 @@ def test_the_page_shows_claims_pushes_partners_programs_and_pools(
     assert "Acme Affiliates" in page.text and "SPRING_POOL" in page.text
     assert f"Campaign {campaign_id} (shareable codes) rewards referrers from campaign {reward_id}" in page.text
     token = form_token(page.text)
-    made = web.post("/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "Bob@Example.com"})
+    made = web.post(
+        "/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "Bob@Example.com"}
+    )
     assert made.status_code == 200
     one = web.get("/admin/distribution", params={"campaign": campaign_id}).text
     assert "bob@example.com" in one  # the claim, listed
@@ -56,10 +58,14 @@ def test_the_page_shows_claims_pushes_partners_programs_and_pools(
 
 def test_a_claim_link_is_minted_once_per_recipient(web, engine: Engine, admin_settings: Settings, shop_id: int) -> None:
     set_up_owner(web, admin_settings, shop_id)
-    campaign_id, codes = make_campaign(engine, shop_id, rules(), codes=3, status="active")
+    campaign_id, _codes = make_campaign(engine, shop_id, rules(), codes=3, status="active")
     token = form_token(web.get("/admin/distribution", params={"campaign": campaign_id}).text)
-    first = web.post("/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "ann@example.com"})
-    again = web.post("/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "ANN@example.com"})
+    first = web.post(
+        "/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "ann@example.com"}
+    )
+    again = web.post(
+        "/admin/distribution/claim-link", data={"csrf_token": token, "campaign": campaign_id, "recipient": "ANN@example.com"}
+    )
     url = minted(first.text, "claim-url")
     assert url == minted(again.text, "claim-url")  # the same recipient, the same code and link
     link = claimlinks.read_claim_token(str(admin_settings.secret_key), url.rsplit("/", 1)[1], now=datetime.now(UTC))
@@ -78,12 +84,16 @@ def test_a_pull_url_carries_its_own_key(web, engine: Engine, admin_settings: Set
     ok = web.post("/admin/distribution/pull-url", data={"csrf_token": token, "campaign": campaign_id, "days": "30"})
     assert ok.status_code == 200
     url = minted(ok.text, "pull-url")
-    grant = claimlinks.read_pull_token(str(admin_settings.secret_key), url.split("/pull/")[1].split("?")[0], now=datetime.now(UTC))
+    grant = claimlinks.read_pull_token(
+        str(admin_settings.secret_key), url.split("/pull/")[1].split("?")[0], now=datetime.now(UTC)
+    )
     with Session(engine) as session:
         key = session.exec(select(ApiKey).where(col(ApiKey.prefix) == grant.key_prefix)).one()
     assert key.shop_id == shop_id and key.scopes == "distribution" and grant.campaign_id == campaign_id
     theirs, _ = make_campaign(engine, other_shop_id, rules(), codes=1, status="active")
-    assert web.post("/admin/distribution/pull-url", data={"csrf_token": token, "campaign": theirs, "days": "30"}).status_code == 404
+    assert (
+        web.post("/admin/distribution/pull-url", data={"csrf_token": token, "campaign": theirs, "days": "30"}).status_code == 404
+    )
 
 
 def test_partners_and_their_keys(web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int) -> None:

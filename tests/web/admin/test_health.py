@@ -33,7 +33,9 @@ def add_alert(engine: Engine, shop_id: int, **values: object) -> int:
         return alert.id
 
 
-def test_failures_show_the_platforms_message_and_filter(web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int) -> None:
+def test_failures_show_the_platforms_message_and_filter(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
+) -> None:
     set_up_owner(web, admin_settings, shop_id)
     add_job(engine, shop_id, kind="sync.push", status="dead", attempts=10, last_error="Shopify 422: code already exists")
     add_job(engine, shop_id, kind="reconcile", status="done")
@@ -89,7 +91,9 @@ def test_retry_and_resolve_refuse_without_csrf_and_for_another_shop(
 
 def test_resolve_an_alert(web, engine: Engine, admin_settings: Settings, shop_id: int) -> None:
     set_up_owner(web, admin_settings, shop_id)
-    alert = add_alert(engine, shop_id, kind="reconcile_failed", message="could not repair campaign 3", open_key="reconcile_failed:1")
+    alert = add_alert(
+        engine, shop_id, kind="reconcile_failed", message="could not repair campaign 3", open_key="reconcile_failed:1"
+    )
     page = web.get("/admin/health").text
     assert "could not repair campaign 3" in page
     assert web.post(f"/admin/health/alerts/{alert}/resolve", data={"csrf_token": form_token(page)}).status_code == 303
@@ -110,13 +114,19 @@ def test_resolving_twice_keeps_the_first_time(engine: Engine, shop_id: int) -> N
         assert later.resolved_at == first
 
 
-def test_reconciliation_reports_are_listed(web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int) -> None:
+def test_reconciliation_reports_are_listed(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
+) -> None:
     set_up_owner(web, admin_settings, shop_id)
     with Session(engine) as session:
         report = {"campaigns": {"7": {"missing": 2, "repaired": {"pushed": 2}}}}
         session.add(AuditEvent(shop_id=shop_id, action="reconcile.report", subject=f"shop:{shop_id}", details=report))
-        session.add(AuditEvent(shop_id=other_shop_id, action="reconcile.report", subject="x", details={"campaigns": {"99": {"theirs": 1}}}))
+        session.add(
+            AuditEvent(
+                shop_id=other_shop_id, action="reconcile.report", subject="x", details={"campaigns": {"99": {"theirs": 1}}}
+            )
+        )
         session.commit()
     page = web.get("/admin/health").text
-    assert "1 campaign(s) checked" in page and "\"pushed\": 2" in page
+    assert "1 campaign(s) checked" in page and '"pushed": 2' in page
     assert "theirs" not in page

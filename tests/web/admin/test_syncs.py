@@ -40,7 +40,9 @@ def add_delivery(engine: Engine, shop_id: int, delivery_id: str, **values: objec
         return event.id
 
 
-def test_redemptions_show_with_their_outcome_and_flags_in_words(web, engine: Engine, admin_settings: Settings, shop_id: int) -> None:
+def test_redemptions_show_with_their_outcome_and_flags_in_words(
+    web, engine: Engine, admin_settings: Settings, shop_id: int
+) -> None:
     set_up_owner(web, admin_settings, shop_id)
     _cid, codes = make_campaign(engine, shop_id, rules(), codes=3, status="active")
     first = redeem(web, engine, shop_id, codes[0], "o-1")
@@ -103,9 +105,18 @@ def test_date_filter_includes_the_end_day(web, engine: Engine, admin_settings: S
     assert "o-jan" in page and "o-feb" not in page
 
 
-def test_the_stored_delivery_and_a_redacted_one(web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int) -> None:
+def test_the_stored_delivery_and_a_redacted_one(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
+) -> None:
     set_up_owner(web, admin_settings, shop_id)
-    kept = add_delivery(engine, shop_id, "d-1", payload='{"id": 1, "discount_codes": ["SAVE10"]}', status="failed", error="HTTP 500 from the platform")
+    kept = add_delivery(
+        engine,
+        shop_id,
+        "d-1",
+        payload='{"id": 1, "discount_codes": ["SAVE10"]}',
+        status="failed",
+        error="HTTP 500 from the platform",
+    )
     gone = add_delivery(engine, shop_id, "d-2", payload="", redacted_at=datetime(2027, 1, 1, tzinfo=UTC))
     theirs = add_delivery(engine, other_shop_id, "d-3", payload='{"secret": "theirs"}')
     page = web.get(f"/admin/redemptions/deliveries/{kept}")
