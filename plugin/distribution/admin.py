@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from connectors import MESSAGING_CONNECTORS
 from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.distribution import claimlinks, partners
 from plugin.distribution import claims as distribution
-from connectors import MESSAGING_CONNECTORS
 from plugin.distribution.pushes import check_provider
 from plugin.errors import InvalidInput
 from plugin.formats import codes
