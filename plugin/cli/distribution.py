@@ -12,12 +12,11 @@ from sqlmodel import Session
 
 from connectors.base import ShippingAddress
 from plugin.cli import Context, clear_errors, main, pass_context
-from plugin.distribution import claimlinks, klaviyopools, partners, poolhealth, pushes, referrals
+from plugin.distribution import admin, klaviyopools, partners, poolhealth, pushes, referrals
 from plugin.distribution import claims as distribution
 from plugin.orders import addresses
 from plugin.rules import recipients
 from plugin.shops import tokens
-from plugin.shops.apikeys import create_key
 from plugin.store.models import utcnow
 from plugin.store.units import transaction
 
@@ -55,18 +54,15 @@ def pull_url(ctx: Context, /, campaign_id: int, partner_id: int | None, days: in
     """Print a signed pull URL for email platforms (append ?recipient=...).
 
     Each URL gets its own API key (scope `distribution`): `couponry keys revoke PREFIX` revokes it."""
+    settings = ctx.settings
     with clear_errors(), transaction(ctx.engine) as session:
-        distribution.pool_status(session, shop_id=ctx.shop_id, campaign_id=campaign_id)
-        if partner_id is not None:
-            partners.get_partner(session, shop_id=ctx.shop_id, partner_id=partner_id)
-        key, _secret = create_key(
-            session, shop_id=ctx.shop_id, name=f"pull URL, campaign {campaign_id}", scopes=["distribution"], partner_id=partner_id
-        )
-        prefix = key.prefix
-    expires_at = utcnow().replace(microsecond=0) + timedelta(days=days)
-    grant = claimlinks.PullGrant(ctx.shop_id, campaign_id, prefix, expires_at, partner_id)
-    click.echo(f"{ctx.settings.public_url}/pull/{claimlinks.pull_token(ctx.settings.secret_key, grant)}?recipient=")
-    click.echo(f"expires {expires_at.isoformat()}; revoke with: couponry keys revoke {prefix}", err=True)
+        minted = admin.mint_pull_url(
+            session, public_url=settings.public_url, secret=settings.secret_key, shop_id=ctx.shop_id,
+            campaign_id=campaign_id, days=days, now=utcnow(), partner_id=partner_id,
+        )  # fmt: skip
+    assert minted.expires_at is not None
+    click.echo(minted.url)
+    click.echo(f"expires {minted.expires_at.isoformat()}; revoke with: couponry keys revoke {minted.key_prefix}", err=True)
 
 
 @distribution_group.command("pool")

@@ -8,7 +8,8 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from plugin.errors import InvalidInput
+from plugin.errors import InvalidInput, NotFound
+from plugin.rules.refusals import CATALOGUE, Reason
 from plugin.store import keyset
 from plugin.store.keyset import Page
 from plugin.store.models import Redemption, WebhookEvent
@@ -103,3 +104,34 @@ def list_deliveries(
         stmt = stmt.where(col(WebhookEvent.id) < key[0])
     rows = session.exec(stmt.order_by(col(WebhookEvent.id).desc()).limit(limit + 1)).all()
     return keyset.page(rows, limit, lambda r: [r.id])
+
+
+# --- misuse flags, in a merchant's words ---------------------------------------------------------
+
+_OTHER_FLAGS = {
+    "self_referral": "The referrer used their own referral code (or a friend's order shipped to the referrer's address): "
+    "no reward was given.",
+}
+
+
+def explain_flag(reason: str | None) -> str | None:
+    """Why a redemption or delivery was flagged, as a merchant reads it: the platform accepted
+    the order, but our rules would have refused the code for this reason."""
+    if not reason:
+        return None
+    if reason in _OTHER_FLAGS:
+        return _OTHER_FLAGS[reason]
+    try:
+        info = CATALOGUE[Reason(reason)]
+    except ValueError:
+        return f"The order broke a rule of the campaign ({reason.replace('_', ' ')})."
+    return f"The platform accepted this order, but Couponry's rules would have refused the code: {info.merchant_description}"
+
+
+def get_redemption(session: Session, *, shop_id: int, redemption_id: int) -> Redemption:
+    found = session.exec(
+        select(Redemption).where(col(Redemption.id) == redemption_id, col(Redemption.shop_id) == shop_id)
+    ).first()
+    if found is None:
+        raise NotFound(f"redemption {redemption_id} does not exist in this shop", reason="redemption_not_found")
+    return found

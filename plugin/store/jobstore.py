@@ -190,3 +190,9 @@ def requeue_dead(conn: Connection, *, job_id: int, now: datetime) -> bool:
         .values(status="queued", attempts=0, run_after=now, finished_at=None, locked_by=None, locked_until=None)
     )
     return bool(result.rowcount)
+
+
+def run_queued_now(conn: Connection, *, job_id: int, now: datetime) -> bool:
+    """A queued job runs at the next claim (a running, done or dead one is left alone)."""
+    result = conn.execute(update(_job).where(col(Job.id) == job_id, col(Job.status) == "queued").values(run_after=now))
+    return bool(result.rowcount)

@@ -6,6 +6,7 @@
     complete     the job is done
     fail         retry later with exponential backoff and full jitter, or dead-letter it
     retry_dead   a merchant or operator tries a dead job again, by hand
+    retry_now    a merchant runs a failing job (waiting for its backoff) now instead of later
 
 A job runs at least once; handlers are idempotent, so "at least once" is "once in effect".
 Jobs of one domain for one campaign (e.g. every `sync.*` job of campaign 12 of shop 3) share a
@@ -38,6 +39,7 @@ __all__ = [
     "list_jobs",
     "renew",
     "retry_dead",
+    "retry_now",
     "serial_key_for",
 ]
 
@@ -163,6 +165,17 @@ def retry_dead(session: Session, job_id: int, *, actor: str, shop_id: int | None
             )
         )
     session.flush()
+    session.refresh(job)
+    return job
+
+
+def retry_now(session: Session, job_id: int, *, shop_id: int) -> Job:
+    """Bring a queued job's next attempt forward to now (its attempts so far still count)."""
+    job = session.exec(select(Job).where(col(Job.id) == job_id, col(Job.shop_id) == shop_id)).first()
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", reason="job_not_found")
+    if not jobstore.run_queued_now(session.connection(), job_id=job_id, now=utcnow()):
+        raise Conflict(f"job {job_id} is {job.status}, not waiting to be retried", reason="job_not_waiting")
     session.refresh(job)
     return job
 
