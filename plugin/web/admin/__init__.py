@@ -45,7 +45,7 @@ from plugin.web.admin.static import CachedStatic
 
 __all__ = ["PAGES", "AdminContext", "Form", "Refused", "act", "admin_context", "page", "render", "routes"]
 
-PAGES = ("account", "home")  # modules of plugin.web.admin.pages
+PAGES = ("account", "home", "settings", "sandbox")  # modules of plugin.web.admin.pages
 
 
 def routes() -> list[BaseRoute]:
