@@ -64,7 +64,9 @@ def refusal_mode(shop: Shop) -> str:
 
 def set_refusal_mode(session: Session, shop_id: int, mode: str) -> Shop:
     if mode not in REFUSAL_MODES:
-        raise InvalidInput(f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode", details={"field": "mode"})
+        raise InvalidInput(
+            f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode", details={"field": "mode"}
+        )
     shop = get_shop(session, shop_id)
     preferences = {k: v for k, v in shop.preferences.items() if k != "detailed_refusals"}
     if REFUSAL_MODES[mode] is not None:

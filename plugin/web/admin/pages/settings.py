@@ -42,7 +42,15 @@ async def _page(request: Request, ctx: AdminContext, *, status_code: int = 200, 
     facts = await _facts(request, ctx)
     forms = {name: values.pop(name, None) or Form() for name in ("key_form", "refusal_form", "origins_form")}
     return render(
-        request, ctx, "admin/settings.html", s=facts, scopes=KEY_SCOPES, nav="settings", status_code=status_code, **forms, **values
+        request,
+        ctx,
+        "admin/settings.html",
+        s=facts,
+        scopes=KEY_SCOPES,
+        nav="settings",
+        status_code=status_code,
+        **forms,
+        **values,
     )
 
 
