@@ -18,10 +18,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugin.sandbox import store as sandbox  # noqa: E402
-from plugin.shops import users  # noqa: E402
-from plugin.store.db import session_scope  # noqa: E402
-from tests.browser.harness import chromium, running_app  # noqa: E402
+from plugin.sandbox import store as sandbox
+from plugin.shops import users
+from plugin.store.db import session_scope
+from tests.browser.harness import chromium, running_app
 
 OBSERVE = """
 window.__vitals = {lcp: 0, cls: 0, inp: 0};
