@@ -109,6 +109,7 @@ class KlaviyoConnector:
         "coupon-code-jobs": (75, 750),  # POST and GET /api/coupon-code-bulk-create-jobs
         "coupon-code-read": (350, 3500),  # GET /api/coupon-codes/{id}
         "coupon-code-list": (75, 750),  # GET /api/coupons/{id}/coupon-codes
+        "account-read": (1, 15),  # GET /api/accounts (the admin's "test connection")
     }
     CODES_PER_PAGE: ClassVar[int] = 100  # the most page[size] allows
 
@@ -144,6 +145,13 @@ class KlaviyoConnector:
             key: RatePacer.per_second_and_minute(burst, steady, clock=clock, sleep=sleep)
             for key, (burst, steady) in cls.LIMITS.items()
         }
+
+    async def check_connection(self) -> str:
+        """A cheap authenticated read (GET /api/accounts): the account's name, or a ConnectorError."""
+        response = await self._request("account-read", "GET", "/api/accounts")
+        accounts = response.json().get("data") or [{}]
+        contact = (accounts[0].get("attributes") or {}).get("contact_information") or {}
+        return str(contact.get("organization_name") or contact.get("default_sender_name") or "Klaviyo account")
 
     # --- profiles ------------------------------------------------------------------------------
 

@@ -165,6 +165,11 @@ class MailchimpConnector:
             return RecipientResult(recipient.key, ok=False, error=exc.message)
         return RecipientResult(recipient.key, ok=True, provider_id=str(response.json().get("id") or subscriber_hash))
 
+    async def check_connection(self) -> str:
+        """A cheap authenticated read (GET /ping): Mailchimp's health line, or a ConnectorError."""
+        response = await self._request("GET", "/ping")
+        return str(response.json().get("health_status") or "Mailchimp answered")
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self._base + path
 

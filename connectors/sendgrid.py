@@ -175,6 +175,12 @@ class SendGridConnector:
             self._field_ids = {str(f["name"]).lower(): str(f["id"]) for f in definitions.get("custom_fields") or ()}
         return self._field_ids
 
+    async def check_connection(self) -> str:
+        """A cheap authenticated read (GET /v3/marketing/field_definitions), or a ConnectorError."""
+        response = await self._request("GET", f"/{self.API_VERSION}/marketing/field_definitions")
+        custom = response.json().get("custom_fields") or []
+        return f"SendGrid answered ({len(custom)} custom fields)"
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self._base + path
 

@@ -249,6 +249,12 @@ class TwilioConnector:
             return bool(message.get("messaging_service_sid") == self._sender["MessagingServiceSid"])
         return bool(message.get("from") == self._sender["From"])
 
+    async def check_connection(self) -> str:
+        """A cheap authenticated read (GET /Accounts/{sid}.json): the account's name and status."""
+        response = await self._request("GET", f"{self._base}/{self.API_VERSION}/Accounts/{self._account_sid}.json")
+        body = response.json()
+        return f"{body.get('friendly_name') or self._account_sid} ({body.get('status') or 'unknown status'})"
+
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request inside the account's concurrency limit; a 429 lowers it for every sender."""
         async with self._limit.slot(self._sleep) as started_round:

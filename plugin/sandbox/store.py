@@ -428,6 +428,15 @@ def get_order(session: Session, shop: str, order_id: int) -> SandboxOrder:
     return order
 
 
+def recent_orders(session: Session, shop: str, *, before: int | None = None, limit: int = 25) -> list[SandboxOrder]:
+    """The shop's orders, newest first, a page at a time: keyset on the id (`before` = the last id
+    of the previous page), never an offset."""
+    query = select(SandboxOrder).where(col(SandboxOrder.shop) == shop)
+    if before is not None:
+        query = query.where(col(SandboxOrder.id) < before)
+    return list(session.exec(query.order_by(col(SandboxOrder.id).desc()).limit(limit)).all())
+
+
 _TRANSITIONS = {
     "cancel": ("cancelled", "orders/cancelled"),
     "refund": ("refunded", "orders/refunded"),

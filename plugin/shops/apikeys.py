@@ -43,10 +43,12 @@ def create_key(
     allowed = SCOPES if partner_id is None else PARTNER_SCOPES
     unknown = [s for s in wanted if s not in allowed]
     if unknown or not wanted:
-        raise InvalidInput(f"scopes must be among {sorted(allowed)}; got {wanted}", reason="invalid_scopes")
+        raise InvalidInput(
+            f"scopes must be among {sorted(allowed)}; got {wanted}", reason="invalid_scopes", details={"field": "scopes"}
+        )
     if "storefront" in wanted and len(wanted) > 1:
         # a storefront key sits in shoppers' browsers: it must never carry more than that
-        raise InvalidInput("a storefront key can't carry other scopes", reason="invalid_scopes")
+        raise InvalidInput("a storefront key can't carry other scopes", reason="invalid_scopes", details={"field": "scopes"})
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     key = ApiKey(
@@ -116,6 +118,21 @@ def live_key(engine: Engine, prefix: str) -> KeyInfo | None:
         info = KeyInfo(key_id, shop_id, prefix, key_hash, frozenset(scopes.split()), partner_id)
         cache.put(prefix, info, gen)
     return info
+
+
+MAX_LISTED = 200  # keys a shop's settings page lists (a shop has a handful; partners' keys included)
+
+
+def list_keys(session: Session, *, shop_id: int, limit: int = MAX_LISTED) -> list[ApiKey]:
+    """The shop's keys, live first then revoked, newest first; never their secrets (only digests are stored)."""
+    return list(
+        session.exec(
+            select(ApiKey)
+            .where(col(ApiKey.shop_id) == shop_id)
+            .order_by(col(ApiKey.revoked_at).is_not(None), col(ApiKey.id).desc())
+            .limit(limit)
+        ).all()
+    )
 
 
 def revoke_key(session: Session, *, shop_id: int, prefix: str) -> bool:

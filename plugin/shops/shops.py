@@ -64,7 +64,9 @@ def refusal_mode(shop: Shop) -> str:
 
 def set_refusal_mode(session: Session, shop_id: int, mode: str) -> Shop:
     if mode not in REFUSAL_MODES:
-        raise InvalidInput(f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode")
+        raise InvalidInput(
+            f"the refusal mode is one of {', '.join(REFUSAL_MODES)}", reason="invalid_refusal_mode", details={"field": "mode"}
+        )
     shop = get_shop(session, shop_id)
     preferences = {k: v for k, v in shop.preferences.items() if k != "detailed_refusals"}
     if REFUSAL_MODES[mode] is not None:
@@ -105,7 +107,7 @@ def allowed_origins(shop: Shop) -> list[str]:
 def set_allowed_origins(session: Session, shop_id: int, origins: Sequence[str]) -> Shop:
     """Replace the shop's allowed origins (an empty list: storefront keys work from no page)."""
     if len(origins) > MAX_ORIGINS:
-        raise InvalidInput(f"at most {MAX_ORIGINS} allowed origins", reason="invalid_origin")
+        raise InvalidInput(f"at most {MAX_ORIGINS} allowed origins", reason="invalid_origin", details={"field": "origins"})
     chosen: list[str] = []
     for text in origins:
         origin = normalise_origin(text)
@@ -114,6 +116,7 @@ def set_allowed_origins(session: Session, shop_id: int, origins: Sequence[str]) 
                 f"{text[:100]!r} is not an origin: give exactly https://host or https://host:port"
                 " (no wildcard, no path, no trailing slash)",
                 reason="invalid_origin",
+                details={"field": "origins"},
             )
         if origin not in chosen:
             chosen.append(origin)

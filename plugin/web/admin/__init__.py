@@ -45,7 +45,17 @@ from plugin.web.admin.static import CachedStatic
 
 __all__ = ["PAGES", "AdminContext", "Form", "Refused", "act", "admin_context", "page", "render", "routes"]
 
-PAGES = ("account", "home", "campaigns", "codes", "syncs", "health", "distribution")  # modules of plugin.web.admin.pages
+PAGES = (
+    "account",
+    "home",
+    "campaigns",
+    "codes",
+    "syncs",
+    "health",
+    "distribution",
+    "settings",
+    "sandbox",
+)  # modules of plugin.web.admin.pages
 
 
 def routes() -> list[BaseRoute]:
