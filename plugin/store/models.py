@@ -632,6 +632,16 @@ class ShopDayStats(SQLModel, table=True):
     discount: int = Counter()
 
 
+class CodeBulkInsert(SQLModel, table=True):
+    """A batch whose codes a bulk insert is writing in the open transaction (SQLite): the counters'
+    insert trigger skips them and the insert counts them once (plugin.store.counters). A row never
+    outlives its transaction; unused on PostgreSQL, whose statement trigger counts a COPY once."""
+
+    __tablename__ = "code_bulk_insert"
+
+    batch_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+
+
 def _install_counters(target: Any, connection: Any, **kw: Any) -> None:
     counters.install(connection)
 
