@@ -11,7 +11,9 @@ them exact, with atomic increments (``x = x + delta``, never read-modify-write):
   the redemptions of that day still active and the discount they gave (a rollback takes its
   redemption back from the day it was made, so the figures equal the rows).
 
-SQLite runs a row trigger per changed row (an upsert each); PostgreSQL runs one statement trigger
+SQLite runs a row trigger per changed row (add the counter row if missing, then one UPDATE), except
+for a bulk insert of generated codes (plugin.store.bulk), which pauses the insert trigger for its
+batch and counts the chunk once, in the same transaction; PostgreSQL runs one statement trigger
 per statement that aggregates its transition tables, so a million-code COPY costs one grouped
 upsert, not a million. `rebuild` recomputes both tables from the rows (`couponry admin recount`).
 
