@@ -145,8 +145,9 @@ class Code(SQLModel, table=True):
         # Few indexes on purpose: each one costs every bulk insert of a million codes.
         Index("ix_code_campaign_batch", "campaign_id", "batch_id"),
         # A campaign's codes newest first (the admin's Codes page, bulk void's count): without it
-        # both databases sorted the whole campaign for a page (816 ms on 1M codes). Ids only grow,
-        # so inserts append to it (its cost, measured with bench/generate.py, is in the README).
+        # SQLite sorted the whole campaign for a page (816 ms on 1M codes; now ~1 ms, bench/admin_pages.py).
+        # Ids only grow, so inserts append to it: ~12% more CPU for a bare SQLite insert of 1M codes,
+        # within the noise of bench/generate.py's end-to-end ratio (measured 2026-12-16).
         Index("ix_code_campaign_id", "campaign_id", "id"),
         # Partial: most codes have no partner and cost this index nothing.
         Index(
