@@ -47,13 +47,15 @@ def _insert_sqlite(
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         counters.pause_insert_trigger(cursor, batch_id)
-        cursor.executemany(
-            "INSERT OR IGNORE INTO code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at) "
-            f"VALUES ({int(shop_id)}, {int(campaign_id)}, {int(batch_id)}, ?, 'active', 0, 'pending', ?)",
-            ((c, stamp) for c in sorted(codes)),
-        )
-        inserted = int(cursor.rowcount)
-        counters.resume_insert_trigger(cursor, batch_id)
+        try:
+            cursor.executemany(
+                "INSERT OR IGNORE INTO code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at) "
+                f"VALUES ({int(shop_id)}, {int(campaign_id)}, {int(batch_id)}, ?, 'active', 0, 'pending', ?)",
+                ((c, stamp) for c in sorted(codes)),
+            )
+            inserted = int(cursor.rowcount)
+        finally:  # a failed statement leaves the transaction open: later writes must be counted
+            counters.resume_insert_trigger(cursor, batch_id)
         row = counters.GENERATED_CODE
         counters.count_inserted(cursor, shop_id=shop_id, campaign_id=campaign_id, batch_id=batch_id, inserted=inserted, row=row)
         return inserted
