@@ -2,7 +2,7 @@
 
 Newest first (id descending), except with `expiring_before`, which lists by end, soonest first.
 Each filter is served by an index or is dense enough to scan for: a campaign's codes
-(ix_code_campaign_batch), a recipient (uq_code_campaign_recipient), a partner (ix_code_partner),
+(ix_code_campaign_id, in id order: no sort), a recipient (uq_code_campaign_recipient), a partner (ix_code_partner),
 an end (ix_code_campaign_expiry / ix_code_expiry), voided codes (ix_code_not_active) and codes
 whose sync failed (ix_code_sync_failed); "used" and the other sync statuses read the campaign's
 codes newest first until a page is full."""

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlmodel import col
 
+from plugin.store import counters
 from plugin.store.models import Code
 
 
@@ -41,14 +42,23 @@ def _insert_sqlite(
     # Straight to the driver: one prepared statement, the constant columns bound once per row
     # by sqlite3 itself. Sorted input keeps the unique index's B-tree appends local (~3x faster).
     stamp = created_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")  # as UtcDateTime stores it
+    # The counters' per-row insert trigger is paused for this batch and the chunk counted once
+    # (plugin.store.counters), all in the caller's transaction: 4x faster than a trigger per code.
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(
-            "INSERT OR IGNORE INTO code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at) "
-            f"VALUES ({int(shop_id)}, {int(campaign_id)}, {int(batch_id)}, ?, 'active', 0, 'pending', ?)",
-            ((c, stamp) for c in sorted(codes)),
-        )
-        return int(cursor.rowcount)
+        counters.pause_insert_trigger(cursor, batch_id)
+        try:
+            cursor.executemany(
+                "INSERT OR IGNORE INTO code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at) "
+                f"VALUES ({int(shop_id)}, {int(campaign_id)}, {int(batch_id)}, ?, 'active', 0, 'pending', ?)",
+                ((c, stamp) for c in sorted(codes)),
+            )
+            inserted = int(cursor.rowcount)
+        finally:  # a failed statement leaves the transaction open: later writes must be counted
+            counters.resume_insert_trigger(cursor, batch_id)
+        row = counters.GENERATED_CODE
+        counters.count_inserted(cursor, shop_id=shop_id, campaign_id=campaign_id, batch_id=batch_id, inserted=inserted, row=row)
+        return inserted
     finally:
         cursor.close()
 
