@@ -150,7 +150,9 @@ def test_a_worker_killed_mid_push_leaves_every_code_synced_exactly_once(
     with session_scope(engine) as session:
         held = session.exec(select(SandboxCode)).all()
         job = session.get_one(Job, push_id)
-    assert job.attempts == 2  # one attempt per worker: the second took it over after the lease
+    # one attempt per worker at least: the second took it over after the lease (the store allows
+    # 4 requests a second: an attempt that met its 429s after the connector's retries is retried)
+    assert job.attempts >= 2
     # every code exactly once at the store (one row each, and nothing else)
     assert sorted(c.code_key for c in held) == sorted(c.code for c in ours)
     # sent once, except the chunk in flight when the worker died (the store said `existing`)
