@@ -15,6 +15,7 @@ Settings (Credentials.extra, falling back to ConnectorConfig.extra):
 Merge fields (tags are at most 10 characters; templates write `*|COUPON|*`):
     coupon_code → COUPON (text)         coupon_expires_at → COUPONEXP (text, ISO 8601 as given)
     coupon_display → COUPONDISP (text)  claim_url → CLAIMURL (url)
+    coupon_reminder_at → COUPONREM (text: when the code's expiry reminder fell due)
     any other key → its upper-cased letters, digits and "_", cut to 10 characters.
 Missing merge fields are created (POST /lists/{id}/merge-fields) before the first push.
 
@@ -71,6 +72,7 @@ class MailchimpConnector:
         "coupon_display": ("COUPONDISP", "Coupon code (display)", "text"),
         "coupon_expires_at": ("COUPONEXP", "Coupon expires", "text"),
         "claim_url": ("CLAIMURL", "Coupon link", "url"),
+        "coupon_reminder_at": ("COUPONREM", "Coupon expiry reminder", "text"),
     }
 
     def __init__(

@@ -55,6 +55,8 @@ _delivery = RecipientDelivery.__table__  # type: ignore[attr-defined]
 _code = Code.__table__  # type: ignore[attr-defined]
 # queued: not tried yet, or provably not sent; sending: tried, outcome unknown until looked up
 UNSETTLED = ("queued", "sending")
+# the field an expiry reminder sets (plugin.distribution.reminders): when it fell due
+REMINDER_FIELD = "coupon_reminder_at"
 
 
 def check_provider(provider: str) -> str:
@@ -135,7 +137,9 @@ def _next_batch(
     attempt whose outcome is lost (an ambiguous answer, a crash) is looked up, not repeated blindly."""
     with session_scope(engine) as session:
         rows = session.execute(
-            core_select(_delivery.c.id, _delivery.c.recipient, _delivery.c.status, _delivery.c.updated_at)
+            core_select(
+                _delivery.c.id, _delivery.c.recipient, _delivery.c.status, _delivery.c.updated_at, _delivery.c.reminded_at
+            )
             .where(
                 _delivery.c.shop_id == shop_id,
                 _delivery.c.campaign_id == campaign_id,
@@ -147,10 +151,14 @@ def _next_batch(
             .limit(size)
         ).all()
     batch: list[tuple[int, Recipient]] = []
-    for delivery_id, key, status, updated_at in rows:
+    now = utcnow()
+    for delivery_id, key, status, updated_at, reminded_at in rows:
         held = distribution.find_claim(engine, shop_id=shop_id, campaign_id=campaign_id, recipient=key)
         if held is None:  # the code was reissued meanwhile: the new code gets its own delivery
             _finish(engine, [(delivery_id, "failed", None, "the recipient no longer holds this code")])
+            continue
+        if reminded_at is not None and (why := _no_reminder(engine, held, now)) is not None:
+            _finish(engine, [(delivery_id, "skipped", None, f"expiry reminder not sent: {why}")])
             continue
         parts = recipient_parts(key)
         fields = {
@@ -159,6 +167,8 @@ def _next_batch(
             "coupon_expires_at": held.expires_at.isoformat() if held.expires_at else "",
             "claim_url": distribution.claim_url(settings.public_url, settings.secret_key, shop_id=shop_id, claim_=held),
         }
+        if reminded_at is not None:  # plugin.distribution.reminders: the same value on every attempt
+            fields[REMINDER_FIELD] = reminded_at.isoformat()
         recipient = Recipient(
             key=key,
             email=parts["email"],
@@ -168,7 +178,7 @@ def _next_batch(
             attempted_at=updated_at if status == "sending" else None,  # while sending: the first attempt's time
         )
         batch.append((delivery_id, recipient))
-    queued = {delivery_id for delivery_id, _, status, _ in rows if status == "queued"}
+    queued = {delivery_id for delivery_id, _, status, _, _ in rows if status == "queued"}
     fresh = [(delivery_id, r.key) for delivery_id, r in batch if delivery_id in queued]
     if fresh:
         # only for the recipient it was read for: a reassign in between gave the delivery to
@@ -184,6 +194,20 @@ def _next_batch(
             )
         batch = [(d, r) for d, r in batch if d not in queued or d in marked]
     return batch
+
+
+def _no_reminder(engine: Engine, held: distribution.Claim, now: datetime) -> str | None:
+    """Why the code's expiry reminder must not go out any more (used, voided, expired), or None."""
+    with read_cursor(engine) as reader:
+        found = reader.rows("SELECT uses, status FROM code WHERE id = ?", (held.code_id,))
+    uses, status = found[0] if found else (0, "gone")
+    if status != "active":
+        return f"the code is {status}"
+    if uses:
+        return "the code was used"
+    if held.expires_at is not None and held.expires_at <= now:
+        return "the code has expired"
+    return None
 
 
 def _finish(
@@ -351,7 +375,7 @@ def reassigned(session: Session, *, code: Code, previous: str | None, audit_id: 
         delivery.recipient, delivery.status, delivery.provider_id, delivery.error = code.recipient, "queued", None, None
         delivery.attempts, delivery.updated_at = 0, now
         session.add(delivery)
-        _enqueue_job(session, code.shop_id, code.campaign_id, delivery.provider)
+        queue_push_job(session, code.shop_id, code.campaign_id, delivery.provider)
     session.flush()
     held = {d.provider for d in rows}
     others = session.exec(
@@ -364,7 +388,8 @@ def reassigned(session: Session, *, code: Code, previous: str | None, audit_id: 
     return sorted(held | set(others))
 
 
-def _enqueue_job(session: Session, shop_id: int, campaign_id: int, provider: str) -> None:
+def queue_push_job(session: Session, shop_id: int, campaign_id: int, provider: str) -> None:
+    """The push job that sends the campaign's queued deliveries to the provider (in the caller's transaction)."""
     outbox.enqueue(
         session,
         PUSH,

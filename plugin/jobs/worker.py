@@ -63,7 +63,7 @@ def default_handlers() -> dict[str, Handler]:
 
 
 def default_sweeps() -> list[Sweep]:
-    from plugin.distribution import klaviyopools
+    from plugin.distribution import klaviyopools, reminders
     from plugin.orders import orders, webhooks
     from plugin.platforms import expiry
     from plugin.reconciliation import reconcile
@@ -74,6 +74,7 @@ def default_sweeps() -> list[Sweep]:
         webhooks.RetentionSweep(),
         expiry.ExpirySweep(),
         klaviyopools.schedule_checks,
+        reminders.ReminderSweep(),
     ]
 
 

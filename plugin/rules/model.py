@@ -335,9 +335,13 @@ class DistributionRules(_Frozen):
     so validation refuses anyone else and a platform order by anyone else is flagged (a phone
     recipient binds nothing a checkout can check). `shareable` (the default, as before this
     rule existed): the code is a gift the recipient may pass on; whoever enters it may use it.
+    `remind_days_before_expiry`: see plugin.distribution.reminders.
     """
 
     binding: Literal["claim", "shareable"] = "shareable"
+    # N days before a recipient's code expires unused, the provider that delivered it is told
+    # (plugin.distribution.reminders), so the merchant's own flow can remind them; None: never
+    remind_days_before_expiry: Annotated[int, Field(strict=True, ge=1, le=365)] | None = None
 
 
 def _channels(value: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -442,6 +442,9 @@ class RecipientDelivery(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=1000)
     attempts: int = Field(default=0)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    # when the code's expiry reminder fell due and the delivery was queued again to carry it
+    # (plugin.distribution.reminders); the value it carries, so every retry sends the same
+    reminded_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("shop_id", "provider", "code_id", name="uq_delivery_provider_code"),)
 
