@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from plugin.errors import InvalidInput
 from plugin.settings import Settings
@@ -143,15 +144,25 @@ def _verify(user_hash: str, password: str) -> bool:
         return False
 
 
-def authenticate(session: Session, *, email: str, password: str, shop_domain: str = "") -> AdminUser:
-    """The user these credentials name, or InvalidInput (`bad_credentials`, never saying which part
-    was wrong). The same email may sign in to several shops: then `shop_domain` picks one."""
-    email = normalise_email(email)
-    stmt = select(AdminUser).where(col(AdminUser.email) == email, col(AdminUser.disabled_at).is_(None))
+def _candidates(email: str, shop_domain: str) -> SelectOfScalar[AdminUser]:
+    """The enabled users an email (+ the shop as typed, when given) may sign in as."""
+    stmt = select(AdminUser).where(col(AdminUser.email) == normalise_email(email), col(AdminUser.disabled_at).is_(None))
     if shop_domain.strip():
         shop_ids = select(Shop.id).where(col(Shop.domain) == shop_domain.strip().lower())
         stmt = stmt.where(col(AdminUser.shop_id).in_(shop_ids))
-    candidates = session.exec(stmt.order_by(col(AdminUser.id)).limit(10)).all()
+    return stmt.order_by(col(AdminUser.id)).limit(10)
+
+
+def sign_in_shops(session: Session, *, email: str, shop_domain: str = "") -> list[int]:
+    """The shops a sign-in with this email (+ shop) could open, before any password is checked:
+    what the failed-sign-in limits count against (plugin.web.admin.signinlimit)."""
+    return [user.shop_id for user in session.exec(_candidates(email, shop_domain)).all()]
+
+
+def authenticate(session: Session, *, email: str, password: str, shop_domain: str = "") -> AdminUser:
+    """The user these credentials name, or InvalidInput (`bad_credentials`, never saying which part
+    was wrong). The same email may sign in to several shops: then `shop_domain` picks one."""
+    candidates = session.exec(_candidates(email, shop_domain)).all()
     if not candidates or len(password) > MAX_PASSWORD:
         _verify(_DUMMY_HASH, password[:MAX_PASSWORD])
         raise InvalidInput("wrong email or password", reason="bad_credentials", details={"field": "password"})

@@ -28,6 +28,8 @@ from plugin.web.admin.context import (
 from plugin.web.admin.forms import CSRF_FIELD, Form, read_form
 from plugin.web.admin.render import render_public
 from plugin.web.admin.routing import PREFIX, page, safe_next
+from plugin.web.admin.signinlimit import SignInLimits, TooManySignIns
+from plugin.web.clientaddr import address_key
 
 PRE_CSRF_COOKIE = "couponry_form"
 
@@ -76,18 +78,31 @@ async def sign_in(request: Request) -> Response:
     if not _pre_csrf_ok(request, form):
         form.errors["_form"] = "this form is out of date: send it again"
         return _show(request, "admin/sign_in.html", form, status_code=403)
-    engine = request.app.state.engine
+    engine, limits = request.app.state.engine, request.app.state.sign_in_limits
+    assert isinstance(limits, SignInLimits)
+    email, shop = form.get("email"), form.get("shop")
+    address = address_key(request.client.host if request.client else "unknown")
 
     def work() -> AdminUser:
         with transaction(engine) as session:
-            user = users.authenticate(
-                session, email=form.get("email"), password=form.get("password"), shop_domain=form.get("shop")
-            )
+            attempt = limits.attempt(users.sign_in_shops(session, email=email, shop_domain=shop), email, address)
+            limits.check(attempt)  # before the password: a lock holds even for the right one
+            try:
+                user = users.authenticate(session, email=email, password=form.get("password"), shop_domain=shop)
+            except PluginError as exc:
+                if exc.reason == "bad_credentials":
+                    limits.failed(attempt)
+                raise
             session.expunge(user)
             return user
 
     try:
         user = await in_thread(engine, work)
+    except TooManySignIns as exc:
+        form.values.pop("password", None)
+        locked = _show(request, "admin/sign_in.html", form.fail(exc), status_code=429)
+        locked.headers["Retry-After"] = str(exc.retry_after)
+        return locked
     except PluginError as exc:
         form.values.pop("password", None)
         return _show(request, "admin/sign_in.html", form.fail(exc), status_code=422)
