@@ -112,21 +112,21 @@ async def sign_in(request: Request) -> Response:
 async def setup(request: Request) -> Response:
     settings, engine = _settings(request), request.app.state.engine
     token = request.query_params.get("token", "")
+
+    def check() -> users.SetupGrant:
+        with reading(engine) as session:
+            return users.read_setup_token(session, settings, token)
+
+    try:
+        grant = await in_thread(engine, check)
+    except PluginError as exc:
+        return _show(request, "admin/setup.html", Form(), status_code=400, link_error=exc.message, token="")
     if request.method == "GET":
-
-        def check() -> None:
-            with reading(engine) as session:
-                users.read_setup_token(session, settings, token)
-
-        try:
-            await in_thread(engine, check)
-        except PluginError as exc:
-            return _show(request, "admin/setup.html", Form(), status_code=400, link_error=exc.message, token="")
-        return _show(request, "admin/setup.html", Form(), token=token)
+        return _show(request, "admin/setup.html", Form(), token=token, grant=grant)
     form = await read_form(request)
     if not _pre_csrf_ok(request, form):
         form.errors["_form"] = "this form is out of date: send it again"
-        return _show(request, "admin/setup.html", form, status_code=403, token=token)
+        return _show(request, "admin/setup.html", form, status_code=403, token=token, grant=grant)
 
     def work() -> AdminUser:
         with transaction(engine) as session:
@@ -143,7 +143,7 @@ async def setup(request: Request) -> Response:
             form.values.pop(secret, None)
         if exc.reason == "bad_link":
             return _show(request, "admin/setup.html", form, status_code=400, link_error=exc.message, token="")
-        return _show(request, "admin/setup.html", form.fail(exc), status_code=422, token=token)
+        return _show(request, "admin/setup.html", form.fail(exc), status_code=422, token=token, grant=grant)
     return _signed_in(request, user, f"{PREFIX}/")
 
 
