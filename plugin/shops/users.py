@@ -315,4 +315,6 @@ def sign_out(session: Session, *, user_id: int, shop_id: int) -> None:
         .where(col(AdminUser.id) == user_id, col(AdminUser.shop_id) == shop_id)
         .values(session_epoch=AdminUser.session_epoch + 1)
     )
-    audit.record(session, shop_id=shop_id, actor=f"user:{user_id}", action="admin.signed_out", subject=f"admin_user:{user_id}")
+    user = session.get(AdminUser, user_id)
+    actor = actor_name(user) if user is not None else f"user:{user_id}"  # as every other row of theirs names them
+    audit.record(session, shop_id=shop_id, actor=actor, action="admin.signed_out", subject=f"admin_user:{user_id}")
