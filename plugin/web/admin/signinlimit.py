@@ -29,8 +29,7 @@ class TooManySignIns(PluginError):
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, math.ceil(retry_after / 60))
         super().__init__(
-            f"too many failed sign-ins: sign-in is locked for about {minutes} minute{'s' if minutes > 1 else ''}; "
-            "try again then, or ask the shop's owner for a new sign-in link",
+            f"too many failed sign-ins: sign-in is locked for about {minutes} minute{'s' if minutes > 1 else ''}; try again then",
             details={"retry_after": retry_after},
         )
         self.retry_after = retry_after
