@@ -122,6 +122,8 @@ class Settings:
     failed_code_limit: str = "20/minute"  # per shopper (address or customer)
     failed_code_limit_unnamed: str = "120/minute"  # per server key, for calls that name no shopper
     guessing_alert: str = "500/hour"  # failures across one shop that raise the merchant's alert
+    sign_in_limit: str = "5/15 minutes"  # failed admin sign-ins per (shop, email) before a lock
+    sign_in_address_limit: str = "30/15 minutes"  # failed admin sign-ins per client address
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For we believe
     # --- the worker: jobs run at once per worker process, jobs of one shop running at once
     # across all workers, codes one sync push job sends before it queues the rest behind others
@@ -213,6 +215,8 @@ class Settings:
             failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
             failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
             guessing_alert=get("GUESSING_ALERT") or "500/hour",
+            sign_in_limit=get("SIGN_IN_LIMIT") or cls.sign_in_limit,
+            sign_in_address_limit=get("SIGN_IN_ADDRESS_LIMIT") or cls.sign_in_address_limit,
             trusted_proxies=tuple(p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()),
             worker_concurrency=int(_number(env, "COUPONRY_WORKER_CONCURRENCY", str(cls.worker_concurrency), int)),
             worker_shop_concurrency=int(_number(env, "COUPONRY_WORKER_SHOP_CONCURRENCY", str(cls.worker_shop_concurrency), int)),
@@ -242,6 +246,8 @@ def _check_guess_settings(settings: Settings) -> None:
         ("FAILED_CODE_LIMIT", settings.failed_code_limit),
         ("FAILED_CODE_LIMIT_UNNAMED", settings.failed_code_limit_unnamed),
         ("GUESSING_ALERT", settings.guessing_alert),
+        ("SIGN_IN_LIMIT", settings.sign_in_limit),
+        ("SIGN_IN_ADDRESS_LIMIT", settings.sign_in_address_limit),
     ):
         try:
             parse(value)

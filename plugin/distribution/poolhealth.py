@@ -67,6 +67,13 @@ def policy_of(reader: Reader, campaign_id: int) -> Policy:
     return Policy(*rows[0]) if rows else Policy()
 
 
+def campaign_policy(session: Session, *, shop_id: int, campaign_id: int) -> Policy:
+    """The campaign's thresholds (the defaults when none were set)."""
+    get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
+    with session_reader(session) as reader:
+        return policy_of(reader, campaign_id)
+
+
 def alert_key(kind: str, shop_id: int, campaign_id: int, partner_id: int | None) -> str:
     return f"{kind}:{shop_id}:{campaign_id}:{partner_id or 0}"
 

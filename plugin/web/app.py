@@ -21,6 +21,7 @@ from plugin.settings import Settings
 from plugin.store.units import healthy, in_thread, open_engine
 from plugin.web import admin, api, callbacks, hooks, install
 from plugin.web import distribution as distribution_web
+from plugin.web.admin.signinlimit import SignInLimits
 from plugin.web.background import Background
 from plugin.web.clientaddr import TrustedProxies, parse_networks
 from plugin.web.hotpaths import App
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         per_unnamed_key=settings.failed_code_limit_unnamed,
         shop_alarm=settings.guessing_alert,
     )
+    app.state.sign_in_limits = SignInLimits.from_settings(app.state.limiter.storage, settings)  # admin sign-ins
     app.state.store_policy = AddressPolicy(allow_private=settings.allow_private_stores)
     app.state.background = background
     app.state.processor = background.processor

@@ -55,6 +55,7 @@ PAGES = (
     "distribution",
     "settings",
     "sandbox",
+    "users",
 )  # modules of plugin.web.admin.pages
 
 

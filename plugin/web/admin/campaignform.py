@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from plugin.distribution.poolhealth import DEFAULT_ALERT_BELOW, Policy
 from plugin.formats import codes
 from plugin.rules import CampaignRules
 from plugin.rules.refusals import minor_unit_exponent
@@ -23,6 +24,8 @@ from plugin.web.admin.forms import Form
 DISCOUNT_TYPES = ("percentage", "fixed", "free_shipping", "advanced")
 ALPHABETS = ("safe", "numeric", "alphanumeric", "alphabetic")
 BINDINGS = ("shareable", "claim")
+ON_CANCEL = ("restore", "reissue", "keep")  # CampaignRules.on_cancel
+POOL_FIELDS = ("pool_alert_below", "pool_topup_below", "pool_topup_count")
 FORMAT_FIELDS = ("alphabet", "length", "prefix", "suffix", "pattern", "group_size", "check_chars")
 # where a rules validation error is shown: the longest matching path prefix names the field
 _RULE_FIELDS = (
@@ -36,6 +39,7 @@ _RULE_FIELDS = (
     ("budget.max_redemptions", "max_redemptions"),
     ("budget.max_discount", "max_discount"),
     ("distribution.binding", "binding"),
+    ("on_cancel", "on_cancel"),
 )
 
 
@@ -170,6 +174,10 @@ def rules_from_form(form: Form, currency: str) -> CampaignRules:
     if binding not in BINDINGS:
         form.errors["binding"] = "shareable or claim"
     plain["distribution"] = {"binding": binding}
+    on_cancel = form.get("on_cancel", "restore")
+    if on_cancel not in ON_CANCEL:
+        form.errors["on_cancel"] = "restore, reissue or keep"
+    plain["on_cancel"] = on_cancel
     data = _merge(plain, _advanced(form))
     if form.get("discount_type") == "advanced" and "discount" not in data and "rules_json" not in form.errors:
         form.errors["rules_json"] = 'an advanced discount is set here, e.g. {"discount": {"type": "tiered", "tiers": [...]}}'
@@ -207,6 +215,27 @@ def format_from_form(form: Form) -> codes.CodeFormat:
             loc = [str(p) for p in err.get("loc", ()) if str(p) in FORMAT_FIELDS]
             form.errors.setdefault(loc[0] if loc else "format", str(err["msg"]).removeprefix("Value error, "))
         raise FormErrors(form) from None
+
+
+def pool_from_form(form: Form) -> Policy:
+    """The campaign pool's low-stock thresholds (plugin.distribution.poolhealth), or FormErrors;
+    the service checks how they fit together (a top-up needs a count)."""
+    alert = _int(form, "pool_alert_below", low=0)
+    topup_below = _int(form, "pool_topup_below")
+    topup_count = _int(form, "pool_topup_count", low=0)
+    if form.errors:
+        raise FormErrors(form)
+    return Policy(alert_below=DEFAULT_ALERT_BELOW if alert is None else alert, topup_below=topup_below,
+                  topup_count=topup_count or 0)  # fmt: skip
+
+
+def form_with_pool(form: Form, policy: Policy) -> Form:
+    form.values.update(
+        pool_alert_below=str(policy.alert_below),
+        pool_topup_below="" if policy.topup_below is None else str(policy.topup_below),
+        pool_topup_count=str(policy.topup_count) if policy.topup_count else "",
+    )
+    return form
 
 
 # --- rules → form -------------------------------------------------------------------------------
@@ -256,6 +285,8 @@ def form_from_rules(name: str, currency: str, rules: dict[str, Any]) -> Form:
     values["max_redemptions"] = str(parsed.budget.max_redemptions or "")
     values["max_discount"] = _major(parsed.budget.max_discount, currency)
     values["binding"] = parsed.distribution.binding
+    values["on_cancel"] = parsed.on_cancel
+    data.pop("on_cancel", None)
     for section, keys in (
         ("time", ("starts_at", "ends_at")),
         ("usage", ("uses_per_code", "uses_per_customer")),

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session
 from starlette.requests import Request
 
 from plugin.errors import PluginError
 from plugin.shops import audit
+from plugin.store.models import AuditEvent
 from plugin.store.units import in_thread, transaction
 from plugin.web.admin.context import AdminContext
 
@@ -65,14 +66,30 @@ async def act(
     subject: str | Callable[[T], str],
     details: dict[str, object] | None = None,
 ) -> T:
-    """Run a service call and its audit event (actor = ctx.actor) in one transaction."""
+    """Run a service call and its audit event (actor = ctx.actor) in one transaction: exactly one
+    row per action. A service that records the event itself, naming this actor (a dead job's
+    retry, a rollback: the CLI and API need that row too), is not followed by a second row."""
     engine: Engine = request.app.state.engine
+    actor = ctx.actor[:128]  # as audit.record stores it
 
     def run() -> T:
         with transaction(engine) as session:
-            result = work(session)
-            named = subject(result) if callable(subject) else subject
-            audit.record(session, shop_id=ctx.shop_id, actor=ctx.actor, action=action, subject=named, details=dict(details or {}))
+            recorded: list[AuditEvent] = []
+
+            def added(_session: Session, instance: object) -> None:
+                if isinstance(instance, AuditEvent) and instance.actor == actor and instance.shop_id == ctx.shop_id:
+                    recorded.append(instance)
+
+            event.listen(session, "transient_to_pending", added)
+            try:
+                result = work(session)
+            finally:
+                event.remove(session, "transient_to_pending", added)
+            if not recorded:
+                named = subject(result) if callable(subject) else subject
+                audit.record(
+                    session, shop_id=ctx.shop_id, actor=ctx.actor, action=action, subject=named, details=dict(details or {})
+                )
             return result
 
     return await in_thread(engine, run)

@@ -70,8 +70,15 @@ def test_retry_a_dead_job_and_a_failing_one_now(web, engine: Engine, admin_setti
         assert (again.status, again.attempts) == ("queued", 0)
         soon = session.get_one(Job, waiting)
         assert soon.status == "queued" and soon.attempts == 3 and soon.run_after <= utcnow()
-        actions = session.exec(select(AuditEvent.action).where(col(AuditEvent.subject) == f"job:{waiting}")).all()
-    assert "admin.job.retry" in actions
+        rows = {
+            job: session.exec(select(AuditEvent.action, AuditEvent.actor).where(col(AuditEvent.subject) == f"job:{job}")).all()
+            for job in (dead, waiting, done)
+        }
+    # one audit row per retry, naming who did it (the dead job's is written by the service itself)
+    assert [action for action, _ in rows[dead]] == ["job.retry"]
+    assert [action for action, _ in rows[waiting]] == ["job.retry"]
+    assert all(actor.endswith(":owner@shop.example") for actor in (rows[dead][0][1], rows[waiting][0][1]))
+    assert rows[done] == []  # refused: nothing recorded
 
 
 def test_retry_and_resolve_refuse_without_csrf_and_for_another_shop(

@@ -125,8 +125,8 @@ def test_sign_in_and_out(web, engine: Engine, admin_settings: Settings, shop_id:
     web.cookies.set("couponry_admin", stolen, path="/admin")
     assert web.get("/admin/").status_code == 303
     with Session(engine) as session:
-        actions = set(session.exec(select(AuditEvent.action).where(col(AuditEvent.shop_id) == shop_id)).all())
-    assert "admin.signed_out" in actions
+        actions = set(session.exec(select(AuditEvent.action, AuditEvent.actor).where(col(AuditEvent.shop_id) == shop_id)).all())
+    assert ("admin.signed_out", "user:1:owner@shop.example") in actions  # named as in every other row of theirs
 
 
 def test_sign_in_form_without_csrf_is_refused(web, admin_settings: Settings, shop_id: int) -> None:

@@ -142,7 +142,8 @@ def test_roll_back_once_with_who_did_it(web, engine: Engine, admin_settings: Set
         assert session.get_one(Campaign, campaign_id).redemption_count == 0  # the budget got the use back, once
         events = session.exec(select(AuditEvent).where(col(AuditEvent.subject) == f"redemption:{rid}")).all()
     assert events and all(e.actor.endswith("owner@shop.example") for e in events)  # who did it
-    assert [e.action for e in events].count("redemption.rolled_back") == 1
+    # exactly one row for the rollback, with who did it and why (the second click recorded nothing)
+    assert [(e.action, e.details["reason"]) for e in events] == [("redemption.rolled_back", "order cancelled by phone")]
     page = web.get("/admin/redemptions").text
     assert "Rolled back" in page and f"/admin/redemptions/{rid}/rollback" not in page
 

@@ -28,6 +28,8 @@ from plugin.web.admin.context import (
 from plugin.web.admin.forms import CSRF_FIELD, Form, read_form
 from plugin.web.admin.render import render_public
 from plugin.web.admin.routing import PREFIX, page, safe_next
+from plugin.web.admin.signinlimit import SignInLimits, TooManySignIns
+from plugin.web.clientaddr import address_key
 
 PRE_CSRF_COOKIE = "couponry_form"
 
@@ -76,18 +78,31 @@ async def sign_in(request: Request) -> Response:
     if not _pre_csrf_ok(request, form):
         form.errors["_form"] = "this form is out of date: send it again"
         return _show(request, "admin/sign_in.html", form, status_code=403)
-    engine = request.app.state.engine
+    engine, limits = request.app.state.engine, request.app.state.sign_in_limits
+    assert isinstance(limits, SignInLimits)
+    email, shop = form.get("email"), form.get("shop")
+    address = address_key(request.client.host if request.client else "unknown")
 
     def work() -> AdminUser:
         with transaction(engine) as session:
-            user = users.authenticate(
-                session, email=form.get("email"), password=form.get("password"), shop_domain=form.get("shop")
-            )
+            attempt = limits.attempt(users.sign_in_shops(session, email=email, shop_domain=shop), email, address)
+            limits.check(attempt)  # before the password: a lock holds even for the right one
+            try:
+                user = users.authenticate(session, email=email, password=form.get("password"), shop_domain=shop)
+            except PluginError as exc:
+                if exc.reason == "bad_credentials":
+                    limits.failed(attempt)
+                raise
             session.expunge(user)
             return user
 
     try:
         user = await in_thread(engine, work)
+    except TooManySignIns as exc:
+        form.values.pop("password", None)
+        locked = _show(request, "admin/sign_in.html", form.fail(exc), status_code=429)
+        locked.headers["Retry-After"] = str(exc.retry_after)
+        return locked
     except PluginError as exc:
         form.values.pop("password", None)
         return _show(request, "admin/sign_in.html", form.fail(exc), status_code=422)
@@ -97,21 +112,21 @@ async def sign_in(request: Request) -> Response:
 async def setup(request: Request) -> Response:
     settings, engine = _settings(request), request.app.state.engine
     token = request.query_params.get("token", "")
+
+    def check() -> users.SetupGrant:
+        with reading(engine) as session:
+            return users.read_setup_token(session, settings, token)
+
+    try:
+        grant = await in_thread(engine, check)
+    except PluginError as exc:
+        return _show(request, "admin/setup.html", Form(), status_code=400, link_error=exc.message, token="")
     if request.method == "GET":
-
-        def check() -> None:
-            with reading(engine) as session:
-                users.read_setup_token(session, settings, token)
-
-        try:
-            await in_thread(engine, check)
-        except PluginError as exc:
-            return _show(request, "admin/setup.html", Form(), status_code=400, link_error=exc.message, token="")
-        return _show(request, "admin/setup.html", Form(), token=token)
+        return _show(request, "admin/setup.html", Form(), token=token, grant=grant)
     form = await read_form(request)
     if not _pre_csrf_ok(request, form):
         form.errors["_form"] = "this form is out of date: send it again"
-        return _show(request, "admin/setup.html", form, status_code=403, token=token)
+        return _show(request, "admin/setup.html", form, status_code=403, token=token, grant=grant)
 
     def work() -> AdminUser:
         with transaction(engine) as session:
@@ -128,7 +143,7 @@ async def setup(request: Request) -> Response:
             form.values.pop(secret, None)
         if exc.reason == "bad_link":
             return _show(request, "admin/setup.html", form, status_code=400, link_error=exc.message, token="")
-        return _show(request, "admin/setup.html", form.fail(exc), status_code=422, token=token)
+        return _show(request, "admin/setup.html", form.fail(exc), status_code=422, token=token, grant=grant)
     return _signed_in(request, user, f"{PREFIX}/")
 
 

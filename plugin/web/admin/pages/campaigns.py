@@ -1,16 +1,20 @@
 """Campaigns: the list (keyset pages, figures against budgets), create and edit (plain fields
 for the common rules, a JSON editor for the rest, a live preview of the code format's sample
-codes and guessability), and pause / resume / end with the platform's outcome."""
+codes and guessability), the distribution settings (binding, what a cancelled order does to its
+code, the campaign pool's low-stock alert and top-up), and pause / resume / end with the
+platform's outcome."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from plugin.campaigns import campaigns as service
 from plugin.campaigns import listing
+from plugin.distribution import poolhealth
 from plugin.errors import NotFound, PluginError
 from plugin.overview.campaign import CampaignView, campaign_view, format_preview
 from plugin.store.models import Campaign, utcnow
@@ -21,7 +25,9 @@ from plugin.web.admin.campaignform import (
     DISCOUNT_TYPES,
     FormErrors,
     form_from_rules,
+    form_with_pool,
     format_from_form,
+    pool_from_form,
     rules_from_form,
 )
 from plugin.web.admin.context import AdminContext
@@ -84,6 +90,8 @@ def _new_form() -> Form:
             "length": "10",
             "group_size": "0",
             "binding": "shareable",
+            "on_cancel": "restore",
+            "pool_alert_below": str(poolhealth.DEFAULT_ALERT_BELOW),
             "planned": str(PLANNED_DEFAULT),
         }
     )
@@ -114,30 +122,45 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
     try:
         fmt = format_from_form(form)
         rules = rules_from_form(form, currency)
+        pool = pool_from_form(form)
     except FormErrors:
         return _editor(request, ctx, form, status_code=422)
     status = "active" if form.get("start") == "active" else "draft"
+
+    def work(s: Session) -> Campaign:
+        made = service.create_campaign(
+            s, shop_id=ctx.shop_id, name=form.get("name"), code_format=fmt.to_dict(), currency=currency, rules=rules,
+            status=status,
+        )  # fmt: skip
+        assert made.id is not None
+        if pool != poolhealth.Policy():  # the defaults need no row
+            _set_pool(s, ctx, made.id, pool)
+        return made
+
     try:
         campaign: Campaign = await act(
-            request,
-            ctx,
-            lambda s: service.create_campaign(
-                s,
-                shop_id=ctx.shop_id,
-                name=form.get("name"),
-                code_format=fmt.to_dict(),
-                currency=currency,
-                rules=rules,
-                status=status,
-            ),
-            action="campaign.created",
-            subject=lambda c: f"campaign:{c.id}",
+            request, ctx, work, action="campaign.created", subject=lambda c: f"campaign:{c.id}", details=_pool_details(pool)
         )
     except PluginError as exc:
-        if exc.reason == "invalid_name":
-            exc.details.setdefault("field", "name")
+        _place(exc)
         return _editor(request, ctx, form.fail(exc), status_code=422)
     return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign.id}"), status_code=303)
+
+
+def _set_pool(session: Session, ctx: AdminContext, campaign_id: int, pool: poolhealth.Policy) -> None:
+    poolhealth.set_policy(session, shop_id=ctx.shop_id, campaign_id=campaign_id, alert_below=pool.alert_below,
+                          topup_below=pool.topup_below, topup_count=pool.topup_count)  # fmt: skip
+
+
+def _pool_details(pool: poolhealth.Policy) -> dict[str, object]:
+    return {"pool": {"alert_below": pool.alert_below, "topup_below": pool.topup_below, "topup_count": pool.topup_count}}
+
+
+def _place(exc: PluginError) -> None:
+    """Put a service's refusal beside the field it is about."""
+    field = {"invalid_name": "name", "invalid_policy": "pool_topup_count"}.get(exc.reason)
+    if field:
+        exc.details.setdefault("field", field)
 
 
 async def preview(request: Request, ctx: AdminContext) -> Response:
@@ -176,8 +199,15 @@ async def show(request: Request, ctx: AdminContext) -> Response:
         view = await _view(request, ctx)
     except NotFound as exc:
         return not_found(request, ctx, exc, nav=NAV)
+    return _editor(request, ctx, await _edit_form(request, ctx, view), view=view)
+
+
+async def _edit_form(request: Request, ctx: AdminContext, view: CampaignView) -> Form:
     c = view.campaign
-    return _editor(request, ctx, form_from_rules(c.name, c.currency, c.rules), view=view)
+    assert c.id is not None
+    campaign_id = c.id
+    pool = await _read(request, lambda s: poolhealth.campaign_policy(s, shop_id=ctx.shop_id, campaign_id=campaign_id))
+    return form_with_pool(form_from_rules(c.name, c.currency, c.rules), pool)
 
 
 async def edit(request: Request, ctx: AdminContext, form: Form) -> Response:
@@ -188,21 +218,18 @@ async def edit(request: Request, ctx: AdminContext, form: Form) -> Response:
     campaign_id, currency = _id(request), view.campaign.currency
     try:
         rules = rules_from_form(form, currency)
+        pool = pool_from_form(form)
     except FormErrors:
         return _editor(request, ctx, form, view=view, status_code=422)
+
+    def work(s: Session) -> None:
+        service.update_campaign(s, shop_id=ctx.shop_id, campaign_id=campaign_id, name=form.get("name"), rules=rules)
+        _set_pool(s, ctx, campaign_id, pool)
+
     try:
-        await act(
-            request,
-            ctx,
-            lambda s: service.update_campaign(
-                s, shop_id=ctx.shop_id, campaign_id=campaign_id, name=form.get("name"), rules=rules
-            ),
-            action="campaign.updated",
-            subject=f"campaign:{campaign_id}",
-        )
+        await act(request, ctx, work, action="campaign.updated", subject=f"campaign:{campaign_id}", details=_pool_details(pool))
     except PluginError as exc:
-        if exc.reason == "invalid_name":
-            exc.details.setdefault("field", "name")
+        _place(exc)
         return _editor(request, ctx, form.fail(exc), view=view, status_code=422)
     return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign_id}", saved=1), status_code=303)
 
@@ -230,8 +257,7 @@ async def change_status(request: Request, ctx: AdminContext, form: Form) -> Resp
         view = await _view(request, ctx)
     except NotFound as exc:
         return not_found(request, ctx, exc, nav=NAV)
-    c = view.campaign
-    edit_form = form_from_rules(c.name, c.currency, c.rules)
+    edit_form = await _edit_form(request, ctx, view)
     edit_form.errors["action"] = form.errors["action"]
     return _editor(request, ctx, edit_form, view=view, status_code=409)
 

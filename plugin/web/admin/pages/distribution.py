@@ -1,7 +1,10 @@
 """Distribution: a campaign's claims and pushes (each recipient's status per provider), partners
 with their keys and blocks, referral programs, Klaviyo pools with their upload status, and signed
 links minted for the merchant (a recipient's claim link; a pull URL, with its own API key).
-Minting a key (partner key, pull URL) is the owner's: the secret is shown once, on the answer."""
+Minting a key (partner key, pull URL) is the owner's: the secret is shown once, on the answer.
+Setting up (a partner's block, a referral program, a Klaviyo pool and its top-up policy) is the
+owner's too; filling a pool and retrying its failed uploads are anyone's. Each goes through the
+same service as the API, with one audit row."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from plugin.campaigns.campaigns import campaign_summaries
-from plugin.distribution import admin, klaviyopools, partners, pushes
-from plugin.errors import PluginError
+from plugin.distribution import admin, klaviyopools, partners, poolhealth, pushes, referrals
+from plugin.errors import NotFound, PluginError
 from plugin.settings import Settings
 from plugin.store.models import utcnow
 from plugin.store.units import in_thread
@@ -72,8 +75,9 @@ def _facts(session: Session, shop_id: int, campaign_id: int | None, query: Form)
 
 
 async def _page(
-    request: Request, ctx: AdminContext, *, form: Form | None = None, status_code: int = 200, **minted: Any
-) -> Response:
+    request: Request, ctx: AdminContext, *, form: Form | None = None, status_code: int = 200,
+    pool_errors: dict[int, str] | None = None, **minted: Any,
+) -> Response:  # fmt: skip
     query = Form(values={k: v for k, v in request.query_params.items() if isinstance(v, str)})
     form = form or Form()
     campaign_id = _campaign_id(request, form)
@@ -96,7 +100,8 @@ async def _page(
         request, ctx, "admin/distribution.html", status_code=status_code, nav="distribution", form=form, query=query,
         push_counts=counts, provider_options=[(p, p.capitalize()) for p in admin.PROVIDERS],
         push_status_options=[(s, s.capitalize()) for s in admin.PUSH_STATUSES],
-        partner_options=[(str(p.id), p.name) for p, _keys in facts.get("partners", [])], **facts, **minted,
+        partner_options=[(str(p.id), p.name) for p, _keys in facts.get("partners", [])], pool_errors=pool_errors or {},
+        campaign_options=[(str(cid), name) for cid, name, _status, _count in facts.get("campaigns", [])], **facts, **minted,
     )  # fmt: skip
 
 
@@ -170,6 +175,174 @@ async def partner_key(request: Request, ctx: AdminContext, form: Form) -> Respon
     return await _page(request, ctx, form=form, new_key=(partner_id, key.prefix, secret))
 
 
+def _back(ctx: AdminContext, campaign: int | None, anchor: str) -> Response:
+    return RedirectResponse(ctx.url(f"{PREFIX}/distribution", campaign=campaign) + f"#{anchor}", status_code=303)
+
+
+async def allocate(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """Move free codes of the chosen campaign into a partner's block (partners.allocate)."""
+    campaign_id = _int(form, "campaign", label="campaign")
+    partner_id = _int(form, "block_partner", label="partner")
+    count = _int(form, "block_count", label="count")
+    if campaign_id is None:
+        form.errors.setdefault("block_partner", "choose a campaign first")
+    if partner_id is None:
+        form.errors.setdefault("block_partner", "choose a partner")
+    if count is None:
+        form.errors.setdefault("block_count", "how many codes, e.g. 500")
+    if not form.ok or campaign_id is None or partner_id is None or count is None:
+        return await _page(request, ctx, form=form, status_code=422)
+    try:
+        moved = await act(
+            request, ctx,
+            lambda s: partners.allocate(s, shop_id=ctx.shop_id, campaign_id=campaign_id, partner_id=partner_id, count=count),
+            action="partner.codes_allocated", subject=f"partner:{partner_id}",
+            details={"campaign_id": campaign_id, "requested": count},
+        )  # fmt: skip
+    except NotFound as exc:
+        return problem(404, exc.reason, exc.message)
+    except PluginError as exc:
+        return await _page(request, ctx, form=_on_field(form, exc, "block_count"), status_code=422)
+    return await _page(request, ctx, form=form, allocated=(partner_id, moved, count), status_code=201)
+
+
+_PROGRAM_FIELDS = {"invalid_program": "reward_campaign", "unknown_provider": "program_provider"}
+
+
+async def new_program(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """Make a campaign's shareable codes a referral program rewarded from another campaign."""
+    campaign_id = _int(form, "program_campaign", label="campaign")
+    reward_id = _int(form, "reward_campaign", label="reward campaign")
+    provider = form.get("program_provider").strip() or None
+    if campaign_id is None:
+        form.errors.setdefault("program_campaign", "choose the campaign whose codes referrers share")
+    if reward_id is None:
+        form.errors.setdefault("reward_campaign", "choose the campaign rewards come from")
+    if not form.ok or campaign_id is None or reward_id is None:
+        return await _page(request, ctx, form=form, status_code=422)
+    try:
+        await act(
+            request, ctx,
+            lambda s: referrals.create_program(s, shop_id=ctx.shop_id, campaign_id=campaign_id, reward_campaign_id=reward_id,
+                                               provider=provider),
+            action="referral.program_set", subject=f"campaign:{campaign_id}",
+            details={"reward_campaign_id": reward_id, "provider": provider},
+        )  # fmt: skip
+    except NotFound as exc:
+        return problem(404, exc.reason, exc.message)
+    except PluginError as exc:
+        return await _page(request, ctx, form=_on_field(form, exc, _PROGRAM_FIELDS.get(exc.reason, "reward_campaign")),
+                           status_code=422)  # fmt: skip
+    return _back(ctx, campaign_id, "programs")
+
+
+def _policy(form: Form, prefix: str) -> tuple[int, int | None, int]:
+    alert = _int(form, f"{prefix}alert_below", label="alert below")
+    topup_below = _int(form, f"{prefix}topup_below", label="top up below")
+    topup_count = _int(form, f"{prefix}topup_count", label="top-up count")
+    return (poolhealth.DEFAULT_ALERT_BELOW if alert is None else alert), topup_below, topup_count or 0
+
+
+_POOL_FIELDS = {"invalid_coupon_id": "coupon_id", "coupon_in_use": "coupon_id", "invalid_description": "pool_description",
+                "invalid_policy": "pool_topup_count", "invalid_count": "pool_count"}  # fmt: skip
+
+
+async def new_pool(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """A Klaviyo coupon pool for a campaign (klaviyopools.create_pool), filled at once if asked."""
+    campaign_id = _int(form, "pool_campaign", label="campaign")
+    count = _int(form, "pool_count", label="codes")
+    alert_below, topup_below, topup_count = _policy(form, "pool_")
+    if campaign_id is None:
+        form.errors.setdefault("pool_campaign", "choose the campaign whose codes Klaviyo hands out")
+    if not form.ok or campaign_id is None:
+        return await _page(request, ctx, form=form, status_code=422)
+    coupon_id, description = form.get("coupon_id").strip(), form.get("pool_description").strip()
+
+    def work(session: Session) -> tuple[int, int]:
+        pool = klaviyopools.create_pool(
+            session, shop_id=ctx.shop_id, campaign_id=campaign_id, coupon_id=coupon_id, description=description,
+            alert_below=alert_below, topup_below=topup_below, topup_count=topup_count,
+        )  # fmt: skip
+        assert pool.id is not None
+        added = klaviyopools.add_codes(session, shop_id=ctx.shop_id, pool_id=pool.id, count=count) if count else 0
+        return pool.id, added
+
+    try:
+        pool_id, added = await act(
+            request, ctx, work, action="klaviyo_pool.created", subject=lambda made: f"pool:{made[0]}",
+            details={"campaign_id": campaign_id, "coupon_id": coupon_id, "codes": count or 0},
+        )  # fmt: skip
+    except NotFound as exc:
+        return problem(404, exc.reason, exc.message)
+    except PluginError as exc:
+        return await _page(request, ctx, form=_on_field(form, exc, _POOL_FIELDS.get(exc.reason, "coupon_id")), status_code=422)
+    if added:
+        _wake(request)
+    return _back(ctx, campaign_id, f"pool-{pool_id}")
+
+
+def _wake(request: Request) -> None:
+    worker = request.app.state.background.worker
+    if worker is not None:
+        worker.wake()  # the embedded default's in-process worker uploads at once
+
+
+def _pool_id(request: Request) -> int:
+    return int(request.path_params["pool_id"])
+
+
+async def _pool_action(
+    request: Request, ctx: AdminContext, form: Form, work: Any, *, action: str, details: dict[str, object]
+) -> Response:
+    pool_id = _pool_id(request)
+    try:
+        changed = await act(request, ctx, work, action=action, subject=f"pool:{pool_id}", details=details)
+    except NotFound as exc:
+        return problem(404, exc.reason, exc.message)
+    except PluginError as exc:
+        return await _page(request, ctx, form=form, pool_errors={pool_id: exc.message}, status_code=422)
+    if isinstance(changed, int) and changed:
+        _wake(request)
+    return _back(ctx, _int(form, "campaign", label="campaign"), f"pool-{pool_id}")
+
+
+async def pool_codes(request: Request, ctx: AdminContext, form: Form) -> Response:
+    pool_id, raw = _pool_id(request), form.get("count").replace(",", "").strip()
+    count = int(raw) if raw.isdigit() and len(raw) < 10 else 0  # 0 is refused by the service, beside the field
+    details: dict[str, object] = {"requested": count}
+
+    def work(session: Session) -> int:
+        details["added"] = added = klaviyopools.add_codes(session, shop_id=ctx.shop_id, pool_id=pool_id, count=count)
+        return added
+
+    return await _pool_action(request, ctx, form, work, action="klaviyo_pool.codes_added", details=details)
+
+
+async def pool_retry(request: Request, ctx: AdminContext, form: Form) -> Response:
+    pool_id = _pool_id(request)
+    details: dict[str, object] = {}
+
+    def work(session: Session) -> int:
+        details["requeued"] = requeued = klaviyopools.retry_failed(session, shop_id=ctx.shop_id, pool_id=pool_id)
+        return requeued
+
+    return await _pool_action(request, ctx, form, work, action="klaviyo_pool.retried", details=details)
+
+
+async def pool_policy(request: Request, ctx: AdminContext, form: Form) -> Response:
+    pool_id = _pool_id(request)
+    alert_below, topup_below, topup_count = _policy(form, "")
+    if not form.ok:
+        return await _page(request, ctx, form=form, pool_errors={pool_id: "; ".join(form.errors.values())}, status_code=422)
+    details: dict[str, object] = {"alert_below": alert_below, "topup_below": topup_below, "topup_count": topup_count}
+
+    def work(session: Session) -> None:
+        klaviyopools.set_policy(session, shop_id=ctx.shop_id, pool_id=pool_id, alert_below=alert_below,
+                                topup_below=topup_below, topup_count=topup_count)  # fmt: skip
+
+    return await _pool_action(request, ctx, form, work, action="klaviyo_pool.policy_set", details=details)
+
+
 def _on_field(form: Form, exc: PluginError, default: str) -> Form:
     """A refusal that names no field is shown next to the form's main one."""
     name = exc.details.get("field")
@@ -183,4 +356,10 @@ routes = [
     page("/distribution/pull-url", post=pull_url, owner_only=True, name="admin_pull_url"),
     page("/distribution/partners", post=new_partner, owner_only=True, name="admin_partner_new"),
     page("/distribution/partners/{partner_id:int}/keys", post=partner_key, owner_only=True, name="admin_partner_key"),
+    page("/distribution/allocations", post=allocate, owner_only=True, name="admin_partner_allocate"),
+    page("/distribution/programs", post=new_program, owner_only=True, name="admin_program_new"),
+    page("/distribution/pools", post=new_pool, owner_only=True, name="admin_pool_new"),
+    page("/distribution/pools/{pool_id:int}/policy", post=pool_policy, owner_only=True, name="admin_pool_policy"),
+    page("/distribution/pools/{pool_id:int}/codes", post=pool_codes, name="admin_pool_codes"),
+    page("/distribution/pools/{pool_id:int}/retry", post=pool_retry, name="admin_pool_retry"),
 ]

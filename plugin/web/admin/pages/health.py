@@ -80,7 +80,8 @@ async def retry(request: Request, ctx: AdminContext, form: Form) -> Response:
         return outbox.retry_now(session, job_id, shop_id=ctx.shop_id)
 
     try:
-        await act(request, ctx, work, action="admin.job.retry", subject=f"job:{job_id}")
+        # a dead job's retry is audited by outbox.retry_dead itself (job.retry, with this actor): one row either way
+        await act(request, ctx, work, action="job.retry", subject=f"job:{job_id}")
     except PluginError as exc:
         return problem(exc.status, exc.reason, exc.message)
     return RedirectResponse(ctx.url(f"{PREFIX}/health", retried=job_id), status_code=303)

@@ -118,20 +118,29 @@ async def delivery(request: Request, ctx: AdminContext) -> Response:
     return render(request, ctx, "admin/delivery.html", nav="syncs", event=event, explain=listing.explain_flag)
 
 
+class _AlreadyRolledBack(Exception):
+    """The redemption was rolled back before: the transaction ends with nothing written."""
+
+
 async def roll_back(request: Request, ctx: AdminContext, form: Form) -> Response:
     redemption_id = int(request.path_params["redemption_id"])
     reason = form.get("reason").strip()[:200]
 
     def work(session: Session) -> object:
-        listing.get_redemption(session, shop_id=ctx.shop_id, redemption_id=redemption_id)  # another shop's: 404
+        found = listing.get_redemption(session, shop_id=ctx.shop_id, redemption_id=redemption_id)  # another shop's: 404
+        if found.status != "active":
+            raise _AlreadyRolledBack
+        # the service writes the one audit row (redemption.rolled_back, with this actor and reason)
         return rollback_redemption(
             session, shop_id=ctx.shop_id, redemption_id=redemption_id, now=utcnow(), actor=ctx.actor,
             reason=reason or "rolled back in the admin",
         )  # fmt: skip
 
     try:
-        await act(request, ctx, work, action="admin.redemption.rollback", subject=f"redemption:{redemption_id}",
+        await act(request, ctx, work, action="redemption.rolled_back", subject=f"redemption:{redemption_id}",
                   details={"reason": reason})  # fmt: skip
+    except _AlreadyRolledBack:
+        pass  # a second click: nothing happens, nothing to audit
     except PluginError as exc:
         return problem(exc.status, exc.reason, exc.message)
     return RedirectResponse(ctx.url(f"{PREFIX}/redemptions", rolled_back=redemption_id), status_code=303)
