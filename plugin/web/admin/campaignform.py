@@ -39,6 +39,7 @@ _RULE_FIELDS = (
     ("budget.max_redemptions", "max_redemptions"),
     ("budget.max_discount", "max_discount"),
     ("distribution.binding", "binding"),
+    ("distribution.remind_days_before_expiry", "remind_days_before_expiry"),
     ("on_cancel", "on_cancel"),
 )
 
@@ -173,7 +174,7 @@ def rules_from_form(form: Form, currency: str) -> CampaignRules:
     binding = form.get("binding", "shareable")
     if binding not in BINDINGS:
         form.errors["binding"] = "shareable or claim"
-    plain["distribution"] = {"binding": binding}
+    plain["distribution"] = {"binding": binding, "remind_days_before_expiry": _int(form, "remind_days_before_expiry")}
     on_cancel = form.get("on_cancel", "restore")
     if on_cancel not in ON_CANCEL:
         form.errors["on_cancel"] = "restore, reissue or keep"
@@ -285,6 +286,7 @@ def form_from_rules(name: str, currency: str, rules: dict[str, Any]) -> Form:
     values["max_redemptions"] = str(parsed.budget.max_redemptions or "")
     values["max_discount"] = _major(parsed.budget.max_discount, currency)
     values["binding"] = parsed.distribution.binding
+    values["remind_days_before_expiry"] = str(parsed.distribution.remind_days_before_expiry or "")
     values["on_cancel"] = parsed.on_cancel
     data.pop("on_cancel", None)
     for section, keys in (
@@ -292,7 +294,7 @@ def form_from_rules(name: str, currency: str, rules: dict[str, Any]) -> Form:
         ("usage", ("uses_per_code", "uses_per_customer")),
         ("basket", ("minimum_subtotal",)),
         ("budget", ("max_redemptions", "max_discount")),
-        ("distribution", ("binding",)),
+        ("distribution", ("binding", "remind_days_before_expiry")),
     ):
         _pop(data, section, *keys)
     for key in ("currency", "version"):

@@ -110,3 +110,31 @@ def test_another_shops_campaign_settings_are_out_of_reach(
     with Session(engine) as session:
         assert session.get_one(PoolPolicy, theirs).alert_below == 7
         assert session.get_one(Campaign, theirs).rules.get("on_cancel", "restore") == "restore"
+
+
+def test_the_expiry_reminder_is_a_campaign_setting_with_its_errors_beside_it(
+    web, engine: Engine, admin_settings: Settings, shop_id: int
+) -> None:
+    set_up_owner(web, admin_settings, shop_id)
+    page = web.get("/admin/campaigns/new").text
+    assert 'id="f-remind_days_before_expiry"' in page
+    token = form_token(page)
+    made = web.post("/admin/campaigns/new", data=_new(csrf_token=token, remind_days_before_expiry="3"))
+    assert made.status_code == 303, made.text
+    campaign_id = int(made.headers["location"].rsplit("/", 1)[1])
+    with Session(engine) as session:
+        assert session.get_one(Campaign, campaign_id).rules["distribution"]["remind_days_before_expiry"] == 3
+    shown = web.get(f"/admin/campaigns/{campaign_id}").text
+    assert 'name="remind_days_before_expiry" type="number" value="3"' in shown
+    assert "remind_days_before_expiry" not in shown.split('id="f-rules_json"')[1].split("</textarea>")[0]
+    for bad, why in (("400", "less than or equal to 365"), ("0", "at least 1"), ("soon", "whole number")):
+        refused = web.post(f"/admin/campaigns/{campaign_id}", data=_new(csrf_token=token, remind_days_before_expiry=bad))
+        assert refused.status_code == 422, bad
+        field = refused.text.split('id="f-remind_days_before_expiry"')[1].split("</div>")[0]
+        assert why in refused.text and "error" in field, (bad, field[:300])
+    with Session(engine) as session:  # nothing saved by the refusals
+        assert session.get_one(Campaign, campaign_id).rules["distribution"]["remind_days_before_expiry"] == 3
+    cleared = web.post(f"/admin/campaigns/{campaign_id}", data=_new(csrf_token=token, remind_days_before_expiry=""))
+    assert cleared.status_code == 303
+    with Session(engine) as session:
+        assert session.get_one(Campaign, campaign_id).rules["distribution"].get("remind_days_before_expiry") is None
