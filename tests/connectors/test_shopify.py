@@ -475,7 +475,7 @@ def test_authorize_url() -> None:
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "some-shop.myshopify.com", "/admin/oauth/authorize")
     assert parse_qs(parts.query) == {
         "client_id": ["api-key"],
-        "scope": ["write_discounts,read_orders"],
+        "scope": ["write_discounts,read_orders,write_app_proxy"],
         "redirect_uri": ["https://app.example/install/shopify/callback"],
         "state": ["s1"],
     }
@@ -508,7 +508,7 @@ async def test_token_exchange_for_embedded_apps(client: httpx.AsyncClient, route
         200,
         json={
             "access_token": "shpua_1",
-            "scope": "write_discounts,read_orders",
+            "scope": "write_discounts,read_orders,write_app_proxy",
             "expires_in": 86399,
             "associated_user": {"id": 902541635},
         },
