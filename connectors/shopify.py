@@ -523,7 +523,11 @@ class ShopifyConnector:
         proxy; return the shop and the signed-in customer it names."""
         multi = _multi(params)
         given = multi.get("signature") or [""]
-        if len(given) != 1 or not given[0] or not hmac.compare_digest(self.app_proxy_signature(multi).encode(), given[0].encode()):
+        if (
+            len(given) != 1
+            or not given[0]
+            or not hmac.compare_digest(self.app_proxy_signature(multi).encode(), given[0].encode())
+        ):
             raise BadSignature("App Proxy signature does not match")
         try:
             timestamp = int((multi.get("timestamp") or [""])[0])

@@ -54,9 +54,7 @@ def link_customer(link: ClaimLink, signed_in: str | None = None) -> Customer | N
     return None
 
 
-def check(
-    engine: Engine, link: ClaimLink, basket: Basket, *, now: datetime, signed_in: str | None = None
-) -> checkout.Decision:
+def check(engine: Engine, link: ClaimLink, basket: Basket, *, now: datetime, signed_in: str | None = None) -> checkout.Decision:
     """The link's code on this basket, changing nothing (a validation)."""
     found = reveal(engine, link)
     return checkout.validate(

@@ -38,8 +38,8 @@ from plugin.shops import apikeys, shops
 from plugin.store.models import Batch, Campaign, Redemption, Reservation, utcnow
 from plugin.store.units import in_thread
 from plugin.web import cors, schemas
-from plugin.web import storefront as onsite_web
 from plugin.web import distribution as dist
+from plugin.web import storefront as onsite_web
 from plugin.web.call import MAX_IDS, Call
 from plugin.web.clientaddr import address_key
 from plugin.web.problems import plugin_error_handler, problem, validation_problem
