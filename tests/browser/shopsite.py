@@ -122,7 +122,10 @@ def _app(shop: SockShop) -> Starlette:
         )
 
     async def shopify_page(request: Request) -> Response:
-        tag = '<script src="/cdn/couponry.js" data-proxy="/apps/couponry" data-platform="shopify" data-position="bottom" defer></script>'
+        tag = (
+            '<script src="/cdn/couponry.js" data-proxy="/apps/couponry" data-platform="shopify"'
+            ' data-position="bottom" defer></script>'
+        )
         html = PAGE.format(script=tag, platform="shopify")
         return HTMLResponse(html, headers={"Content-Security-Policy": shop.csp(script="'self'", connect="'self'")})
 

@@ -492,7 +492,9 @@ async def test_exchange_code_for_a_token(client: httpx.AsyncClient, router: resp
     connector = ShopifyConnector(client, CONFIG)
     credentials = await connector.exchange_code(SHOP, "a94a110d86d2452eb3e2af4cfb8a3828")
     assert credentials == Credentials(
-        shop_domain=SHOP, access_token="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", scopes=("write_discounts", "read_orders")
+        shop_domain=SHOP,
+        access_token="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",
+        scopes=("write_discounts", "read_orders", "write_app_proxy"),
     )
     assert json.loads(route.calls.last.request.content) == {
         "client_id": "api-key",
@@ -500,7 +502,7 @@ async def test_exchange_code_for_a_token(client: httpx.AsyncClient, router: resp
         "code": "a94a110d86d2452eb3e2af4cfb8a3828",
     }
     assert connector.missing_scopes(credentials) == ()
-    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == ("read_orders",)
+    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == ("read_orders", "write_app_proxy")
 
 
 async def test_token_exchange_for_embedded_apps(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
