@@ -502,7 +502,10 @@ async def test_exchange_code_for_a_token(client: httpx.AsyncClient, router: resp
         "code": "a94a110d86d2452eb3e2af4cfb8a3828",
     }
     assert connector.missing_scopes(credentials) == ()
-    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == ("read_orders", "write_app_proxy")
+    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == (
+        "read_orders",
+        "write_app_proxy",
+    )
 
 
 async def test_token_exchange_for_embedded_apps(client: httpx.AsyncClient, router: respx.MockRouter) -> None:

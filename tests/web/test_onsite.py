@@ -23,7 +23,7 @@ from plugin.settings import Settings
 from plugin.store.db import session_scope
 from plugin.store.models import Code, Shop, utcnow
 from plugin.web.storefront import SCRIPT, SCRIPT_PATH
-from tests.web.conftest import Api, TestClient, basket, make_app, make_campaign, make_key, rules
+from tests.web.conftest import REDIS_URL, Api, TestClient, basket, make_app, make_campaign, make_key, rules
 
 SHOP_PAGE = "https://shop.example"
 CLIENT_SECRET = "shopify-app-secret-for-the-proxy-tests-0123"
@@ -364,8 +364,12 @@ def test_a_signed_in_customer_is_who_the_proxy_checks_for(
 LIMIT = 4
 
 
-@pytest.fixture
-def strict_client(settings: Settings, engine: Engine) -> Any:
+@pytest.fixture(params=["memory", "redis"])
+def strict_client(request: pytest.FixtureRequest, settings: Settings, engine: Engine) -> Any:
+    if request.param == "redis":
+        if not REDIS_URL:
+            pytest.skip("Redis rate-limit storage: set COUPONRY_TEST_REDIS_URL")
+        settings = replace(settings, redis_url=REDIS_URL)
     with TestClient(make_app(settings, engine, limit=f"{LIMIT}/minute", unnamed=f"{LIMIT}/minute")) as client:
         yield client
 
