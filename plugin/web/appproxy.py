@@ -7,8 +7,13 @@ Shopify forwards `https://<shop>/apps/couponry/<rest>` to `<public url>/proxy/sh
 app's client secret) and freshness are checked before anything else, and the shop it names must
 have the app installed; a claim link must then be one of that shop's.
 
-    GET  /proxy/shopify/claims/{token}         the link's code (claimed on first use)
-    POST /proxy/shopify/claims/{token}/check   {"basket": ...}: the link's code on this basket
+    GET  /proxy/shopify/claims/{token}                   the link's code (claimed on first use)
+    GET  /proxy/shopify/claims/{token}/check?basket=...  the link's code on this basket (JSON)
+    POST /proxy/shopify/claims/{token}/check             the same, the basket in a JSON body
+
+The script sends the basket in the query: the query is what Shopify signs, and reports differ
+on whether the proxy forwards request bodies, so GET is the form that relies on nothing
+undocumented; POST is accepted for callers that have more than a URL holds.
 
 Nothing here takes a typed code, so the proxy is no oracle for guessing codes and counts no
 guesses: a basket a live code does not meet yet is a nudge (`plugin.checkout.onsite`).
@@ -28,8 +33,9 @@ from connectors.errors import AuthError, BadSignature
 from connectors.shopify import AppProxyRequest, ShopifyConnector
 from plugin.checkout import onsite
 from plugin.distribution.claimlinks import ClaimLink
-from plugin.errors import NotFound, PluginError
+from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.platforms.connections import connector_config
+from plugin.rules import Basket
 from plugin.settings import Settings
 from plugin.shops.shops import installed_shop_id
 from plugin.store.models import utcnow
@@ -85,7 +91,7 @@ async def reveal(request: Request) -> Response:
 async def check(request: Request) -> Response:
     try:
         link, signed = await _link(request)  # before reading the body: nothing unsigned is parsed
-        body = schemas.ClaimCheckRequest.model_validate_json(await request.body() or b"{}")
+        body = await _check_request(request)
         engine = request.app.state.engine
         decision = await in_thread(
             engine, lambda: onsite.check(engine, link, body.basket, now=utcnow(), signed_in=signed.customer_id)
@@ -95,8 +101,24 @@ async def check(request: Request) -> Response:
     return no_store(onsite.checked_json(decision))
 
 
+MAX_QUERY_BASKET = 16 * 1024  # characters of JSON in the query (a URL, through Shopify, stays well under its limits)
+
+
+async def _check_request(request: Request) -> schemas.ClaimCheckRequest:
+    if request.method == "POST":
+        return schemas.ClaimCheckRequest.model_validate_json(await request.body() or b"{}")
+    raw = request.query_params.get("basket")
+    if raw is None or len(raw) > MAX_QUERY_BASKET:
+        raise InvalidInput(
+            f"send the basket as JSON in the `basket` query parameter (at most {MAX_QUERY_BASKET} characters)",
+            reason="invalid_basket",
+            details={"field": "basket"},
+        )
+    return schemas.ClaimCheckRequest(basket=Basket.model_validate_json(raw))
+
+
 def routes() -> list[Route]:
     return [
         Route(f"{PREFIX}/claims/{{token}}", reveal, methods=["GET"], name="appProxyReveal"),
-        Route(f"{PREFIX}/claims/{{token}}/check", check, methods=["POST"], name="appProxyCheck"),
+        Route(f"{PREFIX}/claims/{{token}}/check", check, methods=["GET", "POST"], name="appProxyCheck"),
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import hmac
+import json
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -238,9 +239,15 @@ def proxy_reveal(client: TestClient, token: str, query: str | None = None) -> An
     return client.get(f"/proxy/shopify/claims/{token}?{query if query is not None else signed_query()}")
 
 
-def proxy_check(client: TestClient, token: str, basket_: Any, query: str | None = None) -> Any:
-    url = f"/proxy/shopify/claims/{token}/check?{query if query is not None else signed_query()}"
-    return client.post(url, json={"basket": basket_})
+def proxy_check(client: TestClient, token: str, basket_: Any, query: str | None = None, customer: str = "") -> Any:
+    """As the script asks: the basket in the query, signed by Shopify with the rest of it."""
+    if query is None:
+        query = signed_query(customer=customer, basket=json.dumps(basket_))
+    return client.get(f"/proxy/shopify/claims/{token}/check?{query}")
+
+
+def proxy_check_posted(client: TestClient, token: str, basket_: Any) -> Any:
+    return client.post(f"/proxy/shopify/claims/{token}/check?{signed_query()}", json={"basket": basket_})
 
 
 def test_the_app_proxy_reveals_and_checks_with_a_good_signature(
@@ -260,6 +267,7 @@ def test_the_app_proxy_reveals_and_checks_with_a_good_signature(
     assert shopper["reason"] == "minimum_subtotal_not_met"
     assert shopper["details"]["missing_amount"] == 1200 and shopper["details"]["currency"] == "GBP"
     assert "£12.00" in shopper["message"]
+    assert proxy_check_posted(client, token, SHORT).json() == short.json()  # the same in a JSON body
     enough = proxy_check(client, token, ENOUGH)
     assert enough.json()["valid"] is True and enough.json()["discount"]["amount"] == 750  # 10% of £75.00
     assert set(enough.json()) == {"valid", "discount", "shopper"}  # the storefront view, no stored code
@@ -273,18 +281,19 @@ def test_the_app_proxy_refuses_bad_stale_and_tampered_signatures(
     now = int(time.time())
     refused = {
         "another secret": signed_query(secret="not-the-apps-secret"),
-        "stale": signed_query(timestamp=now - 301),
-        "from the future": signed_query(timestamp=now + 301),
+        "stale": signed_query(timestamp=now - 330),  # (the exact bounds: tests/connectors/test_shopify_app_proxy.py)
+        "from the future": signed_query(timestamp=now + 330),
         "no signature": urlencode({"shop": SHOPIFY_DOMAIN, "timestamp": str(now), "path_prefix": "/apps/couponry"}),
         "tampered shop": signed_query().replace(SHOPIFY_DOMAIN, "someone-else.myshopify.com"),
         "customer added after signing": signed_query() + "&logged_in_customer_id=42",
         "not a timestamp": signed_query(timestamp=None).replace("timestamp=", "timestamp=x"),
+        "basket changed after signing": signed_query(basket=json.dumps(SHORT)).replace("2500", "9500"),
     }
     for why, query in refused.items():
         for answer in (proxy_reveal(client, token, query), proxy_check(client, token, SHORT, query)):
             assert answer.status_code == 401, why
             assert answer.json()["reason"] == "bad_signature", why
-    assert proxy_reveal(client, token, signed_query(timestamp=now - 299)).status_code == 200  # within the skew
+    assert proxy_reveal(client, token, signed_query(timestamp=int(time.time()) - 270)).status_code == 200  # within the skew
     assert assigned(engine, shopify_shop_id) == 1
 
 
@@ -320,9 +329,12 @@ def test_the_app_proxy_refuses_bad_input(engine: Engine, client: TestClient, set
         {"currency": "GBP", "lines": [{"product_id": "p1", "quantity": 1, "unit_price": 1.5}]},
     ]
     for bad in bad_baskets:
-        answer = proxy_check(client, token, bad)
-        assert answer.status_code == 422, bad
-        assert answer.json()["reason"]
+        for answer in (proxy_check(client, token, bad), proxy_check_posted(client, token, bad)):
+            assert answer.status_code == 422, bad
+            assert answer.json()["reason"]
+    for query in (signed_query(), signed_query(basket="{"), signed_query(basket=json.dumps(SHORT) + " " * 17_000)):
+        answer = proxy_check(client, token, None, query)
+        assert answer.status_code == 422 and answer.json()["reason"] in ("invalid_basket", "invalid_input"), query[:80]
     not_json = client.post(
         f"/proxy/shopify/claims/{token}/check?{signed_query()}", content=b"{", headers={"Content-Type": "application/json"}
     )
@@ -330,7 +342,7 @@ def test_the_app_proxy_refuses_bad_input(engine: Engine, client: TestClient, set
     forged = proxy_reveal(client, token[:-3] + "abc")
     assert forged.status_code == 403 and forged.json()["reason"] == "bad_link"
     assert proxy_reveal(client, "x" * 5000).json()["reason"] == "link_not_found"
-    assert client.get(f"/proxy/shopify/claims/{token}/check?{signed_query()}").status_code == 405
+    assert client.put(f"/proxy/shopify/claims/{token}/check?{signed_query()}").status_code == 405
 
 
 def test_the_app_proxy_needs_the_apps_client_secret(engine: Engine, settings: Settings, shopify_shop_id: int) -> None:
@@ -350,11 +362,11 @@ def test_a_signed_in_customer_is_who_the_proxy_checks_for(
     campaign_id, _ = make_campaign(engine, shopify_shop_id, bound, codes=3)
     token = link_token(settings, shopify_shop_id, campaign_id, recipient="id:7001")
     assert proxy_reveal(client, token).json()["bound"] is True
-    theirs = proxy_check(client, token, ENOUGH, signed_query(customer="7001"))
+    theirs = proxy_check(client, token, ENOUGH, customer="7001")
     assert theirs.json()["valid"] is True
     as_link = proxy_check(client, token, ENOUGH)  # a guest holding the link: checked as its recipient
     assert as_link.json()["valid"] is True
-    someone_else = proxy_check(client, token, ENOUGH, signed_query(customer="9999"))
+    someone_else = proxy_check(client, token, ENOUGH, customer="9999")
     assert someone_else.json()["valid"] is False
     assert someone_else.json()["shopper"]["reason"] == "bound_to_other_customer"
 

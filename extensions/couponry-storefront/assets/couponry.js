@@ -90,7 +90,11 @@
   }
 
   function check(basket) {
-    if (proxy) return request("POST", "/claims/" + encodeURIComponent(state.token) + "/check", { basket: basket });
+    // Through the App Proxy the basket rides in the query, which Shopify signs with the request.
+    if (proxy) {
+      return request("GET", "/claims/" + encodeURIComponent(state.token) + "/check?basket=" +
+        encodeURIComponent(JSON.stringify(basket)));
+    }
     return request("POST", "/validate", { code: state.code, basket: basket });
   }
 
