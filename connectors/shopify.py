@@ -367,11 +367,21 @@ def _default_wait(state: RetryCallState) -> float:
     return backoff * (0.5 + secrets.randbelow(1000) / 1000)
 
 
+@dataclass(frozen=True)
+class AppProxyRequest:
+    """What a verified App Proxy request says: the shop, and the signed-in customer (None for guests)."""
+
+    shop: str
+    customer_id: str | None
+    path_prefix: str
+
+
 class ShopifyConnector:
     name: ClassVar[str] = "shopify"
     API_VERSION: ClassVar[str] = "2025-01"
     DEFAULT_BASE_URL: ClassVar[str] = "https://{shop}/admin/api/{version}/graphql.json"
-    SCOPES: ClassVar[tuple[str, ...]] = ("write_discounts", "read_orders")
+    # write_app_proxy: the storefront script reaches us through the shop's App Proxy (plugin.web.appproxy)
+    SCOPES: ClassVar[tuple[str, ...]] = ("write_discounts", "read_orders", "write_app_proxy")
     WEBHOOK_TOPICS: ClassVar[tuple[str, ...]] = (
         "orders/create",
         "orders/paid",
@@ -393,6 +403,9 @@ class ShopifyConnector:
     MAX_CODES_PER_DISCOUNT: ClassVar[int] = 10_000_000
     WEBHOOK_SIGNATURE_HEADER: ClassVar[str] = "X-Shopify-Hmac-Sha256"
     OAUTH_MAX_AGE: ClassVar[int] = 24 * 3600  # seconds a signed install/callback query stays valid
+    # seconds an App Proxy request's `timestamp` may be from now, either way (our choice: Shopify
+    # signs each forwarded request when it forwards it, so only clock skew separates the two)
+    APP_PROXY_MAX_SKEW: ClassVar[int] = 300
     SESSION_TOKEN_LEEWAY: ClassVar[int] = 10  # App Bridge sends nbf slightly in the future
     MAX_ATTEMPTS: ClassVar[int] = 5
     RETRY_WAIT: ClassVar[Wait] = staticmethod(_default_wait)
@@ -492,6 +505,41 @@ class ShopifyConnector:
         if shop is None:
             raise BadSignature("Shopify query names no valid shop")
         return shop
+
+    def app_proxy_signature(self, params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]) -> str:
+        """Hex HMAC-SHA256 of an App Proxy query as Shopify signs it ("Authenticate app proxies"):
+        every parameter but `signature` as `key=value`, a repeated key's values joined by commas,
+        sorted, concatenated with no separator, keyed with the app's client secret."""
+        pairs = sorted(f"{key}={','.join(values)}" for key, values in _multi(params).items() if key != "signature")
+        return hmac.new(self._client_secret().encode(), "".join(pairs).encode(), hashlib.sha256).hexdigest()
+
+    def verify_app_proxy_query(
+        self,
+        params: Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]],
+        *,
+        now: float | None = None,
+    ) -> AppProxyRequest:
+        """Check the `signature` and freshness of a request Shopify forwarded through the app's
+        proxy; return the shop and the signed-in customer it names."""
+        multi = _multi(params)
+        given = multi.get("signature") or [""]
+        if (
+            len(given) != 1
+            or not given[0]
+            or not hmac.compare_digest(self.app_proxy_signature(multi).encode(), given[0].encode())
+        ):
+            raise BadSignature("App Proxy signature does not match")
+        try:
+            timestamp = int((multi.get("timestamp") or [""])[0])
+        except ValueError:
+            raise BadSignature("App Proxy query has no valid timestamp") from None
+        if abs((time.time() if now is None else now) - timestamp) > self.APP_PROXY_MAX_SKEW:
+            raise BadSignature("App Proxy query is stale")
+        shop = self.shop_domain((multi.get("shop") or [""])[0])
+        if shop is None:
+            raise BadSignature("App Proxy query names no valid shop")
+        customer = (multi.get("logged_in_customer_id") or [""])[0].strip()
+        return AppProxyRequest(shop=shop, customer_id=customer or None, path_prefix=(multi.get("path_prefix") or [""])[0])
 
     def verify_callback(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,3 +52,24 @@ def test_every_platform_lists_install_and_callback_urls_the_app_serves(name: str
         if key in listed:
             assert _routed(app, listed[key]), f"{name} {key} {listed[key]} has no route"
     assert not _routed(app, "/install/nowhere")
+
+
+def test_the_shopify_app_proxy_points_at_the_apps_proxy_routes(settings: Settings) -> None:
+    """Shopify's rules for an App Proxy ("Display dynamic store data with app proxies"): a subpath
+    of letters, numbers, underscores and hyphens up to 30 characters, not admin, services,
+    password or login; configuring one needs the write_app_proxy access scope."""
+    proxy = MANIFEST["platforms"]["shopify"]["app_proxy"]
+    assert proxy["prefix"] == "apps"  # the prefix the documentation's examples use
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,30}", proxy["subpath"])
+    assert proxy["subpath"] not in ("admin", "services", "password", "login")
+    assert "write_app_proxy" in MANIFEST["platforms"]["shopify"]["scopes"]
+    app = create_app(replace(settings, sandbox_enabled=False), engine=make_engine("sqlite://"))
+    # what Shopify forwards /<prefix>/<subpath>/claims/<token> to
+    assert _routed(app, f"{proxy['url']}/claims/some-token")
+    assert not _routed(app, f"{proxy['url']}/nowhere")
+    # the theme app extension's script talks to the same proxy path
+    block = (Path(__file__).resolve().parents[1] / MANIFEST["platforms"]["shopify"]["theme_extension"] / "blocks").glob(
+        "*.liquid"
+    )
+    assert any(f'data-proxy="/{proxy["prefix"]}/{proxy["subpath"]}"' in path.read_text() for path in block)
+    assert _routed(app, MANIFEST["urls"]["storefront_script"])

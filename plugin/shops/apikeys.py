@@ -2,9 +2,10 @@
 
 Scopes: `admin` (everything), `checkout` (the checkout calls, for the merchant's servers: exact
 refusal reasons and details), `distribution` (claims and pulls) and `storefront` (only
-`POST /validate`, for calls made from the shopper's browser or app: the answer holds only
-`valid`, `discount` and the `shopper` view, never the exact reason, message or details a
-merchant server gets; a storefront key carries no other scope).
+`POST /validate` and the storefront script's `GET /storefront/claims/{token}`, for calls made
+from the shopper's browser or app: a validation answer holds only `valid`, `discount` and the
+`shopper` view, never the exact reason, message or details a merchant server gets; a storefront
+key carries no other scope).
 
 `authenticate_cached` keeps live keys per process for `caches.TTL_SECONDS`: a key revoked
 through another process stops working within that time (at once in the revoking process).

@@ -50,6 +50,16 @@ def shop_on_platform(session: Session, platform: str, domain: str) -> Shop | Non
     return session.exec(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).first()
 
 
+def installed_shop_id(engine: Engine, platform: str, domain: str) -> int | None:
+    """The id of the shop a platform names by this domain, while the app is installed there
+    (an App Proxy request names its shop that way), else None."""
+    with read_cursor(engine) as reader:
+        rows = reader.rows(
+            "SELECT id FROM shop WHERE platform = ? AND domain = ? AND uninstalled_at IS NULL", (platform, domain.lower())
+        )
+    return int(rows[0][0]) if rows else None
+
+
 # What shoppers are told when a code is refused (`checkout.Decision.as_json`): `detailed`
 # everywhere (storefront keys too), `generic` everywhere (merchant servers still get the exact
 # reason beside the shopper view), or `default`: detailed to merchant servers, generic to

@@ -39,6 +39,7 @@ from plugin.store.models import Batch, Campaign, Redemption, Reservation, utcnow
 from plugin.store.units import in_thread
 from plugin.web import cors, schemas
 from plugin.web import distribution as dist
+from plugin.web import storefront as onsite_web
 from plugin.web.call import MAX_IDS, Call
 from plugin.web.clientaddr import address_key
 from plugin.web.problems import plugin_error_handler, problem, validation_problem
@@ -685,6 +686,10 @@ ENDPOINTS: list[Endpoint] = [
              responses={200: schemas.BatchOut, 404: schemas.Problem}),
     Endpoint("POST", "/validate", "validateCode", "Decide whether a code applies to a basket (no side effects)", "checkout",
              validate, schemas.ValidateRequest, {200: schemas.Decision, 429: schemas.Problem}, storefront=True),
+    Endpoint("GET", "/storefront/claims/{token}", "revealClaim",
+             "A claim link's code, for the storefront script on the shop's own pages (no-store)", "distribution",
+             onsite_web.reveal_claim, None, {200: schemas.RevealedCode, 404: schemas.Problem, 409: schemas.Problem,
+                                             410: schemas.Problem}, storefront=True),
     Endpoint("POST", "/reservations", "createReservation", "Hold a code for one checkout", "checkout", create_reservation,
              schemas.ReservationRequest, {201: schemas.ReservationOut, 404: schemas.Problem, 409: schemas.Problem,
                                           429: schemas.Problem}),

@@ -19,7 +19,7 @@ from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import PluginError
 from plugin.settings import Settings
 from plugin.store.units import healthy, in_thread, open_engine
-from plugin.web import admin, api, callbacks, hooks, install
+from plugin.web import admin, api, appproxy, callbacks, hooks, install, storefront
 from plugin.web import distribution as distribution_web
 from plugin.web.admin.signinlimit import SignInLimits
 from plugin.web.background import Background
@@ -62,6 +62,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
         Route(f"{api.PREFIX}/openapi.json", openapi_json, methods=["GET"]),
         Mount(api.PREFIX, routes=api.routes()),
         *distribution_web.routes(),  # signed pull URLs and claim pages
+        *storefront.routes(),  # the storefront script
+        *appproxy.routes(),  # Shopify's App Proxy: the script on a Shopify shop's own domain
         *callbacks.routes,  # providers' delivery status
         *install.routes,
         *admin.routes(),  # the merchant admin at /admin (manifest.json's application URL)

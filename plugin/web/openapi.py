@@ -53,6 +53,8 @@ def build_openapi() -> dict[str, Any]:
 def _path_schema(name: str) -> dict[str, Any]:
     if name in MAX_IDS:
         return {"type": "integer", "minimum": 0, "maximum": MAX_IDS[name]}
+    if name == "token":  # a signed claim link's last segment
+        return {"type": "string", "minLength": 1, "maxLength": 1024}
     # a code as a shopper typed it (any case, spacing or separators)
     return {"type": "string", "minLength": 1, "maxLength": 100}
 

@@ -171,6 +171,29 @@ class Decision(BaseModel):
     shopper: ShopperView | None = Field(default=None, description="What to show the shopper, per the shop's setting.")
 
 
+class RevealedCode(BaseModel):
+    """A claim link's code, for the storefront script (never the recipient)."""
+
+    code: str = Field(description="The display form, as the shopper types it.")
+    expires_at: datetime | None
+    bound: bool = Field(description="Whether checkout accepts it only for the recipient it was given to.")
+    binding: str
+
+
+class ClaimCheckRequest(_In):
+    """The shopper's basket, to check a claim link's code against (App Proxy)."""
+
+    basket: Basket
+
+
+class StorefrontDecision(BaseModel):
+    """A validation answer as a shopper's browser gets it."""
+
+    valid: bool
+    discount: DiscountResult | None = None
+    shopper: ShopperView | None = None
+
+
 class ReservationRequest(_In):
     code: TypedCode
     checkout_id: Text

@@ -475,7 +475,7 @@ def test_authorize_url() -> None:
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "some-shop.myshopify.com", "/admin/oauth/authorize")
     assert parse_qs(parts.query) == {
         "client_id": ["api-key"],
-        "scope": ["write_discounts,read_orders"],
+        "scope": ["write_discounts,read_orders,write_app_proxy"],
         "redirect_uri": ["https://app.example/install/shopify/callback"],
         "state": ["s1"],
     }
@@ -492,7 +492,9 @@ async def test_exchange_code_for_a_token(client: httpx.AsyncClient, router: resp
     connector = ShopifyConnector(client, CONFIG)
     credentials = await connector.exchange_code(SHOP, "a94a110d86d2452eb3e2af4cfb8a3828")
     assert credentials == Credentials(
-        shop_domain=SHOP, access_token="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", scopes=("write_discounts", "read_orders")
+        shop_domain=SHOP,
+        access_token="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",
+        scopes=("write_discounts", "read_orders", "write_app_proxy"),
     )
     assert json.loads(route.calls.last.request.content) == {
         "client_id": "api-key",
@@ -500,7 +502,10 @@ async def test_exchange_code_for_a_token(client: httpx.AsyncClient, router: resp
         "code": "a94a110d86d2452eb3e2af4cfb8a3828",
     }
     assert connector.missing_scopes(credentials) == ()
-    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == ("read_orders",)
+    assert connector.missing_scopes(Credentials(shop_domain=SHOP, scopes=("write_discounts",))) == (
+        "read_orders",
+        "write_app_proxy",
+    )
 
 
 async def test_token_exchange_for_embedded_apps(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
@@ -508,7 +513,7 @@ async def test_token_exchange_for_embedded_apps(client: httpx.AsyncClient, route
         200,
         json={
             "access_token": "shpua_1",
-            "scope": "write_discounts,read_orders",
+            "scope": "write_discounts,read_orders,write_app_proxy",
             "expires_in": 86399,
             "associated_user": {"id": 902541635},
         },

@@ -170,7 +170,7 @@ async def install_shopify(client: httpx.AsyncClient) -> httpx.Response:
     grant = urlsplit(started.headers["location"])
     assert grant.netloc == shopify_fakes.SHOP and grant.path == "/admin/oauth/authorize"
     query = parse_qs(grant.query)
-    assert query["scope"] == ["write_discounts,read_orders"]
+    assert query["scope"] == ["write_discounts,read_orders,write_app_proxy"]
     assert query["redirect_uri"] == [f"{PUBLIC}/install/shopify/callback"]
     state = query["state"][0]
     return await client.get(
