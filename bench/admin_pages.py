@@ -33,6 +33,7 @@ from plugin.campaigns import figures, issuing, listing
 from plugin.campaigns.campaigns import create_campaign
 from plugin.codes import bulkvoid
 from plugin.codes.listing import CodeFilter, list_codes
+from plugin.distribution.admin import list_claims
 from plugin.orders.listing import DeliveryFilter, RedemptionFilter, list_deliveries, list_redemptions
 from plugin.reconciliation.health import JobFilter, list_alerts, list_jobs
 from plugin.shops.shops import ensure_local_shop
@@ -197,6 +198,8 @@ def run(engine: Engine, n_codes: int, n_redemptions: int) -> None:
                 "codes of a recipient",
                 lambda: codes(CodeFilter(campaign_id=big, recipient=f"r{int(lo) + n_redemptions + 5}@example.com"))(None),
             ),
+            ("codes assigned, first page", lambda: codes(CodeFilter(campaign_id=big, status="assigned"))(None)),
+            ("claims of the campaign, first page", lambda: list_claims(s, shop_id=shop_id, campaign_id=big, limit=25)),
             ("codes expiring within 100 h, first page", lambda: codes(CodeFilter(campaign_id=big, expiring_before=soon))(None)),
             ("redemptions, first page", lambda: list_redemptions(s, shop_id=shop_id, filter=rf())),
             (

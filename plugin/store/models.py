@@ -156,6 +156,15 @@ class Code(SQLModel, table=True):
             postgresql_where=text("partner_id IS NOT NULL"),
             sqlite_where=text("partner_id IS NOT NULL"),
         ),
+        # A campaign's claimed codes newest first (Distribution's claims, the "assigned" filter):
+        # without it a page walked the campaign from its newest code down (590 ms on 1M codes).
+        Index(
+            "ix_code_claimed",
+            "campaign_id",
+            "id",
+            postgresql_where=text("recipient IS NOT NULL"),
+            sqlite_where=text("recipient IS NOT NULL"),
+        ),
         # One recipient, one code (promise 2), held by the database; unassigned codes cost nothing.
         Index(
             "uq_code_campaign_recipient",

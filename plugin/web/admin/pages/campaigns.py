@@ -13,6 +13,7 @@ from plugin.campaigns import campaigns as service
 from plugin.campaigns import listing
 from plugin.errors import NotFound, PluginError
 from plugin.overview.campaign import CampaignView, campaign_view, format_preview
+from plugin.platforms import sync
 from plugin.store.models import Campaign, utcnow
 from plugin.store.units import in_thread, reading
 from plugin.web.admin.answers import budgets, not_found
@@ -236,10 +237,35 @@ async def change_status(request: Request, ctx: AdminContext, form: Form) -> Resp
     return _editor(request, ctx, edit_form, view=view, status_code=409)
 
 
+async def sync_codes(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """Push the campaign's pending codes to the platform, and its failed ones again (what
+    `couponry codes sync --retry-failed` does): generated or imported codes wait for this."""
+    campaign_id = _id(request)
+    try:
+        again: int = await act(
+            request,
+            ctx,
+            lambda s: sync.resync(s, shop_id=ctx.shop_id, campaign_id=campaign_id, failed_only=True),
+            action="campaign.sync_queued",
+            subject=f"campaign:{campaign_id}",
+        )
+        return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign_id}", synced=again), status_code=303)
+    except NotFound as exc:
+        return not_found(request, ctx, exc, nav=NAV)
+    except PluginError as exc:  # the platform can't hold these rules, or the app was uninstalled
+        refusal = exc
+    view = await _view(request, ctx)
+    c = view.campaign
+    edit_form = form_from_rules(c.name, c.currency, c.rules)
+    edit_form.errors["sync"] = refusal.message
+    return _editor(request, ctx, edit_form, view=view, status_code=409)
+
+
 routes = [
     page("/campaigns", index, name="admin_campaigns"),
     page("/campaigns/new", new, post=create, name="admin_campaign_new"),
     page("/campaigns/preview", preview, name="admin_campaign_preview"),
     page("/campaigns/{campaign_id:int}", show, post=edit, name="admin_campaign"),
     page("/campaigns/{campaign_id:int}/status", post=change_status, name="admin_campaign_status"),
+    page("/campaigns/{campaign_id:int}/sync", post=sync_codes, name="admin_campaign_sync"),
 ]
