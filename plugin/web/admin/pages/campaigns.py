@@ -91,7 +91,13 @@ def _new_form() -> Form:
 
 
 def _editor(
-    request: Request, ctx: AdminContext, form: Form, *, view: CampaignView | None = None, status_code: int = 200
+    request: Request,
+    ctx: AdminContext,
+    form: Form,
+    *,
+    view: CampaignView | None = None,
+    preview: Any = None,
+    status_code: int = 200,
 ) -> Response:
     return render(
         request,
@@ -99,6 +105,7 @@ def _editor(
         "admin/campaign_form.html",
         form=form,
         view=view,
+        preview=preview,
         alphabets=ALPHABETS,
         discount_types=DISCOUNT_TYPES,
         nav=NAV,
@@ -107,7 +114,8 @@ def _editor(
 
 
 async def new(request: Request, ctx: AdminContext) -> Response:
-    return _editor(request, ctx, _new_form())
+    form = _new_form()  # the preview shows the default format's samples and odds from the start
+    return _editor(request, ctx, form, preview=await _preview(request, ctx, Form(values=dict(form.values))))
 
 
 async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
@@ -116,7 +124,7 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
         fmt = format_from_form(form)
         rules = rules_from_form(form, currency)
     except FormErrors:
-        return _editor(request, ctx, form, status_code=422)
+        return _editor(request, ctx, form, preview=await _preview(request, ctx, Form(values=dict(form.values))), status_code=422)
     status = "active" if form.get("start") == "active" else "draft"
     try:
         campaign: Campaign = await act(
@@ -137,23 +145,29 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
     except PluginError as exc:
         if exc.reason == "invalid_name":
             exc.details.setdefault("field", "name")
-        return _editor(request, ctx, form.fail(exc), status_code=422)
+        preview = await _preview(request, ctx, Form(values=dict(form.values)))
+        return _editor(request, ctx, form.fail(exc), preview=preview, status_code=422)
     return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign.id}"), status_code=303)
+
+
+async def _preview(request: Request, ctx: AdminContext, form: Form) -> Any:
+    """The format's samples and guessing odds, or None with `form`'s errors saying why."""
+    try:
+        fmt = format_from_form(form)
+    except FormErrors:
+        return None
+    raw = form.get("planned", str(PLANNED_DEFAULT)).strip()
+    planned = int(raw) if raw.isdigit() and len(raw) < 10 else PLANNED_DEFAULT
+    return await _read(
+        request,
+        lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow()),
+    )
 
 
 async def preview(request: Request, ctx: AdminContext) -> Response:
     """The live preview (htmx, on every change of the format fields)."""
     form = Form(values=dict(request.query_params))
-    try:
-        fmt = format_from_form(form)
-    except FormErrors:
-        return render(request, ctx, "admin/_format_preview.html", preview=None, form=form)
-    raw = form.get("planned", str(PLANNED_DEFAULT)).strip()
-    planned = int(raw) if raw.isdigit() and len(raw) < 10 else PLANNED_DEFAULT
-    found = await _read(
-        request,
-        lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow()),
-    )
+    found = await _preview(request, ctx, form)
     return render(request, ctx, "admin/_format_preview.html", preview=found, form=form)
 
 
