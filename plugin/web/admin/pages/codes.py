@@ -321,7 +321,8 @@ async def batch(request: Request, ctx: AdminContext) -> Response:
         found: Batch = await _read(request, lambda s: _expunged(s, get_batch(s, shop_id=ctx.shop_id, batch_id=batch_id)))
     except NotFound as exc:
         return not_found(request, ctx, exc, nav="campaigns")
-    partial = request.headers.get("hx-request") == "true"
+    # only the figure's own poll gets the figure alone: a boosted link or form landing here is a page
+    partial = request.headers.get("hx-request") == "true" and request.headers.get("hx-target") == "batch-progress"
     template = "admin/_batch_progress.html" if partial else "admin/batch.html"
     return render(request, ctx, template, batch=found, poll=POLL, nav="campaigns")
 
