@@ -80,6 +80,11 @@ class Figures:
     def needing_attention(self) -> int:
         return self.dead_jobs.shown + self.failed_deliveries.shown + self.open_alerts.shown
 
+    @property
+    def attention_more(self) -> bool:
+        """A part was counted only up to its cap: the sum is a floor ("300+"), not a count."""
+        return self.dead_jobs.more or self.failed_deliveries.more or self.open_alerts.more
+
 
 @dataclass(frozen=True)
 class Home:
