@@ -35,6 +35,7 @@ from plugin.codes import bulkvoid
 from plugin.codes.listing import CodeFilter, list_codes
 from plugin.distribution.admin import list_claims
 from plugin.orders.listing import DeliveryFilter, RedemptionFilter, list_deliveries, list_redemptions
+from plugin.overview import home as overview
 from plugin.reconciliation.health import JobFilter, list_alerts, list_jobs
 from plugin.shops.shops import ensure_local_shop
 from plugin.store import keyset
@@ -224,6 +225,7 @@ def run(engine: Engine, n_codes: int, n_redemptions: int) -> None:
             ("alerts, first page", lambda: list_alerts(s, shop_id=shop_id)),
             ("figures: campaign (codes, live, exposure...)", lambda: figures.campaign_figures(s, campaign, now=now)),
             ("figures: shop week", lambda: figures.shop_week(s, shop_id=shop_id, today=now.date())),
+            ("figures: Home (its week read from redemptions)", lambda: overview.figures(s, shop_id, now=now)),
             (
                 "bulk void count: campaign (> 100,000)",
                 lambda: bulkvoid.confirm_void(s, shop_id=shop_id, filter=CodeFilter(campaign_id=big), secret=SECRET),
