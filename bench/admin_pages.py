@@ -33,7 +33,9 @@ from plugin.campaigns import figures, issuing, listing
 from plugin.campaigns.campaigns import create_campaign
 from plugin.codes import bulkvoid
 from plugin.codes.listing import CodeFilter, list_codes
+from plugin.distribution.admin import list_claims
 from plugin.orders.listing import DeliveryFilter, RedemptionFilter, list_deliveries, list_redemptions
+from plugin.overview import home as overview
 from plugin.reconciliation.health import JobFilter, list_alerts, list_jobs
 from plugin.shops.shops import ensure_local_shop
 from plugin.store import keyset
@@ -197,6 +199,8 @@ def run(engine: Engine, n_codes: int, n_redemptions: int) -> None:
                 "codes of a recipient",
                 lambda: codes(CodeFilter(campaign_id=big, recipient=f"r{int(lo) + n_redemptions + 5}@example.com"))(None),
             ),
+            ("codes assigned, first page", lambda: codes(CodeFilter(campaign_id=big, status="assigned"))(None)),
+            ("claims of the campaign, first page", lambda: list_claims(s, shop_id=shop_id, campaign_id=big, limit=25)),
             ("codes expiring within 100 h, first page", lambda: codes(CodeFilter(campaign_id=big, expiring_before=soon))(None)),
             ("redemptions, first page", lambda: list_redemptions(s, shop_id=shop_id, filter=rf())),
             (
@@ -221,6 +225,7 @@ def run(engine: Engine, n_codes: int, n_redemptions: int) -> None:
             ("alerts, first page", lambda: list_alerts(s, shop_id=shop_id)),
             ("figures: campaign (codes, live, exposure...)", lambda: figures.campaign_figures(s, campaign, now=now)),
             ("figures: shop week", lambda: figures.shop_week(s, shop_id=shop_id, today=now.date())),
+            ("figures: Home (its week read from redemptions)", lambda: overview.figures(s, shop_id, now=now)),
             (
                 "bulk void count: campaign (> 100,000)",
                 lambda: bulkvoid.confirm_void(s, shop_id=shop_id, filter=CodeFilter(campaign_id=big), secret=SECRET),

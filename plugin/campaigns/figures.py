@@ -124,8 +124,23 @@ def code_count(session: Session, *, campaign_id: int) -> int:
     return _sum(campaign_stats(session, [campaign_id])[campaign_id], "codes")
 
 
+def _overrides(session: Session, rows: list[CampaignStats]) -> dict[int, Any]:
+    """Batch id -> its rules override (None: the campaign's rules), for these counters' batches, in
+    one query: a listing page asked for each batch on its own (25 round trips, ~90 ms on PostgreSQL)."""
+    ids = sorted({r.batch_key for r in rows if r.batch_key})
+    if not ids:
+        return {}
+    found = session.execute(sa_select(col(Batch.id), col(Batch.rules_override)).where(col(Batch.id).in_(ids))).all()
+    return {int(batch_id): override for batch_id, override in found}
+
+
 def _exposure(
-    session: Session, campaign: Campaign, rows: list[CampaignStats], lapsed: dict[tuple[int, int], Lapsed], now: datetime
+    session: Session,
+    campaign: Campaign,
+    rows: list[CampaignStats],
+    lapsed: dict[tuple[int, int], Lapsed],
+    now: datetime,
+    overrides: dict[int, Any] | None = None,
 ) -> Exposure | None:
     """The most the campaign can still cost, from its live codes' open uses per batch: live here
     is not voided and not past an explicit `expires_at` (plugin.rules.exposure), used or not."""
@@ -138,8 +153,10 @@ def _exposure(
         count, used = row.active - gone.codes, row.active_uses - gone.uses
         if count <= 0:
             continue
-        batch = session.get(Batch, row.batch_key) if row.batch_key else None
-        override = RulesOverride.model_validate(batch.rules_override) if batch and batch.rules_override else None
+        if overrides is None:
+            overrides = _overrides(session, rows)
+        raw = overrides.get(row.batch_key) if row.batch_key else None
+        override = RulesOverride.model_validate(raw) if raw else None
         effective = apply_override(rules, override)
         limit = effective.usage.uses_per_code
         groups.append(OpenUses(rules=effective, uses=None if limit is None else max(limit * count - used, 0)))
@@ -159,10 +176,11 @@ def campaign_exposure(session: Session, campaign: Campaign, *, now: datetime) ->
 
 
 def figures_of(session: Session, campaigns: list[Campaign], *, now: datetime) -> dict[int, CampaignFigures]:
-    """Figures of several campaigns (a listing page) in three queries."""
+    """Figures of several campaigns (a listing page) in four queries."""
     ids = [c.id for c in campaigns if c.id is not None]
     stats = campaign_stats(session, ids)
     lapsed = _lapsed(session, ids, now)
+    overrides = _overrides(session, [r for rows in stats.values() for r in rows])
     out: dict[int, CampaignFigures] = {}
     for campaign in campaigns:
         assert campaign.id is not None
@@ -178,7 +196,7 @@ def figures_of(session: Session, campaigns: list[Campaign], *, now: datetime) ->
             redeemed=campaign.redemption_count,
             rolled_back=_sum(rows, "rolled_back"),
             discount_given=campaign.discount_total,
-            exposure=_exposure(session, campaign, rows, lapsed, now),
+            exposure=_exposure(session, campaign, rows, lapsed, now, overrides),
             sync=sync_counts_of(rows),
             last_redemption_at=max(last) if last else None,
         )

@@ -3,7 +3,7 @@
 Every query here is bounded, so the page stays fast on a shop with millions of codes:
     campaigns       the shop's campaigns and batches (small tables)
     free codes      counted through the partial index `ix_code_unassigned`, up to FREE_CODES_CAP
-    this week       redemptions of the last 7 days through `ix_redemption_shop_created` (a range)
+    this week       redemptions of the last 7 days through `ix_redemption_shop_created` (a range of the index alone)
     failures        dead jobs, failed deliveries and open alerts, each counted up to FAILURES_CAP
 """
 
@@ -79,6 +79,11 @@ class Figures:
     @property
     def needing_attention(self) -> int:
         return self.dead_jobs.shown + self.failed_deliveries.shown + self.open_alerts.shown
+
+    @property
+    def attention_more(self) -> bool:
+        """A part was counted only up to its cap: the sum is a floor ("300+"), not a count."""
+        return self.dead_jobs.more or self.failed_deliveries.more or self.open_alerts.more
 
 
 @dataclass(frozen=True)

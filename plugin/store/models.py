@@ -156,6 +156,15 @@ class Code(SQLModel, table=True):
             postgresql_where=text("partner_id IS NOT NULL"),
             sqlite_where=text("partner_id IS NOT NULL"),
         ),
+        # A campaign's claimed codes newest first (Distribution's claims, the "assigned" filter):
+        # without it a page walked the campaign from its newest code down (590 ms on 1M codes).
+        Index(
+            "ix_code_claimed",
+            "campaign_id",
+            "id",
+            postgresql_where=text("recipient IS NOT NULL"),
+            sqlite_where=text("recipient IS NOT NULL"),
+        ),
         # One recipient, one code (promise 2), held by the database; unassigned codes cost nothing.
         Index(
             "uq_code_campaign_recipient",
@@ -299,7 +308,10 @@ class Redemption(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
-        Index("ix_redemption_shop_created", "shop_id", "created_at"),
+        # By time; it also holds what Home's week sums, so that range reads the index alone (no
+        # lookup of each of the week's rows): Home's figures 225 -> 116 ms on SQLite, 100k redemptions
+        # over 30 days, the same load in both runs (bench/admin_pages.py, 2026-12-07).
+        Index("ix_redemption_shop_created", "shop_id", "created_at", "status", "currency", "amount"),
         # Self-referral by address: a referrer's orders to this address. Partial, so orders
         # without a shipping address (digital, pickup, API calls without one) cost it nothing.
         Index(

@@ -221,6 +221,9 @@ async def create_batch(call: Call) -> Response:
     task = BackgroundTask(anyio.to_thread.run_sync, generate)
     response = _json(_batch_out(batch), 202)
     response.headers["Location"] = f"{PREFIX}/batches/{batch_id}"
+    # the server reads no next request on this connection until the task ends: a client polling
+    # the batch on a kept-alive connection would wait for the end instead of seeing progress
+    response.headers["Connection"] = "close"
     response.background = task
     return response
 

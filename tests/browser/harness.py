@@ -59,12 +59,13 @@ class Running:
 
 
 @contextmanager
-def running_app(tmp: Path, **overrides: Any) -> Iterator[Running]:
-    """The app as `couponry serve` runs it, on its own port, until the block ends."""
+def running_app(tmp: Path, database_url: str | None = None, **overrides: Any) -> Iterator[Running]:
+    """The app as `couponry serve` runs it, on its own port, until the block ends (on a fresh
+    SQLite file in `tmp` unless `database_url` names a database, e.g. a seeded benchmark shop)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = Settings(
-        database_url=f"sqlite:///{tmp / 'browser.db'}",
+        database_url=database_url or f"sqlite:///{tmp / 'browser.db'}",
         secret_key=Secret(SECRET),
         public_url=url,
         port=port,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 from sqlmodel import col, select
 
-from plugin.campaigns import issuing, listing
+from plugin.campaigns import figures, issuing, listing
 from plugin.campaigns.campaigns import create_campaign
 from plugin.checkout.redemptions import record_redemption
 from plugin.codes import bulkvoid
@@ -20,7 +20,7 @@ from plugin.reconciliation.health import JobFilter, list_jobs
 from plugin.shops.shops import ensure_local_shop
 from plugin.store import outbox
 from plugin.store.db import session_scope
-from plugin.store.models import AuditEvent, Code, utcnow
+from plugin.store.models import AuditEvent, Batch, Campaign, Code, utcnow
 
 SECRET = "test-secret-key-0123456789-abcdefghij"
 RULES = {"currency": "USD", "discount": {"type": "fixed", "amount": 100}}
@@ -138,3 +138,40 @@ def test_bulk_void_voids_exactly_what_it_confirmed(engine: Engine, two_shops: tu
         assert {c.status for c in session.exec(select(Code).where(col(Code.campaign_id) == theirs)).all()} == {"active"}
         audit = session.exec(select(AuditEvent).where(col(AuditEvent.action) == "codes.bulk_voided")).one()
         assert (audit.actor, audit.details["count"]) == ("ann", 19)
+
+
+def test_a_campaign_page_costs_the_same_queries_for_2_or_6_campaigns_and_keeps_batch_overrides(
+    engine: Engine, shop_id: int
+) -> None:
+    """The listing's figures read each batch's rules in one query, not one per campaign; a batch
+    with its own uses per code still counts at its own limit (same exposure as the one-campaign path)."""
+    ids = [_campaign(engine, shop_id, f"c{n}", 4) for n in range(2)]
+    with session_scope(engine) as session:  # the first campaign's batch: 3 uses per code instead of 1
+        batch = session.exec(select(Batch).where(col(Batch.campaign_id) == ids[0])).one()
+        batch.rules_override = {"uses_per_code": 3}
+        session.add(batch)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    def queries() -> int:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with session_scope(engine) as session:
+                listing.list_campaigns(session, shop_id=shop_id, now=utcnow())
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len(statements)
+
+    two = queries()
+    ids += [_campaign(engine, shop_id, f"more{n}", 4) for n in range(4)]
+    assert queries() == two
+    with session_scope(engine) as session:
+        now = utcnow()
+        rows = {r.campaign.id: r for r in listing.list_campaigns(session, shop_id=shop_id, now=now).rows}
+        for campaign_id in ids:
+            alone = figures.campaign_exposure(session, session.get_one(Campaign, campaign_id), now=now)
+            assert rows[campaign_id].figures.exposure == alone
+        assert rows[ids[0]].figures.exposure.amount == 3 * rows[ids[1]].figures.exposure.amount  # type: ignore[union-attr,operator]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,13 +79,18 @@ class AdminContext:
         return f"{path}?{urlencode(query)}" if query else path
 
 
+STORE_HASH = re.compile(r"[a-z0-9]{1,32}")  # a BigCommerce store hash, as its API paths carry it
+
+
 def frame_ancestors(surface: Surface, shop_domain: str) -> str:
     """Who may frame the page: the shop's own admin only (no wildcard), or nobody."""
     if surface == "shopify":
         return f"https://{shop_domain} {SHOPIFY_ADMIN}"
-    if surface == "bigcommerce":
-        return f"https://store-{shop_domain}.mybigcommerce.com"  # the store's control panel
-    return "'none'"
+    if surface == "bigcommerce" and STORE_HASH.fullmatch(shop_domain):
+        # The control panel, whose iframe holds the app, is https://store-{hash}.mybigcommerce.com;
+        # BigCommerce's own apps allow *.mybigcommerce.com there. Only this store's panel, no wildcard.
+        return f"https://store-{shop_domain}.mybigcommerce.com"
+    return "'none'"  # standalone, or a store hash that could not be a host name's label
 
 
 class Refused(Exception):

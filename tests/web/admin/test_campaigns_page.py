@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from plugin.settings import Settings
-from plugin.store.models import AuditEvent, Campaign, Job
+from plugin.store.models import AuditEvent, Campaign, Code, Job
 from plugin.web.admin.context import bigcommerce_token
 from tests.web.admin.conftest import add_shop, form_token, set_up_owner
 from tests.web.conftest import make_campaign, rules
@@ -211,3 +211,63 @@ def test_surfaces_without_a_credential_are_refused(web, engine: Engine) -> None:
     page = web.get("/admin/campaigns", params={"t": staff})
     assert page.status_code == 200 and "?t=" in page.text  # every link carries the page token
     assert web.get("/admin/campaigns", params={"t": staff + "x"}).status_code == 401
+
+
+def test_push_codes_queues_a_push_and_sends_failed_codes_again(
+    web, engine: Engine, admin_settings: Settings, shop_id: int
+) -> None:
+    """Generated or imported codes reach the platform only when pushed: the campaign page's button
+    queues the push (as `couponry codes sync --retry-failed`), failed codes pending again."""
+    campaign_id, stored = make_campaign(engine, shop_id, rules(), codes=5, status="active")
+    with Session(engine) as session:
+        for code in session.exec(select(Code).where(col(Code.code).in_(stored[:2]))).all():
+            code.sync_status, code.sync_error = "failed", "HTTP 500"
+            session.add(code)
+        session.commit()
+    _signed_in(web, admin_settings, shop_id)
+    token = form_token(web.get(f"/admin/campaigns/{campaign_id}").text)
+    answer = web.post(f"/admin/campaigns/{campaign_id}/sync", data={"csrf_token": token})
+    assert answer.status_code == 303 and answer.headers["location"].endswith(f"/admin/campaigns/{campaign_id}?synced=2")
+    with Session(engine) as session:
+        jobs = session.exec(select(Job).where(col(Job.shop_id) == shop_id, col(Job.kind) == "sync.push")).all()
+        statuses = session.exec(select(Code.sync_status).where(col(Code.campaign_id) == campaign_id)).all()
+        audit = session.exec(select(AuditEvent).where(col(AuditEvent.action) == "campaign.sync_queued")).one()
+    assert [j.payload["campaign_id"] for j in jobs] == [campaign_id] and set(statuses) == {"pending"}
+    assert audit.subject == f"campaign:{campaign_id}" and audit.actor.startswith("user:")
+    page = web.get(answer.headers["location"])
+    assert 'id="sync-queued"' in page.text and "2 failed codes sent again" in page.text
+
+
+def test_push_codes_refused_says_why_beside_the_button(web, engine: Engine, admin_settings: Settings, shop_id: int) -> None:
+    campaign_id, _ = make_campaign(engine, shop_id, rules(), codes=2, status="draft")
+    with Session(engine) as session:  # a draft without a discount yet: nothing the platform could hold
+        campaign = session.get_one(Campaign, campaign_id)
+        campaign.rules = {}
+        session.add(campaign)
+        session.commit()
+    _signed_in(web, admin_settings, shop_id)
+    token = form_token(web.get(f"/admin/campaigns/{campaign_id}").text)
+    refused = web.post(f"/admin/campaigns/{campaign_id}/sync", data={"csrf_token": token})
+    assert refused.status_code == 409 and re.search(r'id="e-sync">[^<]*no rules yet', refused.text)
+    with Session(engine) as session:
+        assert session.exec(select(Job).where(col(Job.shop_id) == shop_id)).first() is None
+
+
+def test_push_codes_needs_csrf_and_this_shops_campaign(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, other_shop_id: int
+) -> None:
+    theirs, _ = make_campaign(engine, other_shop_id, rules(), codes=2, status="active")
+    mine, _ = make_campaign(engine, shop_id, rules(), codes=2, status="active")
+    token = _signed_in(web, admin_settings, shop_id)
+    assert web.post(f"/admin/campaigns/{mine}/sync", data={"csrf_token": "forged"}).status_code == 403
+    assert web.post(f"/admin/campaigns/{theirs}/sync", data={"csrf_token": token}).status_code == 404
+    with Session(engine) as session:
+        assert session.exec(select(Job).where(col(Job.kind) == "sync.push")).first() is None
+
+
+def test_a_new_campaign_shows_its_preview_from_the_first_load(web, admin_settings: Settings, shop_id: int) -> None:
+    """The live preview is there before the merchant changes anything: the default format's samples and odds."""
+    _signed_in(web, admin_settings, shop_id)
+    page = web.get("/admin/campaigns/new")
+    assert page.status_code == 200 and re.search(r'id="entropy">47\.5 bits<', page.text)  # 10 of 27 symbols
+    assert len(re.findall(r'<ul class="samples"><li>|<li><code>[A-Z0-9]{10}</code></li>', page.text)) >= 5

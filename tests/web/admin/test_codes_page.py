@@ -112,17 +112,21 @@ def test_generate_shows_progress_and_the_batch(web, engine: Engine, admin_settin
     token = _token(web, admin_settings, shop_id)
     answer = web.post(f"/admin/campaigns/{campaign_id}/generate", data={"csrf_token": token, "count": "250"})
     assert answer.status_code == 303 and "/admin/batches/" in answer.headers["location"]
-    partial = web.get(answer.headers["location"], headers={"HX-Request": "true"})
+    poll = {"HX-Request": "true", "HX-Target": "batch-progress"}  # what the figure's own poll sends
+    partial = web.get(answer.headers["location"], headers=poll)
     assert partial.status_code == 200 and "<html" not in partial.text
     assert 'id="batch-figure">250 of 250<' in partial.text and 'id="batch-status">done<' in partial.text
     assert "hx-trigger" not in partial.text  # done: no more polling
+    # the generate form's boosted POST lands on the batch page through htmx: the whole page, nav and all
+    landed = web.get(answer.headers["location"], headers={"HX-Request": "true", "HX-Boosted": "true", "HX-Target": "main"})
+    assert "<html" in landed.text and 'id="batch-progress"' in landed.text and "Redemption syncs" in landed.text
     with Session(engine) as session:
         batch = session.exec(select(Batch).where(col(Batch.campaign_id) == campaign_id)).one()
         assert batch.status == "queued" or batch.created == 250
         session.add(Batch(shop_id=shop_id, campaign_id=campaign_id, requested=1000, created=400, status="running"))
         session.commit()
         running = session.exec(select(Batch.id).where(col(Batch.status) == "running")).one()
-    live = web.get(f"/admin/batches/{running}", headers={"HX-Request": "true"})
+    live = web.get(f"/admin/batches/{running}", headers=poll)
     assert 'id="batch-figure">400 of 1,000<' in live.text and 'hx-trigger="every 1s"' in live.text
     bad = web.post(f"/admin/campaigns/{campaign_id}/generate", data={"csrf_token": token, "count": "0"})
     assert bad.status_code == 422 and 'id="e-count"' in bad.text

@@ -4,6 +4,7 @@ from the `load` callback; no cookies; frame-ancestors naming the shop's admin on
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import replace
@@ -15,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from plugin.settings import Settings
 from plugin.store.models import AuditEvent
-from plugin.web.admin.context import BC_TOKEN_PREFIX, bigcommerce_token
+from plugin.web.admin.context import BC_TOKEN_PREFIX, bigcommerce_token, frame_ancestors
 from tests.web.admin.conftest import BIGCOMMERCE, OTHER_SHOP, SHOP, add_shop, session_token
 from tests.web.conftest import make_campaign, rules
 
@@ -216,3 +217,28 @@ def test_embedded_actions_name_their_user_in_the_audit_trail(web, engine: Engine
     with Session(engine) as session:
         events = session.exec(select(AuditEvent).where(col(AuditEvent.shop_id) == shop_id)).all()
     assert [(e.action, e.subject, e.actor) for e in events] == [("thing.changed", "thing:5", "shopify:user:42")]
+
+
+def test_frame_ancestors_name_one_control_panel_or_nobody() -> None:
+    """BigCommerce's control panel is https://store-{hash}.mybigcommerce.com: that store's panel
+    alone may frame its pages; a shop name that is no store hash can't smuggle in another origin."""
+    assert frame_ancestors("bigcommerce", "abc123") == "https://store-abc123.mybigcommerce.com"
+    for odd in ("abc.evil.example", "abc123 https://evil.example", "ABC*", ""):
+        assert frame_ancestors("bigcommerce", odd) == "'none'"
+    assert frame_ancestors("shopify", SHOP) == f"https://{SHOP} https://admin.shopify.com"
+    assert frame_ancestors("standalone", "anything") == "'none'"
+
+
+def test_htmx_is_configured_for_our_csp(web, engine: Engine) -> None:
+    """htmx 2 injects a <style> for its indicators and may eval; our CSP (script-src and
+    style-src 'self') refuses both, so the page's htmx-config turns both off."""
+    add_shop(engine, "bigcommerce", "abc123")
+    load = web.get("/install/bigcommerce/load", params={"signed_payload_jwt": signed_payload("abc123")})
+    page = web.get(load.headers["location"].removeprefix("http://127.0.0.1:8000"))
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "style-src 'self';" in csp
+    meta = re.search(r"<meta name=\"htmx-config\" content='([^']+)'>", page.text)
+    assert meta is not None
+    config = json.loads(meta.group(1))
+    assert config["includeIndicatorStyles"] is False and config["allowEval"] is False
+    assert {"code": "40[39]|422", "swap": True, "error": False} in config["responseHandling"]  # refusals shown

@@ -76,6 +76,21 @@ def test_bounded_counts_stop_at_their_cap(engine: Engine, admin_settings: Settin
         facts = overview.figures(session, shop_id, now=utcnow())
     assert (facts.free_codes.shown, facts.free_codes.more) == (10, True)
     assert facts.codes_issued == 30
+    assert not facts.attention_more
+
+
+def test_needing_attention_says_when_it_is_a_floor(
+    web, engine: Engine, admin_settings: Settings, shop_id: int, monkeypatch
+) -> None:
+    """Failures counted only up to their cap make the sum "at least": shown as 2+, not 2."""
+    set_up_owner(web, admin_settings, shop_id)
+    monkeypatch.setattr(overview, "FAILURES_CAP", 1)
+    with Session(engine) as session:
+        for _ in range(3):
+            session.add(Job(shop_id=shop_id, kind="platform.push", status="dead", last_error="HTTP 500"))
+        session.add(Alert(shop_id=shop_id, kind="pool_low", message="low"))
+        session.commit()
+    assert 'class="attention">2+<' in web.get("/admin/").text
 
 
 def test_htmx_is_vendored_with_its_licence_and_cached(web) -> None:

@@ -17,6 +17,7 @@ from plugin.campaigns import listing
 from plugin.distribution import poolhealth
 from plugin.errors import NotFound, PluginError
 from plugin.overview.campaign import CampaignView, campaign_view, format_preview
+from plugin.platforms import sync
 from plugin.store.models import Campaign, utcnow
 from plugin.store.units import in_thread, reading
 from plugin.web.admin.answers import budgets, not_found
@@ -98,7 +99,13 @@ def _new_form() -> Form:
 
 
 def _editor(
-    request: Request, ctx: AdminContext, form: Form, *, view: CampaignView | None = None, status_code: int = 200
+    request: Request,
+    ctx: AdminContext,
+    form: Form,
+    *,
+    view: CampaignView | None = None,
+    preview: Any = None,
+    status_code: int = 200,
 ) -> Response:
     return render(
         request,
@@ -106,6 +113,7 @@ def _editor(
         "admin/campaign_form.html",
         form=form,
         view=view,
+        preview=preview,
         alphabets=ALPHABETS,
         discount_types=DISCOUNT_TYPES,
         nav=NAV,
@@ -114,7 +122,8 @@ def _editor(
 
 
 async def new(request: Request, ctx: AdminContext) -> Response:
-    return _editor(request, ctx, _new_form())
+    form = _new_form()  # the preview shows the default format's samples and odds from the start
+    return _editor(request, ctx, form, preview=await _preview(request, ctx, Form(values=dict(form.values))))
 
 
 async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
@@ -124,7 +133,7 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
         rules = rules_from_form(form, currency)
         pool = pool_from_form(form)
     except FormErrors:
-        return _editor(request, ctx, form, status_code=422)
+        return _editor(request, ctx, form, preview=await _preview(request, ctx, Form(values=dict(form.values))), status_code=422)
     status = "active" if form.get("start") == "active" else "draft"
 
     def work(s: Session) -> Campaign:
@@ -143,7 +152,8 @@ async def create(request: Request, ctx: AdminContext, form: Form) -> Response:
         )
     except PluginError as exc:
         _place(exc)
-        return _editor(request, ctx, form.fail(exc), status_code=422)
+        preview = await _preview(request, ctx, Form(values=dict(form.values)))
+        return _editor(request, ctx, form.fail(exc), preview=preview, status_code=422)
     return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign.id}"), status_code=303)
 
 
@@ -163,19 +173,24 @@ def _place(exc: PluginError) -> None:
         exc.details.setdefault("field", field)
 
 
-async def preview(request: Request, ctx: AdminContext) -> Response:
-    """The live preview (htmx, on every change of the format fields)."""
-    form = Form(values=dict(request.query_params))
+async def _preview(request: Request, ctx: AdminContext, form: Form) -> Any:
+    """The format's samples and guessing odds, or None with `form`'s errors saying why."""
     try:
         fmt = format_from_form(form)
     except FormErrors:
-        return render(request, ctx, "admin/_format_preview.html", preview=None, form=form)
+        return None
     raw = form.get("planned", str(PLANNED_DEFAULT)).strip()
     planned = int(raw) if raw.isdigit() and len(raw) < 10 else PLANNED_DEFAULT
-    found = await _read(
+    return await _read(
         request,
         lambda s: format_preview(s, shop_id=ctx.shop_id, fmt=fmt, planned=planned, budgets=budgets(request), now=utcnow()),
     )
+
+
+async def preview(request: Request, ctx: AdminContext) -> Response:
+    """The live preview (htmx, on every change of the format fields)."""
+    form = Form(values=dict(request.query_params))
+    found = await _preview(request, ctx, form)
     return render(request, ctx, "admin/_format_preview.html", preview=found, form=form)
 
 
@@ -262,10 +277,35 @@ async def change_status(request: Request, ctx: AdminContext, form: Form) -> Resp
     return _editor(request, ctx, edit_form, view=view, status_code=409)
 
 
+async def sync_codes(request: Request, ctx: AdminContext, form: Form) -> Response:
+    """Push the campaign's pending codes to the platform, and its failed ones again (what
+    `couponry codes sync --retry-failed` does): generated or imported codes wait for this."""
+    campaign_id = _id(request)
+    try:
+        again: int = await act(
+            request,
+            ctx,
+            lambda s: sync.resync(s, shop_id=ctx.shop_id, campaign_id=campaign_id, failed_only=True),
+            action="campaign.sync_queued",
+            subject=f"campaign:{campaign_id}",
+        )
+        return RedirectResponse(ctx.url(f"/admin/campaigns/{campaign_id}", synced=again), status_code=303)
+    except NotFound as exc:
+        return not_found(request, ctx, exc, nav=NAV)
+    except PluginError as exc:  # the platform can't hold these rules, or the app was uninstalled
+        refusal = exc
+    view = await _view(request, ctx)
+    c = view.campaign
+    edit_form = form_from_rules(c.name, c.currency, c.rules)
+    edit_form.errors["sync"] = refusal.message
+    return _editor(request, ctx, edit_form, view=view, status_code=409)
+
+
 routes = [
     page("/campaigns", index, name="admin_campaigns"),
     page("/campaigns/new", new, post=create, name="admin_campaign_new"),
     page("/campaigns/preview", preview, name="admin_campaign_preview"),
     page("/campaigns/{campaign_id:int}", show, post=edit, name="admin_campaign"),
     page("/campaigns/{campaign_id:int}/status", post=change_status, name="admin_campaign_status"),
+    page("/campaigns/{campaign_id:int}/sync", post=sync_codes, name="admin_campaign_sync"),
 ]

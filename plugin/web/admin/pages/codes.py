@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -304,9 +305,13 @@ async def generate(request: Request, ctx: AdminContext, form: Form) -> Response:
         except Exception:  # recorded on the batch (status failed, error), which the page shows
             return
 
-    # generation runs beside the web loop; the batch row is the progress the page polls
-    response = RedirectResponse(ctx.url(f"/admin/batches/{batch_id}"), status_code=303)
-    response.background = BackgroundTask(in_thread, engine, run)
+    # Generation runs beside the web loop; the batch row is the progress the page polls. The
+    # server reads no further request on this connection until the background task ends, so it
+    # is closed: else the browser asks for the progress page on it and sees only "done".
+    response = RedirectResponse(ctx.url(f"/admin/batches/{batch_id}"), status_code=303, headers={"Connection": "close"})
+    # in a thread even on SQLite (whose page work runs on the event loop): a million codes on the
+    # loop would hold every other page, this batch's progress page first, until the end
+    response.background = BackgroundTask(anyio.to_thread.run_sync, run)
     return response
 
 
@@ -316,7 +321,8 @@ async def batch(request: Request, ctx: AdminContext) -> Response:
         found: Batch = await _read(request, lambda s: _expunged(s, get_batch(s, shop_id=ctx.shop_id, batch_id=batch_id)))
     except NotFound as exc:
         return not_found(request, ctx, exc, nav="campaigns")
-    partial = request.headers.get("hx-request") == "true"
+    # only the figure's own poll gets the figure alone: a boosted link or form landing here is a page
+    partial = request.headers.get("hx-request") == "true" and request.headers.get("hx-target") == "batch-progress"
     template = "admin/_batch_progress.html" if partial else "admin/batch.html"
     return render(request, ctx, template, batch=found, poll=POLL, nav="campaigns")
 
