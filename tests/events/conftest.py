@@ -58,12 +58,10 @@ def make_due(engine: Engine) -> None:
 
 async def drain(w: Worker, engine: Engine, *, rounds: int = 50) -> int:
     """Run jobs, retries made due at once, until none is left; how many runs."""
-    runs = 0
-    for _ in range(rounds):
+    for runs in range(rounds):
         make_due(engine)
         if not await w.run_once():
             return runs
-        runs += 1
     raise AssertionError("jobs still running after many rounds")
 
 
