@@ -28,7 +28,7 @@ from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.store import alerts
 from plugin.store.db import read_session, run
-from plugin.store.models import Alert, AlertChannel, AuditEvent, Shop
+from plugin.store.models import Alert, AlertChannel, Shop
 
 if TYPE_CHECKING:
     from plugin.store.jobcontext import Handler, JobContext
@@ -103,7 +103,6 @@ def save_channels(
     smtp_user: str | None,
     smtp_password: str | None,
     slack_url: str | None,
-    actor: str,
     now: datetime,
 ) -> Channels:
     """Save the channels (an smtp host already through `check_smtp_host`). A password or Slack
@@ -131,16 +130,6 @@ def save_channels(
     row.email_to, row.email_from, row.smtp_host, row.smtp_port = email_to, email_from, smtp_host, smtp_port
     row.smtp_security, row.smtp_user, row.updated_at = smtp_security, (smtp_user or "").strip() or None, now
     session.add(row)
-    session.add(
-        AuditEvent(
-            shop_id=shop_id,
-            action="alert_channels.changed",
-            subject=f"shop:{shop_id}",
-            actor=actor,
-            details={"email_to": email_to, "slack": bool(row.slack_url_encrypted)},
-            created_at=now,
-        )
-    )
     session.flush()
     return get_channels(session, shop_id=shop_id)
 

@@ -1,5 +1,6 @@
 """A shop's event endpoints: create (the secret shown once), change, rotate the secret, enable
-again, delete; their deliveries and attempts, newest first; a test event.
+again, delete; their deliveries and attempts, newest first; a test event. The callers (API,
+admin) record each change in the audit trail with who made it.
 
 An endpoint URL is checked twice, like a WooCommerce store's: `check_url` (https, a host, no
 credentials in it, and every address it resolves to public, unless COUPONRY_ALLOW_PRIVATE_STORES
@@ -23,7 +24,7 @@ from plugin.settings import Settings
 from plugin.shops import tokens
 from plugin.store import eventlog, keyset
 from plugin.store.keyset import Page
-from plugin.store.models import AuditEvent, EventAttempt, EventDelivery, EventEndpoint, EventMessage
+from plugin.store.models import EventAttempt, EventDelivery, EventEndpoint, EventMessage
 
 EVENT_TYPES = eventlog.EVENT_TYPES
 TEST_EVENT = "endpoint.test"  # sent by "send test event" only, to that endpoint only
@@ -103,7 +104,6 @@ def create(
     url: str,
     event_types: Sequence[str],
     description: str = "",
-    actor: str,
     now: datetime,
 ) -> Created:
     """Save an endpoint whose URL `check_url` already passed (it is parsed again here)."""
@@ -123,7 +123,6 @@ def create(
     )
     session.add(endpoint)
     session.flush()
-    _audit(session, endpoint, "event_endpoint.created", actor, now, url=url, event_types=types)
     return Created(endpoint, secret)
 
 
@@ -146,7 +145,6 @@ def update(
     *,
     shop_id: int,
     endpoint_id: int,
-    actor: str,
     now: datetime,
     url: str | None = None,
     event_types: Sequence[str] | None = None,
@@ -156,43 +154,38 @@ def update(
     """Change what is given (a new URL must have passed `check_url`). Enabling an endpoint
     clears its failure count; its halted deliveries stay halted (send them again one by one)."""
     endpoint = get(session, shop_id=shop_id, endpoint_id=endpoint_id)
-    changed: dict[str, object] = {}
     if url is not None:
-        endpoint.url = changed["url"] = parse_url(url)
+        endpoint.url = parse_url(url)
     if event_types is not None:
         endpoint.event_types = parse_types(event_types)
-        changed["event_types"] = endpoint.event_types
     if description is not None:
         endpoint.description = parse_description(description)
     if enabled is not None and enabled != endpoint.enabled:
-        endpoint.enabled = changed["enabled"] = enabled
+        endpoint.enabled = enabled
         endpoint.disabled_reason = None if enabled else "disabled by hand"
         endpoint.consecutive_failures, endpoint.failing_since = 0, None
     endpoint.updated_at = now
     session.add(endpoint)
     session.flush()
-    _audit(session, endpoint, "event_endpoint.changed", actor, now, **changed)
     return endpoint
 
 
-def rotate_secret(session: Session, settings: Settings, *, shop_id: int, endpoint_id: int, actor: str, now: datetime) -> str:
+def rotate_secret(session: Session, settings: Settings, *, shop_id: int, endpoint_id: int, now: datetime) -> str:
     """A new secret, from the next delivery on; the old one stops signing at once."""
     endpoint = get(session, shop_id=shop_id, endpoint_id=endpoint_id)
     secret = standardwebhooks.new_secret()
     endpoint.secret_encrypted, endpoint.updated_at = tokens.encrypt(settings, secret), now
     session.add(endpoint)
     session.flush()
-    _audit(session, endpoint, "event_endpoint.secret_rotated", actor, now)
     return secret
 
 
-def delete(session: Session, *, shop_id: int, endpoint_id: int, actor: str, now: datetime) -> None:
+def delete(session: Session, *, shop_id: int, endpoint_id: int, now: datetime) -> None:
     """Remove the endpoint, its deliveries and their attempts (its queued jobs find nothing)."""
     endpoint = get(session, shop_id=shop_id, endpoint_id=endpoint_id)
     deliveries = select(EventDelivery.id).where(col(EventDelivery.endpoint_id) == endpoint.id)
     session.execute(EventAttempt.__table__.delete().where(col(EventAttempt.delivery_id).in_(deliveries)))  # type: ignore[attr-defined]
     session.execute(EventDelivery.__table__.delete().where(col(EventDelivery.endpoint_id) == endpoint.id))  # type: ignore[attr-defined]
-    _audit(session, endpoint, "event_endpoint.deleted", actor, now, url=endpoint.url)
     session.delete(endpoint)
     session.flush()
 
@@ -275,7 +268,7 @@ def attempts_of(session: Session, *, shop_id: int, delivery_id: int) -> list[Eve
     return list(session.exec(stmt).all())
 
 
-def resend(session: Session, *, shop_id: int, delivery_id: int, actor: str, now: datetime) -> int:
+def resend(session: Session, *, shop_id: int, delivery_id: int, now: datetime) -> int:
     """Send a failed or halted delivery's event again to its endpoint (a new delivery, the same
     `webhook-id`: a receiver that did get it ignores it)."""
     row = get_delivery(session, shop_id=shop_id, delivery_id=delivery_id)
@@ -289,18 +282,4 @@ def resend(session: Session, *, shop_id: int, delivery_id: int, actor: str, now:
     new_id = eventlog.queue_delivery(
         session.connection(), shop_id=shop_id, endpoint_id=endpoint.id, message_id=row.message.id, now=now
     )
-    _audit(session, endpoint, "event_delivery.resent", actor, now, delivery_id=delivery_id, new_delivery_id=new_id)
     return new_id
-
-
-def _audit(session: Session, endpoint: EventEndpoint, action: str, actor: str, now: datetime, **details: object) -> None:
-    session.add(
-        AuditEvent(
-            shop_id=endpoint.shop_id,
-            action=action,
-            subject=f"event_endpoint:{endpoint.id}",
-            actor=actor,
-            details=details,
-            created_at=now,
-        )
-    )

@@ -16,6 +16,7 @@ from plugin.errors import InvalidInput
 from plugin.events import channels, endpoints
 from plugin.events.endpoints import DeliveryRow
 from plugin.settings import Settings
+from plugin.shops import audit
 from plugin.store.models import EventAttempt, EventEndpoint, utcnow
 from plugin.web.call import Call
 
@@ -142,8 +143,10 @@ def _json(model: BaseModel, status: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
 
-def _actor(call: Call) -> str:
-    return f"api-key:{call.key.prefix}"
+def _audit(call: Call, session: Session, action: str, subject: str, **details: Any) -> None:
+    """Who changed what, in the change's transaction."""
+    audit.record(session, shop_id=call.shop_id, actor=f"api-key:{call.key.prefix}", action=action, subject=subject,
+                 details=details)  # fmt: skip
 
 
 def endpoint_out(e: EventEndpoint) -> EndpointOut:
@@ -206,9 +209,10 @@ async def create_endpoint(call: Call) -> Response:
             url=url,
             event_types=body.event_types,
             description=body.description,
-            actor=_actor(call),
             now=utcnow(),
         )
+        _audit(call, session, "event_endpoint.created", f"event_endpoint:{created.endpoint.id}", url=url,
+               event_types=created.endpoint.event_types)  # fmt: skip
         return EndpointCreated(**endpoint_out(created.endpoint).model_dump(), secret=created.secret)
 
     return _json(await call.db(work), 201)
@@ -228,13 +232,14 @@ async def update_endpoint(call: Call) -> Response:
             session,
             shop_id=call.shop_id,
             endpoint_id=endpoint_id,
-            actor=_actor(call),
             now=utcnow(),
             url=url,
             event_types=body.event_types,
             description=body.description,
             enabled=body.enabled,
         )
+        _audit(call, session, "event_endpoint.changed", f"event_endpoint:{endpoint_id}",
+               **body.model_dump(exclude_none=True))  # fmt: skip
         return endpoint_out(endpoint)
 
     return _json(await call.db(work))
@@ -242,7 +247,12 @@ async def update_endpoint(call: Call) -> Response:
 
 async def delete_endpoint(call: Call) -> Response:
     endpoint_id = call.path_int("endpoint_id")
-    await call.db(lambda s: endpoints.delete(s, shop_id=call.shop_id, endpoint_id=endpoint_id, actor=_actor(call), now=utcnow()))
+
+    def work(session: Session) -> None:
+        endpoints.delete(session, shop_id=call.shop_id, endpoint_id=endpoint_id, now=utcnow())
+        _audit(call, session, "event_endpoint.deleted", f"event_endpoint:{endpoint_id}")
+
+    await call.db(work)
     return Response(status_code=204)
 
 
@@ -250,11 +260,9 @@ async def rotate_secret(call: Call) -> Response:
     endpoint_id, settings = call.path_int("endpoint_id"), _settings(call.request)
 
     def work(session: Session) -> SecretOut:
-        return SecretOut(
-            secret=endpoints.rotate_secret(
-                session, settings, shop_id=call.shop_id, endpoint_id=endpoint_id, actor=_actor(call), now=utcnow()
-            )
-        )
+        secret = endpoints.rotate_secret(session, settings, shop_id=call.shop_id, endpoint_id=endpoint_id, now=utcnow())
+        _audit(call, session, "event_endpoint.secret_rotated", f"event_endpoint:{endpoint_id}")
+        return SecretOut(secret=secret)
 
     return _json(await call.db(work))
 
@@ -313,9 +321,9 @@ async def resend_delivery(call: Call) -> Response:
     delivery_id = call.path_int("delivery_id")
 
     def work(session: Session) -> QueuedDelivery:
-        return QueuedDelivery(
-            delivery_id=endpoints.resend(session, shop_id=call.shop_id, delivery_id=delivery_id, actor=_actor(call), now=utcnow())
-        )
+        new_id = endpoints.resend(session, shop_id=call.shop_id, delivery_id=delivery_id, now=utcnow())
+        _audit(call, session, "event_delivery.resent", f"event_delivery:{delivery_id}", new_delivery_id=new_id)
+        return QueuedDelivery(delivery_id=new_id)
 
     return _json(await call.db(work), 202)
 
@@ -354,9 +362,9 @@ async def set_alert_channels(call: Call) -> Response:
             smtp_user=body.smtp_user,
             smtp_password=body.smtp_password,
             slack_url=body.slack_url,
-            actor=_actor(call),
             now=utcnow(),
         )
+        _audit(call, session, "alert_channels.changed", f"shop:{call.shop_id}", email_to=saved.email_to, slack=saved.slack_set)
         return channels_out(saved)
 
     return _json(await call.db(work))

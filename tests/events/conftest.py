@@ -37,7 +37,7 @@ def make_endpoint(
     engine: Engine, settings: Settings, shop_id: int, types: Sequence[str] = eventlog.EVENT_TYPES, url: str = URL
 ) -> tuple[int, str]:
     with session_scope(engine) as session:
-        created = endpoints.create(session, settings, shop_id=shop_id, url=url, event_types=types, actor="test", now=utcnow())
+        created = endpoints.create(session, settings, shop_id=shop_id, url=url, event_types=types, now=utcnow())
         assert created.endpoint.id is not None
         return created.endpoint.id, created.secret
 

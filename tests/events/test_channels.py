@@ -69,7 +69,7 @@ def save(engine: Engine, settings: Settings, shop_id: int, **kw: Any) -> channel
                                             "slack_url"))  # fmt: skip
     values.update({"smtp_security": "starttls", **kw})
     with session_scope(engine) as session:
-        return channels.save_channels(session, settings, shop_id=shop_id, actor="test", now=utcnow(), **values)
+        return channels.save_channels(session, settings, shop_id=shop_id, now=utcnow(), **values)
 
 
 def raise_pool_low(engine: Engine, shop_id: int) -> bool:

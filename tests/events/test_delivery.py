@@ -264,7 +264,7 @@ async def test_a_job_for_a_deleted_endpoint_or_a_done_delivery_sends_nothing(
     endpoint_id, _ = make_endpoint(engine, settings, shop_id)
     emit(engine, shop_id, "pool.low", free=1)
     with session_scope(engine) as session:
-        endpoints.delete(session, shop_id=shop_id, endpoint_id=endpoint_id, actor="test", now=utcnow())
+        endpoints.delete(session, shop_id=shop_id, endpoint_id=endpoint_id, now=utcnow())
     with respx.mock(assert_all_called=False) as mock:
         route = mock.post(URL)
         async with httpx.AsyncClient() as http:

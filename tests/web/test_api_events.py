@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from connectors.egress import AddressPolicy
 from plugin.store import caches
 from plugin.store.db import session_scope
-from plugin.store.models import EventDelivery, EventEndpoint, EventMessage, Job, utcnow
+from plugin.store.models import AuditEvent, EventDelivery, EventEndpoint, EventMessage, Job, utcnow
 from tests.web.conftest import Api, make_campaign, rules
 
 PUBLIC = {"hooks.example.com": ["93.184.215.14"], "mixed.example.com": ["93.184.215.14", "10.0.0.8"]}
@@ -43,7 +43,7 @@ def messages(engine: Engine) -> list[EventMessage]:
         return list(session.exec(select(EventMessage).order_by(col(EventMessage.id))).all())
 
 
-def test_create_shows_the_secret_once_and_lists_without_it(api: Api) -> None:
+def test_create_shows_the_secret_once_and_lists_without_it(api: Api, engine: Engine) -> None:
     made = create(api, event_types=["redemption.created", "pool.low", "pool.low"], description=" ops ")
     assert made.status_code == 201, made.text
     body = made.json()
@@ -54,6 +54,14 @@ def test_create_shows_the_secret_once_and_lists_without_it(api: Api) -> None:
     assert "secret" not in api.get(f"/event-endpoints/{body['id']}").json()
     rotated = api.post(f"/event-endpoints/{body['id']}/rotate-secret").json()["secret"]
     assert rotated.startswith("whsec_") and rotated != body["secret"]
+    with session_scope(engine) as session:
+        trail = session.exec(select(AuditEvent).order_by(col(AuditEvent.id))).all()
+    subject = f"event_endpoint:{body['id']}"
+    assert [(a.action, a.subject) for a in trail] == [
+        ("event_endpoint.created", subject),
+        ("event_endpoint.secret_rotated", subject),
+    ]
+    assert all(a.actor.startswith("api-key:") for a in trail) and body["secret"] not in str([a.details for a in trail])
 
 
 @pytest.mark.parametrize(
