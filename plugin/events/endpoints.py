@@ -283,3 +283,18 @@ def resend(session: Session, *, shop_id: int, delivery_id: int, now: datetime) -
         session.connection(), shop_id=shop_id, endpoint_id=endpoint.id, message_id=row.message.id, now=now
     )
     return new_id
+
+
+def attempts_by_delivery(session: Session, *, shop_id: int, delivery_ids: Sequence[int]) -> dict[int, list[EventAttempt]]:
+    """The attempts of the deliveries of one page, by delivery (one query for the page)."""
+    found: dict[int, list[EventAttempt]] = {i: [] for i in delivery_ids}
+    if not delivery_ids:
+        return found
+    stmt = (
+        select(EventAttempt)
+        .where(col(EventAttempt.shop_id) == shop_id, col(EventAttempt.delivery_id).in_(list(delivery_ids)))
+        .order_by(col(EventAttempt.id))
+    )
+    for attempt in session.exec(stmt).all():
+        found[attempt.delivery_id].append(attempt)
+    return found
