@@ -79,7 +79,7 @@ class QueuedDelivery(BaseModel):
     delivery_id: int
 
 
-class AttemptOut(BaseModel):
+class EventAttemptOut(BaseModel):
     at: datetime
     status_code: int | None
     latency_ms: int
@@ -87,7 +87,7 @@ class AttemptOut(BaseModel):
     response_snippet: str
 
 
-class DeliveryOut(BaseModel):
+class EventDeliveryOut(BaseModel):
     id: int
     endpoint_id: int
     msg_id: str = Field(description="The `webhook-id` header: the same on every retry.")
@@ -99,11 +99,11 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     payload: dict[str, Any]
-    attempt_log: list[AttemptOut] | None = None
+    attempt_log: list[EventAttemptOut] | None = None
 
 
-class DeliveryList(BaseModel):
-    data: list[DeliveryOut]
+class EventDeliveryList(BaseModel):
+    data: list[EventDeliveryOut]
     next_cursor: str | None
 
 
@@ -164,16 +164,16 @@ def endpoint_out(e: EventEndpoint) -> EndpointOut:
     )
 
 
-def attempt_out(a: EventAttempt) -> AttemptOut:
-    return AttemptOut(
+def attempt_out(a: EventAttempt) -> EventAttemptOut:
+    return EventAttemptOut(
         at=a.created_at, status_code=a.status_code, latency_ms=a.latency_ms, error=a.error, response_snippet=a.response_snippet
     )
 
 
-def delivery_out(row: DeliveryRow, attempts: list[EventAttempt] | None = None) -> DeliveryOut:
+def delivery_out(row: DeliveryRow, attempts: list[EventAttempt] | None = None) -> EventDeliveryOut:
     d, m = row.delivery, row.message
     assert d.id is not None
-    return DeliveryOut(
+    return EventDeliveryOut(
         id=d.id,
         endpoint_id=d.endpoint_id,
         msg_id=m.msg_id,
@@ -290,11 +290,11 @@ async def list_deliveries(call: Call) -> Response:
     status, cursor = q.get("status") or None, q.get("cursor") or None
     limit = _limit(q.get("limit"))
 
-    def work(session: Session) -> DeliveryList:
+    def work(session: Session) -> EventDeliveryList:
         page = endpoints.list_deliveries(
             session, shop_id=call.shop_id, endpoint_id=endpoint_id, status=status, cursor=cursor, limit=limit
         )
-        return DeliveryList(data=[delivery_out(r) for r in page.rows], next_cursor=page.next_cursor)
+        return EventDeliveryList(data=[delivery_out(r) for r in page.rows], next_cursor=page.next_cursor)
 
     return _json(await call.read(work))
 
@@ -310,7 +310,7 @@ def _limit(raw: str | None) -> int:
 async def get_delivery(call: Call) -> Response:
     delivery_id = call.path_int("delivery_id")
 
-    def work(session: Session) -> DeliveryOut:
+    def work(session: Session) -> EventDeliveryOut:
         row = endpoints.get_delivery(session, shop_id=call.shop_id, delivery_id=delivery_id)
         return delivery_out(row, endpoints.attempts_of(session, shop_id=call.shop_id, delivery_id=delivery_id))
 
