@@ -82,3 +82,16 @@ def test_an_endpoint_made_in_this_process_is_seen_at_once(engine: Engine, settin
 def test_unknown_event_types_are_a_programming_error(engine: Engine, shop_id: int) -> None:
     with Session(engine) as session, pytest.raises(AssertionError):
         eventlog.emit(session.connection(), shop_id=shop_id, type="order.created", data={}, now=utcnow())
+
+
+def test_a_customer_redaction_scrubs_the_recipient_from_code_assigned_events(
+    engine: Engine, settings: Settings, shop_id: int
+) -> None:
+    from plugin.orders import privacy
+
+    make_endpoint(engine, settings, shop_id, ["code.assigned"])
+    emit(engine, shop_id, "code.assigned", code="A", recipient="ann@example.com")
+    emit(engine, shop_id, "code.assigned", code="B", recipient="bob@example.com")
+    with session_scope(engine) as session:
+        privacy.redact_customer(session, shop_id, email="Ann@Example.com", customer_id=None, actor="test")
+    assert [m.payload["data"]["recipient"] for m in messages(engine)] == ["redacted", "bob@example.com"]
