@@ -143,3 +143,16 @@ async def test_timeouts_and_refused_connections_are_failed_attempts_not_exceptio
             down = await standardwebhooks.send(http, "https://down.example.com/", secret=OUR_SECRET, msg_id="m", body=b"{}")
     assert slow.status is None and slow.error == "timed out waiting for the endpoint"
     assert down.status is None and down.error == "could not connect: ConnectError"
+
+
+async def test_an_endpoint_whose_name_now_resolves_to_a_private_address_is_never_connected_to() -> None:
+    """DNS changes after the URL was checked: the app's client checks again when it connects."""
+    from connectors.egress import AddressPolicy, shared_client
+
+    async def rebound(host: str, port: int) -> list[str]:
+        return ["10.0.0.7"]
+
+    async with shared_client(AddressPolicy(resolve=rebound)) as http:
+        outcome = await standardwebhooks.send(http, "https://hooks.example.com/x", secret=OUR_SECRET, msg_id="m", body=b"{}")
+    assert not outcome.delivered and outcome.status is None
+    assert outcome.error == "refused: hooks.example.com resolves to an address that is not public"
