@@ -235,3 +235,10 @@ def test_secrets_are_kept_unless_replaced_or_removed(engine: Engine, settings: S
     assert save(engine, settings, shop_id, slack_url=SLACK).slack_set
     assert save(engine, settings, shop_id).slack_set  # None keeps it
     assert not save(engine, settings, shop_id, slack_url="").slack_set  # "" removes it
+
+
+def test_the_worker_runs_event_and_alert_jobs_by_default() -> None:
+    from plugin.jobs.worker import default_handlers
+
+    handlers = default_handlers()
+    assert handlers["events.deliver"] is not None and handlers[alerts.NOTIFY] is channels.handle_notify
