@@ -108,6 +108,10 @@ class Settings:
     # let WooCommerce installs reach stores on loopback/private addresses (a store on the
     # developer's machine, tests); never link-local (the cloud metadata service). Off in production.
     allow_private_stores: bool = False
+    # --- outbound events (plugin.events): an endpoint is disabled (with an alert) once this many
+    # attempts in a row failed, or once it has failed without a success for this many days
+    event_disable_failures: int = 30
+    event_disable_days: float = 5.0
     # --- request bodies and connections ---
     webhook_body_limit: int = 5 * 1024 * 1024  # bytes; Shopify orders with many lines are large
     callback_body_limit: int = 64 * 1024  # install and provider callbacks
@@ -204,6 +208,8 @@ class Settings:
             # reconciliation repairs (#13)
             platform_capacity_alert=_number(env, "COUPONRY_PLATFORM_CAPACITY_ALERT", "0.8", float),
             allow_private_stores=_bool(get("ALLOW_PRIVATE_STORES", "false") or "false"),
+            event_disable_failures=int(_number(env, "COUPONRY_EVENT_DISABLE_FAILURES", "30", int)),
+            event_disable_days=_number(env, "COUPONRY_EVENT_DISABLE_DAYS", "5", float),
             # request bodies and connections
             webhook_body_limit=int(_number(env, "COUPONRY_WEBHOOK_BODY_LIMIT", str(cls.webhook_body_limit), int)),
             callback_body_limit=int(_number(env, "COUPONRY_CALLBACK_BODY_LIMIT", str(cls.callback_body_limit), int)),

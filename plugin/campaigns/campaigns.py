@@ -13,6 +13,7 @@ from plugin.campaigns.lookup import get_campaign
 from plugin.errors import Conflict, InvalidInput
 from plugin.formats import codes
 from plugin.rules import CampaignRules, Exposure
+from plugin.store import eventlog
 from plugin.store.models import Campaign, utcnow
 
 
@@ -130,6 +131,14 @@ def change_status(session: Session, *, shop_id: int, campaign_id: int, action: s
     session.flush()
     # the platform's checkout must follow at once (pause, resume, end): queued in this transaction
     platform.enqueue_follow(session, campaign=campaign)
+    if target == "paused":
+        eventlog.emit(
+            session.connection(),
+            shop_id=shop_id,
+            type="campaign.paused",
+            data={"campaign_id": campaign.id, "name": campaign.name},
+            now=utcnow(),
+        )
     return campaign
 
 

@@ -42,7 +42,7 @@ from plugin.rules import (
     normalise_email,
 )
 from plugin.rules.refusals import refuse
-from plugin.store import caches
+from plugin.store import caches, eventlog
 from plugin.store.db import Reader, session_reader
 from plugin.store.models import AuditEvent, Campaign, Code, CustomerUsage, Redemption, Reservation
 
@@ -394,7 +394,24 @@ def record_redemption(
                 (writer.instant(now), row.id, checkout_id),
             )
         writer.execute("RELEASE SAVEPOINT redeem", ())
+    eventlog.emit(session.connection(), shop_id=shop_id, type="redemption.created", data=redemption_data(redemption), now=now)
     return RedeemOutcome(redemption, flagged=flagged)
+
+
+def redemption_data(redemption: Redemption) -> dict[str, Any]:
+    """The `redemption.created` event's data."""
+    return {
+        "redemption_id": redemption.id,
+        "campaign_id": redemption.campaign_id,
+        "code": redemption.code,
+        "order_id": redemption.order_id,
+        "amount": redemption.amount,
+        "subtotal": redemption.subtotal,
+        "currency": redemption.currency,
+        "source": redemption.source,
+        "channel": redemption.channel,
+        "flagged_reason": redemption.flagged_reason,
+    }
 
 
 def _columns(redemption: Redemption) -> dict[str, Any]:
@@ -573,6 +590,21 @@ def rollback_redemption(
     elif redemption.code_id is not None and policy == "reissue":
         fresh = reissue_code(session, code_id=redemption.code_id, now=now)
         details["reissued_code"] = fresh.code
+    eventlog.emit(
+        session.connection(),
+        shop_id=shop_id,
+        type="redemption.rolled_back",
+        data={
+            "redemption_id": redemption_id,
+            "campaign_id": redemption.campaign_id,
+            "code": redemption.code,
+            "order_id": redemption.order_id,
+            "policy": policy,
+            "reason": reason,
+            "reissued_code": details.get("reissued_code"),
+        },
+        now=now,
+    )
     session.add(
         AuditEvent(
             shop_id=shop_id,

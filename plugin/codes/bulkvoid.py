@@ -24,11 +24,13 @@ from sqlmodel import Session, col
 from plugin.campaigns import platform
 from plugin.codes.listing import CodeFilter, count_codes, matching
 from plugin.errors import Conflict, InvalidInput
+from plugin.store import eventlog
 from plugin.store.models import AuditEvent, Campaign, Code
 
 MAX_BULK_VOID = 100_000
 TOKEN_MAX_AGE = 15 * 60  # seconds: long enough to read the dialog, short enough to be this decision
 CHUNK = 5_000
+EVENT_CODES = 1_000  # codes per `code.voided` event of a bulk void (one event per code would flood receivers)
 
 
 class FilterRequired(InvalidInput):
@@ -86,6 +88,7 @@ def void_by_filter(
     if len(ids) != expected:
         raise CountChanged(f"the filter now names {len(ids):,} codes, not {expected:,}: count them again")
     campaigns: set[int] = set()
+    voided_codes: dict[int, list[str]] = {}
     voided = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
@@ -93,13 +96,20 @@ def void_by_filter(
             update(Code)
             .where(col(Code.id).in_(chunk), col(Code.shop_id) == shop_id, col(Code.status) == "active")
             .values(status="voided")
-            .returning(col(Code.campaign_id))
+            .returning(col(Code.campaign_id), col(Code.code))
         )
-        moved = [int(cid) for (cid,) in result]
+        moved = result.all()
         voided += len(moved)
-        campaigns.update(moved)
+        for campaign_id, stored in moved:
+            campaigns.add(int(campaign_id))
+            voided_codes.setdefault(int(campaign_id), []).append(str(stored))
     if voided != expected:  # a code changed between the read and the update: none of it stands
         raise CountChanged(f"{expected - voided:,} of the codes changed meanwhile: count them again")
+    conn = session.connection()
+    for campaign_id, stored_codes in sorted(voided_codes.items()):  # one `code.voided` event per campaign and chunk
+        for start in range(0, len(stored_codes), EVENT_CODES):
+            data = {"campaign_id": campaign_id, "codes": stored_codes[start : start + EVENT_CODES], "reason": reason[:500]}
+            eventlog.emit(conn, shop_id=shop_id, type="code.voided", data=data, now=now)
     installed = platform.is_installed(session, shop_id)
     for campaign_id in sorted(campaigns):
         # as percode.void: only where a platform discount holds the codes and the app is installed

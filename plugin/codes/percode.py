@@ -28,6 +28,7 @@ from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.formats import codes
 from plugin.platforms import sync
 from plugin.rules.recipients import normalise_recipient, recipient_parts
+from plugin.store import eventlog
 from plugin.store.jobstore import aware
 from plugin.store.models import AuditEvent, Campaign, Code, RecipientDelivery, Redemption, Reservation, Shop
 
@@ -155,6 +156,13 @@ def void(session: Session, *, shop_id: int, typed: str, actor: str, now: datetim
     code.status = "voided"
     session.add(code)
     _audit(session, found, "code.voided", actor, now, reason=reason[:500])
+    eventlog.emit(
+        session.connection(),
+        shop_id=shop_id,
+        type="code.voided",
+        data={"campaign_id": code.campaign_id, "codes": [code.code], "reason": reason[:500]},
+        now=now,
+    )
     # queued whatever the code's sync status: a push in flight may mark it synced after us
     if _platform_holds(session, found):
         platform.enqueue_deactivate(session, shop_id=shop_id, campaign_id=code.campaign_id)

@@ -36,7 +36,7 @@ from plugin.errors import Conflict, NotFound, PluginError
 from plugin.formats import codes
 from plugin.rules import code_expires_at
 from plugin.rules.recipients import recipient_parts
-from plugin.store import caches
+from plugin.store import caches, eventlog
 from plugin.store.db import read_cursor, session_reader, session_scope
 from plugin.store.models import Code, ReferralProgram, utcnow
 
@@ -221,7 +221,15 @@ def claim(
         poolhealth.after_claim(
             session, shop_id=shop_id, campaign_id=campaign_id, name=campaign.name, partner_id=partner_id, now=now
         )
-        return _claim_of(campaign, row, override_text, created=True)
+        claimed = _claim_of(campaign, row, override_text, created=True)
+        eventlog.emit(
+            conn,
+            shop_id=shop_id,
+            type="code.assigned",
+            data={"campaign_id": campaign_id, "code": claimed.code, "recipient": recipient, "partner_id": partner_id},
+            now=now,
+        )
+        return claimed
     raise Conflict("the claim kept colliding with another claim; try again", reason="claim_conflict")
 
 

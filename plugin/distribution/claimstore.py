@@ -22,11 +22,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from plugin.store import alerts
 from plugin.store.db import Reader
 from plugin.store.jobstore import aware
 from plugin.store.models import Alert, Code
@@ -280,20 +279,10 @@ def allocate_to_pool(
         return sorted(int(r[0]) for r in raw.rows(sql, [*params, count, pool_id]))
 
 
-def raise_alert(conn: Connection, values: dict[str, Any], now: datetime, *, sightings: int = 1) -> None:
-    """Open the alert, or count more sightings of the open alert with the same `open_key`."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(_alert).values(**values, count=sightings, created_at=now, last_seen_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["open_key"],
-        set_={
-            "count": _alert.c.count + sightings,
-            "last_seen_at": now,
-            "message": stmt.excluded.message,
-            "details": stmt.excluded.details,
-        },
-    )
-    conn.execute(stmt)
+def raise_alert(conn: Connection, values: dict[str, Any], now: datetime, *, sightings: int = 1) -> bool:
+    """Open the alert (True), or count more sightings of the open alert with the same `open_key`;
+    a newly opened alert goes to the shop's alert channels (plugin.store.alerts)."""
+    return alerts.raise_alert(conn, values, now, sightings=sightings)
 
 
 def alert_seen_since(conn: Connection, *, open_key: str, since: datetime) -> bool:

@@ -24,7 +24,7 @@ from plugin.campaigns import issuing, platform
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claimstore
 from plugin.errors import InvalidInput
-from plugin.store import outbox
+from plugin.store import eventlog, outbox
 from plugin.store.db import Reader, run, session_reader, session_scope
 from plugin.store.models import Alert, PoolPolicy, utcnow
 
@@ -91,7 +91,7 @@ def after_claim(session: Session, *, shop_id: int, campaign_id: int, name: str, 
     if topup_below is not None and free < topup_below:
         queue_topup(session, shop_id=shop_id, campaign_id=campaign_id, count=policy.topup_count)
     if free < policy.alert_below:
-        claimstore.raise_alert(
+        opened = claimstore.raise_alert(
             conn,
             {
                 "shop_id": shop_id,
@@ -104,6 +104,14 @@ def after_claim(session: Session, *, shop_id: int, campaign_id: int, name: str, 
             },
             now,
         )
+        if opened:  # once per low spell, not on every claim below the threshold
+            eventlog.emit(
+                conn,
+                shop_id=shop_id,
+                type="pool.low",
+                data={"campaign_id": campaign_id, "partner_id": partner_id, "free": free, "threshold": policy.alert_below},
+                now=now,
+            )
 
 
 def queue_topup(session: Session, *, shop_id: int, campaign_id: int, count: int) -> int | None:

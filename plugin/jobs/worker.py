@@ -46,6 +46,7 @@ log = logging.getLogger("couponry.worker")
 
 def default_handlers() -> dict[str, Handler]:
     from plugin.distribution import klaviyopools, poolhealth, pushes
+    from plugin.events import channels, delivery
     from plugin.orders import orders
     from plugin.platforms import expiry, installs, sync
     from plugin.reconciliation import reconcile
@@ -59,6 +60,8 @@ def default_handlers() -> dict[str, Handler]:
         **pushes.HANDLERS,
         **poolhealth.HANDLERS,
         **klaviyopools.HANDLERS,
+        **delivery.HANDLERS,
+        **channels.HANDLERS,
     }
 
 
@@ -271,8 +274,8 @@ def _classify(exc: BaseException) -> tuple[bool, float | None]:
 
     if isinstance(exc, RateLimited):
         return True, exc.retry_after
-    if isinstance(exc, ConnectorError):
-        return exc.retryable, None
+    if isinstance(exc, ConnectorError):  # some say how long to wait (plugin.events.delivery)
+        return exc.retryable, getattr(exc, "retry_after", None)
     if isinstance(exc, PluginError):
         return False, None  # the request itself is wrong (a campaign gone, bad input)
     return True, None  # unknown: a database or network hiccup is worth another try

@@ -51,7 +51,7 @@ from plugin.rules import (
     normalise_email,
 )
 from plugin.rules.refusals import refuse
-from plugin.store import caches
+from plugin.store import caches, eventlog
 from plugin.store.db import CHUNK_SIZES, Reader, chunked, repeated, session_reader
 
 T = TypeVar("T")
@@ -204,7 +204,10 @@ def record_prepared(session: Session, prepared: Prepared, only: set[int] | None 
     results = [r if only is None or i in only else None for i, r in enumerate(prepared.results)]
     if prepared.todo:
         with session_reader(session) as db:
-            _record_fast(db, prepared, results, only)
+            created = _record_fast(db, prepared, results, only)
+        conn = session.connection()
+        for redemption_id, v in created:  # (record_redemption below emits its own)
+            eventlog.emit(conn, shop_id=v[0], type="redemption.created", data=_created_data(redemption_id, v), now=now)
     for i in prepared.slow:
         if only is not None and i not in only:
             continue
@@ -303,27 +306,49 @@ def _prepare_fast(
     )
 
 
-def _record_fast(db: Reader, prepared: Prepared, results: list[Recorded | None], only: set[int] | None) -> None:
+def _created_data(redemption_id: int, v: list[Any]) -> dict[str, Any]:
+    """The `redemption.created` event's data from a new row's bound values (as redemption_data)."""
+    return {
+        "redemption_id": redemption_id,
+        "campaign_id": v[_CAMPAIGN],
+        "code": v[1],
+        "order_id": v[2],
+        "amount": v[_AMOUNT],
+        "subtotal": v[12],
+        "currency": v[11],
+        "source": "webhook",
+        "channel": v[10],
+        "flagged_reason": v[_FLAG],
+    }
+
+
+def _record_fast(
+    db: Reader, prepared: Prepared, results: list[Recorded | None], only: set[int] | None
+) -> list[tuple[int, list[Any]]]:
+    """Write the uses the fast path prepared; the new redemptions' ids and bound values."""
     uses, rules = prepared.uses, prepared.rules
     kept = [n for n, i in enumerate(prepared.todo) if only is None or i in only]
     todo = [prepared.todo[n] for n in kept]
     values = [prepared.values[n] for n in kept]
     rows = [prepared.rows[n] for n in kept]
     if not todo:
-        return
+        return []
     inserted = _insert(db, values)
     raced = [uses[i] for i, v in zip(todo, values, strict=True) if _claim(v) not in inserted]
     existing = {}
     if raced:  # recorded by a concurrent transaction since we looked: duplicates
         existing = _existing(db, raced)
     _move_counters(db, values, rows, [prepared.keys[n] for n in kept], rules, inserted)
+    created: list[tuple[int, list[Any]]] = []
     for i, v in zip(todo, values, strict=True):
         claim = _claim(v)
         if claim in inserted:
             results[i] = Recorded(inserted[claim], v[_CAMPAIGN], False, v[_FLAG])
+            created.append((inserted[claim], v))
         else:
             found = existing[claim]
             results[i] = Recorded(found[0], found[1], True, found[2])
+    return created
 
 
 def _resolve_rules(db: Reader, rows: list[_Code]) -> dict[tuple[int, int | None], _Rules]:

@@ -28,6 +28,7 @@ from plugin.store.models import (
     AuditEvent,
     Code,
     CustomerUsage,
+    EventMessage,
     RecipientDelivery,
     Redemption,
     Referral,
@@ -200,6 +201,21 @@ def redact_customer(
     for event in reassigned:
         event.details = {**event.details, **{k: "redacted" for k in ("recipient", "previous") if event.details.get(k) in keys}}
         session.add(event)
+    # `code.assigned` events name the recipient (plugin.store.eventlog); one not delivered yet goes out redacted
+    named = (
+        session.exec(
+            select(EventMessage).where(
+                col(EventMessage.shop_id) == shop_id,
+                col(EventMessage.type) == "code.assigned",
+                col(EventMessage.payload)["data"]["recipient"].as_string().in_(keys),
+            )
+        ).all()
+        if keys
+        else []
+    )
+    for message in named:
+        message.payload = {**message.payload, "data": {**message.payload["data"], "recipient": "redacted"}}
+        session.add(message)
     # pushes to providers name them as the recipient (plugin.distribution.pushes); a queued one then finds no
     # holder for its code and fails, so nothing is sent to someone who asked to be forgotten
     pushed = _recipient_match(col(RecipientDelivery.recipient), email, customer_id)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from plugin.formats import codes
 from plugin.rules import CampaignRules, RulesOverride, apply_override
-from plugin.store.models import ApiKey, Campaign, Shop
+from plugin.store.models import ApiKey, Campaign, EventEndpoint, Shop
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -92,6 +92,7 @@ class EngineCaches:
     api_keys: TTLCache[str, Any] = field(default_factory=lambda: TTLCache(1024))
     shop_formats: TTLCache[int, Any] = field(default_factory=lambda: TTLCache(1024))
     shop_origins: TTLCache[int, frozenset[str]] = field(default_factory=lambda: TTLCache(1024))  # CORS
+    event_types: TTLCache[int, frozenset[str]] = field(default_factory=lambda: TTLCache(4096))  # plugin.store.eventlog
 
 
 _per_engine: weakref.WeakKeyDictionary[Engine, EngineCaches] = weakref.WeakKeyDictionary()
@@ -144,7 +145,7 @@ def detailed_refusals(preferences_text: str | None) -> bool | None:
 
 # --- in-process invalidation ------------------------------------------------------------------
 
-_WATCHED: tuple[type, ...] = (ApiKey, Campaign, Shop)
+_WATCHED: tuple[type, ...] = (ApiKey, Campaign, EventEndpoint, Shop)
 
 
 @event.listens_for(Session, "after_flush")

@@ -23,7 +23,7 @@ whose job was claimed again can no longer complete or fail it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,15 +72,28 @@ CLAIM_LOCK = 0x636F75706F6E7279
 CANDIDATES_PER_JOB = 8
 
 
+# called in the transaction that dead-letters jobs, with the dead jobs (id, kind, shop_id,
+# payload, attempts, last_error): what must happen with it, e.g. the `sync.failed` event
+OnDead = Callable[[Connection, Sequence[Any]], None]
+_DEAD_COLUMNS = (_job.c.id, _job.c.kind, _job.c.shop_id, _job.c.payload, _job.c.attempts, _job.c.last_error)
+
+
 def claim_jobs(
-    engine: Engine, *, worker_id: str, now: datetime, lease_until: datetime, limit: int, shop_limit: int | None = None
+    engine: Engine,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    shop_limit: int | None = None,
+    on_dead: OnDead | None = None,
 ) -> list[ClaimedJob]:
     with engine.begin() as conn:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
         # A job whose worker died on its last attempt would otherwise stay "running" forever.
-        conn.execute(
+        dead = conn.execute(
             update(_job)
             .where(
                 _job.c.status == "running",
@@ -88,7 +101,10 @@ def claim_jobs(
                 _job.c.attempts >= _job.c.max_attempts,
             )
             .values(status="dead", finished_at=now, locked_by=None, last_error="the worker stopped during the last attempt")
-        )
+            .returning(*_DEAD_COLUMNS)
+        ).all()
+        if dead and on_dead is not None:
+            on_dead(conn, dead)
         live = and_(_job.c.status == "running", _job.c.locked_until >= now)
         due = or_(
             and_(_job.c.status == "queued", _job.c.run_after <= now),
@@ -163,7 +179,14 @@ def mark_done(engine: Engine, *, job_id: int, worker_id: str, now: datetime) -> 
 
 
 def mark_failed(
-    engine: Engine, *, job_id: int, worker_id: str, now: datetime, error: str, run_after: datetime | None
+    engine: Engine,
+    *,
+    job_id: int,
+    worker_id: str,
+    now: datetime,
+    error: str,
+    run_after: datetime | None,
+    on_dead: OnDead | None = None,
 ) -> str | None:
     """Queue the job again at `run_after`, or mark it dead when that is None. Returns the new
     status, or None when the job is no longer ours (its lease ran out and someone took it)."""
@@ -173,8 +196,10 @@ def mark_failed(
     else:
         values.update(status="queued", run_after=run_after)
     with engine.begin() as conn:
-        result = conn.execute(update(_job).where(_mine(job_id, worker_id)).values(**values))
-    return str(values["status"]) if result.rowcount else None
+        rows = conn.execute(update(_job).where(_mine(job_id, worker_id)).values(**values).returning(*_DEAD_COLUMNS)).all()
+        if rows and run_after is None and on_dead is not None:
+            on_dead(conn, rows)
+    return str(values["status"]) if rows else None
 
 
 def extend_lease(engine: Engine, *, job_id: int, worker_id: str, lease_until: datetime) -> bool:

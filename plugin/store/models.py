@@ -662,6 +662,93 @@ class CodeBulkInsert(SQLModel, table=True):
     batch_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
 
 
+class EventEndpoint(SQLModel, table=True):
+    """A merchant's URL that receives the events it subscribed to, signed per Standard Webhooks
+    with its own secret (plugin.events). Disabled by hand or after failing too long."""
+
+    __tablename__ = "event_endpoint"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    url: str = Field(max_length=2000)
+    description: str = Field(default="", max_length=200)
+    event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret_encrypted: str = Field(sa_column=Column(Text, nullable=False))  # Fernet (plugin.shops.tokens)
+    enabled: bool = Field(default=True)
+    disabled_reason: str | None = Field(default=None, max_length=300)
+    # failed attempts in a row and since when (cleared by a success): what disables the endpoint
+    consecutive_failures: int = Field(default=0)
+    failing_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class EventMessage(SQLModel, table=True):
+    """One event that happened in a shop, written in the transaction of its cause; `msg_id` is the
+    `webhook-id` every delivery and retry of it carries (receivers dedupe by it)."""
+
+    __tablename__ = "event_message"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    msg_id: str = Field(max_length=64, unique=True)
+    type: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class EventDelivery(SQLModel, table=True):
+    """One event on its way to one endpoint (its attempts in EventAttempt)."""
+
+    __tablename__ = "event_delivery"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id", index=True)
+    endpoint_id: int = Field(foreign_key="event_endpoint.id")
+    message_id: int = Field(sa_column=Column(BigId, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | failed | halted
+    attempts: int = Field(default=0)
+    last_status: int | None = Field(default=None)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+    __table_args__ = (Index("ix_event_delivery_endpoint", "endpoint_id", "id"),)
+
+
+class EventAttempt(SQLModel, table=True):
+    """One HTTP attempt of a delivery: what the receiver answered, how fast, or what went wrong."""
+
+    __tablename__ = "event_attempt"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    shop_id: int = Field(foreign_key="shop.id")
+    delivery_id: int = Field(sa_column=Column(BigId, nullable=False, index=True))
+    status_code: int | None = Field(default=None)
+    latency_ms: int = Field(default=0)
+    error: str | None = Field(default=None, max_length=500)
+    response_snippet: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class AlertChannel(SQLModel, table=True):
+    """Where a shop's alerts go besides the admin: an email address (through the SMTP server
+    given here) and a Slack incoming webhook. Secrets (SMTP password, Slack URL) are encrypted."""
+
+    __tablename__ = "alert_channel"
+
+    shop_id: int = Field(foreign_key="shop.id", primary_key=True)
+    email_to: str | None = Field(default=None, max_length=254)
+    email_from: str | None = Field(default=None, max_length=254)
+    smtp_host: str | None = Field(default=None, max_length=255)
+    smtp_port: int | None = Field(default=None)
+    smtp_security: str = Field(default="starttls", max_length=16)  # starttls | ssl | none
+    smtp_user: str | None = Field(default=None, max_length=255)
+    smtp_password_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    slack_url_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
 def _install_counters(target: Any, connection: Any, **kw: Any) -> None:
     counters.install(connection)
 

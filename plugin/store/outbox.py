@@ -21,11 +21,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from plugin.errors import Conflict, NotFound
-from plugin.store import jobstore
+from plugin.store import eventlog, jobstore
 from plugin.store.jobstore import ClaimedJob
 from plugin.store.models import AuditEvent, Job, utcnow
 
@@ -99,7 +100,26 @@ def claim(
     None of them shares a serial key with another or with a job running anywhere; with a
     `shop_limit`, no shop gets more jobs than that running at once, counting other workers'."""
     now = now or utcnow()
-    return jobstore.claim_jobs(engine, worker_id=worker_id, now=now, lease_until=now + lease, limit=limit, shop_limit=shop_limit)
+    return jobstore.claim_jobs(
+        engine, worker_id=worker_id, now=now, lease_until=now + lease, limit=limit, shop_limit=shop_limit, on_dead=_gave_up
+    )
+
+
+def _gave_up(conn: Connection, dead: Sequence[Any]) -> None:
+    """In the transaction that dead-letters them: the `sync.failed` event of each job that was
+    carrying a change to a platform or provider."""
+    now = utcnow()
+    for job_id, kind, shop_id, payload, attempts, error in dead:
+        eventlog.sync_failed(
+            conn,
+            job_id=int(job_id),
+            kind=str(kind),
+            shop_id=shop_id,
+            payload=dict(payload or {}),
+            attempts=int(attempts),
+            error=str(error or ""),
+            now=now,
+        )
 
 
 def renew(engine: Engine, job: ClaimedJob, worker_id: str, lease: timedelta) -> bool:
@@ -141,7 +161,9 @@ def fail(
     run_after: datetime | None = None
     if retryable and job.attempts < job.max_attempts:
         run_after = now + timedelta(seconds=backoff_delay(job.attempts, retry_after))
-    return jobstore.mark_failed(engine, job_id=job.id, worker_id=worker_id, now=now, error=error, run_after=run_after)
+    return jobstore.mark_failed(
+        engine, job_id=job.id, worker_id=worker_id, now=now, error=error, run_after=run_after, on_dead=_gave_up
+    )
 
 
 def retry_dead(session: Session, job_id: int, *, actor: str, shop_id: int | None = None) -> Job:

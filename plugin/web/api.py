@@ -39,6 +39,7 @@ from plugin.store.models import Batch, Campaign, Redemption, Reservation, utcnow
 from plugin.store.units import in_thread
 from plugin.web import cors, schemas
 from plugin.web import distribution as dist
+from plugin.web import eventsapi as ev
 from plugin.web import storefront as onsite_web
 from plugin.web.call import MAX_IDS, Call
 from plugin.web.clientaddr import address_key
@@ -782,6 +783,36 @@ ENDPOINTS: list[Endpoint] = [
              "admin", extend_code, schemas.CodeExtend, {200: schemas.CodeOut, 404: schemas.Problem, 409: schemas.Problem}),
     Endpoint("POST", "/codes/{code}/reassign", "reassignCode", "Give a live, unused code to another recipient",
              "admin", reassign_code, schemas.CodeReassign, {200: schemas.CodeOut, 404: schemas.Problem, 409: schemas.Problem}),
+    # outbound events and alert channels (plugin.web.eventsapi)
+    Endpoint("GET", "/event-endpoints", "listEventEndpoints", "The shop's event endpoints", "admin", ev.list_endpoints,
+             responses={200: ev.EndpointList}),
+    Endpoint("POST", "/event-endpoints", "createEventEndpoint",
+             "Subscribe a URL to events (Standard Webhooks); the answer holds its secret, shown only this once", "admin",
+             ev.create_endpoint, ev.EndpointCreate, {201: ev.EndpointCreated}),
+    Endpoint("GET", "/event-endpoints/{endpoint_id:int}", "getEventEndpoint", "An event endpoint", "admin", ev.get_endpoint,
+             responses={200: ev.EndpointOut, 404: schemas.Problem}),
+    Endpoint("PATCH", "/event-endpoints/{endpoint_id:int}", "updateEventEndpoint",
+             "Change an endpoint's URL, events or description; enable or disable it", "admin", ev.update_endpoint,
+             ev.EndpointUpdate, {200: ev.EndpointOut, 404: schemas.Problem}),
+    Endpoint("DELETE", "/event-endpoints/{endpoint_id:int}", "deleteEventEndpoint", "Remove an endpoint and its deliveries",
+             "admin", ev.delete_endpoint, None, {204: None, 404: schemas.Problem}),
+    Endpoint("POST", "/event-endpoints/{endpoint_id:int}/rotate-secret", "rotateEventEndpointSecret",
+             "A new signing secret (the old one stops at once); shown only in this answer", "admin", ev.rotate_secret, None,
+             {200: ev.SecretOut, 404: schemas.Problem}),
+    Endpoint("POST", "/event-endpoints/{endpoint_id:int}/test", "sendTestEvent", "Send an `endpoint.test` event to it",
+             "admin", ev.send_test, None, {202: ev.QueuedDelivery, 404: schemas.Problem}),
+    Endpoint("GET", "/event-endpoints/{endpoint_id:int}/deliveries", "listEventDeliveries",
+             "The endpoint's deliveries, newest first; paged by cursor", "admin", ev.list_deliveries, None,
+             {200: ev.EventDeliveryList, 404: schemas.Problem}, query=ev.DELIVERY_QUERY),
+    Endpoint("GET", "/event-deliveries/{delivery_id:int}", "getEventDelivery", "A delivery with each of its attempts",
+             "admin", ev.get_delivery, None, {200: ev.EventDeliveryOut, 404: schemas.Problem}),
+    Endpoint("POST", "/event-deliveries/{delivery_id:int}/resend", "resendEventDelivery",
+             "Send a failed or halted delivery's event again (same webhook-id)", "admin", ev.resend_delivery, None,
+             {202: ev.QueuedDelivery, 404: schemas.Problem}),
+    Endpoint("GET", "/shop/alert-channels", "getAlertChannels", "Where alerts go besides the admin (secrets shown as set)",
+             "admin", ev.get_alert_channels, None, {200: ev.AlertChannelsOut}),
+    Endpoint("PUT", "/shop/alert-channels", "setAlertChannels", "Send alerts to an email address (SMTP) and/or Slack",
+             "admin", ev.set_alert_channels, ev.AlertChannelsIn, {200: ev.AlertChannelsOut}),
 ]  # fmt: skip
 
 

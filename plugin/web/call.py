@@ -27,6 +27,8 @@ MAX_IDS = {
     "redemption_id": 2**63 - 1,
     "partner_id": 2**31 - 1,
     "pool_id": 2**31 - 1,
+    "endpoint_id": 2**31 - 1,
+    "delivery_id": 2**63 - 1,
 }
 
 

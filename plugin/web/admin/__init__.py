@@ -53,6 +53,7 @@ PAGES = (
     "syncs",
     "health",
     "distribution",
+    "events",
     "settings",
     "sandbox",
     "users",
