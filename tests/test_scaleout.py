@@ -590,11 +590,14 @@ def test_a_worker_killed_mid_run_leaves_its_jobs_to_the_other_and_everything_don
                     return session.exec(select(Job).where(col(Job.kind) == "sync.push", col(Job.status) == "running")).first()
 
             # frozen first (SIGSTOP), so the job we pick is surely still its own when it dies
-            dead_id, held = "", []
+            held: list[Job] = []
+            deadline = time.monotonic() + 60
             while not held:
-                wait_until(lambda: victim() is not None, 60, "a push under way")
+                assert time.monotonic() < deadline, "no push under way to kill a worker in"
                 job = victim()
-                assert job is not None and job.locked_by
+                if job is None or not job.locked_by:
+                    time.sleep(0.02)
+                    continue
                 dead_id = job.locked_by
                 pid = top.worker_pid(dead_id)
                 (name,) = [n for n, p in top.processes.started.items() if p.pid == pid]
