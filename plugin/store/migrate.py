@@ -24,9 +24,10 @@ from plugin.errors import ConfigError
 from plugin.store.db import connected
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# the advisory lock key every couponry release takes ("couponry" in ASCII, a bigint); advisory
-# locks are per database, so releases of apps on other databases of the server never wait
-MIGRATION_LOCK = int.from_bytes(b"couponry", "big")
+# the advisory lock key every couponry release takes ("coupmigr" in ASCII, a bigint; the job
+# claims' key, plugin.store.jobstore.CLAIM_LOCK, is "couponry": a release never holds up claims).
+# Advisory locks are per database: releases of apps on other databases of the server never wait.
+MIGRATION_LOCK = int.from_bytes(b"coupmigr", "big")
 
 
 @dataclass(frozen=True)

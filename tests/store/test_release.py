@@ -11,7 +11,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from plugin.store import migrate
+from plugin.store import jobstore, migrate
 from tests.processes import child_env, couponry_command, fresh_postgres_database, wait_until
 
 SECRET = "release-test-secret-0123456789-abcdef"
@@ -48,6 +48,7 @@ def version_rows(engine: Engine) -> list[str]:
 @pytest.mark.postgres
 def test_two_releases_at_once_on_postgresql_migrate_once(postgres_engine: Engine | None) -> None:
     assert postgres_engine is not None
+    assert migrate.MIGRATION_LOCK != jobstore.CLAIM_LOCK  # workers' claims take their own lock
     server = postgres_engine.url.render_as_string(hide_password=False)
     with fresh_postgres_database(server, "couponry_release") as url:
         engine = create_engine(url)
@@ -60,11 +61,14 @@ def test_two_releases_at_once_on_postgresql_migrate_once(postgres_engine: Engine
                 def both_waiting() -> bool:
                     if any(proc.poll() is not None for proc in releases):
                         raise AssertionError(f"a release did not wait: {finish(releases)}")
+                    # a bigint advisory key shows as classid (high 32 bits) and objid (low), objsubid 1
                     waiting = text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+                        "AND classid::bigint = :high AND objid::bigint = :low AND database = "
                         "(SELECT oid FROM pg_database WHERE datname = current_database())"
                     )
-                    return int(holder.execute(waiting).scalar_one()) == 2
+                    key = {"high": migrate.MIGRATION_LOCK >> 32, "low": migrate.MIGRATION_LOCK & 0xFFFFFFFF}
+                    return int(holder.execute(waiting, key).scalar_one()) == 2
 
                 try:
                     wait_until(both_waiting, 30, "both releases waiting for the lock", interval=0.05)
