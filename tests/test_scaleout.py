@@ -602,13 +602,13 @@ def test_a_worker_killed_mid_run_leaves_its_jobs_to_the_other_and_everything_don
                 pid = top.worker_pid(dead_id)
                 (name,) = [n for n, p in top.processes.started.items() if p.pid == pid]
                 killed = top.processes.started[name]
+                stopped_at = time.time()
                 killed.send_signal(signal.SIGSTOP)
                 held = running_jobs(top, dead_id)
                 if not held:  # between two jobs: let it go on and pick again
                     killed.send_signal(signal.SIGCONT)
             killed.send_signal(signal.SIGKILL)
             killed.wait(10)
-            killed_at = time.time()
         finally:
             sender.join(120)
         with session_scope(top.engine) as session:
@@ -621,9 +621,9 @@ def test_a_worker_killed_mid_run_leaves_its_jobs_to_the_other_and_everything_don
             taken_over = [session.get_one(Job, j.id) for j in held]
         for after in taken_over:  # done once more by the other worker, after the dead one's lease
             assert after.status == "done" and top.worker_pid(after.locked_by or "") == survivor, after
-            assert (
-                after.attempts == 2 and after.finished_at is not None and after.finished_at.timestamp() >= killed_at + LEASE - 1
-            )
+            # not before its lease ran out: at least the lease less one renewal interval after it froze
+            assert after.attempts >= 2 and after.finished_at is not None
+            assert after.finished_at.timestamp() >= stopped_at + LEASE * 2 / 3, (after.finished_at, stopped_at)
         assert_releases_migrated_once(top)
         assert_never_over_redeemed(top, traffic, run.checkout)
         assert_claims_once_each(traffic, run.recipients)
