@@ -60,7 +60,7 @@ from tests.processes import (
     child_env,
     couponry_command,
     free_port,
-    fresh_postgres_database,
+    fresh_postgres_schema,
     healthy,
     wait_until,
 )
@@ -143,7 +143,7 @@ class Topology:
 def topology(server_url: str, tmp_path: Path, *, push_sizes: tuple[int, int], hooks: int) -> Iterator[Topology]:
     """The processes up, the campaigns made, the pushes queued (as `couponry codes sync` does)."""
     processes = Processes(tmp_path)
-    with fresh_postgres_database(server_url, "couponry_scaleout") as url:
+    with fresh_postgres_schema(server_url, "couponry_scaleout") as url:
         engine = make_engine(url)
         try:
             fake_port = free_port()

@@ -1,5 +1,5 @@
 """`release` (`couponry migrate`) run twice at once migrates once (issue 17, Upgrades): real
-processes against a fresh database. PostgreSQL: an advisory lock makes the second wait for the
+processes against a fresh database (schema). PostgreSQL: an advisory lock makes the second wait for the
 first; SQLite: the file's write lock does."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from plugin.store import jobstore, migrate
-from tests.processes import child_env, couponry_command, fresh_postgres_database, wait_until
+from tests.processes import child_env, couponry_command, fresh_postgres_schema, wait_until
 
 SECRET = "release-test-secret-0123456789-abcdef"
 HEAD = ScriptDirectory(str(migrate.MIGRATIONS)).get_current_head()
@@ -50,7 +50,7 @@ def test_two_releases_at_once_on_postgresql_migrate_once(postgres_engine: Engine
     assert postgres_engine is not None
     assert migrate.MIGRATION_LOCK != jobstore.CLAIM_LOCK  # workers' claims take their own lock
     server = postgres_engine.url.render_as_string(hide_password=False)
-    with fresh_postgres_database(server, "couponry_release") as url:
+    with fresh_postgres_schema(server, "couponry_release") as url:
         engine = create_engine(url)
         try:
             # a release already migrating: we hold its lock while two more start
@@ -82,8 +82,9 @@ def test_two_releases_at_once_on_postgresql_migrate_once(postgres_engine: Engine
             assert version_rows(engine) == [HEAD]
             # and a release racing another with nobody holding the lock: the same, whoever wins
             with engine.begin() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE"))
-                conn.execute(text("CREATE SCHEMA public"))
+                schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
             assert_migrated_once(finish([start_release(url), start_release(url)]), "postgresql")
             assert version_rows(engine) == [HEAD]
         finally:
