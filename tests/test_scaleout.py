@@ -1,16 +1,16 @@
 """Many processes behave as one app (issue 17): the Procfile's topology as real processes on
-127.0.0.1 against one fresh PostgreSQL database and one Redis: two `release`s at once, then
-two `web` (`couponry serve`, webhooks only stored) and two `worker` (`couponry worker`), a fake
-Shopify enforcing its cost bucket in real time (tests/fake_platform.py).
+127.0.0.1 against one fresh PostgreSQL database (a new schema) and one Redis: two `release`s at
+once, then two `web` (`couponry serve`, webhooks only stored) and two `worker` (`couponry
+worker`), a fake Shopify enforcing its cost bucket in real time (tests/fake_platform.py).
 
 Through both web processes at once: checkouts racing for single-use codes (validate, reserve,
 redeem), claims of the same recipients, signed order webhooks (every delivery twice, some
 cancellations before their order), an admin session, failed guesses; meanwhile the workers push
-two campaigns to the Shopify shop. Then: release migrated once;
-no job ran twice at once (the fake's bulk creations of one campaign never overlap); the guess
-limit and the Shopify cost bucket are shared (Redis); a session from one web process works on
-the other; every effect happened exactly once; never over-redeemed; the counters equal the rows.
-Again with a worker SIGKILLed mid-push: its job is taken over after the lease.
+two campaigns to the Shopify shop. Then: release migrated once; no job ran twice at once (the
+fake's bulk creations of one campaign never overlap); the guess limit and the Shopify cost
+bucket are shared (Redis); a session from one web process works on the other; every effect
+happened exactly once; never over-redeemed; the counters equal the rows. Again with a worker
+SIGKILLed mid-push: its job is taken over after the lease.
 
 Runs on PostgreSQL with COUPONRY_TEST_REDIS_URL (as .ci/run's second pass does).
 """
