@@ -134,6 +134,8 @@ class Settings:
     worker_concurrency: int = 4
     worker_shop_concurrency: int = 2
     sync_chunk: int = 10_000
+    # seconds a worker's claim on a running job lasts unrenewed: how soon a dead worker's jobs are taken over
+    worker_lease_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -152,6 +154,9 @@ class Settings:
         ):
             if value < 1:
                 raise ConfigError(f"COUPONRY_{name} must be at least 1 (it is {value})")
+        if self.worker_lease_seconds < 1:
+            # renewed every third of it: shorter, and a busy worker loses jobs it is still running
+            raise ConfigError(f"COUPONRY_WORKER_LEASE_SECONDS must be at least 1 (it is {self.worker_lease_seconds:g})")
 
     @property
     def is_sqlite(self) -> bool:
@@ -227,6 +232,7 @@ class Settings:
             worker_concurrency=int(_number(env, "COUPONRY_WORKER_CONCURRENCY", str(cls.worker_concurrency), int)),
             worker_shop_concurrency=int(_number(env, "COUPONRY_WORKER_SHOP_CONCURRENCY", str(cls.worker_shop_concurrency), int)),
             sync_chunk=int(_number(env, "COUPONRY_SYNC_CHUNK", str(cls.sync_chunk), int)),
+            worker_lease_seconds=_number(env, "COUPONRY_WORKER_LEASE_SECONDS", str(cls.worker_lease_seconds), float),
         )
 
 

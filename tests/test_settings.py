@@ -97,3 +97,11 @@ def test_a_new_sqlite_database_is_private(tmp_path: Path) -> None:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     engine.dispose()
     assert stat.S_IMODE((tmp_path / "shop.db").stat().st_mode) == 0o600
+
+
+def test_the_worker_lease_is_configurable_and_never_below_a_second(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    assert Settings.from_env(env).worker_lease_seconds == 60.0
+    assert Settings.from_env({**env, "COUPONRY_WORKER_LEASE_SECONDS": "2.5"}).worker_lease_seconds == 2.5
+    with pytest.raises(ConfigError, match="COUPONRY_WORKER_LEASE_SECONDS must be at least 1"):
+        Settings.from_env({**env, "COUPONRY_WORKER_LEASE_SECONDS": "0.5"})

@@ -94,13 +94,23 @@ def main(ctx: click.Context, shop_domain: str | None) -> None:
 @main.command()
 @pass_context
 def migrate_cmd(ctx: Context) -> None:
-    """Apply database migrations."""
+    """Apply database migrations (the Procfile's `release`). Two at once are safe: the second
+    waits for the first, then finds nothing to do."""
     engine = open_engine(ctx.settings.database_url)
+
+    def waiting() -> None:
+        click.echo("another release is migrating this database: waiting for it", err=True)
+
     try:
-        migrate.upgrade(engine)
+        done = migrate.upgrade(engine, on_wait=waiting)
     finally:
         engine.dispose()
-    click.echo(f"database migrated ({engine.dialect.name})")
+    at = ", ".join(sorted(done.after)) or "no revision"
+    if done.changed:
+        was = ", ".join(sorted(done.before)) or "an empty database"
+        click.echo(f"database migrated ({engine.dialect.name}): from {was} to {at}")
+    else:
+        click.echo(f"database already current ({engine.dialect.name}): at {at}")
 
 
 migrate_cmd.name = "migrate"

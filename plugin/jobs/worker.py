@@ -292,7 +292,11 @@ def make_http_client(settings: Settings | None = None) -> httpx.AsyncClient:
 async def serve_worker(settings: Settings, engine: Engine, *, poll_interval: float = 1.0) -> None:
     """Run a worker until SIGTERM or SIGINT."""
     async with make_http_client(settings) as http:
-        worker = Worker(JobContext(engine=engine, settings=settings, http=http), poll_interval=poll_interval)
+        worker = Worker(
+            JobContext(engine=engine, settings=settings, http=http),
+            lease=timedelta(seconds=settings.worker_lease_seconds),
+            poll_interval=poll_interval,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

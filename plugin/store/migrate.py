@@ -1,19 +1,45 @@
-"""Run Alembic migrations programmatically (`couponry migrate`, the `release` process, tests)."""
+"""Run Alembic migrations programmatically (`couponry migrate`, the `release` process, tests).
+
+Two releases may start together (a deploy retried, two apps sharing a database): `upgrade`
+runs every migration in one transaction that first takes a lock, so the second waits for the
+first to commit and then finds nothing left to do. PostgreSQL: a transaction-level advisory
+lock on a fixed key (released by the commit or rollback, even if the process dies). SQLite:
+the transaction begins IMMEDIATE (plugin.store.db), so the database file's write lock
+serialises the two the same way (the second waits up to the busy timeout, 30 s).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 
 from plugin.errors import ConfigError
 from plugin.store.db import connected
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# the advisory lock key every couponry release takes ("coupmigr" in ASCII, a bigint; the job
+# claims' key, plugin.store.jobstore.CLAIM_LOCK, is "couponry": a release never holds up claims).
+# Advisory locks are per database: releases of apps on other databases of the server never wait.
+MIGRATION_LOCK = int.from_bytes(b"coupmigr", "big")
+
+
+@dataclass(frozen=True)
+class Upgraded:
+    """The revisions a database was at before and after `upgrade`."""
+
+    before: frozenset[str]
+    after: frozenset[str]
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -24,11 +50,30 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", *, on_wait: Callable[[], None] | None = None) -> Upgraded:
+    """Migrate to `revision`, one release at a time (see the module's docstring); `on_wait` is
+    called if another release holds the lock, before waiting for it."""
     config = alembic_config(engine)
     with connected(engine) as connection, connection.begin():
+        _take_migration_lock(connection, on_wait)
+        before = _heads(connection)  # read under the lock: what an earlier release left
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        return Upgraded(before=before, after=_heads(connection))
+
+
+def _take_migration_lock(connection: Connection, on_wait: Callable[[], None] | None) -> None:
+    if connection.dialect.name != "postgresql":
+        return  # SQLite: BEGIN IMMEDIATE holds the file's write lock already
+    if connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}).scalar_one():
+        return
+    if on_wait is not None:
+        on_wait()
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+
+
+def _heads(connection: Connection) -> frozenset[str]:
+    return frozenset(MigrationContext.configure(connection).get_current_heads())
 
 
 def stamp(engine: Engine, revision: str = "head") -> None:

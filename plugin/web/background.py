@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import httpx
@@ -59,7 +60,10 @@ class Background:
             from plugin.jobs.worker import Worker
             from plugin.store.jobcontext import JobContext
 
-            worker = self.worker = Worker(JobContext(engine=self.engine, settings=self.settings, http=client))
+            worker = self.worker = Worker(
+                JobContext(engine=self.engine, settings=self.settings, http=client),
+                lease=timedelta(seconds=self.settings.worker_lease_seconds),
+            )
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
         try:
             yield
