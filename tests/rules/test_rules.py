@@ -72,7 +72,7 @@ TYPICAL_RULES_JSON = {
     "allowed_channels": ["mobile_app", "online_store"],
     "stacking": {"with_other_codes": False, "with_automatic_discounts": True},
     "budget": {"max_redemptions": 10000, "max_discount": 2500000},
-    "distribution": {"binding": "claim"},
+    "distribution": {"binding": "claim", "remind_days_before_expiry": None},
     "on_cancel": "restore",
 }
 
