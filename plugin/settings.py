@@ -8,6 +8,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from plugin.errors import ConfigError
@@ -78,6 +79,14 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+@dataclass(frozen=True)
+class RetiredKey:
+    """A signing key no longer used to sign, still verifying until `retired_at` + the grace period."""
+
+    key: Secret
+    retired_at: datetime
+
+
 WEBHOOK_PROCESSING = ("web", "worker")
 MIN_SECRET_LENGTH = 32
 
@@ -98,8 +107,16 @@ class Settings:
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
     connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
-    old_secret_keys: tuple[Secret, ...] = ()
+    # Keys per purpose (plugin.keyring), each rotatable on its own; unset, both are the secret key.
+    # The token key encrypts stored platform credentials; earlier token keys still decrypt them
+    # until `couponry keys rotate-token-key` has re-encrypted every row.
+    token_key: Secret | None = None
+    old_token_keys: tuple[Secret, ...] = ()
+    # The signing key signs claim links, pull URLs, setup links, install state and admin sessions;
+    # a retired signing key still verifies for signing_key_grace_days after its retirement date.
+    signing_key: Secret | None = None
+    old_signing_keys: tuple[RetiredKey, ...] = ()
+    signing_key_grace_days: float = 90.0
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
     # --- reconciliation repairs (#13) ---
     # share of a platform's per-store code cap (Shopify: 20 M) that opens the platform_capacity alert; 0 = never
@@ -130,6 +147,14 @@ class Settings:
     sync_chunk: int = 10_000
 
     def __post_init__(self) -> None:
+        for name, key in (("TOKEN_KEY", self.token_key), ("SIGNING_KEY", self.signing_key)):
+            if key is not None and len(key) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"COUPONRY_{name} must be at least {MIN_SECRET_LENGTH} characters (it is {len(key)}); "
+                    "generate one with: couponry keys generate"
+                )
+        if self.signing_key_grace_days < 0:
+            raise ConfigError(f"COUPONRY_SIGNING_KEY_GRACE_DAYS must not be negative (it is {self.signing_key_grace_days})")
         if len(self.secret_key) < MIN_SECRET_LENGTH:
             # an empty or short key lets anyone forge claim links, pull URLs and sessions
             raise ConfigError(
@@ -197,7 +222,12 @@ class Settings:
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",
             connector_config=connector_config,
-            old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
+            token_key=Secret(get("TOKEN_KEY") or "") or None,
+            # COUPONRY_OLD_SECRET_KEYS: the name earlier releases gave the old token keys
+            old_token_keys=_key_list(get("OLD_TOKEN_KEYS")) + _key_list(get("OLD_SECRET_KEYS")),
+            signing_key=Secret(get("SIGNING_KEY") or "") or None,
+            old_signing_keys=_retired_keys(get("OLD_SIGNING_KEYS")),
+            signing_key_grace_days=_number(env, "COUPONRY_SIGNING_KEY_GRACE_DAYS", str(cls.signing_key_grace_days), float),
             reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),
             # reconciliation repairs (#13)
             platform_capacity_alert=_number(env, "COUPONRY_PLATFORM_CAPACITY_ALERT", "0.8", float),
@@ -218,6 +248,31 @@ class Settings:
             worker_shop_concurrency=int(_number(env, "COUPONRY_WORKER_SHOP_CONCURRENCY", str(cls.worker_shop_concurrency), int)),
             sync_chunk=int(_number(env, "COUPONRY_SYNC_CHUNK", str(cls.sync_chunk), int)),
         )
+
+
+def _key_list(value: str | None) -> tuple[Secret, ...]:
+    return tuple(Secret(k.strip()) for k in (value or "").split(",") if k.strip())
+
+
+def _retired_keys(value: str | None) -> tuple[RetiredKey, ...]:
+    """COUPONRY_OLD_SIGNING_KEYS: `key@date` entries, comma-separated, the date (ISO 8601, UTC
+    unless it says otherwise) being when the key stopped signing: the grace period runs from it."""
+    retired: list[RetiredKey] = []
+    for position, entry in enumerate((value or "").split(","), start=1):
+        if not entry.strip():
+            continue
+        key, at, when = entry.strip().rpartition("@")
+        try:
+            moment = datetime.fromisoformat(when.strip())
+        except ValueError:
+            moment = None
+        if not at or not key or moment is None:
+            raise ConfigError(
+                f"COUPONRY_OLD_SIGNING_KEYS entry {position} must be KEY@DATE, the date the key was retired "
+                "(e.g. ...@2026-12-07): links it signed stay valid for COUPONRY_SIGNING_KEY_GRACE_DAYS after it"
+            )
+        retired.append(RetiredKey(Secret(key), moment if moment.tzinfo else moment.replace(tzinfo=UTC)))
+    return tuple(retired)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -11,6 +11,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from plugin import keyring
 from plugin.campaigns.campaigns import campaign_summaries
 from plugin.distribution import admin, klaviyopools, partners, pushes
 from plugin.errors import PluginError
@@ -113,7 +114,7 @@ async def claim_link(request: Request, ctx: AdminContext, form: Form) -> Respons
     try:
         link = await act(
             request, ctx,
-            lambda s: admin.mint_claim_link(s, public_url=settings.public_url, secret=str(settings.secret_key),
+            lambda s: admin.mint_claim_link(s, public_url=settings.public_url, secret=keyring.signing_key(settings),
                                             shop_id=ctx.shop_id, campaign_id=campaign_id, recipient=form.get("recipient"),
                                             now=utcnow()),
             action="claim.link_minted", subject=f"campaign:{campaign_id}",
@@ -136,7 +137,7 @@ async def pull_url(request: Request, ctx: AdminContext, form: Form) -> Response:
     try:
         link = await act(
             request, ctx,
-            lambda s: admin.mint_pull_url(s, public_url=settings.public_url, secret=str(settings.secret_key),
+            lambda s: admin.mint_pull_url(s, public_url=settings.public_url, secret=keyring.signing_key(settings),
                                           shop_id=ctx.shop_id, campaign_id=campaign_id, days=days, now=utcnow(),
                                           partner_id=partner_id),
             action="pull_url.minted", subject=f"campaign:{campaign_id}", details={"days": days, "partner_id": partner_id},
