@@ -305,6 +305,11 @@ def _check_guess_settings(settings: Settings) -> None:
     parse_networks(settings.trusted_proxies)
 
 
+def embedded_key_file(database: Path) -> Path:
+    """Where the embedded default keeps its generated secret key: beside its database."""
+    return database.with_suffix(".secret")
+
+
 def _embedded_secret(database_url: str) -> str:
     """The embedded default keeps a generated key beside its database, so signed links,
     cookies and encrypted tokens survive restarts without any configuration.
@@ -315,7 +320,7 @@ def _embedded_secret(database_url: str) -> str:
     db_path = database_url.split("///", 1)[-1]
     if db_path in ("", ":memory:"):
         return "dev-" + secrets.token_hex(16)
-    key_file = Path(db_path).with_suffix(".secret")
+    key_file = embedded_key_file(Path(db_path))
     if key_file.exists():
         return _read_key_file(key_file)
     key = secrets.token_urlsafe(32)

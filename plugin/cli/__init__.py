@@ -175,6 +175,7 @@ def _bind_problem(host: str, port: int, exc: OSError) -> str:
 
 # Command groups register themselves on `main` when imported.
 from plugin.cli import admin as _admin  # noqa: E402, F401  (registers the commands)
+from plugin.cli import backup as _backup  # noqa: E402, F401
 from plugin.cli import codes as _codes  # noqa: E402, F401
 from plugin.cli import distribution as _distribution  # noqa: E402, F401
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
