@@ -4,6 +4,7 @@ newer or in-use targets refused; PostgreSQL pointed at pg_dump."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
+from sqlmodel import select
 from starlette.testclient import TestClient
 
 from plugin.cli import main
@@ -39,7 +41,8 @@ while not stop.exists():
         "INSERT INTO auditevent (shop_id, action, subject, actor, details, created_at) "
         "VALUES (1, 'test.write', ?, 'writer', '{}', '2026-01-01 00:00:00')", (str(n),))
     n += 1
-    count.write_text(str(n))
+    count.with_suffix(".tmp").write_text(str(n))
+    count.with_suffix(".tmp").replace(count)  # whole, never half-written
     time.sleep(0.002)
 """
 
@@ -65,7 +68,7 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def _writes(path: Path) -> int:
-    return int(path.read_text() or 0) if path.exists() else 0
+    return int(path.read_text()) if path.exists() else 0
 
 
 def _wait_for(writer: subprocess.Popen[bytes], count: Path, at_least: int) -> int:
@@ -101,10 +104,11 @@ def test_a_backup_taken_while_the_app_writes_restores_whole_in_a_new_directory(e
     claim = _ok(embedded, "distribution", "claim", "--campaign", campaign_id, "ann@example.com").splitlines()
     code, link = claim[0].split("\t")[1], claim[1]
     settings_a = Settings.from_env(embedded)
-    with session_scope(make_engine(settings_a.database_url)) as session:
-        session.add(
-            Shop(platform="shopify", domain="a.myshopify.com", access_token_encrypted=tokens.encrypt(settings_a, "shpat_1"))
-        )
+    engine_a = make_engine(settings_a.database_url)
+    with session_scope(engine_a) as session:
+        stored = tokens.encrypt(settings_a, "shpat_1")
+        session.add(Shop(platform="shopify", domain="a.myshopify.com", access_token_encrypted=stored))
+    engine_a.dispose()
 
     stop, count = tmp_path / "stop", tmp_path / "count"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(a), str(stop), str(count)], stderr=subprocess.PIPE)
@@ -136,9 +140,11 @@ def test_a_backup_taken_while_the_app_writes_restores_whole_in_a_new_directory(e
 
     # the app there: stored tokens decrypt, the emailed link verifies and reveals the same code
     settings_c = Settings.from_env(new)
-    with session_scope(make_engine(settings_c.database_url)) as session:
-        shop = session.exec(__import__("sqlmodel").select(Shop).where(Shop.domain == "a.myshopify.com")).one()
+    engine_c = make_engine(settings_c.database_url)
+    with session_scope(engine_c) as session:
+        shop = session.exec(select(Shop).where(Shop.domain == "a.myshopify.com")).one()
         assert tokens.decrypt(settings_c, str(shop.access_token_encrypted)).access_token == "shpat_1"
+    engine_c.dispose()
     status, page = _open_link(settings_c, link)
     assert status == 200 and code in page
 
@@ -194,7 +200,7 @@ def test_a_damaged_foreign_or_newer_backup_is_refused_and_nothing_is_restored(em
     conn.close()
     newer = newer_db.read_bytes()
     files = dict(manifest["files"])
-    files[archive.DATABASE] = {"sha256": __import__("hashlib").sha256(newer).hexdigest(), "bytes": len(newer)}
+    files[archive.DATABASE] = {"sha256": hashlib.sha256(newer).hexdigest(), "bytes": len(newer)}
     _rewrite(good, tmp_path / "newer.tar", database=newer, manifest={**manifest, "files": files, "revision": "ffffffffffff"})
     (tmp_path / "foreign.tar").write_bytes(b"not a tar at all" * 100)
 
