@@ -131,7 +131,10 @@ class Settings:
     api_body_limit: int = 1024 * 1024  # API calls, unless a route documents more (plugin.web.limits)
     request_timeout: float = 20.0  # seconds a connection has to send a complete request
     concurrency_limit: int = 1000  # connections + requests `serve` takes before answering 503; 0 = none
-    webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after; 0 = kept
+    # --- data retention (plugin.orders.retention); 0 = kept for ever
+    webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after
+    webhook_payload_retention_days: float = 90.0  # processed deliveries' payloads (customer details) emptied after
+    audit_retention_days: float = 730.0  # audit rows deleted after (but those still read)
     # --- refunds: how long a refund of an order we have not seen yet waits for it (Shopify's
     # refunds carry no codes, so such a refund is kept, then ignored once this has passed)
     early_refund_days: float = 7.0
@@ -153,6 +156,13 @@ class Settings:
                     f"COUPONRY_{name} must be at least {MIN_SECRET_LENGTH} characters (it is {len(key)}); "
                     "generate one with: couponry keys generate"
                 )
+        for name, days in (
+            ("WEBHOOK_RETENTION_DAYS", self.webhook_retention_days),
+            ("WEBHOOK_PAYLOAD_RETENTION_DAYS", self.webhook_payload_retention_days),
+            ("AUDIT_RETENTION_DAYS", self.audit_retention_days),
+        ):
+            if days < 0:
+                raise ConfigError(f"COUPONRY_{name} must not be negative (it is {days}); 0 keeps everything")
         if self.signing_key_grace_days < 0:
             raise ConfigError(f"COUPONRY_SIGNING_KEY_GRACE_DAYS must not be negative (it is {self.signing_key_grace_days})")
         if len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -239,6 +249,10 @@ class Settings:
             request_timeout=_number(env, "COUPONRY_REQUEST_TIMEOUT", str(cls.request_timeout), float),
             concurrency_limit=int(_number(env, "COUPONRY_CONCURRENCY_LIMIT", str(cls.concurrency_limit), int)),
             webhook_retention_days=_number(env, "COUPONRY_WEBHOOK_RETENTION_DAYS", str(cls.webhook_retention_days), float),
+            webhook_payload_retention_days=_number(
+                env, "COUPONRY_WEBHOOK_PAYLOAD_RETENTION_DAYS", str(cls.webhook_payload_retention_days), float
+            ),
+            audit_retention_days=_number(env, "COUPONRY_AUDIT_RETENTION_DAYS", str(cls.audit_retention_days), float),
             early_refund_days=_number(env, "COUPONRY_EARLY_REFUND_DAYS", "7", float),
             failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
             failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
