@@ -261,3 +261,23 @@ def test_sessions_are_signed_with_the_new_key_and_old_ones_last_the_grace_period
 
     with pytest.raises(BadSignature):
         admin_context._signer(replace(rotated, signing_key_grace_days=0), "session").loads(old_cookie)
+
+
+def test_pull_urls_and_setup_links_follow_the_signing_key_and_its_grace(settings: Settings) -> None:
+    from itsdangerous import BadSignature
+
+    from plugin.distribution import claimlinks
+    from plugin.shops import users
+
+    now = utcnow()
+    grant = claimlinks.PullGrant(shop_id=1, campaign_id=2, key_prefix="abc", expires_at=now + timedelta(days=30))
+    old_pull = claimlinks.pull_token(keyring.signing_key(settings), grant)
+    old_setup = users.setup_token(settings, 1)
+    in_grace = replace(settings, signing_key=NEW, old_signing_keys=(RetiredKey(settings.secret_key, now - timedelta(days=1)),))
+    lapsed = replace(in_grace, signing_key_grace_days=1)
+    assert claimlinks.read_pull_token(keyring.signing_keys(in_grace, now), old_pull, now=now).campaign_id == 2
+    with pytest.raises(claimlinks.BadLink):
+        claimlinks.read_pull_token(keyring.signing_keys(lapsed, now), old_pull, now=now)
+    assert users._setup_signer(in_grace).loads(old_setup)["shop"] == 1
+    with pytest.raises(BadSignature):
+        users._setup_signer(lapsed).loads(old_setup)
