@@ -8,6 +8,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from plugin.errors import ConfigError
@@ -78,6 +79,14 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+@dataclass(frozen=True)
+class RetiredKey:
+    """A signing key no longer used to sign, still verifying until `retired_at` + the grace period."""
+
+    key: Secret
+    retired_at: datetime
+
+
 WEBHOOK_PROCESSING = ("web", "worker")
 MIN_SECRET_LENGTH = 32
 
@@ -98,8 +107,16 @@ class Settings:
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
     connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
-    old_secret_keys: tuple[Secret, ...] = ()
+    # Keys per purpose (plugin.keyring), each rotatable on its own; unset, both are the secret key.
+    # The token key encrypts stored platform credentials; earlier token keys still decrypt them
+    # until `couponry keys rotate-token-key` has re-encrypted every row.
+    token_key: Secret | None = None
+    old_token_keys: tuple[Secret, ...] = ()
+    # The signing key signs claim links, pull URLs, setup links, install state and admin sessions;
+    # a retired signing key still verifies for signing_key_grace_days after its retirement date.
+    signing_key: Secret | None = None
+    old_signing_keys: tuple[RetiredKey, ...] = ()
+    signing_key_grace_days: float = 90.0
     reconcile_interval_hours: float = 6.0  # 0 turns the periodic reconciliation off
     # --- reconciliation repairs (#13) ---
     # share of a platform's per-store code cap (Shopify: 20 M) that opens the platform_capacity alert; 0 = never
@@ -118,7 +135,10 @@ class Settings:
     api_body_limit: int = 1024 * 1024  # API calls, unless a route documents more (plugin.web.limits)
     request_timeout: float = 20.0  # seconds a connection has to send a complete request
     concurrency_limit: int = 1000  # connections + requests `serve` takes before answering 503; 0 = none
-    webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after; 0 = kept
+    # --- data retention (plugin.orders.retention); 0 = kept for ever
+    webhook_retention_days: float = 30.0  # ignored/failed deliveries deleted after
+    webhook_payload_retention_days: float = 90.0  # processed deliveries' payloads (customer details) emptied after
+    audit_retention_days: float = 730.0  # audit rows deleted after (but those still read)
     # --- refunds: how long a refund of an order we have not seen yet waits for it (Shopify's
     # refunds carry no codes, so such a refund is kept, then ignored once this has passed)
     early_refund_days: float = 7.0
@@ -138,6 +158,21 @@ class Settings:
     worker_lease_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        for name, key in (("TOKEN_KEY", self.token_key), ("SIGNING_KEY", self.signing_key)):
+            if key is not None and len(key) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"COUPONRY_{name} must be at least {MIN_SECRET_LENGTH} characters (it is {len(key)}); "
+                    "generate one with: couponry keys generate"
+                )
+        for name, days in (
+            ("WEBHOOK_RETENTION_DAYS", self.webhook_retention_days),
+            ("WEBHOOK_PAYLOAD_RETENTION_DAYS", self.webhook_payload_retention_days),
+            ("AUDIT_RETENTION_DAYS", self.audit_retention_days),
+        ):
+            if days < 0:
+                raise ConfigError(f"COUPONRY_{name} must not be negative (it is {days}); 0 keeps everything")
+        if self.signing_key_grace_days < 0:
+            raise ConfigError(f"COUPONRY_SIGNING_KEY_GRACE_DAYS must not be negative (it is {self.signing_key_grace_days})")
         if len(self.secret_key) < MIN_SECRET_LENGTH:
             # an empty or short key lets anyone forge claim links, pull URLs and sessions
             raise ConfigError(
@@ -208,7 +243,12 @@ class Settings:
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",
             connector_config=connector_config,
-            old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
+            token_key=Secret(get("TOKEN_KEY") or "") or None,
+            # COUPONRY_OLD_SECRET_KEYS: the name earlier releases gave the old token keys
+            old_token_keys=_key_list(get("OLD_TOKEN_KEYS")) + _key_list(get("OLD_SECRET_KEYS")),
+            signing_key=Secret(get("SIGNING_KEY") or "") or None,
+            old_signing_keys=_retired_keys(get("OLD_SIGNING_KEYS")),
+            signing_key_grace_days=_number(env, "COUPONRY_SIGNING_KEY_GRACE_DAYS", str(cls.signing_key_grace_days), float),
             reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),
             # reconciliation repairs (#13)
             platform_capacity_alert=_number(env, "COUPONRY_PLATFORM_CAPACITY_ALERT", "0.8", float),
@@ -222,6 +262,10 @@ class Settings:
             request_timeout=_number(env, "COUPONRY_REQUEST_TIMEOUT", str(cls.request_timeout), float),
             concurrency_limit=int(_number(env, "COUPONRY_CONCURRENCY_LIMIT", str(cls.concurrency_limit), int)),
             webhook_retention_days=_number(env, "COUPONRY_WEBHOOK_RETENTION_DAYS", str(cls.webhook_retention_days), float),
+            webhook_payload_retention_days=_number(
+                env, "COUPONRY_WEBHOOK_PAYLOAD_RETENTION_DAYS", str(cls.webhook_payload_retention_days), float
+            ),
+            audit_retention_days=_number(env, "COUPONRY_AUDIT_RETENTION_DAYS", str(cls.audit_retention_days), float),
             early_refund_days=_number(env, "COUPONRY_EARLY_REFUND_DAYS", "7", float),
             failed_code_limit=get("FAILED_CODE_LIMIT") or "20/minute",
             failed_code_limit_unnamed=get("FAILED_CODE_LIMIT_UNNAMED") or "120/minute",
@@ -234,6 +278,31 @@ class Settings:
             sync_chunk=int(_number(env, "COUPONRY_SYNC_CHUNK", str(cls.sync_chunk), int)),
             worker_lease_seconds=_number(env, "COUPONRY_WORKER_LEASE_SECONDS", str(cls.worker_lease_seconds), float),
         )
+
+
+def _key_list(value: str | None) -> tuple[Secret, ...]:
+    return tuple(Secret(k.strip()) for k in (value or "").split(",") if k.strip())
+
+
+def _retired_keys(value: str | None) -> tuple[RetiredKey, ...]:
+    """COUPONRY_OLD_SIGNING_KEYS: `key@date` entries, comma-separated, the date (ISO 8601, UTC
+    unless it says otherwise) being when the key stopped signing: the grace period runs from it."""
+    retired: list[RetiredKey] = []
+    for position, entry in enumerate((value or "").split(","), start=1):
+        if not entry.strip():
+            continue
+        key, at, when = entry.strip().rpartition("@")
+        try:
+            moment = datetime.fromisoformat(when.strip())
+        except ValueError:
+            moment = None
+        if not at or not key or moment is None:
+            raise ConfigError(
+                f"COUPONRY_OLD_SIGNING_KEYS entry {position} must be KEY@DATE, the date the key was retired "
+                "(e.g. ...@2026-12-07): links it signed stay valid for COUPONRY_SIGNING_KEY_GRACE_DAYS after it"
+            )
+        retired.append(RetiredKey(Secret(key), moment if moment.tzinfo else moment.replace(tzinfo=UTC)))
+    return tuple(retired)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -268,6 +337,11 @@ def _check_guess_settings(settings: Settings) -> None:
     parse_networks(settings.trusted_proxies)
 
 
+def embedded_key_file(database: Path) -> Path:
+    """Where the embedded default keeps its generated secret key: beside its database."""
+    return database.with_suffix(".secret")
+
+
 def _embedded_secret(database_url: str) -> str:
     """The embedded default keeps a generated key beside its database, so signed links,
     cookies and encrypted tokens survive restarts without any configuration.
@@ -278,7 +352,7 @@ def _embedded_secret(database_url: str) -> str:
     db_path = database_url.split("///", 1)[-1]
     if db_path in ("", ":memory:"):
         return "dev-" + secrets.token_hex(16)
-    key_file = Path(db_path).with_suffix(".secret")
+    key_file = embedded_key_file(Path(db_path))
     if key_file.exists():
         return _read_key_file(key_file)
     key = secrets.token_urlsafe(32)

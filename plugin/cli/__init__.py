@@ -185,11 +185,13 @@ def _bind_problem(host: str, port: int, exc: OSError) -> str:
 
 # Command groups register themselves on `main` when imported.
 from plugin.cli import admin as _admin  # noqa: E402, F401  (registers the commands)
+from plugin.cli import backup as _backup  # noqa: E402, F401
 from plugin.cli import codes as _codes  # noqa: E402, F401
 from plugin.cli import distribution as _distribution  # noqa: E402, F401
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
 from plugin.cli import redemptions as _redemptions  # noqa: E402, F401
+from plugin.cli import retention as _retention  # noqa: E402, F401
 from plugin.cli import sandbox as _sandbox  # noqa: E402, F401
 from plugin.cli import shops as _shops  # noqa: E402, F401
 from plugin.cli import sync as _sync  # noqa: E402, F401

@@ -11,6 +11,7 @@ import click
 from sqlmodel import Session
 
 from connectors.base import ShippingAddress
+from plugin import keyring
 from plugin.cli import Context, clear_errors, main, pass_context
 from plugin.distribution import admin, klaviyopools, partners, poolhealth, pushes, referrals
 from plugin.distribution import claims as distribution
@@ -42,7 +43,7 @@ def claim_cmd(ctx: Context, /, campaign_id: int, recipient: str) -> None:
         found = distribution.claim_or_alert(ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, recipient=key)
     settings = ctx.settings
     click.echo(f"{found.recipient}\t{found.display}\t{found.expires_at.isoformat() if found.expires_at else '-'}")
-    click.echo(distribution.claim_url(settings.public_url, settings.secret_key, shop_id=ctx.shop_id, claim_=found))
+    click.echo(distribution.claim_url(settings.public_url, keyring.signing_key(settings), shop_id=ctx.shop_id, claim_=found))
 
 
 @distribution_group.command("pull-url")
@@ -57,7 +58,7 @@ def pull_url(ctx: Context, /, campaign_id: int, partner_id: int | None, days: in
     settings = ctx.settings
     with clear_errors(), transaction(ctx.engine) as session:
         minted = admin.mint_pull_url(
-            session, public_url=settings.public_url, secret=settings.secret_key, shop_id=ctx.shop_id,
+            session, public_url=settings.public_url, secret=keyring.signing_key(settings), shop_id=ctx.shop_id,
             campaign_id=campaign_id, days=days, now=utcnow(), partner_id=partner_id,
         )  # fmt: skip
     assert minted.expires_at is not None
@@ -101,7 +102,11 @@ def export(ctx: Context, /, campaign_id: int, output: IO[str]) -> None:
     settings = ctx.settings
     with clear_errors():
         for chunk in distribution.export_assignments(
-            ctx.engine, shop_id=ctx.shop_id, campaign_id=campaign_id, public_url=settings.public_url, secret=settings.secret_key
+            ctx.engine,
+            shop_id=ctx.shop_id,
+            campaign_id=campaign_id,
+            public_url=settings.public_url,
+            secret=keyring.signing_key(settings),
         ):
             output.write(chunk)
 
@@ -207,7 +212,7 @@ def partners_links(ctx: Context, /, partner_id: int, campaign_id: int, slots: in
     expires = utcnow() + timedelta(days=days)
     settings = ctx.settings
     for recipient, link in distribution.slot_links(
-        settings.public_url, settings.secret_key, shop_id=ctx.shop_id, campaign_id=campaign_id, partner_id=partner_id,
+        settings.public_url, keyring.signing_key(settings), shop_id=ctx.shop_id, campaign_id=campaign_id, partner_id=partner_id,
         slots=range(1, slots + 1), expires_at=expires,
     ):  # fmt: skip
         writer.writerow((recipient, link))

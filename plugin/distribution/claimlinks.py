@@ -16,6 +16,7 @@ no further out than MAX_LINK_AGE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,8 +62,14 @@ class PullGrant:
     partner_id: int | None = None
 
 
-def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt=f"couponry.{purpose}")
+# Signing takes the signing key; reading takes the keys that verify now (plugin.keyring), in
+# itsdangerous' order (oldest first, the signing key last), so a retired key's links keep
+# working through its grace period.
+Secrets = str | Sequence[str]
+
+
+def _serializer(secret: Secrets, purpose: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret if isinstance(secret, str) else list(secret), salt=f"couponry.{purpose}")
 
 
 def claim_token(secret: str, link: ClaimLink) -> str:
@@ -77,7 +84,7 @@ def claim_token(secret: str, link: ClaimLink) -> str:
     return str(_serializer(secret, "claim").dumps(payload))
 
 
-def read_claim_token(secret: str, token: str, *, now: datetime) -> ClaimLink:
+def read_claim_token(secret: Secrets, token: str, *, now: datetime) -> ClaimLink:
     """The link's content; BadLink when forged or tampered with, ExpiredLink when too old."""
     try:
         data = _serializer(secret, "claim").loads(token)
@@ -107,7 +114,7 @@ def pull_token(secret: str, grant: PullGrant) -> str:
     return str(_serializer(secret, "pull").dumps(payload))
 
 
-def read_pull_token(secret: str, token: str, *, now: datetime) -> PullGrant:
+def read_pull_token(secret: Secrets, token: str, *, now: datetime) -> PullGrant:
     """The grant; BadLink when forged, tampered with or minted before pull URLs carried a key
     and an expiry, ExpiredLink when too old. Whether its key still lives is the caller's check."""
     try:

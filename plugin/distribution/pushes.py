@@ -37,6 +37,7 @@ from sqlmodel import Session, col, select
 from connectors import MESSAGING_CONNECTORS, messaging_connector_class
 from connectors.base import ConnectorConfig, Credentials, MessagingConnector, Recipient, RecipientResult
 from connectors.errors import RateLimited, UpstreamError
+from plugin import keyring
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
 from plugin.errors import Conflict, InvalidInput
@@ -165,7 +166,7 @@ def _next_batch(
             "coupon_code": held.code,
             "coupon_display": held.display,
             "coupon_expires_at": held.expires_at.isoformat() if held.expires_at else "",
-            "claim_url": distribution.claim_url(settings.public_url, settings.secret_key, shop_id=shop_id, claim_=held),
+            "claim_url": distribution.claim_url(settings.public_url, keyring.signing_key(settings), shop_id=shop_id, claim_=held),
         }
         if reminded_at is not None:  # plugin.distribution.reminders: the same value on every attempt
             fields[REMINDER_FIELD] = reminded_at.isoformat()

@@ -67,14 +67,14 @@ def default_handlers() -> dict[str, Handler]:
 
 def default_sweeps() -> list[Sweep]:
     from plugin.distribution import klaviyopools, reminders
-    from plugin.orders import orders, webhooks
+    from plugin.orders import orders, retention
     from plugin.platforms import expiry
     from plugin.reconciliation import reconcile
 
     return [
         orders.sweep_unprocessed,
         reconcile.schedule,
-        webhooks.RetentionSweep(),
+        retention.RetentionSweep(),
         expiry.ExpirySweep(),
         klaviyopools.schedule_checks,
         reminders.ReminderSweep(),

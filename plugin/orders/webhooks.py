@@ -9,12 +9,11 @@ duplicates of one delivery all land on the same row (at most once).
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, or_, update
@@ -25,11 +24,8 @@ from sqlmodel import Session, col, select
 
 from plugin.distribution import claimstore
 from plugin.errors import InvalidInput, NotFound
-from plugin.store.db import Reader, chunked, repeated, run, session_scope
+from plugin.store.db import Reader, chunked, repeated, session_scope
 from plugin.store.models import Alert, AuditEvent, Redemption, WebhookEvent, utcnow
-
-if TYPE_CHECKING:
-    from plugin.store.jobcontext import JobContext
 
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]
 _alert_table = Alert.__table__  # type: ignore[attr-defined]
@@ -428,10 +424,11 @@ UNUSED = ("ignored", "failed")  # deliveries nothing acts on: for an unknown sho
 _PURGE_BATCH = 1000
 
 
-def purge_unused(engine: Engine, *, older_than: timedelta, batch: int = _PURGE_BATCH) -> int:
+def purge_unused(engine: Engine, *, older_than: timedelta, now: datetime | None = None, batch: int = _PURGE_BATCH) -> int:
     """Delete ignored and failed deliveries received more than `older_than` ago, a batch per
-    short transaction (the write lock is never held long); how many were deleted."""
-    cutoff = utcnow() - older_than
+    short transaction (the write lock is never held long); how many were deleted. The worker's
+    sweep (plugin.orders.retention) calls it with COUPONRY_WEBHOOK_RETENTION_DAYS."""
+    cutoff = (now or utcnow()) - older_than
     deleted = 0
     while True:
         with session_scope(engine) as session:
@@ -446,22 +443,3 @@ def purge_unused(engine: Engine, *, older_than: timedelta, batch: int = _PURGE_B
         deleted += len(ids)
         if len(ids) < batch:
             return deleted
-
-
-class RetentionSweep:
-    """The worker's sweep deleting unused deliveries older than
-    `settings.webhook_retention_days` (COUPONRY_WEBHOOK_RETENTION_DAYS, 0 = kept): at most
-    once an hour per worker, as the sweeps run every few seconds when idle."""
-
-    every = 3600.0
-
-    def __init__(self) -> None:
-        self._next = 0.0
-
-    async def __call__(self, ctx: JobContext) -> int:
-        days = ctx.settings.webhook_retention_days
-        if days <= 0 or time.monotonic() < self._next:
-            return 0
-        self._next = time.monotonic() + self.every
-        engine = ctx.engine
-        return await run(engine, lambda: purge_unused(engine, older_than=timedelta(days=days)))

@@ -26,6 +26,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from plugin import keyring
 from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.settings import Settings
 from plugin.shops import audit
@@ -60,8 +61,8 @@ class SetupGrant:
 
 
 def _setup_signer(settings: Settings) -> URLSafeTimedSerializer:
-    keys = [str(settings.secret_key), *(str(k) for k in settings.old_secret_keys)]
-    return URLSafeTimedSerializer(keys, salt="couponry.admin.setup")
+    # the signing key signs; retired ones still verify during their grace period (plugin.keyring)
+    return URLSafeTimedSerializer(keyring.signing_keys(settings, utcnow()), salt="couponry.admin.setup")
 
 
 def setup_token(settings: Settings, shop_id: int) -> str:

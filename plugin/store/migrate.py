@@ -107,6 +107,12 @@ def require_current(engine: Engine) -> None:
     raise ConfigError(f"the database {where} is behind this couponry: run `couponry migrate` first, with the same DATABASE_URL")
 
 
+def known_revisions() -> tuple[set[str], set[str]]:
+    """This version's migration revisions: (all of them, the heads)."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    return {rev.revision for rev in script.walk_revisions()}, set(script.get_heads())
+
+
 def _where(engine: Engine) -> str:
     url = engine.url
     if url.get_backend_name() == "sqlite":

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from plugin import keyring
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
 from plugin.distribution import klaviyopools, partners, poolhealth, pushes, referrals
@@ -117,7 +118,7 @@ async def create_claim(call: Call) -> Response:
         call.engine, shop_id=call.shop_id, campaign_id=campaign_id, recipient=recipient, partner_id=call.key.partner_id
     )
     settings = _settings(call.request)
-    url = distribution.claim_url(settings.public_url, settings.secret_key, shop_id=call.shop_id, claim_=found)
+    url = distribution.claim_url(settings.public_url, keyring.signing_key(settings), shop_id=call.shop_id, claim_=found)
     out = schemas.ClaimOut(**found.as_json(), created=found.created, claim_url=url, partner_id=found.partner_id)
     return _json(out, 201 if found.created else 200)
 
@@ -140,7 +141,7 @@ async def export(call: Call) -> Response:
         shop_id=call.shop_id,
         campaign_id=campaign_id,
         public_url=settings.public_url,
-        secret=settings.secret_key,
+        secret=keyring.signing_key(settings),
         partner_id=call.key.partner_id,
     )
     header = await in_thread(call.engine, lambda: next(rows))  # the campaign exists (404 otherwise) before we answer 200
@@ -164,7 +165,7 @@ async def create_pull_url(call: Call) -> Response:
     settings = _settings(call.request)
     expires_at = utcnow().replace(microsecond=0) + timedelta(days=body.expires_in_days)
     grant = PullGrant(call.shop_id, campaign_id, call.key.prefix, expires_at, call.key.partner_id)
-    url = f"{settings.public_url}/pull/{pull_token(settings.secret_key, grant)}"
+    url = f"{settings.public_url}/pull/{pull_token(keyring.signing_key(settings), grant)}"
     return _json(schemas.PullUrlOut(url=url, expires_at=expires_at, key_prefix=call.key.prefix), 201)
 
 
@@ -246,7 +247,8 @@ async def list_alerts(call: Call) -> Response:
 async def signed_pull(request: Request) -> Response:
     settings = _settings(request)
     try:
-        grant = read_pull_token(settings.secret_key, request.path_params["token"], now=utcnow())
+        now = utcnow()
+        grant = read_pull_token(keyring.signing_keys(settings, now), request.path_params["token"], now=now)
         _check_minting_key(request.app.state.engine, grant)
         recipient = _recipient_param(request)
         found = await _claim(
@@ -277,7 +279,8 @@ def _page(name: str, status: int, **context: Any) -> HTMLResponse:
 async def claim_page(request: Request) -> Response:
     settings = _settings(request)
     try:
-        link = read_claim_token(settings.secret_key, request.path_params["token"], now=utcnow())
+        now = utcnow()
+        link = read_claim_token(keyring.signing_keys(settings, now), request.path_params["token"], now=now)
         found = await _claim(
             request.app.state.engine,
             shop_id=link.shop_id,

@@ -53,6 +53,7 @@ from connectors.egress import AddressPolicy, ForbiddenAddress
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected
 from connectors.shopify import SessionToken, ShopifyConnector
 from connectors.woocommerce import WooCommerceConnector
+from plugin import keyring
 from plugin.errors import Conflict
 from plugin.platforms import installs
 from plugin.platforms.connections import connector_config, normalise_store_url
@@ -77,7 +78,7 @@ INSTALL_PATHS: dict[str, dict[str, str]] = {
 
 
 def _signer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(str(settings.secret_key), salt=f"couponry.install.{purpose}")
+    return URLSafeTimedSerializer(keyring.signing_keys(settings, utcnow()), salt=f"couponry.install.{purpose}")
 
 
 def _settings(request: Request) -> Settings:

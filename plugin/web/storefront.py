@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from plugin import keyring
 from plugin.checkout import onsite
 from plugin.distribution.claimlinks import ClaimLink, read_claim_token
 from plugin.errors import NotFound
@@ -109,7 +110,8 @@ def shops_link(settings: Settings, token: str, *, shop_id: int, partner_id: int 
     otherwise (plugin.distribution.claimlinks), LinkNotHere for another shop's link."""
     if len(token) > MAX_TOKEN:
         raise LinkNotHere("no such claim link")
-    link = read_claim_token(settings.secret_key, token, now=utcnow())
+    now = utcnow()
+    link = read_claim_token(keyring.signing_keys(settings, now), token, now=now)
     if link.shop_id != shop_id or (partner_id is not None and link.partner_id != partner_id):
         raise LinkNotHere("no such claim link")
     return link

@@ -12,7 +12,7 @@ from sqlmodel import col, select
 
 from plugin import shared_secrets as keys
 from plugin.jobs.worker import default_sweeps
-from plugin.orders import webhooks
+from plugin.orders import retention, webhooks
 from plugin.sandbox.deliverer import sign
 from plugin.settings import Settings
 from plugin.store.db import session_scope
@@ -223,12 +223,12 @@ async def test_the_worker_sweep_applies_the_retention_setting_at_most_hourly(
     old = utcnow() - timedelta(days=8)
     _store(engine, shop_id, 2, status="failed", received_at=old)
     async with httpx.AsyncClient() as http:
-        off = webhooks.RetentionSweep()
+        off = retention.RetentionSweep()
         assert await off(JobContext(engine, replace(settings, webhook_retention_days=0), http)) == 0
-        sweep = webhooks.RetentionSweep()
+        sweep = retention.RetentionSweep()
         week = JobContext(engine, replace(settings, webhook_retention_days=7), http)
         assert await sweep(week) == 2
         _store(engine, shop_id, 1, status="failed", received_at=old)
         assert await sweep(week) == 0  # not again within the hour
     assert len(_remaining(engine)) == 1
-    assert any(isinstance(s, webhooks.RetentionSweep) for s in default_sweeps())
+    assert any(isinstance(s, retention.RetentionSweep) for s in default_sweeps())

@@ -28,13 +28,13 @@ def test_a_token_round_trips_and_is_not_readable_at_rest(settings: Settings) -> 
 def test_rotation_keeps_old_tokens_readable_and_re_encrypts_them(settings: Settings) -> None:
     old = tokens.encrypt(settings, "tok")
     rotated_settings = replace(
-        settings, secret_key=Secret("a-brand-new-secret-key-0123456789"), old_secret_keys=(settings.secret_key,)
+        settings, token_key=Secret("a-brand-new-secret-key-0123456789"), old_token_keys=(settings.secret_key,)
     )
     assert tokens.decrypt(rotated_settings, old).access_token == "tok"
     fresh = tokens.rotate(rotated_settings, old)
-    assert tokens.decrypt(replace(rotated_settings, old_secret_keys=()), fresh).access_token == "tok"
+    assert tokens.decrypt(replace(rotated_settings, old_token_keys=()), fresh).access_token == "tok"
     with pytest.raises(tokens.UnreadableToken):  # without the old key the old value is lost
-        tokens.decrypt(replace(rotated_settings, old_secret_keys=()), old)
+        tokens.decrypt(replace(rotated_settings, old_token_keys=()), old)
 
 
 def test_a_tampered_token_is_refused(settings: Settings) -> None:

@@ -28,11 +28,12 @@ from starlette.requests import Request
 
 from connectors.errors import BadSignature
 from connectors.shopify import ShopifyConnector
+from plugin import keyring
 from plugin.platforms.connections import connector_config
 from plugin.settings import Settings
 from plugin.shops import users
 from plugin.shops.shops import get_shop, shop_on_platform
-from plugin.store.models import Shop
+from plugin.store.models import Shop, utcnow
 from plugin.store.units import in_thread, reading
 
 Surface = Literal["shopify", "bigcommerce", "standalone"]
@@ -118,18 +119,15 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
-def _keys(settings: Settings) -> list[str]:
-    return [str(settings.secret_key), *(str(k) for k in settings.old_secret_keys)]
-
-
 def _signer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_keys(settings), salt=f"couponry.admin.{purpose}")
+    # the signing key signs; retired ones still verify during their grace period (plugin.keyring)
+    return URLSafeTimedSerializer(keyring.signing_keys(settings, utcnow()), salt=f"couponry.admin.{purpose}")
 
 
 def embedded_csrf(settings: Settings, surface: Surface, shop_id: int, actor: str) -> str:
     """The CSRF token of an embedded caller: derived, so every fresh ID/page token keeps matching."""
     message = f"csrf|{surface}|{shop_id}|{actor}".encode()
-    return hmac.new(str(settings.secret_key).encode(), message, hashlib.sha256).hexdigest()
+    return hmac.new(keyring.signing_key(settings).encode(), message, hashlib.sha256).hexdigest()
 
 
 def bigcommerce_token(settings: Settings, *, shop_id: int, user_id: str, owner: bool) -> str:

@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from plugin import keyring
 from plugin.campaigns import issuing
 from plugin.campaigns.lookup import get_batch, get_campaign
 from plugin.codes import bulkvoid, listing, percode
@@ -61,7 +62,7 @@ async def _write(request: Request, work: Any) -> Any:
 
 def _secret(request: Request) -> str:
     settings: Settings = request.app.state.settings
-    return str(settings.secret_key)
+    return keyring.signing_key(settings)
 
 
 # --- filters ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from plugin import keyring
 from plugin.campaigns.campaigns import campaign_summaries
 from plugin.distribution import admin, klaviyopools, partners, poolhealth, pushes, referrals
 from plugin.errors import NotFound, PluginError
@@ -118,7 +119,7 @@ async def claim_link(request: Request, ctx: AdminContext, form: Form) -> Respons
     try:
         link = await act(
             request, ctx,
-            lambda s: admin.mint_claim_link(s, public_url=settings.public_url, secret=str(settings.secret_key),
+            lambda s: admin.mint_claim_link(s, public_url=settings.public_url, secret=keyring.signing_key(settings),
                                             shop_id=ctx.shop_id, campaign_id=campaign_id, recipient=form.get("recipient"),
                                             now=utcnow()),
             action="claim.link_minted", subject=f"campaign:{campaign_id}",
@@ -141,7 +142,7 @@ async def pull_url(request: Request, ctx: AdminContext, form: Form) -> Response:
     try:
         link = await act(
             request, ctx,
-            lambda s: admin.mint_pull_url(s, public_url=settings.public_url, secret=str(settings.secret_key),
+            lambda s: admin.mint_pull_url(s, public_url=settings.public_url, secret=keyring.signing_key(settings),
                                           shop_id=ctx.shop_id, campaign_id=campaign_id, days=days, now=utcnow(),
                                           partner_id=partner_id),
             action="pull_url.minted", subject=f"campaign:{campaign_id}", details={"days": days, "partner_id": partner_id},
