@@ -79,6 +79,7 @@ def _bool(value: str) -> bool:
 
 
 WEBHOOK_PROCESSING = ("web", "worker")
+LOG_FORMATS = ("auto", "json", "text")
 MIN_SECRET_LENGTH = 32
 
 
@@ -97,6 +98,10 @@ class Settings:
     sandbox_enabled: bool = True
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
+    # "json" (one object per line), "text" (readable), or "auto": JSON on PostgreSQL, text on SQLite
+    log_format: str = "auto"
+    # when set, GET /metrics asks for `Authorization: Bearer <token>`
+    metrics_token: Secret | None = None
     connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # earlier secret keys, still accepted to decrypt stored platform tokens while they are re-encrypted
     old_secret_keys: tuple[Secret, ...] = ()
@@ -136,6 +141,8 @@ class Settings:
                 f"COUPONRY_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters (it is {len(self.secret_key)}); "
                 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"COUPONRY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} (it is {self.log_format!r})")
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
         _check_guess_settings(self)
@@ -196,6 +203,8 @@ class Settings:
             sandbox_enabled=_bool(get("SANDBOX", "true") or "true"),
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",
+            log_format=(get("LOG_FORMAT") or "auto").strip().lower(),
+            metrics_token=Secret(token) if (token := (get("METRICS_TOKEN") or "").strip()) else None,
             connector_config=connector_config,
             old_secret_keys=tuple(Secret(k.strip()) for k in (get("OLD_SECRET_KEYS") or "").split(",") if k.strip()),
             reconcile_interval_hours=_number(env, "COUPONRY_RECONCILE_HOURS", "6", float),

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, func, select
 
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.formats import codes
+from plugin.metrics import REDEMPTIONS
 from plugin.rules import (
     Basket,
     CampaignRules,
@@ -394,6 +395,7 @@ def record_redemption(
                 (writer.instant(now), row.id, checkout_id),
             )
         writer.execute("RELEASE SAVEPOINT redeem", ())
+    REDEMPTIONS.labels(source).inc()  # recorded in this transaction (one rolled back later still counts)
     return RedeemOutcome(redemption, flagged=flagged)
 
 
