@@ -14,6 +14,7 @@ call site has to remember to.
 
 from __future__ import annotations
 
+import copy
 import logging
 import logging.config
 import re
@@ -32,7 +33,7 @@ REDACTED = "[redacted]"
 
 _PATTERNS = [
     # Authorization headers and the like
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"),
     # Shopify access tokens and secrets (shpat_, shpca_, shppa_, shpss_), Slack/GitHub-like tokens
     re.compile(r"\bshp(?:at|ca|pa|ss)_[A-Za-z0-9]+"),
     # signed pull URLs and claim links carry their token in the path
@@ -40,7 +41,7 @@ _PATTERNS = [
     # query values and fields that name a secret: token=..., "access_token": "...", password: ...
     re.compile(
         r"(?i)((?:access_token|refresh_token|id_token|client_secret|secret|password|api_key|apikey|token|"
-        r"signed_payload_jwt|signature|sig)[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,;}]+"
+        r"signed_payload_jwt|signature|sig)\\?[\"']?\s*[:=]\s*\\?[\"']?)[^\"'\\&\s,;}]+"
     ),
 ]
 
@@ -80,7 +81,17 @@ class _Redacting(logging.Formatter):
     redact: Redactor = Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
+        # the message is redacted before it is encoded (JSON escapes would hide a secret's
+        # surroundings from the patterns), the whole line once more after (extras, uvicorn's)
+        record = copy.copy(record)  # other handlers see the record as it was
+        record.msg, record.args = self.redact(record.getMessage()), None
         return self.redact(super().format(record))
+
+    def formatException(self, ei: Any) -> str:
+        return self.redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return self.redact(super().formatStack(stack_info))
 
 
 class TextFormatter(_Redacting):
