@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from plugin.errors import ConfigError
 from plugin.store.db import connected
@@ -26,9 +28,38 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
-    with connected(engine) as connection, connection.begin():
+    with connected(engine) as connection, _foreign_keys_deferred(connection), connection.begin():
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        _check_foreign_keys(connection)
+
+
+@contextmanager
+def _foreign_keys_deferred(connection: Connection) -> Iterator[None]:
+    """SQLite alters a table by copying it and dropping the original (Alembic's batch mode);
+    with foreign keys enforced, dropping a table other rows reference fails, so a migration
+    that alters `campaign` could only run on an empty database. As SQLite's documentation
+    prescribes for such changes, enforcement is off while migrating, and the result is checked
+    (`_check_foreign_keys`) before it commits. The pragma is a no-op inside a transaction: it
+    is set on the driver's connection before ours begins."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")  # the pooled connection goes back as the app expects it
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise ConfigError(f"the migration would leave {len(broken)} row(s) pointing at rows that don't exist: {broken[:3]}")
 
 
 def stamp(engine: Engine, revision: str = "head") -> None:
