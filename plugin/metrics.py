@@ -25,11 +25,12 @@ __all__ = ["CONTENT_TYPE_LATEST", "exposition", "observe_request"]
 # Fine at the low end, where the checkout calls live (ms); coarse up to the platforms' timeouts.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter("couponry_http_requests", "HTTP requests answered, by route template", ["route", "method", "status"])
-LATENCY = Histogram(
+# One histogram for requests and their latency: its _count is the requests, per status
+# (one observation per request, not a counter and a histogram).
+REQUESTS = Histogram(
     "couponry_http_request_duration_seconds",
-    "Time from a request's arrival to its answer's last byte, by route template",
-    ["route", "method"],
+    "Requests and the time from their arrival to their answer, by route template, method and status",
+    ["route", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
 WEBHOOKS = Counter("couponry_webhooks", "Platform webhook deliveries, by what became of them on arrival", ["platform", "outcome"])
@@ -52,17 +53,16 @@ PLATFORM_THROTTLE_SECONDS = Counter(
 )
 JOB_FAILURES = Counter("couponry_job_failures", "Jobs that failed an attempt, by kind and what follows", ["kind", "outcome"])
 
-# labels() takes a lock and builds a tuple each call; a request looks its children up once
-_request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+# labels() takes a lock and builds a tuple each call; a request looks its child up once
+_request_children: dict[tuple[str, str, int], Histogram] = {}
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     key = (route, method, status)
-    children = _request_children.get(key)
-    if children is None:
-        children = _request_children[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method))
-    children[0].inc()
-    children[1].observe(seconds)
+    child = _request_children.get(key)
+    if child is None:
+        child = _request_children[key] = REQUESTS.labels(route, method, str(status))
+    child.observe(seconds)
 
 
 def _on_throttled(platform: str, signal: str, seconds: float) -> None:

@@ -24,6 +24,7 @@ and the answer echoes it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -88,24 +89,17 @@ class App(Starlette):
         started = perf_counter()
         root = scope.get("root_path", "")
         request_id = _request_id(scope["headers"])
-        header = (b"x-request-id", request_id.encode("ascii"))
-        status = 500  # what the server answers when the app sends nothing
-
-        async def answer(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        id_token, shop_token = REQUEST_ID.set(request_id), SHOP.set(None)
+        scope[REQUEST_ID_KEY] = (b"x-request-id", request_id.encode("ascii"))
+        # Set, never reset: each request runs in a task of its own (the server's), whose
+        # context ends with it; the next request on this task, if any, sets both again.
+        REQUEST_ID.set(request_id)
+        SHOP.set(None)
         try:
-            await self._limited(scope, receive, answer)
+            await self._limited(scope, receive, send)
         finally:
             method = scope["method"]
+            status = scope.get(STATUS_KEY, 500)  # 500: what the server answers when the app sent nothing
             observe_request(_route_label(scope, root), method if method in METHODS else "OTHER", status, perf_counter() - started)
-            SHOP.reset(shop_token)
-            REQUEST_ID.reset(id_token)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.body_limits.limit(scope)
@@ -114,25 +108,29 @@ class App(Starlette):
             if declared > limit:
                 scope[ROUTE_KEY] = REFUSED_ROUTE
                 await self._refused(scope, declared, limit)
-                await refuse(send, limit)
+                await refuse(_answering(scope, send), limit)
             else:
                 await self._dispatch(scope, receive, send)
             return
-        guard = Guard(receive, send, limit)  # chunked: counted while it streams
+        guard = Guard(receive, send, limit)  # chunked: counted while it streams (`_dispatch` records the answer)
         with suppress(BodyTooLarge):  # answered below
             await self._dispatch(scope, guard.receive, guard.send)
         if guard.exceeded:
+            scope[STATUS_KEY] = 413
             await guard.refuse()
             await self._refused(scope, guard.seen, limit)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._hot(scope)
         if endpoint is None:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, _answering(scope, send))
             return
         scope[ROUTE_KEY] = self.hot_route_paths[endpoint]
         request = Request(scope, receive)
         response = await _answer(endpoint, request)
+        # the answer is at hand: its status and the request id, without wrapping `send`
+        response.raw_headers.append(scope[REQUEST_ID_KEY])
+        scope[STATUS_KEY] = response.status_code
         await response(scope, receive, send)
 
     async def _refused(self, scope: Scope, size: int, limit: int) -> None:
@@ -170,6 +168,13 @@ UNMATCHED_ROUTE = "<unmatched>"  # 404: no template, and a raw path would be a l
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+STATUS_KEY = "couponry.status"  # the answer's status, for the metrics
+REQUEST_ID_KEY = "couponry.request_id"  # the X-Request-ID header every answer carries
+# New ids: this process's random prefix and a count (unique without a random read per request)
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count(1)
+
+
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     """The caller's `X-Request-ID` when it is a sane token (a proxy's, propagated), else a new one."""
     for name, value in headers:
@@ -178,7 +183,19 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.fullmatch(text):
                 return text
             break
-    return os.urandom(8).hex()
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
+def _answering(scope: Scope, send: Send) -> Send:
+    """`send`, noting the answer's status and adding the request id to its headers."""
+
+    async def answer(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            scope[STATUS_KEY] = message["status"]
+            message["headers"] = [*message.get("headers", ()), scope[REQUEST_ID_KEY]]
+        await send(message)
+
+    return answer
 
 
 def _route_label(scope: Scope, root: str) -> str:

@@ -60,13 +60,13 @@ def test_requests_are_counted_per_route_template_hot_and_routed(
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    validate = {"route": "/api/v1/validate", "method": "POST"}
-    assert delta("couponry_http_requests_total", status="200", **validate) == 2
+    validate = {"route": "/api/v1/validate", "method": "POST", "status": "200"}
     assert delta("couponry_http_request_duration_seconds_count", **validate) == 2
     assert delta("couponry_http_request_duration_seconds_sum", **validate) > 0
+    assert delta("couponry_http_request_duration_seconds_bucket", le="10.0", **validate) == 2
     routed = {"route": "/api/v1/campaigns/{campaign_id:int}", "method": "GET", "status": "200"}
-    assert delta("couponry_http_requests_total", **routed) == 1
-    assert delta("couponry_http_requests_total", route="<unmatched>", method="GET", status="404") == 1
+    assert delta("couponry_http_request_duration_seconds_count", **routed) == 1
+    assert delta("couponry_http_request_duration_seconds_count", route="<unmatched>", method="GET", status="404") == 1
     # the raw paths never become labels (one per id, or per stranger's guess)
     assert f'/api/v1/campaigns/{campaign_id}"' not in after and "/no/such/page" not in after
 
@@ -134,7 +134,7 @@ def test_the_metrics_token_is_required_when_set(settings: Settings, engine: Engi
         right = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
     assert missing.status_code == wrong.status_code == 401
     assert missing.json()["reason"] == "metrics_token_required"
-    assert right.status_code == 200 and "couponry_http_requests_total" in right.text
+    assert right.status_code == 200 and "couponry_http_request_duration_seconds_count" in right.text
 
 
 @pytest.fixture
@@ -173,8 +173,8 @@ async def test_webhook_outcomes_are_counted(engine: Engine, shop_id: int, settin
     assert (delta("received"), delta("duplicate"), delta("bad_signature")) == (1, 1, 1)
     route = {"route": "/webhooks/{platform}", "method": "POST"}
     assert (
-        value(after, "couponry_http_requests_total", status="200", **route)
-        - value(before, "couponry_http_requests_total", status="200", **route)
+        value(after, "couponry_http_request_duration_seconds_count", status="200", **route)
+        - value(before, "couponry_http_request_duration_seconds_count", status="200", **route)
         == 2
     )
     webhook_redemptions = value(after, "couponry_redemptions_total", source="webhook") - value(
@@ -206,5 +206,4 @@ def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
         [sys.executable, "-c", MULTIPROCESS_SCRAPE], env=env, check=True, timeout=60, capture_output=True, text=True
     ).stdout
     assert value(text, "couponry_redemptions_total", source="api") == 5
-    assert value(text, "couponry_http_requests_total", route="/api/v1/validate", method="POST", status="200") == 2
-    assert value(text, "couponry_http_request_duration_seconds_count", route="/api/v1/validate", method="POST") == 2
+    assert value(text, "couponry_http_request_duration_seconds_count", route="/api/v1/validate", method="POST", status="200") == 2
