@@ -247,7 +247,7 @@ class BigCommerceConnector:
         response = await send(self._client, "POST", url, json=body, headers={"Accept": "application/json"}, timeout=self.TIMEOUT)
         if response.status_code in (400, 401, 403):
             raise AuthError(f"BigCommerce refused the code: {error_message(response)}", status=response.status_code)
-        raise_for_status(response, message=_bc_error)
+        raise_for_status(response, platform=self.name, message=_bc_error)
         token = _json_object(response)
         if token.get("context", context) != context or not token.get("access_token"):
             raise AuthError("BigCommerce answered a token for another store")
@@ -692,7 +692,7 @@ class BigCommerceConnector:
             self._note_quota(response)
             if response.status_code in accept:
                 return response
-            return raise_for_status(response, message=_bc_error, retry_after=_reset_seconds)
+            return raise_for_status(response, platform=self.name, message=_bc_error, retry_after=_reset_seconds)
 
         return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)
 

@@ -129,7 +129,7 @@ class BrazeConnector:
                 self._pacer.hold(self._retry_after(response) or 1.0)
             if response.status_code == 400 and _indexed_errors(response):
                 return response
-            return raise_for_status(response, message=_message, retry_after=self._retry_after)
+            return raise_for_status(response, platform=self.name, message=_message, retry_after=self._retry_after)
 
         return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
 

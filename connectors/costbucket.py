@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from connectors import throttling
+
 T = TypeVar("T")
 
 # A reservation not settled within this many seconds is forgotten: its caller died mid-call
@@ -214,4 +216,5 @@ class CostBucket:
 
     async def _pause(self, seconds: float) -> None:
         self.waited += seconds
+        throttling.throttled("shopify", throttling.COST_BUCKET, seconds)
         await self._sleep(seconds)

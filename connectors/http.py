@@ -27,6 +27,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
+from connectors import throttling
 from connectors.base import Recipient, error_message, retry_after_seconds
 from connectors.errors import AuthError, NotFound, RateLimited, Rejected, UpstreamError
 
@@ -59,8 +60,10 @@ def raise_for_status(
     *,
     message: Callable[[httpx.Response], str] = error_message,
     retry_after: Callable[[httpx.Response], float | None] | None = None,
+    platform: str = "",
 ) -> httpx.Response:
-    """Return the response when it succeeded, else raise the matching ConnectorError."""
+    """Return the response when it succeeded, else raise the matching ConnectorError (a 429 is
+    announced as `platform`'s throttling, connectors.throttling)."""
     status = response.status_code
     if status < 400:
         return response
@@ -71,6 +74,7 @@ def raise_for_status(
         raise NotFound(text, status=status)
     if status == 429:
         delay = retry_after(response) if retry_after else retry_after_seconds(response.headers)
+        throttling.throttled(platform or "unknown", throttling.RATE_LIMITED, delay or 0.0)
         raise RateLimited(text, retry_after=delay, status=status)
     if status >= 500:
         raise UpstreamError(text, status=status)

@@ -364,7 +364,7 @@ class KlaviyoConnector:
                 response = await send(self._client, method, url, content=content, headers=headers, auth=self._auth)
             if response.status_code == 429:
                 pacer.hold(retry_after_seconds(response.headers) or 1.0)
-            return raise_for_status(response, message=_message)
+            return raise_for_status(response, platform=self.name, message=_message)
 
         return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep, retry_on=retry_on)
 

@@ -177,7 +177,7 @@ class MailchimpConnector:
 
         async def attempt() -> httpx.Response:
             response = await send(self._client, method, url, auth=self._auth, **kwargs)
-            return raise_for_status(response, message=_message)
+            return raise_for_status(response, platform=self.name, message=_message)
 
         return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
 

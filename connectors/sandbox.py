@@ -224,7 +224,7 @@ class SandboxConnector:
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         async def once() -> dict[str, Any]:
             response = await send(self._client, method, self._url(path), auth=self._auth, timeout=self.TIMEOUT, **kwargs)
-            raise_for_status(response)
+            raise_for_status(response, platform=self.name)
             data: dict[str, Any] = response.json()
             return data
 

@@ -186,7 +186,7 @@ class SendGridConnector:
 
         async def attempt() -> httpx.Response:
             response = await send(self._client, method, url, auth=self._auth, **kwargs)
-            return raise_for_status(response, message=_message, retry_after=self._retry_after)
+            return raise_for_status(response, platform=self.name, message=_message, retry_after=self._retry_after)
 
         return await retrying(attempt, attempts=self._attempts, wait=self._wait, sleep=self._sleep)
 

@@ -53,7 +53,7 @@ import httpx
 import jwt
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, retry_if_exception_type, stop_after_attempt
 
-from connectors import json_body
+from connectors import json_body, throttling
 from connectors.base import (
     REMOVAL_UNCONFIRMED,
     CodeSpec,
@@ -1160,6 +1160,7 @@ class ShopifyConnector:
         if response.status_code == 429:
             retry_after = retry_after_seconds(response.headers, 1.0) or 1.0
             await self.bucket.block(retry_after)
+            throttling.throttled(self.name, throttling.RATE_LIMITED, retry_after)
             raise RateLimited("Shopify asked us to slow down", retry_after=retry_after, status=429)
         _raise_for_status(response)
         if not isinstance(body, dict):
@@ -1184,6 +1185,7 @@ class ShopifyConnector:
                 retry_after = max(0.0, deficit) / float(status["restoreRate"])
             except (KeyError, TypeError, ValueError, ZeroDivisionError):
                 pass
+            throttling.throttled("shopify", throttling.RATE_LIMITED, retry_after)
             return RateLimited(f"Shopify throttled the request: {message}", retry_after=retry_after)
         if codes & {"ACCESS_DENIED", "UNAUTHORIZED"}:
             return AuthError(message)
@@ -1217,7 +1219,9 @@ def _raise_for_status(response: httpx.Response) -> None:
     if status == 404:
         raise NotFound(message, status=status)
     if status == 429:
-        raise RateLimited(message, retry_after=retry_after_seconds(response.headers, 1.0), status=status)
+        delay = retry_after_seconds(response.headers, 1.0)
+        throttling.throttled("shopify", throttling.RATE_LIMITED, delay or 0.0)
+        raise RateLimited(message, retry_after=delay, status=status)
     if status >= 500:
         raise UpstreamError(message, status=status)
     raise Rejected(message, status=status)

@@ -260,7 +260,7 @@ class TwilioConnector:
         async with self._limit.slot(self._sleep) as started_round:
             response = await send(self._client, method, url, auth=self._auth, **kwargs)
             try:
-                raise_for_status(response, message=_message)
+                raise_for_status(response, platform=self.name, message=_message)
             except RateLimited as exc:
                 await self._limit.throttled(started_round, exc.retry_after)
                 raise

@@ -699,7 +699,7 @@ class WooCommerceConnector:
             response = await send(
                 self._client, method, url, params=params, json=json, auth=auth, timeout=self.TIMEOUT, extensions=THIRD_PARTY_HOST
             )
-            return raise_for_status(response, message=_woo_error)
+            return raise_for_status(response, platform=self.name, message=_woo_error)
 
         return await retrying(attempt, attempts=self._max_attempts, wait=self._wait)
 

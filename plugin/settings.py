@@ -88,6 +88,7 @@ class RetiredKey:
 
 
 WEBHOOK_PROCESSING = ("web", "worker")
+LOG_FORMATS = ("auto", "json", "text")
 MIN_SECRET_LENGTH = 32
 
 
@@ -106,6 +107,10 @@ class Settings:
     sandbox_enabled: bool = True
     default_shop_domain: str = "local.couponry.test"
     log_level: str = "info"
+    # "json" (one object per line), "text" (readable), or "auto": JSON on PostgreSQL, text on SQLite
+    log_format: str = "auto"
+    # when set, GET /metrics asks for `Authorization: Bearer <token>`
+    metrics_token: Secret | None = None
     connector_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # Keys per purpose (plugin.keyring), each rotatable on its own; unset, both are the secret key.
     # The token key encrypts stored platform credentials; earlier token keys still decrypt them
@@ -179,6 +184,8 @@ class Settings:
                 f"COUPONRY_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters (it is {len(self.secret_key)}); "
                 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"COUPONRY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} (it is {self.log_format!r})")
         if self.webhook_processing not in WEBHOOK_PROCESSING:
             raise ConfigError(f"COUPONRY_WEBHOOK_PROCESSING must be one of {', '.join(WEBHOOK_PROCESSING)}")
         _check_guess_settings(self)
@@ -242,6 +249,8 @@ class Settings:
             sandbox_enabled=_bool(get("SANDBOX", "true") or "true"),
             default_shop_domain=get("DEFAULT_SHOP", "local.couponry.test") or "local.couponry.test",
             log_level=get("LOG_LEVEL", "info") or "info",
+            log_format=(get("LOG_FORMAT") or "auto").strip().lower(),
+            metrics_token=Secret(token) if (token := (get("METRICS_TOKEN") or "").strip()) else None,
             connector_config=connector_config,
             token_key=Secret(get("TOKEN_KEY") or "") or None,
             # COUPONRY_OLD_SECRET_KEYS: the name earlier releases gave the old token keys

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, func, select
 
 from plugin.errors import InvalidInput, NotFound, PluginError
 from plugin.formats import codes
+from plugin.metrics import REDEMPTIONS
 from plugin.rules import (
     Basket,
     CampaignRules,
@@ -395,6 +396,7 @@ def record_redemption(
             )
         writer.execute("RELEASE SAVEPOINT redeem", ())
     eventlog.emit(session.connection(), shop_id=shop_id, type="redemption.created", data=redemption_data(redemption), now=now)
+    REDEMPTIONS.labels(source).inc()  # recorded in this transaction (one rolled back later still counts)
     return RedeemOutcome(redemption, flagged=flagged)
 
 

@@ -33,7 +33,9 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
+from plugin import logs
 from plugin.errors import PluginError
+from plugin.metrics import JOB_FAILURES
 from plugin.runtime import settle_heap
 from plugin.settings import Settings
 from plugin.store import outbox
@@ -213,6 +215,12 @@ class Worker:
         return True
 
     async def execute(self, job: ClaimedJob) -> None:
+        # every record logged while the job runs names it and its shop
+        with logs.request_scope(f"job-{job.id}"):
+            logs.bind_shop(job.shop_id)
+            await self._execute(job)
+
+    async def _execute(self, job: ClaimedJob) -> None:
         engine = self.ctx.engine
         handler = self.handlers.get(job.kind)
         if handler is None:
@@ -236,6 +244,7 @@ class Worker:
                 engine,
                 lambda: outbox.fail(engine, job, self.worker_id, message, retry_after=retry_after, retryable=retryable),
             )
+            JOB_FAILURES.labels(job.kind, status or "lease_lost").inc()
             log.warning("job %s (%s) attempt %s failed -> %s: %s", job.id, job.kind, job.attempts, status, message)
         else:
             await run(engine, lambda: outbox.complete(engine, job, self.worker_id))
@@ -310,6 +319,7 @@ async def serve_worker(settings: Settings, engine: Engine, *, poll_interval: flo
 def run_worker(settings: Settings, engine: Engine | None = None, *, poll_interval: float = 1.0) -> None:
     """`couponry worker`: the loop in the foreground, with uvloop when available."""
     engine = engine or make_engine(settings.database_url)
+    logs.configure(settings)
     settle_heap()
     try:
         import uvloop

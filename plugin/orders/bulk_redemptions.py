@@ -37,6 +37,7 @@ from sqlmodel import Session
 
 from plugin.checkout.redemptions import POOL_CHANNEL, UnknownCode, customer_key, record_redemption
 from plugin.errors import InvalidInput
+from plugin.metrics import REDEMPTIONS
 from plugin.rules import (
     CampaignRules,
     CampaignStatus,
@@ -334,6 +335,8 @@ def _record_fast(
     if not todo:
         return []
     inserted = _insert(db, values)
+    if inserted:
+        REDEMPTIONS.labels("webhook").inc(len(inserted))  # as `record_redemption` counts its own
     raced = [uses[i] for i, v in zip(todo, values, strict=True) if _claim(v) not in inserted]
     existing = {}
     if raced:  # recorded by a concurrent transaction since we looked: duplicates

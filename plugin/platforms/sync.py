@@ -45,6 +45,7 @@ from plugin.campaigns.codeends import CodeEnds, ends_waiting, enqueue_ends
 from plugin.campaigns.lookup import campaign_format, get_campaign
 from plugin.errors import Conflict, InvalidInput
 from plugin.formats import codes
+from plugin.metrics import SYNC_FAILURES
 from plugin.platforms.connections import shop_connector
 from plugin.store import outbox
 from plugin.store.db import run, session_scope
@@ -261,7 +262,18 @@ async def handle_push(ctx: JobContext, job: outbox.ClaimedJob) -> None:
     campaign_id = int(job.payload["campaign_id"])
     shop, campaign = await run(engine, lambda: _load(engine, job.shop_id, campaign_id))
     connector = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
-    if retire := job.payload.get("retire"):
+    try:
+        await _push(ctx, connector, shop, campaign, retire=job.payload.get("retire"))
+    except ConnectorError:
+        SYNC_FAILURES.labels(connector.name, "call").inc()
+        raise
+
+
+async def _push(ctx: JobContext, connector: Any, shop: Shop, campaign: Campaign, *, retire: Any) -> None:
+    engine = ctx.engine
+    campaign_id = campaign.id
+    assert campaign_id is not None
+    if retire:
         await _retire(engine, connector, campaign, str(retire))
     discount_id = campaign.platform_discount_id
     if discount_id is None:
@@ -513,6 +525,8 @@ async def push_pending(
         )
         await run(engine, write)
         ok = sum(1 for r in results if r.ok)
+        if ok < len(rows):
+            SYNC_FAILURES.labels(connector.name, "code").inc(len(rows) - ok)
         synced, failed = synced + ok, failed + len(rows) - ok
         after_id = rows[-1].id or after_id
         if last:  # the rest is queued as its own job (`then`): other jobs run in between

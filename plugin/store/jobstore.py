@@ -221,3 +221,26 @@ def run_queued_now(conn: Connection, *, job_id: int, now: datetime) -> bool:
     """A queued job runs at the next claim (a running, done or dead one is left alone)."""
     result = conn.execute(update(_job).where(col(Job.id) == job_id, col(Job.status) == "queued").values(run_after=now))
     return bool(result.rowcount)
+
+
+@dataclass(frozen=True)
+class QueueFigure:
+    kind: str
+    status: str  # queued | running | dead
+    count: int
+    oldest_due: datetime | None  # queued jobs: the earliest `run_after` at or before now
+
+
+def queue_figures(conn: Connection, *, now: datetime) -> list[QueueFigure]:
+    """Jobs per kind and status, and how long the longest-waiting due job has waited: one
+    grouped read over `ix_job_claim` (status, run_after), done jobs never visited."""
+    stmt = (
+        select(_job.c.kind, _job.c.status, func.count(), func.min(_job.c.run_after))
+        .where(_job.c.status.in_(("queued", "running", "dead")))
+        .group_by(_job.c.kind, _job.c.status)
+    )
+    figures = []
+    for kind, status, count, earliest in conn.execute(stmt):
+        due = aware(earliest) if earliest is not None and status == "queued" else None
+        figures.append(QueueFigure(kind, status, int(count), due if due is not None and due <= now else None))
+    return figures

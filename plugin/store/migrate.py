@@ -10,7 +10,8 @@ serialises the two the same way (the second waits up to the busy timeout, 30 s).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,12 @@ def upgrade(engine: Engine, revision: str = "head", *, on_wait: Callable[[], Non
     """Migrate to `revision`, one release at a time (see the module's docstring); `on_wait` is
     called if another release holds the lock, before waiting for it."""
     config = alembic_config(engine)
-    with connected(engine) as connection, connection.begin():
+    with connected(engine) as connection, _foreign_keys_deferred(connection), connection.begin():
         _take_migration_lock(connection, on_wait)
         before = _heads(connection)  # read under the lock: what an earlier release left
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        _check_foreign_keys(connection)
         return Upgraded(before=before, after=_heads(connection))
 
 
@@ -74,6 +76,34 @@ def _take_migration_lock(connection: Connection, on_wait: Callable[[], None] | N
 
 def _heads(connection: Connection) -> frozenset[str]:
     return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+
+@contextmanager
+def _foreign_keys_deferred(connection: Connection) -> Iterator[None]:
+    """SQLite alters a table by copying it and dropping the original (Alembic's batch mode);
+    with foreign keys enforced, dropping a table other rows reference fails, so a migration
+    that alters `campaign` could only run on an empty database. As SQLite's documentation
+    prescribes for such changes, enforcement is off while migrating, and the result is checked
+    (`_check_foreign_keys`) before it commits. The pragma is a no-op inside a transaction: it
+    is set on the driver's connection before ours begins."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")  # the pooled connection goes back as the app expects it
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise ConfigError(f"the migration would leave {len(broken)} row(s) pointing at rows that don't exist: {broken[:3]}")
 
 
 def stamp(engine: Engine, revision: str = "head") -> None:

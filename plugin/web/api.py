@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from plugin import logs
 from plugin.campaigns import campaigns, issuing, lookup
 from plugin.checkout import checkout, guessing, redemptions
 from plugin.checkout.ratelimit import Guesser, GuessLimits
@@ -30,6 +31,7 @@ from plugin.codes import percode
 from plugin.distribution import klaviyopools
 from plugin.errors import InvalidInput, PluginError
 from plugin.formats import codes
+from plugin.metrics import RATE_LIMIT_REFUSALS
 from plugin.orders import webhooks
 from plugin.platforms import sync
 from plugin.rules import Customer
@@ -273,6 +275,7 @@ def _too_many(call: Call, guesser: Guesser) -> Response | None:
     verdict = call.limits.check(guesser)
     if verdict.allowed:
         return None
+    RATE_LIMIT_REFUSALS.labels("shopper" if guesser.named else "unnamed_key").inc()
     return problem(
         429,
         "too_many_attempts",
@@ -839,6 +842,7 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
         if key is None:
             return problem(401, "unauthenticated", "Send a valid API key: Authorization: Bearer <key>.",
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        logs.bind_shop(key.shop_id)
         if not _allowed(endpoint, key.scopes):
             return problem(403, "insufficient_scope", f"This API key lacks the {endpoint.scope!r} scope.")
         origin = request.headers.get("origin") if endpoint.storefront and "storefront" in key.scopes else None

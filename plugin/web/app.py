@@ -9,17 +9,14 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from connectors.egress import AddressPolicy, public_client, shared_client
-from plugin import __version__
 from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import PluginError
 from plugin.settings import Settings
-from plugin.store.units import healthy, in_thread, open_engine
-from plugin.web import admin, api, appproxy, callbacks, hooks, install, storefront
+from plugin.store.units import open_engine
+from plugin.web import admin, api, appproxy, callbacks, health, hooks, install, metrics, storefront
 from plugin.web import distribution as distribution_web
 from plugin.web.admin.signinlimit import SignInLimits
 from plugin.web.background import Background
@@ -28,13 +25,6 @@ from plugin.web.hotpaths import App
 from plugin.web.limits import BodyLimits
 from plugin.web.openapi import openapi_json
 from plugin.web.problems import http_error_handler, plugin_error_handler, validation_error_handler
-
-
-async def healthz(request: Request) -> JSONResponse:
-    engine: Engine = request.app.state.engine
-    ok = await in_thread(engine, lambda: healthy(engine))
-    body = {"status": "ok" if ok else "degraded", "version": __version__, "database": {"ok": ok, "dialect": engine.dialect.name}}
-    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
@@ -58,7 +48,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
                     await app.state.webhook_refusals.drain()  # refusals for size not yet recorded
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),  # touches nothing: a database outage restarts nothing
+        Route("/readyz", health.readyz, methods=["GET"]),  # database, migrations, Redis
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route(f"{api.PREFIX}/openapi.json", openapi_json, methods=["GET"]),
         Mount(api.PREFIX, routes=api.routes()),
         *distribution_web.routes(),  # signed pull URLs and claim pages
@@ -83,6 +75,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> App:
     app.body_limits = BodyLimits.from_settings(settings, api.larger_bodies(api.PREFIX), on_refused={hooks.PREFIX: hooks.refused})
     app.state.settings = settings
     app.state.engine = engine
+    app.state.queue_metrics = metrics.queue_registry(engine)  # the job queue, read at each scrape
     app.state.limiter = GuessLimits(
         settings.redis_url,
         per_shopper=settings.failed_code_limit,

@@ -45,7 +45,9 @@ from starlette.types import Scope
 from connectors import UnknownConnector
 from connectors.base import Delivery, ShopConnector
 from connectors.errors import BadSignature, ConnectorError
+from plugin import logs
 from plugin.errors import PluginError
+from plugin.metrics import WEBHOOKS
 from plugin.orders import webhooks
 from plugin.orders.ingest import Ingest
 from plugin.orders.orders import Processor
@@ -101,6 +103,7 @@ async def receive(request: Request) -> Response:
     try:
         connector = processor.connector(platform)
     except UnknownConnector:
+        WEBHOOKS.labels("unknown", "unknown_platform").inc()  # a label per stranger's path would grow forever
         return problem(404, "unknown_platform", f"no shop platform named {platform!r}")
     body = await request.body()
     headers = _headers(request.scope["headers"])
@@ -111,6 +114,7 @@ async def receive(request: Request) -> Response:
     try:
         connector.verify_webhook(headers, body)
     except BadSignature as exc:
+        WEBHOOKS.labels(platform, "bad_signature").inc()
         return problem(401, "bad_signature", exc.message)
 
     delivery: Delivery | None = None
@@ -123,6 +127,7 @@ async def receive(request: Request) -> Response:
     except ConnectorError as exc:
         error = f"could not parse the delivery: {exc}"
     if delivery is not None and delivery.kind == "ping":  # unsigned, and says nothing we act on
+        WEBHOOKS.labels(platform, "ping").inc()
         return Response(status_code=delivery.response_status)
     delivery_id = delivery.delivery_id if delivery else "sha256:" + hashlib.sha256(body).hexdigest()
     cache: dict[tuple[str, str], int] = request.app.state.webhook_shops
@@ -131,6 +136,7 @@ async def receive(request: Request) -> Response:
         shop_id = cache.get((platform, delivery.shop))
         if shop_id is None:
             shop_id = await in_thread(engine, lambda: _shop_id(engine, cache, platform, delivery.shop))
+    logs.bind_shop(shop_id)
     status = "received"
     if error is not None:
         status = "failed"
@@ -149,6 +155,7 @@ async def receive(request: Request) -> Response:
     )
     # committed (with its batch, and processed in it if it only redeems) before we answer
     stored = await ingest.store(row, delivery if status == "received" else None)
+    WEBHOOKS.labels(platform, status if stored.created else "duplicate").inc()
     answer = delivery.response_status if delivery else 200
     if not stored.created or stored.taken or status != "received" or delivery is None or shop_id is None:
         return Response(status_code=answer)  # nothing to do, or the pipeline (or the workers) did it
@@ -213,6 +220,7 @@ async def refused(scope: Scope, size: int, limit: int) -> None:
         connector = processor.connector(platform)
     except UnknownConnector:
         return
+    WEBHOOKS.labels(platform, "too_large").inc()
     shop, topic, delivery_id = webhook_headline(platform, _headers(scope["headers"]))
     declared = declared_length(scope) is not None
     log.warning(

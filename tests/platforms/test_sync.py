@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from tenacity import wait_none
 
 from plugin.jobs.worker import Worker
+from plugin.metrics import JOB_FAILURES, SYNC_FAILURES
 from plugin.platforms import sync
 from plugin.sandbox import store
 from plugin.settings import Settings
@@ -78,11 +79,13 @@ async def test_a_code_the_platform_refuses_fails_with_its_message_and_can_be_res
         assert other.id is not None
         store.add_codes(session, SHOP, other.id, [{"code": taken}], 250)
         sync.enqueue_push(session, shop_id=shop_id, campaign_id=campaign_id)
+    refused_before = SYNC_FAILURES.labels("sandbox", "code")._value.get()
     async with running_app(settings, engine) as (_, client):
         worker = Worker(JobContext(engine, settings, client), sweeps=())
         await drain(worker)
         failed = [c for c in campaign_codes(engine, campaign_id) if c.sync_status == "failed"]
         assert [c.code for c in failed] == [taken] and "another discount" in (failed[0].sync_error or "")
+        assert SYNC_FAILURES.labels("sandbox", "code")._value.get() == refused_before + 1  # /metrics counts it
         with session_scope(engine) as session:
             # the merchant moves it to our discount on the platform
             session.execute(
@@ -132,6 +135,8 @@ async def test_injected_platform_failures_still_sync_every_code(engine: Engine, 
         session.execute(update(Job).where(col(Job.id) == job_id).values(max_attempts=200))
     import connectors.sandbox as sandbox_connector
 
+    calls_before = SYNC_FAILURES.labels("sandbox", "call")._value.get()
+    retried_before = JOB_FAILURES.labels(sync.PUSH, "queued")._value.get()
     async with running_app(settings, engine) as (_, client):
         original = sandbox_connector.SandboxConnector
         worker = Worker(JobContext(engine, settings, client), sweeps=())
@@ -155,6 +160,10 @@ async def test_injected_platform_failures_still_sync_every_code(engine: Engine, 
     with session_scope(engine) as session:
         (job,) = session.exec(select(Job)).all()
         assert job.status == "done" and job.attempts > 1  # it really failed on the way
+    # and /metrics saw it: each failed attempt as a failed sync call and a retried job
+    retries = job.attempts - 1
+    assert JOB_FAILURES.labels(sync.PUSH, "queued")._value.get() - retried_before == retries
+    assert SYNC_FAILURES.labels("sandbox", "call")._value.get() - calls_before == retries
 
 
 async def test_voided_and_expired_codes_are_deactivated(engine: Engine, shop_id: int, settings: Settings) -> None:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 
 from connectors.errors import BadSignature
 from connectors.shopify import ShopifyConnector
-from plugin import keyring
+from plugin import keyring, logs
 from plugin.platforms.connections import connector_config
 from plugin.settings import Settings
 from plugin.shops import users
@@ -61,6 +61,9 @@ class AdminContext:
     bearer: str | None = None  # the BigCommerce page token, for htmx requests (Shopify's comes from App Bridge)
     api_key: str | None = None  # Shopify's client id, for the <meta name="shopify-api-key">
     user_id: int | None = None  # the standalone user (plugin.shops.users); None when the platform signed them in
+
+    def __post_init__(self) -> None:
+        logs.bind_shop(self.shop_id)  # the rest of this request's log lines name the shop
 
     @property
     def embedded(self) -> bool:
