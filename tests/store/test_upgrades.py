@@ -259,6 +259,16 @@ def _new_table(name: str) -> Callable[[Engine, dict[str, list[Any]], dict[str, l
     return check
 
 
+def _no_reminders_yet(engine: Engine, seeded: dict[str, list[Any]], new: dict[str, list[dict[str, Any]]]) -> None:
+    # deliveries from before were never reminded: each is reminded once when it falls due
+    assert [r["reminded_at"] for r in new["recipientdelivery"]] == [None] * len(seeded["recipientdelivery"])
+
+
+def _outbound_events(engine: Engine, seeded: dict[str, list[Any]], new: dict[str, list[dict[str, Any]]]) -> None:
+    for table in ("event_endpoint", "event_message", "event_delivery", "event_attempt", "alert_channel"):
+        assert new[table] == [], table
+
+
 CHECKS: dict[str, Callable[[Engine, dict[str, list[Any]], dict[str, list[dict[str, Any]]]], None]] = {
     "7c2f4e9a1b30": _index("ix_code_unassigned"),
     "5b7e1c0d2a93": _new_table("used_nonce"),
@@ -273,6 +283,9 @@ CHECKS: dict[str, Callable[[Engine, dict[str, list[Any]], dict[str, list[dict[st
     "c3d9a6e1f052": _counters,
     "d5a8c2f7e391": _bulk_mark,
     "e7b4d1a9c630": _index("ix_code_campaign_id"),
+    "f2c8a4d6b715": _no_reminders_yet,
+    "e97095fe9668": _index("ix_code_claimed"),
+    "a6c41e9d07b3": _outbound_events,
 }
 
 
