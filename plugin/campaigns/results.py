@@ -202,6 +202,8 @@ class _Reader:
             figures.flagged += int(flagged)
             if int(redeemed) or int(revenue) or int(discount):
                 figures.money.append(Money(currency, int(revenue), int(discount)))
+        if not dims:
+            row(())
         if set(dims) <= _ASSIGN_DIMENSIONS:
             for r in self.conn.execute(
                 text(
@@ -215,8 +217,6 @@ class _Reader:
                 row(tuple(_value(d, v) for d, v in zip(dims, r[: len(dims)], strict=True))).assigned = int(r[-1])
             for figures in out.values():
                 figures.assigned = figures.assigned or 0
-        if not dims:
-            row(())
         self._issued(dims, out)
         self._medians(dims, out)
         return dict(sorted(out.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0])))
@@ -408,7 +408,7 @@ def redemption_log_csv(engine: Engine, *, shop_id: int, query: Query) -> Iterato
     with read_session(engine) as session:
         get_campaign(session, shop_id=shop_id, campaign_id=query.campaign_id)
         shop = session.get(Shop, shop_id)
-    zone = ZoneInfo(shop.timezone if shop is not None else "UTC")
+        zone = ZoneInfo(shop.timezone if shop is not None else "UTC")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(LOG_COLUMNS)
@@ -426,29 +426,29 @@ def redemption_log_csv(engine: Engine, *, shop_id: int, query: Query) -> Iterato
             page = session.exec(
                 select(Redemption).where(*conditions, col(Redemption.id) > last).order_by(col(Redemption.id)).limit(LOG_PAGE)
             ).all()
-        if not page:
-            return
-        for r in page:
-            writer.writerow(
-                (
-                    r.id,
-                    r.created_at.isoformat(),
-                    r.order_id,
-                    r.code,
-                    r.status,
-                    r.channel or "",
-                    _blank(r.partner_id),
-                    _blank(r.batch_id),
-                    r.currency,
-                    r.subtotal,
-                    r.refunded,
-                    r.amount,
-                    r.flagged_reason or "",
-                    _blank(r.wait_seconds),
-                    r.rolled_back_at.isoformat() if r.rolled_back_at else "",
+            if not page:
+                return
+            for r in page:
+                writer.writerow(
+                    (
+                        r.id,
+                        r.created_at.isoformat(),
+                        r.order_id,
+                        r.code,
+                        r.status,
+                        r.channel or "",
+                        _blank(r.partner_id),
+                        _blank(r.batch_id),
+                        r.currency,
+                        r.subtotal,
+                        r.refunded,
+                        r.amount,
+                        r.flagged_reason or "",
+                        _blank(r.wait_seconds),
+                        r.rolled_back_at.isoformat() if r.rolled_back_at else "",
+                    )
                 )
-            )
-        last = page[-1].id or last
+            last = page[-1].id or last
         yield _drain(buffer)
 
 
