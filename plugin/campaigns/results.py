@@ -331,6 +331,37 @@ def _median(values: list[int]) -> float:
     return float(values[n // 2]) if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
 
+def figures_json(f: Figures) -> dict[str, Any]:
+    return {
+        "key": {k: v.isoformat() if isinstance(v, date) else v for k, v in f.key.items()},
+        "issued": f.issued,
+        "assigned": f.assigned,
+        "redeemed": f.redeemed,
+        "redemption_rate": f.redemption_rate,
+        "rolled_back": f.rolled_back,
+        "flagged": f.flagged,
+        "money": [
+            {"currency": m.currency, "revenue": m.revenue, "discount": m.discount, "return_per_discount": m.return_per_discount}
+            for m in f.money
+        ],
+        "median_wait_seconds": f.median_wait_seconds,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as JSON values (the API's ResultsReport, the CLI's output)."""
+    return {
+        "campaign_id": report.campaign_id,
+        "partner_id": report.partner_id,
+        "timezone": report.timezone,
+        "group_by": list(report.group_by),
+        "from": report.start.isoformat() if report.start else None,
+        "to": report.end.isoformat() if report.end else None,
+        "totals": figures_json(report.totals),
+        "groups": [figures_json(g) for g in report.groups],
+    }
+
+
 # --- CSV ------------------------------------------------------------------------------------
 
 FIGURE_COLUMNS = (

@@ -12,7 +12,7 @@ an exhausted pool answers 409 problem+json with reason `pool_exhausted` and rais
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,36 +207,8 @@ def _results_query(call: Call, campaign_id: int) -> results_service.Query:
     return query
 
 
-def _figures_out(f: results_service.Figures) -> schemas.ResultsFigures:
-    return schemas.ResultsFigures(
-        key={k: v.isoformat() if isinstance(v, date) else v for k, v in f.key.items()},
-        issued=f.issued,
-        assigned=f.assigned,
-        redeemed=f.redeemed,
-        redemption_rate=f.redemption_rate,
-        rolled_back=f.rolled_back,
-        flagged=f.flagged,
-        money=[
-            schemas.ResultsMoney(
-                currency=m.currency, revenue=m.revenue, discount=m.discount, return_per_discount=m.return_per_discount
-            )
-            for m in f.money
-        ],
-        median_wait_seconds=f.median_wait_seconds,
-    )
-
-
 def report_out(report: results_service.Report) -> schemas.ResultsReport:
-    return schemas.ResultsReport(
-        campaign_id=report.campaign_id,
-        partner_id=report.partner_id,
-        timezone=report.timezone,
-        group_by=list(report.group_by),
-        start=report.start.isoformat() if report.start else None,
-        end=report.end.isoformat() if report.end else None,
-        totals=_figures_out(report.totals),
-        groups=[_figures_out(g) for g in report.groups],
-    )
+    return schemas.ResultsReport.model_validate(results_service.report_json(report))
 
 
 _CSV_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
