@@ -55,6 +55,7 @@ PAGES = (
     "distribution",
     "settings",
     "sandbox",
+    "results",
 )  # modules of plugin.web.admin.pages
 
 
