@@ -283,7 +283,7 @@ mutation CouponryWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $s
 
 SHOP = """
 query CouponryShop {
-  shop { name myshopifyDomain currencyCode }
+  shop { name myshopifyDomain currencyCode ianaTimezone }
 }"""
 
 # Cost we expect before Shopify has told us (it answers requestedQueryCost; we learn from that).
@@ -997,9 +997,15 @@ class ShopifyConnector:
             variables["after"] = info["endCursor"]
 
     async def fetch_shop(self) -> Json:
-        """The shop's name, myshopify domain and currency: also a cheap check that the token works."""
+        """The shop's name, myshopify domain, currency and IANA time zone: also a cheap check that
+        the token works."""
         data = await self._graphql(SHOP, {})
         return dict(data.get("shop") or {})
+
+    async def store_timezone(self) -> str | None:
+        """The shop's IANA time zone (`shop.ianaTimezone`), None when the answer has none."""
+        zone = (await self.fetch_shop()).get("ianaTimezone")
+        return zone if isinstance(zone, str) and zone else None
 
     # --- HTTP ----------------------------------------------------------------------------------
 
