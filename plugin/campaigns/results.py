@@ -11,9 +11,9 @@ plugin.distribution.partners.results); return per unit of discount is revenue / 
 
 from __future__ import annotations
 
-import bisect
 import csv
 import io
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +177,7 @@ class _Reader:
 
     def figures(self, dims: Sequence[str]) -> dict[Key, Figures]:
         out: dict[Key, Figures] = {}
+        self.waited: dict[Key, int] = {}  # per group: the active redemptions with a wait (the rollups say)
 
         def row(key: Key) -> Figures:
             if key not in out:
@@ -188,7 +189,8 @@ class _Reader:
         where, params = self._filters("partner_key", "day")
         money = self.conn.execute(
             text(
-                f"SELECT {select_cols}currency, SUM(redeemed), SUM(rolled_back), SUM(flagged), SUM(revenue), SUM(discount) "
+                f"SELECT {select_cols}currency, SUM(redeemed), SUM(rolled_back), SUM(flagged), SUM(revenue), SUM(discount), "
+                "SUM(waited) "
                 f"FROM result_day WHERE shop_id = :shop AND campaign_id = :campaign{where} "
                 f"GROUP BY {select_cols}currency ORDER BY {select_cols}currency"
             ),
@@ -197,7 +199,8 @@ class _Reader:
         for r in money:
             key = tuple(_value(d, v) for d, v in zip(dims, r[: len(dims)], strict=True))
             figures = row(key)
-            currency, redeemed, rolled_back, flagged, revenue, discount = r[len(dims) :]
+            currency, redeemed, rolled_back, flagged, revenue, discount, waited = r[len(dims) :]
+            self.waited[key] = self.waited.get(key, 0) + int(waited)
             figures.redeemed += int(redeemed)
             figures.rolled_back += int(rolled_back)
             figures.flagged += int(flagged)
@@ -246,13 +249,12 @@ class _Reader:
         moment = datetime.combine(day, time(), ZoneInfo(self.zone)).astimezone(UTC)
         return moment.replace(tzinfo=None).isoformat(" ", "microseconds") if self.sqlite else moment
 
-    def _medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
-        """Medians of the waits of the active redemptions in each group. Without a grouping, two
-        reads of the index (campaign, status, wait) in order; grouped, one read of the rows."""
+    def _wait_filters(self) -> tuple[str, dict[str, Any]]:
+        """The conditions of the redemptions a query counts, on the columns the wait indexes carry.
+        The campaign is this shop's (checked), so the shop needs no condition: the index answers alone."""
         q = self.query
-        where = " AND r.campaign_id = :campaign AND r.status = 'active' AND r.wait_seconds IS NOT NULL"
+        where = "r.campaign_id = :campaign AND r.status = 'active' AND r.wait_seconds IS NOT NULL"
         params: dict[str, Any] = {"campaign": q.campaign_id}
-        # the campaign is this shop's (checked), so the shop needs no condition: the index answers alone
         if q.partner_id is not None:
             where += " AND r.partner_id = :partner"
             params["partner"] = q.partner_id
@@ -262,57 +264,93 @@ class _Reader:
         if q.end is not None:
             where += " AND r.created_at < :end"
             params["end"] = self._instant(q.end + timedelta(days=1))
-        if not dims:
-            n = int(self.conn.execute(text(f"SELECT COUNT(*) FROM redemption AS r WHERE 1 = 1{where}"), params).scalar_one())
-            if n:
+        return where, params
+
+    def _medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
+        """Medians of the waits of the active redemptions in each group. Without a grouping, or by
+        channel, partner or batch: for each group, its count from the rollups and the middle one
+        or two waits read at that OFFSET of an index in wait order (ix_redemption_*_wait), so no
+        row is sorted or sent. By day or provider (or two dimensions): one read of the rows."""
+        if not dims or (len(dims) == 1 and dims[0] in _WAIT_INDEXED):
+            where, params = self._wait_filters()
+            for key, figures in out.items():
+                n = self.waited.get(key, 0)
+                if not n:
+                    continue
+                condition = _group_condition(dims[0], key[0]) if dims else ""
                 middle = self.conn.execute(
                     text(
-                        f"SELECT r.wait_seconds FROM redemption AS r WHERE 1 = 1{where} "
+                        f"SELECT r.wait_seconds FROM redemption AS r WHERE {where}{condition} "
                         "ORDER BY r.wait_seconds LIMIT :k OFFSET :o"
                     ),
-                    {**params, "k": 2 - n % 2, "o": (n - 1) // 2},
+                    {**params, "group": key[0] if dims else None, "k": 2 - n % 2, "o": (n - 1) // 2},
                 ).all()
-                out[()].median_wait_seconds = sum(float(m[0]) for m in middle) / len(middle)
+                if middle:
+                    figures.median_wait_seconds = sum(float(m[0]) for m in middle) / len(middle)
             return
+        self._scanned_medians(dims, out)
+
+    def _scanned_medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
         exprs = {
             "channel": "COALESCE(r.channel, '')",
             "partner": "COALESCE(r.partner_id, 0)",
             "batch": "COALESCE(r.batch_id, 0)",
             "provider": code_provider("c"),
-            "day": "r.created_at",
         }
+        where, params = self._wait_filters()
         join = " LEFT JOIN code AS c ON c.id = r.code_id" if "provider" in dims else ""
-        rows = self.conn.execute(
-            text(f"SELECT {', '.join(exprs[d] for d in dims)}, r.wait_seconds FROM redemption AS r{join} WHERE 1 = 1{where}"),
-            params,
-        ).all()
-        days = self._day_finder(list(out)) if "day" in dims else None
+        others = [d for d in dims if d != "day"]
+        columns = ", ".join(["r.created_at" if "day" in dims else "NULL", *(exprs[d] for d in others), "r.wait_seconds"])
+        order = " ORDER BY r.created_at" if "day" in dims else ""
+        # the DBAPI cursor itself: ~100,000 rows through the ORM's result rows cost more than the read
+        sql = f"SELECT {columns} FROM redemption AS r{join} WHERE {where}{order}"
+        rows = self.conn.exec_driver_sql(*_driver_sql(self.sqlite, sql, params)).cursor
+        assert rows is not None
+        day_of = self._day_walker() if "day" in dims else None
         waits: dict[Key, list[int]] = defaultdict(list)
-        for r in rows:
-            key = tuple(days(v) if d == "day" and days else _value(d, v) for d, v in zip(dims, r[:-1], strict=True))
-            waits[key].append(int(r[-1]))
-        for key, values in waits.items():
+        for row in rows.fetchall():
+            found = dict(zip(others, row[1:-1], strict=True))
+            if day_of is not None:
+                found["day"] = day_of(row[0])
+            waits[tuple(_value(d, found[d]) for d in dims)].append(int(row[-1]))
+        for key, group in waits.items():
             if key in out:
-                out[key].median_wait_seconds = _median(values)
+                out[key].median_wait_seconds = _median(group)
 
-    def _day_finder(self, keys: list[Key]) -> Any:
-        """Local day of a stored instant by bisecting the UTC instants of local midnights (a
-        conversion per row would cost more than the read)."""
-        index = list(self.query.group_by).index("day")
-        known = [k[index] for k in keys if isinstance(k[index], date)]
-        first = self.query.start or (min(known) if known else date.today())
-        last = self.query.end or (max(known) if known else first)
-        first, last = first - timedelta(days=1), last + timedelta(days=1)
-        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        starts = [self._instant(d) for d in days]
+    def _day_walker(self) -> Any:
+        """The local day of stored instants given in increasing order: one midnight computed per
+        day crossed, not a time zone conversion per row."""
+        zone = ZoneInfo(self.zone)
+        state: dict[str, Any] = {"day": None, "next": None}
 
-        def find(stored: Any) -> date | None:
-            if not self.sqlite and isinstance(stored, datetime) and stored.tzinfo is None:
-                stored = stored.replace(tzinfo=UTC)
-            i = bisect.bisect_right(starts, stored) - 1
-            return days[i] if i >= 0 else None
+        def day_of(stored: Any) -> date:
+            moment = stored if isinstance(stored, datetime) else datetime.fromisoformat(stored)
+            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+            if state["next"] is None or moment >= state["next"] or moment < state["start"]:
+                day = moment.astimezone(zone).date()
+                state["day"], state["start"] = day, datetime.combine(day, time(), zone)
+                state["next"] = datetime.combine(day + timedelta(days=1), time(), zone)
+            result: date = state["day"]
+            return result
 
-        return find
+        return day_of
+
+
+_WAIT_INDEXED = {"channel": "r.channel", "partner": "r.partner_id", "batch": "r.batch_id"}
+
+
+def _group_condition(dimension: str, value: Any) -> str:
+    column = _WAIT_INDEXED[dimension]
+    if value in ("", 0):  # the rollups' "none" is NULL in the row (or, for a channel, also '')
+        return f" AND ({column} IS NULL OR {column} = '')" if dimension == "channel" else f" AND {column} IS NULL"
+    return f" AND {column} = :group"
+
+
+def _driver_sql(sqlite: bool, sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`sql` with its :name placeholders in the driver's own style (sqlite3 takes :name as is)."""
+    if sqlite:
+        return sql, params
+    return re.sub(r":(\w+)", r"%(\1)s", sql.replace("%", "%%")), params
 
 
 def _value(dimension: str, value: Any) -> Any:

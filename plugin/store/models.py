@@ -306,8 +306,13 @@ class Redemption(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
         Index("ix_redemption_shop_created", "shop_id", "created_at"),
-        # a campaign's waits in order: the median is one index range read (plugin.campaigns.results)
-        Index("ix_redemption_campaign_wait", "campaign_id", "status", "wait_seconds"),
+        # a campaign's waits in order, per campaign and per channel, partner or batch: a median is
+        # an OFFSET into one index range, its count from result_day (plugin.campaigns.results); the
+        # trailing columns answer a range or partner filter without reading the table
+        Index("ix_redemption_campaign_wait", "campaign_id", "status", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_channel_wait", "campaign_id", "status", "channel", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_partner_wait", "campaign_id", "status", "partner_id", "wait_seconds", "created_at"),
+        Index("ix_redemption_batch_wait", "campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"),
         # Self-referral by address: a referrer's orders to this address. Partial, so orders
         # without a shipping address (digital, pickup, API calls without one) cost it nothing.
         Index(
@@ -669,6 +674,7 @@ class ResultDay(SQLModel, table=True):
     flagged: int = Counter()
     revenue: int = Counter()
     discount: int = Counter()
+    waited: int = Counter()  # active redemptions with a wait_seconds: the median's count
 
 
 class AssignDay(SQLModel, table=True):

@@ -55,7 +55,8 @@ def register_sqlite(dbapi_connection: Any) -> None:
 # --- the SQL both dialects share --------------------------------------------------------------
 
 RESULT_KEY = ("shop_id", "campaign_id", "day", "channel", "partner_key", "batch_key", "provider", "currency")
-RESULT_COUNTERS = ("redeemed", "rolled_back", "flagged", "revenue", "discount")
+# waited: active redemptions with a wait (their code had a recipient), the median's count
+RESULT_COUNTERS = ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited")
 ASSIGN_KEY = ("shop_id", "campaign_id", "day", "partner_key", "batch_key", "provider")
 
 
@@ -92,6 +93,7 @@ def _result_terms(row: str, sign: str) -> list[str]:
         f"{sign}(CASE WHEN {row}.flagged_reason IS NOT NULL THEN 1 ELSE 0 END)",
         f"{sign}(CASE WHEN {active} THEN {row}.subtotal - {row}.refunded ELSE 0 END)",
         f"{sign}(CASE WHEN {active} THEN {row}.amount ELSE 0 END)",
+        f"{sign}(CASE WHEN {active} AND {row}.wait_seconds IS NOT NULL THEN 1 ELSE 0 END)",
     ]
 
 
@@ -222,12 +224,16 @@ def _code_update_body(dialect: str) -> str:
     return f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')} {moved}"
 
 
+_THIS_ROW = "r.id = NEW.id AND r.campaign_id IS NOT NULL"
+
+
 def _sqlite_ddl() -> list[str]:
     d = "sqlite"
     return [
+        # the row as the UPDATE left it (NEW still holds no wait)
         "CREATE TRIGGER IF NOT EXISTS results_redemption_insert AFTER INSERT ON redemption BEGIN "
         f"UPDATE redemption SET wait_seconds = {_wait_query(d)} WHERE id = NEW.id AND NEW.code_id IS NOT NULL; "
-        f"{_redemption_row(d, 'NEW', '')} END",
+        f"{_result_upsert(_result_keys(d, 'r'), _result_terms('r', ''), 'FROM redemption AS r', _THIS_ROW, False)} END",
         f"CREATE TRIGGER IF NOT EXISTS results_redemption_update AFTER UPDATE ON redemption WHEN "
         f"{_changed(d, _REDEMPTION_CHANGES)} BEGIN {_redemption_row(d, 'OLD', '-')} {_redemption_row(d, 'NEW', '')} END",
         "CREATE TRIGGER IF NOT EXISTS results_redemption_delete AFTER DELETE ON redemption "

@@ -20,13 +20,21 @@ down_revision: str | None = "e7b4d1a9c630"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+WAIT_INDEXES = {
+    "ix_redemption_campaign_wait": ["campaign_id", "status", "wait_seconds", "created_at", "partner_id"],
+    "ix_redemption_channel_wait": ["campaign_id", "status", "channel", "wait_seconds", "created_at", "partner_id"],
+    "ix_redemption_partner_wait": ["campaign_id", "status", "partner_id", "wait_seconds", "created_at"],
+    "ix_redemption_batch_wait": ["campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"],
+}
+
 
 def upgrade() -> None:
     with op.batch_alter_table("shop", schema=None) as batch_op:
         batch_op.add_column(sa.Column("timezone", sa.String(length=64), server_default=sa.text("'UTC'"), nullable=False))
     with op.batch_alter_table("redemption", schema=None) as batch_op:
         batch_op.add_column(sa.Column("wait_seconds", sa.BigInteger(), nullable=True))
-        batch_op.create_index("ix_redemption_campaign_wait", ["campaign_id", "status", "wait_seconds"], unique=False)
+        for name, columns in WAIT_INDEXES.items():
+            batch_op.create_index(name, columns, unique=False)
     with op.batch_alter_table("recipientdelivery", schema=None) as batch_op:
         batch_op.create_index("ix_delivery_code", ["code_id", "id"], unique=False)
     counter = {"server_default": sa.text("0"), "nullable": False}
@@ -40,7 +48,7 @@ def upgrade() -> None:
         sa.Column("batch_key", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
-        *(sa.Column(c, sa.BigInteger(), **counter) for c in ("redeemed", "rolled_back", "flagged", "revenue", "discount")),
+        *(sa.Column(c, sa.BigInteger(), **counter) for c in ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited")),
         sa.PrimaryKeyConstraint("shop_id", "campaign_id", "day", "channel", "partner_key", "batch_key", "provider", "currency"),
     )
     op.create_table(
@@ -89,7 +97,8 @@ def downgrade() -> None:
     with op.batch_alter_table("recipientdelivery", schema=None) as batch_op:
         batch_op.drop_index("ix_delivery_code")
     with op.batch_alter_table("redemption", schema=None) as batch_op:
-        batch_op.drop_index("ix_redemption_campaign_wait")
+        for name in WAIT_INDEXES:
+            batch_op.drop_index(name)
         batch_op.drop_column("wait_seconds")
     with op.batch_alter_table("shop", schema=None) as batch_op:
         batch_op.drop_column("timezone")
