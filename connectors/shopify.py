@@ -638,6 +638,8 @@ class ShopifyConnector:
             customer_id=_str_or_none(customer.get("id")),
             email=_str_or_none(payload.get("email") or payload.get("contact_email") or customer.get("email")),
             subtotal=_to_minor(payload.get("subtotal_price"), currency),
+            # subtotal_price: "after discounts but before shipping, duties, taxes, and tips"
+            net_subtotal=_to_minor(payload.get("subtotal_price"), currency),
             total=_to_minor(payload.get("total_price"), currency),
             currency=currency,
             channel=_str_or_none(payload.get("source_name")),
@@ -966,6 +968,8 @@ class ShopifyConnector:
             customer_id=_legacy_id(str(customer["id"])) if customer.get("id") else None,
             email=_str_or_none(order.get("email")),
             subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
+            # subtotalPriceSet: the line items' prices after discounts, before shipping and tax
+            net_subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             total=_to_minor(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             currency=currency,
             channel=_str_or_none(order.get("sourceName")),

@@ -286,6 +286,9 @@ class Redemption(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     subtotal: int = Field(default=0, sa_type=BigInteger)  # order revenue before the discount
     amount: int = Field(default=0, sa_type=BigInteger)  # discount given
+    # the order's subtotal after all discounts, before shipping and tax, as the platform states it
+    # (None: not stated; results then count subtotal - amount)
+    revenue: int | None = Field(default=None, sa_type=BigInteger)
     # The order's total and units (sum of its lines' quantities; 0 unknown), what the refund
     # ledger compares refunds with (plugin.checkout.refunds); `refunded`: the part of `subtotal` partial
     # refunds took back (attributed revenue is subtotal - refunded).

@@ -91,7 +91,9 @@ def _result_terms(row: str, sign: str) -> list[str]:
         f"{sign}(CASE WHEN {active} THEN 1 ELSE 0 END)",
         f"{sign}(CASE WHEN {row}.status = 'rolled_back' THEN 1 ELSE 0 END)",
         f"{sign}(CASE WHEN {row}.flagged_reason IS NOT NULL THEN 1 ELSE 0 END)",
-        f"{sign}(CASE WHEN {active} THEN {row}.subtotal - {row}.refunded ELSE 0 END)",
+        # revenue: the order's subtotal after all discounts (as the platform stated it, else the
+        # subtotal less this code's discount), less what refunds took back
+        f"{sign}(CASE WHEN {active} THEN COALESCE({row}.revenue, {row}.subtotal - {row}.amount) - {row}.refunded ELSE 0 END)",
         f"{sign}(CASE WHEN {active} THEN {row}.amount ELSE 0 END)",
         f"{sign}(CASE WHEN {active} AND {row}.wait_seconds IS NOT NULL THEN 1 ELSE 0 END)",
     ]
@@ -172,6 +174,7 @@ _REDEMPTION_CHANGES = (
     "status",
     "amount",
     "subtotal",
+    "revenue",
     "refunded",
     "flagged_reason",
     "created_at",

@@ -124,6 +124,7 @@ def _random_writes(
                 channel=rng.choice(CHANNELS),
                 currency=rng.choice(CURRENCIES),
                 subtotal=subtotal,
+                revenue=subtotal - rng.randrange(0, 2000) if rng.random() < 0.5 else None,
                 amount=rng.randrange(100, 1000),
                 flagged_reason="self_referral" if rng.random() < 0.1 else None,
                 created_at=created,
@@ -188,7 +189,8 @@ def _oracle(
             f["rolled_back"] += 1
             continue
         f["redeemed"] += 1
-        f["money"][r.currency][0] += r.subtotal - r.refunded
+        # revenue: the platform's net subtotal, else the subtotal less this code's discount
+        f["money"][r.currency][0] += (r.revenue if r.revenue is not None else r.subtotal - r.amount) - r.refunded
         f["money"][r.currency][1] += r.amount
         code = codes.get(r.code_id)
         assert code is not None
@@ -364,7 +366,7 @@ def test_real_checkout_redemptions_and_rollbacks_move_the_results(engine: Engine
     with session_scope(engine) as session:
         report = results.results(session, shop_id=shop_id, query=results.Query(campaign.id or 0))
     assert (report.totals.assigned, report.totals.redeemed, report.totals.issued) == (1, 1, 1)
-    assert [(m.currency, m.revenue, m.discount, m.return_per_discount) for m in report.totals.money] == [("EUR", 4000, 500, 8.0)]
+    assert [(m.currency, m.revenue, m.discount, m.return_per_discount) for m in report.totals.money] == [("EUR", 3500, 500, 7.0)]
     assert report.totals.redemption_rate == 1.0
     assert report.totals.median_wait_seconds is not None and 7190 <= report.totals.median_wait_seconds <= 7210
     with session_scope(engine) as session:

@@ -65,7 +65,7 @@ def test_the_results_page_shows_totals_a_table_and_accessible_charts(
     page = web.get(f"/admin/campaigns/{campaign_id}/results", params={"group_by": "channel"})
     assert page.status_code == 200
     assert 'id="res-redeemed">6<' in page.text and 'id="res-assigned">6<' in page.text
-    assert "£200.00 / £25.00" in page.text and "€40.00 / €5.00" in page.text  # per currency, never added
+    assert "£175.00 / £25.00" in page.text and "€35.00 / €5.00" in page.text  # per currency, never added
     table = re.search(r'<table class="list" id="results-table">.*?</table>', page.text, re.S)
     assert table and '<th scope="row">web</th>' in table[0] and '<th scope="row">pos</th>' in table[0]
     svgs = re.findall(r"<svg class=\"chart\".*?</svg>", page.text, re.S)

@@ -33,6 +33,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("timezone", sa.String(length=64), server_default=sa.text("'UTC'"), nullable=False))
     with op.batch_alter_table("redemption", schema=None) as batch_op:
         batch_op.add_column(sa.Column("wait_seconds", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("revenue", sa.BigInteger(), nullable=True))
         for name, columns in WAIT_INDEXES.items():
             batch_op.create_index(name, columns, unique=False)
     with op.batch_alter_table("recipientdelivery", schema=None) as batch_op:
@@ -75,6 +76,12 @@ def upgrade() -> None:
             "julianday(c.assigned_at)) * 86400) AS INTEGER) FROM code AS c WHERE c.id = redemption.code_id "
             "AND c.recipient IS NOT NULL) WHERE code_id IS NOT NULL"
         )
+    # Shopify's stored subtotal was already after discounts (subtotal_price); elsewhere revenue
+    # stays unknown (NULL) and results count subtotal - amount
+    bind.exec_driver_sql(
+        "UPDATE redemption SET revenue = subtotal WHERE source = 'webhook' "
+        "AND shop_id IN (SELECT id FROM shop WHERE platform = 'shopify')"
+    )
     rollups.install(bind)
     rollups.rebuild(bind)
 
@@ -100,6 +107,7 @@ def downgrade() -> None:
         for name in WAIT_INDEXES:
             batch_op.drop_index(name)
         batch_op.drop_column("wait_seconds")
+        batch_op.drop_column("revenue")
     with op.batch_alter_table("shop", schema=None) as batch_op:
         batch_op.drop_column("timezone")
     counters.install(bind)  # a SQLite batch rebuild of `redemption` dropped its counters' triggers
