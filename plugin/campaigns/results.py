@@ -269,22 +269,24 @@ class _Reader:
 
     def _medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
         """Medians of the waits of the active redemptions in each group. Without a grouping, or by
-        channel, partner or batch: for each group, its count from the rollups and the middle one
-        or two waits read at that OFFSET of an index in wait order (ix_redemption_*_wait), so no
-        row is sorted or sent. By day or provider (or two dimensions): one read of the rows."""
-        if not dims or (len(dims) == 1 and dims[0] in _WAIT_INDEXED):
+        channel, partner, batch or day (or two of them): for each group, its count from the
+        rollups and the middle one or two waits read at that OFFSET of an index in wait order
+        (ix_redemption_*_wait), so no row is sorted or sent. By provider (not a column of the
+        row): one read of the rows."""
+        if all(d in _WAIT_INDEXED for d in dims):
             where, params = self._wait_filters()
             for key, figures in out.items():
                 n = self.waited.get(key, 0)
                 if not n:
                     continue
-                condition = _group_condition(dims[0], key[0]) if dims else ""
+                condition = "".join(_group_condition(d, v, f"g{i}") for i, (d, v) in enumerate(zip(dims, key, strict=True)))
+                groups = {f"g{i}": self._date(v) if isinstance(v, date) else v for i, v in enumerate(key)}
                 middle = self.conn.execute(
                     text(
                         f"SELECT r.wait_seconds FROM redemption AS r WHERE {where}{condition} "
                         "ORDER BY r.wait_seconds LIMIT :k OFFSET :o"
                     ),
-                    {**params, "group": key[0] if dims else None, "k": 2 - n % 2, "o": (n - 1) // 2},
+                    {**params, **groups, "k": 2 - n % 2, "o": (n - 1) // 2},
                 ).all()
                 if middle:
                     figures.median_wait_seconds = sum(float(m[0]) for m in middle) / len(middle)
@@ -337,14 +339,14 @@ class _Reader:
         return day_of
 
 
-_WAIT_INDEXED = {"channel": "r.channel", "partner": "r.partner_id", "batch": "r.batch_id"}
+_WAIT_INDEXED = {"channel": "r.channel", "partner": "r.partner_id", "batch": "r.batch_id", "day": "r.local_day"}
 
 
-def _group_condition(dimension: str, value: Any) -> str:
+def _group_condition(dimension: str, value: Any, name: str) -> str:
     column = _WAIT_INDEXED[dimension]
     if value in ("", 0):  # the rollups' "none" is NULL in the row (or, for a channel, also '')
         return f" AND ({column} IS NULL OR {column} = '')" if dimension == "channel" else f" AND {column} IS NULL"
-    return f" AND {column} = :group"
+    return f" AND {column} = :{name}"
 
 
 def _driver_sql(sqlite: bool, sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -305,6 +305,9 @@ class Redemption(SQLModel, table=True):
     # seconds from the code's assignment to this redemption (None: the code had no recipient),
     # set by a trigger when the row is written (plugin.store.rollups); results' median reads it
     wait_seconds: int | None = Field(default=None, sa_type=BigInteger)
+    # the day of created_at in the shop's time zone, set with wait_seconds (rebuilt when the zone
+    # changes): a day's median is an OFFSET into ix_redemption_day_wait
+    local_day: date | None = Field(default=None)
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
@@ -316,6 +319,7 @@ class Redemption(SQLModel, table=True):
         Index("ix_redemption_channel_wait", "campaign_id", "status", "channel", "wait_seconds", "created_at", "partner_id"),
         Index("ix_redemption_partner_wait", "campaign_id", "status", "partner_id", "wait_seconds", "created_at"),
         Index("ix_redemption_batch_wait", "campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_day_wait", "campaign_id", "status", "local_day", "wait_seconds", "partner_id", "channel"),
         # Self-referral by address: a referrer's orders to this address. Partial, so orders
         # without a shipping address (digital, pickup, API calls without one) cost it nothing.
         Index(

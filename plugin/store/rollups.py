@@ -235,7 +235,8 @@ def _sqlite_ddl() -> list[str]:
     return [
         # the row as the UPDATE left it (NEW still holds no wait)
         "CREATE TRIGGER IF NOT EXISTS results_redemption_insert AFTER INSERT ON redemption BEGIN "
-        f"UPDATE redemption SET wait_seconds = {_wait_query(d)} WHERE id = NEW.id AND NEW.code_id IS NOT NULL; "
+        f"UPDATE redemption SET wait_seconds = {_wait_query(d)}, local_day = {_day(d, 'NEW.created_at', 'NEW')} "
+        "WHERE id = NEW.id; "
         f"{_result_upsert(_result_keys(d, 'r'), _result_terms('r', ''), 'FROM redemption AS r', _THIS_ROW, False)} END",
         f"CREATE TRIGGER IF NOT EXISTS results_redemption_update AFTER UPDATE ON redemption WHEN "
         f"{_changed(d, _REDEMPTION_CHANGES)} BEGIN {_redemption_row(d, 'OLD', '-')} {_redemption_row(d, 'NEW', '')} END",
@@ -270,7 +271,11 @@ def _pg_trigger(name: str, timing: str, table: str, when: str, fn: str) -> list[
 def _pg_ddl() -> list[str]:
     d = "postgresql"
     return [
-        _pg_function("couponry_redemption_wait", f"NEW.wait_seconds := {_wait_query(d)};", "NEW"),
+        _pg_function(
+            "couponry_redemption_wait",
+            f"NEW.wait_seconds := {_wait_query(d)}; NEW.local_day := {_day(d, 'NEW.created_at', 'NEW')};",
+            "NEW",
+        ),
         _pg_function("couponry_results_redemption_insert", _redemption_row(d, "NEW", "")),
         _pg_function("couponry_results_redemption_update", f"{_redemption_row(d, 'OLD', '-')} {_redemption_row(d, 'NEW', '')}"),
         _pg_function("couponry_results_redemption_delete", _redemption_row(d, "OLD", "-")),
@@ -279,9 +284,7 @@ def _pg_ddl() -> list[str]:
         _pg_function("couponry_results_code_delete", _assign_move(d, "OLD", "-")),
         # PostgreSQL refuses subqueries in a trigger's WHEN: the function tests them
         _pg_function("couponry_results_delivery_insert", f"IF {_DELIVERY_WHEN} THEN {_delivery_body(d)} END IF;"),
-        *_pg_trigger(
-            "results_redemption_wait", "BEFORE INSERT", "redemption", "NEW.code_id IS NOT NULL", "couponry_redemption_wait"
-        ),
+        *_pg_trigger("results_redemption_wait", "BEFORE INSERT", "redemption", "", "couponry_redemption_wait"),
         *_pg_trigger("results_redemption_insert", "AFTER INSERT", "redemption", "", "couponry_results_redemption_insert"),
         *_pg_trigger(
             "results_redemption_update",
@@ -324,6 +327,15 @@ def rebuild(conn: Connection, *, shop_id: int | None = None) -> None:
         conn.exec_driver_sql("LOCK TABLE code, redemption, recipientdelivery IN SHARE MODE")
     params = {"shop": shop_id} if shop_id is not None else {}
     scope = " AND {a}.shop_id = :shop" if shop_id is not None else ""
+    # the rows' local days move with the zone (only where they differ: a rebuild after no change writes none)
+    day = _day(dialect, "redemption.created_at", "redemption")
+    conn.execute(
+        text(
+            f"UPDATE redemption SET local_day = {day} WHERE (local_day IS NULL OR local_day <> {day})"
+            + (" AND shop_id = :shop" if shop_id is not None else "")
+        ),
+        params,
+    )
     for table in ("result_day", "assign_day"):
         conn.execute(text(f"DELETE FROM {table}" + (" WHERE shop_id = :shop" if shop_id is not None else "")), params)
     keys = _result_keys(dialect, "r")

@@ -25,6 +25,7 @@ WAIT_INDEXES = {
     "ix_redemption_channel_wait": ["campaign_id", "status", "channel", "wait_seconds", "created_at", "partner_id"],
     "ix_redemption_partner_wait": ["campaign_id", "status", "partner_id", "wait_seconds", "created_at"],
     "ix_redemption_batch_wait": ["campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"],
+    "ix_redemption_day_wait": ["campaign_id", "status", "local_day", "wait_seconds", "partner_id", "channel"],
 }
 
 
@@ -34,6 +35,7 @@ def upgrade() -> None:
     with op.batch_alter_table("redemption", schema=None) as batch_op:
         batch_op.add_column(sa.Column("wait_seconds", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("revenue", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("local_day", sa.Date(), nullable=True))
         for name, columns in WAIT_INDEXES.items():
             batch_op.create_index(name, columns, unique=False)
     with op.batch_alter_table("recipientdelivery", schema=None) as batch_op:
@@ -108,6 +110,7 @@ def downgrade() -> None:
             batch_op.drop_index(name)
         batch_op.drop_column("wait_seconds")
         batch_op.drop_column("revenue")
+        batch_op.drop_column("local_day")
     with op.batch_alter_table("shop", schema=None) as batch_op:
         batch_op.drop_column("timezone")
     counters.install(bind)  # a SQLite batch rebuild of `redemption` dropped its counters' triggers
