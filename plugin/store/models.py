@@ -682,6 +682,7 @@ class ResultDay(SQLModel, table=True):
     revenue: int = Counter()
     discount: int = Counter()
     waited: int = Counter()  # active redemptions with a wait_seconds: the median's count
+    gross: int = Counter()  # subtotal - refunded of active redemptions (partners' totals, plugin.distribution.partners)
 
 
 class AssignDay(SQLModel, table=True):

@@ -56,7 +56,8 @@ def register_sqlite(dbapi_connection: Any) -> None:
 
 RESULT_KEY = ("shop_id", "campaign_id", "day", "channel", "partner_key", "batch_key", "provider", "currency")
 # waited: active redemptions with a wait (their code had a recipient), the median's count
-RESULT_COUNTERS = ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited")
+# gross: subtotal - refunded of active redemptions, the "revenue" partners' totals have always said
+RESULT_COUNTERS = ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited", "gross")
 ASSIGN_KEY = ("shop_id", "campaign_id", "day", "partner_key", "batch_key", "provider")
 
 
@@ -96,6 +97,7 @@ def _result_terms(row: str, sign: str) -> list[str]:
         f"{sign}(CASE WHEN {active} THEN COALESCE({row}.revenue, {row}.subtotal - {row}.amount) - {row}.refunded ELSE 0 END)",
         f"{sign}(CASE WHEN {active} THEN {row}.amount ELSE 0 END)",
         f"{sign}(CASE WHEN {active} AND {row}.wait_seconds IS NOT NULL THEN 1 ELSE 0 END)",
+        f"{sign}(CASE WHEN {active} THEN {row}.subtotal - {row}.refunded ELSE 0 END)",
     ]
 
 

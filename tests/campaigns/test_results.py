@@ -434,3 +434,33 @@ def test_the_csv_has_a_line_per_group_and_currency(engine: Engine) -> None:
         }
     totals = [line for line in lines if line["channel"] == "total"]
     assert sum(int(t["discount_minor"]) for t in totals if t["currency"]) == sum(m.discount for m in report.totals.money)
+
+
+def test_partners_totals_equal_the_rows(engine: Engine) -> None:
+    """What partners have always read (assigned codes, active redemptions, subtotal less refunds,
+    discount), now from the rollups, equals the old count over the rows."""
+    from sqlalchemy import func
+
+    from plugin.distribution import partners as partner_service
+
+    shop_id, campaign_id, batches, partners, pool = _setup(engine, "p.example")
+    _random_writes(engine, shop_id, campaign_id, batches, partners, pool, 7)
+    for partner in [None, *partners]:
+        with session_scope(engine) as session:
+            got = partner_service.results(session, shop_id=shop_id, campaign_id=campaign_id, partner_id=partner)
+            codes = select(func.count()).where(col(Code.campaign_id) == campaign_id, col(Code.recipient).is_not(None))
+            used = select(
+                func.count(),
+                func.coalesce(func.sum(col(Redemption.subtotal) - col(Redemption.refunded)), 0),
+                func.coalesce(func.sum(Redemption.amount), 0),
+            ).where(col(Redemption.campaign_id) == campaign_id, col(Redemption.status) == "active")
+            if partner is not None:
+                codes = codes.where(col(Code.partner_id) == partner)
+                used = used.where(col(Redemption.partner_id) == partner)
+            count, revenue, discount = session.exec(used).one()
+            assert (got.assigned, got.redemptions, got.revenue, got.discount) == (
+                session.exec(codes).one(),
+                count,
+                revenue,
+                discount,
+            )

@@ -51,7 +51,7 @@ def upgrade() -> None:
         sa.Column("batch_key", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
-        *(sa.Column(c, sa.BigInteger(), **counter) for c in ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited")),
+        *(sa.Column(c, sa.BigInteger(), **counter) for c in ("redeemed", "rolled_back", "flagged", "revenue", "discount", "waited", "gross")),
         sa.PrimaryKeyConstraint("shop_id", "campaign_id", "day", "channel", "partner_key", "batch_key", "provider", "currency"),
     )
     op.create_table(
