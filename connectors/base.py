@@ -166,6 +166,9 @@ class OrderEvent:
     email: str | None = None
     subtotal: int = 0
     total: int = 0
+    # the order's subtotal after all its discounts, before shipping and tax (what results count as
+    # revenue); None where the platform's payload doesn't state it
+    net_subtotal: int | None = None
     currency: str = "USD"
     channel: str | None = None
     occurred_at: datetime | None = None

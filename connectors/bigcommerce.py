@@ -426,6 +426,13 @@ class BigCommerceConnector:
         )
         return Delivery(delivery_id=delivery_id, topic=scope, shop=shop, kind="order", events=(event,))
 
+    async def store_timezone(self) -> str | None:
+        """The store's IANA time zone: `timezone.name` of Get Store Information (`GET /v2/store`),
+        None when the answer has none."""
+        store = _json_object(await self._request("GET", "v2/store"))
+        zone = (store.get("timezone") or {}).get("name") if isinstance(store.get("timezone"), dict) else None
+        return zone if isinstance(zone, str) and zone else None
+
     async def fetch_order(self, order_id: str) -> OrderEvent:
         """`/v2/orders/{id}` and `/v2/orders/{id}/coupons` (and its shipping address), as one complete event."""
         order_response, coupons_response = await asyncio.gather(

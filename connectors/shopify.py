@@ -283,7 +283,7 @@ mutation CouponryWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $s
 
 SHOP = """
 query CouponryShop {
-  shop { name myshopifyDomain currencyCode }
+  shop { name myshopifyDomain currencyCode ianaTimezone }
 }"""
 
 # Cost we expect before Shopify has told us (it answers requestedQueryCost; we learn from that).
@@ -686,6 +686,8 @@ class ShopifyConnector:
             customer_id=_str_or_none(customer.get("id")),
             email=_str_or_none(payload.get("email") or payload.get("contact_email") or customer.get("email")),
             subtotal=_to_minor(payload.get("subtotal_price"), currency),
+            # subtotal_price: "after discounts but before shipping, duties, taxes, and tips"
+            net_subtotal=_to_minor(payload.get("subtotal_price"), currency),
             total=_to_minor(payload.get("total_price"), currency),
             currency=currency,
             channel=_str_or_none(payload.get("source_name")),
@@ -1014,6 +1016,8 @@ class ShopifyConnector:
             customer_id=_legacy_id(str(customer["id"])) if customer.get("id") else None,
             email=_str_or_none(order.get("email")),
             subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
+            # subtotalPriceSet: the line items' prices after discounts, before shipping and tax
+            net_subtotal=_to_minor(((order.get("subtotalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             total=_to_minor(((order.get("totalPriceSet") or {}).get("shopMoney") or {}).get("amount"), currency),
             currency=currency,
             channel=_str_or_none(order.get("sourceName")),
@@ -1045,9 +1049,15 @@ class ShopifyConnector:
             variables["after"] = info["endCursor"]
 
     async def fetch_shop(self) -> Json:
-        """The shop's name, myshopify domain and currency: also a cheap check that the token works."""
+        """The shop's name, myshopify domain, currency and IANA time zone: also a cheap check that
+        the token works."""
         data = await self._graphql(SHOP, {})
         return dict(data.get("shop") or {})
+
+    async def store_timezone(self) -> str | None:
+        """The shop's IANA time zone (`shop.ianaTimezone`), None when the answer has none."""
+        zone = (await self.fetch_shop()).get("ianaTimezone")
+        return zone if isinstance(zone, str) and zone else None
 
     # --- HTTP ----------------------------------------------------------------------------------
 

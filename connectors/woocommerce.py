@@ -643,6 +643,8 @@ class WooCommerceConnector:
             customer_id=str(customer) if customer else None,
             email=billing.get("email") or None,
             subtotal=sum(to_minor(item.get("subtotal") or "0", currency) for item in order.get("line_items") or ()),
+            # a line's `total` is its subtotal after discounts (taxes are separate)
+            net_subtotal=sum(to_minor(item.get("total") or "0", currency) for item in order.get("line_items") or ()),
             total=to_minor(order.get("total") or "0", currency),
             currency=currency,
             channel=order.get("created_via") or None,

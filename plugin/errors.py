@@ -39,6 +39,11 @@ class NotFound(PluginError):
     reason = "not_found"
 
 
+class Forbidden(PluginError):
+    status = 403
+    reason = "forbidden"
+
+
 class Conflict(PluginError):
     status = 409
     reason = "conflict"

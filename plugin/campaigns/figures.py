@@ -28,7 +28,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from plugin.rules import CampaignRules, CampaignState, CampaignStatus, Exposure, OpenUses, RulesOverride, apply_override, exposure
-from plugin.store import counters
+from plugin.store import counters, rollups
 from plugin.store.models import Batch, Campaign, CampaignStats, Code, Redemption, ShopDayStats
 
 __all__ = [
@@ -303,6 +303,7 @@ def recount(session: Session, *, shop_id: int | None = None) -> RecountReport:
     before = _snapshot(session, shop_id)
     session.flush()
     counters.rebuild(session.connection(), shop_id=shop_id)
+    rollups.rebuild(session.connection(), shop_id=shop_id)  # results' days in each shop's time zone
     _recount_budgets(session, shop_id)
     session.expire_all()
     after = _snapshot(session, shop_id)

@@ -303,6 +303,7 @@ def record_redemption(
     address_key: str | None = None,
     order_total: int = 0,
     order_items: int = 0,
+    revenue: int | None = None,
 ) -> RedeemOutcome:
     """Record one use of `code` (stored form) on `order_id`, exactly once; `address_key` is the
     order's shipping-address fingerprint (plugin.orders.addresses), kept for self-referral checks.
@@ -357,6 +358,7 @@ def record_redemption(
         address_key=address_key,
         order_total=order_total,
         order_items=order_items,
+        revenue=revenue,
         created_at=now,
     )
     # The row first (the (shop, order, code) unique index makes a repeat insert nothing), then

@@ -191,6 +191,7 @@ from plugin.cli import distribution as _distribution  # noqa: E402, F401
 from plugin.cli import jobs as _jobs  # noqa: E402, F401
 from plugin.cli import keys as _keys  # noqa: E402, F401
 from plugin.cli import redemptions as _redemptions  # noqa: E402, F401
+from plugin.cli import results as _results  # noqa: E402, F401
 from plugin.cli import retention as _retention  # noqa: E402, F401
 from plugin.cli import sandbox as _sandbox  # noqa: E402, F401
 from plugin.cli import shops as _shops  # noqa: E402, F401

@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claimstore
 from plugin.errors import Conflict, InvalidInput, NotFound
 from plugin.shops import apikeys
-from plugin.store.models import ApiKey, Code, Partner, Redemption, utcnow
+from plugin.store.models import ApiKey, Partner, utcnow
 
 
 def create_partner(session: Session, *, shop_id: int, name: str) -> Partner:
@@ -74,20 +75,19 @@ class Results:
 
 
 def results(session: Session, *, shop_id: int, campaign_id: int, partner_id: int | None) -> Results:
-    """Assigned codes and active redemptions of the campaign; only the partner's with `partner_id`."""
+    """Assigned codes and active redemptions of the campaign; only the partner's with `partner_id`.
+    Read from the results rollups (plugin.store.rollups), which equal the rows."""
     get_campaign(session, shop_id=shop_id, campaign_id=campaign_id)
-    codes = select(func.count()).where(
-        col(Code.shop_id) == shop_id, col(Code.campaign_id) == campaign_id, col(Code.recipient).is_not(None)
-    )
-    used = select(
-        func.count(),
+    where = "shop_id = :shop AND campaign_id = :campaign" + (" AND partner_key = :partner" if partner_id is not None else "")
+    params = {"shop": shop_id, "campaign": campaign_id, "partner": partner_id}
+    conn = session.connection()
+    assigned = conn.execute(text(f"SELECT COALESCE(SUM(assigned), 0) FROM assign_day WHERE {where}"), params).scalar_one()
+    count, revenue, discount = conn.execute(
         # attributed revenue: what partial refunds took back is not revenue (plugin.checkout.refunds)
-        func.coalesce(func.sum(col(Redemption.subtotal) - col(Redemption.refunded)), 0),
-        func.coalesce(func.sum(Redemption.amount), 0),
-    ).where(col(Redemption.shop_id) == shop_id, col(Redemption.campaign_id) == campaign_id, col(Redemption.status) == "active")
-    if partner_id is not None:
-        codes = codes.where(col(Code.partner_id) == partner_id)
-        used = used.where(col(Redemption.partner_id) == partner_id)
-    assigned = int(session.exec(codes).one())
-    count, revenue, discount = session.exec(used).one()
-    return Results(campaign_id, partner_id, assigned, int(count), int(revenue), int(discount))
+        text(
+            "SELECT COALESCE(SUM(redeemed), 0), COALESCE(SUM(gross), 0), COALESCE(SUM(discount), 0) "
+            f"FROM result_day WHERE {where}"
+        ),
+        params,
+    ).one()
+    return Results(campaign_id, partner_id, int(assigned), int(count), int(revenue), int(discount))

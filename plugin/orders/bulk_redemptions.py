@@ -74,6 +74,7 @@ class Use(NamedTuple):
     order_id: str
     amount: int | None = None
     subtotal: int = 0
+    revenue: int | None = None  # OrderEvent.net_subtotal
     currency: str = "USD"
     customer_id: str | None = None
     email: str | None = None
@@ -139,10 +140,10 @@ _OVERRIDES = "SELECT id, CAST(rules_override AS TEXT) FROM batch WHERE id IN ({i
 _INSERT = (
     "INSERT INTO redemption (shop_id, code, order_id, code_id, campaign_id, batch_id, partner_id, recipient,"
     " customer_id, email, channel, currency, subtotal, amount, flagged_reason, address_key, created_at,"
-    " order_total, order_items, source, status, rolled_back_at, refunded) VALUES {items}"
+    " order_total, order_items, revenue, source, status, rolled_back_at, refunded) VALUES {items}"
     " ON CONFLICT (shop_id, order_id, code) DO NOTHING RETURNING id, shop_id, order_id, code"
 )
-_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'webhook', 'active', NULL, 0)"
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'webhook', 'active', NULL, 0)"
 _CAMPAIGN, _AMOUNT, _FLAG = 4, 13, 14  # where these are in a row's bound values
 _BUMP_CODES = "UPDATE code SET uses = uses + 1 WHERE id IN ({items}) RETURNING id, uses"
 _BUMP_CUSTOMERS = (
@@ -222,6 +223,7 @@ def record_prepared(session: Session, prepared: Prepared, only: set[int] | None 
                 now=now,
                 amount=use.amount,
                 subtotal=use.subtotal,
+                revenue=use.revenue,
                 currency=use.currency,
                 customer_id=use.customer_id,
                 email=use.email,
@@ -411,6 +413,7 @@ def _new_redemptions(
                 created_at,
                 use.total,
                 use.items,
+                use.revenue,
             ]
         )
     return values

@@ -483,6 +483,7 @@ def _uses(processor: Processor, received: Received) -> list[tuple[Use, str]]:
                 order_id=event.order_id,
                 amount=use.amount,
                 subtotal=event.subtotal,
+                revenue=event.net_subtotal,
                 currency=event.currency,
                 customer_id=event.customer_id,
                 email=event.email,

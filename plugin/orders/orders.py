@@ -315,6 +315,7 @@ def apply_order_event(
                 now=now,
                 amount=use.amount,
                 subtotal=event.subtotal,
+                revenue=event.net_subtotal,
                 currency=event.currency,
                 customer_id=event.customer_id,
                 email=event.email,

@@ -26,6 +26,7 @@ class ShopSettings:
     refusal_mode: str
     refusal_modes: tuple[str, ...]
     origins: list[str]
+    timezone: str = "UTC"  # results' days (plugin.shops.timezones)
 
 
 def shop_settings(session: Session, settings: Settings, shop_id: int) -> ShopSettings:
@@ -44,4 +45,5 @@ def shop_settings(session: Session, settings: Settings, shop_id: int) -> ShopSet
         refusal_mode=refusal_mode(shop),
         refusal_modes=tuple(REFUSAL_MODES),
         origins=allowed_origins(shop),
+        timezone=shop.timezone,
     )

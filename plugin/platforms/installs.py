@@ -22,7 +22,7 @@ from connectors.base import Credentials
 from plugin.errors import Conflict, InvalidInput
 from plugin.platforms.connections import shop_connector, shop_credentials
 from plugin.settings import Settings
-from plugin.shops import tokens
+from plugin.shops import timezones, tokens
 from plugin.store import nonces, outbox
 from plugin.store.db import run, session_scope
 from plugin.store.models import (
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from plugin.store.jobcontext import Handler, JobContext
 
 REGISTER_WEBHOOKS = "install.webhooks"
+# the shop's time zone, read from the platform where it says (Shopify, BigCommerce; WooCommerce's
+# REST API documents none), for results' days
+FETCH_TIMEZONE = "install.timezone"
 
 
 def new_webhook_secret() -> str:
@@ -104,6 +107,8 @@ def save_install(
         )
     )
     enqueue_webhook_registration(session, shop.id)
+    if platform in TIMEZONE_PLATFORMS:
+        outbox.enqueue(session, FETCH_TIMEZONE, {}, shop.id, dedupe_key=f"{FETCH_TIMEZONE}:{shop.id}")
     session.flush()
     return shop
 
@@ -179,4 +184,32 @@ async def handle_register_webhooks(ctx: JobContext, job: outbox.ClaimedJob) -> N
     await run(engine, record)
 
 
-HANDLERS: dict[str, Handler] = {REGISTER_WEBHOOKS: handle_register_webhooks}
+TIMEZONE_PLATFORMS = ("shopify", "bigcommerce")
+
+
+async def handle_fetch_timezone(ctx: JobContext, job: outbox.ClaimedJob) -> None:
+    """Take the shop's time zone from its platform (a read: safe to repeat). A name our tz
+    database doesn't know is left alone (the shop keeps its zone; the audit trail says why)."""
+    engine = ctx.engine
+    shop = await run(engine, lambda: _shop(engine, job.shop_id))
+    if shop.platform not in TIMEZONE_PLATFORMS or shop.uninstalled_at is not None:
+        return
+    connector: Any = shop_connector(ctx.settings, ctx.http, shop, engine=ctx.engine)
+    zone = await connector.store_timezone()
+
+    def record() -> None:
+        assert shop.id is not None
+        with session_scope(engine) as session:
+            try:
+                if zone is None:
+                    raise InvalidInput("the platform named no time zone", reason="invalid_timezone")
+                timezones.set_timezone(session, shop.id, zone)
+                details: dict[str, Any] = {"timezone": zone, "from": shop.platform}
+            except InvalidInput as exc:
+                details = {"refused": str(zone), "reason": exc.message}
+            session.add(AuditEvent(shop_id=shop.id, action="shop.timezone", subject=f"shop:{shop.id}", details=details))
+
+    await run(engine, record)
+
+
+HANDLERS: dict[str, Handler] = {REGISTER_WEBHOOKS: handle_register_webhooks, FETCH_TIMEZONE: handle_fetch_timezone}

@@ -20,6 +20,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from plugin.errors import ConfigError
+from plugin.store import rollups
 
 T = TypeVar("T")
 _READ_ONLY = "couponry_read_only"
@@ -100,6 +101,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
+        rollups.register_sqlite(dbapi_connection)  # the results triggers' day function
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

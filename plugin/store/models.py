@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from plugin.store import counters
+from plugin.store import counters, rollups
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -63,6 +63,9 @@ class Shop(SQLModel, table=True):
     scopes: str = Field(default="", max_length=1024)
     # shop-level preferences, e.g. {"detailed_refusals": true}
     preferences: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # IANA zone the shop's days are counted in (results' days, plugin.campaigns.results); the
+    # rollups' triggers read it, so changing it rebuilds them (plugin.shops.timezones)
+    timezone: str = Field(default="UTC", max_length=64, sa_column_kwargs={"server_default": text("'UTC'")})
     installed_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     uninstalled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
@@ -292,6 +295,9 @@ class Redemption(SQLModel, table=True):
     currency: str = Field(default="USD", max_length=3)
     subtotal: int = Field(default=0, sa_type=BigInteger)  # order revenue before the discount
     amount: int = Field(default=0, sa_type=BigInteger)  # discount given
+    # the order's subtotal after all discounts, before shipping and tax, as the platform states it
+    # (None: not stated; results then count subtotal - amount)
+    revenue: int | None = Field(default=None, sa_type=BigInteger)
     # The order's total and units (sum of its lines' quantities; 0 unknown), what the refund
     # ledger compares refunds with (plugin.checkout.refunds); `refunded`: the part of `subtotal` partial
     # refunds took back (attributed revenue is subtotal - refunded).
@@ -305,6 +311,12 @@ class Redemption(SQLModel, table=True):
     address_key: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     rolled_back_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # seconds from the code's assignment to this redemption (None: the code had no recipient),
+    # set by a trigger when the row is written (plugin.store.rollups); results' median reads it
+    wait_seconds: int | None = Field(default=None, sa_type=BigInteger)
+    # the day of created_at in the shop's time zone, set with wait_seconds (rebuilt when the zone
+    # changes): a day's median is an OFFSET into ix_redemption_day_wait
+    local_day: date | None = Field(default=None)
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
@@ -312,6 +324,14 @@ class Redemption(SQLModel, table=True):
         # lookup of each of the week's rows): Home's figures 225 -> 116 ms on SQLite, 100k redemptions
         # over 30 days, the same load in both runs (bench/admin_pages.py, 2026-12-07).
         Index("ix_redemption_shop_created", "shop_id", "created_at", "status", "currency", "amount"),
+        # a campaign's waits in order, per campaign and per channel, partner or batch: a median is
+        # an OFFSET into one index range, its count from result_day (plugin.campaigns.results); the
+        # trailing columns answer a range or partner filter without reading the table
+        Index("ix_redemption_campaign_wait", "campaign_id", "status", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_channel_wait", "campaign_id", "status", "channel", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_partner_wait", "campaign_id", "status", "partner_id", "wait_seconds", "created_at"),
+        Index("ix_redemption_batch_wait", "campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"),
+        Index("ix_redemption_day_wait", "campaign_id", "status", "local_day", "wait_seconds", "partner_id", "channel"),
         # Self-referral by address: a referrer's orders to this address. Partial, so orders
         # without a shipping address (digital, pickup, API calls without one) cost it nothing.
         Index(
@@ -458,7 +478,11 @@ class RecipientDelivery(SQLModel, table=True):
     # (plugin.distribution.reminders); the value it carries, so every retry sends the same
     reminded_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
-    __table_args__ = (UniqueConstraint("shop_id", "provider", "code_id", name="uq_delivery_provider_code"),)
+    __table_args__ = (
+        UniqueConstraint("shop_id", "provider", "code_id", name="uq_delivery_provider_code"),
+        # a code's first delivery names its distribution provider in results (plugin.store.rollups)
+        Index("ix_delivery_code", "code_id", "id"),
+    )
 
 
 class Alert(SQLModel, table=True):
@@ -652,6 +676,45 @@ class ShopDayStats(SQLModel, table=True):
     discount: int = Counter()
 
 
+class ResultDay(SQLModel, table=True):
+    """A campaign's redemptions per day in the shop's time zone and per channel, partner, batch,
+    distribution provider and currency (`''`/0: none), kept by triggers with each write to
+    `redemption` (plugin.store.rollups); money counts active redemptions only."""
+
+    __tablename__ = "result_day"
+
+    shop_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    campaign_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    day: date = Field(primary_key=True)
+    channel: str = Field(primary_key=True, max_length=64)
+    partner_key: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    batch_key: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    provider: str = Field(primary_key=True, max_length=32)
+    currency: str = Field(primary_key=True, max_length=3)
+    redeemed: int = Counter()
+    rolled_back: int = Counter()
+    flagged: int = Counter()
+    revenue: int = Counter()
+    discount: int = Counter()
+    waited: int = Counter()  # active redemptions with a wait_seconds: the median's count
+    gross: int = Counter()  # subtotal - refunded of active redemptions (partners' totals, plugin.distribution.partners)
+
+
+class AssignDay(SQLModel, table=True):
+    """A campaign's codes assigned to a recipient per day (of the assignment, shop time zone),
+    partner, batch and distribution provider, kept by triggers on `code` (plugin.store.rollups)."""
+
+    __tablename__ = "assign_day"
+
+    shop_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    campaign_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    day: date = Field(primary_key=True)
+    partner_key: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    batch_key: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    provider: str = Field(primary_key=True, max_length=32)
+    assigned: int = Counter()
+
+
 class CodeBulkInsert(SQLModel, table=True):
     """A batch whose codes a bulk insert is writing in the open transaction (SQLite): the counters'
     insert trigger skips them and the insert counts them once (plugin.store.counters). A row never
@@ -751,6 +814,7 @@ class AlertChannel(SQLModel, table=True):
 
 def _install_counters(target: Any, connection: Any, **kw: Any) -> None:
     counters.install(connection)
+    rollups.install(connection)
 
 
 # The counters' triggers come with the tables, on both databases (migrations call it too).

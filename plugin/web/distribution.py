@@ -11,6 +11,7 @@ an exhausted pool answers 409 problem+json with reason `pool_exhausted` and rais
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from plugin import keyring
+from plugin.campaigns import results as results_service
 from plugin.campaigns.lookup import get_campaign
 from plugin.distribution import claims as distribution
 from plugin.distribution import klaviyopools, partners, poolhealth, pushes, referrals
@@ -37,7 +39,7 @@ from plugin.distribution.claimlinks import (
     read_pull_token,
 )
 from plugin.distribution.claims import Claim, PoolExhausted, claim_or_alert
-from plugin.errors import InvalidInput, NotFound, PluginError
+from plugin.errors import Forbidden, InvalidInput, NotFound, PluginError
 from plugin.orders import addresses
 from plugin.rules.recipients import normalise_recipient
 from plugin.settings import Settings
@@ -169,14 +171,95 @@ async def create_pull_url(call: Call) -> Response:
     return _json(schemas.PullUrlOut(url=url, expires_at=expires_at, key_prefix=call.key.prefix), 201)
 
 
+RESULTS_QUERY: dict[str, dict[str, Any]] = {
+    "group_by": {
+        "type": "string",
+        "pattern": f"^({'|'.join(results_service.DIMENSIONS)})(,({'|'.join(results_service.DIMENSIONS)}))?$",
+        "description": "One or two of channel, partner, batch, provider, day (comma-separated). Without it, from, "
+        "to and format the answer is the campaign's totals as partners have always read them (ResultsOut).",
+    },
+    "from": {"type": "string", "format": "date", "description": "First day (YYYY-MM-DD, shop time zone), inclusive."},
+    "to": {"type": "string", "format": "date", "description": "Last day, inclusive."},
+    "partner_id": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+        "description": "Only this partner's codes and redemptions (a partner's key: its own, always).",
+    },
+    "format": {"type": "string", "enum": ["json", "csv"], "description": "csv: the same table, one line per group and currency."},
+}
+LOG_QUERY = {k: v for k, v in RESULTS_QUERY.items() if k in ("from", "to", "partner_id")}
+
+
+def _results_query(call: Call, campaign_id: int) -> results_service.Query:
+    params = call.request.query_params
+    query = results_service.parse_query(
+        campaign_id,
+        group_by=params.get("group_by"),
+        start=params.get("from"),
+        end=params.get("to"),
+        partner_id=params.get("partner_id"),
+    )
+    own = call.key.partner_id
+    if own is not None:  # a partner's key reads its own results only
+        if query.partner_id not in (None, own):
+            raise Forbidden("a partner's key reads its own partner's results only", reason="partner_scope")
+        query = replace(query, partner_id=own)
+    return query
+
+
+def report_out(report: results_service.Report) -> schemas.ResultsReport:
+    return schemas.ResultsReport.model_validate(results_service.report_json(report))
+
+
+_CSV_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 async def results(call: Call) -> Response:
     campaign_id = call.path_int("campaign_id")
+    params = call.request.query_params
+    output = params.get("format")
+    if output not in (None, "json", "csv"):
+        raise InvalidInput("format is json or csv", reason="invalid_format", details={"field": "format"})
+    query = _results_query(call, campaign_id)
+    if all(params.get(name) is None for name in ("group_by", "from", "to", "format")):
+        # what partners have always read: the campaign's totals (now also per partner for other keys)
 
-    def work(session: Session) -> schemas.ResultsOut:
-        found = partners.results(session, shop_id=call.shop_id, campaign_id=campaign_id, partner_id=call.key.partner_id)
-        return schemas.ResultsOut(**found.__dict__)
+        def legacy(session: Session) -> schemas.ResultsOut:
+            if query.partner_id is not None:  # another shop's partner is not found
+                partners.get_partner(session, shop_id=call.shop_id, partner_id=query.partner_id)
+            found = partners.results(session, shop_id=call.shop_id, campaign_id=campaign_id, partner_id=query.partner_id)
+            return schemas.ResultsOut(**found.__dict__)
 
-    return _json(await call.db(work))
+        return _json(await call.read(legacy))
+    report = await call.read(lambda s: results_service.results(s, shop_id=call.shop_id, query=query))
+    if output == "csv":
+        disposition = f'attachment; filename="results-{campaign_id}.csv"'
+        return Response(
+            results_service.report_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": disposition, **_CSV_HEADERS},
+        )
+    return JSONResponse(report_out(report).model_dump(mode="json", by_alias=True))
+
+
+async def redemption_log(call: Call) -> Response:
+    """The campaign's redemptions as CSV, streamed page by page."""
+    campaign_id = call.path_int("campaign_id")
+    query = _results_query(call, campaign_id)
+    if query.group_by:
+        raise InvalidInput("the redemption log is not grouped", reason="invalid_query", details={"field": "group_by"})
+    rows = results_service.redemption_log_csv(call.engine, shop_id=call.shop_id, query=query)
+    header = await in_thread(call.engine, lambda: next(rows))  # 404 before a 200 is sent
+
+    def body() -> Any:
+        yield header
+        yield from rows
+
+    disposition = f'attachment; filename="redemptions-{campaign_id}.csv"'
+    return StreamingResponse(
+        body(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition, **_CSV_HEADERS}
+    )
 
 
 def _partner_out(partner: Any) -> schemas.PartnerOut:

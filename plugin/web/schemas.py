@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, RootModel, StringConstraints
 
 from plugin.formats.codes import CodeFormat
 from plugin.rules import Basket, CampaignRules, Customer, DiscountResult, RulesOverride
@@ -361,6 +361,46 @@ class ResultsOut(BaseModel):
     redemptions: int
     revenue: int = Field(description="Order subtotals less what partial refunds took back, minor units.")
     discount: int = Field(description="Discount given, minor units.")
+
+
+class ResultsMoney(BaseModel):
+    currency: str = Field(description="ISO 4217: money is totalled per currency, never across them.")
+    revenue: int = Field(description="Order subtotals of active redemptions less what refunds took back, minor units.")
+    discount: int = Field(description="Discount given by active redemptions, minor units.")
+    return_per_discount: float | None = Field(description="revenue / discount (None without discount).")
+
+
+class ResultsFigures(BaseModel):
+    key: dict[str, str | int | None] = Field(
+        description='The group\'s values: channel, provider ("" none); partner, batch (0 none); day (YYYY-MM-DD, shop time zone).'
+    )
+    issued: int | None = Field(description="Codes issued; per campaign and per batch only, without partner or range.")
+    assigned: int | None = Field(
+        description="Codes assigned to a recipient (in the range: by day of assignment); None by channel."
+    )
+    redeemed: int = Field(description="Redemptions still active.")
+    redemption_rate: float | None = Field(description="redeemed / assigned (None when nothing was assigned).")
+    rolled_back: int
+    flagged: int = Field(description="Flagged uses (rolled back or not).")
+    money: list[ResultsMoney]
+    median_wait_seconds: float | None = Field(description="Median time from a code's assignment to its redemption.")
+
+
+class ResultsReport(BaseModel):
+    campaign_id: int
+    partner_id: int | None
+    timezone: str = Field(description="The shop's IANA time zone: the days' boundaries.")
+    group_by: list[str]
+    start: str | None = Field(None, alias="from", description="First day, inclusive.")
+    end: str | None = Field(None, alias="to", description="Last day, inclusive.")
+    totals: ResultsFigures
+    groups: list[ResultsFigures]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ResultsAnswer(RootModel[ResultsOut | ResultsReport]):
+    """Totals as partners have always read them, or the grouped report."""
 
 
 class AlertOut(BaseModel):

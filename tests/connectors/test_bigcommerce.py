@@ -597,3 +597,27 @@ async def test_register_webhooks_creates_and_reactivates(
     again = await connect(client, fake).register_webhooks(url, HOOK_SECRET)
     assert [r.action for r in again] == ["active", "active"]
     assert (fake.routes["hook_create"].call_count, fake.routes["hook_update"].call_count) == (1, 1)
+
+
+# Get Store Information (developer.bigcommerce.com/docs/rest-management/store-information): the
+# documented example's fields that matter here, its `timezone` object as documented
+STORE_INFORMATION = {
+    "id": "abc123",
+    "domain": "my-awesome.store",
+    "name": "BigCommerce",
+    "timezone": {"name": "America/Chicago", "raw_offset": -21600, "dst_offset": -18000, "dst_correction": True},
+    "currency": "USD",
+}
+
+
+async def test_store_timezone_is_the_documented_timezone_name(
+    client: httpx.AsyncClient, fake: FakeBigCommerce, router: respx.MockRouter
+) -> None:
+    route = router.get(f"{fake.API_URL}/stores/{fake.store_hash}/v2/store").mock(
+        side_effect=[httpx.Response(500, json={"status": 500, "title": "Internal"}), httpx.Response(200, json=STORE_INFORMATION)]
+    )
+    assert await connect(client, fake).store_timezone() == "America/Chicago"
+    assert route.call_count == 2  # a 5xx is retried: the call only reads
+    assert route.calls[-1].request.headers["X-Auth-Token"] == fake.access_token
+    route.mock(return_value=httpx.Response(200, json={**STORE_INFORMATION, "timezone": None}))
+    assert await connect(client, fake).store_timezone() is None

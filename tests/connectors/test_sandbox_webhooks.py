@@ -48,6 +48,7 @@ def test_an_order_delivery_becomes_one_event() -> None:
         email="shopper1@example.com",
         subtotal=8000,
         total=7200,
+        net_subtotal=7200,  # after the discount; the sandbox charges no shipping or tax
         currency="USD",
         channel="web",
         occurred_at=datetime(2025, 1, 1, tzinfo=UTC),

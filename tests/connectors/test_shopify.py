@@ -229,6 +229,7 @@ def test_orders_create_is_parsed_with_codes_in_minor_units() -> None:
     assert event.order_id == "820982911946154508"
     assert [(c.code, c.amount) for c in event.codes] == [("WELCOME-7KQ2-XM4P", 2150), ("SHIPFREE-93TD", 600)]
     assert (event.subtotal, event.total, event.currency) == (18750, 20375, "USD")
+    assert event.net_subtotal == 18750  # subtotal_price is after discounts, before shipping and tax
     assert (event.customer_id, event.email, event.channel) == ("115310627314723954", "jon@example.com", "web")
     assert event.occurred_at == datetime(2025, 3, 14, 13, 26, 53, tzinfo=UTC)
     # REST shipping_address: address1, address2, zip, country_code (names, city, phone left out)

@@ -149,6 +149,7 @@ def test_order_webhook_becomes_an_order_event(client: httpx.AsyncClient, fake: F
     assert event.order_id == "727"
     assert event.codes == (CodeUse(code="abcd-efgh", amount=200),)
     assert (event.subtotal, event.total, event.currency) == (1800, 2735, "USD")
+    assert event.net_subtotal == 1600  # the lines' totals after the coupon's 2.00, before tax and shipping
     assert (event.email, event.customer_id, event.channel) == ("john.doe@example.com", None, "checkout")
     assert event.occurred_at == datetime(2017, 3, 22, 19, 28, 8, tzinfo=UTC)
     assert event.delivery_id == "a1b2"

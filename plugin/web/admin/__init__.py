@@ -56,6 +56,7 @@ PAGES = (
     "events",
     "settings",
     "sandbox",
+    "results",
     "users",
 )  # modules of plugin.web.admin.pages
 

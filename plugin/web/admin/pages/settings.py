@@ -14,7 +14,7 @@ from plugin.distribution.providers import CheckResult, check_provider
 from plugin.errors import NotFound, PluginError
 from plugin.overview.settings import ShopSettings, shop_settings
 from plugin.settings import Settings
-from plugin.shops import apikeys, shops
+from plugin.shops import apikeys, shops, timezones
 from plugin.store.models import Shop
 from plugin.store.units import in_thread, reading
 from plugin.web.admin.context import AdminContext
@@ -40,13 +40,14 @@ async def _facts(request: Request, ctx: AdminContext) -> ShopSettings:
 
 async def _page(request: Request, ctx: AdminContext, *, status_code: int = 200, **values: Any) -> Response:
     facts = await _facts(request, ctx)
-    forms = {name: values.pop(name, None) or Form() for name in ("key_form", "refusal_form", "origins_form")}
+    forms = {name: values.pop(name, None) or Form() for name in ("key_form", "refusal_form", "origins_form", "timezone_form")}
     return render(
         request,
         ctx,
         "admin/settings.html",
         s=facts,
         scopes=KEY_SCOPES,
+        zones=timezones.zone_names(),
         nav="settings",
         status_code=status_code,
         **forms,
@@ -131,6 +132,22 @@ async def set_origins(request: Request, ctx: AdminContext, form: Form) -> Respon
     return _done(ctx, "origins")
 
 
+async def set_timezone(request: Request, ctx: AdminContext, form: Form) -> Response:
+    name = form.get("timezone")
+    try:
+        await act(
+            request,
+            ctx,
+            lambda s: timezones.set_timezone(s, ctx.shop_id, name),
+            action="shop.timezone",
+            subject=f"shop:{ctx.shop_id}",
+            details={"timezone": name},
+        )
+    except PluginError as exc:
+        return await _page(request, ctx, timezone_form=form.fail(exc), status_code=422)
+    return _done(ctx, "timezone")
+
+
 async def test_provider(request: Request, ctx: AdminContext, form: Form) -> Response:
     name = str(request.path_params["name"])
     engine, settings = request.app.state.engine, request.app.state.settings
@@ -155,5 +172,6 @@ routes = [
     page("/settings/keys/{prefix}/revoke", post=revoke_key, owner_only=True),
     page("/settings/refusals", post=set_refusals, owner_only=True),
     page("/settings/origins", post=set_origins, owner_only=True),
+    page("/settings/timezone", post=set_timezone, owner_only=True),
     page("/settings/providers/{name}/test", post=test_provider, owner_only=True),
 ]
