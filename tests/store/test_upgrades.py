@@ -269,6 +269,14 @@ def _outbound_events(engine: Engine, seeded: dict[str, list[Any]], new: dict[str
         assert new[table] == [], table
 
 
+def _results_rollups(engine: Engine, seeded: dict[str, list[Any]], new: dict[str, list[dict[str, Any]]]) -> None:
+    """Shops count days in UTC until told otherwise; the rollups are filled from the rows there."""
+    assert {r["timezone"] for r in new["shop"]} == {"UTC"}
+    assert sum(d["redeemed"] for d in new["result_day"]) == len(new["redemption"])
+    active = [r for r in new["redemption"] if r["status"] == "active"]
+    assert sum(d["discount"] for d in new["result_day"]) == sum(r["amount"] for r in active)
+
+
 CHECKS: dict[str, Callable[[Engine, dict[str, list[Any]], dict[str, list[dict[str, Any]]]], None]] = {
     "7c2f4e9a1b30": _index("ix_code_unassigned"),
     "5b7e1c0d2a93": _new_table("used_nonce"),
@@ -286,6 +294,7 @@ CHECKS: dict[str, Callable[[Engine, dict[str, list[Any]], dict[str, list[dict[st
     "f2c8a4d6b715": _no_reminders_yet,
     "e97095fe9668": _index("ix_code_claimed"),
     "a6c41e9d07b3": _outbound_events,
+    "a61f3c9e2d84": _results_rollups,
 }
 
 
