@@ -29,6 +29,7 @@ from plugin.campaigns import issuing
 from plugin.campaigns.campaigns import create_campaign
 from plugin.formats import codes
 from plugin.shops.shops import ensure_local_shop
+from plugin.store import rollups
 from plugin.store.db import make_engine, session_scope
 
 FORMAT = {"length": 12}  # 58 bits: a million codes stay far from guessable
@@ -75,6 +76,7 @@ def _sqlite_same_table(path: str, strings: list[str], *, indexes: bool) -> float
     ids = (shop.id or 0, campaign.id or 0, batch.id or 0)
     engine.dispose()
     conn = sqlite3.connect(path, isolation_level=None)
+    rollups.register_sqlite(conn)  # the results triggers call it (plugin.store.rollups)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "cache_size=-65536"):
         conn.execute(f"PRAGMA {pragma}")
     if not indexes:

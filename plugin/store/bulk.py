@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlmodel import col
 
-from plugin.store import counters
+from plugin.store import counters, rollups
 from plugin.store.models import Code
 
 
@@ -44,9 +44,12 @@ def _insert_sqlite(
     stamp = created_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")  # as UtcDateTime stores it
     # The counters' per-row insert trigger is paused for this batch and the chunk counted once
     # (plugin.store.counters), all in the caller's transaction: 4x faster than a trigger per code.
+    # The results' insert trigger, which only codes with a recipient need, is off meanwhile
+    # (plugin.store.rollups.pause_code_insert_trigger: ~3x faster).
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         counters.pause_insert_trigger(cursor, batch_id)
+        rollups.pause_code_insert_trigger(cursor)
         try:
             cursor.executemany(
                 "INSERT OR IGNORE INTO code (shop_id, campaign_id, batch_id, code, status, uses, sync_status, created_at) "
@@ -55,6 +58,7 @@ def _insert_sqlite(
             )
             inserted = int(cursor.rowcount)
         finally:  # a failed statement leaves the transaction open: later writes must be counted
+            rollups.resume_code_insert_trigger(cursor)
             counters.resume_insert_trigger(cursor, batch_id)
         row = counters.GENERATED_CODE
         counters.count_inserted(cursor, shop_id=shop_id, campaign_id=campaign_id, batch_id=batch_id, inserted=inserted, row=row)

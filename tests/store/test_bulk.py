@@ -70,3 +70,33 @@ def test_a_rolled_back_bulk_insert_moves_no_counter(engine: Engine, shop_id: int
     assert _figures_equal_rows(engine, campaign_id).codes == 0
     with engine.begin() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM campaign_stats WHERE codes <> 0")).scalar_one() == 0
+
+
+def _assigned_in_rollups(engine: Engine, campaign_id: int) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(text("SELECT COALESCE(SUM(assigned), 0) FROM assign_day WHERE campaign_id = :c"),
+                                {"c": campaign_id}).scalar_one())  # fmt: skip
+
+
+def test_the_results_insert_trigger_is_back_after_a_bulk_insert_and_after_a_failed_one(engine: Engine, shop_id: int) -> None:
+    """SQLite's bulk insert takes the results' code insert trigger off while it writes (codes
+    without recipients never need it): afterwards, in the same transaction or a later one, and
+    after a rollback, a code inserted with a recipient is counted in assign_day."""
+    campaign_id, batch_id = _batch(engine, shop_id)
+    args = {"shop_id": shop_id, "campaign_id": campaign_id, "batch_id": batch_id, "created_at": NOW}
+    with session_scope(engine) as session:
+        insert_codes(session.connection(), codes=["D1", "D2"], **args)
+        session.add(Code(shop_id=shop_id, campaign_id=campaign_id, batch_id=batch_id, code="D3", recipient="a@example.com",
+                         assigned_at=NOW))  # fmt: skip
+    assert _assigned_in_rollups(engine, campaign_id) == 1
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        insert_codes(conn, codes=["D4"], **args)
+        raise RuntimeError("the chunk's transaction fails after the insert")
+    with session_scope(engine) as session:
+        session.add(Code(shop_id=shop_id, campaign_id=campaign_id, batch_id=batch_id, code="D5", recipient="b@example.com",
+                         assigned_at=NOW))  # fmt: skip
+    assert _assigned_in_rollups(engine, campaign_id) == 2
+    listed = "SELECT tgname FROM pg_trigger" if engine.dialect.name == "postgresql" else "SELECT name FROM sqlite_master"
+    with engine.begin() as conn:
+        names = {r[0] for r in conn.exec_driver_sql(listed)}
+    assert "results_code_insert" in names
