@@ -777,8 +777,18 @@ ENDPOINTS: list[Endpoint] = [
 ]  # fmt: skip
 
 
+def _header(request: Request, name: bytes) -> str:
+    """A request header as `request.headers.get(name, "")` finds it (the first of that name;
+    ASGI names arrive lower-cased), without building Starlette's `Headers` on every call."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return ""
+
+
 def _authenticate(request: Request, engine: Engine) -> apikeys.KeyInfo | None:
-    header = request.headers.get("authorization", "")
+    header = _header(request, b"authorization")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
