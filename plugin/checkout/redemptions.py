@@ -241,10 +241,16 @@ def active_holds(session: Session, *, code_id: int, now: datetime, except_checko
     return int(session.exec(stmt).one())
 
 
+# a stored status to its enum member by a dict lookup: `CampaignStatus(text)` goes through
+# Enum's metaclass call, a noticeable part of each validation's rules stage
+_STATUSES = {status.value: status for status in CampaignStatus}
+
+
 def campaign_state(campaign: CampaignRow, rules: CampaignRules) -> CampaignState:
+    status = _STATUSES.get(campaign.status)
     return CampaignState(
         rules=rules,
-        status=CampaignStatus(campaign.status),
+        status=CampaignStatus(campaign.status) if status is None else status,  # (an unknown one raises as before)
         redemptions=campaign.redemption_count,
         discount_given=campaign.discount_total,
     )

@@ -27,6 +27,7 @@ eligible lines only.
 
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -112,6 +113,7 @@ def allocate(total: int, weights: Sequence[int]) -> list[int]:
     return shares
 
 
+@lru_cache(maxsize=256)  # a shop's few percentages recur on every validation; Decimal caches its hash
 def _scaled(percent: Decimal) -> int:
     return int(percent * _PERCENT_SCALE)
 
