@@ -48,6 +48,9 @@ class Verdict:
     retry_after: int = 0
 
 
+ALLOWED = Verdict(True)  # the answer to nearly every check: built once
+
+
 class FailureLimiter:
     """Counts failed attempts per key; `check` says whether a client may try again now."""
 
@@ -75,7 +78,7 @@ class FailureLimiter:
             if not self.limiter.test(self.item, key):
                 reset, _remaining = self.limiter.get_window_stats(self.item, key)
                 return Verdict(False, max(1, int(reset - time.time()) + 1))
-        return Verdict(True)
+        return ALLOWED
 
     def record_failure(self, *keys: str) -> None:
         now = time.monotonic()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from plugin.checkout.ratelimit import GuessLimits
 from plugin.errors import InvalidInput, NotFound
@@ -62,7 +62,7 @@ class Call:
         return value
 
     async def body(self, model: type[M]) -> M:
-        raw = await self.request.body()
+        raw = await read_body(self.request)
         if b"\\u0000" in raw:  # PostgreSQL text can't hold NUL; refuse it here with a reason
             raise InvalidInput("text fields must not contain NUL characters", reason="invalid_input")
         return model.model_validate_json(raw or b"{}")
@@ -82,3 +82,27 @@ class Call:
                 return fn(session)
 
         return await in_thread(self.engine, work)
+
+
+async def read_body(request: Request) -> bytes:
+    """`await request.body()`, read straight from the ASGI `receive`: the same bytes, the same
+    `ClientDisconnect`, and the body kept on the request for a later `request.body()`.
+
+    Starlette reads it through an async generator (`Request.stream`), whose setup and
+    teardown cost more than the one message a checkout call's body comes in."""
+    if hasattr(request, "_body") or request._stream_consumed:
+        return await request.body()  # read before (or streamed): Starlette's own answer
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+    request._stream_consumed = True
+    body: bytes = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body
+    return body
