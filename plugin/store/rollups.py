@@ -63,8 +63,8 @@ ASSIGN_KEY = ("shop_id", "campaign_id", "day", "partner_key", "batch_key", "prov
 
 def _day(dialect: str, moment: str, row: str) -> str:
     zone = f"(SELECT s.timezone FROM shop AS s WHERE s.id = {row}.shop_id)"
-    if dialect == "postgresql":
-        return f"(({moment}) AT TIME ZONE {zone})::date"
+    if dialect == "postgresql":  # UTC without a zone, as SQLite's local_day counts it
+        return f"(({moment}) AT TIME ZONE COALESCE({zone}, 'UTC'))::date"
     return f"couponry_local_day({moment}, {zone})"
 
 
