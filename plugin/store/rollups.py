@@ -19,8 +19,11 @@ connection without it (a bare ``sqlite3`` shell) cannot write redemptions or ass
 Changing a shop's time zone moves its days: plugin.shops.timezones rebuilds its rollups in the
 same transaction (`rebuild`; `couponry admin recount` rebuilds them too).
 
-``redemption.wait_seconds`` (assignment to redemption) is set when the row is written, for the
-median (read in index order, plugin.campaigns.results).
+``redemption.wait_seconds`` (assignment to redemption) and ``redemption.provider`` (its code's
+provider, by the rule above) are set when the row is written, for the medians (read in index
+order, plugin.campaigns.results). The row's provider is the key its result_day figures are filed
+under (so a group's count there is the number of rows in its index range), and it moves with them:
+the triggers that move a code's figures to another provider set its redemptions' provider too.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def code_provider(code_row: str) -> str:
 
 
 def _redemption_provider(row: str) -> str:
+    """The provider of a redemption row's code: what the row stores (set when it is written)."""
     pool = f"(SELECT c.pool_id FROM code AS c WHERE c.id = {row}.code_id)"
     return f"COALESCE({_pool_provider(pool)}, {_first_delivery(f'{row}.code_id')}, '')"
 
@@ -109,7 +113,7 @@ def _result_keys(dialect: str, row: str, provider: str | None = None) -> list[st
         f"COALESCE({row}.channel, '')",
         f"COALESCE({row}.partner_id, 0)",
         f"COALESCE({row}.batch_id, 0)",
-        provider if provider is not None else _redemption_provider(row),
+        provider if provider is not None else f"{row}.provider",
         f"{row}.currency",
     ]
 
@@ -132,13 +136,18 @@ def _redemption_row(dialect: str, row: str, sign: str) -> str:
     return _result_upsert(_result_keys(dialect, row), _result_terms(row, sign), "", f"{row}.campaign_id IS NOT NULL", False)
 
 
-def _move_code_redemptions(dialect: str, code_id: str, old_provider: str, new_provider: str) -> str:
-    """Move the redemptions of one code from one provider to another (a delivery or pool named it)."""
+def _move_code_redemptions(dialect: str, code_id: str, new_provider: str) -> str:
+    """Move the redemptions of one code to another provider (a delivery or pool named it): their
+    figures from the provider each row stores to the new one, then the rows' provider."""
     source = "FROM redemption AS r"
-    where = f"r.code_id = {code_id} AND r.campaign_id IS NOT NULL AND ({old_provider}) <> ({new_provider})"
-    return _result_upsert(
-        _result_keys(dialect, "r", old_provider), _result_terms("r", "-"), source, where, True
-    ) + _result_upsert(_result_keys(dialect, "r", new_provider), _result_terms("r", ""), source, where, True)
+    where = f"r.code_id = {code_id} AND r.provider <> ({new_provider})"
+    counted = f"{where} AND r.campaign_id IS NOT NULL"
+    return (
+        _result_upsert(_result_keys(dialect, "r"), _result_terms("r", "-"), source, counted, True)
+        + _result_upsert(_result_keys(dialect, "r", new_provider), _result_terms("r", ""), source, counted, True)
+        # (no alias: SQLite takes none in a trigger's UPDATE)
+        + f" UPDATE redemption SET provider = ({new_provider}) WHERE code_id = {code_id} AND provider <> ({new_provider});"
+    )
 
 
 def _assign_keys(dialect: str, row: str, provider: str | None = None) -> list[str]:
@@ -214,7 +223,7 @@ def _delivery_body(dialect: str) -> str:
         + " "
         + _assign_move(dialect, "c", "", code, which, "NEW.provider")
         + " "
-        + _move_code_redemptions(dialect, "NEW.code_id", "''", "NEW.provider")
+        + _move_code_redemptions(dialect, "NEW.code_id", "NEW.provider")
     )
 
 
@@ -225,7 +234,7 @@ _DELIVERY_WHEN = (
 
 
 def _code_update_body(dialect: str) -> str:
-    moved = _move_code_redemptions(dialect, "NEW.id", code_provider("OLD"), code_provider("NEW"))
+    moved = _move_code_redemptions(dialect, "NEW.id", code_provider("NEW"))
     return f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')} {moved}"
 
 
@@ -237,8 +246,8 @@ def _sqlite_ddl() -> list[str]:
     return [
         # the row as the UPDATE left it (NEW still holds no wait)
         "CREATE TRIGGER IF NOT EXISTS results_redemption_insert AFTER INSERT ON redemption BEGIN "
-        f"UPDATE redemption SET wait_seconds = {_wait_query(d)}, local_day = {_day(d, 'NEW.created_at', 'NEW')} "
-        "WHERE id = NEW.id; "
+        f"UPDATE redemption SET wait_seconds = {_wait_query(d)}, local_day = {_day(d, 'NEW.created_at', 'NEW')}, "
+        f"provider = {_redemption_provider('NEW')} WHERE id = NEW.id; "
         f"{_result_upsert(_result_keys(d, 'r'), _result_terms('r', ''), 'FROM redemption AS r', _THIS_ROW, False)} END",
         f"CREATE TRIGGER IF NOT EXISTS results_redemption_update AFTER UPDATE ON redemption WHEN "
         f"{_changed(d, _REDEMPTION_CHANGES)} BEGIN {_redemption_row(d, 'OLD', '-')} {_redemption_row(d, 'NEW', '')} END",
@@ -295,7 +304,8 @@ def _pg_ddl() -> list[str]:
     return [
         _pg_function(
             "couponry_redemption_wait",
-            f"NEW.wait_seconds := {_wait_query(d)}; NEW.local_day := {_day(d, 'NEW.created_at', 'NEW')};",
+            f"NEW.wait_seconds := {_wait_query(d)}; NEW.local_day := {_day(d, 'NEW.created_at', 'NEW')}; "
+            f"NEW.provider := {_redemption_provider('NEW')};",
             "NEW",
         ),
         _pg_function("couponry_results_redemption_insert", _redemption_row(d, "NEW", "")),
@@ -354,6 +364,15 @@ def rebuild(conn: Connection, *, shop_id: int | None = None) -> None:
     conn.execute(
         text(
             f"UPDATE redemption SET local_day = {day} WHERE (local_day IS NULL OR local_day <> {day})"
+            + (" AND shop_id = :shop" if shop_id is not None else "")
+        ),
+        params,
+    )
+    # and their provider, the key of their figures below (only where it differs, as above)
+    provider = _redemption_provider("redemption")
+    conn.execute(
+        text(
+            f"UPDATE redemption SET provider = {provider} WHERE (provider IS NULL OR provider <> {provider})"
             + (" AND shop_id = :shop" if shop_id is not None else "")
         ),
         params,
