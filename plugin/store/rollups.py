@@ -67,7 +67,9 @@ ASSIGN_KEY = ("shop_id", "campaign_id", "day", "partner_key", "batch_key", "prov
 def _day(dialect: str, moment: str, row: str) -> str:
     zone = f"(SELECT s.timezone FROM shop AS s WHERE s.id = {row}.shop_id)"
     if dialect == "postgresql":
-        return f"(({moment}) AT TIME ZONE {zone})::date"
+        # a row whose shop row is missing counts in UTC, as couponry_local_day does on SQLite
+        # (AT TIME ZONE NULL is NULL, refused by the rollups' day)
+        return f"(({moment}) AT TIME ZONE COALESCE({zone}, 'UTC'))::date"
     return f"couponry_local_day({moment}, {zone})"
 
 
