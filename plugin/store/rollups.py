@@ -138,17 +138,19 @@ def _redemption_row(dialect: str, row: str, sign: str) -> str:
     return _result_upsert(_result_keys(dialect, row), _result_terms(row, sign), "", f"{row}.campaign_id IS NOT NULL", False)
 
 
-def _move_code_redemptions(dialect: str, code_id: str, new_provider: str) -> str:
+def _move_code_redemptions(dialect: str, code_id: str, new_provider: str, gate: str = "") -> str:
     """Move the redemptions of one code to another provider (a delivery or pool named it): their
-    figures from the provider each row stores to the new one, then the rows' provider."""
+    figures from the provider each row stores to the new one, then the rows' provider. `gate`: a
+    condition on the trigger's row alone (SQLite tests it once, before reading any row)."""
     source = "FROM redemption AS r"
-    where = f"r.code_id = {code_id} AND r.provider <> ({new_provider})"
+    gated = f"{gate} AND " if gate else ""
+    where = f"{gated}r.code_id = {code_id} AND r.provider <> ({new_provider})"
     counted = f"{where} AND r.campaign_id IS NOT NULL"
     return (
         _result_upsert(_result_keys(dialect, "r"), _result_terms("r", "-"), source, counted, True)
         + _result_upsert(_result_keys(dialect, "r", new_provider), _result_terms("r", ""), source, counted, True)
         # (no alias: SQLite takes none in a trigger's UPDATE)
-        + f" UPDATE redemption SET provider = ({new_provider}) WHERE code_id = {code_id} AND provider <> ({new_provider});"
+        + f" UPDATE redemption SET provider = ({new_provider}) WHERE {gated}code_id = {code_id} AND provider <> ({new_provider});"
     )
 
 
@@ -236,8 +238,13 @@ _DELIVERY_WHEN = (
 
 
 def _code_update_body(dialect: str) -> str:
-    moved = _move_code_redemptions(dialect, "NEW.id", code_provider("NEW"))
-    return f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')} {moved}"
+    # a code's provider changes here only with its pool (its deliveries are another trigger's):
+    # an assignment or a partner change leaves its redemptions where they are, unread
+    pool_changed = f"OLD.pool_id {'IS DISTINCT FROM' if dialect == 'postgresql' else 'IS NOT'} NEW.pool_id"
+    assigned = f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')}"
+    if dialect == "postgresql":
+        return f"{assigned} IF {pool_changed} THEN {_move_code_redemptions(dialect, 'NEW.id', code_provider('NEW'))} END IF;"
+    return f"{assigned} {_move_code_redemptions(dialect, 'NEW.id', code_provider('NEW'), pool_changed)}"
 
 
 _THIS_ROW = "r.id = NEW.id AND r.campaign_id IS NOT NULL"
