@@ -11,11 +11,8 @@ plugin.distribution.partners.results); return per unit of discount is revenue / 
 
 from __future__ import annotations
 
-import bisect
 import csv
 import io
-import re
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -29,7 +26,6 @@ from plugin.campaigns.lookup import get_campaign
 from plugin.errors import InvalidInput, NotFound
 from plugin.store.db import read_session
 from plugin.store.models import Partner, Redemption, Shop
-from plugin.store.rollups import code_provider
 
 DIMENSIONS = ("channel", "partner", "batch", "provider", "day")
 MAX_GROUPS = 2  # group_by=day,channel: a chart's series over time
@@ -268,92 +264,44 @@ class _Reader:
         return where, params
 
     def _medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
-        """Medians of the waits of the active redemptions in each group. Without a grouping, or by
-        channel, partner, batch or day (or two of them): for each group, its count from the
+        """Medians of the waits of the active redemptions in each group: its count from the
         rollups and the middle one or two waits read at that OFFSET of an index in wait order
-        (ix_redemption_*_wait), so no row is sorted or sent. By provider (not a column of the
-        row): one read of the rows."""
-        if all(d in _WAIT_INDEXED for d in dims):
-            where, params = self._wait_filters()
-            for key, figures in out.items():
-                n = self.waited.get(key, 0)
-                if not n:
-                    continue
-                condition = "".join(_group_condition(d, v, f"g{i}") for i, (d, v) in enumerate(zip(dims, key, strict=True)))
-                groups = {f"g{i}": self._date(v) if isinstance(v, date) else v for i, v in enumerate(key)}
-                middle = self.conn.execute(
-                    text(
-                        f"SELECT r.wait_seconds FROM redemption AS r WHERE {where}{condition} "
-                        "ORDER BY r.wait_seconds LIMIT :k OFFSET :o"
-                    ),
-                    {**params, **groups, "k": 2 - n % 2, "o": (n - 1) // 2},
-                ).all()
-                if middle:
-                    figures.median_wait_seconds = sum(float(m[0]) for m in middle) / len(middle)
-            return
-        self._scanned_medians(dims, out)
-
-    def _scanned_medians(self, dims: Sequence[str], out: dict[Key, Figures]) -> None:
-        exprs = {
-            "channel": "COALESCE(r.channel, '')",
-            "partner": "COALESCE(r.partner_id, 0)",
-            "batch": "COALESCE(r.batch_id, 0)",
-            "provider": code_provider("c"),
-        }
+        (ix_redemption_*_wait: per campaign, channel, partner, batch, day or provider), so no row
+        is sorted or sent."""
         where, params = self._wait_filters()
-        join = " LEFT JOIN code AS c ON c.id = r.code_id" if "provider" in dims else ""
-        others = [d for d in dims if d != "day"]
-        columns = ", ".join(["r.created_at" if "day" in dims else "NULL", *(exprs[d] for d in others), "r.wait_seconds"])
-        # the DBAPI cursor itself: ~100,000 rows through the ORM's result rows cost more than the read
-        sql = f"SELECT {columns} FROM redemption AS r{join} WHERE {where}"
-        rows = self.conn.exec_driver_sql(*_driver_sql(self.sqlite, sql, params)).cursor
-        assert rows is not None
-        day_of = self._day_finder([k[dims.index("day")] for k in out]) if "day" in dims else None
-        waits: dict[Key, list[int]] = defaultdict(list)
-        for row in rows.fetchall():
-            found = dict(zip(others, row[1:-1], strict=True))
-            if day_of is not None:
-                found["day"] = day_of(row[0])
-            waits[tuple(_value(d, found[d]) for d in dims)].append(int(row[-1]))
-        for key, group in waits.items():
-            if key in out:
-                out[key].median_wait_seconds = _median(group)
-
-    def _day_finder(self, known: list[Any]) -> Any:
-        """The local day of a stored instant, by bisecting the stored form of the local midnights
-        around the days the rollups name (a time zone conversion per row would cost more than the
-        read; on SQLite the stored text sorts as the instants do)."""
-        days_known = [d for d in known if isinstance(d, date)]
-        first = self.query.start or (min(days_known) if days_known else date(1970, 1, 1))
-        last = self.query.end or (max(days_known) if days_known else first)
-        first, last = first - timedelta(days=1), last + timedelta(days=1)
-        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        starts = [self._instant(d) for d in days]
-
-        def day_of(stored: Any) -> date | None:
-            if isinstance(stored, datetime) and stored.tzinfo is None:
-                stored = stored.replace(tzinfo=UTC)
-            i = bisect.bisect_right(starts, stored) - 1
-            return days[i] if i >= 0 else None
-
-        return day_of
+        for key, figures in out.items():
+            n = self.waited.get(key, 0)
+            if not n:
+                continue
+            condition = "".join(_group_condition(d, v, f"g{i}") for i, (d, v) in enumerate(zip(dims, key, strict=True)))
+            groups = {f"g{i}": self._date(v) if isinstance(v, date) else v for i, v in enumerate(key)}
+            middle = self.conn.execute(
+                text(
+                    f"SELECT r.wait_seconds FROM redemption AS r WHERE {where}{condition} "
+                    "ORDER BY r.wait_seconds LIMIT :k OFFSET :o"
+                ),
+                {**params, **groups, "k": 2 - n % 2, "o": (n - 1) // 2},
+            ).all()
+            if middle:
+                figures.median_wait_seconds = sum(float(m[0]) for m in middle) / len(middle)
 
 
-_WAIT_INDEXED = {"channel": "r.channel", "partner": "r.partner_id", "batch": "r.batch_id", "day": "r.local_day"}
+_WAIT_INDEXED = {
+    "channel": "r.channel",
+    "partner": "r.partner_id",
+    "batch": "r.batch_id",
+    "day": "r.local_day",
+    "provider": "r.provider",  # '' for none, as in the rollups
+}
 
 
 def _group_condition(dimension: str, value: Any, name: str) -> str:
     column = _WAIT_INDEXED[dimension]
+    if dimension == "provider":
+        return f" AND {column} = :{name}"
     if value in ("", 0):  # the rollups' "none" is NULL in the row (or, for a channel, also '')
         return f" AND ({column} IS NULL OR {column} = '')" if dimension == "channel" else f" AND {column} IS NULL"
     return f" AND {column} = :{name}"
-
-
-def _driver_sql(sqlite: bool, sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`sql` with its :name placeholders in the driver's own style (sqlite3 takes :name as is)."""
-    if sqlite:
-        return sql, params
-    return re.sub(r":(\w+)", r"%(\1)s", sql.replace("%", "%%")), params
 
 
 def _value(dimension: str, value: Any) -> Any:
@@ -366,12 +314,6 @@ def _value(dimension: str, value: Any) -> Any:
 
 def _sortable(value: Any) -> tuple[int, Any]:
     return (0, value.isoformat()) if isinstance(value, date) else (1, value) if isinstance(value, int) else (2, str(value))
-
-
-def _median(values: list[int]) -> float:
-    values.sort()
-    n = len(values)
-    return float(values[n // 2]) if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
 
 def figures_json(f: Figures) -> dict[str, Any]:

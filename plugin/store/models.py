@@ -317,6 +317,9 @@ class Redemption(SQLModel, table=True):
     # the day of created_at in the shop's time zone, set with wait_seconds (rebuilt when the zone
     # changes): a day's median is an OFFSET into ix_redemption_day_wait
     local_day: date | None = Field(default=None)
+    # its code's distribution provider ('' none), set with wait_seconds and moved with the code's
+    # (plugin.store.rollups): a provider's median is an OFFSET into ix_redemption_provider_wait
+    provider: str = Field(default="", max_length=32, sa_column_kwargs={"server_default": text("''")})
 
     __table_args__ = (
         UniqueConstraint("shop_id", "order_id", "code", name="uq_redemption_order_code"),
@@ -332,6 +335,7 @@ class Redemption(SQLModel, table=True):
         Index("ix_redemption_partner_wait", "campaign_id", "status", "partner_id", "wait_seconds", "created_at"),
         Index("ix_redemption_batch_wait", "campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"),
         Index("ix_redemption_day_wait", "campaign_id", "status", "local_day", "wait_seconds", "partner_id", "channel"),
+        Index("ix_redemption_provider_wait", "campaign_id", "status", "provider", "wait_seconds", "created_at", "partner_id"),
         # Self-referral by address: a referrer's orders to this address. Partial, so orders
         # without a shipping address (digital, pickup, API calls without one) cost it nothing.
         Index(

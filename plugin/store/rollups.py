@@ -19,8 +19,11 @@ connection without it (a bare ``sqlite3`` shell) cannot write redemptions or ass
 Changing a shop's time zone moves its days: plugin.shops.timezones rebuilds its rollups in the
 same transaction (`rebuild`; `couponry admin recount` rebuilds them too).
 
-``redemption.wait_seconds`` (assignment to redemption) is set when the row is written, for the
-median (read in index order, plugin.campaigns.results).
+``redemption.wait_seconds`` (assignment to redemption) and ``redemption.provider`` (its code's
+provider, by the rule above) are set when the row is written, for the medians (read in index
+order, plugin.campaigns.results). The row's provider is the key its result_day figures are filed
+under (so a group's count there is the number of rows in its index range), and it moves with them:
+the triggers that move a code's figures to another provider set its redemptions' provider too.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ ASSIGN_KEY = ("shop_id", "campaign_id", "day", "partner_key", "batch_key", "prov
 
 def _day(dialect: str, moment: str, row: str) -> str:
     zone = f"(SELECT s.timezone FROM shop AS s WHERE s.id = {row}.shop_id)"
-    if dialect == "postgresql":  # UTC without a zone, as SQLite's local_day counts it
+    if dialect == "postgresql":
+        # a row whose shop row is missing counts in UTC, as couponry_local_day does on SQLite
+        # (AT TIME ZONE NULL is NULL, refused by the rollups' day)
         return f"(({moment}) AT TIME ZONE COALESCE({zone}, 'UTC'))::date"
     return f"couponry_local_day({moment}, {zone})"
 
@@ -82,6 +87,7 @@ def code_provider(code_row: str) -> str:
 
 
 def _redemption_provider(row: str) -> str:
+    """The provider of a redemption row's code: what the row stores (set when it is written)."""
     pool = f"(SELECT c.pool_id FROM code AS c WHERE c.id = {row}.code_id)"
     return f"COALESCE({_pool_provider(pool)}, {_first_delivery(f'{row}.code_id')}, '')"
 
@@ -109,7 +115,7 @@ def _result_keys(dialect: str, row: str, provider: str | None = None) -> list[st
         f"COALESCE({row}.channel, '')",
         f"COALESCE({row}.partner_id, 0)",
         f"COALESCE({row}.batch_id, 0)",
-        provider if provider is not None else _redemption_provider(row),
+        provider if provider is not None else f"{row}.provider",
         f"{row}.currency",
     ]
 
@@ -132,13 +138,20 @@ def _redemption_row(dialect: str, row: str, sign: str) -> str:
     return _result_upsert(_result_keys(dialect, row), _result_terms(row, sign), "", f"{row}.campaign_id IS NOT NULL", False)
 
 
-def _move_code_redemptions(dialect: str, code_id: str, old_provider: str, new_provider: str) -> str:
-    """Move the redemptions of one code from one provider to another (a delivery or pool named it)."""
+def _move_code_redemptions(dialect: str, code_id: str, new_provider: str, gate: str = "") -> str:
+    """Move the redemptions of one code to another provider (a delivery or pool named it): their
+    figures from the provider each row stores to the new one, then the rows' provider. `gate`: a
+    condition on the trigger's row alone (SQLite tests it once, before reading any row)."""
     source = "FROM redemption AS r"
-    where = f"r.code_id = {code_id} AND r.campaign_id IS NOT NULL AND ({old_provider}) <> ({new_provider})"
-    return _result_upsert(
-        _result_keys(dialect, "r", old_provider), _result_terms("r", "-"), source, where, True
-    ) + _result_upsert(_result_keys(dialect, "r", new_provider), _result_terms("r", ""), source, where, True)
+    gated = f"{gate} AND " if gate else ""
+    where = f"{gated}r.code_id = {code_id} AND r.provider <> ({new_provider})"
+    counted = f"{where} AND r.campaign_id IS NOT NULL"
+    return (
+        _result_upsert(_result_keys(dialect, "r"), _result_terms("r", "-"), source, counted, True)
+        + _result_upsert(_result_keys(dialect, "r", new_provider), _result_terms("r", ""), source, counted, True)
+        # (no alias: SQLite takes none in a trigger's UPDATE)
+        + f" UPDATE redemption SET provider = ({new_provider}) WHERE {gated}code_id = {code_id} AND provider <> ({new_provider});"
+    )
 
 
 def _assign_keys(dialect: str, row: str, provider: str | None = None) -> list[str]:
@@ -214,7 +227,7 @@ def _delivery_body(dialect: str) -> str:
         + " "
         + _assign_move(dialect, "c", "", code, which, "NEW.provider")
         + " "
-        + _move_code_redemptions(dialect, "NEW.code_id", "''", "NEW.provider")
+        + _move_code_redemptions(dialect, "NEW.code_id", "NEW.provider")
     )
 
 
@@ -225,8 +238,13 @@ _DELIVERY_WHEN = (
 
 
 def _code_update_body(dialect: str) -> str:
-    moved = _move_code_redemptions(dialect, "NEW.id", code_provider("OLD"), code_provider("NEW"))
-    return f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')} {moved}"
+    # a code's provider changes here only with its pool (its deliveries are another trigger's):
+    # an assignment or a partner change leaves its redemptions where they are, unread
+    pool_changed = f"OLD.pool_id {'IS DISTINCT FROM' if dialect == 'postgresql' else 'IS NOT'} NEW.pool_id"
+    assigned = f"{_assign_move(dialect, 'OLD', '-')} {_assign_move(dialect, 'NEW', '')}"
+    if dialect == "postgresql":
+        return f"{assigned} IF {pool_changed} THEN {_move_code_redemptions(dialect, 'NEW.id', code_provider('NEW'))} END IF;"
+    return f"{assigned} {_move_code_redemptions(dialect, 'NEW.id', code_provider('NEW'), pool_changed)}"
 
 
 _THIS_ROW = "r.id = NEW.id AND r.campaign_id IS NOT NULL"
@@ -237,8 +255,8 @@ def _sqlite_ddl() -> list[str]:
     return [
         # the row as the UPDATE left it (NEW still holds no wait)
         "CREATE TRIGGER IF NOT EXISTS results_redemption_insert AFTER INSERT ON redemption BEGIN "
-        f"UPDATE redemption SET wait_seconds = {_wait_query(d)}, local_day = {_day(d, 'NEW.created_at', 'NEW')} "
-        "WHERE id = NEW.id; "
+        f"UPDATE redemption SET wait_seconds = {_wait_query(d)}, local_day = {_day(d, 'NEW.created_at', 'NEW')}, "
+        f"provider = {_redemption_provider('NEW')} WHERE id = NEW.id; "
         f"{_result_upsert(_result_keys(d, 'r'), _result_terms('r', ''), 'FROM redemption AS r', _THIS_ROW, False)} END",
         f"CREATE TRIGGER IF NOT EXISTS results_redemption_update AFTER UPDATE ON redemption WHEN "
         f"{_changed(d, _REDEMPTION_CHANGES)} BEGIN {_redemption_row(d, 'OLD', '-')} {_redemption_row(d, 'NEW', '')} END",
@@ -295,7 +313,8 @@ def _pg_ddl() -> list[str]:
     return [
         _pg_function(
             "couponry_redemption_wait",
-            f"NEW.wait_seconds := {_wait_query(d)}; NEW.local_day := {_day(d, 'NEW.created_at', 'NEW')};",
+            f"NEW.wait_seconds := {_wait_query(d)}; NEW.local_day := {_day(d, 'NEW.created_at', 'NEW')}; "
+            f"NEW.provider := {_redemption_provider('NEW')};",
             "NEW",
         ),
         _pg_function("couponry_results_redemption_insert", _redemption_row(d, "NEW", "")),
@@ -354,6 +373,15 @@ def rebuild(conn: Connection, *, shop_id: int | None = None) -> None:
     conn.execute(
         text(
             f"UPDATE redemption SET local_day = {day} WHERE (local_day IS NULL OR local_day <> {day})"
+            + (" AND shop_id = :shop" if shop_id is not None else "")
+        ),
+        params,
+    )
+    # and their provider, the key of their figures below (only where it differs, as above)
+    provider = _redemption_provider("redemption")
+    conn.execute(
+        text(
+            f"UPDATE redemption SET provider = {provider} WHERE (provider IS NULL OR provider <> {provider})"
             + (" AND shop_id = :shop" if shop_id is not None else "")
         ),
         params,

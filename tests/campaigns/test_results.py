@@ -137,6 +137,13 @@ def _random_writes(
         session.add(
             RecipientDelivery(shop_id=shop_id, campaign_id=campaign_id, code_id=late.id or 0, recipient="x", provider="sendgrid")
         )
+        session.flush()
+        # a pool named after the codes were redeemed, or taken away: their redemptions follow
+        redeemed = {r.code_id for r in redemptions}
+        for code in rng.sample([c for c in codes if c.id in redeemed and c.recipient is not None], 6):
+            code.pool_id = None if code.pool_id == pool else pool
+            session.add(code)
+        session.flush()
         for r in rng.sample(redemptions, 25):
             r.status, r.rolled_back_at = "rolled_back", r.created_at + timedelta(hours=1)
             session.add(r)
@@ -464,3 +471,77 @@ def test_partners_totals_equal_the_rows(engine: Engine) -> None:
                 revenue,
                 discount,
             )
+
+
+def _stored_providers(engine: Engine, campaign_id: int) -> tuple[dict[int, str], dict[int, str]]:
+    """Each redemption's stored provider, and its code's provider by the rule (pool, else first delivery)."""
+    with session_scope(engine) as session:
+        codes = {c.id: c for c in session.exec(select(Code).where(col(Code.campaign_id) == campaign_id)).all()}
+        pools = {p.id: p.provider for p in session.exec(select(CouponPool)).all()}
+        first: dict[int, str] = {}
+        for d in session.exec(select(RecipientDelivery).order_by(col(RecipientDelivery.id))).all():
+            first.setdefault(d.code_id, d.provider)
+        reds = session.exec(select(Redemption).where(col(Redemption.campaign_id) == campaign_id)).all()
+        stored = {r.id or 0: r.provider for r in reds}
+    rule = {}
+    for r in reds:
+        code = codes.get(r.code_id)
+        rule[r.id or 0] = "" if code is None else pools[code.pool_id] if code.pool_id in pools else first.get(code.id or 0, "")
+    return stored, rule
+
+
+def test_each_redemption_stores_its_codes_provider_and_a_recount_repairs_it(engine: Engine) -> None:
+    shop_id, campaign_id, batches, partners, pool = _setup(engine, "pv.example")
+    _random_writes(engine, shop_id, campaign_id, batches, partners, pool, 6)
+    stored, rule = _stored_providers(engine, campaign_id)
+    assert stored == rule
+    assert {"klaviyo", "braze", "mailchimp", ""} <= set(stored.values())
+    # a row's provider gone wrong (written around the triggers): the recount puts it right
+    with session_scope(engine) as session:
+        session.connection().execute(
+            text("UPDATE redemption SET provider = 'wrong' WHERE id IN (SELECT id FROM redemption LIMIT 10)")
+        )
+    with session_scope(engine) as session:
+        from plugin.store import rollups
+
+        rollups.rebuild(session.connection(), shop_id=shop_id)
+    stored, rule = _stored_providers(engine, campaign_id)
+    assert stored == rule
+    with session_scope(engine) as session:
+        report = results.results(session, shop_id=shop_id, query=results.Query(campaign_id, ("provider",)))
+    _compare(report, _oracle(engine, shop_id, campaign_id, ("provider",), ZONE), ("provider",))
+
+
+def test_the_provider_median_reads_one_index_range_not_the_codes(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    shop_id, campaign_id, batches, partners, pool = _setup(engine, "pm.example")
+    _random_writes(engine, shop_id, campaign_id, batches, partners, pool, 7)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with session_scope(engine) as session:
+            report = results.results(session, shop_id=shop_id, query=results.Query(campaign_id, ("provider",)))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert [g for g in report.groups if g.median_wait_seconds is not None]
+    reads = [s for s in statements if "FROM redemption" in s]
+    assert reads and all("ORDER BY r.wait_seconds LIMIT" in s and " code " not in s for s in reads)
+    if engine.dialect.name == "sqlite":
+        with session_scope(engine) as session:
+            conn = session.connection().connection.dbapi_connection
+            assert conn is not None
+            plan = " ".join(
+                str(row[-1])
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN SELECT r.wait_seconds FROM redemption AS r WHERE r.campaign_id = ? "
+                    "AND r.status = 'active' AND r.wait_seconds IS NOT NULL AND r.provider = ? "
+                    "ORDER BY r.wait_seconds LIMIT 1 OFFSET 3",
+                    (campaign_id, "braze"),
+                )
+            )
+        assert "COVERING INDEX ix_redemption_provider_wait" in plan and "TEMP B-TREE" not in plan, plan

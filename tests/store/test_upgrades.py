@@ -9,6 +9,7 @@ Every revision is tested, the first round's included: their cost is a few second
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
@@ -64,6 +65,7 @@ MEANINGFUL: dict[tuple[str, str], Callable[[int], Any]] = {
     ("code", "uses"): lambda n: n % 2,
     ("code", "voided_at"): lambda n: None,
     ("code", "batch_id"): lambda n: None,  # batch_key 0: counters keyed by campaign alone
+    ("code", "pool_id"): lambda n: 1 if n == 0 else None,  # the first pool's (numbered from 1): a provider
     ("redemption", "status"): lambda n: "active",
     ("redemption", "amount"): lambda n: 500 + n,
     ("redemption", "batch_id"): lambda n: None,
@@ -275,6 +277,25 @@ def _results_rollups(engine: Engine, seeded: dict[str, list[Any]], new: dict[str
     assert sum(d["redeemed"] for d in new["result_day"]) == len(new["redemption"])
     active = [r for r in new["redemption"] if r["status"] == "active"]
     assert sum(d["discount"] for d in new["result_day"]) == sum(r["amount"] for r in active)
+    # each redemption names its code's provider (its pool's, else its first delivery's), as its figures do
+    pools = {p["id"]: p["provider"] for p in new["coupon_pool"]}
+    first: dict[Any, str] = {}
+    for d in sorted(new["recipientdelivery"], key=lambda d: d["id"]):
+        first.setdefault(d["code_id"], d["provider"])
+    codes = {c["id"]: c for c in new["code"]}
+
+    def provider(code_id: Any) -> str:
+        code = codes.get(code_id)
+        if code is None:
+            return ""
+        return pools[code["pool_id"]] if code["pool_id"] in pools else first.get(code_id, "")
+
+    assert [r["provider"] for r in new["redemption"]] == [provider(r["code_id"]) for r in new["redemption"]]
+    assert [r["provider"] for r in new["redemption"]][:1] == ["provider-0"]  # code 1 is in pool 1
+    by_provider: dict[str, int] = {}
+    for d in new["result_day"]:
+        by_provider[d["provider"]] = by_provider.get(d["provider"], 0) + d["redeemed"]
+    assert {k: v for k, v in by_provider.items() if v} == dict(Counter(r["provider"] for r in new["redemption"]))
 
 
 CHECKS: dict[str, Callable[[Engine, dict[str, list[Any]], dict[str, list[dict[str, Any]]]], None]] = {

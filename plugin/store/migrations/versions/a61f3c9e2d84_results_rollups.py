@@ -26,6 +26,7 @@ WAIT_INDEXES = {
     "ix_redemption_partner_wait": ["campaign_id", "status", "partner_id", "wait_seconds", "created_at"],
     "ix_redemption_batch_wait": ["campaign_id", "status", "batch_id", "wait_seconds", "created_at", "partner_id"],
     "ix_redemption_day_wait": ["campaign_id", "status", "local_day", "wait_seconds", "partner_id", "channel"],
+    "ix_redemption_provider_wait": ["campaign_id", "status", "provider", "wait_seconds", "created_at", "partner_id"],
 }
 
 
@@ -36,6 +37,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("wait_seconds", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("revenue", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("local_day", sa.Date(), nullable=True))
+        batch_op.add_column(sa.Column("provider", sa.String(length=32), server_default=sa.text("''"), nullable=False))
         for name, columns in WAIT_INDEXES.items():
             batch_op.create_index(name, columns, unique=False)
     with op.batch_alter_table("recipientdelivery", schema=None) as batch_op:
@@ -67,6 +69,7 @@ def upgrade() -> None:
     )
     bind = op.get_bind()
     # waits of the redemptions already there (from their code's assignment), then the rollups
+    # (the rebuild sets the rows' provider)
     if bind.dialect.name == "postgresql":
         bind.exec_driver_sql(
             "UPDATE redemption AS r SET wait_seconds = round(EXTRACT(EPOCH FROM (r.created_at - c.assigned_at)))::bigint "
@@ -111,6 +114,7 @@ def downgrade() -> None:
         batch_op.drop_column("wait_seconds")
         batch_op.drop_column("revenue")
         batch_op.drop_column("local_day")
+        batch_op.drop_column("provider")
     with op.batch_alter_table("shop", schema=None) as batch_op:
         batch_op.drop_column("timezone")
     counters.install(bind)  # a SQLite batch rebuild of `redemption` dropped its counters' triggers
