@@ -55,6 +55,7 @@ SECRET_KEY = "bench-load-secret-0123456789-abcdefgh"
 SHOP = "local.couponry.test"
 BASKET = {"currency": "GBP", "lines": [{"product_id": "p1", "quantity": 2, "unit_price": 2500}]}
 MIX = {"validate": 0.7, "redeem": 0.1, "claim": 0.1, "webhook": 0.1}  # a checkout-heavy shop
+KEEP_ALIVE = 4.0  # seconds an idle connection is reused (uvicorn's keep-alive timeout is 5)
 CONNECTION_CAP = 256  # per server: beyond it a due request waits for a connection (and is charged for it)
 
 BARE_SERVER = """
@@ -222,13 +223,20 @@ class Connections:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        # (connection, when it went idle): one idle for longer than the server keeps it (uvicorn
+        # closes after 5 s) is dropped, not reused, so a request never fails on a closed socket
+        self.idle: deque[tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], float]] = deque()
         self.open = 0
         self.waiting: deque[asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = deque()
 
     async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.idle:
-            return self.idle.pop()
+        now = time.perf_counter()
+        while self.idle:
+            conn, since = self.idle.pop()
+            if now - since < KEEP_ALIVE:
+                return conn
+            conn[1].close()
+            self.open -= 1
         if self.open < CONNECTION_CAP:
             self.open += 1
             try:
@@ -244,7 +252,7 @@ class Connections:
         if self.waiting:
             self.waiting.popleft().set_result(conn)
         else:
-            self.idle.append(conn)
+            self.idle.append((conn, time.perf_counter()))
 
     def lost(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
         if conn is not None:
@@ -252,7 +260,7 @@ class Connections:
         self.open -= 1
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for (_, writer), _since in self.idle:
             writer.close()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -223,6 +223,8 @@ async def _answer(endpoint: Endpoint, request: Request) -> Response:
         return validation_problem(exc)
     except HTTPException as exc:
         return await http_error_handler(request, exc)
+    except ClientDisconnect:  # the client left before its body arrived: no one to answer, nothing to log
+        return Response(status_code=499)  # nginx's "client closed request", for the metrics
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return problem(500, "internal_error", "An unexpected error occurred; it has been logged.")

@@ -210,3 +210,28 @@ def test_a_client_that_never_failed_is_not_looked_up(monkeypatch: pytest.MonkeyP
     clock = [time.monotonic() + 61]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     assert limiter.check("ip:a").allowed and asked == ["ip:a"]  # the window has passed
+
+
+def test_a_client_gone_before_its_body_is_no_error(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkout call whose client disconnects before sending its body is answered 499 (no one
+    reads it) and logs no error: it is the client's doing, not a fault of ours."""
+    import asyncio
+
+    app = api.client.app
+    headers = [(b"authorization", f"Bearer {api.key}".encode()), (b"content-type", b"application/json"),
+               (b"content-length", b"40")]  # fmt: skip
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/validate", "raw_path": b"/api/v1/validate", "root_path": "",
+             "scheme": "http", "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1), "server": ("t", 80),
+             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.ERROR, logger="plugin.web.hotpaths"):
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert "unhandled" not in caplog.text
