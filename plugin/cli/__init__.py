@@ -158,7 +158,10 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port and listening, or a ConfigError saying why it can't be."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets whose
+    # proto says TCP. Without it a keep-alive connection's every answer after the first waited
+    # ~40 ms (Nagle against the client's delayed ACK: uvicorn writes the head and body apart).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
     try:
         sock.bind((host, port))
