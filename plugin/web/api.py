@@ -833,12 +833,21 @@ def _header(request: Request, name: bytes) -> str:
     return ""
 
 
-def _authenticate(request: Request, engine: Engine) -> apikeys.KeyInfo | None:
-    header = _header(request, b"authorization")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = _header(request, b"authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _authenticate(request: Request, engine: Engine) -> apikeys.KeyInfo | None:
+    """The call's API key: from the process's cache when it is there (no trip to a database
+    thread), else read."""
+    token = _bearer(request)
+    if token is None:
         return None
-    return apikeys.authenticate_cached(engine, token.strip())
+    cached = apikeys.cached_authentication(engine, token)
+    if cached is not None:
+        return cached
+    return await in_thread(engine, lambda: apikeys.authenticate_cached(engine, token))
 
 
 def _allowed(endpoint: Endpoint, scopes: frozenset[str]) -> bool:
@@ -852,7 +861,7 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
 
     async def asgi_endpoint(request: Request) -> Response:
         engine: Engine = request.app.state.engine
-        key = await in_thread(engine, lambda: _authenticate(request, engine))
+        key = await _authenticate(request, engine)
         if key is None:
             return problem(401, "unauthenticated", "Send a valid API key: Authorization: Bearer <key>.",
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
