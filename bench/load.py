@@ -22,7 +22,8 @@ Topologies:
 1. one process on SQLite, as `couponry serve` runs it (in-process worker, webhooks processed
    by the web process). First the ceiling, measured in the same run: the saturation rate of a
    bare JSON route in the same process (wrk, 50 connections). Then validate alone at half that
-   rate (target: p99 < 10 ms), and the mix at `--rate` requests/s.
+   rate (target: p99 < 10 ms), then at the `--sweep` rates (where it stays under 10 ms), and the
+   mix at `--rate` requests/s.
 2. The Procfile on PostgreSQL + Redis: `release` once, 2 `web` + 2 `worker` processes; the mix
    at `--rate` through both web processes, with the CPU time every process used (the app's,
    PostgreSQL's, Redis's) per request; then validate's saturation through 1 and through 2 web
@@ -478,6 +479,14 @@ def bench_sqlite(args: argparse.Namespace) -> None:
             p99 = figures["validate"]["p99"]
             print(f"  target: p99 < 10 ms: {'met' if p99 < 10 else 'NOT met'} ({p99:.2f} ms); "
                   f"server CPU {used / max(1, len(outcomes)) * 1e6:.0f} us/request")  # fmt: skip
+            # the rates a shop can offer with validate's p99 under 10 ms, and how late the client sent
+            for rate in args.sweep:
+                swept = open_loop([port], rate, args.seconds / 2, {"validate": 1.0}, data, f"s{rate:.0f}")
+                ok = sorted(o.latency * 1000 for o in swept if 200 <= o.status < 300)
+                late = sorted(o.late * 1000 for o in swept)
+                print(f"  validate alone at {rate:,.0f}/s ({rate / bare:.2f}x the bare saturation): "
+                      f"p50 {percentile(ok, 0.5):.2f} ms, p99 {percentile(ok, 0.99):.2f} ms; "
+                      f"client sent p99 {percentile(late, 0.99):.2f} ms late")  # fmt: skip
             before = cpu_seconds(pids)
             outcomes = open_loop([port], args.rate, args.seconds, MIX, data, "m")
             drained = wait_drained(url)
@@ -549,6 +558,7 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=10, help="length of each saturation run")
     parser.add_argument("--rate", type=float, default=400, help="offered requests/s of the mix")
     parser.add_argument("--only", choices=("sqlite", "pg"))
+    parser.add_argument("--sweep", type=float, nargs="*", default=[500, 1000, 2000, 3000, 4000], help="validate-alone rates")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
