@@ -169,3 +169,18 @@ def test_settings_on_shopify_need_a_session_token_and_show_that_shop(web, engine
     assert page.status_code == 200 and 'id="set-shop">test-shop.myshopify.com<' in page.text and "Shopify" in page.text
     assert '<s-link href="/admin/settings">Settings</s-link>' in page.text
     assert SHOPIFY["client_secret"] not in page.text and BIGCOMMERCE["client_secret"] not in page.text
+
+
+def test_every_main_page_has_a_plain_title_and_one_of_each_section(web, admin_settings: Settings, shop_id: int) -> None:
+    """A page's <title> is text ("Settings · Couponry"), never markup; a section is shown once."""
+    import re
+
+    set_up_owner(web, admin_settings, shop_id)
+    for path in ("/admin", "/admin/campaigns", "/admin/codes", "/admin/redemptions", "/admin/health", "/admin/distribution",
+                 "/admin/events", "/admin/settings", "/admin/users"):  # fmt: skip
+        page = web.get(path)
+        assert page.status_code == 200, path
+        title = re.search(r"<title>(.*?)</title>", page.text, re.S)
+        assert title is not None and "<" not in title.group(1) and len(title.group(1)) < 80, (path, title)
+        ids = re.findall(r'<section[^>]* id="([^"]+)"', page.text)
+        assert len(ids) == len(set(ids)), (path, ids)
