@@ -88,28 +88,32 @@ class KeyInfo:
     partner_id: int | None = None
 
 
-def authenticate_cached(engine: Engine, token: str) -> KeyInfo | None:
-    """Like `authenticate`, from the per-process key cache when it can (one read otherwise)."""
+def _split(token: str) -> tuple[str, str] | None:
+    """(public prefix, secret) of a well-formed key, else None."""
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or len(parts[1]) > 32:
         return None
-    info = live_key(engine, parts[1])
-    if info is None or not hmac.compare_digest(info.key_hash, _digest(parts[2])):
+    return parts[1], parts[2]
+
+
+def _checked(info: KeyInfo | None, secret: str) -> KeyInfo | None:
+    if info is None or not hmac.compare_digest(info.key_hash, _digest(secret)):
         return None
     return info
+
+
+def authenticate_cached(engine: Engine, token: str) -> KeyInfo | None:
+    """Like `authenticate`, from the per-process key cache when it can (one read otherwise)."""
+    parts = _split(token)
+    return None if parts is None else _checked(live_key(engine, parts[0]), parts[1])
 
 
 def cached_authentication(engine: Engine, token: str) -> KeyInfo | None:
     """`authenticate_cached` from the per-process cache alone, with no I/O: None when the key is
     not cached (or not valid). On PostgreSQL every database call is a trip to a worker thread,
     which a checkout call whose key is cached need not pay."""
-    parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or len(parts[1]) > 32:
-        return None
-    info: KeyInfo | None = caches.for_engine(engine).api_keys.get(parts[1])
-    if info is None or not hmac.compare_digest(info.key_hash, _digest(parts[2])):
-        return None
-    return info
+    parts = _split(token)
+    return None if parts is None else _checked(caches.for_engine(engine).api_keys.get(parts[0]), parts[1])
 
 
 def live_key(engine: Engine, prefix: str) -> KeyInfo | None:

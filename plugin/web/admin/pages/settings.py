@@ -5,8 +5,11 @@ through plugin.shops services, each with its audit event; changes are the owner'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -100,52 +103,38 @@ async def revoke_key(request: Request, ctx: AdminContext, form: Form) -> Respons
     return _done(ctx, "keys")
 
 
+# the form and anchor of each shop setting, by its audit action's name
+_FORMS = {"refusal_mode": "refusal", "allowed_origins": "origins", "timezone": "timezone"}
+
+
+async def _save(
+    request: Request, ctx: AdminContext, form: Form, change: Callable[[Session], object], *, what: str, details: dict[str, object]
+) -> Response:
+    """One shop setting (`what`: its action, form and anchor name) saved with its audit row, or the
+    page again with the refusal beside its field."""
+    try:
+        await act(request, ctx, change, action=f"shop.{what}", subject=f"shop:{ctx.shop_id}", details=details)
+    except PluginError as exc:
+        return await _page(request, ctx, status_code=422, **{f"{_FORMS[what]}_form": form.fail(exc)})
+    return _done(ctx, _FORMS[what])
+
+
 async def set_refusals(request: Request, ctx: AdminContext, form: Form) -> Response:
     mode = form.get("mode")
-    try:
-        await act(
-            request,
-            ctx,
-            lambda s: shops.set_refusal_mode(s, ctx.shop_id, mode),
-            action="shop.refusal_mode",
-            subject=f"shop:{ctx.shop_id}",
-            details={"mode": mode},
-        )
-    except PluginError as exc:
-        return await _page(request, ctx, refusal_form=form.fail(exc), status_code=422)
-    return _done(ctx, "refusals")
+    change = partial(shops.set_refusal_mode, shop_id=ctx.shop_id, mode=mode)
+    return await _save(request, ctx, form, change, what="refusal_mode", details={"mode": mode})
 
 
 async def set_origins(request: Request, ctx: AdminContext, form: Form) -> Response:
     origins = [line.strip() for line in form.get("origins").splitlines() if line.strip()]
-    try:
-        await act(
-            request,
-            ctx,
-            lambda s: shops.set_allowed_origins(s, ctx.shop_id, origins),
-            action="shop.allowed_origins",
-            subject=f"shop:{ctx.shop_id}",
-            details={"origins": origins},
-        )
-    except PluginError as exc:
-        return await _page(request, ctx, origins_form=form.fail(exc), status_code=422)
-    return _done(ctx, "origins")
+    change = partial(shops.set_allowed_origins, shop_id=ctx.shop_id, origins=origins)
+    return await _save(request, ctx, form, change, what="allowed_origins", details={"origins": origins})
 
 
 async def set_timezone(request: Request, ctx: AdminContext, form: Form) -> Response:
     name = form.get("timezone")
-    try:
-        await act(
-            request,
-            ctx,
-            lambda s: timezones.set_timezone(s, ctx.shop_id, name),
-            action="shop.timezone",
-            subject=f"shop:{ctx.shop_id}",
-            details={"timezone": name},
-        )
-    except PluginError as exc:
-        return await _page(request, ctx, timezone_form=form.fail(exc), status_code=422)
-    return _done(ctx, "timezone")
+    change = partial(timezones.set_timezone, shop_id=ctx.shop_id, name=name)
+    return await _save(request, ctx, form, change, what="timezone", details={"timezone": name})
 
 
 async def test_provider(request: Request, ctx: AdminContext, form: Form) -> Response:
