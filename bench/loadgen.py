@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECTIONS = 50
-THREADS = 2
+# One wrk thread, the server on one core and wrk on the other: on a 2-core machine, two wrk
+# threads and the server are three busy threads on two cores, and how the scheduler shared them
+# moved a run's figures by 10-20 % from one run to the next.
+THREADS = 1
+SERVER_CPU, CLIENT_CPU = 0, 1
+PINNED = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
 # The event loop the servers run on: the one `couponry serve` uses (see plugin/cli). Measured
 # here at 50 connections, uvloop and asyncio give the bare route the same throughput, but once
 # a request costs a few hundred µs uvloop answers some connections 10x later than the rest
@@ -50,13 +56,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Server(str):
+    """A running server's base URL, which also knows the server's process id."""
+
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user and system, from /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 @contextmanager
-def server(script: str, *args: str) -> Iterator[str]:
+def server(script: str, *args: str) -> Iterator[Server]:
     """Run `python -c script port *args` and yield its base URL once /healthz answers."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-c", script, *args[:1], str(port), *args[1:]], cwd=ROOT, env=env)
+    if PINNED:  # before the server starts any thread of its own: they inherit it
+        os.sched_setaffinity(process.pid, {SERVER_CPU})
+    running = Server(base)
+    running.pid = process.pid
     try:
         for _ in range(300):
             try:
@@ -64,7 +85,7 @@ def server(script: str, *args: str) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield base
+        yield running
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -72,7 +93,9 @@ def server(script: str, *args: str) -> Iterator[str]:
 
 def run_wrk(script: Path, base: str, key: str, seconds: int) -> dict[str, Any]:
     """One wrk run with a Lua script whose `done` prints one JSON line of figures."""
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base, "--", key]
+    pin = ["taskset", "-c", str(CLIENT_CPU)] if PINNED else []
+    cmd = [*pin, "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+    cmd += [base, "--", key]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     figures["rps"] = figures["requests"] / figures["seconds"]
@@ -87,4 +110,5 @@ def show(name: str, f: dict[str, Any], width: int = 26) -> None:
 
 
 def header() -> str:
-    return f"uvicorn httptools+{LOOP}, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs"
+    pinned = f", server on CPU {SERVER_CPU} and wrk on CPU {CLIENT_CPU}" if PINNED else ""
+    return f"uvicorn httptools+{LOOP}, 1 worker, SQLite; wrk -t{THREADS} -c{CONNECTIONS}; {os.cpu_count()} CPUs{pinned}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 from plugin.formats import codes
 from plugin.rules import CampaignRules, RulesOverride, apply_override
 from plugin.store.models import ApiKey, Campaign, EventEndpoint, Shop
+from plugin.store.perengine import PerEngine
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -95,7 +95,7 @@ class EngineCaches:
     event_types: TTLCache[int, frozenset[str]] = field(default_factory=lambda: TTLCache(4096))  # plugin.store.eventlog
 
 
-_per_engine: weakref.WeakKeyDictionary[Engine, EngineCaches] = weakref.WeakKeyDictionary()
+_per_engine: PerEngine[EngineCaches] = PerEngine()
 
 
 def for_engine(engine: Engine) -> EngineCaches:
