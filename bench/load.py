@@ -65,6 +65,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from plugin.runtime import settle_heap
 from plugin.settings import Settings
 from plugin.store.db import make_engine
 from plugin.web.app import create_app
@@ -82,6 +83,7 @@ async def bare(request: Request) -> JSONResponse:
 app.router.routes.insert(0, Route("/bare", bare, methods=["POST"]))
 options = server_options(settings)
 options["log_level"] = "warning"
+settle_heap()  # as `couponry serve` does
 uvicorn.run(app, **options)
 """
 
