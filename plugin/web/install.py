@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from connectors.base import Credentials
 from connectors.bigcommerce import BigCommerceConnector
 from connectors.egress import AddressPolicy, ForbiddenAddress
 from connectors.errors import AuthError, BadSignature, ConnectorError, Rejected
@@ -59,9 +60,11 @@ from plugin.platforms import installs
 from plugin.platforms.connections import connector_config, normalise_store_url
 from plugin.settings import Settings
 from plugin.shops import users
+from plugin.shops.shops import shop_on_platform
 from plugin.store.models import Shop, utcnow
-from plugin.store.units import in_thread, transaction
+from plugin.store.units import in_thread, reading, transaction
 from plugin.web.admin import context as admin_context
+from plugin.web.admin.render import render_public
 from plugin.web.problems import problem
 
 log = logging.getLogger("couponry.install")
@@ -190,6 +193,16 @@ async def shopify_install(request: Request) -> Response:
         shop = connector.verify_oauth_query(request.query_params.multi_items())
     except (BadSignature, AuthError) as exc:
         return problem(401, "bad_signature", exc.message)
+    # Shopify loads the App URL (this address) each time a merchant opens the app, inside its
+    # admin: once installed with every scope, that is the embedded admin, not a new grant.
+    if await _shopify_granted(request, connector, shop):
+        return RedirectResponse(f"{settings.public_url}/admin?{request.url.query}", status_code=302)
+    if request.headers.get("sec-fetch-dest") == "iframe":
+        # The grant screen refuses to be framed, and the state cookie set in a frame is a
+        # third-party cookie browsers drop: reload this same signed address in the top window.
+        again = f"{settings.public_url}/install/shopify?{request.url.query}"
+        page, api_key = "admin/exit_iframe.html", connector.config.client_id
+        return render_public(request, page, surface="shopify", shop_domain=shop, api_key=api_key, target=again)
     state = _signer(settings, "shopify-state").dumps({"shop": shop, "nonce": secrets.token_urlsafe(16)})
     target = connector.authorize_url(shop, redirect_uri=f"{settings.public_url}/install/shopify/callback", state=state)
     response = RedirectResponse(target, status_code=302)
@@ -234,6 +247,21 @@ async def shopify_callback(request: Request) -> Response:
     response = RedirectResponse(_shopify_admin_url(settings, saved), status_code=302)
     response.delete_cookie(SHOPIFY_STATE_COOKIE, path="/install/shopify")
     return response
+
+
+async def _shopify_granted(request: Request, connector: ShopifyConnector, domain: str) -> bool:
+    """The shop has the app installed, with a token and every scope it needs."""
+    engine = _engine(request)
+
+    def granted() -> tuple[str, ...] | None:
+        with reading(engine) as session:
+            shop = shop_on_platform(session, "shopify", domain)
+            if shop is None or shop.uninstalled_at is not None or not shop.access_token_encrypted:
+                return None
+            return tuple(shop.scopes.split())
+
+    scopes = await in_thread(engine, granted)
+    return scopes is not None and not connector.missing_scopes(Credentials(domain, scopes=scopes))
 
 
 def verify_shopify_session(request: Request) -> SessionToken:

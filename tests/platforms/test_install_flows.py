@@ -339,3 +339,89 @@ async def test_woocommerce_return_is_a_signed_one_time_link_to_the_owner_setup(
         assert again.status_code == 303 and "/admin/sign-in?shop=" in again.headers["location"]  # once only
         refused = await client.get("/install/woocommerce/return", params={"success": "0", "user_id": keys["user_id"]})
         assert refused.status_code == 400
+
+
+# --- the App URL, loaded each time a merchant opens the app ---------------------------------------
+
+
+async def _installed(client: httpx.AsyncClient, fake: Any) -> None:
+    started = await client.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
+    state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+    done = await client.get(
+        "/install/shopify/callback", params=shopify_query(shop=shopify_fakes.SHOP, code="a94a110d86d2452eb3e2af4cfb8a3828", state=state)
+    )
+    assert done.status_code == 302 and done.headers["location"].startswith(f"https://{shopify_fakes.SHOP}/admin/apps/"), done.text
+
+
+async def test_an_installed_shop_opening_the_app_gets_the_embedded_admin_not_a_new_grant(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    token_route = fake.mock_token()
+    async with app_client(app_settings, engine) as client:
+        await _installed(client, fake)
+        opened = shopify_query(shop=shopify_fakes.SHOP, host="YWRtaW4uc2hvcGlmeS5jb20vc3RvcmUvc2hvcA", embedded="1")
+        answer = await client.get("/install/shopify", params=opened, headers={"Sec-Fetch-Dest": "iframe"})
+        assert answer.status_code == 302, answer.text
+        target = urlsplit(answer.headers["location"])
+        assert f"{target.scheme}://{target.netloc}{target.path}" == f"{PUBLIC}/admin"
+        assert {k: v[0] for k, v in parse_qs(target.query).items()} == opened  # shop, host, embedded, hmac carried
+        assert SHOPIFY_STATE_COOKIE not in answer.headers.get("set-cookie", "")
+        admin = await client.get(answer.headers["location"])  # no ID token yet: App Bridge's bounce page
+        assert admin.status_code == 200 and "admin/bounce" in admin.text
+    assert token_route.call_count == 1  # opened twice, granted once
+
+
+async def test_opening_the_app_in_the_admin_before_the_grant_leaves_the_frame_for_it(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    shopify_fakes.shopify_fake(router)
+    opened = shopify_query(shop=shopify_fakes.SHOP, host="YWRtaW4uc2hvcGlmeS5jb20vc3RvcmUvc2hvcA", embedded="1")
+    async with app_client(app_settings, engine) as client:
+        framed = await client.get("/install/shopify", params=opened, headers={"Sec-Fetch-Dest": "iframe"})
+        top = await client.get("/install/shopify", params=opened, headers={"Sec-Fetch-Dest": "document"})
+    # in the frame: a page that reloads the same signed address in the top window, and no cookie
+    # (one set in a frame is a third-party cookie, which browsers drop)
+    assert framed.status_code == 200 and framed.headers["content-type"].startswith("text/html")
+    assert "set-cookie" not in framed.headers
+    assert f"https://{shopify_fakes.SHOP}" in framed.headers["content-security-policy"]  # only the shop's admin frames it
+    link = re.search(r'<a id="continue" href="([^"]+)" target="_top">', framed.text)
+    assert link is not None and "admin/exit_iframe" in framed.text
+    again = urlsplit(html.unescape(link.group(1)))
+    assert f"{again.scheme}://{again.netloc}{again.path}" == f"{PUBLIC}/install/shopify"
+    assert {k: v[0] for k, v in parse_qs(again.query).items()} == opened
+    # in the top window: the grant screen, with its state cookie
+    assert top.status_code == 302 and top.headers["location"].startswith(f"https://{shopify_fakes.SHOP}/admin/oauth/authorize")
+    assert SHOPIFY_STATE_COOKIE in top.headers["set-cookie"]
+
+
+@pytest.mark.parametrize("change", ["uninstalled", "scope_missing", "no_token"])
+async def test_a_shop_without_a_full_grant_is_sent_to_the_grant_screen_again(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter, change: str
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    fake.mock_token()
+    async with app_client(app_settings, engine) as client:
+        await _installed(client, fake)
+        with session_scope(engine) as session:
+            shop = session.exec(select(Shop).where(col(Shop.domain) == shopify_fakes.SHOP)).one()
+            if change == "uninstalled":
+                shop.uninstalled_at = utcnow()
+            elif change == "scope_missing":  # e.g. a version of the app that asks for one more scope
+                shop.scopes = "write_discounts read_orders"
+            else:
+                shop.access_token_encrypted = None
+        answer = await client.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
+    assert answer.status_code == 302 and answer.headers["location"].startswith(f"https://{shopify_fakes.SHOP}/admin/oauth/authorize")
+
+
+async def test_a_forged_app_url_load_is_refused_even_for_an_installed_shop(
+    engine: Engine, app_settings: Settings, router: respx.MockRouter
+) -> None:
+    fake = shopify_fakes.shopify_fake(router)
+    fake.mock_token()
+    async with app_client(app_settings, engine) as client:
+        await _installed(client, fake)
+        forged = {**shopify_query(shop=shopify_fakes.SHOP), "hmac": "0" * 64}
+        answer = await client.get("/install/shopify", params=forged)
+    assert answer.status_code == 401 and answer.json()["reason"] == "bad_signature"
