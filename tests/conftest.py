@@ -20,6 +20,13 @@ from plugin.store.db import make_engine, session_scope
 POSTGRES_URL = os.environ.get("COUPONRY_TEST_DATABASE_URL")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` (pyproject's addopts): no workers on PostgreSQL, whose tests share one database
+    (truncated between tests); on SQLite each test has its own file, so xdist's default holds."""
+    return 0 if POSTGRES_URL else None
+
+
 def pytest_report_header() -> str:
     where = f"postgresql {POSTGRES_URL}" if POSTGRES_URL else "sqlite (set COUPONRY_TEST_DATABASE_URL for PostgreSQL)"
     return f"couponry database: {where}"

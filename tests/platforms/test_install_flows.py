@@ -348,7 +348,8 @@ async def _installed(client: httpx.AsyncClient, fake: Any) -> None:
     started = await client.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
     state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
     done = await client.get(
-        "/install/shopify/callback", params=shopify_query(shop=shopify_fakes.SHOP, code="a94a110d86d2452eb3e2af4cfb8a3828", state=state)
+        "/install/shopify/callback",
+        params=shopify_query(shop=shopify_fakes.SHOP, code="a94a110d86d2452eb3e2af4cfb8a3828", state=state),
     )
     assert done.status_code == 302 and done.headers["location"].startswith(f"https://{shopify_fakes.SHOP}/admin/apps/"), done.text
 
@@ -412,7 +413,9 @@ async def test_a_shop_without_a_full_grant_is_sent_to_the_grant_screen_again(
             else:
                 shop.access_token_encrypted = None
         answer = await client.get("/install/shopify", params=shopify_query(shop=shopify_fakes.SHOP))
-    assert answer.status_code == 302 and answer.headers["location"].startswith(f"https://{shopify_fakes.SHOP}/admin/oauth/authorize")
+    assert answer.status_code == 302 and answer.headers["location"].startswith(
+        f"https://{shopify_fakes.SHOP}/admin/oauth/authorize"
+    )
 
 
 async def test_a_forged_app_url_load_is_refused_even_for_an_installed_shop(
