@@ -199,7 +199,8 @@ def test_standalone_flow_from_set_up_to_a_retried_sync(browser: Any, app: Runnin
         sandbox.set_knobs(session, app.settings.default_shop_domain, {"api_fail_rate": 0.0})
     failing.get_by_role("button", name=re.compile("Retry")).click()
     page.wait_for_selector(".notice")
-    assert "queued to run again" in text(page, ".notice")
+    # queued again; or, on a slow machine, the worker's own retry came due first and took it
+    assert "queued to run again" in text(page, ".notice") or "no longer waiting" in text(page, ".notice")
 
     page.goto(f"{app.url}/admin/campaigns/{campaign_id}")
     reload_until(page, lambda: page.locator("#last-follow").count() > 0 and page.locator("#platform-error").count() == 0)

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from plugin.errors import PluginError
+from plugin.errors import Conflict, PluginError
 from plugin.reconciliation import health
 from plugin.store import outbox
 from plugin.store.models import Job, utcnow
@@ -82,6 +82,12 @@ async def retry(request: Request, ctx: AdminContext, form: Form) -> Response:
     try:
         # a dead job's retry is audited by outbox.retry_dead itself (job.retry, with this actor): one row either way
         await act(request, ctx, work, action="job.retry", subject=f"job:{job_id}")
+    except Conflict as exc:
+        if exc.reason != "job_not_waiting":
+            return problem(exc.status, exc.reason, exc.message)
+        # the worker took the job between the page and the click (its own retry came due): say so
+        # on the page, where the job's row shows how that went
+        return RedirectResponse(ctx.url(f"{PREFIX}/health", not_waiting=job_id), status_code=303)
     except PluginError as exc:
         return problem(exc.status, exc.reason, exc.message)
     return RedirectResponse(ctx.url(f"{PREFIX}/health", retried=job_id), status_code=303)
